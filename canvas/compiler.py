@@ -1,0 +1,318 @@
+"""Compilation of a canvas into a `GraphSpec`.
+
+The compiler walks the canvas depth first, numbering each signature as it is
+met, so the same canvas always gives the same spec. Each sub-canvas is
+compiled against what flows into it (the nodes it must wait for and the
+template of the value it receives) and reports back what flows out of it (the
+nodes that end it and the template of its value). These four value rules are
+the whole semantics:
+
+- a signature's task receives the incoming value in front of its arguments,
+  unless it is immutable or there is no value;
+- a chain feeds the incoming value to its first step and each step's value to
+  the next, and its value is the last step's;
+- a group feeds the incoming value to every member, and its value is the list
+  of their values (``[]`` for an empty group);
+- ``chord(header, body)`` is ``chain(group(header), body)``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from stem.canvas.errors import InvalidCanvas, NotSerializable
+from stem.canvas.options import DELAY_OPTIONS, JoinPolicy, check_options
+from stem.canvas.primitives import Canvas, Chain, Chord, Group, Signature
+from stem.canvas.spec import (
+    CauseInput,
+    GraphSpec,
+    GroupSpec,
+    ListInput,
+    NodeId,
+    NodeInput,
+    NodeOptions,
+    NodeRole,
+    NodeSpec,
+    NoInput,
+    Template,
+)
+from stem.canvas.values import encode
+
+
+@dataclass(frozen=True)
+class _SubmitArgs:
+    """Arguments given at submit; they reach roots the way a value would."""
+
+    args: tuple[Any, ...]
+    kwargs: Mapping[str, Any]
+
+
+@dataclass(frozen=True)
+class _Inflow:
+    """What flows into a sub-canvas."""
+
+    deps: tuple[NodeId, ...] = ()
+    value: Template | _SubmitArgs | None = None
+    join: JoinPolicy = "fail_fast"
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+    #: Delay options for the nodes where this sub-canvas starts.
+    delay: Mapping[str, Any] = field(default_factory=dict)
+    side: bool = False
+    role: NodeRole = "task"
+    covers: tuple[NodeId, ...] = ()
+    path: str = ""
+    group: int | None = None
+    #: How a group inside names its members in paths: ``group`` or ``chord.header``.
+    member_label: str = "group"
+
+
+@dataclass(frozen=True)
+class _Outflow:
+    """What flows out of a sub-canvas."""
+
+    sinks: tuple[NodeId, ...]
+    value: Template
+
+
+def compile_canvas(
+    canvas: Canvas,
+    args: Sequence[Any] = (),
+    kwargs: Mapping[str, Any] | None = None,
+    options: Mapping[str, Any] | None = None,
+) -> GraphSpec:
+    """Compile a canvas and the arguments it is submitted with into a graph spec.
+
+    Args:
+        canvas: the signature, chain, group or chord to compile.
+        args: positional arguments given at submit, prepended like an upstream
+            value to the first step of a chain, to every member of a group and
+            to every header member of a chord.
+        kwargs: keyword arguments given at submit, merged into the same
+            signatures (the submitted value wins).
+        options: options given at submit. ``countdown`` and ``eta`` delay the
+            nodes where the run starts; the others are defaults for every node
+            that does not set its own.
+
+    Raises:
+        NotSerializable: naming the place of a value that is not JSON.
+        InvalidOption: naming the place of a bad option.
+        InvalidCanvas: for a shape that cannot run, such as an empty chain.
+    """
+    if not isinstance(canvas, Canvas):
+        raise InvalidCanvas(
+            f"Cannot compile {canvas!r}, a {type(canvas).__name__}; pass a signature "
+            "(task.s()), chain, group or chord."
+        )
+    submitted = check_options(dict(options or {}), "apply_async()")
+    delay = {k: v for k, v in submitted.items() if k in DELAY_OPTIONS}
+    defaults = {k: v for k, v in submitted.items() if k not in DELAY_OPTIONS}
+    value: _SubmitArgs | None = None
+    if args or kwargs:
+        value = _SubmitArgs(tuple(args), dict(kwargs or {}))
+    compiler = _Compiler()
+    outflow = compiler.visit(
+        canvas, _Inflow(value=value, defaults=defaults, delay=delay)
+    )
+    return GraphSpec(
+        nodes=compiler.nodes,
+        output=outflow.value,
+        sinks=list(outflow.sinks),
+        groups=compiler.groups,
+    )
+
+
+class _Compiler:
+    def __init__(self) -> None:
+        self.nodes: list[NodeSpec] = []
+        self.groups: list[GroupSpec] = []
+
+    def visit(self, canvas: Canvas, inflow: _Inflow) -> _Outflow:
+        own = check_options(canvas.options, inflow.path)
+        if not isinstance(canvas, Signature):
+            inflow = _with_own_options(inflow, own)
+        if isinstance(canvas, Signature):
+            outflow = self.visit_signature(canvas, inflow, own)
+        elif isinstance(canvas, Chain):
+            outflow = self.visit_chain(canvas, inflow)
+        elif isinstance(canvas, Group):
+            outflow = self.visit_group(canvas, inflow)
+        elif isinstance(canvas, Chord):
+            outflow = self.visit_chord(canvas, inflow)
+        else:
+            raise InvalidCanvas(
+                f"{inflow.path or 'canvas'}: {type(canvas).__name__} is not a "
+                "canvas type Stem can compile."
+            )
+        self.attach_links(canvas, inflow, outflow)
+        return outflow
+
+    def visit_signature(
+        self, sig: Signature, inflow: _Inflow, own: Mapping[str, Any]
+    ) -> _Outflow:
+        node_id = str(len(self.nodes))
+        args: list[Any] = list(sig.args)
+        kwargs: dict[str, Any] = dict(sig.kwargs)
+        template: Template = NoInput()
+        if isinstance(inflow.value, _SubmitArgs) and not sig.immutable:
+            args = [*inflow.value.args, *args]
+            kwargs = {**kwargs, **inflow.value.kwargs}
+        elif inflow.value is not None and not isinstance(inflow.value, _SubmitArgs):
+            template = NoInput() if sig.immutable else inflow.value
+        options = {**inflow.defaults, **inflow.delay, **own}
+        self.nodes.append(
+            NodeSpec(
+                id=node_id,
+                task=sig.task,
+                args=_encode_args(args, inflow.path),
+                kwargs=_encode_kwargs(kwargs, inflow.path),
+                options=NodeOptions(**options),
+                immutable=sig.immutable,
+                deps=list(inflow.deps),
+                input=template,
+                join=inflow.join,
+                role=inflow.role,
+                side=inflow.side,
+                covers=list(inflow.covers),
+                path=inflow.path,
+                group=inflow.group,
+            )
+        )
+        return _Outflow(sinks=(node_id,), value=NodeInput(node=node_id))
+
+    def visit_chain(self, chain: Chain, inflow: _Inflow) -> _Outflow:
+        if not chain.tasks:
+            raise InvalidCanvas(
+                f"{inflow.path or 'chain()'}: the chain is empty; add a step, or "
+                "leave the chain out."
+            )
+        outflow: _Outflow | None = None
+        for i, step in enumerate(chain.tasks):
+            step_inflow = _child(inflow, f"chain[{i}]")
+            if outflow is not None:
+                step_inflow = replace(
+                    step_inflow,
+                    deps=outflow.sinks,
+                    value=outflow.value,
+                    join="fail_fast",
+                    delay={},
+                    role="task",
+                    covers=(),
+                )
+            outflow = self.visit(step, step_inflow)
+        assert outflow is not None
+        return outflow
+
+    def visit_group(self, group: Group, inflow: _Inflow) -> _Outflow:
+        group_id = len(self.groups)
+        placeholder = GroupSpec(
+            id=group_id, path=inflow.path, parent=inflow.group, members=[]
+        )
+        self.groups.append(placeholder)
+        sinks: list[NodeId] = []
+        values: list[Template] = []
+        members: list[list[NodeId]] = []
+        for i, member in enumerate(group.tasks):
+            first = len(self.nodes)
+            member_inflow = replace(
+                _child(inflow, f"{inflow.member_label}[{i}]"),
+                group=group_id,
+                member_label="group",
+            )
+            outflow = self.visit(member, member_inflow)
+            members.append([node.id for node in self.nodes[first:]])
+            sinks.extend(outflow.sinks)
+            values.append(outflow.value)
+        self.groups[group_id] = placeholder.model_copy(update={"members": members})
+        if not group.tasks:
+            # An empty group ends as soon as its input is ready.
+            sinks = list(inflow.deps)
+        return _Outflow(sinks=_unique(sinks), value=ListInput(items=values))
+
+    def visit_chord(self, chord: Chord, inflow: _Inflow) -> _Outflow:
+        if chord.body is None:
+            raise InvalidCanvas(
+                f"{inflow.path or 'chord'}: the chord has no body; pass one, as in "
+                "chord(header, callback.s()), or submit the header as a group."
+            )
+        header = self.visit(chord.header, replace(inflow, member_label="chord.header"))
+        body_inflow = replace(
+            _child(inflow, "chord.body"),
+            deps=header.sinks,
+            value=header.value,
+            join=chord.join,
+            delay={},
+            role="task",
+            covers=(),
+        )
+        return self.visit(chord.body, body_inflow)
+
+    def attach_links(self, canvas: Canvas, inflow: _Inflow, outflow: _Outflow) -> None:
+        """Compile the canvas's links and errbacks as side branches after it."""
+        side = replace(
+            inflow, delay={}, side=True, join="fail_fast", member_label="group"
+        )
+        for i, callback in enumerate(canvas.links):
+            self.visit(
+                callback,
+                replace(
+                    _child(side, f"link[{i}]"),
+                    deps=outflow.sinks,
+                    value=outflow.value,
+                    role="link",
+                    covers=(),
+                ),
+            )
+        for i, errback in enumerate(canvas.errbacks):
+            self.visit(
+                errback,
+                replace(
+                    _child(side, f"link_error[{i}]"),
+                    deps=(),
+                    value=CauseInput(),
+                    role="errback",
+                    covers=outflow.sinks,
+                ),
+            )
+
+
+def _child(inflow: _Inflow, step: str) -> _Inflow:
+    path = f"{inflow.path} > {step}" if inflow.path else step
+    return replace(inflow, path=path)
+
+
+def _with_own_options(inflow: _Inflow, own: Mapping[str, Any]) -> _Inflow:
+    """Apply a composite's own options: delays to its start, the rest as defaults."""
+    if not own:
+        return inflow
+    delay = {k: v for k, v in own.items() if k in DELAY_OPTIONS}
+    defaults = {k: v for k, v in own.items() if k not in DELAY_OPTIONS}
+    return replace(
+        inflow,
+        defaults={**inflow.defaults, **defaults},
+        delay={**inflow.delay, **delay},
+    )
+
+
+def _encode_args(args: Sequence[Any], path: str) -> list[Any]:
+    prefix = f"{path} > " if path else ""
+    return [encode(value, f"{prefix}args[{i}]") for i, value in enumerate(args)]
+
+
+def _encode_kwargs(kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
+    prefix = f"{path} > " if path else ""
+    encoded: dict[str, Any] = {}
+    for key, value in kwargs.items():
+        if type(key) is not str or not key.isidentifier():
+            raise NotSerializable(
+                f"{prefix}kwargs",
+                f"the keyword {key!r} is not a valid Python identifier; pass "
+                "keyword arguments by name",
+            )
+        encoded[key] = encode(value, f"{prefix}kwargs[{key!r}]")
+    return encoded
+
+
+def _unique(ids: Sequence[NodeId]) -> tuple[NodeId, ...]:
+    return tuple(dict.fromkeys(ids))

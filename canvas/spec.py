@@ -1,0 +1,229 @@
+"""The graph spec: a compiled canvas as nodes, ordered edges and input templates.
+
+A `GraphSpec` is plain data. It round-trips exactly through JSON, names no
+Python object, and is what a driver stores for a run. Node ids are strings of
+dot-separated integers: compilation numbers nodes ``"0"``, ``"1"``, ... in
+depth-first declaration order, and a node spliced in at run time in place of
+node ``R`` gets ``"R.0"``, ``"R.1"``, ... Compare ids with `node_order`, which
+sorts ``"R.k"`` right after ``R``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from functools import cached_property
+from typing import TYPE_CHECKING, Annotated, Any, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SerializerFunctionWrapHandler,
+    model_serializer,
+)
+
+from stem.canvas.options import JoinPolicy
+
+if TYPE_CHECKING:
+    import networkx as nx
+
+NodeId = str
+NodeRole = Literal["task", "link", "errback"]
+
+SPEC_VERSION: Literal[1] = 1
+
+
+def node_order(node_id: NodeId) -> tuple[int, ...]:
+    """Return the sort key of a node id: declaration order, splices after their node."""
+    return tuple(int(part) for part in node_id.split("."))
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class _TemplatePart(_Frozen):
+    kind: str
+
+    @model_serializer(mode="wrap")
+    def _keep_kind(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The tag must survive exclude_defaults, or the union cannot be parsed.
+        data: dict[str, Any] = handler(self)
+        data["kind"] = self.kind
+        return data
+
+
+class NoInput(_TemplatePart):
+    """The node gets no upstream value: it is a root, or it is immutable."""
+
+    kind: Literal["none"] = "none"
+
+
+class NodeInput(_TemplatePart):
+    """The upstream value is one node's value."""
+
+    kind: Literal["node"] = "node"
+    node: NodeId
+
+
+class ListInput(_TemplatePart):
+    """The upstream value is a list built from other templates (a group's value)."""
+
+    kind: Literal["list"] = "list"
+    items: list[Template]
+
+
+class CauseInput(_TemplatePart):
+    """The upstream value is the task id of the failed task (errbacks only)."""
+
+    kind: Literal["cause"] = "cause"
+
+
+Template = Annotated[
+    NoInput | NodeInput | ListInput | CauseInput, Field(discriminator="kind")
+]
+ListInput.model_rebuild()
+
+
+def template_nodes(template: Template) -> Iterator[NodeId]:
+    """Yield the node ids a template reads, in list order."""
+    if isinstance(template, NodeInput):
+        yield template.node
+    elif isinstance(template, ListInput):
+        for item in template.items:
+            yield from template_nodes(item)
+
+
+class NodeOptions(_Frozen):
+    """Execution options of one node after defaults were applied.
+
+    Unset options (``None``) take the task's or the app's default at run time.
+    Durations are in seconds; ``eta`` is an ISO 8601 time in UTC.
+    """
+
+    queue: str | None = None
+    priority: int | None = None
+    countdown: float | None = None
+    eta: str | None = None
+    max_retries: int | None = None
+    default_retry_delay: float | None = None
+    retry_backoff: bool | float | None = None
+    retry_backoff_max: float | None = None
+    retry_jitter: bool | None = None
+    time_limit: float | None = None
+    soft_time_limit: float | None = None
+    ignore_result: bool | None = None
+
+
+class NodeSpec(_Frozen):
+    """One task call in the graph.
+
+    Invariant: every id in ``deps`` and in ``input`` is a node of the same
+    spec, and every id that ``input`` reads is also in ``deps``.
+    """
+
+    id: NodeId
+    task: str
+    #: Positional arguments in the value codec's JSON form; the upstream
+    #: value, built by ``input``, goes in front of them.
+    args: list[Any] = Field(default_factory=list)
+    kwargs: dict[str, Any] = Field(default_factory=dict)
+    options: NodeOptions = Field(default_factory=NodeOptions)
+    immutable: bool = False
+    #: Nodes that must end before this one runs, in declaration order.
+    deps: list[NodeId] = Field(default_factory=list)
+    input: Template = Field(default_factory=NoInput)
+    #: How a failed dependency affects this node: ``fail_fast`` cancels it,
+    #: ``all_settled`` runs it with an error record in the failed value's place.
+    join: JoinPolicy = "fail_fast"
+    #: ``link`` and ``errback`` mark where a side branch starts.
+    role: NodeRole = "task"
+    #: True for every node of a link or errback branch: its outcome never
+    #: decides the run's outcome, and nothing on the main path waits for it.
+    side: bool = False
+    #: For an errback node: the nodes whose unsuccessful end fires it.
+    covers: list[NodeId] = Field(default_factory=list)
+    #: Where the signature sits in the canvas, as in error messages.
+    path: str = ""
+    #: The innermost group this node belongs to, if any.
+    group: int | None = None
+
+
+class GroupSpec(_Frozen):
+    """A group of the canvas, kept for drawing: large groups show as one row."""
+
+    id: int
+    path: str
+    parent: int | None = None
+    #: Node ids of each member, one list per member in declaration order.
+    members: list[list[NodeId]]
+
+
+class GraphSpec(_Frozen):
+    """A compiled canvas: everything a driver needs to run it, as plain data."""
+
+    version: Literal[1] = SPEC_VERSION
+    nodes: list[NodeSpec]
+    #: How the run's value is built from node values.
+    output: Template = Field(default_factory=NoInput)
+    #: Main-path nodes whose success means the canvas succeeded.
+    sinks: list[NodeId] = Field(default_factory=list)
+    groups: list[GroupSpec] = Field(default_factory=list)
+
+    @cached_property
+    def by_id(self) -> dict[NodeId, NodeSpec]:
+        """Nodes keyed by id."""
+        return {node.id: node for node in self.nodes}
+
+    def node(self, node_id: NodeId) -> NodeSpec:
+        """Return one node by id; raises `KeyError` if it is not in the spec."""
+        return self.by_id[node_id]
+
+    @cached_property
+    def dependents(self) -> dict[NodeId, list[NodeId]]:
+        """For each node, the nodes that list it in ``deps``, in id order."""
+        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+        for node in self.nodes:
+            for dep in node.deps:
+                result[dep].append(node.id)
+        return result
+
+    @cached_property
+    def errbacks_covering(self) -> dict[NodeId, list[NodeId]]:
+        """For each node, the errback nodes that cover it."""
+        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+        for node in self.nodes:
+            for covered in node.covers:
+                result[covered].append(node.id)
+        return result
+
+    def to_json(self) -> str:
+        """Serialise to compact JSON; `from_json` gives back an equal spec."""
+        return self.model_dump_json(exclude_defaults=True)
+
+    @classmethod
+    def from_json(cls, text: str | bytes) -> GraphSpec:
+        """Parse a spec written by `to_json` (or by any JSON encoder)."""
+        return cls.model_validate_json(text)
+
+    def to_networkx(self) -> nx.MultiDiGraph[NodeId]:
+        """Build a networkx view for analysis, layout and drawing.
+
+        Each node carries its `NodeSpec` as the ``spec`` attribute. Edges have
+        a ``kind``: ``dep`` from a dependency to its dependent (with the
+        dependent's ``join`` policy and the dependency's ``position`` in its
+        ``deps``), ``covers`` from a covered node to its errback.
+        """
+        import networkx as nx
+
+        graph: nx.MultiDiGraph[NodeId] = nx.MultiDiGraph()
+        for node in self.nodes:
+            graph.add_node(node.id, spec=node)
+        for node in self.nodes:
+            for position, dep in enumerate(node.deps):
+                graph.add_edge(
+                    dep, node.id, kind="dep", join=node.join, position=position
+                )
+            for covered in node.covers:
+                graph.add_edge(covered, node.id, kind="covers")
+        return graph

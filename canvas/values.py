@@ -1,0 +1,257 @@
+"""The value codec: strict JSON plus tagged scalars that round-trip exactly.
+
+Every argument, keyword argument and task result that Stem stores passes
+through this module. Plain JSON values (objects with string keys, lists,
+strings, ints, finite floats, booleans, null) are kept as they are, and tuples
+become lists. Six more types are written as a tagged object and come back as
+the same type with the same value::
+
+    {"__stem__": "datetime", "v": "2024-05-01T12:00:00+02:00"}
+    {"__stem__": "date", "v": "2024-05-01"}
+    {"__stem__": "time", "v": "12:00:00.250000"}
+    {"__stem__": "uuid", "v": "8c5f..."}
+    {"__stem__": "decimal", "v": "1.10"}
+    {"__stem__": "bytes", "v": "AAEC"}            (standard base64)
+
+A user dict that itself has a ``"__stem__"`` key is wrapped as
+``{"__stem__": "dict", "v": {...}}`` so that it can never be read as a tag.
+Anything else is rejected with a `NotSerializable` error that names where the
+value sits, its type and what to pass instead.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import datetime as dt
+import enum
+import json
+import math
+import uuid
+from decimal import Decimal
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+from stem.canvas.errors import NotSerializable, UndecodableValue
+
+TAG = "__stem__"
+
+#: JSON-safe form of a value: what `encode` returns and `decode` accepts.
+JsonValue = Any
+
+_ACCEPTED = (
+    "str, int, float, bool, None, list, tuple, dict with string keys, "
+    "datetime, date, time, UUID, Decimal or bytes"
+)
+
+
+def encode(value: object, path: str = "") -> JsonValue:
+    """Convert a value to its JSON-safe form, tagging the extra scalar types.
+
+    Args:
+        value: the value to convert.
+        path: where the value sits, used in error messages
+            (``chain[1] > args[0]``).
+
+    Raises:
+        NotSerializable: if the value, or anything inside it, is not one of
+            the accepted types; the message extends ``path`` down to the
+            offending part.
+    """
+    return _encode(value, path, set())
+
+
+def decode(data: JsonValue) -> Any:
+    """Rebuild a value from the form that `encode` produced.
+
+    Raises:
+        UndecodableValue: if a tagged object has an unknown tag or a payload
+            that its type cannot parse.
+    """
+    if isinstance(data, list):
+        return [decode(item) for item in data]
+    if isinstance(data, dict):
+        if TAG in data:
+            return _decode_tagged(data)
+        return {key: decode(item) for key, item in data.items()}
+    return data
+
+
+def dumps(value: object, path: str = "") -> str:
+    """Encode a value and serialise it to a compact JSON string."""
+    return json.dumps(
+        encode(value, path), separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    )
+
+
+def loads(text: str | bytes) -> Any:
+    """Parse a JSON string written by `dumps` and rebuild the value.
+
+    Raises:
+        UndecodableValue: if the text is not JSON or holds a bad tag.
+    """
+    try:
+        data = json.loads(text)
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UndecodableValue(f"Stored value is not valid JSON: {err}.") from err
+    return decode(data)
+
+
+def _encode(value: object, path: str, active: set[int]) -> JsonValue:
+    kind = type(value)
+    if value is None or kind is str or kind is bool or kind is int:
+        return value
+    if kind is float:
+        if not math.isfinite(value):  # type: ignore[arg-type]
+            raise NotSerializable(
+                path,
+                f"the float {value!r} is not finite, and JSON has no NaN or "
+                "Infinity; pass None or a string instead",
+            )
+        return value
+    if kind is list or kind is tuple:
+        return _encode_items(value, path, active)  # type: ignore[arg-type]
+    if kind is dict:
+        return _encode_dict(value, path, active)  # type: ignore[arg-type]
+    return _encode_scalar(value, path)
+
+
+def _encode_items(
+    items: list[Any] | tuple[Any, ...], path: str, active: set[int]
+) -> JsonValue:
+    marker = id(items)
+    if marker in active:
+        raise NotSerializable(path, "the list contains itself; pass an acyclic value")
+    active.add(marker)
+    try:
+        return [_encode(item, f"{path}[{i}]", active) for i, item in enumerate(items)]
+    finally:
+        active.discard(marker)
+
+
+def _encode_dict(mapping: dict[Any, Any], path: str, active: set[int]) -> JsonValue:
+    marker = id(mapping)
+    if marker in active:
+        raise NotSerializable(path, "the dict contains itself; pass an acyclic value")
+    active.add(marker)
+    try:
+        encoded: dict[str, JsonValue] = {}
+        for key, item in mapping.items():
+            if type(key) is not str:
+                raise NotSerializable(
+                    path,
+                    f"the dict key {key!r} is a {type(key).__name__}, and JSON "
+                    "objects take only string keys; convert the key with str()",
+                )
+            encoded[key] = _encode(item, f"{path}[{key!r}]", active)
+    finally:
+        active.discard(marker)
+    if TAG in encoded:
+        return {TAG: "dict", "v": encoded}
+    return encoded
+
+
+def _encode_scalar(value: object, path: str) -> JsonValue:
+    if isinstance(value, dt.datetime) and type(value) is dt.datetime:
+        return _encode_datetime(value, path)
+    if type(value) is dt.date:
+        return {TAG: "date", "v": value.isoformat()}
+    if type(value) is dt.time:
+        return _encode_time(value, path)
+    if type(value) is uuid.UUID:
+        return {TAG: "uuid", "v": str(value)}
+    if type(value) is Decimal:
+        return {TAG: "decimal", "v": str(value)}
+    if type(value) is bytes:
+        return {TAG: "bytes", "v": base64.b64encode(value).decode("ascii")}
+    raise NotSerializable(path, _rejection(value))
+
+
+def _encode_datetime(value: dt.datetime, path: str) -> JsonValue:
+    tag: dict[str, JsonValue] = {TAG: "datetime", "v": value.isoformat()}
+    zone = value.tzinfo
+    if isinstance(zone, ZoneInfo):
+        # The offset alone would come back as a fixed offset, not the zone.
+        tag["tz"] = zone.key
+    elif zone is not None and not isinstance(zone, dt.timezone):
+        raise NotSerializable(
+            path,
+            f"the datetime {value!r} has a {type(zone).__name__} time zone that "
+            "cannot be stored exactly; use zoneinfo.ZoneInfo or datetime.timezone",
+        )
+    if value.fold:
+        tag["fold"] = 1
+    return tag
+
+
+def _encode_time(value: dt.time, path: str) -> JsonValue:
+    if value.tzinfo is not None and not isinstance(value.tzinfo, dt.timezone):
+        raise NotSerializable(
+            path,
+            f"the time {value!r} has a {type(value.tzinfo).__name__} time zone; "
+            "a time of day can carry only a fixed datetime.timezone offset",
+        )
+    tag: dict[str, JsonValue] = {TAG: "time", "v": value.isoformat()}
+    if value.fold:
+        tag["fold"] = 1
+    return tag
+
+
+def _rejection(value: object) -> str:
+    kind = type(value)
+    name = f"{kind.__module__}.{kind.__qualname__}"
+    if isinstance(value, set | frozenset):
+        return f"a {kind.__name__} is not JSON-serialisable; pass a list"
+    if isinstance(value, enum.Enum):
+        return (
+            f"the enum member {value!r} is not JSON-serialisable; "
+            "pass its .value instead"
+        )
+    if isinstance(value, bytearray | memoryview):
+        return f"a {kind.__name__} is not JSON-serialisable; pass bytes(value)"
+    if isinstance(value, dt.timedelta):
+        return "a timedelta is not JSON-serialisable; pass value.total_seconds()"
+    if isinstance(value, str | int | float | dict | list | tuple | bytes):
+        return (
+            f"a {name} is a subclass of a JSON type and would not come back as "
+            f"the same type; convert it to the plain type first"
+        )
+    return f"a {name} is not JSON-serialisable; pass one of: {_ACCEPTED}"
+
+
+def _decode_tagged(data: dict[str, Any]) -> Any:
+    tag = data[TAG]
+    payload = data.get("v")
+    try:
+        if tag == "dict" and isinstance(payload, dict):
+            return {key: decode(item) for key, item in payload.items()}
+        if not isinstance(payload, str):
+            raise UndecodableValue(
+                f"Tagged value {tag!r} has no string payload: {data!r}."
+            )
+        return _decode_scalar(tag, payload, data)
+    except (ValueError, binascii.Error, ZoneInfoNotFoundError) as err:
+        if isinstance(err, UndecodableValue):
+            raise
+        raise UndecodableValue(f"Tagged value {data!r} does not parse: {err}.") from err
+
+
+def _decode_scalar(tag: str, payload: str, data: dict[str, Any]) -> Any:
+    fold = 1 if data.get("fold") == 1 else 0
+    if tag == "datetime":
+        value = dt.datetime.fromisoformat(payload)
+        zone = data.get("tz")
+        if isinstance(zone, str):
+            value = value.replace(tzinfo=ZoneInfo(zone))
+        return value.replace(fold=fold)
+    if tag == "date":
+        return dt.date.fromisoformat(payload)
+    if tag == "time":
+        return dt.time.fromisoformat(payload).replace(fold=fold)
+    if tag == "uuid":
+        return uuid.UUID(payload)
+    if tag == "decimal":
+        return Decimal(payload)
+    if tag == "bytes":
+        return base64.b64decode(payload.encode("ascii"), validate=True)
+    raise UndecodableValue(f"Unknown value tag {tag!r} in {data!r}.")

@@ -1,0 +1,14 @@
+"""Stem: a workflow engine for Celery-style canvases."""
+
+from stem.canvas import Canvas as Canvas
+from stem.canvas import Chain as Chain
+from stem.canvas import Chord as Chord
+from stem.canvas import GraphSpec as GraphSpec
+from stem.canvas import Group as Group
+from stem.canvas import Signature as Signature
+from stem.canvas import chain as chain
+from stem.canvas import chord as chord
+from stem.canvas import chunks as chunks
+from stem.canvas import compile_canvas as compile_canvas
+from stem.canvas import group as group
+from stem.canvas import signature as signature
