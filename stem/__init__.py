@@ -12,3 +12,8 @@ from stem.canvas import chunks as chunks
 from stem.canvas import compile_canvas as compile_canvas
 from stem.canvas import group as group
 from stem.canvas import signature as signature
+from stem.engine.app import App as App
+from stem.engine.app import Task as Task
+from stem.engine.records import is_error_record as is_error_record
+from stem.engine.result import AsyncResult as AsyncResult
+from stem.engine.worker import Worker as Worker

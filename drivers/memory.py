@@ -1,0 +1,271 @@
+"""The in-process driver (``memory://``): the embedded default and the test driver.
+
+All state lives in this process behind one lock, and each transition of the
+engine's state machine is applied under it, so a recorded outcome, the nodes
+it released and the acknowledgement of its message change together. Nothing
+survives the process. Besides the ports, it offers what tests need:
+`wait_idle`, `dead_letters` and `runs`.
+"""
+
+from __future__ import annotations
+
+import collections
+import heapq
+import itertools
+import logging
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from stem.canvas.spec import GraphSpec
+from stem.canvas.values import decode
+from stem.engine import machine
+from stem.engine.errors import RunNotFound
+from stem.engine.ports import Claim, Message, RunSnapshot
+from stem.engine.records import ErrorInfo, RunState
+
+log = logging.getLogger(__name__)
+
+
+class MemoryDriver:
+    """Runs, queues and delayed messages in this process's memory.
+
+    Args:
+        url: the ``memory://`` URL it was made from.
+        clock: returns the current time in seconds; tests may inject one.
+    """
+
+    def __init__(
+        self, url: str = "memory://", clock: Callable[[], float] = time.time
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._lock = threading.RLock()
+        self._changed = threading.Condition(self._lock)
+        self._runs: dict[str, RunState] = {}
+        self._queues: dict[str, collections.deque[Message]] = collections.defaultdict(
+            collections.deque
+        )
+        self._delayed: list[tuple[float, int, Message]] = []
+        self._sequence = itertools.count()
+        self._dead: list[tuple[Message, str]] = []
+        self._workers = 0
+        self._in_flight = 0
+
+    # -- graph store --------------------------------------------------------
+
+    def submit(self, run_id: str, spec: GraphSpec) -> bool:
+        with self._lock:
+            if run_id in self._runs:
+                return False
+            run, effects = machine.start(run_id, spec, self._clock())
+            self._runs[run_id] = run
+            self._apply(run, effects)
+            log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
+            return True
+
+    def claim(self, message: Message) -> Claim | None:
+        with self._lock:
+            run = self._runs.get(message.run_id)
+            if run is None or not machine.claim(
+                run, message.node_id, message.attempt, self._clock()
+            ):
+                self._settle_in_flight()
+                log.debug("Dropped duplicate message for %s.", _ids(message))
+                return None
+            node = run.spec.node(message.node_id)
+            has_value, value = machine.resolve_input(run, node)
+            args = [decode(item) for item in node.args]
+            if has_value:
+                args.insert(0, value)
+            kwargs = {key: decode(item) for key, item in node.kwargs.items()}
+            return Claim(
+                message, node.task, run.task_id(node.id), args, kwargs, node.options
+            )
+
+    def complete(self, message: Message, value: str) -> None:
+        self._report(message, machine.complete, value)
+
+    def fail(self, message: Message, error: ErrorInfo) -> None:
+        self._report(message, machine.fail, error)
+
+    def retry(self, message: Message, error: ErrorInfo, delay_s: float) -> None:
+        self._report(message, machine.retry, error, delay_s)
+
+    def replace(self, message: Message, spec: GraphSpec) -> None:
+        self._report(message, machine.splice, spec)
+
+    def cancel(self, run_id: str) -> None:
+        with self._lock:
+            run = self._run(run_id)
+            self._apply(run, machine.cancel(run, self._clock()))
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        with self._lock:
+            return _snapshot(self._run(run_id))
+
+    def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        with self._lock:
+            run = self._run(run_id)
+            while run.status == "running":
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    break
+                if self._workers == 0:
+                    break
+                self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+            return _snapshot(run)
+
+    def workers_alive(self) -> int | None:
+        with self._lock:
+            return self._workers
+
+    # -- broker -------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], limit: int, timeout_s: float
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while True:
+                self._move_due()
+                batch = self._take(queues, limit)
+                if batch:
+                    self._in_flight += len(batch)
+                    return batch
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return []
+                self._changed.wait(min(remaining, self._next_due_in()))
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        with self._lock:
+            self._dead.append((message, reason))
+            log.warning("Dead-lettered %s: %s", _ids(message), reason)
+        error = ErrorInfo("stem.errors", "DeadLettered", reason)
+        self._report(message, machine.fail, error)
+
+    def dead_letters(self) -> list[tuple[Message, str]]:
+        with self._lock:
+            return list(self._dead)
+
+    # -- worker bookkeeping and test helpers -------------------------------
+
+    def worker_started(self) -> None:
+        with self._lock:
+            self._workers += 1
+
+    def worker_stopped(self) -> None:
+        with self._lock:
+            self._workers -= 1
+            self._changed.notify_all()
+
+    def runs(self) -> list[str]:
+        """Return the ids of every run this driver holds, oldest first."""
+        with self._lock:
+            return list(self._runs)
+
+    def wait_idle(self, timeout_s: float = 10.0) -> bool:
+        """Block until no message is queued, delayed or being worked on.
+
+        Returns False if that did not happen within ``timeout_s``.
+        """
+        deadline = time.monotonic() + timeout_s
+        with self._lock:
+            while self._pending_work():
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(min(remaining, 0.05))
+            return True
+
+    def close(self) -> None:
+        with self._lock:
+            self._changed.notify_all()
+
+    # -- internals ------------------------------------------------------------
+
+    def _report(self, message: Message, transition: Any, *payload: Any) -> None:
+        with self._lock:
+            self._settle_in_flight()
+            run = self._runs.get(message.run_id)
+            if run is None:
+                return
+            effects = transition(
+                run, message.node_id, message.attempt, *payload, self._clock()
+            )
+            if effects is None:
+                log.debug("Ignored a duplicate or late report for %s.", _ids(message))
+                return
+            self._apply(run, effects)
+
+    def _apply(self, run: RunState, effects: list[machine.Effect]) -> None:
+        now = self._clock()
+        for effect in effects:
+            if isinstance(effect, machine.Enqueue):
+                node = run.spec.node(effect.node)
+                message = Message(
+                    run.run_id,
+                    effect.node,
+                    effect.attempt,
+                    node.options.queue or "default",
+                )
+                if effect.delay_s > 0:
+                    due = now + effect.delay_s
+                    heapq.heappush(self._delayed, (due, next(self._sequence), message))
+                else:
+                    self._queues[message.queue].append(message)
+        self._changed.notify_all()
+
+    def _move_due(self) -> None:
+        now = self._clock()
+        while self._delayed and self._delayed[0][0] <= now:
+            _, _, message = heapq.heappop(self._delayed)
+            self._queues[message.queue].append(message)
+
+    def _next_due_in(self) -> float:
+        if not self._delayed:
+            return 0.5
+        return max(0.001, min(0.5, self._delayed[0][0] - self._clock()))
+
+    def _take(self, queues: Sequence[str], limit: int) -> list[Message]:
+        batch: list[Message] = []
+        for name in queues:
+            queue = self._queues.get(name)
+            while queue and len(batch) < limit:
+                batch.append(queue.popleft())
+        return batch
+
+    def _settle_in_flight(self) -> None:
+        self._in_flight = max(0, self._in_flight - 1)
+
+    def _pending_work(self) -> bool:
+        queued = any(self._queues.values())
+        return bool(queued or self._delayed or self._in_flight)
+
+    def _run(self, run_id: str) -> RunState:
+        run = self._runs.get(run_id)
+        if run is None:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self.url}.")
+        return run
+
+
+def _snapshot(run: RunState) -> RunSnapshot:
+    import copy
+
+    return RunSnapshot(
+        run_id=run.run_id,
+        status=run.status,
+        spec=run.spec,
+        nodes={key: copy.copy(record) for key, record in run.nodes.items()},
+        created_at=run.created_at,
+        ended_at=run.ended_at,
+        value=run.value,
+        error_node=run.error_node,
+    )
+
+
+def _ids(message: Message) -> str:
+    return f"run {message.run_id} node {message.node_id} attempt {message.attempt}"

@@ -1,0 +1,340 @@
+"""The app, its task registry and tasks: the API Celery users already know."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import secrets
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn
+
+from stem.canvas.compiler import compile_canvas
+from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
+from stem.canvas.spec import GraphSpec, NodeOptions
+from stem.engine.drivers import load_driver, redact
+from stem.engine.errors import Replace, Retry, TaskNotRegistered
+from stem.engine.execution import Request, current_request
+from stem.engine.ports import Driver
+from stem.engine.result import AsyncResult
+
+if TYPE_CHECKING:
+    from stem.engine.worker import Worker
+
+log = logging.getLogger(__name__)
+
+_CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+
+
+def new_run_id() -> str:
+    """Return a new ULID: 26 characters that sort by creation time."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+class Task:
+    """A registered task: call it inline, or build signatures and submit them.
+
+    Made by ``@app.task``; see `App.task` for the options.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        fn: Callable[..., Any],
+        name: str,
+        *,
+        bind: bool,
+        autoretry_for: tuple[type[BaseException], ...],
+        options: Mapping[str, Any],
+    ) -> None:
+        self.app = app
+        self.fn = fn
+        self.name = name
+        self.bind = bind
+        self.autoretry_for = autoretry_for
+        self.options = dict(options)
+        functools.update_wrapper(self, fn)
+
+    # -- running --------------------------------------------------------------
+
+    def run(self, *args: Any, **kwargs: Any) -> Any:
+        """Call the task body, passing the task itself first when bound."""
+        if self.bind:
+            return self.fn(self, *args, **kwargs)
+        return self.fn(*args, **kwargs)
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return self.run(*args, **kwargs)
+
+    @property
+    def request(self) -> Request:
+        """The request of the attempt running in this thread."""
+        request = current_request()
+        if request is None:
+            return Request(id="", run_id="", node_id="", task=self.name, attempt=1)
+        return request
+
+    def retry(
+        self,
+        countdown: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> NoReturn:
+        """Stop this attempt and run the task again later.
+
+        Args:
+            countdown: seconds to wait; by default the task's backoff policy.
+            exc: the error to record, and to raise if no retries are left.
+            max_retries: overrides the task's limit for this decision.
+        """
+        raise Retry(countdown, exc, max_retries)
+
+    def replace(self, canvas: Canvas) -> NoReturn:
+        """End this task and put ``canvas`` in its place in the running graph.
+
+        The canvas's value feeds whatever this task's value would have fed,
+        and this task's links and errbacks follow the canvas instead.
+        """
+        raise Replace(canvas)
+
+    # -- signatures -----------------------------------------------------------
+
+    def s(self, *args: Any, **kwargs: Any) -> Signature:
+        """Build a signature of this task with partial arguments."""
+        return self.signature(args, kwargs)
+
+    def si(self, *args: Any, **kwargs: Any) -> Signature:
+        """Build an immutable signature: it ignores upstream values."""
+        return self.signature(args, kwargs, immutable=True)
+
+    def signature(
+        self,
+        args: Iterable[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> Signature:
+        """Build a signature with arguments and options."""
+        immutable = bool(options.pop("immutable", False))
+        sig = Signature(self.name, args, kwargs, options, immutable=immutable)
+        return sig.bind(self.app)
+
+    def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
+        """Submit one call of this task as a run of one node."""
+        return self.apply_async(args, kwargs)
+
+    def apply_async(
+        self,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        **options: Any,
+    ) -> AsyncResult:
+        """Submit one call with options (queue, countdown, eta, run_id, link...)."""
+        return self.app.submit(self.signature(args, kwargs), (), {}, options)
+
+    def map(self, items: Iterable[Any]) -> Signature:
+        """Call the task on each item in one worker: Celery's ``task.map``."""
+        return xmap(self.s(), items).bind(self.app)
+
+    def starmap(self, items: Iterable[Iterable[Any]]) -> Signature:
+        """Call the task with each item unpacked, in one worker."""
+        return starmap(self.s(), items).bind(self.app)
+
+    def chunks(self, items: Iterable[Iterable[Any]], n: int) -> Group:
+        """Split the calls into a group of ``n``-sized chunks."""
+        return chunks(self.s(), items, n).bind(self.app)
+
+    def __repr__(self) -> str:
+        return f"<task {self.name}>"
+
+
+class App:
+    """A Stem application: a task registry bound to a broker URL.
+
+    Args:
+        url: the driver URL; ``memory://`` (the default) runs everything in
+            this process, ``redis://host:port/db`` uses Redis.
+        name: a label for logs.
+        default_queue: the queue of tasks and nodes that name none.
+        settings: passed to the driver.
+    """
+
+    def __init__(
+        self,
+        url: str = "memory://",
+        *,
+        name: str = "stem",
+        default_queue: str = "default",
+        **settings: Any,
+    ) -> None:
+        self.url = url
+        self.name = name
+        self.default_queue = default_queue
+        self.settings = settings
+        self.tasks: dict[str, Task] = {}
+        self._driver: Driver | None = None
+        self._driver_lock = threading.Lock()
+        self._register_builtins()
+
+    def __repr__(self) -> str:
+        return f"<App {self.name} {redact(self.url)}>"
+
+    # -- tasks ----------------------------------------------------------------
+
+    def task(
+        self,
+        fn: Callable[..., Any] | None = None,
+        *,
+        name: str | None = None,
+        bind: bool = False,
+        autoretry_for: Iterable[type[BaseException]] = (),
+        **options: Any,
+    ) -> Any:
+        """Register a function as a task; use as ``@app.task`` or ``@app.task(...)``.
+
+        Args:
+            name: the registered name; defaults to ``module.qualname``, with a
+                script's file name in place of ``__main__``.
+            bind: pass the task itself as the first argument (``self``).
+            autoretry_for: exception classes that trigger a retry by policy.
+            options: default signature options: ``queue``, ``max_retries``,
+                ``retry_backoff``, ``retry_backoff_max``, ``retry_jitter``,
+                ``default_retry_delay``, ``priority``, ``time_limit``...
+        """
+
+        def register(function: Callable[..., Any]) -> Task:
+            task_name = name or task_name_of(function)
+            Signature(task_name, options=options)  # checks the options now
+            made = Task(
+                self,
+                function,
+                task_name,
+                bind=bind,
+                autoretry_for=tuple(autoretry_for),
+                options=options,
+            )
+            self.tasks[task_name] = made
+            return made
+
+        if fn is not None:
+            return register(fn)
+        return register
+
+    def get_task(self, name: str) -> Task:
+        """Return a registered task by name; raises `TaskNotRegistered`."""
+        task = self.tasks.get(name)
+        if task is None:
+            raise TaskNotRegistered(
+                f"Task {name!r} is not registered with {self!r}; import the module "
+                "that defines it before starting the worker."
+            )
+        return task
+
+    # -- driver and submission -------------------------------------------------
+
+    @property
+    def driver(self) -> Driver:
+        """The driver for this app's URL, made on first use."""
+        with self._driver_lock:
+            if self._driver is None:
+                self._driver = load_driver(self.url, **self.settings)
+            return self._driver
+
+    def submit(
+        self,
+        canvas: Canvas,
+        args: Sequence[Any] = (),
+        kwargs: Mapping[str, Any] | None = None,
+        options: Mapping[str, Any] | None = None,
+    ) -> AsyncResult:
+        """Compile a canvas and submit it as one run.
+
+        ``run_id`` among the options makes submission idempotent: a second
+        submit with the same id returns the existing run. ``link`` and
+        ``link_error`` attach to the canvas as a whole.
+        """
+        extra = dict(options or {})
+        run_id = str(extra.pop("run_id", None) or new_run_id())
+        links = extra.pop("link", None)
+        errbacks = extra.pop("link_error", None)
+        if links or errbacks:
+            canvas = canvas.clone().set(link=links, link_error=errbacks)
+        spec = self.apply_task_defaults(compile_canvas(canvas, args, kwargs, extra))
+        created = self.driver.submit(run_id, spec)
+        if created:
+            log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
+        return AsyncResult(run_id, self)
+
+    def apply_task_defaults(self, spec: GraphSpec) -> GraphSpec:
+        """Fill node options that the canvas left unset from the task's defaults."""
+        nodes = []
+        for node in spec.nodes:
+            task = self.tasks.get(node.task)
+            defaults = {"queue": self.default_queue}
+            if task is not None:
+                defaults.update(task.options)
+            unset = {
+                key: value
+                for key, value in defaults.items()
+                if key in NodeOptions.model_fields
+                and getattr(node.options, key) is None
+            }
+            if unset:
+                checked = Signature(node.task, options=unset).options
+                options = node.options.model_copy(update=checked)
+                node = node.model_copy(update={"options": options})
+            nodes.append(node)
+        return spec.model_copy(update={"nodes": nodes})
+
+    def call(
+        self, signature: Signature, args: Sequence[Any], kwargs: Mapping[str, Any]
+    ) -> Any:
+        """Run a signature's task inline, with no store and no worker."""
+        return self.get_task(signature.task).run(*args, **kwargs)
+
+    def AsyncResult(self, run_id: str) -> AsyncResult:  # noqa: N802 - Celery's name
+        """Re-attach to a run by its id."""
+        return AsyncResult(run_id, self)
+
+    def worker(
+        self,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        pool: str = "threads",
+    ) -> Worker:
+        """Make a worker; ``with app.worker():`` runs it in the background."""
+        from stem.engine.worker import Worker
+
+        return Worker(self, concurrency=concurrency, queues=queues, pool=pool)
+
+    def close(self) -> None:
+        """Close the driver, if one was made."""
+        with self._driver_lock:
+            if self._driver is not None:
+                self._driver.close()
+                self._driver = None
+
+    def _register_builtins(self) -> None:
+        def run_map(task: dict[str, Any], it: list[Any]) -> list[Any]:
+            target = self.get_task(task["task"])
+            return [target.run(item, *task["args"], **task["kwargs"]) for item in it]
+
+        def run_starmap(task: dict[str, Any], it: list[list[Any]]) -> list[Any]:
+            target = self.get_task(task["task"])
+            return [target.run(*item, *task["args"], **task["kwargs"]) for item in it]
+
+        self.task(run_map, name="stem.map")
+        self.task(run_starmap, name="stem.starmap")
+
+
+def task_name_of(function: Callable[..., Any]) -> str:
+    """Return the default task name: ``module.qualname``, never ``__main__``."""
+    module = function.__module__
+    if module == "__main__":
+        main_file = getattr(sys.modules["__main__"], "__file__", None)
+        if main_file:
+            module = Path(main_file).stem
+    return f"{module}.{function.__qualname__}"

@@ -1,0 +1,102 @@
+"""Errors of engine state, task execution and driver failures.
+
+These extend the tree rooted at `stem.canvas.errors.StemError`::
+
+    StemError
+    ├── EngineError                 a run, node or task is not in a usable state
+    │   ├── RunNotFound
+    │   ├── TaskNotRegistered
+    │   ├── NoWorkerRunning         get() would wait for a worker that is not there
+    │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
+    │   └── TaskError               a task failed with a class Stem would not rebuild
+    ├── DriverError                 the store or broker underneath failed
+    │   └── DriverNotFound          no driver for a URL scheme
+    └── Retry, Replace              raised inside tasks to steer the engine
+"""
+
+from __future__ import annotations
+
+import builtins
+from typing import Any
+
+from stem.canvas.errors import StemError
+
+
+class EngineError(StemError):
+    """Raised when a run, node or task is missing or not in a usable state."""
+
+
+class RunNotFound(EngineError, LookupError):
+    """Raised when a run id is unknown to the store, or its run has expired."""
+
+
+class TaskNotRegistered(EngineError, LookupError):
+    """Raised when a task name is not registered with the app that runs it."""
+
+
+class NoWorkerRunning(EngineError):
+    """Raised by ``get()`` on ``memory://`` when no worker is running to do the work.
+
+    Start one with ``with app.worker():`` around the call, or call
+    ``app.worker().run()`` in another thread.
+    """
+
+
+class TimeoutError(EngineError, builtins.TimeoutError):
+    """Raised by ``get(timeout=...)`` when the run has not ended in time."""
+
+
+class TaskError(EngineError):
+    """Raised in place of a task's exception when Stem does not rebuild its class.
+
+    Stem rebuilds the original class only if its module is already imported
+    and it subclasses `Exception`; otherwise this carries the stored fields.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        exc_module: str = "",
+        exc_type: str = "",
+        exc_args: list[Any] | None = None,
+        traceback: str = "",
+        task_id: str = "",
+    ) -> None:
+        super().__init__(message)
+        self.exc_module = exc_module
+        self.exc_type = exc_type
+        self.exc_args = exc_args or []
+        self.traceback = traceback
+        self.task_id = task_id
+
+
+class DriverError(StemError):
+    """Raised when the store or broker underneath fails; the cause is chained."""
+
+
+class DriverNotFound(DriverError, LookupError):
+    """Raised when no installed driver handles a URL's scheme."""
+
+
+class Retry(StemError):
+    """Raised by ``self.retry()`` inside a task to run it again after a delay."""
+
+    def __init__(
+        self,
+        countdown_s: float | None = None,
+        exc: BaseException | None = None,
+        max_retries: int | None = None,
+    ) -> None:
+        super().__init__(f"Retry in {countdown_s} s" if countdown_s else "Retry")
+        self.countdown_s = countdown_s
+        self.exc = exc
+        self.max_retries = max_retries
+
+
+class Replace(StemError):
+    """Raised by ``self.replace(canvas)`` inside a task: the canvas takes its place."""
+
+    def __init__(self, canvas: Any) -> None:
+        super().__init__("Replaced by a canvas")
+        self.canvas = canvas

@@ -1,0 +1,153 @@
+"""Running one claimed attempt of a task and turning what happened into an outcome.
+
+`execute` runs in a worker thread or in a child process; it never touches the
+store. It returns an `Outcome` made of plain strings and numbers, so that it
+crosses a process boundary, and the worker reports it to the store.
+"""
+
+from __future__ import annotations
+
+import importlib
+import random
+import sys
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Literal
+
+from stem.canvas.compiler import compile_canvas
+from stem.canvas.errors import CanvasError, NotSerializable
+from stem.canvas.primitives import Canvas
+from stem.canvas.values import dumps
+from stem.engine.errors import Replace, Retry
+from stem.engine.records import ErrorInfo
+
+if TYPE_CHECKING:
+    from stem.engine.app import Task
+
+#: Celery's defaults, which users of ``self.retry()`` expect.
+DEFAULT_MAX_RETRIES = 3
+DEFAULT_RETRY_DELAY_S = 180.0
+DEFAULT_BACKOFF_MAX_S = 600.0
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a bound task sees as ``self.request`` while it runs."""
+
+    id: str
+    run_id: str
+    node_id: str
+    task: str
+    attempt: int
+    args: tuple[Any, ...] = ()
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    retry_policy: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def retries(self) -> int:
+        """How many times this node has been retried so far."""
+        return self.attempt - 1
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """What one attempt ended with."""
+
+    kind: Literal["succeeded", "failed", "retry", "replace"]
+    #: JSON text of the value (succeeded) or of the replacing spec (replace).
+    payload: str = ""
+    error: ErrorInfo | None = None
+    delay_s: float = 0.0
+
+
+_local = threading.local()
+
+
+def current_request() -> Request | None:
+    """Return the request of the task running in this thread, if any."""
+    return getattr(_local, "request", None)
+
+
+def execute(task: Task, request: Request) -> Outcome:
+    """Run one attempt of ``task`` and describe how it ended."""
+    previous = current_request()
+    _local.request = request
+    try:
+        value = task.run(*request.args, **request.kwargs)
+    except Retry as signal:
+        return _retry_outcome(task, request, signal.exc or signal, signal)
+    except Replace as signal:
+        return _replace_outcome(signal.canvas)
+    except Exception as exc:
+        if task.autoretry_for and isinstance(exc, task.autoretry_for):
+            return _retry_outcome(task, request, exc, None)
+        return Outcome("failed", error=ErrorInfo.from_exception(exc))
+    finally:
+        _local.request = previous
+    try:
+        return Outcome("succeeded", dumps(value, f"return value of {task.name}"))
+    except NotSerializable as exc:
+        return Outcome("failed", error=ErrorInfo.from_exception(exc))
+
+
+def execute_in_child(
+    module: str, attribute: str, request: Request, path: list[str]
+) -> Outcome:
+    """Import a task by module and attribute in a child process, then run it.
+
+    Only task bodies run in children; the parent keeps all state.
+    """
+    for entry in reversed(path):
+        if entry not in sys.path:
+            sys.path.insert(0, entry)
+    target: Any = importlib.import_module(module)
+    for part in attribute.split("."):
+        target = getattr(target, part)
+    return execute(target, request)
+
+
+def _retry_outcome(
+    task: Task, request: Request, exc: BaseException, signal: Retry | None
+) -> Outcome:
+    policy = request.retry_policy
+    limit = policy.get("max_retries", DEFAULT_MAX_RETRIES)
+    if signal is not None and signal.max_retries is not None:
+        limit = signal.max_retries
+    error = ErrorInfo.from_exception(exc)
+    if limit is not None and request.retries >= limit:
+        return Outcome("failed", error=error)
+    if signal is not None and signal.countdown_s is not None:
+        return Outcome("retry", error=error, delay_s=signal.countdown_s)
+    return Outcome("retry", error=error, delay_s=backoff_s(policy, request.retries))
+
+
+def backoff_s(policy: dict[str, Any], retries: int) -> float:
+    """Return the delay before retry number ``retries + 1``.
+
+    With ``retry_backoff`` (True means a 1 s base) the delay doubles each
+    time up to ``retry_backoff_max``; ``retry_jitter`` (on by default, as in
+    Celery) then picks a uniform delay between zero and that. Without
+    backoff it is ``default_retry_delay``.
+    """
+    backoff = policy.get("retry_backoff")
+    if not backoff:
+        return float(policy.get("default_retry_delay", DEFAULT_RETRY_DELAY_S))
+    base = 1.0 if backoff is True else float(backoff)
+    ceiling = float(policy.get("retry_backoff_max", DEFAULT_BACKOFF_MAX_S))
+    delay: float = min(ceiling, base * (2**retries))
+    if policy.get("retry_jitter", True):
+        delay = random.uniform(0, delay)
+    return delay
+
+
+def _replace_outcome(canvas: Any) -> Outcome:
+    if not isinstance(canvas, Canvas):
+        error = TypeError(
+            f"self.replace() got {canvas!r}; pass a signature, chain, group or chord."
+        )
+        return Outcome("failed", error=ErrorInfo.from_exception(error))
+    try:
+        spec = compile_canvas(canvas)
+    except CanvasError as exc:
+        return Outcome("failed", error=ErrorInfo.from_exception(exc))
+    return Outcome("replace", spec.to_json())

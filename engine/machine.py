@@ -1,0 +1,491 @@
+"""The run state machine: how a run's state changes as outcomes land.
+
+Each transition takes a `RunState`, an event and the current time, changes
+only that run, and returns the effects the store must carry out in the same
+atomic step (messages to enqueue, the run's end). The in-process driver calls
+these directly under its lock; the Redis scripts implement the same
+transitions and are tested against them.
+
+Failure rules: when a node fails for good, every node downstream of it
+through a plain edge or a ``fail_fast`` join is cancelled, a link waiting on
+it is skipped, and an ``all_settled`` join runs once all its dependencies
+have ended. Siblings of the failed node keep running, so the run ends when
+every main-path node has ended; errbacks fire as soon as a node they cover
+fails or is cancelled by a failure.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+from typing import Any
+
+from stem.canvas.errors import StemInternalError
+from stem.canvas.spec import (
+    CauseInput,
+    GraphSpec,
+    ListInput,
+    NodeId,
+    NodeInput,
+    NodeSpec,
+    Template,
+    node_order,
+)
+from stem.canvas.values import dumps, loads
+from stem.engine.records import (
+    SETTLED,
+    TERMINAL,
+    ErrorInfo,
+    NodeRecord,
+    NodeState,
+    RunState,
+    error_record,
+)
+
+
+@dataclass(frozen=True)
+class Enqueue:
+    """Effect: put a message for one attempt of a node on its queue."""
+
+    node: NodeId
+    attempt: int
+    delay_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class RunEnded:
+    """Effect: the run reached a final status; wake whoever waits on it."""
+
+    status: str
+
+
+Effect = Enqueue | RunEnded
+
+
+def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effect]]:
+    """Create a run's state and queue the nodes that can start at once."""
+    run = RunState(
+        run_id=run_id,
+        spec=spec,
+        nodes={node.id: NodeRecord() for node in spec.nodes},
+        created_at=now,
+        open_main=sum(1 for node in spec.nodes if not node.side),
+    )
+    effects: list[Effect] = []
+    for node in spec.nodes:
+        if node.role == "errback" and not node.covers:
+            _end(run, node.id, "skipped", now, effects)
+        elif not node.deps and node.role != "errback":
+            _enqueue(run, node, now, effects)
+    _maybe_finish(run, now, effects)
+    return run, effects
+
+
+def claim(run: RunState, node_id: NodeId, attempt: int, now: float) -> bool:
+    """Mark an attempt as running; False for a duplicate or stale message."""
+    record = run.nodes.get(node_id)
+    if record is None or record.attempt != attempt:
+        return False
+    if record.state not in ("queued", "retrying"):
+        return False
+    record.state = "running"
+    record.started_at = now
+    run.events.append((now, node_id, "running"))
+    return True
+
+
+def complete(
+    run: RunState, node_id: NodeId, attempt: int, value: str, now: float
+) -> list[Effect] | None:
+    """Record an attempt's value; None when the report is a duplicate or late."""
+    record = _running(run, node_id, attempt)
+    if record is None:
+        return None
+    record.value = value
+    effects: list[Effect] = []
+    _end(run, node_id, "succeeded", now, effects)
+    _maybe_finish(run, now, effects)
+    return effects
+
+
+def fail(
+    run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
+) -> list[Effect] | None:
+    """Record that an attempt failed for good; None for a duplicate or late report."""
+    record = _running(run, node_id, attempt, allow_queued=True)
+    if record is None:
+        return None
+    record.error = error
+    effects: list[Effect] = []
+    _end(run, node_id, "failed", now, effects)
+    _maybe_finish(run, now, effects)
+    return effects
+
+
+def retry(
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    error: ErrorInfo,
+    delay_s: float,
+    now: float,
+) -> list[Effect] | None:
+    """Queue the next attempt after a delay; None for a duplicate or late report.
+
+    Joins never see a retry: the node stays open until an attempt ends it.
+    """
+    record = _running(run, node_id, attempt)
+    if record is None:
+        return None
+    record.state = "retrying"
+    record.error = error
+    record.attempt += 1
+    record.queued_at = now
+    run.events.append((now, node_id, "retrying"))
+    return [Enqueue(node_id, record.attempt, max(0.0, delay_s))]
+
+
+def cancel(run: RunState, now: float) -> list[Effect]:
+    """Cancel a run on request: nothing more runs, and no errback fires."""
+    if run.status != "running":
+        return []
+    effects: list[Effect] = []
+    for node in run.spec.nodes:
+        record = run.nodes[node.id]
+        if record.state in TERMINAL:
+            continue
+        pending_side = node.role in ("link", "errback") and record.state == "pending"
+        record.state = "skipped" if pending_side else "cancelled"
+        record.ended_at = now
+        run.events.append((now, node.id, record.state))
+    run.open_main = 0
+    run.status = "cancelled"
+    run.ended_at = now
+    effects.append(RunEnded("cancelled"))
+    return effects
+
+
+def splice(
+    run: RunState, node_id: NodeId, attempt: int, sub: GraphSpec, now: float
+) -> list[Effect] | None:
+    """Put a compiled canvas in place of a running node (``self.replace``).
+
+    The new nodes get ids ``R.0``, ``R.1``, ... after the replaced node ``R``.
+    What depended on ``R`` now depends on the canvas's sinks and reads its
+    value; errbacks covering ``R`` cover those sinks. None for a stale report.
+    """
+    record = _running(run, node_id, attempt)
+    if record is None:
+        return None
+    replaced = run.spec.node(node_id)
+    old_dependents = list(run.spec.dependents[node_id])
+    old_errbacks = list(run.spec.errbacks_covering[node_id])
+    run.spec = _spliced_spec(run.spec, replaced, sub)
+    for node in run.spec.nodes:
+        run.nodes.setdefault(node.id, NodeRecord())
+    added = [node for node in run.spec.nodes if node.id.startswith(f"{node_id}.")]
+    run.open_main += sum(1 for node in added if not node.side)
+    record.replaced = True
+    record.value = dumps(None)
+    effects: list[Effect] = []
+    for node in added:
+        if node.role == "errback" and not node.covers:
+            _end(run, node.id, "skipped", now, effects)
+        elif not node.deps and node.role != "errback":
+            _enqueue(run, node, now, effects)
+    # The replaced node ends as succeeded; what waited on it was rewired to
+    # the canvas, and is released here in case that canvas has no nodes.
+    _end(run, node_id, "succeeded", now, effects)
+    for dependent in old_dependents:
+        _release(run, dependent, now, effects)
+    for errback in old_errbacks:
+        covers = run.spec.node(errback).covers
+        pending = run.nodes[errback].state == "pending"
+        if pending and all(run.nodes[item].state in TERMINAL for item in covers):
+            _end(run, errback, "skipped", now, effects)
+    _maybe_finish(run, now, effects)
+    return effects
+
+
+def resolve_input(run: RunState, node: NodeSpec) -> tuple[bool, Any]:
+    """Build a node's upstream value; ``(False, None)`` when there is none."""
+    if node.input.kind == "none":
+        return False, None
+    return True, _resolve(run, node.input, node)
+
+
+def run_value(run: RunState) -> Any:
+    """Return the run's value, built from its output template."""
+    if run.spec.output.kind == "none":
+        return None
+    return _resolve(run, run.spec.output, None)
+
+
+# -- internals ----------------------------------------------------------------
+
+
+def _running(
+    run: RunState, node_id: NodeId, attempt: int, *, allow_queued: bool = False
+) -> NodeRecord | None:
+    record = run.nodes.get(node_id)
+    if record is None or record.attempt != attempt:
+        return None
+    allowed = ("running", "queued", "retrying") if allow_queued else ("running",)
+    if record.state not in allowed:
+        return None
+    return record
+
+
+def _enqueue(run: RunState, node: NodeSpec, now: float, effects: list[Effect]) -> None:
+    record = run.nodes[node.id]
+    record.state = "queued"
+    record.attempt += 1
+    record.queued_at = now
+    run.events.append((now, node.id, "queued"))
+    effects.append(Enqueue(node.id, record.attempt, _delay_s(node, now)))
+
+
+def _delay_s(node: NodeSpec, now: float) -> float:
+    delay = node.options.countdown or 0.0
+    if node.options.eta is not None:
+        eta = dt.datetime.fromisoformat(node.options.eta).timestamp()
+        delay = max(delay, eta - now)
+    return max(0.0, delay)
+
+
+def _end(
+    run: RunState, node_id: NodeId, state: NodeState, now: float, effects: list[Effect]
+) -> None:
+    """Move a node to a terminal state and settle everything it decides."""
+    work: list[NodeId] = [node_id]
+    _set_terminal(run, node_id, state, now)
+    while work:
+        current = work.pop()
+        outcome = run.nodes[current].state
+        for dependent in run.spec.dependents[current]:
+            _react(run, current, outcome, dependent, now, effects, work)
+        for errback in run.spec.errbacks_covering[current]:
+            _react_errback(run, current, outcome, errback, now, effects, work)
+
+
+def _react(
+    run: RunState,
+    dep: NodeId,
+    outcome: str,
+    node_id: NodeId,
+    now: float,
+    effects: list[Effect],
+    work: list[NodeId],
+) -> None:
+    record = run.nodes[node_id]
+    if record.state != "pending":
+        return
+    node = run.spec.node(node_id)
+    if outcome == "succeeded" or (
+        node.join == "all_settled" and outcome in SETTLED and node.role != "link"
+    ):
+        _release(run, node_id, now, effects)
+        return
+    if outcome == "skipped" or node.role == "link":
+        _set_terminal(run, node_id, "skipped", now)
+    else:
+        _set_terminal(run, node_id, "cancelled", now)
+        record.cause = _cause_of(run, dep)
+    work.append(node_id)
+
+
+def _react_errback(
+    run: RunState,
+    covered: NodeId,
+    outcome: str,
+    errback: NodeId,
+    now: float,
+    effects: list[Effect],
+    work: list[NodeId],
+) -> None:
+    record = run.nodes[errback]
+    if record.state != "pending":
+        return
+    if outcome in ("failed", "cancelled"):
+        record.cause = _cause_of(run, covered)
+        _enqueue(run, run.spec.node(errback), now, effects)
+        return
+    covers = run.spec.node(errback).covers
+    if all(run.nodes[item].state in TERMINAL for item in covers):
+        _set_terminal(run, errback, "skipped", now)
+        work.append(errback)
+
+
+def _release(run: RunState, node_id: NodeId, now: float, effects: list[Effect]) -> None:
+    """Queue a pending node if its dependencies allow it to start."""
+    record = run.nodes[node_id]
+    if record.state != "pending":
+        return
+    node = run.spec.node(node_id)
+    accepted = (
+        SETTLED if node.join == "all_settled" and node.role != "link" else {"succeeded"}
+    )
+    if all(run.nodes[dep].state in accepted for dep in node.deps):
+        _enqueue(run, node, now, effects)
+
+
+def _cause_of(run: RunState, node_id: NodeId) -> NodeId:
+    record = run.nodes[node_id]
+    return node_id if record.state == "failed" or record.cause is None else record.cause
+
+
+def _set_terminal(run: RunState, node_id: NodeId, state: NodeState, now: float) -> None:
+    record = run.nodes[node_id]
+    if record.state in TERMINAL:
+        raise StemInternalError(
+            f"Run {run.run_id}: node {node_id} is already {record.state} and cannot "
+            f"become {state}. This is a bug in Stem."
+        )
+    record.state = state
+    record.ended_at = now
+    run.events.append((now, node_id, state))
+    if not run.spec.node(node_id).side:
+        run.open_main -= 1
+
+
+def _maybe_finish(run: RunState, now: float, effects: list[Effect]) -> None:
+    if run.status != "running" or run.open_main > 0:
+        return
+    run.ended_at = now
+    if all(run.nodes[sink].state == "succeeded" for sink in run.spec.sinks):
+        run.status = "succeeded"
+        run.value = dumps(run_value(run))
+    else:
+        run.status = "failed"
+        run.error_node = _error_node(run)
+    effects.append(RunEnded(run.status))
+
+
+def _error_node(run: RunState) -> NodeId | None:
+    """Return the lowest-id failed node whose failure reached the run's result."""
+    reaching = _nodes_reaching_sinks(run.spec)
+    failed = [node_id for node_id in reaching if run.nodes[node_id].state == "failed"]
+    return min(failed, key=node_order) if failed else None
+
+
+def _nodes_reaching_sinks(spec: GraphSpec) -> set[NodeId]:
+    """Nodes from which a failure travels to a sink through fail_fast edges."""
+    reaching = set(spec.sinks)
+    stack = list(spec.sinks)
+    while stack:
+        node = spec.node(stack.pop())
+        if node.join != "fail_fast":
+            continue
+        for dep in node.deps:
+            if dep not in reaching:
+                reaching.add(dep)
+                stack.append(dep)
+    return reaching
+
+
+def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
+    if isinstance(template, NodeInput):
+        record = run.nodes[template.node]
+        if record.state == "succeeded":
+            return loads(record.value) if record.value is not None else None
+        task = run.spec.node(template.node).task
+        return error_record(template.node, task, record)
+    if isinstance(template, ListInput):
+        return [_resolve(run, item, reader) for item in template.items]
+    if isinstance(template, CauseInput):
+        assert reader is not None
+        cause = run.nodes[reader.id].cause
+        return run.task_id(cause) if cause is not None else None
+    return None
+
+
+def _spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSpec:
+    prefix = replaced.id
+    offset = len(spec.groups)
+
+    def rename(node_id: NodeId) -> NodeId:
+        return f"{prefix}.{node_id}"
+
+    new_nodes = []
+    for node in sub.nodes:
+        new_nodes.append(
+            node.model_copy(
+                update={
+                    "id": rename(node.id),
+                    "deps": [rename(dep) for dep in node.deps],
+                    "input": _rename_template(node.input, rename),
+                    "covers": [rename(item) for item in node.covers],
+                    "side": node.side or replaced.side,
+                    "path": f"{replaced.path} > replace > {node.path}".strip(" >"),
+                    "group": None if node.group is None else node.group + offset,
+                }
+            )
+        )
+    sinks = [rename(sink) for sink in sub.sinks]
+    output = _rename_template(sub.output, rename)
+    rewired = [_rewire(node, prefix, sinks, output) for node in spec.nodes]
+    position = next(i for i, node in enumerate(rewired) if node.id == prefix) + 1
+    while position < len(rewired) and rewired[position].id.startswith(f"{prefix}."):
+        position += 1
+    nodes = [*rewired[:position], *new_nodes, *rewired[position:]]
+    groups = [
+        *spec.groups,
+        *(
+            group.model_copy(
+                update={
+                    "id": group.id + offset,
+                    "parent": None if group.parent is None else group.parent + offset,
+                    "members": [
+                        [rename(n) for n in member] for member in group.members
+                    ],
+                }
+            )
+            for group in sub.groups
+        ),
+    ]
+    top_sinks = _replace_in_list(list(spec.sinks), prefix, sinks)
+    top_output = _substitute(spec.output, prefix, output)
+    return GraphSpec(nodes=nodes, output=top_output, sinks=top_sinks, groups=groups)
+
+
+def _rewire(
+    node: NodeSpec, prefix: NodeId, sinks: list[NodeId], output: Template
+) -> NodeSpec:
+    if prefix not in node.deps and prefix not in node.covers:
+        return node
+    return node.model_copy(
+        update={
+            "deps": _replace_in_list(node.deps, prefix, sinks),
+            "covers": _replace_in_list(node.covers, prefix, sinks),
+            "input": _substitute(node.input, prefix, output),
+        }
+    )
+
+
+def _replace_in_list(
+    items: list[NodeId], old: NodeId, new: list[NodeId]
+) -> list[NodeId]:
+    result: list[NodeId] = []
+    for item in items:
+        for replacement in new if item == old else [item]:
+            if replacement not in result:
+                result.append(replacement)
+    return result
+
+
+def _substitute(template: Template, old: NodeId, new: Template) -> Template:
+    if isinstance(template, NodeInput) and template.node == old:
+        return new
+    if isinstance(template, ListInput):
+        return ListInput(items=[_substitute(item, old, new) for item in template.items])
+    return template
+
+
+def _rename_template(template: Template, rename: Any) -> Template:
+    if isinstance(template, NodeInput):
+        return NodeInput(node=rename(template.node))
+    if isinstance(template, ListInput):
+        return ListInput(
+            items=[_rename_template(item, rename) for item in template.items]
+        )
+    return template

@@ -1,0 +1,139 @@
+"""The ports the engine needs from a driver, as typed protocols.
+
+A driver implements `Broker` (moving messages) and `GraphStore` (run state)
+over one backing store; `Driver` is both. Every `GraphStore` method that
+records an outcome also enqueues the nodes it made ready and acknowledges the
+message, in one atomic step, and ignores a duplicate or late report.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from stem.canvas.spec import GraphSpec, NodeId, NodeOptions
+from stem.engine.records import ErrorInfo, NodeRecord, RunStatus
+
+
+@dataclass(frozen=True)
+class Message:
+    """The envelope of one attempt of one node: ids only, never the graph."""
+
+    run_id: str
+    node_id: NodeId
+    attempt: int
+    queue: str = "default"
+    epoch: int = 1
+    #: Broker-specific handle used to acknowledge, such as a stream entry id.
+    receipt: str = ""
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Claim:
+    """What a worker needs to run one attempt: returned by `GraphStore.claim`."""
+
+    message: Message
+    task: str
+    task_id: str
+    #: Positional arguments with the upstream value already in front.
+    args: list[Any]
+    kwargs: dict[str, Any]
+    options: NodeOptions
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """A consistent copy of a run's state at one moment."""
+
+    run_id: str
+    status: RunStatus
+    spec: GraphSpec
+    nodes: dict[NodeId, NodeRecord]
+    created_at: float
+    ended_at: float | None
+    #: The run's value in JSON text, when it succeeded.
+    value: str | None
+    #: The node whose error the result raises, when it failed.
+    error_node: NodeId | None
+
+
+class Broker(Protocol):
+    """Moves messages between the store and workers."""
+
+    def fetch(
+        self, queues: Sequence[str], limit: int, timeout_s: float
+    ) -> list[Message]:
+        """Return up to ``limit`` due messages, waiting up to ``timeout_s`` for one."""
+        ...
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        """Move a message that cannot be processed aside; its node fails."""
+        ...
+
+    def dead_letters(self) -> list[tuple[Message, str]]:
+        """Return the dead-lettered messages with their reasons."""
+        ...
+
+
+class GraphStore(Protocol):
+    """Holds run state and applies the engine's transitions atomically."""
+
+    def submit(self, run_id: str, spec: GraphSpec) -> bool:
+        """Store a new run and enqueue its roots; False if the id already exists."""
+        ...
+
+    def claim(self, message: Message) -> Claim | None:
+        """Start an attempt; None for a duplicate, stale or cancelled message."""
+        ...
+
+    def complete(self, message: Message, value: str) -> None:
+        """Record an attempt's value (JSON text) and release what it unblocks."""
+        ...
+
+    def fail(self, message: Message, error: ErrorInfo) -> None:
+        """Record that an attempt failed for good."""
+        ...
+
+    def retry(self, message: Message, error: ErrorInfo, delay_s: float) -> None:
+        """Schedule the next attempt after ``delay_s`` seconds."""
+        ...
+
+    def replace(self, message: Message, spec: GraphSpec) -> None:
+        """Splice a compiled canvas in place of the running node."""
+        ...
+
+    def cancel(self, run_id: str) -> None:
+        """Cancel a run: nothing more of it runs."""
+        ...
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        """Return the run's current state; raises `RunNotFound`."""
+        ...
+
+    def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
+        """Block until the run ends or the timeout passes, then return its state."""
+        ...
+
+    def workers_alive(self) -> int | None:
+        """Return how many workers serve this store, or None if it cannot tell."""
+        ...
+
+
+class Driver(Broker, GraphStore, Protocol):
+    """A broker and a graph store over one backing store."""
+
+    url: str
+
+    def worker_started(self) -> None:
+        """Note that a worker began serving this driver."""
+        ...
+
+    def worker_stopped(self) -> None:
+        """Note that a worker stopped."""
+        ...
+
+    def close(self) -> None:
+        """Release connections and threads."""
+        ...

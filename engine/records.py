@@ -1,0 +1,164 @@
+"""Records of a run's state: per node, per run, and stored errors."""
+
+from __future__ import annotations
+
+import sys
+import traceback as traceback_module
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from stem.canvas.errors import NotSerializable
+from stem.canvas.spec import GraphSpec, NodeId
+from stem.canvas.values import encode
+
+NodeState = Literal[
+    "pending",
+    "queued",
+    "running",
+    "retrying",
+    "succeeded",
+    "failed",
+    "cancelled",
+    "skipped",
+]
+RunStatus = Literal["running", "succeeded", "failed", "cancelled"]
+
+#: States a node never leaves.
+TERMINAL: frozenset[str] = frozenset({"succeeded", "failed", "cancelled", "skipped"})
+#: Terminal states a join under ``all_settled`` accepts from a dependency.
+SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
+
+#: Key of the error record that replaces a failed member's value under ``all_settled``.
+ERROR_RECORD_KEY = "__stem_error__"
+
+
+@dataclass(frozen=True)
+class ErrorInfo:
+    """A task's exception as stored: never the exception object itself.
+
+    ``args`` holds the exception's arguments in the value codec's JSON form,
+    or None when they are not JSON-serialisable.
+    """
+
+    module: str
+    qualname: str
+    message: str
+    args: list[Any] | None = None
+    traceback: str = ""
+
+    @classmethod
+    def from_exception(cls, exc: BaseException) -> ErrorInfo:
+        """Capture an exception's class, arguments, message and traceback."""
+        kind = type(exc)
+        try:
+            args: list[Any] | None = encode(list(exc.args))
+        except NotSerializable:
+            args = None
+        text = "".join(traceback_module.format_exception(kind, exc, exc.__traceback__))
+        return cls(kind.__module__, kind.__qualname__, str(exc), args, text)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the JSON-safe form that drivers store."""
+        return {
+            "module": self.module,
+            "qualname": self.qualname,
+            "message": self.message,
+            "args": self.args,
+            "traceback": self.traceback,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ErrorInfo:
+        """Rebuild from `to_dict` output."""
+        return cls(
+            str(data.get("module", "")),
+            str(data.get("qualname", "")),
+            str(data.get("message", "")),
+            data.get("args"),
+            str(data.get("traceback", "")),
+        )
+
+    def rebuild(self) -> type[Exception] | None:
+        """Find the exception class, without importing anything.
+
+        Returns the class only if its module is already in `sys.modules` and
+        the name resolves there to a subclass of `Exception`; otherwise None.
+        """
+        module = sys.modules.get(self.module)
+        if module is None:
+            return None
+        found: Any = module
+        for part in self.qualname.split("."):
+            found = getattr(found, part, None)
+            if found is None:
+                return None
+        if isinstance(found, type) and issubclass(found, Exception):
+            return found
+        return None
+
+
+@dataclass
+class NodeRecord:
+    """What the store keeps for one node of a run.
+
+    Invariant: ``value`` is set only in state ``succeeded``; ``error`` only in
+    ``failed`` (or ``retrying``, for the attempt that asked to retry).
+    """
+
+    state: NodeState = "pending"
+    #: Number of the current attempt; 0 until the node is first queued.
+    attempt: int = 0
+    #: The task's value in the value codec's JSON text.
+    value: str | None = None
+    error: ErrorInfo | None = None
+    #: The failed node that cancelled this node, or that fired this errback.
+    cause: NodeId | None = None
+    #: True once a ``replace`` put a canvas in this node's place.
+    replaced: bool = False
+    queued_at: float | None = None
+    started_at: float | None = None
+    ended_at: float | None = None
+
+
+@dataclass
+class RunState:
+    """What the store keeps for one run."""
+
+    run_id: str
+    spec: GraphSpec
+    nodes: dict[NodeId, NodeRecord]
+    status: RunStatus = "running"
+    epoch: int = 1
+    created_at: float = 0.0
+    ended_at: float | None = None
+    #: The run's value in JSON text, once it has succeeded.
+    value: str | None = None
+    #: The node whose error the run's result raises, once it has failed.
+    error_node: NodeId | None = None
+    #: Main-path nodes not yet in a terminal state.
+    open_main: int = 0
+    events: list[tuple[float, NodeId, str]] = field(default_factory=list)
+
+    def task_id(self, node_id: NodeId) -> str:
+        """Return the globally unique task id of a node of this run."""
+        return task_id(self.run_id, node_id)
+
+
+def task_id(run_id: str, node_id: NodeId) -> str:
+    """Derive a node's task id from its run id and node id."""
+    return f"{run_id}-{node_id}"
+
+
+def error_record(node_id: NodeId, task: str, record: NodeRecord) -> dict[str, Any]:
+    """Build the error record an ``all_settled`` join gets for a failed member."""
+    detail: dict[str, Any] = {"state": record.state, "node": node_id, "task": task}
+    if record.error is not None:
+        detail["type"] = record.error.qualname
+        detail["module"] = record.error.module
+        detail["message"] = record.error.message
+    return {ERROR_RECORD_KEY: detail}
+
+
+def is_error_record(value: object) -> bool:
+    """Tell whether a value from an ``all_settled`` join is an error record."""
+    return isinstance(value, dict) and set(value) == {ERROR_RECORD_KEY}

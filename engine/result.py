@@ -1,0 +1,184 @@
+"""Result handles: follow a run, read its value, or get its error back."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from stem.canvas.spec import GraphSpec, NodeId
+from stem.canvas.values import decode, loads
+from stem.engine.errors import (
+    EngineError,
+    NoWorkerRunning,
+    TaskError,
+    TimeoutError,
+)
+from stem.engine.ports import RunSnapshot
+from stem.engine.records import ErrorInfo, NodeRecord, task_id
+
+if TYPE_CHECKING:
+    from stem.engine.app import App
+
+
+class RunCancelled(EngineError):
+    """Raised by ``get()`` on a run that was cancelled before it ended."""
+
+
+@dataclass(frozen=True)
+class NodeResult:
+    """One node of a run as the client sees it."""
+
+    node_id: NodeId
+    task: str
+    task_id: str
+    state: str
+    attempts: int
+    duration_s: float | None
+    value: Any
+    error: ErrorInfo | None
+
+
+class AsyncResult:
+    """A handle on one run, by id.
+
+    Its state names follow Stem's run states: ``running``, ``succeeded``,
+    ``failed``, ``cancelled``.
+    """
+
+    def __init__(self, run_id: str, app: App) -> None:
+        self.id = run_id
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<AsyncResult {self.id}>"
+
+    def snapshot(self) -> RunSnapshot:
+        """Return a consistent copy of the run's state."""
+        return self.app.driver.snapshot(self.id)
+
+    @property
+    def state(self) -> str:
+        """The run's state."""
+        return self.snapshot().status
+
+    def ready(self) -> bool:
+        """Tell whether the run has ended."""
+        return self.state != "running"
+
+    def successful(self) -> bool:
+        """Tell whether the run ended with a value."""
+        return self.state == "succeeded"
+
+    def failed(self) -> bool:
+        """Tell whether the run ended with an error."""
+        return self.state == "failed"
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> Any:
+        """Wait for the run to end and return its value.
+
+        Args:
+            timeout: seconds to wait; None waits as long as it takes.
+            propagate: when False, return the run's error instead of raising it.
+
+        Raises:
+            TimeoutError: if the run has not ended within ``timeout``.
+            NoWorkerRunning: on ``memory://`` when no worker is running.
+            Exception: the error of the lowest-id failed node whose failure
+                reached the result, rebuilt as its own class when that class is
+                already imported, else as `TaskError`.
+        """
+        started = time.monotonic()
+        snapshot = self.app.driver.wait(self.id, timeout)
+        if snapshot.status == "running":
+            waited = time.monotonic() - started
+            if self.app.driver.workers_alive() == 0 and (
+                timeout is None or waited < timeout
+            ):
+                raise NoWorkerRunning(
+                    f"Run {self.id} cannot finish: no worker is running on "
+                    f"{self.app.url}. Wrap the call in 'with app.worker():' or "
+                    "start 'stem worker' for a shared broker."
+                )
+            raise TimeoutError(f"Run {self.id} did not end within {timeout} s.")
+        if snapshot.status == "succeeded":
+            return loads(snapshot.value) if snapshot.value is not None else None
+        error = self._error(snapshot)
+        if propagate:
+            raise error
+        return error
+
+    def _error(self, snapshot: RunSnapshot) -> Exception:
+        if snapshot.status == "cancelled":
+            return RunCancelled(f"Run {self.id} was cancelled.")
+        node_id = snapshot.error_node
+        if node_id is None:
+            return TaskError(f"Run {self.id} failed without a recorded task error.")
+        record = snapshot.nodes[node_id]
+        assert record.error is not None
+        return rebuild_exception(record.error, task_id(self.id, node_id))
+
+    def nodes(self) -> dict[NodeId, NodeResult]:
+        """Return every node of the run with its state, value and error."""
+        snapshot = self.snapshot()
+        return {
+            node.id: _node_result(self.id, node.id, node.task, snapshot.nodes[node.id])
+            for node in snapshot.spec.nodes
+        }
+
+    def node(self, node_id: NodeId) -> NodeResult:
+        """Return one node of the run."""
+        return self.nodes()[node_id]
+
+    def graph(self) -> tuple[GraphSpec, dict[NodeId, NodeRecord]]:
+        """Return the run's graph spec and each node's record."""
+        snapshot = self.snapshot()
+        return snapshot.spec, snapshot.nodes
+
+    def cancel(self) -> None:
+        """Cancel the run: queued nodes never start, and no errback fires."""
+        self.app.driver.cancel(self.id)
+
+    revoke = cancel
+
+
+def rebuild_exception(error: ErrorInfo, failed_task_id: str) -> Exception:
+    """Turn a stored error back into an exception without importing anything."""
+    kind = error.rebuild()
+    if kind is not None and error.args is not None:
+        try:
+            exc = kind(*decode(error.args))
+        except Exception:
+            exc = None
+        if exc is not None:
+            exc.add_note(
+                f"Raised by task {failed_task_id}.\n{error.traceback}".rstrip()
+            )
+            return exc
+    return TaskError(
+        f"{error.qualname}: {error.message}",
+        exc_module=error.module,
+        exc_type=error.qualname,
+        exc_args=error.args,
+        traceback=error.traceback,
+        task_id=failed_task_id,
+    )
+
+
+def _node_result(
+    run_id: str, node_id: NodeId, task: str, record: NodeRecord
+) -> NodeResult:
+    duration = None
+    if record.started_at is not None and record.ended_at is not None:
+        duration = record.ended_at - record.started_at
+    value = loads(record.value) if record.value is not None else None
+    return NodeResult(
+        node_id,
+        task,
+        task_id(run_id, node_id),
+        record.state,
+        record.attempt,
+        duration,
+        value,
+        record.error,
+    )

@@ -1,0 +1,235 @@
+"""The worker: fetch messages, claim nodes, run task bodies, report outcomes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import multiprocessing
+import os
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
+
+from stem.canvas.spec import GraphSpec
+from stem.engine.errors import TaskNotRegistered
+from stem.engine.execution import Outcome, Request, execute, execute_in_child
+from stem.engine.ports import Claim, Message
+from stem.engine.records import ErrorInfo
+
+if TYPE_CHECKING:
+    from stem.engine.app import App, Task
+
+log = logging.getLogger(__name__)
+
+POOLS = ("threads", "processes")
+
+
+class Worker:
+    """Runs tasks from the app's queues with a pool of threads or processes.
+
+    Args:
+        app: the app whose tasks and driver it uses.
+        concurrency: how many tasks run at once; defaults to the CPU count.
+        queues: queue names to read, in priority order; defaults to the app's.
+        pool: ``threads`` runs bodies in threads; ``processes`` runs them in
+            child processes, while fetching and reporting stay in this one.
+    """
+
+    def __init__(
+        self,
+        app: App,
+        *,
+        concurrency: int | None = None,
+        queues: Sequence[str] | None = None,
+        pool: str = "threads",
+    ) -> None:
+        if pool not in POOLS:
+            raise ValueError(
+                f"Pool {pool!r} is unknown; pass 'threads' or 'processes'."
+            )
+        self.app = app
+        self.concurrency = concurrency or os.cpu_count() or 1
+        self.queues = list(queues or [app.default_queue])
+        self.pool = pool
+        self.processed = 0
+        self.failed = 0
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        self._count_lock = threading.Lock()
+
+    def start(self) -> Worker:
+        """Start the worker's threads and return at once."""
+        if self.pool == "processes":
+            context = multiprocessing.get_context("spawn")
+            self._executor = concurrent.futures.ProcessPoolExecutor(
+                self.concurrency, mp_context=context
+            )
+        self.app.driver.worker_started()
+        for index in range(self.concurrency):
+            thread = threading.Thread(
+                target=self._loop, name=f"stem-worker-{index}", daemon=True
+            )
+            thread.start()
+            self._threads.append(thread)
+        log.info(
+            "Worker started on %s: queues %s, %d %s.",
+            self.app,
+            ",".join(self.queues),
+            self.concurrency,
+            self.pool,
+        )
+        return self
+
+    def stop(self, timeout_s: float = 30.0) -> None:
+        """Finish the tasks in progress, then stop."""
+        self._stop.set()
+        for thread in self._threads:
+            thread.join(timeout_s)
+        self._threads.clear()
+        if self._executor is not None:
+            self._executor.shutdown(wait=True, cancel_futures=True)
+            self._executor = None
+        self.app.driver.worker_stopped()
+        log.info(
+            "Worker stopped: %d tasks processed, %d failed.",
+            self.processed,
+            self.failed,
+        )
+
+    def run(self) -> None:
+        """Run until interrupted (Ctrl+C) or `stop` is called from another thread."""
+        self.start()
+        try:
+            while not self._stop.wait(0.5):
+                pass
+        except KeyboardInterrupt:
+            log.info("Interrupted; finishing the tasks in progress.")
+        finally:
+            self.stop()
+
+    def __enter__(self) -> Worker:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+    # -- the loop -------------------------------------------------------------
+
+    def _loop(self) -> None:
+        driver = self.app.driver
+        while not self._stop.is_set():
+            try:
+                messages = driver.fetch(self.queues, 1, 0.2)
+                for message in messages:
+                    self._handle(message)
+            except Exception:
+                log.critical("Worker loop failed; restarting it.", exc_info=True)
+                time.sleep(0.5)
+
+    def _handle(self, message: Message) -> None:
+        driver = self.app.driver
+        try:
+            task = self.app.get_task(self._task_name(message))
+        except TaskNotRegistered as err:
+            driver.dead_letter(message, str(err))
+            return
+        claim = driver.claim(message)
+        if claim is None:
+            return
+        started = time.monotonic()
+        outcome = self._execute(task, claim)
+        self._report(claim, outcome)
+        log.debug(
+            "Task %s %s %s in %.3f s.",
+            claim.task,
+            claim.task_id,
+            outcome.kind,
+            time.monotonic() - started,
+        )
+
+    def _task_name(self, message: Message) -> str:
+        return self.app.driver.snapshot(message.run_id).spec.node(message.node_id).task
+
+    def _execute(self, task: Task, claim: Claim) -> Outcome:
+        request = _request(task, claim)
+        if self._executor is None:
+            return execute(task, request)
+        module, attribute = task.fn.__module__, task.fn.__qualname__
+        if module == "__main__":
+            module = task.name.rsplit(".", 1)[0]
+        future = self._executor.submit(
+            execute_in_child, module, attribute, request, list(sys.path)
+        )
+        try:
+            return future.result()
+        except Exception as exc:  # the child died or could not import the task
+            log.error(
+                "Task %s %s could not run in a child process.",
+                claim.task,
+                claim.task_id,
+                exc_info=True,
+            )
+            return Outcome("failed", error=ErrorInfo.from_exception(exc))
+
+    def _report(self, claim: Claim, outcome: Outcome) -> None:
+        driver = self.app.driver
+        message = claim.message
+        with self._count_lock:
+            self.processed += 1
+            if outcome.kind == "failed":
+                self.failed += 1
+        if outcome.kind == "succeeded":
+            driver.complete(message, outcome.payload)
+        elif outcome.kind == "retry":
+            assert outcome.error is not None
+            log.warning(
+                "Task %s %s failed on attempt %d, retrying in %.1f s.",
+                claim.task,
+                claim.task_id,
+                message.attempt,
+                outcome.delay_s,
+            )
+            driver.retry(message, outcome.error, outcome.delay_s)
+        elif outcome.kind == "replace":
+            driver.replace(message, GraphSpec.from_json(outcome.payload))
+        else:
+            assert outcome.error is not None
+            log.error(
+                "Task %s %s failed: %s: %s",
+                claim.task,
+                claim.task_id,
+                outcome.error.qualname,
+                outcome.error.message,
+            )
+            driver.fail(message, outcome.error)
+
+
+def _request(task: Task, claim: Claim) -> Request:
+    options = claim.options
+    policy: dict[str, Any] = {}
+    for key in (
+        "max_retries",
+        "retry_backoff",
+        "retry_backoff_max",
+        "retry_jitter",
+        "default_retry_delay",
+    ):
+        value = getattr(options, key)
+        if value is None:
+            value = task.options.get(key)
+        if value is not None or (key == "max_retries" and key in task.options):
+            policy[key] = value
+    message = claim.message
+    return Request(
+        id=claim.task_id,
+        run_id=message.run_id,
+        node_id=message.node_id,
+        task=claim.task,
+        attempt=message.attempt,
+        args=tuple(claim.args),
+        kwargs=claim.kwargs,
+        retry_policy=policy,
+    )
