@@ -1,5 +1,16 @@
 """Stem: a workflow engine for Celery-style canvases."""
 
+from pathlib import Path as _Path
+
+# In a source checkout the layer folders (canvas/, engine/, drivers/) sit
+# beside this one; adding the checkout to the search path lets them import
+# as stem.canvas and so on even when the checkout shadows the installed
+# package (python -m pytest puts the working directory first on sys.path).
+# An installed wheel has no pyproject.toml beside it, so this does nothing.
+_checkout = _Path(__file__).resolve().parent.parent
+if (_checkout / "pyproject.toml").is_file() and (_checkout / "canvas").is_dir():
+    __path__.append(str(_checkout))
+
 from stem.canvas import Canvas as Canvas
 from stem.canvas import Chain as Chain
 from stem.canvas import Chord as Chord
