@@ -15,6 +15,7 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -52,6 +53,8 @@ class MemoryDriver:
         self._dead: list[tuple[Message, str]] = []
         self._workers = 0
         self._in_flight = 0
+        self._fired: set[tuple[str, float]] = set()
+        self._locks: dict[str, tuple[str, float]] = {}
 
     # -- graph store --------------------------------------------------------
 
@@ -150,6 +153,34 @@ class MemoryDriver:
     def dead_letters(self) -> list[tuple[Message, str]]:
         with self._lock:
             return list(self._dead)
+
+    # -- schedule store and lock ------------------------------------------
+
+    def claim_fire(self, entry: str, fire_time_s: float) -> bool:
+        with self._lock:
+            key = (entry, fire_time_s)
+            if key in self._fired:
+                return False
+            self._fired.add(key)
+            return True
+
+    def acquire(self, name: str, lease_s: float) -> str | None:
+        with self._lock:
+            now = self._clock()
+            held = self._locks.get(name)
+            if held is not None and held[1] > now:
+                return None
+            token = uuid.uuid4().hex
+            self._locks[name] = (token, now + lease_s)
+            return token
+
+    def release(self, name: str, token: str) -> bool:
+        with self._lock:
+            held = self._locks.get(name)
+            if held is None or held[0] != token:
+                return False
+            del self._locks[name]
+            return True
 
     # -- worker bookkeeping and test helpers -------------------------------
 

@@ -1,7 +1,8 @@
 """The ports the engine needs from a driver, as typed protocols.
 
-A driver implements `Broker` (moving messages) and `GraphStore` (run state)
-over one backing store; `Driver` is both. Every `GraphStore` method that
+A driver implements `Broker` (moving messages), `GraphStore` (run state),
+`ScheduleStore` (beat's claimed fire times) and `Lock` over one backing
+store; `Driver` is all four. Every `GraphStore` method that
 records an outcome also enqueues the nodes it made ready and acknowledges the
 message, in one atomic step, and ignores a duplicate or late report.
 """
@@ -121,8 +122,28 @@ class GraphStore(Protocol):
         ...
 
 
-class Driver(Broker, GraphStore, Protocol):
-    """A broker and a graph store over one backing store."""
+class ScheduleStore(Protocol):
+    """Records which beat fire times were claimed, so each fires once."""
+
+    def claim_fire(self, entry: str, fire_time_s: float) -> bool:
+        """Claim one fire time of a schedule entry; False if another beat has it."""
+        ...
+
+
+class Lock(Protocol):
+    """A named lock with a lease, for work only one process may do at a time."""
+
+    def acquire(self, name: str, lease_s: float) -> str | None:
+        """Take the lock for ``lease_s`` seconds; returns a token, or None if held."""
+        ...
+
+    def release(self, name: str, token: str) -> bool:
+        """Release the lock if ``token`` still holds it; False otherwise."""
+        ...
+
+
+class Driver(Broker, GraphStore, ScheduleStore, Lock, Protocol):
+    """Every port over one backing store."""
 
     url: str
 
