@@ -23,7 +23,7 @@ from stem.canvas.spec import GraphSpec
 from stem.canvas.values import decode
 from stem.engine import machine
 from stem.engine.errors import RunNotFound
-from stem.engine.ports import Claim, Message, RunSnapshot
+from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
 from stem.engine.records import ErrorInfo, RunState
 
 log = logging.getLogger(__name__)
@@ -52,7 +52,12 @@ class MemoryDriver:
         self._sequence = itertools.count()
         self._dead: list[tuple[Message, str]] = []
         self._workers = 0
-        self._in_flight = 0
+        # Fetched messages not yet claimed-and-dropped or reported, counted per
+        # attempt, so that a duplicate or late report cannot settle a message
+        # that another worker still holds.
+        self._in_flight: collections.Counter[tuple[str, str, int, int]] = (
+            collections.Counter()
+        )
         self._fired: set[tuple[str, float]] = set()
         self._locks: dict[str, tuple[str, float]] = {}
 
@@ -74,7 +79,7 @@ class MemoryDriver:
             if run is None or not machine.claim(
                 run, message.node_id, message.attempt, self._clock()
             ):
-                self._settle_in_flight()
+                self._settle_in_flight(message)
                 log.debug("Dropped duplicate message for %s.", _ids(message))
                 return None
             node = run.spec.node(message.node_id)
@@ -136,7 +141,7 @@ class MemoryDriver:
                 self._move_due()
                 batch = self._take(queues, limit)
                 if batch:
-                    self._in_flight += len(batch)
+                    self._in_flight.update(_key(message) for message in batch)
                     return batch
                 remaining = deadline - time.monotonic()
                 if remaining <= 0:
@@ -220,7 +225,7 @@ class MemoryDriver:
 
     def _report(self, message: Message, transition: Any, *payload: Any) -> None:
         with self._lock:
-            self._settle_in_flight()
+            self._settle_in_flight(message)
             run = self._runs.get(message.run_id)
             if run is None:
                 return
@@ -242,6 +247,7 @@ class MemoryDriver:
                     effect.node,
                     effect.attempt,
                     node.options.queue or "default",
+                    headers={TASK_HEADER: node.task},
                 )
                 if effect.delay_s > 0:
                     due = now + effect.delay_s
@@ -269,8 +275,13 @@ class MemoryDriver:
                 batch.append(queue.popleft())
         return batch
 
-    def _settle_in_flight(self) -> None:
-        self._in_flight = max(0, self._in_flight - 1)
+    def _settle_in_flight(self, message: Message) -> None:
+        # A duplicate or late report finds no entry, and Counter's del ignores it.
+        key = _key(message)
+        if self._in_flight[key] > 1:
+            self._in_flight[key] -= 1
+        else:
+            del self._in_flight[key]
 
     def _pending_work(self) -> bool:
         queued = any(self._queues.values())
@@ -296,6 +307,10 @@ def _snapshot(run: RunState) -> RunSnapshot:
         value=run.value,
         error_node=run.error_node,
     )
+
+
+def _key(message: Message) -> tuple[str, str, int, int]:
+    return (message.run_id, message.node_id, message.attempt, message.epoch)
 
 
 def _ids(message: Message) -> str:

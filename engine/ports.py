@@ -16,6 +16,11 @@ from typing import Any, Protocol
 from stem.canvas.spec import GraphSpec, NodeId, NodeOptions
 from stem.engine.records import ErrorInfo, NodeRecord, RunStatus
 
+#: Message header with the node's task name, so a worker can pick the task
+#: without reading the run's state. Optional: without it, the worker reads the
+#: task name from the run's graph spec.
+TASK_HEADER = "task"
+
 
 @dataclass(frozen=True)
 class Message:
