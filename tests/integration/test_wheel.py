@@ -53,9 +53,11 @@ COPY_IGNORE = shutil.ignore_patterns(
 )
 
 #: Script for the virtual environment's Python. It imports every module of the
-#: installed package and prints, as JSON, where each one was loaded from.
+#: installed package, except that it only locates ``__main__`` modules, and
+#: prints, as JSON, where each one was found.
 IMPORT_ALL_MODULES = """
 import importlib
+import importlib.util
 import json
 import pkgutil
 import sysconfig
@@ -71,7 +73,11 @@ def reraise(name):
 
 files = {"stem": stem.__file__}
 for info in pkgutil.walk_packages(stem.__path__, "stem.", onerror=reraise):
-    files[info.name] = importlib.import_module(info.name).__file__
+    if info.name.rpartition(".")[2] == "__main__":
+        # Importing a __main__ module runs the program, so only locate it.
+        files[info.name] = importlib.util.find_spec(info.name).origin
+    else:
+        files[info.name] = importlib.import_module(info.name).__file__
 print(json.dumps({"purelib": sysconfig.get_paths()["purelib"], "files": files}))
 """
 
