@@ -35,7 +35,11 @@ class NotSerializable(CanvasError, TypeError):
     def __init__(self, path: str, problem: str) -> None:
         self.path = path
         self.problem = problem
-        super().__init__(f"{path}: {problem}" if path else problem)
+        # Both parts are the args, so the class can be rebuilt from stored args.
+        super().__init__(path, problem)
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.problem}" if self.path else self.problem
 
 
 class InvalidOption(CanvasError, ValueError):

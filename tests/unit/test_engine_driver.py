@@ -165,11 +165,6 @@ def test_nan_return_fails_node(kit: Toolkit) -> None:
     assert "not finite" in str(error)
 
 
-@pytest.mark.xfail(
-    reason="NotSerializable.__init__ takes (path, problem) but its args hold "
-    "one message, so get() cannot rebuild it and raises TaskError",
-    strict=True,
-)
 def test_not_serializable_rebuilt_as_itself(kit: Toolkit) -> None:
     @kit.app.task(name="returns_object")
     def returns_object() -> object:
@@ -178,6 +173,7 @@ def test_not_serializable_rebuilt_as_itself(kit: Toolkit) -> None:
     with kit.app.worker(concurrency=2):
         error = returns_object.delay().get(TIMEOUT_S, propagate=False)
     assert isinstance(error, NotSerializable)
+    assert "return value of returns_object" in str(error)
 
 
 def test_tagged_values_round_trip(kit: Toolkit) -> None:
