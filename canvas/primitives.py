@@ -474,6 +474,10 @@ def chain(*tasks: Any) -> Canvas:
     """
     steps = _flatten_arguments(tasks)
     result: Canvas = Chain()
+    if len(steps) > 1:
+        # Start from the first step itself, so chain(group, task) is the chord
+        # group | task and not a chain wrapped around it.
+        result, steps = steps[0], steps[1:]
     for step in steps:
         result = result | step
     return result
