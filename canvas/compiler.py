@@ -191,15 +191,7 @@ class _Compiler:
         for i, step in enumerate(chain.tasks):
             step_inflow = _child(inflow, f"chain[{i}]")
             if outflow is not None:
-                step_inflow = replace(
-                    step_inflow,
-                    deps=outflow.sinks,
-                    value=outflow.value,
-                    join="fail_fast",
-                    delay={},
-                    role="task",
-                    covers=(),
-                )
+                step_inflow = _after(step_inflow, outflow)
             outflow = self.visit(step, step_inflow)
         assert outflow is not None
         return outflow
@@ -237,15 +229,7 @@ class _Compiler:
                 "chord(header, callback.s()), or submit the header as a group."
             )
         header = self.visit(chord.header, replace(inflow, member_label="chord.header"))
-        body_inflow = replace(
-            _child(inflow, "chord.body"),
-            deps=header.sinks,
-            value=header.value,
-            join=chord.join,
-            delay={},
-            role="task",
-            covers=(),
-        )
+        body_inflow = _after(_child(inflow, "chord.body"), header, chord.join)
         return self.visit(chord.body, body_inflow)
 
     def attach_links(self, canvas: Canvas, inflow: _Inflow, outflow: _Outflow) -> None:
@@ -280,6 +264,29 @@ class _Compiler:
 def _child(inflow: _Inflow, step: str) -> _Inflow:
     path = f"{inflow.path} > {step}" if inflow.path else step
     return replace(inflow, path=path)
+
+
+def _after(
+    inflow: _Inflow, upstream: _Outflow, join: JoinPolicy = "fail_fast"
+) -> _Inflow:
+    """Feed what ``upstream`` produced to the next step of a sequence.
+
+    ``inflow`` is the next step's inflow as if it came first. If the upstream
+    step added no node (an empty group), the sequence still starts at the next
+    step. That step then waits for the same nodes and keeps the delay, join
+    policy and link or errback role meant for the start.
+    """
+    if upstream.sinks == inflow.deps:
+        return replace(inflow, value=upstream.value)
+    return replace(
+        inflow,
+        deps=upstream.sinks,
+        value=upstream.value,
+        join=join,
+        delay={},
+        role="task",
+        covers=(),
+    )
 
 
 def _with_own_options(inflow: _Inflow, own: Mapping[str, Any]) -> _Inflow:
