@@ -28,8 +28,8 @@ import enum
 import json
 import math
 import uuid
-from decimal import Decimal
-from typing import Any
+from decimal import Decimal, InvalidOperation
+from typing import Any, NoReturn
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from stem.canvas.errors import NotSerializable, UndecodableValue
@@ -91,10 +91,16 @@ def loads(text: str | bytes) -> Any:
         UndecodableValue: if the text is not JSON or holds a bad tag.
     """
     try:
-        data = json.loads(text)
+        data = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UndecodableValue(f"Stored value is not valid JSON: {err}.") from err
     return decode(data)
+
+
+def _reject_constant(name: str) -> NoReturn:
+    # Python's json module reads NaN and Infinity by default, but strict JSON
+    # has neither, and `dumps` never writes them.
+    raise UndecodableValue(f"Stored value contains {name}, which is not valid JSON.")
 
 
 def _encode(value: object, path: str, active: set[int]) -> JsonValue:
@@ -230,7 +236,7 @@ def _decode_tagged(data: dict[str, Any]) -> Any:
                 f"Tagged value {tag!r} has no string payload: {data!r}."
             )
         return _decode_scalar(tag, payload, data)
-    except (ValueError, binascii.Error, ZoneInfoNotFoundError) as err:
+    except (ValueError, binascii.Error, ZoneInfoNotFoundError, InvalidOperation) as err:
         if isinstance(err, UndecodableValue):
             raise
         raise UndecodableValue(f"Tagged value {data!r} does not parse: {err}.") from err
