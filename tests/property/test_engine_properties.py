@@ -1,0 +1,241 @@
+"""The state machine, driven step by step, against the reference interpreter.
+
+Every test draws a random canvas over a three-task vocabulary, a random plan
+(success, failure, retries, duplicated messages and reports for each node) and
+a seed for the order of steps, then runs it through `stem.testing.StepDriver`.
+The settings set only ``deadline``, so the hypothesis profile picked by
+``HYPOTHESIS_PROFILE`` decides the number of examples.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+
+from stem.canvas import Canvas, Chain, Chord, Group, Signature, compile_canvas
+from stem.canvas.values import loads
+from stem.engine import machine
+from stem.engine.records import ErrorInfo, RunState
+from stem.testing import (
+    NodePlan,
+    StepDriver,
+    canvases,
+    check_against_interpreter,
+    plans,
+    without_retries,
+)
+
+TASKS = ("a", "b", "c")
+SEEDS = st.integers(min_value=0, max_value=2**32 - 1)
+PROPERTY_SETTINGS = settings(
+    deadline=None, suppress_health_check=[HealthCheck.too_slow]
+)
+
+
+def _has_signature(canvas: Canvas) -> bool:
+    if isinstance(canvas, Signature):
+        return True
+    if isinstance(canvas, Chain | Group):
+        return any(_has_signature(child) for child in canvas.tasks)
+    if isinstance(canvas, Chord):
+        body = [] if canvas.body is None else [canvas.body]
+        return any(_has_signature(part) for part in [canvas.header, *body])
+    return False
+
+
+def _children(canvas: Canvas) -> list[Canvas]:
+    if isinstance(canvas, Chain | Group):
+        return list(canvas.tasks)
+    if isinstance(canvas, Chord):
+        return [canvas.header] + ([] if canvas.body is None else [canvas.body])
+    return []
+
+
+def _has_empty_part(canvas: Canvas) -> bool:
+    if not _has_signature(canvas):
+        return True
+    return any(_has_empty_part(child) for child in _children(canvas))
+
+
+def has_known_mismatch(canvas: Canvas, side: bool = False) -> bool:
+    """Tell whether a canvas has a shape the graph engine still gets wrong.
+
+    NOTE: the compiler gives a canvas without signatures the nodes that feed
+    it as its sinks, which loses two conditions. Inside a link or errback
+    branch, its own links and errbacks then hang off the branch's trigger,
+    so they can run when the branch never did. As the body of an
+    ``all_settled`` chord, the run's outcome then reads the header's
+    members, so a failure that the join absorbs still fails the run. The
+    ``xfail`` tests below pin one case of each.
+    """
+    if side and not _has_signature(canvas) and (canvas.links or canvas.errbacks):
+        return True
+    if (
+        isinstance(canvas, Chord)
+        and canvas.join == "all_settled"
+        and canvas.body is not None
+        and _has_empty_part(canvas.body)
+    ):
+        return True
+    if any(has_known_mismatch(child, side) for child in _children(canvas)):
+        return True
+    callbacks = [*canvas.links, *canvas.errbacks]
+    return any(has_known_mismatch(callback, True) for callback in callbacks)
+
+
+@st.composite
+def scenarios(draw: st.DrawFn) -> tuple[Canvas, dict[str, NodePlan], int]:
+    """Draw a canvas without a known mismatch, a plan for it and a seed."""
+    canvas = draw(canvases(TASKS, max_depth=3, max_leaves=10))
+    assume(not has_known_mismatch(canvas))
+    plan = draw(plans(compile_canvas(canvas)))
+    return canvas, plan, draw(SEEDS)
+
+
+def run_plan(canvas: Canvas, plan: dict[str, NodePlan], seed: int) -> StepDriver:
+    driver = StepDriver(plan, seed)
+    driver.run(compile_canvas(canvas))
+    return driver
+
+
+def final_state(driver: StepDriver) -> RunState:
+    assert driver.state is not None
+    return driver.state
+
+
+# -- agreement with the interpreter ------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_machine_matches_interpreter(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    check_against_interpreter(canvas, plan, seed)
+
+
+@PROPERTY_SETTINGS
+@given(scenarios(), st.lists(st.integers(min_value=0, max_value=9), max_size=2))
+def test_submit_args_match_interpreter(
+    scenario: tuple[Canvas, dict[str, NodePlan], int], args: list[int]
+) -> None:
+    canvas, _, seed = scenario
+    plan = {node.id: NodePlan() for node in compile_canvas(canvas, args).nodes}
+    check_against_interpreter(canvas, plan, seed, args=args, kwargs={"k": 1})
+
+
+# -- duplicate and late reports ------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_repeated_reports_change_nothing(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    duplicated = {
+        node: NodePlan(p.outcome, p.retries, True) for node, p in plan.items()
+    }
+    # StepDriver re-applies every report late and raises if that changes the run.
+    driver = run_plan(canvas, duplicated, seed)
+    reports = sum(len(calls) for calls in driver.calls.values())
+    assert driver.repeated_reports == reports
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_late_reports_after_end_ignored(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    run = final_state(run_plan(canvas, plan, seed))
+    error = ErrorInfo("tests", "Late", "late report")
+    for node_id, record in run.nodes.items():
+        for attempt in range(record.attempt + 1):
+            before = _copy(run)
+            late: list[Any] = [
+                machine.complete(run, node_id, attempt, "1", 1e9),
+                machine.fail(run, node_id, attempt, error, 1e9),
+                machine.retry(run, node_id, attempt, error, 0.0, 1e9),
+                machine.claim(run, node_id, attempt, 1e9),
+            ]
+            assert late == [None, None, None, False]
+            assert run == before
+
+
+def _copy(run: RunState) -> RunState:
+    nodes = {key: replace(record) for key, record in run.nodes.items()}
+    return replace(run, nodes=nodes, events=list(run.events))
+
+
+# -- the execution contract ---------------------------------------------------
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_each_attempt_enqueued_once(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    driver = run_plan(canvas, plan, seed)
+    run = final_state(driver)
+    for (node_id, attempt), count in driver.enqueued.items():
+        assert count == 1, f"node {node_id} attempt {attempt} enqueued {count} times"
+    joins = [node for node in run.spec.nodes if len(node.deps) > 1]
+    for node in joins:
+        first = driver.enqueued[(node.id, 1)]
+        ran = run.nodes[node.id].state in ("succeeded", "failed")
+        assert first == (1 if ran else 0), f"chord callback {node.id}"
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
+def test_retries_are_invisible(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    with_retries = final_state(run_plan(canvas, plan, seed))
+    plain = final_state(run_plan(canvas, without_retries(plan), seed))
+    assert with_retries.status == plain.status
+    assert with_retries.error_node == plain.error_node
+    if plain.status == "succeeded":
+        assert with_retries.value is not None
+        assert plain.value is not None
+        assert loads(with_retries.value) == loads(plain.value)
+    states = {node: record.state for node, record in with_retries.nodes.items()}
+    plain_states = {node: record.state for node, record in plain.nodes.items()}
+    assert states == plain_states
+
+
+# -- known mismatches ---------------------------------------------------------
+
+
+def _ok(*nodes: str) -> dict[str, NodePlan]:
+    return {node: NodePlan() for node in nodes}
+
+
+@pytest.mark.xfail(reason="a link on an empty errback group runs at start")
+def test_link_on_empty_errback_group() -> None:
+    errback = Group()
+    errback.link(Signature("c"))
+    canvas = Signature("a").on_error(errback)
+    check_against_interpreter(canvas, _ok("0", "1"), seed=0)
+
+
+@pytest.mark.xfail(reason="an errback on an empty link group covers its parent")
+def test_errback_on_empty_link_group() -> None:
+    link = Group().on_error(Signature("c"))
+    canvas = Signature("a")
+    canvas.link(link)
+    check_against_interpreter(canvas, {"0": NodePlan("fail"), "1": NodePlan()}, 0)
+
+
+@pytest.mark.xfail(reason="all_settled chord with an empty body fails the run")
+def test_all_settled_empty_body_absorbs() -> None:
+    canvas = Chord(Group([Signature("a")]), Group(), "all_settled")
+    check_against_interpreter(canvas, {"0": NodePlan("fail")}, seed=0)
