@@ -185,6 +185,8 @@ def _encode_datetime(value: dt.datetime, path: str) -> JsonValue:
             f"the datetime {value!r} has a {type(zone).__name__} time zone that "
             "cannot be stored exactly; use zoneinfo.ZoneInfo or datetime.timezone",
         )
+    if isinstance(zone, dt.timezone):
+        _store_odd_offset(value, tag)
     if value.fold:
         tag["fold"] = 1
     return tag
@@ -198,9 +200,22 @@ def _encode_time(value: dt.time, path: str) -> JsonValue:
             "a time of day can carry only a fixed datetime.timezone offset",
         )
     tag: dict[str, JsonValue] = {TAG: "time", "v": value.isoformat()}
+    _store_odd_offset(value, tag)
     if value.fold:
         tag["fold"] = 1
     return tag
+
+
+def _store_odd_offset(value: dt.datetime | dt.time, tag: dict[str, JsonValue]) -> None:
+    """Store a fixed offset that is not whole minutes beside a naive ISO text.
+
+    ISO 8601 text of such an offset does not parse back to the same offset.
+    """
+    offset = value.utcoffset()
+    if offset is None or not offset % dt.timedelta(minutes=1):
+        return
+    tag["v"] = value.replace(tzinfo=None).isoformat()
+    tag["offset_us"] = offset // dt.timedelta(microseconds=1)
 
 
 def _rejection(value: object) -> str:
@@ -243,6 +258,15 @@ def _decode_tagged(data: dict[str, Any]) -> Any:
 
 
 def _decode_scalar(tag: str, payload: str, data: dict[str, Any]) -> Any:
+    value = _decode_plain(tag, payload, data)
+    offset_us = data.get("offset_us")
+    if type(offset_us) is int and tag in ("datetime", "time"):
+        zone = dt.timezone(dt.timedelta(microseconds=offset_us))
+        value = value.replace(tzinfo=zone)
+    return value
+
+
+def _decode_plain(tag: str, payload: str, data: dict[str, Any]) -> Any:
     fold = 1 if data.get("fold") == 1 else 0
     if tag == "datetime":
         value = dt.datetime.fromisoformat(payload)
