@@ -9,32 +9,18 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import pytest
+import tasks_fixture
+from tasks_fixture import FixtureError, Toolkit
 
 from stem import Signature, chain, chord, group
 from stem.canvas.values import dumps
 from stem.engine.records import ErrorInfo
 from stem.errors import NotSerializable, TaskError
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-import tasks_fixture  # noqa: E402
-from tasks_fixture import FixtureError, Toolkit  # noqa: E402
-
 TIMEOUT_S = 5.0
-
-
-@pytest.fixture
-def kit() -> Iterator[Toolkit]:
-    made = Toolkit()
-    yield made
-    made.gate.set()
-    made.app.close()
 
 
 def raise_in_task(kit: Toolkit, exc: BaseException) -> Exception:

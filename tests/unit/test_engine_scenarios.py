@@ -6,29 +6,12 @@ checks the run's value or error, the node states and how often callbacks ran.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
+from tasks_fixture import Toolkit
 
 from stem import chain, chord, group, is_error_record
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from tasks_fixture import Toolkit  # noqa: E402
-
 TIMEOUT_S = 5.0
-
-
-@pytest.fixture
-def kit() -> Iterator[Toolkit]:
-    made = Toolkit()
-    yield made
-    made.gate.set()
-    made.app.close()
 
 
 # -- values of each shape --------------------------------------------------------

@@ -5,29 +5,12 @@ Every wait has a timeout, so a hang fails the test instead of the suite.
 
 from __future__ import annotations
 
-import sys
-from collections.abc import Iterator
-from pathlib import Path
-
 import pytest
+from tasks_fixture import Toolkit
 
 from stem import chain, chord, group
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from tasks_fixture import Toolkit  # noqa: E402
-
 TIMEOUT_S = 10.0
-
-
-@pytest.fixture
-def kit() -> Iterator[Toolkit]:
-    made = Toolkit()
-    yield made
-    made.gate.set()
-    made.app.close()
 
 
 def test_many_runs_at_once(kit: Toolkit) -> None:
