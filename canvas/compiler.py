@@ -2,9 +2,9 @@
 
 The compiler walks the canvas depth first, numbering each signature as it is
 met, so the same canvas always gives the same spec. Each sub-canvas is
-compiled against what flows into it (the nodes it must wait for and the
-template of the value it receives) and reports back what flows out of it (the
-nodes that end it and the template of its value). These four value rules are
+compiled against its inflow: the nodes it must wait for and the template of
+the value it receives. It returns its outflow: the nodes that end it and the
+template of its value. These four value rules are
 the whole semantics:
 
 - a signature's task receives the incoming value in front of its arguments,
@@ -51,9 +51,11 @@ class _SubmitArgs:
 
 @dataclass(frozen=True)
 class _Inflow:
-    """What flows into a sub-canvas."""
+    """Inflow of a sub-canvas: its dependencies, input and inherited settings."""
 
     deps: tuple[NodeId, ...] = ()
+    #: The part of ``deps`` whose failure was absorbed upstream.
+    settled: tuple[NodeId, ...] = ()
     value: Template | _SubmitArgs | None = None
     join: JoinPolicy = "fail_fast"
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -70,10 +72,13 @@ class _Inflow:
 
 @dataclass(frozen=True)
 class _Outflow:
-    """What flows out of a sub-canvas."""
+    """Outflow of a sub-canvas: the nodes that end it and its value template."""
 
     sinks: tuple[NodeId, ...]
     value: Template
+    #: Nodes that end the sub-canvas but whose failure it absorbed: an
+    #: ``all_settled`` join followed only by groups with no tasks.
+    settled: tuple[NodeId, ...] = ()
 
 
 def compile_canvas(
@@ -119,6 +124,7 @@ def compile_canvas(
         nodes=compiler.nodes,
         output=outflow.value,
         sinks=list(outflow.sinks),
+        settled=list(outflow.settled),
         groups=compiler.groups,
     )
 
@@ -130,6 +136,13 @@ class _Compiler:
 
     def visit(self, canvas: Canvas, inflow: _Inflow) -> _Outflow:
         own = check_options(canvas.options, inflow.path)
+        if inflow.side and (canvas.links or canvas.errbacks) and not _has_task(canvas):
+            # Its links would hang off the branch's trigger, not off the branch.
+            raise InvalidCanvas(
+                f"{inflow.path}: {canvas!r} has no task, so inside a link or "
+                "errback it cannot carry links or errbacks of its own; attach "
+                "them to a canvas that has a task."
+            )
         if not isinstance(canvas, Signature):
             inflow = _with_own_options(inflow, own)
         if isinstance(canvas, Signature):
@@ -170,6 +183,7 @@ class _Compiler:
                 options=NodeOptions(**options),
                 immutable=sig.immutable,
                 deps=list(inflow.deps),
+                settled=list(inflow.settled),
                 input=template,
                 join=inflow.join,
                 role=inflow.role,
@@ -203,6 +217,7 @@ class _Compiler:
         )
         self.groups.append(placeholder)
         sinks: list[NodeId] = []
+        settled: list[NodeId] = []
         values: list[Template] = []
         members: list[list[NodeId]] = []
         for i, member in enumerate(group.tasks):
@@ -215,12 +230,22 @@ class _Compiler:
             outflow = self.visit(member, member_inflow)
             members.append([node.id for node in self.nodes[first:]])
             sinks.extend(outflow.sinks)
+            settled.extend(outflow.settled)
             values.append(outflow.value)
         self.groups[group_id] = placeholder.model_copy(update={"members": members})
         if not group.tasks:
-            # An empty group ends as soon as its input is ready.
-            sinks = list(inflow.deps)
-        return _Outflow(sinks=_unique(sinks), value=ListInput(items=values))
+            # An empty group ends as soon as its input is ready. After an
+            # all_settled join, the failures of that input were absorbed.
+            settled = list(inflow.settled)
+            if inflow.join == "all_settled":
+                settled = list(inflow.deps)
+            sinks = [dep for dep in inflow.deps if dep not in settled]
+        unique_settled = _unique(settled)
+        return _Outflow(
+            sinks=tuple(s for s in _unique(sinks) if s not in unique_settled),
+            value=ListInput(items=values),
+            settled=unique_settled,
+        )
 
     def visit_chord(self, chord: Chord, inflow: _Inflow) -> _Outflow:
         if chord.body is None:
@@ -242,7 +267,8 @@ class _Compiler:
                 callback,
                 replace(
                     _child(side, f"link[{i}]"),
-                    deps=outflow.sinks,
+                    deps=(*outflow.sinks, *outflow.settled),
+                    settled=outflow.settled,
                     value=outflow.value,
                     role="link",
                     covers=(),
@@ -254,6 +280,7 @@ class _Compiler:
                 replace(
                     _child(side, f"link_error[{i}]"),
                     deps=(),
+                    settled=(),
                     value=CauseInput(),
                     role="errback",
                     covers=outflow.sinks,
@@ -276,11 +303,13 @@ def _after(
     step. That step then waits for the same nodes and keeps the delay, join
     policy and link or errback role meant for the start.
     """
-    if upstream.sinks == inflow.deps:
-        return replace(inflow, value=upstream.value)
+    deps = (*upstream.sinks, *upstream.settled)
+    if set(deps) == set(inflow.deps):
+        return replace(inflow, value=upstream.value, settled=upstream.settled)
     return replace(
         inflow,
-        deps=upstream.sinks,
+        deps=deps,
+        settled=upstream.settled,
         value=upstream.value,
         join=join,
         delay={},
@@ -319,6 +348,13 @@ def _encode_kwargs(kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
             )
         encoded[key] = encode(value, f"{prefix}kwargs[{key!r}]")
     return encoded
+
+
+def _has_task(canvas: Canvas) -> bool:
+    """Tell whether a canvas contains a signature, not counting its callbacks."""
+    if isinstance(canvas, Signature):
+        return True
+    return any(_has_task(child) for child in canvas.children())
 
 
 def _unique(ids: Sequence[NodeId]) -> tuple[NodeId, ...]:

@@ -22,7 +22,7 @@ if TYPE_CHECKING:
 
 
 class Submitter(Protocol):
-    """What a canvas needs from an app to run: the engine's `App` provides it."""
+    """Interface of the app that runs a canvas, implemented by the engine's `App`."""
 
     def submit(
         self,
@@ -141,12 +141,12 @@ class Canvas:
         return None
 
     def bind(self, app: Submitter) -> Self:
-        """Bind this canvas to an app, so that `apply_async` knows where to send it."""
+        """Bind this canvas to the app that `apply_async` submits it to."""
         self._app = app
         return self
 
     def children(self) -> tuple[Canvas, ...]:
-        """The canvases directly inside this one, in declaration order."""
+        """Return the canvases directly inside this one, in declaration order."""
         return ()
 
     def apply_async(
@@ -508,11 +508,11 @@ def chord(
 
 
 def chunks(task: Signature, items: Iterable[Iterable[Any]], n: int) -> Group:
-    """Split ``items`` into groups of ``n`` argument tuples, one task call each.
+    """Split ``items`` into a group of chunks of ``n`` argument tuples.
 
-    Each member runs the task over its chunk in one worker, one call per
-    argument tuple, and returns the list of values; the group's value is the
-    list of those lists, as Celery's ``chunks`` gives.
+    Each member calls the task once per tuple of its chunk, in one worker, and
+    returns the list of values. The group's value is the list of those lists,
+    which is the value Celery's ``chunks`` gives.
     """
     if type(n) is not int or n < 1:
         raise InvalidCanvas(f"Chunk size {n!r} is invalid; pass an int of 1 or more.")

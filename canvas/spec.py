@@ -119,7 +119,8 @@ class NodeSpec(_Frozen):
     """One task call in the graph.
 
     Invariant: every id in ``deps`` and in ``input`` is a node of the same
-    spec, and every id that ``input`` reads is also in ``deps``.
+    spec, and every id that ``input`` reads or ``settled`` lists is also in
+    ``deps``.
     """
 
     id: NodeId
@@ -132,6 +133,10 @@ class NodeSpec(_Frozen):
     immutable: bool = False
     #: Nodes that must end before this one runs, in declaration order.
     deps: list[NodeId] = Field(default_factory=list)
+    #: Dependencies whose failure an ``all_settled`` join upstream already
+    #: absorbed: this node waits for them to end but is not cancelled by them.
+    #: They reach it through a group with no tasks, such as an empty chord body.
+    settled: list[NodeId] = Field(default_factory=list)
     input: Template = Field(default_factory=NoInput)
     #: How a failed dependency affects this node: ``fail_fast`` cancels it,
     #: ``all_settled`` runs it with an error record in the failed value's place.
@@ -168,6 +173,9 @@ class GraphSpec(_Frozen):
     output: Template = Field(default_factory=NoInput)
     #: Main-path nodes whose success means the canvas succeeded.
     sinks: list[NodeId] = Field(default_factory=list)
+    #: Main-path nodes that end the canvas but whose failure an
+    #: ``all_settled`` join absorbed, so their outcome does not decide the run.
+    settled: list[NodeId] = Field(default_factory=list)
     groups: list[GroupSpec] = Field(default_factory=list)
 
     @cached_property

@@ -88,7 +88,7 @@ def loads(text: str | bytes) -> Any:
     """Parse a JSON string written by `dumps` and rebuild the value.
 
     Raises:
-        UndecodableValue: if the text is not JSON or holds a bad tag.
+        UndecodableValue: if the text is not JSON or contains a bad tag.
     """
     try:
         data = json.loads(text, parse_constant=_reject_constant)

@@ -32,7 +32,7 @@ DEFAULT_BACKOFF_MAX_S = 600.0
 
 @dataclass(frozen=True)
 class Request:
-    """What a bound task sees as ``self.request`` while it runs."""
+    """Context of the running attempt, read by a bound task as ``self.request``."""
 
     id: str
     run_id: str
@@ -51,7 +51,7 @@ class Request:
 
 @dataclass(frozen=True)
 class Outcome:
-    """What one attempt ended with."""
+    """Result of one attempt: a value, a failure, a retry or a replacing canvas."""
 
     kind: Literal["succeeded", "failed", "retry", "replace"]
     #: JSON text of the value (succeeded) or of the replacing spec (replace).
@@ -124,10 +124,10 @@ def _retry_outcome(
 def backoff_s(policy: dict[str, Any], retries: int) -> float:
     """Return the delay before retry number ``retries + 1``.
 
-    With ``retry_backoff`` (True means a 1 s base) the delay doubles each
-    time up to ``retry_backoff_max``; ``retry_jitter`` (on by default, as in
-    Celery) then picks a uniform delay between zero and that. Without
-    backoff it is ``default_retry_delay``.
+    With ``retry_backoff`` (True means a 1 s base), the delay doubles with
+    each retry up to ``retry_backoff_max``. ``retry_jitter``, on by default as
+    in Celery, then picks a uniform delay between zero and that value.
+    Without backoff the delay is ``default_retry_delay``.
     """
     backoff = policy.get("retry_backoff")
     if not backoff:

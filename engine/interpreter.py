@@ -226,6 +226,7 @@ class _Evaluator:
             result.link_calls[node_id] = 0
         elif role == "errback":
             result.errback_calls[node_id] = 0
+
         if isinstance(inflow, _Skipped):
             result.states[node_id] = "skipped"
             return _Outcome("skipped")
@@ -233,12 +234,14 @@ class _Evaluator:
             result.states[node_id] = "cancelled"
             record = self.error_record(node_id, sig.task, "cancelled", None)
             return _Outcome("failed", settled=record, failures=inflow.failures)
+
         args, kwargs = self.arguments(sig, inflow)
         result.calls.setdefault(node_id, []).append((list(args), dict(kwargs)))
         if role == "link":
             result.link_calls[node_id] += 1
         elif role == "errback":
             result.errback_calls[node_id] += 1
+
         try:
             value = self.node_call(node_id, sig.task, args, kwargs)
         except Exception as exc:

@@ -7,10 +7,10 @@ these directly under its lock; the Redis scripts implement the same
 transitions and are tested against them.
 
 Failure rules: when a node fails for good, every node downstream of it
-through a plain edge or a ``fail_fast`` join is cancelled, a link waiting on
-it is skipped, and an ``all_settled`` join runs once all its dependencies
-have ended. Siblings of the failed node keep running, so the run ends when
-every main-path node has ended; errbacks fire as soon as a node they cover
+through a plain edge or a ``fail_fast`` join is cancelled. A link waiting on
+it is skipped. An ``all_settled`` join runs once all its dependencies have
+ended. Siblings of the failed node keep running, so the run ends when
+every main-path node has ended. Errbacks fire as soon as a node they cover
 fails or is cancelled by a failure.
 """
 
@@ -54,12 +54,14 @@ class Enqueue:
 
 @dataclass(frozen=True)
 class RunEnded:
-    """Effect: the run reached a final status; wake whoever waits on it."""
+    """Effect: the run reached a final status, so callers waiting on it wake up."""
 
     status: str
 
 
 Effect = Enqueue | RunEnded
+
+_SUCCEEDED: frozenset[str] = frozenset({"succeeded"})
 
 
 def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effect]]:
@@ -82,7 +84,7 @@ def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effe
 
 
 def claim(run: RunState, node_id: NodeId, attempt: int, now: float) -> bool:
-    """Mark an attempt as running; False for a duplicate or stale message."""
+    """Mark an attempt as running. Returns False for a duplicate or stale message."""
     record = run.nodes.get(node_id)
     if record is None or record.attempt != attempt:
         return False
@@ -97,7 +99,7 @@ def claim(run: RunState, node_id: NodeId, attempt: int, now: float) -> bool:
 def complete(
     run: RunState, node_id: NodeId, attempt: int, value: str, now: float
 ) -> list[Effect] | None:
-    """Record an attempt's value; None when the report is a duplicate or late."""
+    """Record an attempt's value. Returns None for a duplicate or late report."""
     record = _running(run, node_id, attempt)
     if record is None:
         return None
@@ -111,7 +113,7 @@ def complete(
 def fail(
     run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
 ) -> list[Effect] | None:
-    """Record that an attempt failed for good; None for a duplicate or late report."""
+    """Record that an attempt failed for good. Returns None for a stale report."""
     record = _running(run, node_id, attempt, allow_queued=True)
     if record is None:
         return None
@@ -130,7 +132,7 @@ def retry(
     delay_s: float,
     now: float,
 ) -> list[Effect] | None:
-    """Queue the next attempt after a delay; None for a duplicate or late report.
+    """Queue the next attempt after a delay. Returns None for a stale report.
 
     Joins never see a retry: the node stays open until an attempt ends it.
     """
@@ -172,7 +174,8 @@ def splice(
 
     The new nodes get ids ``R.0``, ``R.1``, ... after the replaced node ``R``.
     What depended on ``R`` now depends on the canvas's sinks and reads its
-    value; errbacks covering ``R`` cover those sinks. None for a stale report.
+    value, and errbacks covering ``R`` cover those sinks. Returns None for a
+    stale report.
     """
     record = _running(run, node_id, attempt)
     if record is None:
@@ -193,8 +196,8 @@ def splice(
             _end(run, node.id, "skipped", now, effects)
         elif not node.deps and node.role != "errback":
             _enqueue(run, node, now, effects)
-    # The replaced node ends as succeeded; what waited on it was rewired to
-    # the canvas, and is released here in case that canvas has no nodes.
+    # The replaced node ends as succeeded. Its old dependents now wait on the
+    # canvas, and are released here because that canvas may have no nodes.
     _end(run, node_id, "succeeded", now, effects)
     for dependent in old_dependents:
         _release(run, dependent, now, effects)
@@ -281,9 +284,7 @@ def _react(
     if record.state != "pending":
         return
     node = run.spec.node(node_id)
-    if outcome == "succeeded" or (
-        node.join == "all_settled" and outcome in SETTLED and node.role != "link"
-    ):
+    if outcome in _accepted(node, dep):
         _release(run, node_id, now, effects)
         return
     if outcome == "skipped" or node.role == "link":
@@ -322,11 +323,17 @@ def _release(run: RunState, node_id: NodeId, now: float, effects: list[Effect]) 
     if record.state != "pending":
         return
     node = run.spec.node(node_id)
-    accepted = (
-        SETTLED if node.join == "all_settled" and node.role != "link" else {"succeeded"}
-    )
-    if all(run.nodes[dep].state in accepted for dep in node.deps):
+    if all(run.nodes[dep].state in _accepted(node, dep) for dep in node.deps):
         _enqueue(run, node, now, effects)
+
+
+def _accepted(node: NodeSpec, dep: NodeId) -> frozenset[str]:
+    """Return the end states of ``dep`` that let ``node`` run."""
+    if dep in node.settled:
+        return SETTLED
+    if node.join == "all_settled" and node.role != "link":
+        return SETTLED
+    return _SUCCEEDED
 
 
 def _cause_of(run: RunState, node_id: NodeId) -> NodeId:
@@ -377,7 +384,7 @@ def _nodes_reaching_sinks(spec: GraphSpec) -> set[NodeId]:
         if node.join != "fail_fast":
             continue
         for dep in node.deps:
-            if dep not in reaching:
+            if dep not in reaching and dep not in node.settled:
                 reaching.add(dep)
                 stack.append(dep)
     return reaching
@@ -413,6 +420,7 @@ def _spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphS
                 update={
                     "id": rename(node.id),
                     "deps": [rename(dep) for dep in node.deps],
+                    "settled": [rename(dep) for dep in node.settled],
                     "input": _rename_template(node.input, rename),
                     "covers": [rename(item) for item in node.covers],
                     "side": node.side or replaced.side,
@@ -422,8 +430,9 @@ def _spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphS
             )
         )
     sinks = [rename(sink) for sink in sub.sinks]
+    settled = [rename(item) for item in sub.settled]
     output = _rename_template(sub.output, rename)
-    rewired = [_rewire(node, prefix, sinks, output) for node in spec.nodes]
+    rewired = [_rewire(node, prefix, sinks, settled, output) for node in spec.nodes]
     position = next(i for i, node in enumerate(rewired) if node.id == prefix) + 1
     while position < len(rewired) and rewired[position].id.startswith(f"{prefix}."):
         position += 1
@@ -444,22 +453,54 @@ def _spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphS
         ),
     ]
     top_sinks = _replace_in_list(list(spec.sinks), prefix, sinks)
+    top_settled = _rewire_settled(spec.settled, prefix, sinks, settled, spec.sinks)
     top_output = _substitute(spec.output, prefix, output)
-    return GraphSpec(nodes=nodes, output=top_output, sinks=top_sinks, groups=groups)
+    return GraphSpec(
+        nodes=nodes,
+        output=top_output,
+        sinks=top_sinks,
+        settled=top_settled,
+        groups=groups,
+    )
 
 
 def _rewire(
-    node: NodeSpec, prefix: NodeId, sinks: list[NodeId], output: Template
+    node: NodeSpec,
+    prefix: NodeId,
+    sinks: list[NodeId],
+    settled: list[NodeId],
+    output: Template,
 ) -> NodeSpec:
+    """Point a node that waited on the replaced node at the new canvas."""
     if prefix not in node.deps and prefix not in node.covers:
         return node
     return node.model_copy(
         update={
-            "deps": _replace_in_list(node.deps, prefix, sinks),
+            "deps": _replace_in_list(node.deps, prefix, [*sinks, *settled]),
+            "settled": _rewire_settled(node.settled, prefix, sinks, settled, node.deps),
             "covers": _replace_in_list(node.covers, prefix, sinks),
             "input": _substitute(node.input, prefix, output),
         }
     )
+
+
+def _rewire_settled(
+    current: list[NodeId],
+    prefix: NodeId,
+    sinks: list[NodeId],
+    settled: list[NodeId],
+    waited_on: list[NodeId],
+) -> list[NodeId]:
+    """Return the settled list after the replaced node gave way to a canvas.
+
+    If the replaced node was itself settled, the whole canvas is. Otherwise
+    only the nodes whose failure the canvas absorbed are added.
+    """
+    if prefix in current:
+        return _replace_in_list(current, prefix, [*sinks, *settled])
+    if prefix in waited_on:
+        return [*current, *(item for item in settled if item not in current)]
+    return current
 
 
 def _replace_in_list(

@@ -38,7 +38,7 @@ class Message:
 
 @dataclass(frozen=True)
 class Claim:
-    """What a worker needs to run one attempt: returned by `GraphStore.claim`."""
+    """Inputs of one attempt for a worker, returned by `GraphStore.claim`."""
 
     message: Message
     task: str

@@ -36,7 +36,7 @@ ERROR_RECORD_KEY = "__stem_error__"
 class ErrorInfo:
     """A task's exception as stored: never the exception object itself.
 
-    ``args`` holds the exception's arguments in the value codec's JSON form,
+    ``args`` contains the exception's arguments in the value codec's JSON form,
     or None when they are not JSON-serialisable.
     """
 
@@ -99,10 +99,10 @@ class ErrorInfo:
 
 @dataclass
 class NodeRecord:
-    """What the store keeps for one node of a run.
+    """State of one node of a run, as the store keeps it.
 
-    Invariant: ``value`` is set only in state ``succeeded``; ``error`` only in
-    ``failed`` (or ``retrying``, for the attempt that asked to retry).
+    Invariant: ``value`` is set only in state ``succeeded``, and ``error`` only
+    in ``failed`` or in ``retrying`` (the error of the attempt that retried).
     """
 
     state: NodeState = "pending"
@@ -122,7 +122,7 @@ class NodeRecord:
 
 @dataclass
 class RunState:
-    """What the store keeps for one run."""
+    """State of one run, as the store keeps it."""
 
     run_id: str
     spec: GraphSpec

@@ -76,7 +76,7 @@ def pipeline(chunk_size: int = 100, n: int = 25) -> Canvas:
 
 
 def count_directly(n: int = 25) -> list[list[object]]:
-    """Count the same files in one process, with no engine: the reference answer."""
+    """Count the same files in one process, with no engine, as the reference result."""
     counts: collections.Counter[str] = collections.Counter()
     for path in source_files():
         counts.update(words_of(path))

@@ -3,10 +3,10 @@
 from pathlib import Path as _Path
 
 # In a source checkout the layer folders (canvas/, engine/, drivers/) sit
-# beside this one; adding the checkout to the search path lets them import
-# as stem.canvas and so on even when the checkout shadows the installed
-# package (python -m pytest puts the working directory first on sys.path).
-# An installed wheel has no pyproject.toml beside it, so this does nothing.
+# beside this folder. Adding the checkout to __path__ lets them import as
+# stem.canvas and so on when the checkout shadows the installed package, as
+# it does under python -m pytest. An installed wheel has no pyproject.toml
+# beside it, so there this does nothing.
 _checkout = _Path(__file__).resolve().parent.parent
 if (_checkout / "pyproject.toml").is_file() and (_checkout / "canvas").is_dir():
     __path__.append(str(_checkout))

@@ -1,8 +1,8 @@
 """Finding a user's module, app and canvas factory from the command line.
 
-A file path is imported under its module name (the file's stem) with its
-folder put first on ``sys.path``; a dotted name is imported as it is. Child
-processes and a separate worker started with the same ``-A`` value then
+A file path is imported under its module name (the file's stem), with its
+folder put first on ``sys.path``. A dotted name is imported as it is. So
+child processes and a separate worker started with the same ``-A`` value
 register the same task names.
 """
 

@@ -139,7 +139,7 @@ _KINDS = ("signature", "chain", "group", "chord")
 
 
 def _draw_canvas(
-    draw: st.DrawFn, tasks: list[str], depth: int, budget: _Budget
+    draw: st.DrawFn, tasks: list[str], depth: int, budget: _Budget, side: bool = False
 ) -> Canvas:
     if budget.leaves <= 0:
         # An empty group adds no signature and can stand wherever a canvas can.
@@ -150,19 +150,31 @@ def _draw_canvas(
     if kind == "signature":
         canvas = _draw_signature(draw, tasks, budget)
     elif kind == "chain":
-        canvas = Chain(_draw_children(draw, tasks, depth, budget, minimum=1))
+        canvas = Chain(_draw_children(draw, tasks, depth, budget, 1, side))
     elif kind == "group":
-        canvas = Group(_draw_children(draw, tasks, depth, budget, minimum=0))
+        canvas = Group(_draw_children(draw, tasks, depth, budget, 0, side))
     else:
-        header = Group(_draw_children(draw, tasks, depth, budget, minimum=0))
-        body = _draw_canvas(draw, tasks, depth - 1, budget)
+        header = Group(_draw_children(draw, tasks, depth, budget, 0, side))
+        body = _draw_canvas(draw, tasks, depth - 1, budget, side)
         join = draw(st.sampled_from(["fail_fast", "all_settled"]))
         canvas = Chord(header, body, join)
+    if side and not _has_task(canvas):
+        # Inside a link or errback, a canvas with no task cannot carry
+        # callbacks of its own: the compiler rejects that shape.
+        return canvas
+    callback_depth = max(0, depth - 1)
     if budget.leaves > 0 and draw(st.integers(min_value=0, max_value=3)) == 0:
-        canvas.link(_draw_canvas(draw, tasks, max(0, depth - 1), budget))
+        canvas.link(_draw_canvas(draw, tasks, callback_depth, budget, side=True))
     if budget.leaves > 0 and draw(st.integers(min_value=0, max_value=3)) == 0:
-        canvas.link_error(_draw_canvas(draw, tasks, max(0, depth - 1), budget))
+        errback = _draw_canvas(draw, tasks, callback_depth, budget, side=True)
+        canvas.link_error(errback)
     return canvas
+
+
+def _has_task(canvas: Canvas) -> bool:
+    if isinstance(canvas, Signature):
+        return True
+    return any(_has_task(child) for child in canvas.children())
 
 
 def _draw_signature(draw: st.DrawFn, tasks: list[str], budget: _Budget) -> Signature:
@@ -174,10 +186,15 @@ def _draw_signature(draw: st.DrawFn, tasks: list[str], budget: _Budget) -> Signa
 
 
 def _draw_children(
-    draw: st.DrawFn, tasks: list[str], depth: int, budget: _Budget, minimum: int
+    draw: st.DrawFn,
+    tasks: list[str],
+    depth: int,
+    budget: _Budget,
+    minimum: int,
+    side: bool,
 ) -> list[Canvas]:
     count = draw(st.integers(min_value=minimum, max_value=3))
-    return [_draw_canvas(draw, tasks, depth - 1, budget) for _ in range(count)]
+    return [_draw_canvas(draw, tasks, depth - 1, budget, side) for _ in range(count)]
 
 
 # -- the step driver ----------------------------------------------------------
@@ -201,7 +218,7 @@ class StepDriver:
     Each step, ``random.Random(seed)`` picks one item among the messages
     waiting on the queue and the reports of attempts that have run, so tasks
     overlap and results land in any order, reproducibly. A claimed message
-    runs its node as its `NodePlan` says. A node planned with ``duplicate``
+    runs its node as its `NodePlan` specifies. A node planned with ``duplicate``
     has each message delivered twice and each report applied again later;
     the second delivery must be dropped at claim, and the repeated report
     must return None and leave the run's state unchanged (else

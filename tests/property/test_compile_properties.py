@@ -128,7 +128,27 @@ def canvases(depth: int = MAX_DEPTH) -> st.SearchStrategy[Canvas]:
     base = st.one_of(
         leaves, leaves, leaves, chains(inner), groups(inner), chords(inner)
     )
-    return with_callbacks(base, canvases(2 if depth == MAX_DEPTH else 1))
+    callbacks = canvases(2 if depth == MAX_DEPTH else 1).filter(
+        lambda callback: not has_taskless_callbacks(callback)
+    )
+    return with_callbacks(base, callbacks)
+
+
+def has_task(canvas: Canvas) -> bool:
+    if isinstance(canvas, Signature):
+        return True
+    return any(has_task(child) for child in canvas.children())
+
+
+def has_taskless_callbacks(canvas: Canvas) -> bool:
+    """Tell whether a canvas with no task carries callbacks, inside it or itself.
+
+    The compiler rejects that shape inside a link or errback.
+    """
+    if (canvas.links or canvas.errbacks) and not has_task(canvas):
+        return True
+    nested = [*canvas.children(), *canvas.links, *canvas.errbacks]
+    return any(has_taskless_callbacks(child) for child in nested)
 
 
 submit_args = st.lists(st.integers(0, 9), max_size=2)

@@ -13,10 +13,18 @@ from dataclasses import replace
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from stem.canvas import Canvas, Chain, Chord, Group, Signature, compile_canvas
+from stem.canvas import (
+    Canvas,
+    Chain,
+    Chord,
+    Group,
+    InvalidCanvas,
+    Signature,
+    compile_canvas,
+)
 from stem.canvas.values import loads
 from stem.engine import machine
 from stem.engine.records import ErrorInfo, RunState
@@ -36,62 +44,10 @@ PROPERTY_SETTINGS = settings(
 )
 
 
-def _has_signature(canvas: Canvas) -> bool:
-    if isinstance(canvas, Signature):
-        return True
-    if isinstance(canvas, Chain | Group):
-        return any(_has_signature(child) for child in canvas.tasks)
-    if isinstance(canvas, Chord):
-        body = [] if canvas.body is None else [canvas.body]
-        return any(_has_signature(part) for part in [canvas.header, *body])
-    return False
-
-
-def _children(canvas: Canvas) -> list[Canvas]:
-    if isinstance(canvas, Chain | Group):
-        return list(canvas.tasks)
-    if isinstance(canvas, Chord):
-        return [canvas.header] + ([] if canvas.body is None else [canvas.body])
-    return []
-
-
-def _has_empty_part(canvas: Canvas) -> bool:
-    if not _has_signature(canvas):
-        return True
-    return any(_has_empty_part(child) for child in _children(canvas))
-
-
-def has_known_mismatch(canvas: Canvas, side: bool = False) -> bool:
-    """Tell whether a canvas has a shape the graph engine still gets wrong.
-
-    NOTE: the compiler gives a canvas without signatures the nodes that feed
-    it as its sinks, which loses two conditions. Inside a link or errback
-    branch, its own links and errbacks then hang off the branch's trigger,
-    so they can run when the branch never did. As the body of an
-    ``all_settled`` chord, the run's outcome then reads the header's
-    members, so a failure that the join absorbs still fails the run. The
-    ``xfail`` tests below pin one case of each.
-    """
-    if side and not _has_signature(canvas) and (canvas.links or canvas.errbacks):
-        return True
-    if (
-        isinstance(canvas, Chord)
-        and canvas.join == "all_settled"
-        and canvas.body is not None
-        and _has_empty_part(canvas.body)
-    ):
-        return True
-    if any(has_known_mismatch(child, side) for child in _children(canvas)):
-        return True
-    callbacks = [*canvas.links, *canvas.errbacks]
-    return any(has_known_mismatch(callback, True) for callback in callbacks)
-
-
 @st.composite
 def scenarios(draw: st.DrawFn) -> tuple[Canvas, dict[str, NodePlan], int]:
-    """Draw a canvas without a known mismatch, a plan for it and a seed."""
+    """Draw a canvas, a plan for it and a seed."""
     canvas = draw(canvases(TASKS, max_depth=3, max_leaves=10))
-    assume(not has_known_mismatch(canvas))
     plan = draw(plans(compile_canvas(canvas)))
     return canvas, plan, draw(SEEDS)
 
@@ -219,23 +175,42 @@ def _ok(*nodes: str) -> dict[str, NodePlan]:
     return {node: NodePlan() for node in nodes}
 
 
-@pytest.mark.xfail(reason="a link on an empty errback group runs at start")
-def test_link_on_empty_errback_group() -> None:
+def test_link_on_empty_errback_rejected() -> None:
     errback = Group()
     errback.link(Signature("c"))
     canvas = Signature("a").on_error(errback)
-    check_against_interpreter(canvas, _ok("0", "1"), seed=0)
+
+    with pytest.raises(InvalidCanvas, match="has no task"):
+        compile_canvas(canvas)
 
 
-@pytest.mark.xfail(reason="an errback on an empty link group covers its parent")
-def test_errback_on_empty_link_group() -> None:
+def test_errback_on_empty_link_rejected() -> None:
     link = Group().on_error(Signature("c"))
     canvas = Signature("a")
     canvas.link(link)
-    check_against_interpreter(canvas, {"0": NodePlan("fail"), "1": NodePlan()}, 0)
+
+    with pytest.raises(InvalidCanvas, match="cannot carry links or errbacks"):
+        compile_canvas(canvas)
 
 
-@pytest.mark.xfail(reason="all_settled chord with an empty body fails the run")
 def test_all_settled_empty_body_absorbs() -> None:
     canvas = Chord(Group([Signature("a")]), Group(), "all_settled")
     check_against_interpreter(canvas, {"0": NodePlan("fail")}, seed=0)
+
+
+def test_all_settled_body_with_empty_member() -> None:
+    body = Group([Signature("x"), Group()])
+    canvas = Chord(Group([Signature("a")]), body, "all_settled")
+    check_against_interpreter(canvas, {"0": NodePlan("fail"), "1": NodePlan()}, 0)
+
+
+def test_all_settled_nested_empty_chord_body() -> None:
+    inner = Chord(Group([Signature("b").si(), Group()]), Group())
+    canvas = Chord(Group([Signature("a").si()]), Chain([inner]), "all_settled")
+    check_against_interpreter(canvas, {"0": NodePlan("fail"), "1": NodePlan()}, 0)
+
+
+def test_empty_body_failure_still_cancels_after() -> None:
+    canvas = Chain([Signature("x"), Chord(Group(), Group(), "all_settled")])
+    canvas = Chain([canvas, Signature("y")])
+    check_against_interpreter(canvas, {"0": NodePlan("fail"), "1": NodePlan()}, 0)

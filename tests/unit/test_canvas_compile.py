@@ -854,3 +854,43 @@ def test_nested_bodiless_chord_names_path() -> None:
 def test_non_canvas_rejected() -> None:
     with pytest.raises(InvalidCanvas, match="Cannot compile 'add'"):
         compile_canvas("add")  # type: ignore[arg-type]
+
+
+def test_empty_all_settled_body_settles_header() -> None:
+    canvas = chord([task("a"), task("b")], group(), join="all_settled")
+
+    spec = compile_canvas(canvas)
+
+    assert spec.sinks == []
+    assert spec.settled == ["0", "1"]
+
+
+def test_step_after_empty_settled_body() -> None:
+    canvas = chain(chord([task("a")], group(), join="all_settled"), task("c"))
+
+    spec = compile_canvas(canvas)
+
+    assert spec.node("1").deps == ["0"]
+    assert spec.node("1").settled == ["0"]
+    assert spec.node("1").input == ListInput(items=[])
+    assert spec.sinks == ["1"]
+
+
+def test_empty_fail_fast_body_keeps_sinks() -> None:
+    canvas = chord([task("a")], group())
+
+    spec = compile_canvas(canvas)
+
+    assert spec.sinks == ["0"]
+    assert spec.settled == []
+
+
+def test_taskless_callback_with_callbacks_rejected() -> None:
+    link = group()
+    link.link(task("c"))
+    canvas = task("a")
+    canvas.link(link)
+
+    expected = r"link\[0\]: group\(\)\.link\(c\.s\(\)\) has no task"
+    with pytest.raises(InvalidCanvas, match=expected):
+        compile_canvas(canvas)

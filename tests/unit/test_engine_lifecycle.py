@@ -4,31 +4,15 @@ from __future__ import annotations
 
 import builtins
 import datetime as dt
-import sys
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
+from tasks_fixture import Toolkit
 
 from stem import chain, chord, group
 from stem.errors import NoWorkerRunning, RunCancelled, TimeoutError
 
-_HERE = str(Path(__file__).resolve().parent)
-if _HERE not in sys.path:
-    sys.path.insert(0, _HERE)
-
-from tasks_fixture import Toolkit  # noqa: E402
-
 TIMEOUT_S = 5.0
-
-
-@pytest.fixture
-def kit() -> Iterator[Toolkit]:
-    made = Toolkit()
-    yield made
-    made.gate.set()
-    made.app.close()
 
 
 # -- retries ---------------------------------------------------------------------
@@ -272,3 +256,15 @@ def test_cancel_leaves_link_skipped(kit: Toolkit) -> None:
     states = {node.task: node.state for node in result.nodes().values()}
     assert states["record"] == "skipped"
     assert kit.called("record") == []
+
+
+def test_replace_with_settled_chord(kit: Toolkit) -> None:
+    kit.replacement = chord([kit.fail.si()], group(), join="all_settled")
+    result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
+
+    with kit.app.worker(concurrency=4):
+        value = result.get(TIMEOUT_S)
+
+    assert value == []
+    assert result.state == "succeeded"
+    assert len(kit.called("echo")) == 1
