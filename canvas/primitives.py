@@ -526,15 +526,24 @@ def chunks(task: Signature, items: Iterable[Iterable[Any]], n: int) -> Group:
 def xmap(task: Signature, items: Iterable[Any]) -> Signature:
     """Call ``task`` once per item, in one worker, and return the list of values.
 
-    This is Celery's ``task.map(items)``: one message, not parallel.
+    This is Celery's ``task.map(items)``: one message, not parallel. The
+    signature is immutable, as in Celery, so an upstream value does not reach it.
     """
-    return Signature("stem.map", (), {"task": _call_target(task), "it": list(items)})
+    target = _call_target(task)
+    return Signature(
+        "stem.map", (), {"task": target, "it": list(items)}, immutable=True
+    )
 
 
 def starmap(task: Signature, items: Iterable[Iterable[Any]]) -> Signature:
-    """Call ``task(*item)`` once per item, in one worker, and return the values."""
+    """Call ``task(*item)`` once per item, in one worker, and return the values.
+
+    The signature is immutable, as in Celery, so an upstream value does not
+    reach it.
+    """
     rows = [list(row) for row in items]
-    return Signature("stem.starmap", (), {"task": _call_target(task), "it": rows})
+    target = _call_target(task)
+    return Signature("stem.starmap", (), {"task": target, "it": rows}, immutable=True)
 
 
 def _call_target(task: Signature) -> dict[str, Any]:

@@ -382,3 +382,21 @@ def test_fail_fast_chord_fails_run(kit: Toolkit) -> None:
     ):
         result.get(TIMEOUT_S)
     assert kit.called("echo") == []
+
+
+def test_map_after_task_ignores_input(kit: Toolkit) -> None:
+    canvas = kit.add.s(1, 1) | kit.echo.map([5, 6])
+
+    with kit.app.worker(concurrency=2):
+        value = canvas.apply_async().get(TIMEOUT_S)
+
+    assert value == [5, 6]
+
+
+def test_starmap_after_task_ignores_input(kit: Toolkit) -> None:
+    canvas = kit.add.s(1, 1) | kit.add.starmap([(1, 2), (3, 4)])
+
+    with kit.app.worker(concurrency=2):
+        value = canvas.apply_async().get(TIMEOUT_S)
+
+    assert value == [3, 7]
