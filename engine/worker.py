@@ -56,6 +56,8 @@ class Worker:
         self.processed = 0
         self.failed = 0
         self._stop = threading.Event()
+        self._abandoned = False
+        self._started = False
         self._threads: list[threading.Thread] = []
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._count_lock = threading.Lock()
@@ -68,6 +70,7 @@ class Worker:
                 self.concurrency, mp_context=context
             )
         self.app.driver.worker_started()
+        self._started = True
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, name=f"stem-worker-{index}", daemon=True
@@ -83,16 +86,30 @@ class Worker:
         )
         return self
 
-    def stop(self, timeout_s: float = 30.0) -> None:
-        """Finish the tasks in progress, then stop."""
+    def stop(self, timeout_s: float = 30.0, *, abandon: bool = False) -> None:
+        """Stop fetching, let the tasks in progress finish, then stop.
+
+        Args:
+            timeout_s: how long to wait for each worker thread to finish.
+            abandon: stop at once instead: child processes are terminated and
+                thread-pool tasks are left running in their daemon threads.
+                Their nodes are never reported, so on ``memory://`` their runs
+                stay unfinished.
+        """
+        self._abandoned = abandon
         self._stop.set()
+        wait_s = 0.0 if abandon else timeout_s
         for thread in self._threads:
-            thread.join(timeout_s)
+            thread.join(wait_s)
         self._threads.clear()
         if self._executor is not None:
-            self._executor.shutdown(wait=True, cancel_futures=True)
+            if abandon:
+                _terminate_children(self._executor)
+            self._executor.shutdown(wait=not abandon, cancel_futures=True)
             self._executor = None
-        self.app.driver.worker_stopped()
+        if self._started:
+            self._started = False
+            self.app.driver.worker_stopped()
         log.info(
             "Worker stopped: %d tasks processed, %d failed.",
             self.processed,
@@ -171,6 +188,8 @@ class Worker:
         try:
             return future.result()
         except Exception as exc:  # the child died or could not import the task
+            if self._abandoned:
+                return Outcome("failed", error=ErrorInfo.from_exception(exc))
             log.error(
                 "Task %s %s could not run in a child process.",
                 claim.task,
@@ -182,6 +201,13 @@ class Worker:
     def _report(self, claim: Claim, outcome: Outcome) -> None:
         driver = self.app.driver
         message = claim.message
+        if self._abandoned:
+            # Its child process may have been terminated under it, so the
+            # outcome says nothing about the task.
+            log.info(
+                "Abandoned task %s %s without a report.", claim.task, claim.task_id
+            )
+            return
         with self._count_lock:
             self.processed += 1
             if outcome.kind == "failed":
@@ -203,13 +229,22 @@ class Worker:
         else:
             assert outcome.error is not None
             log.error(
-                "Task %s %s failed: %s: %s",
+                "Task %s %s failed: %s: %s\n%s",
                 claim.task,
                 claim.task_id,
                 outcome.error.qualname,
                 outcome.error.message,
+                outcome.error.traceback.rstrip(),
             )
             driver.fail(message, outcome.error)
+
+
+def _terminate_children(executor: concurrent.futures.ProcessPoolExecutor) -> None:
+    # NOTE: ProcessPoolExecutor has no public way to end busy workers before
+    # Python 3.14 (terminate_workers), so this reads its private _processes.
+    processes = getattr(executor, "_processes", None) or {}
+    for process in list(processes.values()):
+        process.terminate()
 
 
 def _request(task: Task, claim: Claim) -> Request:

@@ -5,6 +5,7 @@ Exit codes:
     1  the run failed or was cancelled.
     2  bad usage: a missing file, module, app or option.
     3  the run did not end within ``--timeout``.
+    130  interrupted with Ctrl+C.
 """
 
 from __future__ import annotations
@@ -29,9 +30,19 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
-from stem.discovery import find_app, find_attribute, import_target, split_target
+from stem.canvas.spec import GraphSpec
+from stem.discovery import (
+    find_app,
+    find_attribute,
+    import_target,
+    load_app,
+    split_target,
+)
+from stem.engine.app import App
 from stem.engine.drivers import redact
+from stem.engine.errors import DriverNotFound
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import TERMINAL
 from stem.engine.result import AsyncResult
@@ -41,13 +52,14 @@ EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # the run ended failed or cancelled
 EXIT_USAGE = 2  # click's own code for bad usage
 EXIT_TIMEOUT = 3  # the run was still going when --timeout ran out
+EXIT_INTERRUPTED = 130  # Ctrl+C, as shells report a SIGINT
 
 RUN_EXAMPLES = """
 \b
 Examples:
   stem run examples/wordcount.py
   stem run examples/wordcount.py:pipeline --pool threads -c 4
-  stem run myproject.flows:nightly --url redis://localhost:6379/0 --worker
+  stem run myproject.flows:nightly -Q default,cpu --timeout 600
 """
 
 
@@ -75,7 +87,8 @@ def main(loglevel: str) -> None:
     "--app",
     "app_name",
     default=None,
-    help="Attribute of the app in the module, when it has several.",
+    help="The app, as ATTRIBUTE of the target module or MODULE:ATTRIBUTE, "
+    "when the module has several.",
 )
 @click.option(
     "--url", default=None, help="Broker URL; overrides STEM_URL and the app's own URL."
@@ -84,7 +97,15 @@ def main(loglevel: str) -> None:
     "--worker/--no-worker",
     "start_worker",
     default=None,
-    help="Run an in-process worker. On by default for memory://.",
+    help="Run an in-process worker. On by default for memory://, where it is "
+    "the only worker there can be.",
+)
+@click.option(
+    "-Q",
+    "--queues",
+    default=None,
+    help="Comma-separated queues the in-process worker reads. "
+    "[default: every queue the canvas uses]",
 )
 @click.option(
     "-c",
@@ -104,46 +125,103 @@ def main(loglevel: str) -> None:
     "--timeout",
     type=click.FloatRange(min=0),
     default=None,
-    help="Seconds to wait for the run to end. [default: no limit]",
+    help="Seconds to wait for the run to end; then stop waiting, abandon the "
+    "tasks in progress and exit 3. [default: no limit]",
 )
 def run(
     target: str,
     app_name: str | None,
     url: str | None,
     start_worker: bool | None,
+    queues: str | None,
     concurrency: int | None,
     pool: str,
     timeout: float | None,
 ) -> None:
     """Run the canvas returned by TARGET's factory and wait for its result.
 
-    TARGET is FILE_OR_MODULE[:FACTORY]; FACTORY defaults to pipeline.
+    TARGET is FILE_OR_MODULE[:FACTORY]. FACTORY defaults to pipeline and is a
+    function that returns a canvas, or a canvas itself.
     """
     location, factory_name = split_target(target)
     module = import_target(location)
     factory = find_attribute(module, factory_name or "pipeline")
-    app = find_app(module, app_name)
+    app = (
+        load_app(app_name)
+        if app_name and ":" in app_name
+        else find_app(module, app_name)
+    )
     chosen = url or os.environ.get("STEM_URL")
     if chosen:
         app.url = chosen
-    canvas = factory() if callable(factory) else factory
-    if not isinstance(canvas, Canvas):
-        raise click.BadParameter(
-            f"{module.__name__}:{factory_name or 'pipeline'} returned "
-            f"{type(canvas).__name__}; it must return a signature, chain, group "
-            "or chord."
-        )
     if start_worker is None:
         start_worker = app.url.startswith("memory:")
+    elif not start_worker and app.url.startswith("memory:"):
+        raise click.UsageError(
+            "memory:// runs tasks only inside this process, so --no-worker would "
+            "wait forever; drop --no-worker, or pass --url for a shared broker."
+        )
+    canvas = _build_canvas(factory, f"{module.__name__}:{factory_name or 'pipeline'}")
+    result = _submit(app, canvas)
     console = Console(stderr=True)
-    result = app.submit(canvas)
-    console.print(f"Run [bold]{result.id}[/] submitted to {redact(app.url)}.")
-    if start_worker:
-        with app.worker(concurrency=concurrency, pool=pool):
-            snapshot = _follow(result, console, timeout)
-    else:
+    if not start_worker:
+        _announce(result, console)
+        sys.exit(_finish(result, _follow(result, console, timeout), console))
+    spec = result.snapshot().spec
+    names = queues.split(",") if queues else _queues_of(spec, app.default_queue)
+    worker = app.worker(concurrency=concurrency, pool=pool, queues=names)
+    try:
+        worker.start()
+        _announce(result, console)
         snapshot = _follow(result, console, timeout)
+    except KeyboardInterrupt:
+        console.print("[yellow]Interrupted; stopping the worker.[/]")
+        worker.stop(abandon=True)
+        sys.exit(EXIT_INTERRUPTED)
+    worker.stop(abandon=snapshot.status == "running")
     sys.exit(_finish(result, snapshot, console))
+
+
+def _announce(result: AsyncResult, console: Console) -> None:
+    console.print(f"Run [bold]{result.id}[/] submitted to {redact(result.app.url)}.")
+
+
+def _build_canvas(factory: Any, name: str) -> Canvas:
+    """Return the canvas a factory builds, or the factory if it is a canvas."""
+    if isinstance(factory, Canvas):
+        return factory
+    if not callable(factory):
+        raise click.BadParameter(
+            f"{name} is a {type(factory).__name__}; pass a function that returns "
+            "a canvas, or a canvas."
+        )
+    try:
+        canvas = factory()
+    except TypeError as err:
+        raise click.BadParameter(
+            f"{name} could not be called without arguments ({err}); pass a "
+            "factory that takes none."
+        ) from err
+    if not isinstance(canvas, Canvas):
+        raise click.BadParameter(
+            f"{name} returned {type(canvas).__name__}; it must return a "
+            "signature, chain, group or chord."
+        )
+    return canvas
+
+
+def _submit(app: App, canvas: Canvas) -> AsyncResult:
+    """Submit a canvas, turning bad input into a usage error (exit code 2)."""
+    try:
+        return app.submit(canvas)
+    except (CanvasError, DriverNotFound) as err:
+        raise click.UsageError(str(err)) from err
+
+
+def _queues_of(spec: GraphSpec, default: str) -> list[str]:
+    """Return every queue a spec's nodes run on, the default queue first."""
+    named = {node.options.queue or default for node in spec.nodes}
+    return [default, *sorted(named - {default})]
 
 
 def _follow(
@@ -179,6 +257,9 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
     if snapshot.status != "succeeded":
         error = result.get(propagate=False)
         kind = type(error).__name__
+        failed = snapshot.nodes.get(snapshot.error_node or "")
+        if failed is not None and failed.error is not None:
+            console.print(failed.error.traceback.rstrip(), style="dim", markup=False)
         console.print(f"[red]Run {result.id} {snapshot.status}:[/] {kind}: {error}")
         return EXIT_RUN_FAILED
     _print_value(result.get(timeout=0))

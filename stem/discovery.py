@@ -48,7 +48,12 @@ def import_target(target: str) -> ModuleType:
 def split_target(target: str) -> tuple[str, str | None]:
     """Split ``FILE_OR_MODULE[:ATTRIBUTE]``, keeping Windows drive letters whole."""
     head, sep, tail = target.rpartition(":")
-    if sep and tail and "/" not in tail and "\\" not in tail and len(head) > 1:
+    if sep and "/" not in tail and "\\" not in tail and len(head) > 1:
+        if not tail.isidentifier():
+            raise click.BadParameter(
+                f"Target {target!r} has {tail!r} after ':', which is not a Python "
+                "name; pass FILE_OR_MODULE or FILE_OR_MODULE:FACTORY."
+            )
         return head, tail
     return target, None
 
