@@ -110,6 +110,7 @@ def compile_canvas(
             f"Cannot compile {canvas!r}, a {type(canvas).__name__}; pass a signature "
             "(task.s()), chain, group or chord."
         )
+    check_nesting(canvas)
     submitted = check_options(dict(options or {}), "apply_async()")
     delay = {k: v for k, v in submitted.items() if k in DELAY_OPTIONS}
     defaults = {k: v for k, v in submitted.items() if k not in DELAY_OPTIONS}
@@ -127,6 +128,35 @@ def compile_canvas(
         settled=list(outflow.settled),
         groups=compiler.groups,
     )
+
+
+#: Deepest nesting of canvases (chains, groups, chords, links and errbacks
+#: inside one another) that compiles. The compiler, cloning and the spec's
+#: value templates recurse once or twice per level, so this keeps them well
+#: inside Python's default recursion limit of 1000, also in worker threads.
+MAX_NESTING = 100
+
+
+def check_nesting(canvas: Canvas) -> None:
+    """Reject a canvas nested more than `MAX_NESTING` levels deep.
+
+    It walks the canvas with a loop, so a canvas too deep for recursion gets
+    this error rather than a RecursionError.
+
+    Raises:
+        InvalidCanvas: if the canvas is nested too deeply.
+    """
+    stack: list[tuple[Canvas, int]] = [(canvas, 1)]
+    while stack:
+        current, depth = stack.pop()
+        if depth > MAX_NESTING:
+            raise InvalidCanvas(
+                f"The canvas is nested more than {MAX_NESTING} levels deep (chains, "
+                "groups, chords, links and errbacks inside one another); build "
+                "long sequences flat, as chain(steps), rather than nested."
+            )
+        inner = (*current.children(), *current.links, *current.errbacks)
+        stack.extend((child, depth + 1) for child in inner)
 
 
 class _Compiler:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import datetime as dt
 import difflib
-import math
+import sys
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -44,7 +44,8 @@ def _priority(value: Any, where: str) -> int:
 
 def _seconds(*, allow_zero: bool) -> Callable[[Any, str], float]:
     def check(value: Any, where: str) -> float:
-        is_number = type(value) in (int, float) and math.isfinite(value)
+        # An int too large for a float has no finite number of seconds.
+        is_number = type(value) in (int, float) and abs(value) <= sys.float_info.max
         if not is_number or value < 0 or (value == 0 and not allow_zero):
             bound = "zero or more" if allow_zero else "more than zero"
             raise InvalidOption(
@@ -70,7 +71,13 @@ def _eta(value: Any, where: str) -> str:
             f"{where}: eta {value!r} is invalid; pass a timezone-aware datetime, "
             "for example datetime.now(timezone.utc) + timedelta(minutes=5)."
         )
-    return value.astimezone(dt.UTC).isoformat()
+    try:
+        return value.astimezone(dt.UTC).isoformat()
+    except OverflowError:
+        raise InvalidOption(
+            f"{where}: eta {value.isoformat()} falls outside the years 1 to 9999 "
+            "in UTC; pass a time within that range."
+        ) from None
 
 
 def _max_retries(value: Any, where: str) -> int | None:
@@ -133,7 +140,7 @@ def check_options(options: Mapping[str, Any], path: str = "") -> dict[str, Any]:
     """
     checked: dict[str, Any] = {}
     for name, value in options.items():
-        checker = CHECKERS.get(name)
+        checker = CHECKERS.get(name) if isinstance(name, str) else None
         if checker is None:
             raise InvalidOption(_unknown(name, path))
         checked[name] = checker(value, _where(path, name))
@@ -145,8 +152,10 @@ def check_join(value: Any, path: str = "") -> JoinPolicy:
     return _join(value, _where(path, "join"))
 
 
-def _unknown(name: str, path: str) -> str:
+def _unknown(name: Any, path: str) -> str:
     prefix = f"{path}: " if path else ""
+    if not isinstance(name, str):
+        return f"{prefix}option name {name!r} is not a string; pass options by name."
     close = difflib.get_close_matches(name, CHECKERS, n=1)
     hint = (
         f"did you mean {close[0]!r}?"

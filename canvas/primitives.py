@@ -105,9 +105,9 @@ class Canvas:
         Raises:
             InvalidOption: if a name is unknown or a value is out of range.
         """
-        for callback in _as_list(options.pop("link", None)):
+        for callback in _as_list(options.pop("link", None), "link"):
             self.link(callback)
-        for errback in _as_list(options.pop("link_error", None)):
+        for errback in _as_list(options.pop("link_error", None), "link_error"):
             self.link_error(errback)
         self.options.update(check_options(options))
         return self
@@ -132,12 +132,14 @@ class Canvas:
     @property
     def app(self) -> Submitter | None:
         """The app this canvas was built from, found on any signature inside."""
-        if self._app is not None:
-            return self._app
-        for child in self.children():
-            found = child.app
-            if found is not None:
-                return found
+        # A loop, not recursion, so that a canvas nested too deeply to compile
+        # still reaches the compiler and gets its InvalidCanvas error.
+        stack: list[Canvas] = [self]
+        while stack:
+            current = stack.pop()
+            if current._app is not None:
+                return current._app
+            stack.extend(reversed(current.children()))
         return None
 
     def bind(self, app: Submitter) -> Self:
@@ -472,7 +474,10 @@ def chain(*tasks: Any) -> Canvas:
     Accepts the steps as arguments or as one iterable. Like Celery,
     ``chain(group, task)`` is a chord.
     """
-    steps = _flatten_arguments(tasks)
+    steps = [
+        _require_canvas(step, f"chain step {i}")
+        for i, step in enumerate(_flatten_arguments(tasks))
+    ]
     result: Canvas = Chain()
     if len(steps) > 1:
         # Start from the first step itself, so chain(group, task) is the chord
@@ -604,9 +609,14 @@ def _require_canvas(value: Any, role: str) -> Canvas:
     return value
 
 
-def _as_list(value: Any) -> list[Canvas]:
+def _as_list(value: Any, role: str) -> list[Canvas]:
     if value is None:
         return []
     if isinstance(value, Canvas):
         return [value]
-    return list(value)
+    if isinstance(value, list | tuple):
+        return list(value)
+    raise InvalidCanvas(
+        f"The {role} is {value!r}, a {type(value).__name__}; pass a signature "
+        "(task.s()), chain, group or chord, or a list of them."
+    )

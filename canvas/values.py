@@ -27,6 +27,7 @@ import datetime as dt
 import enum
 import json
 import math
+import sys
 import uuid
 from decimal import Decimal, InvalidOperation
 from typing import Any, NoReturn
@@ -35,6 +36,11 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 from stem.canvas.errors import NotSerializable, UndecodableValue
 
 TAG = "__stem__"
+
+#: Deepest nesting of lists and dicts that a value may have. Decoding recurses
+#: once per level, in worker threads and in ``get()``, so a value much deeper
+#: than this could exceed Python's default recursion limit of 1000 there.
+MAX_DEPTH = 100
 
 #: JSON-safe form of a value: what `encode` returns and `decode` accepts.
 JsonValue = Any
@@ -105,8 +111,10 @@ def _reject_constant(name: str) -> NoReturn:
 
 def _encode(value: object, path: str, active: set[int]) -> JsonValue:
     kind = type(value)
-    if value is None or kind is str or kind is bool or kind is int:
+    if value is None or kind is str or kind is bool:
         return value
+    if kind is int:
+        return _encode_int(value, path)  # type: ignore[arg-type]
     if kind is float:
         if not math.isfinite(value):  # type: ignore[arg-type]
             raise NotSerializable(
@@ -122,13 +130,45 @@ def _encode(value: object, path: str, active: set[int]) -> JsonValue:
     return _encode_scalar(value, path)
 
 
+def _encode_int(value: int, path: str) -> JsonValue:
+    # JSON text of an int is its decimal digits, and Python raises ValueError
+    # when it converts an int of more than sys.get_int_max_str_digits() digits
+    # (0 means no limit) to or from text. An int of b bits has at most
+    # 0.302 * b + 1 digits, so only ints of more than 3 * limit bits can hit it.
+    limit = sys.get_int_max_str_digits()
+    if limit and value.bit_length() > 3 * limit:
+        try:
+            str(value)
+        except ValueError:
+            raise NotSerializable(
+                path,
+                f"the int has more than {limit} digits, the most that Python "
+                "converts to JSON text; pass it as a string",
+            ) from None
+    return value
+
+
+def _enter(container: object, kind: str, path: str, active: set[int]) -> int:
+    """Mark a list or dict as open, rejecting a cycle or too deep a nesting."""
+    marker = id(container)
+    if marker in active:
+        raise NotSerializable(
+            path, f"the {kind} contains itself; pass an acyclic value"
+        )
+    if len(active) >= MAX_DEPTH:
+        raise NotSerializable(
+            path,
+            f"the value is nested more than {MAX_DEPTH} lists or dicts deep; "
+            "flatten it or pass it as a string",
+        )
+    active.add(marker)
+    return marker
+
+
 def _encode_items(
     items: list[Any] | tuple[Any, ...], path: str, active: set[int]
 ) -> JsonValue:
-    marker = id(items)
-    if marker in active:
-        raise NotSerializable(path, "the list contains itself; pass an acyclic value")
-    active.add(marker)
+    marker = _enter(items, "list", path, active)
     try:
         return [_encode(item, f"{path}[{i}]", active) for i, item in enumerate(items)]
     finally:
@@ -136,10 +176,7 @@ def _encode_items(
 
 
 def _encode_dict(mapping: dict[Any, Any], path: str, active: set[int]) -> JsonValue:
-    marker = id(mapping)
-    if marker in active:
-        raise NotSerializable(path, "the dict contains itself; pass an acyclic value")
-    active.add(marker)
+    marker = _enter(mapping, "dict", path, active)
     try:
         encoded: dict[str, JsonValue] = {}
         for key, item in mapping.items():

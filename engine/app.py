@@ -12,7 +12,9 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stem.canvas.compiler import compile_canvas
+from stem.canvas.compiler import check_nesting, compile_canvas
+from stem.canvas.errors import InvalidOption
+from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
 from stem.canvas.spec import GraphSpec, NodeOptions
 from stem.engine.drivers import load_driver, redact
@@ -90,8 +92,17 @@ class Task:
             countdown: seconds to wait; by default the task's backoff policy.
             exc: the error to record, and to raise if no retries are left.
             max_retries: overrides the task's limit for this decision.
+
+        Raises:
+            InvalidOption: if ``countdown`` or ``max_retries`` is invalid; the
+                attempt then fails with that error instead of retrying.
         """
-        raise Retry(countdown, exc, max_retries)
+        given = {"countdown": countdown, "max_retries": max_retries}
+        checked = check_options(
+            {key: value for key, value in given.items() if value is not None},
+            "retry()",
+        )
+        raise Retry(checked.get("countdown"), exc, checked.get("max_retries"))
 
     def replace(self, canvas: Canvas) -> NoReturn:
         """End this task and put ``canvas`` in its place in the running graph.
@@ -257,10 +268,11 @@ class App:
         ``link_error`` attach to the canvas as a whole.
         """
         extra = dict(options or {})
-        run_id = str(extra.pop("run_id", None) or new_run_id())
+        run_id = _check_run_id(extra.pop("run_id", None))
         links = extra.pop("link", None)
         errbacks = extra.pop("link_error", None)
-        if links or errbacks:
+        if links is not None or errbacks is not None:
+            check_nesting(canvas)
             canvas = canvas.clone().set(link=links, link_error=errbacks)
         spec = self.apply_task_defaults(compile_canvas(canvas, args, kwargs, extra))
         created = self.driver.submit(run_id, spec)
@@ -328,6 +340,18 @@ class App:
 
         self.task(run_map, name="stem.map")
         self.task(run_starmap, name="stem.starmap")
+
+
+def _check_run_id(run_id: Any) -> str:
+    """Return the run id given at submit, or a new one when none was given."""
+    if run_id is None:
+        return new_run_id()
+    if not isinstance(run_id, str) or not run_id.strip():
+        raise InvalidOption(
+            f"apply_async(): run_id {run_id!r} is invalid; pass a non-empty string, "
+            "or leave it out to get a new id."
+        )
+    return run_id
 
 
 def task_name_of(function: Callable[..., Any]) -> str:

@@ -82,6 +82,11 @@ def execute(task: Task, request: Request) -> Outcome:
         if task.autoretry_for and isinstance(exc, task.autoretry_for):
             return _retry_outcome(task, request, exc, None)
         return Outcome("failed", error=ErrorInfo.from_exception(exc))
+    except BaseException as exc:
+        # SystemExit, KeyboardInterrupt or a custom BaseException raised by the
+        # task body fails its node. Raised further, it would end the worker
+        # thread and leave the node running forever.
+        return Outcome("failed", error=ErrorInfo.from_exception(exc))
     finally:
         _local.request = previous
     try:
@@ -134,7 +139,9 @@ def backoff_s(policy: dict[str, Any], retries: int) -> float:
         return float(policy.get("default_retry_delay", DEFAULT_RETRY_DELAY_S))
     base = 1.0 if backoff is True else float(backoff)
     ceiling = float(policy.get("retry_backoff_max", DEFAULT_BACKOFF_MAX_S))
-    delay: float = min(ceiling, base * (2**retries))
+    # The exponent stops at 64 because 2.0**retries overflows a float after
+    # 1,023 retries. So a base under ceiling / 2**64 never reaches the ceiling.
+    delay: float = min(ceiling, base * 2.0 ** min(retries, 64))
     if policy.get("retry_jitter", True):
         delay = random.uniform(0, delay)
     return delay

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 import traceback as traceback_module
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -54,8 +55,13 @@ class ErrorInfo:
             args: list[Any] | None = encode(list(exc.args))
         except NotSerializable:
             args = None
+        try:
+            message = str(exc)
+        except Exception as err:
+            # The same placeholder that the traceback module prints.
+            message = f"<exception str() failed: {type(err).__name__}>"
         text = "".join(traceback_module.format_exception(kind, exc, exc.__traceback__))
-        return cls(kind.__module__, kind.__qualname__, str(exc), args, text)
+        return cls(kind.__module__, kind.__qualname__, message, args, text)
 
     def to_dict(self) -> dict[str, Any]:
         """Return the JSON-safe form that drivers store."""
@@ -89,9 +95,12 @@ class ErrorInfo:
             return None
         found: Any = module
         for part in self.qualname.split("."):
-            found = getattr(found, part, None)
-            if found is None:
+            # Read the namespace itself: getattr would run a module __getattr__,
+            # which may import a submodule, or a descriptor's code.
+            namespace = getattr(found, "__dict__", None)
+            if not isinstance(namespace, Mapping) or part not in namespace:
                 return None
+            found = namespace[part]
         if isinstance(found, type) and issubclass(found, Exception):
             return found
         return None
