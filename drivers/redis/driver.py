@@ -1,0 +1,456 @@
+"""The Redis driver (``redis://``): run state in hashes, messages in Streams.
+
+Every change of run state is one Lua script call (see `stem.drivers.redis.scripts`
+and the ``lua`` folder), so an outcome, the nodes it made ready and the
+acknowledgement of its message change together. Keys are described in
+`stem.drivers.redis.keys`.
+
+This version uses one partition on a single Redis node. A run's input values
+and its value are assembled in Python from the stored opaque strings when a
+node is claimed and when a snapshot is taken.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import socket
+import threading
+import time
+import uuid
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import redis
+
+from stem.canvas.spec import GraphSpec, template_nodes
+from stem.canvas.values import decode
+from stem.drivers.redis import layout
+from stem.drivers.redis.keys import Keys
+from stem.drivers.redis.scripts import Reply, Scripts, check_reply
+from stem.engine import machine
+from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
+from stem.engine.records import ErrorInfo, NodeRecord, RunState
+
+log = logging.getLogger(__name__)
+
+#: Consumer group that every worker of a deployment reads the queue streams with.
+DEFAULT_GROUP = "stem"
+#: Parsed graph specs kept per driver, so claiming a node does not parse its run's spec.
+_SPEC_CACHE_SIZE = 256
+#: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
+_MAX_BLOCK_S = 0.05
+
+
+class RedisDriver:
+    """Runs, queues and delayed messages in one Redis server.
+
+    Args:
+        url: a ``redis://host:port/db`` URL, as redis-py's ``from_url`` reads it.
+        prefix: text in front of every key, to share one database between
+            deployments or tests; it must not contain braces.
+        group: the consumer group name for the queue streams.
+        visibility_timeout_s: seconds a fetched message may stay unacknowledged
+            before another worker takes it over.
+        promote_batch: most delayed messages moved to their queues per fetch.
+        fire_ttl_s: seconds a claimed beat fire time is remembered.
+        poll_interval_s: seconds between status checks in `wait`.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        prefix: str = "",
+        group: str = DEFAULT_GROUP,
+        visibility_timeout_s: float = 300.0,
+        promote_batch: int = 100,
+        fire_ttl_s: float = 7 * 24 * 3600.0,
+        poll_interval_s: float = 0.02,
+    ) -> None:
+        self.url = url
+        self._keys = Keys(prefix)
+        self._group = group
+        self._visibility_timeout_s = visibility_timeout_s
+        self._promote_batch = promote_batch
+        self._fire_ttl_s = fire_ttl_s
+        self._poll_interval_s = poll_interval_s
+        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        self._scripts = Scripts(self._client)
+        self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+        self._lock = threading.Lock()
+        self._groups: set[str] = set()
+        self._specs: collections.OrderedDict[tuple[str, str], GraphSpec] = (
+            collections.OrderedDict()
+        )
+        self._last_reclaim = 0.0
+        self._workers = 0
+
+    def __repr__(self) -> str:
+        return f"<RedisDriver {self._keys.base!r}>"
+
+    # -- graph store --------------------------------------------------------
+
+    def submit(self, run_id: str, spec: GraphSpec) -> bool:
+        graph = layout.graph_fields(spec)
+        args: list[str | int | float] = [
+            run_id,
+            "1",
+            spec.to_json(),
+            ",".join(node.id for node in spec.nodes),
+            ",".join(spec.sinks),
+            ",".join(layout.nodes_reaching_sinks(spec)),
+            str(sum(1 for node in spec.nodes if not node.side)),
+            str(len(graph) // 2),
+            *graph,
+            *layout.initial_node_fields(spec),
+        ]
+        keys = [*self._keys.run(run_id).all(), self._keys.delayed]
+        reply = self._scripts.call("submit", keys, args, run_id=run_id)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE})
+        created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
+        if created:
+            log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
+        return created
+
+    def claim(self, message: Message) -> Claim | None:
+        keys = [*self._keys.run(message.run_id).all(), self._keys.queue(message.queue)]
+        args: list[str | int | float] = [
+            message.node_id,
+            str(message.attempt),
+            str(message.epoch),
+            message.receipt,
+            self._group,
+        ]
+        reply = self._scripts.call(
+            "claim", keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        result = check_reply("claim", reply, message.run_id, message.node_id)
+        if result is not Reply.DONE:
+            log.debug("Dropped %s message for %s.", result.name.lower(), _ids(message))
+            return None
+
+        cause, version, triples = reply[1], reply[2], reply[3:]
+        spec = self._spec(message.run_id, version)
+        node = spec.node(message.node_id)
+        records: dict[str, NodeRecord] = {}
+        for index, read in enumerate(template_nodes(node.input)):
+            state, value, error = triples[3 * index : 3 * index + 3]
+            records[read] = NodeRecord(
+                state=state,
+                value=value or None,
+                error=layout.error_from_json(error),
+            )
+        records[node.id] = NodeRecord(state="running", cause=cause or None)
+
+        run = RunState(run_id=message.run_id, spec=spec, nodes=records)
+        has_value, upstream = machine.resolve_input(run, node)
+        args_out = [decode(item) for item in node.args]
+        if has_value:
+            args_out.insert(0, upstream)
+        kwargs = {key: decode(item) for key, item in node.kwargs.items()}
+        log.debug("Claimed %s.", _ids(message))
+        return Claim(
+            message, node.task, run.task_id(node.id), args_out, kwargs, node.options
+        )
+
+    def complete(self, message: Message, value: str) -> None:
+        self._report("complete", message, value)
+
+    def fail(self, message: Message, error: ErrorInfo) -> None:
+        self._report("fail", message, layout.error_json(error))
+
+    def retry(self, message: Message, error: ErrorInfo, delay_s: float) -> None:
+        self._report("retry", message, layout.error_json(error), repr(float(delay_s)))
+
+    def replace(self, message: Message, spec: GraphSpec) -> None:
+        # TODO: splice the canvas in with one script call, as machine.splice does.
+        raise DriverError(
+            f"Replace is not supported by the Redis driver yet (run "
+            f"{message.run_id}, node {message.node_id}). Return the canvas's "
+            "result from the task instead, or run this workflow on memory://."
+        )
+
+    def cancel(self, run_id: str) -> None:
+        reply = self._scripts.call(
+            "cancel", self._keys.run(run_id).all()[:3], [], run_id=run_id
+        )
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE})
+        if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
+            log.debug("Run %s cancelled.", run_id)
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        keys = self._keys.run(run_id)
+        with self._redis_errors(f"read run {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(keys.run)
+            pipe.hgetall(keys.nodes)
+            pipe.hgetall(keys.values)
+            pipe.hgetall(keys.errors)
+            run, fields, values, errors = pipe.execute()
+        if not run:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        spec = self._cached_spec(run_id, run["spec_version"], run["spec"])
+        nodes = layout.node_records(spec, fields, values, errors)
+        return layout.snapshot_of(run_id, spec, run, nodes)
+
+    def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        run_key = self._keys.run(run_id).run
+        while True:
+            with self._redis_errors(f"read the status of run {run_id}"):
+                status = self._client.hget(run_key, "status")
+            if status is None:
+                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if status != "running" or (remaining is not None and remaining <= 0):
+                return self.snapshot(run_id)
+            pause = self._poll_interval_s
+            time.sleep(pause if remaining is None else min(pause, remaining))
+
+    def workers_alive(self) -> int | None:
+        # Workers in other processes do not register yet, so no count is known.
+        return None
+
+    # -- broker -------------------------------------------------------------
+
+    def fetch(
+        self, queues: Sequence[str], limit: int, timeout_s: float
+    ) -> list[Message]:
+        deadline = time.monotonic() + timeout_s
+        self._ensure_groups(queues)
+        while True:
+            self._promote_due()
+            batch = self._reclaim_stalled(queues, limit)
+            remaining = deadline - time.monotonic()
+            if not batch:
+                batch = self._read(queues, limit, remaining)
+            if batch or remaining <= 0:
+                return batch
+
+    def dead_letter(self, message: Message, reason: str) -> None:
+        error = ErrorInfo("stem.errors", "DeadLettered", reason)
+        keys = [
+            *self._keys.run(message.run_id).all(),
+            self._keys.delayed,
+            self._keys.queue(message.queue),
+            self._keys.dead,
+        ]
+        args: list[str | int | float] = [
+            *self._message_args(message),
+            layout.error_json(error),
+            reason,
+            message.queue,
+            message.headers.get(TASK_HEADER, ""),
+        ]
+        reply = self._scripts.call(
+            "dead_letter", keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        check_reply("dead_letter", reply, message.run_id, message.node_id)
+        log.warning("Dead-lettered %s: %s", _ids(message), reason)
+
+    def dead_letters(self) -> list[tuple[Message, str]]:
+        with self._redis_errors("read the dead-letter stream"):
+            entries: Any = self._client.xrange(self._keys.dead)
+        found: list[tuple[Message, str]] = []
+        for entry_id, fields in entries:
+            message = _message(fields["queue"], entry_id, fields)
+            found.append((message, str(fields["reason"])))
+        return found
+
+    # -- schedule store and lock ------------------------------------------
+
+    def claim_fire(self, entry: str, fire_time_s: float) -> bool:
+        key = self._keys.fire(entry, fire_time_s)
+        ttl_ms = max(1, int(self._fire_ttl_s * 1000))
+        with self._redis_errors(f"claim fire time {fire_time_s} of {entry}"):
+            return bool(self._client.set(key, "1", nx=True, px=ttl_ms))
+
+    def acquire(self, name: str, lease_s: float) -> str | None:
+        token = uuid.uuid4().hex
+        lease_ms = max(1, int(lease_s * 1000))
+        with self._redis_errors(f"acquire lock {name}"):
+            acquired = self._client.set(
+                self._keys.lock(name), token, nx=True, px=lease_ms
+            )
+        return token if acquired else None
+
+    def release(self, name: str, token: str) -> bool:
+        reply = self._scripts.call("release_lock", [self._keys.lock(name)], [token])
+        return bool(reply)
+
+    # -- worker bookkeeping -------------------------------------------------
+
+    def worker_started(self) -> None:
+        with self._lock:
+            self._workers += 1
+
+    def worker_stopped(self) -> None:
+        with self._lock:
+            self._workers -= 1
+
+    def close(self) -> None:
+        with self._redis_errors("close the connection pool"):
+            self._client.close()
+
+    # -- internals ------------------------------------------------------------
+
+    def _report(self, script: str, message: Message, *payload: str) -> None:
+        keys = [
+            *self._keys.run(message.run_id).all(),
+            self._keys.delayed,
+            self._keys.queue(message.queue),
+        ]
+        args: list[str | int | float] = [*self._message_args(message), *payload]
+        reply = self._scripts.call(
+            script, keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        result = check_reply(script, reply, message.run_id, message.node_id)
+        if result is not Reply.DONE:
+            log.debug(
+                "Ignored a %s %s report for %s.",
+                result.name.lower(),
+                script,
+                _ids(message),
+            )
+
+    def _message_args(self, message: Message) -> list[str | int | float]:
+        return [
+            message.run_id,
+            message.node_id,
+            str(message.attempt),
+            str(message.epoch),
+            message.receipt,
+            self._group,
+        ]
+
+    def _spec(self, run_id: str, version: str) -> GraphSpec:
+        with self._lock:
+            spec = self._specs.get((run_id, version))
+        if spec is not None:
+            return spec
+        with self._redis_errors(f"read the graph spec of run {run_id}"):
+            text: Any = self._client.hget(self._keys.run(run_id).run, "spec")
+        if text is None:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        return self._cached_spec(run_id, version, text)
+
+    def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
+        key = (run_id, version)
+        with self._lock:
+            spec = self._specs.get(key)
+            if spec is None:
+                spec = GraphSpec.from_json(text)
+                self._specs[key] = spec
+            self._specs.move_to_end(key)
+            while len(self._specs) > _SPEC_CACHE_SIZE:
+                self._specs.popitem(last=False)
+            return spec
+
+    def _ensure_groups(self, queues: Sequence[str]) -> None:
+        for queue in queues:
+            stream = self._keys.queue(queue)
+            if stream in self._groups:
+                continue
+            try:
+                # Id 0: messages that scripts added before the group existed
+                # are delivered too.
+                self._client.xgroup_create(stream, self._group, id="0", mkstream=True)
+            except redis.ResponseError as err:
+                if "BUSYGROUP" not in str(err):
+                    raise DriverError(
+                        f"Creating consumer group {self._group} on {stream} "
+                        f"failed: {err}"
+                    ) from err
+            except redis.RedisError as err:
+                raise DriverError(
+                    f"Creating consumer group {self._group} on {stream} failed: {err}"
+                ) from err
+            with self._lock:
+                self._groups.add(stream)
+
+    def _promote_due(self) -> None:
+        moved = self._scripts.call(
+            "promote", [self._keys.delayed], [str(self._promote_batch)]
+        )
+        if moved:
+            log.debug("Moved %d due delayed messages to their queues.", moved)
+
+    def _reclaim_stalled(self, queues: Sequence[str], limit: int) -> list[Message]:
+        """Take over messages that another consumer left unacknowledged too long."""
+        now = time.monotonic()
+        if now - self._last_reclaim < max(0.5, self._visibility_timeout_s / 4):
+            return []
+        self._last_reclaim = now
+        # NOTE: delivery counts are not checked yet, so a message that kills
+        # every worker that takes it is reclaimed forever, never dead-lettered.
+        min_idle_ms = int(self._visibility_timeout_s * 1000)
+        batch: list[Message] = []
+        for queue in queues:
+            stream = self._keys.queue(queue)
+            with self._redis_errors(f"reclaim stalled messages of {stream}"):
+                reply: Any = self._client.xautoclaim(
+                    stream, self._group, self._consumer, min_idle_ms, count=limit
+                )
+            for entry_id, fields in reply[1]:
+                if fields:
+                    batch.append(_message(queue, entry_id, fields))
+                    log.warning("Reclaimed a stalled message %s.", _ids(batch[-1]))
+        return batch[:limit]
+
+    def _read(
+        self, queues: Sequence[str], limit: int, remaining_s: float
+    ) -> list[Message]:
+        if len(queues) == 1 and remaining_s > 0:
+            block_ms: int | None = max(1, int(min(remaining_s, _MAX_BLOCK_S) * 1000))
+            return self._read_queue(queues[0], limit, block_ms)
+        # Several queues are read one by one in priority order, so at most
+        # ``limit`` messages are taken from them in total.
+        batch: list[Message] = []
+        for queue in queues:
+            batch += self._read_queue(queue, limit - len(batch), None)
+            if len(batch) >= limit:
+                return batch
+        if not batch and remaining_s > 0:
+            time.sleep(min(remaining_s, self._poll_interval_s))
+        return batch
+
+    def _read_queue(
+        self, queue: str, limit: int, block_ms: int | None
+    ) -> list[Message]:
+        stream = self._keys.queue(queue)
+        with self._redis_errors(f"read {stream}"):
+            reply: Any = self._client.xreadgroup(
+                self._group, self._consumer, {stream: ">"}, count=limit, block=block_ms
+            )
+        batch: list[Message] = []
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                batch.append(_message(queue, entry_id, fields))
+        return batch
+
+    @contextlib.contextmanager
+    def _redis_errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as err:
+            raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _message(queue: str, entry_id: str, fields: dict[str, Any]) -> Message:
+    return Message(
+        fields["run"],
+        fields["node"],
+        int(fields["attempt"]),
+        queue,
+        int(fields["epoch"]),
+        entry_id,
+        {TASK_HEADER: fields["task"]},
+    )
+
+
+def _ids(message: Message) -> str:
+    return f"run {message.run_id} node {message.node_id} attempt {message.attempt}"

@@ -1,0 +1,166 @@
+"""How a run is laid out in Redis hashes, and how it is read back.
+
+The scripts never decode JSON that contains user values, so `graph_fields`
+flattens the structure they walk (roles, join policies, dependency and
+errback lists) into hash fields of plain strings when a run is submitted.
+Node ids are dot-separated integers, so comma-separated lists of them are
+unambiguous. Values and errors stay opaque JSON text, and `node_records` and
+`snapshot_of` build the engine's records from them in Python.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from typing import Any
+
+from stem.canvas.errors import StemInternalError
+from stem.canvas.spec import GraphSpec, NodeId, node_order, template_nodes
+from stem.canvas.values import dumps
+from stem.engine import machine
+from stem.engine.ports import RunSnapshot
+from stem.engine.records import ErrorInfo, NodeRecord, RunState, RunStatus
+
+_RUN_STATUSES: frozenset[str] = frozenset(
+    {"running", "succeeded", "failed", "cancelled"}
+)
+
+
+def graph_fields(spec: GraphSpec) -> list[str]:
+    """Return the run graph hash as a flat field/value list, one entry per attribute."""
+    dependents = spec.dependents
+    errbacks = spec.errbacks_covering
+    flat: list[str] = []
+    for node in spec.nodes:
+        eta = ""
+        if node.options.eta is not None:
+            eta = repr(dt.datetime.fromisoformat(node.options.eta).timestamp())
+        fields = {
+            "role": node.role,
+            "join": node.join,
+            "side": "1" if node.side else "0",
+            "queue": node.options.queue or "default",
+            "task": node.task,
+            "countdown": repr(float(node.options.countdown or 0.0)),
+            "eta": eta,
+            "ndeps": str(len(node.deps)),
+            "ncovers": str(len(node.covers)),
+            "settled": ",".join(node.settled),
+            "dependents": ",".join(dependents[node.id]),
+            "errbacks": ",".join(errbacks[node.id]),
+            "reads": ",".join(template_nodes(node.input)),
+        }
+        for name, value in fields.items():
+            flat += [f"{node.id}/{name}", value]
+    return flat
+
+
+def initial_node_fields(spec: GraphSpec) -> list[str]:
+    """Return the node-state hash of a new run as a flat field/value list."""
+    flat: list[str] = []
+    for node in spec.nodes:
+        flat += [
+            node.id,
+            "pending",
+            f"{node.id}/attempt",
+            "0",
+            f"{node.id}/waiting",
+            str(len(node.deps)),
+            f"{node.id}/open_covers",
+            str(len(node.covers)),
+        ]
+    return flat
+
+
+def nodes_reaching_sinks(spec: GraphSpec) -> list[NodeId]:
+    """Return, in node order, the nodes whose failure reaches a sink.
+
+    The walk is the engine's run-end rule: from each sink back through the
+    dependencies of ``fail_fast`` joins, leaving out settled dependencies.
+    """
+    reaching = set(spec.sinks)
+    stack = list(spec.sinks)
+    while stack:
+        node = spec.node(stack.pop())
+        if node.join != "fail_fast":
+            continue
+        for dep in node.deps:
+            if dep not in reaching and dep not in node.settled:
+                reaching.add(dep)
+                stack.append(dep)
+    return sorted(reaching, key=node_order)
+
+
+def error_json(error: ErrorInfo) -> str:
+    """Encode an error as the JSON text the store keeps."""
+    return json.dumps(error.to_dict())
+
+
+def error_from_json(text: str | None) -> ErrorInfo | None:
+    """Decode an error stored by `error_json`; None for a missing or empty field."""
+    if not text:
+        return None
+    data: dict[str, Any] = json.loads(text)
+    return ErrorInfo.from_dict(data)
+
+
+def _float(text: str | None) -> float | None:
+    return float(text) if text else None
+
+
+def node_records(
+    spec: GraphSpec,
+    fields: dict[str, str],
+    values: dict[str, str],
+    errors: dict[str, str],
+) -> dict[NodeId, NodeRecord]:
+    """Build each node's record from the node-state, values and errors hashes."""
+    records: dict[NodeId, NodeRecord] = {}
+    for node in spec.nodes:
+        key = node.id
+        state = fields.get(key, "pending")
+        records[key] = NodeRecord(
+            state=state,  # type: ignore[arg-type]  # written only by the scripts
+            attempt=int(fields.get(f"{key}/attempt", "0")),
+            value=values.get(key),
+            error=error_from_json(errors.get(key)),
+            cause=fields.get(f"{key}/cause") or None,
+            queued_at=_float(fields.get(f"{key}/queued_at")),
+            started_at=_float(fields.get(f"{key}/started_at")),
+            ended_at=_float(fields.get(f"{key}/ended_at")),
+        )
+    return records
+
+
+def snapshot_of(
+    run_id: str,
+    spec: GraphSpec,
+    run: dict[str, str],
+    nodes: dict[NodeId, NodeRecord],
+) -> RunSnapshot:
+    """Build a snapshot from the run hash and the node records.
+
+    The run's value is assembled here from the stored node values, because
+    the scripts never decode or concatenate user values.
+    """
+    status = run.get("status", "")
+    if status not in _RUN_STATUSES:
+        raise StemInternalError(
+            f"Run {run_id} has an invalid status {status!r} in Redis. This is "
+            "a bug in Stem, or another program wrote the key."
+        )
+    typed_status: RunStatus = status  # type: ignore[assignment]  # checked above
+    value: str | None = None
+    if typed_status == "succeeded":
+        state = RunState(run_id=run_id, spec=spec, nodes=nodes)
+        value = dumps(machine.run_value(state))
+    return RunSnapshot(
+        run_id=run_id,
+        status=typed_status,
+        spec=spec,
+        nodes=nodes,
+        created_at=float(run.get("created_at", "0")),
+        ended_at=_float(run.get("ended_at")),
+        value=value,
+        error_node=run.get("error_node") or None,
+    )

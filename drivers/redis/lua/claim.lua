@@ -1,0 +1,68 @@
+--[[ claim: start an attempt, or acknowledge and drop a duplicate or stale message.
+  KEYS[1] run hash                (partition tag)
+  KEYS[2] run graph hash          (partition tag)
+  KEYS[3] run node-state hash     (partition tag)
+  KEYS[4] run values hash         (partition tag)
+  KEYS[5] run errors hash         (partition tag)
+  KEYS[6] queue stream the message came from (partition tag)
+  ARGV[1] node id
+  ARGV[2] attempt number
+  ARGV[3] epoch
+  ARGV[4] stream entry id of the message, or "" when there is none
+  ARGV[5] consumer group name
+  Time comes from TIME inside the script.
+  Returns {1, cause, spec_version, state, value, error, state, value, error, ...}
+  with one state/value/error triple ("" when missing) per node the input reads,
+  in the order of the graph's <node>/reads field. Returns {0} for a duplicate
+  or a message whose node is no longer queued, {-1} for an unknown run and
+  {-2} for a message of another epoch or attempt. Every reply but {1}
+  acknowledges and deletes the message, so it is not delivered again.
+  Writes no stream entries.
+]]
+-- luacheck: globals KEYS ARGV redis
+local rcall = redis.call
+local run_key = KEYS[1]
+local graph_key = KEYS[2]
+local nodes_key = KEYS[3]
+local values_key = KEYS[4]
+local errors_key = KEYS[5]
+local stream_key = KEYS[6]
+local node = ARGV[1]
+local attempt = ARGV[2]
+local epoch = ARGV[3]
+local receipt = ARGV[4]
+local group = ARGV[5]
+local clock = rcall("TIME")
+local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+
+local function drop(code)
+  if receipt ~= "" then
+    rcall("XACK", stream_key, group, receipt)
+    rcall("XDEL", stream_key, receipt)
+  end
+  return {code}
+end
+
+local run = rcall("HMGET", run_key, "epoch", "spec_version")
+if not run[1] then
+  return drop(-1)
+end
+if run[1] ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+  return drop(-2)
+end
+local state = rcall("HGET", nodes_key, node)
+if state ~= "queued" and state ~= "retrying" then
+  return drop(0)
+end
+rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
+
+local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2]}
+local reads = rcall("HGET", graph_key, node .. "/reads")
+if reads and reads ~= "" then
+  for read in string.gmatch(reads, "[^,]+") do
+    reply[#reply + 1] = rcall("HGET", nodes_key, read) or ""
+    reply[#reply + 1] = rcall("HGET", values_key, read) or ""
+    reply[#reply + 1] = rcall("HGET", errors_key, read) or ""
+  end
+end
+return reply

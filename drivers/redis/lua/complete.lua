@@ -1,0 +1,64 @@
+--[[ complete: record a node's value, release the nodes it made ready, ack its message.
+  KEYS[1] run hash                (partition tag)
+  KEYS[2] run graph hash          (partition tag)
+  KEYS[3] run node-state hash     (partition tag)
+  KEYS[4] run values hash         (partition tag)
+  KEYS[5] run errors hash         (partition tag)
+  KEYS[6] delayed sorted set      (partition tag)
+  KEYS[7] queue stream the message came from (partition tag)
+  ARGV[1] run id
+  ARGV[2] node id
+  ARGV[3] attempt number
+  ARGV[4] epoch
+  ARGV[5] stream entry id to acknowledge, or "" when there is none
+  ARGV[6] consumer group name
+  ARGV[7] value, JSON text kept opaque
+  Time comes from TIME inside the script.
+  Returns {1} when the outcome was recorded, {0} for a duplicate or late report
+  (nothing changed), {-1} for an unknown run, {-2} for a stale attempt or epoch.
+  The message is acknowledged and deleted whatever the reply.
+  Adds one stream entry to <base>q:<queue> per node that became ready (a
+  delayed-set member instead when it has a countdown or eta).
+]]
+-- luacheck: globals KEYS ARGV redis cjson
+local rcall = redis.call
+local run_key = KEYS[1]
+local graph_key = KEYS[2]
+local nodes_key = KEYS[3]
+local values_key = KEYS[4]
+local errors_key = KEYS[5]
+local delayed_key = KEYS[6]
+local stream_key = KEYS[7]
+local run_id = ARGV[1]
+local node = ARGV[2]
+local attempt = ARGV[3]
+local epoch = ARGV[4]
+local receipt = ARGV[5]
+local group = ARGV[6]
+local clock = rcall("TIME")
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now_text = string.format("%.6f", now)
+local value = ARGV[7]
+
+--- @include "graph"
+
+if receipt ~= "" then
+  rcall("XACK", stream_key, group, receipt)
+  rcall("XDEL", stream_key, receipt)
+end
+
+-- A late report must not recreate the keys of a run that expired or was deleted.
+local run_epoch = rcall("HGET", run_key, "epoch")
+if not run_epoch then
+  return {-1}
+end
+if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+  return {-2}
+end
+if state_of(node) ~= "running" then
+  return {0}
+end
+rcall("HSET", values_key, node, value)
+end_node(node, "succeeded")
+maybe_finish()
+return {1}

@@ -1,0 +1,174 @@
+--[[ graph: the node transitions shared by submit, complete, fail and dead_letter.
+  Included by scripts.py in place of a `--- @include "graph"` line. It mirrors
+  the Python state machine (`start`, `_end`, `_react`, `_react_errback`,
+  `_release`, `_maybe_finish`) and expects these locals in the including script:
+    rcall        redis.call
+    run_key      run hash
+    graph_key    run graph hash
+    nodes_key    run node-state hash
+    delayed_key  delayed sorted set; the partition's key base is its name minus "delayed"
+    run_id, epoch (strings), now (seconds, number), now_text (now as a string)
+  Writes stream entries to <base>q:<queue> for every node it queues without
+  delay, and members of the delayed set for the others.
+]]
+
+local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
+local SETTLED = {succeeded = true, failed = true, cancelled = true}
+local SUCCEEDED = {succeeded = true}
+local base = string.sub(delayed_key, 1, -8)
+
+local function split(text)
+  local items = {}
+  -- HGET returns false for a missing field.
+  if text and text ~= "" then
+    for item in string.gmatch(text, "[^,]+") do
+      items[#items + 1] = item
+    end
+  end
+  return items
+end
+
+local function attr(node, name)
+  return rcall("HGET", graph_key, node .. "/" .. name)
+end
+
+local function state_of(node)
+  return rcall("HGET", nodes_key, node)
+end
+
+-- Put one attempt of a node on its queue, or in the delayed set.
+local function send(node, attempt, delay)
+  local queue = attr(node, "queue")
+  local task = attr(node, "task")
+  if delay > 0 then
+    local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
+    rcall("ZADD", delayed_key, string.format("%.6f", now + delay), member)
+  else
+    rcall("XADD", base .. "q:" .. queue, "*", "run", run_id, "node", node,
+      "attempt", tostring(attempt), "epoch", epoch, "task", task)
+  end
+end
+
+local function enqueue(node)
+  local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
+  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
+  local delay = tonumber(attr(node, "countdown")) or 0
+  local eta = tonumber(attr(node, "eta"))
+  if eta and eta - now > delay then
+    delay = eta - now
+  end
+  send(node, attempt, delay)
+end
+
+local function set_terminal(node, state)
+  local current = state_of(node)
+  if TERMINAL[current] then
+    error("STEM_INTERNAL run " .. run_id .. ": node " .. node .. " is already "
+      .. current .. " and cannot become " .. state .. ". This is a bug in Stem.")
+  end
+  rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
+  if attr(node, "side") ~= "1" then
+    rcall("HINCRBY", run_key, "open_main", -1)
+  end
+end
+
+local function accepted(node, dep)
+  local settled = "," .. (attr(node, "settled") or "") .. ","
+  if string.find(settled, "," .. dep .. ",", 1, true) then
+    return SETTLED
+  end
+  if attr(node, "join") == "all_settled" and attr(node, "role") ~= "link" then
+    return SETTLED
+  end
+  return SUCCEEDED
+end
+
+local function cause_of(node)
+  local cause = rcall("HGET", nodes_key, node .. "/cause")
+  if state_of(node) == "failed" or not cause then
+    return node
+  end
+  return cause
+end
+
+local function react(dep, outcome, node, work)
+  if state_of(node) ~= "pending" then
+    return
+  end
+  if accepted(node, dep)[outcome] then
+    -- Every dependency edge ends once, so the counter reaches zero exactly
+    -- when all of them were accepted, as the Python `_release` checks.
+    local waiting = rcall("HINCRBY", nodes_key, node .. "/waiting", -1)
+    if waiting <= 0 then
+      enqueue(node)
+    end
+    return
+  end
+  if outcome == "skipped" or attr(node, "role") == "link" then
+    set_terminal(node, "skipped")
+  else
+    set_terminal(node, "cancelled")
+    rcall("HSET", nodes_key, node .. "/cause", cause_of(dep))
+  end
+  work[#work + 1] = node
+end
+
+local function react_errback(covered, outcome, errback, work)
+  if state_of(errback) ~= "pending" then
+    return
+  end
+  local open = rcall("HINCRBY", nodes_key, errback .. "/open_covers", -1)
+  if outcome == "failed" or outcome == "cancelled" then
+    rcall("HSET", nodes_key, errback .. "/cause", cause_of(covered))
+    enqueue(errback)
+    return
+  end
+  if open <= 0 then
+    set_terminal(errback, "skipped")
+    work[#work + 1] = errback
+  end
+end
+
+-- Move a node to a terminal state and settle everything it decides. The work
+-- list is a stack, as in the Python transitions, so causes come out the same.
+local function end_node(node, state)
+  set_terminal(node, state)
+  local work = {node}
+  while #work > 0 do
+    local current = table.remove(work)
+    local outcome = state_of(current)
+    for _, dependent in ipairs(split(attr(current, "dependents"))) do
+      react(current, outcome, dependent, work)
+    end
+    for _, errback in ipairs(split(attr(current, "errbacks"))) do
+      react_errback(current, outcome, errback, work)
+    end
+  end
+end
+
+local function maybe_finish()
+  local run = rcall("HMGET", run_key, "status", "open_main", "sinks", "reaching")
+  if run[1] ~= "running" or tonumber(run[2]) > 0 then
+    return
+  end
+  rcall("HSET", run_key, "ended_at", now_text)
+  local succeeded = true
+  for _, sink in ipairs(split(run[3])) do
+    if state_of(sink) ~= "succeeded" then
+      succeeded = false
+      break
+    end
+  end
+  if succeeded then
+    rcall("HSET", run_key, "status", "succeeded")
+    return
+  end
+  rcall("HSET", run_key, "status", "failed")
+  -- `reaching` is sorted by node order, so the first failed node is the lowest.
+  for _, node in ipairs(split(run[4])) do
+    if state_of(node) == "failed" then
+      rcall("HSET", run_key, "error_node", node)
+      return
+    end
+  end
+end

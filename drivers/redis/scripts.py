@@ -1,0 +1,171 @@
+"""The driver's Lua scripts: loading, registering, calling and reading replies.
+
+Each ``lua/<name>.lua`` file is one state change. A line
+``--- @include "<name>"`` is replaced at load time by ``lua/include/<name>.lua``,
+so the node transitions that several scripts share are written once.
+redis-py's `redis.commands.core.Script` sends EVALSHA and, on a NOSCRIPT
+reply (after ``SCRIPT FLUSH`` or a restart), loads the script and sends it
+again, so a flushed script cache costs one round trip.
+"""
+
+from __future__ import annotations
+
+import re
+from enum import IntEnum
+from importlib import resources
+from typing import Any
+
+import redis
+from redis.commands.core import Script
+
+from stem.canvas.errors import StemInternalError
+from stem.engine.errors import DriverError, RunNotFound
+
+SCRIPT_NAMES = (
+    "submit",
+    "claim",
+    "complete",
+    "fail",
+    "retry",
+    "dead_letter",
+    "cancel",
+    "promote",
+    "release_lock",
+)
+
+_INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
+#: Marker at the start of an error a script raises when an invariant breaks.
+_INTERNAL_MARKER = "STEM_INTERNAL"
+
+
+class Reply(IntEnum):
+    """Result codes that the run scripts return as the first item of their reply."""
+
+    DONE = 1
+    DUPLICATE = 0
+    RUN_NOT_FOUND = -1
+    STALE = -2
+
+
+class ScriptError(DriverError):
+    """Raised when a script returns a reply the driver does not expect.
+
+    This is a bug in Stem or a Redis that runs another version of the script.
+    """
+
+    def __init__(self, message: str, *, script: str, run_id: str, node_id: str) -> None:
+        super().__init__(message)
+        self.script = script
+        self.run_id = run_id
+        self.node_id = node_id
+
+
+class ScriptRunNotFound(RunNotFound):
+    """Raised when a script finds no run with the id: it never existed or expired."""
+
+    def __init__(self, message: str, *, script: str, run_id: str, node_id: str) -> None:
+        super().__init__(message)
+        self.script = script
+        self.run_id = run_id
+        self.node_id = node_id
+
+
+def load_source(name: str) -> str:
+    """Read one script from package data, with its includes expanded."""
+    folder = resources.files("stem.drivers.redis") / "lua"
+    text = (folder / f"{name}.lua").read_text(encoding="utf-8")
+
+    def expand(match: re.Match[str]) -> str:
+        return (folder / "include" / f"{match.group(1)}.lua").read_text(
+            encoding="utf-8"
+        )
+
+    return _INCLUDE.sub(expand, text)
+
+
+class Scripts:
+    """Every script registered on one client, called by name.
+
+    Args:
+        client: the client that runs them; its replies must be decoded to str.
+    """
+
+    def __init__(self, client: redis.Redis) -> None:
+        self._client = client
+        self._scripts: dict[str, Script] = {
+            name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
+        }
+
+    def call(
+        self,
+        name: str,
+        keys: list[str],
+        args: list[str | int | float],
+        *,
+        run_id: str = "",
+        node_id: str = "",
+    ) -> Any:
+        """Run one script and return its raw reply.
+
+        Raises:
+            StemInternalError: if the script found a broken invariant.
+            DriverError: if Redis failed; the redis-py error is chained.
+        """
+        try:
+            return self._scripts[name](keys=keys, args=args, client=self._client)
+        except redis.ResponseError as err:
+            if _INTERNAL_MARKER in str(err):
+                raise StemInternalError(
+                    f"Script {name} failed for run {run_id} node {node_id}: {err}"
+                ) from err
+            raise DriverError(
+                f"Script {name} failed for run {run_id} node {node_id}: {err}"
+            ) from err
+        except redis.RedisError as err:
+            raise DriverError(
+                f"Redis failed while running script {name} for run {run_id} "
+                f"node {node_id}: {err}"
+            ) from err
+
+
+def check_reply(
+    script: str,
+    reply: Any,
+    run_id: str,
+    node_id: str = "",
+    *,
+    accept: frozenset[Reply] = frozenset(Reply),
+) -> Reply:
+    """Map a run script's result code to a `Reply`, or raise for one not accepted.
+
+    Raises:
+        ScriptRunNotFound: for `Reply.RUN_NOT_FOUND` when it is not accepted.
+        ScriptError: for any other code that is not accepted or not known.
+    """
+    code = reply[0] if isinstance(reply, list) and reply else reply
+    try:
+        result = Reply(int(code))
+    except (TypeError, ValueError):
+        raise ScriptError(
+            f"Script {script} returned {reply!r} for run {run_id} node {node_id}; "
+            "expected a result code. This is a bug in Stem.",
+            script=script,
+            run_id=run_id,
+            node_id=node_id,
+        ) from None
+    if result in accept:
+        return result
+    if result is Reply.RUN_NOT_FOUND:
+        raise ScriptRunNotFound(
+            f"Run {run_id!r} is not found: script {script} found no state for it.",
+            script=script,
+            run_id=run_id,
+            node_id=node_id,
+        )
+    raise ScriptError(
+        f"Script {script} returned {result.name} for run {run_id} node {node_id}, "
+        f"which this call does not expect. This is a bug in Stem.",
+        script=script,
+        run_id=run_id,
+        node_id=node_id,
+    )

@@ -1,0 +1,273 @@
+"""Behaviour every driver must show, run on memory:// and on a private Redis.
+
+Each test runs real canvases through a thread-pool worker and checks values,
+errors, node states and how often side branches ran.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from stem import chain, chord, group, is_error_record
+from stem.canvas.primitives import Signature
+from stem.engine.ports import Message
+
+from .conftest import TIMEOUT_S, Kit
+
+# -- values of each shape --------------------------------------------------------
+
+
+def test_chain_value(kit: Kit) -> None:
+    canvas = chain(kit.add.s(1, 2), kit.add.s(3), kit.add.s(4))
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == 10
+
+
+def test_group_value_in_order(kit: Kit) -> None:
+    canvas = group(kit.add.s(i, i) for i in range(6))
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == [0, 2, 4, 6, 8, 10]
+
+
+def test_chord_value(kit: Kit) -> None:
+    canvas = chord([kit.add.s(i, 1) for i in range(5)], kit.total.s())
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == 15
+    assert len(kit.called("total")) == 1
+
+
+def test_nested_groups_stay_nested(kit: Kit) -> None:
+    canvas = group(
+        group(kit.add.s(1, 1), kit.add.s(2, 2)),
+        kit.add.s(3, 3),
+        group(kit.add.s(4, 4)),
+        group(),
+    )
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == [[2, 4], 6, [8], []]
+
+
+def test_empty_group_gives_empty_list(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        assert kit.app.submit(group()).get(TIMEOUT_S) == []
+
+
+def test_one_member_group_gives_list(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        assert group(kit.add.s(1, 1)).apply_async().get(TIMEOUT_S) == [2]
+
+
+def test_chain_with_submit_args(kit: Kit) -> None:
+    canvas = chain(kit.add.s(2), kit.add.s(3))
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async((1,)).get(TIMEOUT_S) == 6
+
+
+# -- failures --------------------------------------------------------------------
+
+
+def test_failure_cancels_downstream(kit: Kit) -> None:
+    result = chain(kit.fail.s(), kit.add.s(1), kit.add.s(2)).apply_async()
+    with (
+        kit.app.worker(concurrency=4),
+        pytest.raises(ValueError, match="planned failure"),
+    ):
+        result.get(TIMEOUT_S)
+    states = [node.state for node in result.nodes().values()]
+    assert states == ["failed", "cancelled", "cancelled"]
+    assert kit.called("add") == []
+
+
+def test_failed_header_cancels_body(kit: Kit) -> None:
+    result = chord([kit.add.s(1, 1), kit.fail.s()], kit.total.s()).apply_async()
+    with kit.app.worker(concurrency=4):
+        with pytest.raises(ValueError, match="planned failure"):
+            result.get(TIMEOUT_S)
+        kit.settle(result)
+    assert result.node("2").state == "cancelled"
+    assert kit.called("total") == []
+
+
+def test_lowest_failed_node_is_error(kit: Kit) -> None:
+    @kit.app.task(name="fail_other")
+    def fail_other() -> None:
+        raise KeyError("second failure")
+
+    result = group(kit.add.s(1, 1), kit.fail.s(), fail_other.s()).apply_async()
+    with kit.app.worker(concurrency=4):
+        error = result.get(TIMEOUT_S, propagate=False)
+    assert isinstance(error, ValueError)
+
+
+def test_errback_once_with_failed_task_id(kit: Kit) -> None:
+    canvas = chain(kit.add.s(1, 1), kit.fail.s(), kit.add.s(1))
+    result = canvas.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        result.get(TIMEOUT_S, propagate=False)
+        kit.settle(result)
+    assert kit.called("record") == [(f"{result.id}-1",)]
+
+
+def test_errback_once_for_two_failures(kit: Kit) -> None:
+    canvas = group(kit.fail.s(), kit.fail.s(), kit.add.s(1, 1))
+    result = canvas.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        result.get(TIMEOUT_S, propagate=False)
+        kit.settle(result)
+    calls = kit.called("record")
+    assert len(calls) == 1
+    assert calls[0][0] in (f"{result.id}-0", f"{result.id}-1")
+
+
+def test_errback_skipped_on_success(kit: Kit) -> None:
+    result = kit.add.apply_async((1, 1), link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == 2
+        kit.settle(result)
+    states = {node.task: node.state for node in result.nodes().values()}
+    assert states["record"] == "skipped"
+    assert kit.called("record") == []
+
+
+def test_link_gets_canvas_value(kit: Kit) -> None:
+    result = chain(kit.add.s(1, 1), kit.add.s(1)).apply_async(link=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == 3
+        kit.settle(result)
+    assert kit.called("record") == [(3,)]
+
+
+def test_link_skipped_on_failure(kit: Kit) -> None:
+    result = kit.fail.apply_async(link=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        result.get(TIMEOUT_S, propagate=False)
+        kit.settle(result)
+    states = {node.task: node.state for node in result.nodes().values()}
+    assert states["record"] == "skipped"
+    assert kit.called("record") == []
+
+
+def test_all_settled_error_records(kit: Kit) -> None:
+    header = [kit.add.s(1, 1), kit.fail.s(), kit.add.s(2, 2)]
+    canvas = chord(header, kit.echo.s(), join="all_settled")
+    with kit.app.worker(concurrency=4):
+        value = canvas.apply_async().get(TIMEOUT_S)
+    assert value[0] == 2
+    assert value[2] == 4
+    assert is_error_record(value[1])
+    detail = value[1]["__stem_error__"]
+    assert detail["state"] == "failed"
+    assert detail["task"] == "fail"
+    assert detail["type"] == "ValueError"
+    assert detail["message"] == "planned failure"
+
+
+def test_absorbed_failure_keeps_errback_silent(kit: Kit) -> None:
+    canvas = chord([kit.add.s(1, 1), kit.fail.s()], kit.echo.s(), join="all_settled")
+    result = canvas.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        result.get(TIMEOUT_S)
+        kit.settle(result)
+    assert result.state == "succeeded"
+    assert kit.called("record") == []
+
+
+# -- retries, duplicates and idempotency -------------------------------------------
+
+
+def test_retry_inside_chord_header(kit: Kit) -> None:
+    canvas = chord([kit.flaky.s(5, 2), kit.add.s(1, 1)], kit.total.s())
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == 7
+    assert len(kit.called("flaky")) == 3
+    assert kit.called("total") == [([5, 2],)]
+
+
+def test_duplicate_report_changes_nothing(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = chain(kit.add.s(1, 1), kit.add.s(2)).apply_async()
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    claim = driver.claim(message)
+    assert claim is not None
+    driver.complete(message, "2")
+    before = driver.snapshot(result.id)
+
+    driver.complete(message, "99")
+    driver.fail(message, _error())
+    after = driver.snapshot(result.id)
+
+    assert after.nodes == before.nodes
+    [second] = driver.fetch(["default"], 5, TIMEOUT_S)
+    assert second.node_id == "1"
+    assert driver.fetch(["default"], 5, 0.1) == []
+
+
+def test_duplicate_message_dropped_at_claim(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((1, 1))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    copy = Message(message.run_id, message.node_id, message.attempt, message.queue)
+
+    assert driver.claim(message) is not None
+    assert driver.claim(copy) is None
+    assert driver.snapshot(result.id).nodes["0"].state == "running"
+
+
+def test_run_id_makes_submit_idempotent(kit: Kit) -> None:
+    canvas = chain(kit.add.s(1, 1), kit.add.s(1))
+    first = canvas.apply_async(run_id="fixed-run")
+    second = canvas.apply_async(run_id="fixed-run")
+    with kit.app.worker(concurrency=4):
+        assert first.get(TIMEOUT_S) == 3
+        assert second.get(TIMEOUT_S) == 3
+    assert first.id == second.id
+    assert kit.called("add") == [(1, 1), (2, 1)]
+
+
+# -- cancel and dead letters -------------------------------------------------------
+
+
+def test_cancel_stops_run(kit: Kit) -> None:
+    canvas = chain(kit.wait_gate.s(), kit.add.s(1, 1))
+    result = canvas.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        _wait_for_call(kit, "wait_gate")
+        result.cancel()
+        kit.gate.set()
+        kit.settle(result)
+    assert result.state == "cancelled"
+    assert kit.called("add") == []
+    assert kit.called("record") == []
+    states = {node.task: node.state for node in result.nodes().values()}
+    assert states["record"] == "skipped"
+
+
+def test_unknown_task_dead_lettered(kit: Kit) -> None:
+    canvas = chain(Signature("tasks.not_registered"), kit.add.s(1))
+    result = kit.app.submit(canvas)
+    with kit.app.worker(concurrency=2):
+        error = result.get(TIMEOUT_S, propagate=False)
+    assert result.state == "failed"
+    assert "tasks.not_registered" in str(error)
+    [(message, reason)] = kit.app.driver.dead_letters()
+    assert message.run_id == result.id
+    assert message.node_id == "0"
+    assert "tasks.not_registered" in reason
+    assert result.node("1").state == "cancelled"
+
+
+def _wait_for_call(kit: Kit, name: str) -> None:
+    import time
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while not kit.called(name):
+        assert time.monotonic() < deadline, f"Task {name} never ran."
+        time.sleep(0.01)
+
+
+def _error() -> Any:
+    from stem.engine.records import ErrorInfo
+
+    return ErrorInfo("builtins", "ValueError", "late")

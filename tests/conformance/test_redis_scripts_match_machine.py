@@ -1,0 +1,206 @@
+"""The Redis scripts against the engine's Python transitions, step by step.
+
+Each example draws a canvas, a plan of outcomes and a seeded schedule, then
+applies every claim and report to `stem.engine.machine` and to the Redis
+driver side by side, as `stem.testing.StepDriver` does for the machine alone.
+Both must accept and reject the same messages and reports, hand each task the
+same arguments, enqueue the same attempts and end in the same state.
+"""
+
+from __future__ import annotations
+
+import random
+import uuid
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from stem.canvas.compiler import compile_canvas
+from stem.canvas.spec import GraphSpec, NodeId
+from stem.canvas.values import decode, dumps, loads
+from stem.drivers.redis import RedisDriver
+from stem.engine import machine
+from stem.engine.ports import Message
+from stem.engine.records import ErrorInfo, RunState
+from stem.testing import (
+    NodePlan,
+    PlannedFailure,
+    PlannedRetry,
+    canvases,
+    echo_value,
+    plans,
+)
+
+TASKS = ["a", "b", "c"]
+
+
+@dataclass(frozen=True)
+class _Report:
+    kind: str
+    node: NodeId
+    attempt: int
+    payload: Any
+    late: bool = False
+
+
+class _Pair:
+    """One run applied to the machine and to the Redis scripts in lockstep."""
+
+    def __init__(self, driver: RedisDriver, spec: GraphSpec, plan: dict[str, NodePlan]):
+        self.driver = driver
+        self.spec = spec
+        self.plan = plan
+        self.run_id = f"run-{uuid.uuid4().hex[:8]}"
+        self.now = 0.0
+        self.messages: list[tuple[NodeId, int]] = []
+        self.reports: list[_Report] = []
+        self.enqueued: Counter[tuple[NodeId, int]] = Counter()
+        run, effects = machine.start(self.run_id, spec, self.now)
+        self.run: RunState = run
+        assert driver.submit(self.run_id, spec)
+        assert not driver.submit(self.run_id, spec)
+        self._enqueue(effects)
+
+    def step(self, rng: random.Random) -> None:
+        self.now += 1.0
+        index = rng.randrange(len(self.messages) + len(self.reports))
+        if index < len(self.messages):
+            self._deliver(*self.messages.pop(index))
+        else:
+            self._apply(self.reports.pop(index - len(self.messages)))
+
+    def cancel(self) -> None:
+        self.now += 1.0
+        machine.cancel(self.run, self.now)
+        self.driver.cancel(self.run_id)
+
+    def _message(self, node_id: NodeId, attempt: int) -> Message:
+        queue = self.spec.node(node_id).options.queue or "default"
+        return Message(self.run_id, node_id, attempt, queue)
+
+    def _deliver(self, node_id: NodeId, attempt: int) -> None:
+        accepted = machine.claim(self.run, node_id, attempt, self.now)
+        claim = self.driver.claim(self._message(node_id, attempt))
+        assert (claim is not None) == accepted, (
+            f"Claim of node {node_id} attempt {attempt}: machine accepted "
+            f"{accepted}, Redis returned {claim}."
+        )
+        if claim is None:
+            return
+        node = self.run.spec.node(node_id)
+        has_value, value = machine.resolve_input(self.run, node)
+        args = [decode(item) for item in node.args]
+        if has_value:
+            args.insert(0, value)
+        assert loads(dumps(claim.args)) == loads(dumps(args))
+        assert claim.kwargs == {key: decode(v) for key, v in node.kwargs.items()}
+        node_plan = self.plan.get(node_id, NodePlan())
+        if attempt <= node_plan.retries:
+            error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
+            self.reports.append(_Report("retry", node_id, attempt, error))
+        elif node_plan.outcome == "fail":
+            error = ErrorInfo.from_exception(PlannedFailure(f"node {node_id}"))
+            self.reports.append(_Report("fail", node_id, attempt, error))
+        else:
+            payload = dumps(echo_value(node.task, args, claim.kwargs))
+            self.reports.append(_Report("complete", node_id, attempt, payload))
+
+    def _apply(self, report: _Report) -> None:
+        run, now = self.run, self.now
+        message = self._message(report.node, report.attempt)
+        if report.kind == "complete":
+            effects = machine.complete(
+                run, report.node, report.attempt, report.payload, now
+            )
+            self.driver.complete(message, report.payload)
+        elif report.kind == "fail":
+            effects = machine.fail(
+                run, report.node, report.attempt, report.payload, now
+            )
+            self.driver.fail(message, report.payload)
+        else:
+            effects = machine.retry(
+                run, report.node, report.attempt, report.payload, 0.0, now
+            )
+            self.driver.retry(message, report.payload, 0.0)
+        if report.late:
+            assert effects is None
+            return
+        if effects is not None:
+            self._enqueue(effects)
+        if self.plan.get(report.node, NodePlan()).duplicate:
+            self.reports.append(
+                _Report(report.kind, report.node, report.attempt, report.payload, True)
+            )
+
+    def _enqueue(self, effects: list[machine.Effect]) -> None:
+        for effect in effects:
+            if isinstance(effect, machine.Enqueue):
+                self.enqueued[(effect.node, effect.attempt)] += 1
+                self.messages.append((effect.node, effect.attempt))
+                if self.plan.get(effect.node, NodePlan()).duplicate:
+                    self.messages.append((effect.node, effect.attempt))
+
+
+def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        found: Counter[tuple[str, int]] = Counter()
+        for queue in queues:
+            for _entry, fields in client.xrange(driver._keys.queue(queue)):
+                found[(fields["node"], int(fields["attempt"]))] += 1
+        return found
+    finally:
+        client.close()
+
+
+def _check_same_state(pair: _Pair, redis_url: str) -> None:
+    run = pair.run
+    snapshot = pair.driver.snapshot(pair.run_id)
+    assert snapshot.status == run.status
+    assert snapshot.error_node == run.error_node
+    if run.status == "succeeded":
+        assert snapshot.value is not None
+        assert run.value is not None
+        assert loads(snapshot.value) == loads(run.value)
+    for node_id, expected in run.nodes.items():
+        actual = snapshot.nodes[node_id]
+        context = f"node {node_id} of {pair.spec.to_json()}"
+        assert actual.state == expected.state, context
+        assert actual.attempt == expected.attempt, context
+        assert actual.value == expected.value, context
+        assert actual.error == expected.error, context
+        assert actual.cause == expected.cause, context
+    queues = {node.options.queue or "default" for node in pair.spec.nodes}
+    assert _stream_attempts(redis_url, pair.driver, queues) == +Counter(
+        {key: 1 for key in pair.enqueued}
+    )
+    assert all(count == 1 for count in pair.enqueued.values())
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(data=st.data(), canvas=canvases(TASKS, max_depth=3, max_leaves=8))
+def test_scripts_match_machine(
+    redis_url: str, data: st.DataObject, canvas: Any
+) -> None:
+    spec = compile_canvas(canvas)
+    plan = data.draw(plans(spec), label="plan")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
+    driver = RedisDriver(redis_url, prefix=f"diff-{uuid.uuid4().hex[:12]}:")
+    try:
+        pair = _Pair(driver, spec, plan)
+        rng = random.Random(seed)
+        steps = 0
+        while pair.messages or pair.reports:
+            if steps == cancel_after:
+                pair.cancel()
+            pair.step(rng)
+            steps += 1
+        _check_same_state(pair, redis_url)
+    finally:
+        driver.close()

@@ -1,0 +1,202 @@
+"""The Redis driver against a private redis-server: paths only Redis has.
+
+Behaviour shared with memory:// is tested in tests/conformance. These tests
+cover the script cache, delayed messages, stalled messages, expired runs, the
+lock and schedule ports and the script files themselves.
+"""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from stem import App, chain, chord
+from stem.canvas.compiler import compile_canvas
+from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.keys import Keys
+from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
+from stem.engine.drivers import load_driver
+from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.ports import Message
+
+TIMEOUT_S = 10.0
+
+
+def _prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """Yield a plain client of the private server."""
+    made = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield made
+    made.close()
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    """Yield an app on the private server with a few tasks, under its own prefix."""
+    made = App(redis_url, prefix=_prefix())
+    gate = threading.Event()
+
+    @made.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    @made.task(name="echo")
+    def echo(*args: Any) -> Any:
+        return list(args)
+
+    @made.task(name="wait_gate")
+    def wait_gate() -> str:
+        gate.wait(TIMEOUT_S)
+        return "opened"
+
+    made.gate = gate  # type: ignore[attr-defined]
+    yield made
+    gate.set()
+    made.close()
+
+
+def test_entry_point_finds_driver(redis_url: str) -> None:
+    driver = load_driver(redis_url, prefix=_prefix())
+    try:
+        assert isinstance(driver, RedisDriver)
+    finally:
+        driver.close()
+
+
+def test_script_flush_mid_run(app: App, client: redis.Redis) -> None:
+    tasks = app.tasks
+    canvas = chord([tasks["wait_gate"].s(), tasks["add"].s(1, 1)], tasks["echo"].s())
+    result = app.submit(canvas)
+    with app.worker(concurrency=4):
+        deadline = time.monotonic() + TIMEOUT_S
+        while result.node("0").state != "running":
+            assert time.monotonic() < deadline, "wait_gate never started."
+            time.sleep(0.01)
+        client.script_flush()
+        app.gate.set()  # type: ignore[attr-defined]
+        assert result.get(TIMEOUT_S) == [["opened", 2]]
+
+
+def test_countdown_waits_in_delayed_set(app: App, client: redis.Redis) -> None:
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    started = time.monotonic()
+    result = app.tasks["add"].apply_async((1, 2), countdown=0.3)
+    assert client.zcard(driver._keys.delayed) == 1
+    with app.worker(concurrency=2):
+        assert result.get(TIMEOUT_S) == 3
+    assert time.monotonic() - started >= 0.25
+    assert client.zcard(driver._keys.delayed) == 0
+
+
+def test_report_after_run_deleted_writes_nothing(
+    redis_url: str, client: redis.Redis
+) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    spec = compile_canvas(chain(add.s(1, 1), add.s(2)))
+    try:
+        assert driver.submit("gone", spec)
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        assert driver.claim(message) is not None
+        run_keys = driver._keys.run("gone").all()
+        client.delete(*run_keys)
+
+        driver.complete(message, "2")
+
+        assert client.exists(*run_keys) == 0
+        assert driver.fetch(["default"], 5, 0.1) == []
+        with pytest.raises(RunNotFound):
+            driver.snapshot("gone")
+        with pytest.raises(RunNotFound):
+            driver.cancel("gone")
+    finally:
+        driver.close()
+
+
+def test_stalled_message_is_reclaimed(redis_url: str) -> None:
+    prefix = _prefix()
+    first = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
+    second = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert first.submit("stalled", compile_canvas(add.s(1, 1)))
+        [taken] = first.fetch(["default"], 1, TIMEOUT_S)
+
+        [again] = second.fetch(["default"], 1, TIMEOUT_S)
+
+        assert again.receipt == taken.receipt
+        assert second.claim(again) is not None
+        second.complete(again, "2")
+        assert second.snapshot("stalled").status == "succeeded"
+    finally:
+        first.close()
+        second.close()
+
+
+def test_fire_time_claimed_once(redis_url: str) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    try:
+        assert driver.claim_fire("nightly", 1700000000.0) is True
+        assert driver.claim_fire("nightly", 1700000000.0) is False
+        assert driver.claim_fire("nightly", 1700000060.0) is True
+    finally:
+        driver.close()
+
+
+def test_lock_needs_its_token(redis_url: str) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    try:
+        token = driver.acquire("reconcile", lease_s=30)
+        assert token is not None
+        assert driver.acquire("reconcile", lease_s=30) is None
+        assert driver.release("reconcile", "not-the-token") is False
+        assert driver.release("reconcile", token) is True
+        assert driver.acquire("reconcile", lease_s=30) is not None
+    finally:
+        driver.close()
+
+
+def test_lock_lease_expires(redis_url: str) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    try:
+        first = driver.acquire("reconcile", lease_s=0.05)
+        time.sleep(0.1)
+        second = driver.acquire("reconcile", lease_s=5)
+        assert first is not None
+        assert second is not None
+        assert driver.release("reconcile", first) is False
+    finally:
+        driver.close()
+
+
+def test_replace_is_rejected(app: App) -> None:
+    with pytest.raises(DriverError, match="not supported by the Redis driver"):
+        app.driver.replace(Message("run", "0", 1), None)  # type: ignore[arg-type]
+
+
+def test_prefix_with_braces_rejected() -> None:
+    with pytest.raises(ValueError, match="must not contain braces"):
+        Keys("team{a}:")
+
+
+@pytest.mark.parametrize("name", SCRIPT_NAMES)
+def test_script_file_is_complete(name: str) -> None:
+    source = load_source(name)
+    assert source.startswith(f"--[[ {name}: ")
+    assert not re.search(r'^--- @include "', source, re.MULTILINE)
+    assert "luacheck: globals" in source
+    assert "Returns" in source
