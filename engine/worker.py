@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import concurrent.futures
+import concurrent.futures.process
 import logging
 import multiprocessing
 import os
@@ -65,10 +66,7 @@ class Worker:
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
         if self.pool == "processes":
-            context = multiprocessing.get_context("spawn")
-            self._executor = concurrent.futures.ProcessPoolExecutor(
-                self.concurrency, mp_context=context
-            )
+            self._executor = self._new_pool()
         self.app.driver.worker_started()
         self._started = True
         for index in range(self.concurrency):
@@ -182,10 +180,11 @@ class Worker:
         module, attribute = task.fn.__module__, task.fn.__qualname__
         if module == "__main__":
             module = task.name.rsplit(".", 1)[0]
-        future = self._executor.submit(
-            execute_in_child, module, attribute, request, list(sys.path)
-        )
+        executor = self._executor
         try:
+            future = executor.submit(
+                execute_in_child, module, attribute, request, list(sys.path)
+            )
             return future.result()
         except Exception as exc:  # the child died or could not import the task
             if self._abandoned:
@@ -196,7 +195,24 @@ class Worker:
                 claim.task_id,
                 exc_info=True,
             )
+            if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
+                self._replace_pool(executor)
             return Outcome("failed", error=ErrorInfo.from_exception(exc))
+
+    def _replace_pool(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
+        """Swap a pool broken by a dead child for a new one, once per break."""
+        with self._count_lock:
+            if self._executor is not broken or self._stop.is_set():
+                return
+            self._executor = self._new_pool()
+        broken.shutdown(wait=False, cancel_futures=True)
+        log.warning("A child process died; replaced the process pool.")
+
+    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
+        context = multiprocessing.get_context("spawn")
+        return concurrent.futures.ProcessPoolExecutor(
+            self.concurrency, mp_context=context
+        )
 
     def _report(self, claim: Claim, outcome: Outcome) -> None:
         driver = self.app.driver

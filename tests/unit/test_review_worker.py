@@ -110,10 +110,6 @@ def test_misbehaving_task_fails_run(app: App, task: str, expected: str) -> None:
     assert follow_up == 3
 
 
-# TODO: Worker._execute neither catches BrokenProcessPool from submit() nor
-# replaces the broken pool, so after one child dies every later task of a
-# processes worker stays running. Remove the mark once the pool is replaced.
-@pytest.mark.xfail(strict=True, reason="a broken process pool is never replaced")
 def test_process_pool_survives_child_exit() -> None:
     app = pool_tasks.app
     with app.worker(concurrency=1, pool="processes"):
