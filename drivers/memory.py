@@ -152,8 +152,8 @@ class MemoryDriver:
         with self._lock:
             self._dead.append((message, reason))
             log.warning("Dead-lettered %s: %s", _ids(message), reason)
-        error = ErrorInfo("stem.errors", "DeadLettered", reason)
-        self._report(message, machine.fail, error)
+        error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
+        self._report(message, machine.dead_letter, error)
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         with self._lock:

@@ -8,6 +8,8 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── TaskNotRegistered
     │   ├── NoWorkerRunning         get() would wait for a worker that is not there
     │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
+    │   ├── MaxRetriesExceededError self.retry() after the last retry, with no exc
+    │   ├── DeadLettered            a node's message could not be processed
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
@@ -69,6 +71,17 @@ class TaskError(EngineError):
         self.exc_args = exc_args or []
         self.traceback = traceback
         self.task_id = task_id
+
+
+class DeadLettered(EngineError):
+    """Recorded for a node whose message could not be processed (an unknown task).
+
+    The message is kept in the dead-letter stream with the same reason.
+    """
+
+
+class MaxRetriesExceededError(EngineError):
+    """Recorded when a task calls ``self.retry()`` without ``exc`` past its limit."""
 
 
 class DriverError(StemError):

@@ -18,7 +18,7 @@ from stem.canvas.compiler import compile_canvas
 from stem.canvas.errors import CanvasError, NotSerializable
 from stem.canvas.primitives import Canvas
 from stem.canvas.values import dumps
-from stem.engine.errors import Replace, Retry
+from stem.engine.errors import MaxRetriesExceededError, Replace, Retry
 from stem.engine.records import ErrorInfo
 
 if TYPE_CHECKING:
@@ -120,6 +120,14 @@ def _retry_outcome(
         limit = signal.max_retries
     error = ErrorInfo.from_exception(exc)
     if limit is not None and request.retries >= limit:
+        if signal is not None and signal.exc is None:
+            # As in Celery: with no error of its own, the task failed because
+            # it ran out of retries.
+            exhausted = MaxRetriesExceededError(
+                f"Task {task.name} {request.id} asked for a retry after its "
+                f"last one ({limit} retries)."
+            )
+            error = ErrorInfo.from_exception(exhausted)
         return Outcome("failed", error=error)
     if signal is not None and signal.countdown_s is not None:
         return Outcome("retry", error=error, delay_s=signal.countdown_s)

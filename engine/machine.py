@@ -114,9 +114,31 @@ def fail(
     run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
 ) -> list[Effect] | None:
     """Record that an attempt failed for good. Returns None for a stale report."""
-    record = _running(run, node_id, attempt, allow_queued=True)
+    record = _running(run, node_id, attempt)
     if record is None:
         return None
+    return _fail_record(run, node_id, record, error, now)
+
+
+def dead_letter(
+    run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
+) -> list[Effect] | None:
+    """Fail a node whose message was dead-lettered before any worker claimed it.
+
+    Returns None when the attempt is stale or already running: a dead-lettered
+    duplicate must not fail the node that another worker is running.
+    """
+    record = run.nodes.get(node_id)
+    if record is None or record.attempt != attempt:
+        return None
+    if record.state not in ("queued", "retrying"):
+        return None
+    return _fail_record(run, node_id, record, error, now)
+
+
+def _fail_record(
+    run: RunState, node_id: NodeId, record: NodeRecord, error: ErrorInfo, now: float
+) -> list[Effect]:
     record.error = error
     effects: list[Effect] = []
     _end(run, node_id, "failed", now, effects)
@@ -227,14 +249,9 @@ def run_value(run: RunState) -> Any:
 # -- internals ----------------------------------------------------------------
 
 
-def _running(
-    run: RunState, node_id: NodeId, attempt: int, *, allow_queued: bool = False
-) -> NodeRecord | None:
+def _running(run: RunState, node_id: NodeId, attempt: int) -> NodeRecord | None:
     record = run.nodes.get(node_id)
-    if record is None or record.attempt != attempt:
-        return None
-    allowed = ("running", "queued", "retrying") if allow_queued else ("running",)
-    if record.state not in allowed:
+    if record is None or record.attempt != attempt or record.state != "running":
         return None
     return record
 

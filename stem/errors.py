@@ -11,9 +11,11 @@ from stem.canvas.errors import StemError as StemError
 from stem.canvas.errors import StemInternalError as StemInternalError
 from stem.canvas.errors import UnboundCanvas as UnboundCanvas
 from stem.canvas.errors import UndecodableValue as UndecodableValue
+from stem.engine.errors import DeadLettered as DeadLettered
 from stem.engine.errors import DriverError as DriverError
 from stem.engine.errors import DriverNotFound as DriverNotFound
 from stem.engine.errors import EngineError as EngineError
+from stem.engine.errors import MaxRetriesExceededError as MaxRetriesExceededError
 from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
 from stem.engine.errors import Replace as Replace
 from stem.engine.errors import Retry as Retry

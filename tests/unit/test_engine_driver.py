@@ -18,7 +18,7 @@ from tasks_fixture import FixtureError, Toolkit
 from stem import Signature, chain, chord, group
 from stem.canvas.values import dumps
 from stem.engine.records import ErrorInfo
-from stem.errors import NotSerializable, TaskError
+from stem.errors import DeadLettered, NotSerializable, TaskError
 
 TIMEOUT_S = 5.0
 
@@ -224,7 +224,7 @@ def test_unknown_task_dead_lettered(kit: Toolkit) -> None:
         error = result.get(TIMEOUT_S, propagate=False)
         assert kit.app.driver.wait_idle(TIMEOUT_S)
     assert result.state == "failed"
-    assert isinstance(error, TaskError)
+    assert isinstance(error, DeadLettered)
     assert "no.such.task" in str(error)
     dead = kit.app.driver.dead_letters()
     assert len(dead) == 1
@@ -345,3 +345,40 @@ def test_process_pool_runs_chord(fixture_app: Any) -> None:
     assert pid != os.getpid()
     assert type(error) is FixtureError
     assert error.args == ("raised in a child", 7)
+
+
+def test_dead_letter_spares_running_node() -> None:
+    from stem.canvas import compile_canvas
+    from stem.drivers.memory import MemoryDriver
+
+    driver = MemoryDriver()
+    driver.submit("run-1", compile_canvas(Signature("t")))
+    [message] = driver.fetch(["default"], 1, 1.0)
+    assert driver.claim(message) is not None
+
+    driver.dead_letter(message, "Task 't' is not registered on this worker.")
+
+    assert driver.snapshot("run-1").nodes["0"].state == "running"
+    driver.complete(message, dumps(5))
+    snapshot = driver.snapshot("run-1")
+    assert snapshot.status == "succeeded"
+    assert len(driver.dead_letters()) == 1
+
+
+def test_dead_letter_fails_queued_node() -> None:
+    from stem.canvas import compile_canvas
+    from stem.drivers.memory import MemoryDriver
+    from stem.engine.result import rebuild_exception
+    from stem.errors import DeadLettered
+
+    driver = MemoryDriver()
+    driver.submit("run-1", compile_canvas(Signature("t")))
+    [message] = driver.fetch(["default"], 1, 1.0)
+
+    driver.dead_letter(message, "Task 't' is not registered.")
+
+    snapshot = driver.snapshot("run-1")
+    assert snapshot.status == "failed"
+    error = snapshot.nodes["0"].error
+    assert error is not None
+    assert isinstance(rebuild_exception(error, "run-1-0"), DeadLettered)

@@ -10,7 +10,12 @@ import pytest
 from tasks_fixture import Toolkit
 
 from stem import chain, chord, group
-from stem.errors import NoWorkerRunning, RunCancelled, TimeoutError
+from stem.errors import (
+    MaxRetriesExceededError,
+    NoWorkerRunning,
+    RunCancelled,
+    TimeoutError,
+)
 
 TIMEOUT_S = 5.0
 
@@ -268,3 +273,16 @@ def test_replace_with_settled_chord(kit: Toolkit) -> None:
     assert value == []
     assert result.state == "succeeded"
     assert len(kit.called("echo")) == 1
+
+
+def test_retry_without_exc_exhausts(kit: Toolkit) -> None:
+    @kit.app.task(name="retry_bare", bind=True, max_retries=1)
+    def retry_bare(task: object) -> None:
+        task.retry(countdown=0.01)  # type: ignore[attr-defined]
+
+    result = retry_bare.delay()
+    with kit.app.worker(concurrency=2), pytest.raises(MaxRetriesExceededError) as info:
+        result.get(TIMEOUT_S)
+
+    assert "after its last one (1 retries)" in str(info.value)
+    assert result.node("0").attempts == 2
