@@ -330,6 +330,17 @@ class Chain(Canvas):
             _require_canvas(step, f"chain step {i}") for i, step in enumerate(tasks)
         )
 
+    @classmethod
+    def _of_checked(cls, tasks: tuple[Canvas, ...]) -> Chain:
+        """Build a plain chain from steps already known to be canvases.
+
+        ``|`` extends a chain one step at a time, so checking every step again
+        would make building a long chain quadratic.
+        """
+        made = cls()
+        made.tasks = tasks
+        return made
+
     def children(self) -> tuple[Canvas, ...]:
         return self.tasks
 
@@ -567,20 +578,20 @@ def _pipe(left: Canvas, right: Canvas) -> Canvas:
         return Chord(left.header, left.body | right, left.join)
     if isinstance(left, Chain) and left._is_plain():
         return _extend_chain(left, right)
-    return Chain((left, *_steps_of(right)))
+    return Chain._of_checked((left, *_steps_of(right)))
 
 
 def _extend_chain(left: Chain, right: Canvas) -> Canvas:
     if not left.tasks:
         if isinstance(right, Chain) and right._is_plain():
             return Chain(right.tasks)
-        return Chain((right,))
+        return Chain._of_checked((right,))
     *head, last = left.tasks
     if isinstance(last, Group) and not isinstance(right, Chain):
-        return Chain((*head, Chord(last, right)))
+        return Chain._of_checked((*head, Chord(last, right)))
     if isinstance(last, Chord) and last._is_plain() and last.body is not None:
-        return Chain((*head, last | right))
-    return Chain((*left.tasks, *_steps_of(right)))
+        return Chain._of_checked((*head, last | right))
+    return Chain._of_checked((*left.tasks, *_steps_of(right)))
 
 
 def _steps_of(canvas: Canvas) -> tuple[Canvas, ...]:

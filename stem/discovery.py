@@ -22,6 +22,10 @@ from stem.engine.app import App
 
 def import_target(target: str) -> ModuleType:
     """Import a module from a file path or a dotted module name."""
+    if not target.strip():
+        raise click.BadParameter(
+            "The target is empty; pass a file such as flows.py or a module name."
+        )
     path = Path(target)
     if target.endswith(".py") or path.is_file():
         if not path.is_file():
