@@ -7,7 +7,9 @@ acknowledgement of its message change together. Keys are described in
 
 This version uses one partition on a single Redis node. A run's input values
 and its value are assembled in Python from the stored opaque strings when a
-node is claimed and when a snapshot is taken.
+node is claimed and when a snapshot is taken. `replace` computes the spliced
+spec in Python and applies it with one script call, which rejects it if the
+run's spec changed in between, so the splice is computed again.
 """
 
 from __future__ import annotations
@@ -41,6 +43,8 @@ log = logging.getLogger(__name__)
 DEFAULT_GROUP = "stem"
 #: Parsed graph specs kept per driver, so claiming a node does not parse its run's spec.
 _SPEC_CACHE_SIZE = 256
+#: Times `replace` recomputes the spliced spec when another splice changed it.
+_SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
 
@@ -106,7 +110,7 @@ class RedisDriver:
             str(sum(1 for node in spec.nodes if not node.side)),
             str(len(graph) // 2),
             *graph,
-            *layout.initial_node_fields(spec),
+            *layout.initial_node_fields(spec.nodes),
         ]
         keys = [*self._keys.run(run_id).all(), self._keys.delayed]
         reply = self._scripts.call("submit", keys, args, run_id=run_id)
@@ -167,11 +171,36 @@ class RedisDriver:
         self._report("retry", message, layout.error_json(error), repr(float(delay_s)))
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
-        # TODO: splice the canvas in with one script call, as machine.splice does.
+        keys = [
+            *self._keys.run(message.run_id).all(),
+            self._keys.delayed,
+            self._keys.queue(message.queue),
+        ]
+        for _ in range(_SPLICE_ATTEMPTS):
+            with self._redis_errors(f"read the graph spec of run {message.run_id}"):
+                current: Any = self._client.hmget(keys[0], ["spec_version", "spec"])
+            version, text = current
+            args = self._message_args(message)
+            if text is not None:
+                old = self._cached_spec(message.run_id, version, text)
+                args += layout.splice_args(old, message.node_id, spec, version)
+            reply = self._scripts.call(
+                "splice", keys, args, run_id=message.run_id, node_id=message.node_id
+            )
+            result = check_reply("splice", reply, message.run_id, message.node_id)
+            if result is Reply.CONFLICT:
+                continue
+            if result is not Reply.DONE:
+                log.debug(
+                    "Ignored a %s replace report for %s.",
+                    result.name.lower(),
+                    _ids(message),
+                )
+            return
         raise DriverError(
-            f"Replace is not supported by the Redis driver yet (run "
-            f"{message.run_id}, node {message.node_id}). Return the canvas's "
-            "result from the task instead, or run this workflow on memory://."
+            f"Replacing node {message.node_id} of run {message.run_id} failed: "
+            f"the run's graph changed {_SPLICE_ATTEMPTS} times while the new "
+            "graph was computed. Report the task again."
         )
 
     def cancel(self, run_id: str) -> None:
@@ -232,7 +261,7 @@ class RedisDriver:
                 return batch
 
     def dead_letter(self, message: Message, reason: str) -> None:
-        error = ErrorInfo("stem.errors", "DeadLettered", reason)
+        error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         keys = [
             *self._keys.run(message.run_id).all(),
             self._keys.delayed,

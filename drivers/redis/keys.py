@@ -12,7 +12,8 @@ key                      type       contents
                                     ``ended_at``, ``open_main`` (main-path nodes
                                     not yet ended), ``error_node``, ``spec`` (the
                                     graph spec's JSON, opaque to Lua),
-                                    ``spec_version``, and the comma-separated
+                                    ``spec_version`` (raised by each splice),
+                                    and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``
 <base>run:<run>:graph    hash       the graph's structure for Lua, one field per
                                     node and attribute: ``<node>/role``,
@@ -24,9 +25,11 @@ key                      type       contents
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
                                     ``<node>/attempt``, ``/cause``,
                                     ``/queued_at``, ``/started_at``,
-                                    ``/ended_at``, ``/waiting`` (dependency edges
-                                    not yet accepted) and ``/open_covers``
-                                    (covered nodes not yet ended, for errbacks)
+                                    ``/ended_at``, ``/replaced`` (``1`` once a
+                                    canvas took its place), ``/waiting``
+                                    (dependency edges not yet accepted) and
+                                    ``/open_covers`` (covered nodes not yet
+                                    ended, for errbacks)
 <base>run:<run>:values   hash       ``<node>`` to its value, opaque JSON text
 <base>run:<run>:errors   hash       ``<node>`` to the error of its last failed
                                     attempt, JSON text

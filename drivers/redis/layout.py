@@ -1,4 +1,4 @@
-"""How a run is laid out in Redis hashes, and how it is read back.
+"""The layout of a run in Redis hashes, and reading it back.
 
 The scripts never decode JSON that contains user values, so `graph_fields`
 flattens the structure they walk (roles, join policies, dependency and
@@ -12,12 +12,23 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+from collections.abc import Iterable
 from typing import Any
 
 from stem.canvas.errors import StemInternalError
-from stem.canvas.spec import GraphSpec, NodeId, node_order, template_nodes
+from stem.canvas.spec import (
+    GraphSpec,
+    NodeId,
+    NodeSpec,
+    node_order,
+    template_nodes,
+)
 from stem.canvas.values import dumps
 from stem.engine import machine
+
+# NOTE: the engine keeps its spec rewrite for splices private. Importing it
+# keeps one definition of how a canvas is spliced in.
+from stem.engine.machine import _spliced_spec
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import ErrorInfo, NodeRecord, RunState, RunStatus
 
@@ -55,10 +66,10 @@ def graph_fields(spec: GraphSpec) -> list[str]:
     return flat
 
 
-def initial_node_fields(spec: GraphSpec) -> list[str]:
-    """Return the node-state hash of a new run as a flat field/value list."""
+def initial_node_fields(nodes: Iterable[NodeSpec]) -> list[str]:
+    """Return the node-state fields of nodes that were just added, as a flat list."""
     flat: list[str] = []
-    for node in spec.nodes:
+    for node in nodes:
         flat += [
             node.id,
             "pending",
@@ -70,6 +81,49 @@ def initial_node_fields(spec: GraphSpec) -> list[str]:
             str(len(node.covers)),
         ]
     return flat
+
+
+def splice_args(
+    old: GraphSpec, node_id: NodeId, sub: GraphSpec, version: str
+) -> list[str | int | float]:
+    """Return the arguments of splice.lua after the message's own, from ARGV[7] on.
+
+    The new spec comes from the engine's own rewrite, so both drivers splice
+    the same way. The node-state counters of older nodes change by the
+    difference in their dependency and covered-node counts, because the
+    replaced node's edge gives way to edges to the canvas's new nodes.
+    """
+    new = _spliced_spec(old, old.node(node_id), sub)
+    old_ids = set(old.by_id)
+    added = [node for node in new.nodes if node.id not in old_ids]
+    graph = graph_fields(new)
+    state = initial_node_fields(added)
+    deltas: list[str] = []
+    for node in new.nodes:
+        if node.id not in old_ids:
+            continue
+        before = old.node(node.id)
+        waiting = len(node.deps) - len(before.deps)
+        covers = len(node.covers) - len(before.covers)
+        if waiting or covers:
+            deltas += [node.id, str(waiting), str(covers)]
+    return [
+        version,
+        new.to_json(),
+        ",".join(node.id for node in new.nodes),
+        ",".join(new.sinks),
+        ",".join(nodes_reaching_sinks(new)),
+        str(sum(1 for node in added if not node.side)),
+        ",".join(old.dependents[node_id]),
+        ",".join(old.errbacks_covering[node_id]),
+        ",".join(node.id for node in added),
+        dumps(None),
+        str(len(graph) // 2),
+        str(len(state) // 2),
+        *graph,
+        *state,
+        *deltas,
+    ]
 
 
 def nodes_reaching_sinks(spec: GraphSpec) -> list[NodeId]:
@@ -125,6 +179,7 @@ def node_records(
             value=values.get(key),
             error=error_from_json(errors.get(key)),
             cause=fields.get(f"{key}/cause") or None,
+            replaced=fields.get(f"{key}/replaced") == "1",
             queued_at=_float(fields.get(f"{key}/queued_at")),
             started_at=_float(fields.get(f"{key}/started_at")),
             ended_at=_float(fields.get(f"{key}/ended_at")),

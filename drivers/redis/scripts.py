@@ -28,6 +28,7 @@ SCRIPT_NAMES = (
     "fail",
     "retry",
     "dead_letter",
+    "splice",
     "cancel",
     "promote",
     "release_lock",
@@ -45,6 +46,8 @@ class Reply(IntEnum):
     DUPLICATE = 0
     RUN_NOT_FOUND = -1
     STALE = -2
+    #: The run's spec changed after the caller read it (splice only).
+    CONFLICT = -3
 
 
 class ScriptError(DriverError):

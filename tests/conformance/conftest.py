@@ -30,6 +30,8 @@ class Kit:
         self.app = App(url, **settings)
         self.calls: dict[str, list[tuple[Any, ...]]] = {}
         self.gate = threading.Event()
+        #: The canvas that the ``replace_with`` task puts in its own place.
+        self.replacement: Any = None
         self._lock = threading.Lock()
         self._register()
 
@@ -94,7 +96,13 @@ class Kit:
                 task.retry(countdown=0.01, exc=ValueError("not yet"))
             return value
 
+        @app.task(name="replace_with", bind=True)
+        def replace_with(task: Any, *args: Any) -> None:
+            note("replace_with", args)
+            task.replace(self.replacement)
+
         self.add = add
+        self.replace_with = replace_with
         self.total = total
         self.echo = echo
         self.record = record

@@ -13,6 +13,7 @@ import pytest
 from stem import chain, chord, group, is_error_record
 from stem.canvas.primitives import Signature
 from stem.engine.ports import Message
+from stem.errors import DeadLettered
 
 from .conftest import TIMEOUT_S, Kit
 
@@ -226,6 +227,95 @@ def test_run_id_makes_submit_idempotent(kit: Kit) -> None:
     assert kit.called("add") == [(1, 1), (2, 1)]
 
 
+# -- replace ---------------------------------------------------------------------
+
+
+def test_replace_in_chain_feeds_downstream(kit: Kit) -> None:
+    kit.replacement = chain(kit.add.si(1, 1), kit.add.s(10))
+    result = chain(kit.replace_with.s(), kit.add.s(100)).apply_async()
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == 112
+    assert result.node("0.0").state == "succeeded"
+    assert result.node("0").state == "succeeded"
+
+
+def test_replace_with_group_gives_list(kit: Kit) -> None:
+    kit.replacement = group(kit.add.si(1, 1), kit.add.si(2, 2))
+    result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == [2, 4]
+
+
+def test_replace_in_chord_header(kit: Kit) -> None:
+    kit.replacement = chain(kit.add.si(5, 5), kit.add.s(1))
+    header = [kit.add.s(1, 1), kit.replace_with.s(), kit.add.s(2, 2)]
+    result = chord(header, kit.echo.s()).apply_async()
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == [2, 11, 4]
+    assert len(kit.called("echo")) == 1
+
+
+def test_replace_as_last_step(kit: Kit) -> None:
+    kit.replacement = kit.add.si(20, 22)
+    with kit.app.worker(concurrency=4):
+        assert kit.replace_with.delay().get(TIMEOUT_S) == 42
+
+
+def test_replace_with_empty_group(kit: Kit) -> None:
+    kit.replacement = group()
+    result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == []
+
+
+def test_replaced_task_link_follows(kit: Kit) -> None:
+    kit.replacement = chain(kit.add.si(1, 1), kit.add.s(1))
+    result = kit.replace_with.apply_async(link=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == 3
+        kit.settle(result)
+    assert kit.called("record") == [(3,)]
+
+
+def test_replaced_task_errback_follows(kit: Kit) -> None:
+    kit.replacement = chain(kit.add.si(1, 1), kit.fail.s())
+    result = kit.replace_with.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        with pytest.raises(ValueError, match="planned failure"):
+            result.get(TIMEOUT_S)
+        kit.settle(result)
+    assert kit.called("record") == [(f"{result.id}-0.1",)]
+
+
+def test_replaced_task_errback_skipped(kit: Kit) -> None:
+    kit.replacement = group()
+    result = kit.replace_with.apply_async(link_error=kit.record.s())
+    with kit.app.worker(concurrency=4):
+        assert result.get(TIMEOUT_S) == []
+        kit.settle(result)
+    states = {node.task: node.state for node in result.nodes().values()}
+    assert states["record"] == "skipped"
+    assert kit.called("record") == []
+
+
+def test_replace_failure_cancels_downstream(kit: Kit) -> None:
+    kit.replacement = kit.fail.si()
+    result = chain(kit.replace_with.s(), kit.add.s(1)).apply_async()
+    with (
+        kit.app.worker(concurrency=4),
+        pytest.raises(ValueError, match="planned failure"),
+    ):
+        result.get(TIMEOUT_S)
+    assert kit.called("add") == []
+
+
+def test_replace_twice_in_one_group(kit: Kit) -> None:
+    kit.replacement = chain(kit.add.si(1, 1), kit.add.s(1))
+    canvas = chord([kit.replace_with.s(), kit.replace_with.s()], kit.total.s())
+    with kit.app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == 6
+
+
 # -- cancel and dead letters -------------------------------------------------------
 
 
@@ -250,12 +340,44 @@ def test_unknown_task_dead_lettered(kit: Kit) -> None:
     with kit.app.worker(concurrency=2):
         error = result.get(TIMEOUT_S, propagate=False)
     assert result.state == "failed"
+    assert isinstance(error, DeadLettered)
     assert "tasks.not_registered" in str(error)
     [(message, reason)] = kit.app.driver.dead_letters()
     assert message.run_id == result.id
     assert message.node_id == "0"
     assert "tasks.not_registered" in reason
     assert result.node("1").state == "cancelled"
+
+
+def test_dead_letter_spares_running_node(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    assert driver.claim(message) is not None
+
+    driver.dead_letter(message, "Task 'add' is not registered on this worker.")
+
+    assert driver.snapshot(result.id).nodes["0"].state == "running"
+    driver.complete(message, "5")
+    assert driver.snapshot(result.id).status == "succeeded"
+    assert len(driver.dead_letters()) == 1
+
+
+def test_dead_letter_fails_queued_node(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = chain(kit.add.s(2, 3), kit.add.s(1)).apply_async()
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+    driver.dead_letter(message, "Task 'add' is not registered.")
+
+    snapshot = driver.snapshot(result.id)
+    assert snapshot.status == "failed"
+    assert snapshot.error_node == "0"
+    assert snapshot.nodes["1"].state == "cancelled"
+    error = snapshot.nodes["0"].error
+    assert error is not None
+    assert error.qualname == "DeadLettered"
+    assert isinstance(result.get(TIMEOUT_S, propagate=False), DeadLettered)
 
 
 def _wait_for_call(kit: Kit, name: str) -> None:

@@ -3,8 +3,9 @@
 Each example draws a canvas, a plan of outcomes and a seeded schedule, then
 applies every claim and report to `stem.engine.machine` and to the Redis
 driver side by side, as `stem.testing.StepDriver` does for the machine alone.
-Both must accept and reject the same messages and reports, hand each task the
-same arguments, enqueue the same attempts and end in the same state.
+Some claimed tasks put a drawn canvas in their place, as ``self.replace``
+does. Both must accept and reject the same messages and reports, hand each
+task the same arguments, enqueue the same attempts and end in the same state.
 """
 
 from __future__ import annotations
@@ -50,10 +51,18 @@ class _Report:
 class _Pair:
     """One run applied to the machine and to the Redis scripts in lockstep."""
 
-    def __init__(self, driver: RedisDriver, spec: GraphSpec, plan: dict[str, NodePlan]):
+    def __init__(
+        self,
+        driver: RedisDriver,
+        spec: GraphSpec,
+        plan: dict[str, NodePlan],
+        replacements: list[GraphSpec],
+    ) -> None:
         self.driver = driver
         self.spec = spec
         self.plan = plan
+        #: Compiled canvases that claimed tasks put in their place, one each.
+        self.replacements = replacements
         self.run_id = f"run-{uuid.uuid4().hex[:8]}"
         self.now = 0.0
         self.messages: list[tuple[NodeId, int]] = []
@@ -69,7 +78,7 @@ class _Pair:
         self.now += 1.0
         index = rng.randrange(len(self.messages) + len(self.reports))
         if index < len(self.messages):
-            self._deliver(*self.messages.pop(index))
+            self._deliver(*self.messages.pop(index), rng)
         else:
             self._apply(self.reports.pop(index - len(self.messages)))
 
@@ -79,10 +88,10 @@ class _Pair:
         self.driver.cancel(self.run_id)
 
     def _message(self, node_id: NodeId, attempt: int) -> Message:
-        queue = self.spec.node(node_id).options.queue or "default"
+        queue = self.run.spec.node(node_id).options.queue or "default"
         return Message(self.run_id, node_id, attempt, queue)
 
-    def _deliver(self, node_id: NodeId, attempt: int) -> None:
+    def _deliver(self, node_id: NodeId, attempt: int, rng: random.Random) -> None:
         accepted = machine.claim(self.run, node_id, attempt, self.now)
         claim = self.driver.claim(self._message(node_id, attempt))
         assert (claim is not None) == accepted, (
@@ -99,7 +108,10 @@ class _Pair:
         assert loads(dumps(claim.args)) == loads(dumps(args))
         assert claim.kwargs == {key: decode(v) for key, v in node.kwargs.items()}
         node_plan = self.plan.get(node_id, NodePlan())
-        if attempt <= node_plan.retries:
+        if self.replacements and rng.random() < 0.5:
+            replacement = self.replacements.pop()
+            self.reports.append(_Report("replace", node_id, attempt, replacement))
+        elif attempt <= node_plan.retries:
             error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
             self.reports.append(_Report("retry", node_id, attempt, error))
         elif node_plan.outcome == "fail":
@@ -122,6 +134,11 @@ class _Pair:
                 run, report.node, report.attempt, report.payload, now
             )
             self.driver.fail(message, report.payload)
+        elif report.kind == "replace":
+            effects = machine.splice(
+                run, report.node, report.attempt, report.payload, now
+            )
+            self.driver.replace(message, report.payload)
         else:
             effects = machine.retry(
                 run, report.node, report.attempt, report.payload, 0.0, now
@@ -169,13 +186,15 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
         assert loads(snapshot.value) == loads(run.value)
     for node_id, expected in run.nodes.items():
         actual = snapshot.nodes[node_id]
-        context = f"node {node_id} of {pair.spec.to_json()}"
+        context = f"node {node_id} of {run.spec.to_json()}"
         assert actual.state == expected.state, context
         assert actual.attempt == expected.attempt, context
         assert actual.value == expected.value, context
         assert actual.error == expected.error, context
         assert actual.cause == expected.cause, context
-    queues = {node.options.queue or "default" for node in pair.spec.nodes}
+        assert actual.replaced == expected.replaced, context
+    assert snapshot.spec == run.spec
+    queues = {node.options.queue or "default" for node in run.spec.nodes}
     assert _stream_attempts(redis_url, pair.driver, queues) == +Counter(
         {key: 1 for key in pair.enqueued}
     )
@@ -190,10 +209,15 @@ def test_scripts_match_machine(
     spec = compile_canvas(canvas)
     plan = data.draw(plans(spec), label="plan")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    replacements = data.draw(
+        st.lists(canvases(TASKS, max_depth=2, max_leaves=3), max_size=2),
+        label="replacements",
+    )
     cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
     driver = RedisDriver(redis_url, prefix=f"diff-{uuid.uuid4().hex[:12]}:")
     try:
-        pair = _Pair(driver, spec, plan)
+        compiled = [compile_canvas(item) for item in replacements]
+        pair = _Pair(driver, spec, plan, compiled)
         rng = random.Random(seed)
         steps = 0
         while pair.messages or pair.reports:

@@ -23,8 +23,7 @@ from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.engine.drivers import load_driver
-from stem.engine.errors import DriverError, RunNotFound
-from stem.engine.ports import Message
+from stem.engine.errors import RunNotFound
 
 TIMEOUT_S = 10.0
 
@@ -36,34 +35,34 @@ def _prefix() -> str:
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     """Yield a plain client of the private server."""
-    made = redis.Redis.from_url(redis_url, decode_responses=True)
-    yield made
-    made.close()
+    plain = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield plain
+    plain.close()
 
 
 @pytest.fixture
 def app(redis_url: str) -> Iterator[App]:
     """Yield an app on the private server with a few tasks, under its own prefix."""
-    made = App(redis_url, prefix=_prefix())
+    instance = App(redis_url, prefix=_prefix())
     gate = threading.Event()
 
-    @made.task(name="add")
+    @instance.task(name="add")
     def add(x: int, y: int) -> int:
         return x + y
 
-    @made.task(name="echo")
+    @instance.task(name="echo")
     def echo(*args: Any) -> Any:
         return list(args)
 
-    @made.task(name="wait_gate")
+    @instance.task(name="wait_gate")
     def wait_gate() -> str:
         gate.wait(TIMEOUT_S)
         return "opened"
 
-    made.gate = gate  # type: ignore[attr-defined]
-    yield made
+    instance.gate = gate  # type: ignore[attr-defined]
+    yield instance
     gate.set()
-    made.close()
+    instance.close()
 
 
 def test_entry_point_finds_driver(redis_url: str) -> None:
@@ -181,11 +180,6 @@ def test_lock_lease_expires(redis_url: str) -> None:
         assert driver.release("reconcile", first) is False
     finally:
         driver.close()
-
-
-def test_replace_is_rejected(app: App) -> None:
-    with pytest.raises(DriverError, match="not supported by the Redis driver"):
-        app.driver.replace(Message("run", "0", 1), None)  # type: ignore[arg-type]
 
 
 def test_prefix_with_braces_rejected() -> None:

@@ -18,10 +18,12 @@
   ARGV[9] queue name
   ARGV[10] task name
   Time comes from TIME inside the script.
-  Returns {1} when the outcome was recorded, {0} for a duplicate or late report
-  (nothing changed), {-1} for an unknown run, {-2} for a stale attempt or epoch.
-  Adds one entry to the dead-letter stream, unless the delivery was
-  already acknowledged, and then the entries that fail.lua adds.
+  Returns {1} when the node failed, {0} when the delivery was already
+  acknowledged or the node is not queued (a worker runs it or it ended), {-1}
+  for an unknown run, {-2} for a stale attempt or epoch. Only {1} changes run
+  state.
+  Adds one entry to the dead-letter stream, unless the delivery was already
+  acknowledged, and then the entries that fail.lua adds.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -68,8 +70,10 @@ end
 if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
   return {-2}
 end
+-- Only a message that no worker runs fails its node: a dead-lettered
+-- duplicate must not fail the attempt that another worker is running.
 local state = state_of(node)
-if state ~= "running" and state ~= "queued" and state ~= "retrying" then
+if state ~= "queued" and state ~= "retrying" then
   return {0}
 end
 rcall("HSET", errors_key, node, error_text)

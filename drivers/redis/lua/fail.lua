@@ -56,8 +56,7 @@ end
 if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
   return {-2}
 end
-local state = state_of(node)
-if state ~= "running" and state ~= "queued" and state ~= "retrying" then
+if state_of(node) ~= "running" then
   return {0}
 end
 rcall("HSET", errors_key, node, error_text)

@@ -1,4 +1,4 @@
---[[ graph: the node transitions shared by submit, complete, fail and dead_letter.
+--[[ graph: the node transitions shared by submit, complete, fail, dead_letter and splice.
   Included by scripts.py in place of a `--- @include "graph"` line. It mirrors
   the Python state machine (`start`, `_end`, `_react`, `_react_errback`,
   `_release`, `_maybe_finish`) and expects these locals in the including script:
