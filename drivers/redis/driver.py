@@ -414,8 +414,11 @@ class RedisDriver:
         if now - self._last_reclaim < max(0.5, self._visibility_timeout_s / 4):
             return []
         self._last_reclaim = now
-        # NOTE: delivery counts are not checked yet, so a message that kills
-        # every worker that takes it is reclaimed forever, never dead-lettered.
+        # NOTE: only a message fetched but never claimed is recovered here. The
+        # claim transition accepts a queued or retrying node, so a message whose
+        # worker died after claiming is dropped and its node stays running.
+        # Delivery counts are not checked either, so nothing is dead-lettered
+        # for too many deliveries.
         min_idle_ms = int(self._visibility_timeout_s * 1000)
         batch: list[Message] = []
         for queue in queues:
