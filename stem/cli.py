@@ -6,6 +6,7 @@ Exit codes:
     2  bad usage: a missing file, module, app or option.
     3  the run did not end within ``--timeout``.
     130  interrupted with Ctrl+C.
+    143  a worker stopped at once by a second SIGTERM or Ctrl+C.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import signal
 import statistics
 import sys
 import time
@@ -53,6 +55,7 @@ EXIT_RUN_FAILED = 1  # the run ended failed or cancelled
 EXIT_USAGE = 2  # click's own code for bad usage
 EXIT_TIMEOUT = 3  # the run was still going when --timeout ran out
 EXIT_INTERRUPTED = 130  # Ctrl+C, as shells report a SIGINT
+EXIT_COLD_STOP = 143  # a second SIGTERM or Ctrl+C stopped a worker at once
 
 RUN_EXAMPLES = """
 \b
@@ -180,6 +183,89 @@ def run(
         sys.exit(EXIT_INTERRUPTED)
     worker.stop(abandon=snapshot.status == "running")
     sys.exit(_finish(result, snapshot, console))
+
+
+WORKER_EXAMPLES = """
+\b
+Examples:
+  stem worker -A examples/wordcount.py --url redis://127.0.0.1:6379/0
+  stem worker -A myproject.tasks:app -Q default,cpu -c 8 --pool threads
+"""
+
+
+@main.command(epilog=WORKER_EXAMPLES)
+@click.option(
+    "-A",
+    "--app",
+    "app_spec",
+    required=True,
+    help="The app: MODULE:ATTRIBUTE, a module, or a path to a .py file.",
+)
+@click.option(
+    "--url", default=None, help="Broker URL; overrides STEM_URL and the app's own URL."
+)
+@click.option(
+    "-Q",
+    "--queues",
+    default=None,
+    help="Comma-separated queues to read, in priority order. [default: the "
+    "app's default queue]",
+)
+@click.option(
+    "-c",
+    "--concurrency",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tasks run at once. [default: CPU count]",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLS),
+    default="processes",
+    show_default=True,
+    help="Where task bodies run.",
+)
+def worker(
+    app_spec: str,
+    url: str | None,
+    queues: str | None,
+    concurrency: int | None,
+    pool: str,
+) -> None:
+    """Run tasks from a shared broker until stopped.
+
+    The first SIGTERM or Ctrl+C stops fetching and lets the tasks in progress
+    finish (a warm stop). A second one exits at once (a cold stop), and the
+    messages of unfinished tasks stay unacknowledged in the broker.
+    """
+    app = load_app(app_spec)
+    chosen = url or os.environ.get("STEM_URL")
+    if chosen:
+        app.url = chosen
+    if app.url.startswith("memory:"):
+        raise click.UsageError(
+            "memory:// keeps runs inside one process, so a separate worker would "
+            "never see them; pass --url redis://host:port/db, or use stem run."
+        )
+    names = queues.split(",") if queues else None
+    running = app.worker(concurrency=concurrency, queues=names, pool=pool)
+    signals = 0
+
+    def on_signal(number: int, _frame: object) -> None:
+        nonlocal signals
+        signals += 1
+        if signals > 1:
+            logging.getLogger(__name__).warning("Cold stop: exiting now.")
+            os._exit(EXIT_COLD_STOP)
+        logging.getLogger(__name__).warning(
+            "Warm stop (signal %d): finishing the tasks in progress.", number
+        )
+        # Worker.run turns KeyboardInterrupt into a warm stop.
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    running.run()
 
 
 def _announce(result: AsyncResult, console: Console) -> None:
