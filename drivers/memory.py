@@ -10,6 +10,7 @@ survives the process. Besides the ports, it offers what tests need:
 from __future__ import annotations
 
 import collections
+import dataclasses
 import heapq
 import itertools
 import logging
@@ -41,6 +42,8 @@ class MemoryDriver:
         self, url: str = "memory://", clock: Callable[[], float] = time.time
     ) -> None:
         self.url = url
+        #: Messages stay with their worker until it reports, so none is taken over.
+        self.visibility_timeout_s: float | None = None
         self._clock = clock
         self._lock = threading.RLock()
         self._changed = threading.Condition(self._lock)
@@ -77,7 +80,11 @@ class MemoryDriver:
         with self._lock:
             run = self._runs.get(message.run_id)
             if run is None or not machine.claim(
-                run, message.node_id, message.attempt, self._clock()
+                run,
+                message.node_id,
+                message.attempt,
+                self._clock(),
+                takeover=message.reclaimed,
             ):
                 self._settle_in_flight(message)
                 log.debug("Dropped duplicate message for %s.", _ids(message))
@@ -88,21 +95,23 @@ class MemoryDriver:
             if has_value:
                 args.insert(0, value)
             kwargs = {key: decode(item) for key, item in node.kwargs.items()}
+            lease = run.nodes[node.id].lease
+            leased = dataclasses.replace(message, lease=lease, reclaimed=False)
             return Claim(
-                message, node.task, run.task_id(node.id), args, kwargs, node.options
+                leased, node.task, run.task_id(node.id), args, kwargs, node.options
             )
 
     def complete(self, message: Message, value: str) -> None:
-        self._report(message, machine.complete, value)
+        self._report(message, machine.complete, value, lease=message.lease)
 
     def fail(self, message: Message, error: ErrorInfo) -> None:
-        self._report(message, machine.fail, error)
+        self._report(message, machine.fail, error, lease=message.lease)
 
     def retry(self, message: Message, error: ErrorInfo, delay_s: float) -> None:
-        self._report(message, machine.retry, error, delay_s)
+        self._report(message, machine.retry, error, delay_s, lease=message.lease)
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
-        self._report(message, machine.splice, spec)
+        self._report(message, machine.splice, spec, lease=message.lease)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
@@ -147,6 +156,10 @@ class MemoryDriver:
                 if remaining <= 0:
                     return []
                 self._changed.wait(min(remaining, self._next_due_in()))
+
+    def renew(self, message: Message) -> bool:
+        # Nothing to extend: a message is never taken over here.
+        return True
 
     def dead_letter(self, message: Message, reason: str) -> None:
         with self._lock:
@@ -223,14 +236,21 @@ class MemoryDriver:
 
     # -- internals ------------------------------------------------------------
 
-    def _report(self, message: Message, transition: Any, *payload: Any) -> None:
+    def _report(
+        self, message: Message, transition: Any, *payload: Any, **options: Any
+    ) -> None:
         with self._lock:
             self._settle_in_flight(message)
             run = self._runs.get(message.run_id)
             if run is None:
                 return
             effects = transition(
-                run, message.node_id, message.attempt, *payload, self._clock()
+                run,
+                message.node_id,
+                message.attempt,
+                *payload,
+                self._clock(),
+                **options,
             )
             if effects is None:
                 log.debug("Ignored a duplicate or late report for %s.", _ids(message))

@@ -83,12 +83,30 @@ def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effe
     return run, effects
 
 
-def claim(run: RunState, node_id: NodeId, attempt: int, now: float) -> bool:
-    """Mark an attempt as running. Returns False for a duplicate or stale message."""
+def claim(
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    now: float,
+    *,
+    takeover: bool = False,
+) -> bool:
+    """Mark an attempt as running. Returns False for a duplicate or stale message.
+
+    The first claim of an attempt sets its lease to 1. With ``takeover`` (a
+    message reclaimed from a worker presumed dead), a claim of an attempt
+    that is already running raises its lease instead and restarts it, so
+    reports carrying the old lease are ignored. The caller reads the new lease
+    from ``run.nodes[node_id].lease``.
+    """
     record = run.nodes.get(node_id)
     if record is None or record.attempt != attempt:
         return False
-    if record.state not in ("queued", "retrying"):
+    if record.state in ("queued", "retrying"):
+        record.lease = 1
+    elif record.state == "running" and takeover:
+        record.lease += 1
+    else:
         return False
     record.state = "running"
     record.started_at = now
@@ -97,10 +115,21 @@ def claim(run: RunState, node_id: NodeId, attempt: int, now: float) -> bool:
 
 
 def complete(
-    run: RunState, node_id: NodeId, attempt: int, value: str, now: float
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    value: str,
+    now: float,
+    *,
+    lease: int = 1,
 ) -> list[Effect] | None:
-    """Record an attempt's value. Returns None for a duplicate or late report."""
-    record = _running(run, node_id, attempt)
+    """Record an attempt's value. Returns None for a duplicate or late report.
+
+    A report whose ``lease`` is not the attempt's current one comes from a
+    worker whose lease was taken over, and is ignored too. The same holds for
+    `fail`, `retry` and `splice`.
+    """
+    record = _running(run, node_id, attempt, lease)
     if record is None:
         return None
     record.value = value
@@ -111,27 +140,42 @@ def complete(
 
 
 def fail(
-    run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    error: ErrorInfo,
+    now: float,
+    *,
+    lease: int = 1,
 ) -> list[Effect] | None:
     """Record that an attempt failed for good. Returns None for a stale report."""
-    record = _running(run, node_id, attempt)
+    record = _running(run, node_id, attempt, lease)
     if record is None:
         return None
     return _fail_record(run, node_id, record, error, now)
 
 
 def dead_letter(
-    run: RunState, node_id: NodeId, attempt: int, error: ErrorInfo, now: float
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    error: ErrorInfo,
+    now: float,
+    *,
+    abandoned: bool = False,
 ) -> list[Effect] | None:
-    """Fail a node whose message was dead-lettered before any worker claimed it.
+    """Fail a node whose message was dead-lettered.
 
     Returns None when the attempt is stale or already running: a dead-lettered
-    duplicate must not fail the node that another worker is running.
+    duplicate must not fail the node that another worker is running. With
+    ``abandoned`` (a message delivered too many times, so its workers are
+    presumed dead) a running node fails too.
     """
     record = run.nodes.get(node_id)
     if record is None or record.attempt != attempt:
         return None
-    if record.state not in ("queued", "retrying"):
+    allowed = ("queued", "retrying", "running") if abandoned else ("queued", "retrying")
+    if record.state not in allowed:
         return None
     return _fail_record(run, node_id, record, error, now)
 
@@ -153,12 +197,14 @@ def retry(
     error: ErrorInfo,
     delay_s: float,
     now: float,
+    *,
+    lease: int = 1,
 ) -> list[Effect] | None:
     """Queue the next attempt after a delay. Returns None for a stale report.
 
     Joins never see a retry: the node stays open until an attempt ends it.
     """
-    record = _running(run, node_id, attempt)
+    record = _running(run, node_id, attempt, lease)
     if record is None:
         return None
     record.state = "retrying"
@@ -190,16 +236,22 @@ def cancel(run: RunState, now: float) -> list[Effect]:
 
 
 def splice(
-    run: RunState, node_id: NodeId, attempt: int, sub: GraphSpec, now: float
+    run: RunState,
+    node_id: NodeId,
+    attempt: int,
+    sub: GraphSpec,
+    now: float,
+    *,
+    lease: int = 1,
 ) -> list[Effect] | None:
     """Put a compiled canvas in place of a running node (``self.replace``).
 
     The new nodes get ids ``R.0``, ``R.1``, ... after the replaced node ``R``.
     What depended on ``R`` now depends on the canvas's sinks and reads its
     value, and errbacks covering ``R`` cover those sinks. Returns None for a
-    stale report.
+    stale report or lease.
     """
-    record = _running(run, node_id, attempt)
+    record = _running(run, node_id, attempt, lease)
     if record is None:
         return None
     replaced = run.spec.node(node_id)
@@ -249,9 +301,13 @@ def run_value(run: RunState) -> Any:
 # -- internals ----------------------------------------------------------------
 
 
-def _running(run: RunState, node_id: NodeId, attempt: int) -> NodeRecord | None:
+def _running(
+    run: RunState, node_id: NodeId, attempt: int, lease: int
+) -> NodeRecord | None:
     record = run.nodes.get(node_id)
     if record is None or record.attempt != attempt or record.state != "running":
+        return None
+    if record.lease != lease:
         return None
     return record
 

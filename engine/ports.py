@@ -34,6 +34,14 @@ class Message:
     #: Broker-specific handle used to acknowledge, such as a stream entry id.
     receipt: str = ""
     headers: dict[str, str] = field(default_factory=dict)
+    #: Fencing token of the attempt. `GraphStore.claim` returns a copy with
+    #: the lease it granted, and reports must carry that copy's lease. Leases
+    #: start at 1, so a message reported without a takeover keeps the default.
+    lease: int = 1
+    #: True when the broker took this message over from a consumer that held
+    #: it past the visibility timeout. Its claim may then take over the
+    #: attempt if it is still running.
+    reclaimed: bool = False
 
 
 @dataclass(frozen=True)
@@ -68,10 +76,22 @@ class RunSnapshot:
 class Broker(Protocol):
     """Moves messages between the store and workers."""
 
+    #: Seconds a fetched message may stay unacknowledged before another worker
+    #: takes it over, or None when the broker never takes messages over.
+    visibility_timeout_s: float | None
+
     def fetch(
         self, queues: Sequence[str], limit: int, timeout_s: float
     ) -> list[Message]:
         """Return up to ``limit`` due messages, waiting up to ``timeout_s`` for one."""
+        ...
+
+    def renew(self, message: Message) -> bool:
+        """Extend the lease of a claimed message by one visibility timeout.
+
+        Returns False when the lease is no longer this worker's: another
+        worker took the message over, or the attempt ended.
+        """
         ...
 
     def dead_letter(self, message: Message, reason: str) -> None:
@@ -91,7 +111,11 @@ class GraphStore(Protocol):
         ...
 
     def claim(self, message: Message) -> Claim | None:
-        """Start an attempt; None for a duplicate, stale or cancelled message."""
+        """Start an attempt; None for a duplicate, stale or cancelled message.
+
+        The returned claim's message carries the lease to report with. A
+        message marked ``reclaimed`` takes over an attempt that is running.
+        """
         ...
 
     def complete(self, message: Message, value: str) -> None:

@@ -117,6 +117,10 @@ class NodeRecord:
     state: NodeState = "pending"
     #: Number of the current attempt; 0 until the node is first queued.
     attempt: int = 0
+    #: Fencing token of the current attempt: 1 at its first claim, raised by
+    #: each takeover, 0 until the attempt is claimed. Only reports that carry
+    #: the current lease change the node.
+    lease: int = 0
     #: The task's value in the value codec's JSON text.
     value: str | None = None
     error: ErrorInfo | None = None

@@ -25,6 +25,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 POOLS = ("threads", "processes")
+#: Fraction of the broker's visibility timeout after which a running task's
+#: lease is renewed, so two renewals can fail before the message is taken over.
+RENEW_FRACTION = 1 / 3
 
 
 class Worker:
@@ -62,6 +65,10 @@ class Worker:
         self._threads: list[threading.Thread] = []
         self._executor: concurrent.futures.ProcessPoolExecutor | None = None
         self._count_lock = threading.Lock()
+        # Claims whose tasks are running, with the monotonic time of their last
+        # claim or renewal, keyed by id() of the claim.
+        self._leases: dict[int, tuple[Claim, float]] = {}
+        self._leases_lock = threading.Lock()
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
@@ -75,6 +82,16 @@ class Worker:
             )
             thread.start()
             self._threads.append(thread)
+        timeout_s = self.app.driver.visibility_timeout_s
+        if timeout_s is not None:
+            renewer = threading.Thread(
+                target=self._renew_loop,
+                args=(timeout_s * RENEW_FRACTION,),
+                name="stem-lease-renewer",
+                daemon=True,
+            )
+            renewer.start()
+            self._threads.append(renewer)
         log.info(
             "Worker started on %s: queues %s, %d %s.",
             self.app,
@@ -155,7 +172,13 @@ class Worker:
         if claim is None:
             return
         started = time.monotonic()
-        outcome = self._execute(task, claim)
+        with self._leases_lock:
+            self._leases[id(claim)] = (claim, started)
+        try:
+            outcome = self._execute(task, claim)
+        finally:
+            with self._leases_lock:
+                self._leases.pop(id(claim), None)
         self._report(claim, outcome)
         log.debug(
             "Task %s %s %s in %.3f s.",
@@ -164,6 +187,39 @@ class Worker:
             outcome.kind,
             time.monotonic() - started,
         )
+
+    def _renew_loop(self, renew_after_s: float) -> None:
+        """Renew each running task's lease ``renew_after_s`` after the last one."""
+        driver = self.app.driver
+        while not self._stop.wait(max(0.01, renew_after_s / 2)):
+            now = time.monotonic()
+            with self._leases_lock:
+                due = [
+                    claim
+                    for claim, renewed in self._leases.values()
+                    if now - renewed >= renew_after_s
+                ]
+            for claim in due:
+                try:
+                    kept = driver.renew(claim.message)
+                except Exception:
+                    log.error(
+                        "Renewing the lease of task %s %s failed; retrying in %.1f s.",
+                        claim.task,
+                        claim.task_id,
+                        renew_after_s / 2,
+                        exc_info=True,
+                    )
+                    continue
+                with self._leases_lock:
+                    if id(claim) not in self._leases:
+                        continue
+                    if kept:
+                        self._leases[id(claim)] = (claim, now)
+                    else:
+                        # Another worker took the message over, so this task's
+                        # report will be ignored and renewing it is pointless.
+                        del self._leases[id(claim)]
 
     def _task_name(self, message: Message) -> str:
         # A snapshot copies every node record of the run, so reading one per

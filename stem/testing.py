@@ -58,12 +58,17 @@ class NodePlan:
 
     The first ``retries`` attempts ask for a retry, and the next one ends as
     ``outcome``. With ``duplicate``, every message for the node is delivered
-    twice and every report about it is applied a second time, late.
+    twice and every report about it is applied a second time, late. With
+    ``takeover``, each attempt's message is reclaimed once after its first
+    claim, as when the worker seems dead: if the attempt is still running, a
+    second worker takes its lease over and runs it again, and the first
+    worker's report, now fenced, must change nothing.
     """
 
     outcome: Literal["succeed", "fail"] = "succeed"
     retries: int = 0
     duplicate: bool = False
+    takeover: bool = False
 
 
 #: A plan for each node id; a node that is missing succeeds at once.
@@ -124,6 +129,7 @@ def plans(spec: GraphSpec | Canvas) -> st.SearchStrategy[dict[NodeId, NodePlan]]
         outcome=st.sampled_from(["succeed", "succeed", "fail"]),
         retries=st.integers(min_value=0, max_value=2),
         duplicate=st.booleans(),
+        takeover=st.booleans(),
     )
     return st.fixed_dictionaries({node.id: node_plan for node in spec.nodes})
 
@@ -209,6 +215,17 @@ class _Report:
     attempt: int
     payload: Any
     late: bool = False
+    #: The lease the claim granted, which the report carries.
+    lease: int = 1
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    """A message waiting on the queue; ``takeover`` marks a reclaimed one."""
+
+    node: NodeId
+    attempt: int
+    takeover: bool = False
 
 
 @dataclass
@@ -222,8 +239,11 @@ class StepDriver:
     has each message delivered twice and each report applied again later;
     the second delivery must be dropped at claim, and the repeated report
     must return None and leave the run's state unchanged (else
-    `AssertionError`). Delays (retry backoff, countdown) are ignored: every
-    message is ready at once.
+    `AssertionError`). A node planned with ``takeover`` has each attempt's
+    message reclaimed once after its first claim; if that claim takes the
+    lease over, the report of the first claim is fenced and must likewise
+    return None and change nothing. Delays (retry backoff, countdown) are
+    ignored: every message is ready at once.
 
     Args:
         plan: what happens to each node; a missing node succeeds at once.
@@ -244,6 +264,12 @@ class StepDriver:
     repeated_reports: int = 0
     #: Number of duplicate messages that claim dropped.
     dropped_messages: int = 0
+    #: Number of claims that took a running attempt's lease over.
+    takeovers: int = 0
+    #: Number of reports from fenced workers that were applied and changed nothing.
+    fenced_reports: int = 0
+    #: The latest lease granted for each attempt ``(node, attempt)``.
+    leases: dict[tuple[NodeId, int], int] = field(default_factory=dict)
     #: The run's final state, once `run` has returned.
     state: RunState | None = None
 
@@ -252,21 +278,30 @@ class StepDriver:
         rng = random.Random(self.seed)
         now = 0.0
         run, effects = machine.start(self.run_id, spec, now)
-        messages: list[tuple[NodeId, int]] = []
+        messages: list[_Delivery] = []
         reports: list[_Report] = []
         self._enqueue(effects, messages)
         while messages or reports:
             now += 1.0
             index = rng.randrange(len(messages) + len(reports))
             if index < len(messages):
-                node_id, attempt = messages.pop(index)
-                report = self._deliver(run, node_id, attempt, now)
-                if report is not None:
-                    reports.append(report)
+                delivery = messages.pop(index)
+                report = self._deliver(run, delivery, now)
+                if report is None:
+                    continue
+                reports.append(report)
+                first_lease = report.lease == 1 and not delivery.takeover
+                if first_lease and self._node_plan(report.node).takeover:
+                    messages.append(_Delivery(report.node, report.attempt, True))
                 continue
             report = reports.pop(index - len(messages))
             if report.late:
-                self._apply_again(run, report, now)
+                self._check_ignored(run, report, now, "repeated")
+                self.repeated_reports += 1
+                continue
+            if report.lease < self.leases[(report.node, report.attempt)]:
+                self._check_ignored(run, report, now, "fenced")
+                self.fenced_reports += 1
                 continue
             applied = _apply(run, report, now)
             if applied is None:
@@ -284,23 +319,28 @@ class StepDriver:
         return self.plan.get(node_id, NodePlan())
 
     def _enqueue(
-        self, effects: list[machine.Effect], messages: list[tuple[NodeId, int]]
+        self, effects: list[machine.Effect], messages: list[_Delivery]
     ) -> None:
         for effect in effects:
             if not isinstance(effect, machine.Enqueue):
                 continue
             self.enqueued[(effect.node, effect.attempt)] += 1
-            messages.append((effect.node, effect.attempt))
+            messages.append(_Delivery(effect.node, effect.attempt))
             if self._node_plan(effect.node).duplicate:
-                messages.append((effect.node, effect.attempt))
+                messages.append(_Delivery(effect.node, effect.attempt))
 
     def _deliver(
-        self, run: RunState, node_id: NodeId, attempt: int, now: float
+        self, run: RunState, delivery: _Delivery, now: float
     ) -> _Report | None:
         """Claim a message and run its attempt; None when claim drops it."""
-        if not machine.claim(run, node_id, attempt, now):
+        node_id, attempt = delivery.node, delivery.attempt
+        if not machine.claim(run, node_id, attempt, now, takeover=delivery.takeover):
             self.dropped_messages += 1
             return None
+        lease = run.nodes[node_id].lease
+        if lease > 1:
+            self.takeovers += 1
+        self.leases[(node_id, attempt)] = lease
         node = run.spec.node(node_id)
         has_value, value = machine.resolve_input(run, node)
         args = [decode(item) for item in node.args]
@@ -311,36 +351,41 @@ class StepDriver:
         node_plan = self._node_plan(node_id)
         if attempt <= node_plan.retries:
             error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
-            return _Report("retry", node_id, attempt, error)
+            return _Report("retry", node_id, attempt, error, lease=lease)
         if node_plan.outcome == "fail":
             error = ErrorInfo.from_exception(PlannedFailure(failure_message(node_id)))
-            return _Report("fail", node_id, attempt, error)
-        return _Report(
-            "complete", node_id, attempt, dumps(echo_value(node.task, args, kwargs))
-        )
+            return _Report("fail", node_id, attempt, error, lease=lease)
+        value = dumps(echo_value(node.task, args, kwargs))
+        return _Report("complete", node_id, attempt, value, lease=lease)
 
-    def _apply_again(self, run: RunState, report: _Report, now: float) -> None:
+    def _check_ignored(
+        self, run: RunState, report: _Report, now: float, kind: str
+    ) -> None:
+        """Apply a report that must change nothing, and assert that it did not."""
         before = _copy_run(run)
         effects = _apply(run, report, now)
+        what = (
+            f"Run {self.run_id}: a {kind} {report.kind} report for node "
+            f"{report.node} attempt {report.attempt} lease {report.lease}"
+        )
         if effects is not None:
-            raise AssertionError(
-                f"Run {self.run_id}: a repeated {report.kind} report for node "
-                f"{report.node} attempt {report.attempt} was applied again: {effects}."
-            )
+            raise AssertionError(f"{what} was applied: {effects}.")
         if not _same_run(before, run):
-            raise AssertionError(
-                f"Run {self.run_id}: a repeated {report.kind} report for node "
-                f"{report.node} attempt {report.attempt} changed the run's state."
-            )
-        self.repeated_reports += 1
+            raise AssertionError(f"{what} changed the run's state.")
 
 
 def _apply(run: RunState, report: _Report, now: float) -> list[machine.Effect] | None:
+    node, attempt, payload, lease = (
+        report.node,
+        report.attempt,
+        report.payload,
+        report.lease,
+    )
     if report.kind == "complete":
-        return machine.complete(run, report.node, report.attempt, report.payload, now)
+        return machine.complete(run, node, attempt, payload, now, lease=lease)
     if report.kind == "fail":
-        return machine.fail(run, report.node, report.attempt, report.payload, now)
-    return machine.retry(run, report.node, report.attempt, report.payload, 0.0, now)
+        return machine.fail(run, node, attempt, payload, now, lease=lease)
+    return machine.retry(run, node, attempt, payload, 0.0, now, lease=lease)
 
 
 def _copy_run(run: RunState) -> RunState:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import collections
 import contextlib
+import dataclasses
 import logging
 import os
 import socket
@@ -47,6 +48,9 @@ _SPEC_CACHE_SIZE = 256
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
+#: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
+#: quarter of the visibility timeout, but no more often than this.
+_MIN_RECLAIM_INTERVAL_S = 0.05
 
 
 class RedisDriver:
@@ -58,7 +62,12 @@ class RedisDriver:
             deployments or tests; it must not contain braces.
         group: the consumer group name for the queue streams.
         visibility_timeout_s: seconds a fetched message may stay unacknowledged
-            before another worker takes it over.
+            before another worker takes it over. A worker renews the lease of
+            a task that runs longer, so this bounds how long a killed worker's
+            message waits, not how long a task may run.
+        max_deliveries: deliveries of one message after which the next
+            takeover dead-letters it and fails its node instead, because its
+            workers keep dying. Renewals do not count as deliveries.
         promote_batch: most delayed messages moved to their queues per fetch.
         fire_ttl_s: seconds a claimed beat fire time is remembered.
         poll_interval_s: seconds between status checks in `wait`.
@@ -71,6 +80,7 @@ class RedisDriver:
         prefix: str = "",
         group: str = DEFAULT_GROUP,
         visibility_timeout_s: float = 300.0,
+        max_deliveries: int = 5,
         promote_batch: int = 100,
         fire_ttl_s: float = 7 * 24 * 3600.0,
         poll_interval_s: float = 0.02,
@@ -78,7 +88,13 @@ class RedisDriver:
         self.url = url
         self._keys = Keys(prefix)
         self._group = group
-        self._visibility_timeout_s = visibility_timeout_s
+        if max_deliveries < 1:
+            raise ValueError(
+                f"max_deliveries is {max_deliveries}; pass 1 or more, because "
+                "every message is delivered at least once."
+            )
+        self.visibility_timeout_s: float | None = visibility_timeout_s
+        self._max_deliveries = max_deliveries
         self._promote_batch = promote_batch
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
@@ -128,6 +144,7 @@ class RedisDriver:
             str(message.epoch),
             message.receipt,
             self._group,
+            "1" if message.reclaimed else "0",
         ]
         reply = self._scripts.call(
             "claim", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -137,7 +154,7 @@ class RedisDriver:
             log.debug("Dropped %s message for %s.", result.name.lower(), _ids(message))
             return None
 
-        cause, version, triples = reply[1], reply[2], reply[3:]
+        cause, version, lease, triples = reply[1], reply[2], reply[3], reply[4:]
         spec = self._spec(message.run_id, version)
         node = spec.node(message.node_id)
         records: dict[str, NodeRecord] = {}
@@ -156,9 +173,13 @@ class RedisDriver:
         if has_value:
             args_out.insert(0, upstream)
         kwargs = {key: decode(item) for key, item in node.kwargs.items()}
-        log.debug("Claimed %s.", _ids(message))
+        leased = dataclasses.replace(message, lease=int(lease), reclaimed=False)
+        if message.reclaimed and leased.lease > 1:
+            log.warning("Took over %s with lease %d.", _ids(message), leased.lease)
+        else:
+            log.debug("Claimed %s.", _ids(message))
         return Claim(
-            message, node.task, run.task_id(node.id), args_out, kwargs, node.options
+            leased, node.task, run.task_id(node.id), args_out, kwargs, node.options
         )
 
     def complete(self, message: Message, value: str) -> None:
@@ -260,7 +281,34 @@ class RedisDriver:
             if batch or remaining <= 0:
                 return batch
 
+    def renew(self, message: Message) -> bool:
+        if not message.receipt:
+            return False
+        keys = [
+            self._keys.queue(message.queue),
+            self._keys.run(message.run_id).nodes,
+        ]
+        args: list[str | int | float] = [
+            self._group,
+            self._consumer,
+            message.receipt,
+            message.node_id,
+            str(message.attempt),
+            str(message.lease),
+        ]
+        renewed = bool(
+            self._scripts.call(
+                "renew", keys, args, run_id=message.run_id, node_id=message.node_id
+            )
+        )
+        if not renewed:
+            log.warning("Lease of %s was lost; it was taken over.", _ids(message))
+        return renewed
+
     def dead_letter(self, message: Message, reason: str) -> None:
+        self._dead_letter(message, reason, abandoned=False)
+
+    def _dead_letter(self, message: Message, reason: str, *, abandoned: bool) -> None:
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         keys = [
             *self._keys.run(message.run_id).all(),
@@ -274,6 +322,7 @@ class RedisDriver:
             reason,
             message.queue,
             message.headers.get(TASK_HEADER, ""),
+            "1" if abandoned else "0",
         ]
         reply = self._scripts.call(
             "dead_letter", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -354,6 +403,7 @@ class RedisDriver:
             str(message.epoch),
             message.receipt,
             self._group,
+            str(message.lease),
         ]
 
     def _spec(self, run_id: str, version: str) -> GraphSpec:
@@ -409,17 +459,18 @@ class RedisDriver:
             log.debug("Moved %d due delayed messages to their queues.", moved)
 
     def _reclaim_stalled(self, queues: Sequence[str], limit: int) -> list[Message]:
-        """Take over messages that another consumer left unacknowledged too long."""
+        """Take over messages that another consumer left unacknowledged too long.
+
+        A message delivered more than ``max_deliveries`` times is dead-lettered
+        instead, and its node fails even if it is running, because the workers
+        that took it keep dying.
+        """
+        timeout_s = self.visibility_timeout_s or 0.0
         now = time.monotonic()
-        if now - self._last_reclaim < max(0.5, self._visibility_timeout_s / 4):
+        if now - self._last_reclaim < max(_MIN_RECLAIM_INTERVAL_S, timeout_s / 4):
             return []
         self._last_reclaim = now
-        # NOTE: only a message fetched but never claimed is recovered here. The
-        # claim transition accepts a queued or retrying node, so a message whose
-        # worker died after claiming is dropped and its node stays running.
-        # Delivery counts are not checked either, so nothing is dead-lettered
-        # for too many deliveries.
-        min_idle_ms = int(self._visibility_timeout_s * 1000)
+        min_idle_ms = int(timeout_s * 1000)
         batch: list[Message] = []
         for queue in queues:
             stream = self._keys.queue(queue)
@@ -427,11 +478,44 @@ class RedisDriver:
                 reply: Any = self._client.xautoclaim(
                     stream, self._group, self._consumer, min_idle_ms, count=limit
                 )
-            for entry_id, fields in reply[1]:
-                if fields:
-                    batch.append(_message(queue, entry_id, fields))
-                    log.warning("Reclaimed a stalled message %s.", _ids(batch[-1]))
+            taken = [
+                _message(queue, entry_id, fields, reclaimed=True)
+                for entry_id, fields in reply[1]
+                if fields
+            ]
+            for message, deliveries in zip(
+                taken, self._deliveries(stream, taken), strict=True
+            ):
+                if deliveries > self._max_deliveries:
+                    reason = (
+                        f"Message was delivered {deliveries} times, more than "
+                        f"max_deliveries ({self._max_deliveries}); the workers "
+                        "that took it are presumed dead."
+                    )
+                    self._dead_letter(message, reason, abandoned=True)
+                    continue
+                log.warning(
+                    "Reclaimed a stalled message %s, delivery %d.",
+                    _ids(message),
+                    deliveries,
+                )
+                batch.append(message)
         return batch[:limit]
+
+    def _deliveries(self, stream: str, messages: list[Message]) -> list[int]:
+        """Return each message's delivery count from XPENDING, in order."""
+        if not messages:
+            return []
+        with self._redis_errors(f"read the delivery counts of {stream}"):
+            pipe = self._client.pipeline(transaction=False)
+            for message in messages:
+                pipe.xpending_range(
+                    stream, self._group, message.receipt, message.receipt, 1
+                )
+            replies: list[Any] = pipe.execute()
+        # An entry acknowledged in between has no pending record; 1 lets its
+        # claim drop it as usual.
+        return [int(found[0]["times_delivered"]) if found else 1 for found in replies]
 
     def _read(
         self, queues: Sequence[str], limit: int, remaining_s: float
@@ -472,7 +556,9 @@ class RedisDriver:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
 
 
-def _message(queue: str, entry_id: str, fields: dict[str, Any]) -> Message:
+def _message(
+    queue: str, entry_id: str, fields: dict[str, Any], *, reclaimed: bool = False
+) -> Message:
     return Message(
         fields["run"],
         fields["node"],
@@ -481,6 +567,7 @@ def _message(queue: str, entry_id: str, fields: dict[str, Any]) -> Message:
         int(fields["epoch"]),
         entry_id,
         {TASK_HEADER: fields["task"]},
+        reclaimed=reclaimed,
     )
 
 

@@ -23,7 +23,8 @@ key                      type       contents
                                     ``/settled``, ``/dependents``, ``/errbacks``,
                                     ``/reads``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
-                                    ``<node>/attempt``, ``/cause``,
+                                    ``<node>/attempt``, ``/lease`` (fencing
+                                    token of the attempt), ``/cause``,
                                     ``/queued_at``, ``/started_at``,
                                     ``/ended_at``, ``/replaced`` (``1`` once a
                                     canvas took its place), ``/waiting``

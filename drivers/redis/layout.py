@@ -86,7 +86,7 @@ def initial_node_fields(nodes: Iterable[NodeSpec]) -> list[str]:
 def splice_args(
     old: GraphSpec, node_id: NodeId, sub: GraphSpec, version: str
 ) -> list[str | int | float]:
-    """Return the arguments of splice.lua after the message's own, from ARGV[7] on.
+    """Return the arguments of splice.lua after the message's own, from ARGV[8] on.
 
     The new spec comes from the engine's own rewrite, so both drivers splice
     the same way. The node-state counters of older nodes change by the
@@ -176,6 +176,7 @@ def node_records(
         records[key] = NodeRecord(
             state=state,  # type: ignore[arg-type]  # written only by the scripts
             attempt=int(fields.get(f"{key}/attempt", "0")),
+            lease=int(fields.get(f"{key}/lease", "0")),
             value=values.get(key),
             error=error_from_json(errors.get(key)),
             cause=fields.get(f"{key}/cause") or None,

@@ -32,6 +32,7 @@ SCRIPT_NAMES = (
     "cancel",
     "promote",
     "release_lock",
+    "renew",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

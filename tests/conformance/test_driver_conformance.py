@@ -6,6 +6,7 @@ errors, node states and how often side branches ran.
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
@@ -214,6 +215,71 @@ def test_duplicate_message_dropped_at_claim(kit: Kit) -> None:
     assert driver.claim(message) is not None
     assert driver.claim(copy) is None
     assert driver.snapshot(result.id).nodes["0"].state == "running"
+
+
+def test_takeover_raises_lease(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((1, 1))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    first = driver.claim(message)
+    assert first is not None
+
+    reclaimed = dataclasses.replace(message, reclaimed=True)
+    second = driver.claim(reclaimed)
+
+    assert second is not None
+    assert first.message.lease == 1
+    assert second.message.lease == 2
+    assert not second.message.reclaimed
+    assert second.args == [1, 1]
+    node = driver.snapshot(result.id).nodes["0"]
+    assert node.state == "running"
+    assert node.lease == 2
+
+
+def test_fenced_late_report_changes_nothing(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = chain(kit.add.s(1, 1), kit.add.s(2)).apply_async()
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    fenced = driver.claim(message)
+    taken = driver.claim(dataclasses.replace(message, reclaimed=True))
+    assert fenced is not None
+    assert taken is not None
+    before = driver.snapshot(result.id)
+
+    driver.complete(fenced.message, "99")
+    driver.fail(fenced.message, _error())
+    driver.retry(fenced.message, _error(), 0.0)
+
+    assert driver.snapshot(result.id).nodes == before.nodes
+    assert driver.fetch(["default"], 5, 0.1) == []
+    driver.complete(taken.message, "2")
+    snapshot = driver.snapshot(result.id)
+    assert snapshot.nodes["0"].value == "2"
+    [second] = driver.fetch(["default"], 5, TIMEOUT_S)
+    assert second.node_id == "1"
+
+
+def test_takeover_of_ended_attempt_dropped(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((1, 1))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    claim = driver.claim(message)
+    assert claim is not None
+    driver.complete(claim.message, "2")
+
+    assert driver.claim(dataclasses.replace(message, reclaimed=True)) is None
+    assert driver.snapshot(result.id).nodes["0"].lease == 1
+
+
+def test_renew_keeps_lease(kit: Kit) -> None:
+    driver = kit.app.driver
+    kit.add.apply_async((1, 1))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    claim = driver.claim(message)
+    assert claim is not None
+
+    assert driver.renew(claim.message) is True
 
 
 def test_run_id_makes_submit_idempotent(kit: Kit) -> None:

@@ -4,8 +4,11 @@ Each example draws a canvas, a plan of outcomes and a seeded schedule, then
 applies every claim and report to `stem.engine.machine` and to the Redis
 driver side by side, as `stem.testing.StepDriver` does for the machine alone.
 Some claimed tasks put a drawn canvas in their place, as ``self.replace``
-does. Both must accept and reject the same messages and reports, hand each
-task the same arguments, enqueue the same attempts and end in the same state.
+does. Nodes planned with ``takeover`` have each attempt's message reclaimed
+once after its first claim, and a claim that takes the lease over fences the
+first claim's report. Both must accept and reject the same messages and
+reports, grant the same leases, hand each task the same arguments, enqueue
+the same attempts and end in the same state.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ from __future__ import annotations
 import random
 import uuid
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
@@ -46,6 +49,14 @@ class _Report:
     attempt: int
     payload: Any
     late: bool = False
+    lease: int = 1
+
+
+@dataclass(frozen=True)
+class _Delivery:
+    node: NodeId
+    attempt: int
+    takeover: bool = False
 
 
 class _Pair:
@@ -65,9 +76,13 @@ class _Pair:
         self.replacements = replacements
         self.run_id = f"run-{uuid.uuid4().hex[:8]}"
         self.now = 0.0
-        self.messages: list[tuple[NodeId, int]] = []
+        self.messages: list[_Delivery] = []
         self.reports: list[_Report] = []
         self.enqueued: Counter[tuple[NodeId, int]] = Counter()
+        #: The latest lease the machine granted for each ``(node, attempt)``.
+        self.leases: dict[tuple[NodeId, int], int] = {}
+        #: Reports from fenced claims, which both sides ignored.
+        self.fenced = 0
         run, effects = machine.start(self.run_id, spec, self.now)
         self.run: RunState = run
         assert driver.submit(self.run_id, spec)
@@ -78,7 +93,7 @@ class _Pair:
         self.now += 1.0
         index = rng.randrange(len(self.messages) + len(self.reports))
         if index < len(self.messages):
-            self._deliver(*self.messages.pop(index), rng)
+            self._deliver(self.messages.pop(index), rng)
         else:
             self._apply(self.reports.pop(index - len(self.messages)))
 
@@ -87,19 +102,33 @@ class _Pair:
         machine.cancel(self.run, self.now)
         self.driver.cancel(self.run_id)
 
-    def _message(self, node_id: NodeId, attempt: int) -> Message:
+    def _message(
+        self, node_id: NodeId, attempt: int, lease: int = 1, reclaimed: bool = False
+    ) -> Message:
         queue = self.run.spec.node(node_id).options.queue or "default"
-        return Message(self.run_id, node_id, attempt, queue)
+        return Message(
+            self.run_id, node_id, attempt, queue, lease=lease, reclaimed=reclaimed
+        )
 
-    def _deliver(self, node_id: NodeId, attempt: int, rng: random.Random) -> None:
-        accepted = machine.claim(self.run, node_id, attempt, self.now)
-        claim = self.driver.claim(self._message(node_id, attempt))
+    def _deliver(self, delivery: _Delivery, rng: random.Random) -> None:
+        node_id, attempt, takeover = delivery.node, delivery.attempt, delivery.takeover
+        accepted = machine.claim(
+            self.run, node_id, attempt, self.now, takeover=takeover
+        )
+        claim = self.driver.claim(self._message(node_id, attempt, reclaimed=takeover))
         assert (claim is not None) == accepted, (
-            f"Claim of node {node_id} attempt {attempt}: machine accepted "
-            f"{accepted}, Redis returned {claim}."
+            f"Claim of node {node_id} attempt {attempt} (takeover {takeover}): "
+            f"machine accepted {accepted}, Redis returned {claim}."
         )
         if claim is None:
             return
+        lease = self.run.nodes[node_id].lease
+        self.leases[(node_id, attempt)] = lease
+        assert claim.message.lease == lease
+        assert not claim.message.reclaimed
+        node_plan = self.plan.get(node_id, NodePlan())
+        if node_plan.takeover and lease == 1 and not takeover:
+            self.messages.append(_Delivery(node_id, attempt, True))
         node = self.run.spec.node(node_id)
         has_value, value = machine.resolve_input(self.run, node)
         args = [decode(item) for item in node.args]
@@ -107,60 +136,58 @@ class _Pair:
             args.insert(0, value)
         assert loads(dumps(claim.args)) == loads(dumps(args))
         assert claim.kwargs == {key: decode(v) for key, v in node.kwargs.items()}
-        node_plan = self.plan.get(node_id, NodePlan())
         if self.replacements and rng.random() < 0.5:
-            replacement = self.replacements.pop()
-            self.reports.append(_Report("replace", node_id, attempt, replacement))
+            kind, payload = "replace", self.replacements.pop()
         elif attempt <= node_plan.retries:
-            error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
-            self.reports.append(_Report("retry", node_id, attempt, error))
+            kind = "retry"
+            payload = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
         elif node_plan.outcome == "fail":
-            error = ErrorInfo.from_exception(PlannedFailure(f"node {node_id}"))
-            self.reports.append(_Report("fail", node_id, attempt, error))
+            kind = "fail"
+            payload = ErrorInfo.from_exception(PlannedFailure(f"node {node_id}"))
         else:
+            kind = "complete"
             payload = dumps(echo_value(node.task, args, claim.kwargs))
-            self.reports.append(_Report("complete", node_id, attempt, payload))
+        self.reports.append(_Report(kind, node_id, attempt, payload, lease=lease))
 
     def _apply(self, report: _Report) -> None:
         run, now = self.run, self.now
-        message = self._message(report.node, report.attempt)
+        node, attempt, payload, lease = (
+            report.node,
+            report.attempt,
+            report.payload,
+            report.lease,
+        )
+        message = self._message(node, attempt, lease)
+        fenced = lease < self.leases.get((node, attempt), lease)
         if report.kind == "complete":
-            effects = machine.complete(
-                run, report.node, report.attempt, report.payload, now
-            )
-            self.driver.complete(message, report.payload)
+            effects = machine.complete(run, node, attempt, payload, now, lease=lease)
+            self.driver.complete(message, payload)
         elif report.kind == "fail":
-            effects = machine.fail(
-                run, report.node, report.attempt, report.payload, now
-            )
-            self.driver.fail(message, report.payload)
+            effects = machine.fail(run, node, attempt, payload, now, lease=lease)
+            self.driver.fail(message, payload)
         elif report.kind == "replace":
-            effects = machine.splice(
-                run, report.node, report.attempt, report.payload, now
-            )
-            self.driver.replace(message, report.payload)
+            effects = machine.splice(run, node, attempt, payload, now, lease=lease)
+            self.driver.replace(message, payload)
         else:
-            effects = machine.retry(
-                run, report.node, report.attempt, report.payload, 0.0, now
-            )
-            self.driver.retry(message, report.payload, 0.0)
-        if report.late:
+            effects = machine.retry(run, node, attempt, payload, 0.0, now, lease=lease)
+            self.driver.retry(message, payload, 0.0)
+        if report.late or fenced:
             assert effects is None
+            if fenced:
+                self.fenced += 1
             return
         if effects is not None:
             self._enqueue(effects)
         if self.plan.get(report.node, NodePlan()).duplicate:
-            self.reports.append(
-                _Report(report.kind, report.node, report.attempt, report.payload, True)
-            )
+            self.reports.append(replace(report, late=True))
 
     def _enqueue(self, effects: list[machine.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, machine.Enqueue):
                 self.enqueued[(effect.node, effect.attempt)] += 1
-                self.messages.append((effect.node, effect.attempt))
+                self.messages.append(_Delivery(effect.node, effect.attempt))
                 if self.plan.get(effect.node, NodePlan()).duplicate:
-                    self.messages.append((effect.node, effect.attempt))
+                    self.messages.append(_Delivery(effect.node, effect.attempt))
 
 
 def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
@@ -189,6 +216,7 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
         context = f"node {node_id} of {run.spec.to_json()}"
         assert actual.state == expected.state, context
         assert actual.attempt == expected.attempt, context
+        assert actual.lease == expected.lease, context
         assert actual.value == expected.value, context
         assert actual.error == expected.error, context
         assert actual.cause == expected.cause, context

@@ -105,6 +105,25 @@ def test_repeated_reports_change_nothing(
 
 @PROPERTY_SETTINGS
 @given(scenarios())
+def test_takeover_fences_first_worker(
+    scenario: tuple[Canvas, dict[str, NodePlan], int],
+) -> None:
+    canvas, plan, seed = scenario
+    taken = {node: replace(p, takeover=True) for node, p in plan.items()}
+    check_against_interpreter(canvas, taken, seed)
+    # StepDriver raises if a fenced report is applied or changes the run. A
+    # takeover happens only while the first claim's report is unapplied, so
+    # each one fences exactly one report.
+    driver = run_plan(canvas, taken, seed)
+    assert driver.fenced_reports == driver.takeovers
+    for (node_id, attempt), lease in driver.leases.items():
+        record = final_state(driver).nodes[node_id]
+        if record.attempt == attempt:
+            assert record.lease == lease
+
+
+@PROPERTY_SETTINGS
+@given(scenarios())
 def test_late_reports_after_end_ignored(
     scenario: tuple[Canvas, dict[str, NodePlan], int],
 ) -> None:

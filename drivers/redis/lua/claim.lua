@@ -10,13 +10,18 @@
   ARGV[3] epoch
   ARGV[4] stream entry id of the message, or "" when there is none
   ARGV[5] consumer group name
+  ARGV[6] "1" when the message was reclaimed from a consumer that held it past
+          the visibility timeout, so a running attempt is taken over; else "0"
   Time comes from TIME inside the script.
-  Returns {1, cause, spec_version, state, value, error, state, value, error, ...}
-  with one state/value/error triple ("" when missing) per node the input reads,
-  in the order of the graph's <node>/reads field. Returns {0} for a duplicate
-  or a message whose node is no longer queued, {-1} for an unknown run and
-  {-2} for a message of another epoch or attempt. Every reply but {1}
-  acknowledges and deletes the message, so it is not delivered again.
+  Returns {1, cause, spec_version, lease, state, value, error, state, value,
+  error, ...} with one state/value/error triple ("" when missing) per node the
+  input reads, in the order of the graph's <node>/reads field. The lease is 1
+  for the first claim of an attempt, and a takeover raises it by one and
+  restarts <node>/started_at, so reports with an older lease change nothing.
+  Returns {0} for a duplicate or a message whose node is no longer queued (or
+  running, for a takeover), {-1} for an unknown run and {-2} for a message of
+  another epoch or attempt. Every reply but {1} acknowledges and deletes the
+  message, so it is not delivered again.
   Writes no stream entries.
 ]]
 -- luacheck: globals KEYS ARGV redis
@@ -32,6 +37,7 @@ local attempt = ARGV[2]
 local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
+local takeover = ARGV[6] == "1"
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -51,12 +57,20 @@ if run[1] ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt th
   return drop(-2)
 end
 local state = rcall("HGET", nodes_key, node)
-if state ~= "queued" and state ~= "retrying" then
+local lease
+if state == "queued" or state == "retrying" then
+  lease = 1
+  rcall("HSET", nodes_key, node .. "/lease", lease)
+elseif state == "running" and takeover then
+  -- The worker holding the lease is presumed dead; raising the lease fences
+  -- its late report, if it is alive after all.
+  lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
+else
   return drop(0)
 end
 rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
 
-local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2]}
+local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
 local reads = rcall("HGET", graph_key, node .. "/reads")
 if reads and reads ~= "" then
   for read in string.gmatch(reads, "[^,]+") do

@@ -13,15 +13,18 @@
   ARGV[4] epoch
   ARGV[5] stream entry id to acknowledge, or "" when there is none
   ARGV[6] consumer group name
-  ARGV[7] error recorded on the node, JSON text kept opaque
-  ARGV[8] reason
-  ARGV[9] queue name
-  ARGV[10] task name
+  ARGV[7] lease the message carries (not checked: a dead letter ends every lease)
+  ARGV[8] error recorded on the node, JSON text kept opaque
+  ARGV[9] reason
+  ARGV[10] queue name
+  ARGV[11] task name
+  ARGV[12] "1" when the message was delivered too many times, so its workers
+           are presumed dead and a running node fails too; else "0"
   Time comes from TIME inside the script.
   Returns {1} when the node failed, {0} when the delivery was already
-  acknowledged or the node is not queued (a worker runs it or it ended), {-1}
-  for an unknown run, {-2} for a stale attempt or epoch. Only {1} changes run
-  state.
+  acknowledged or the node is not queued (a worker runs it, unless ARGV[12] is
+  "1", or it ended), {-1} for an unknown run, {-2} for a stale attempt or
+  epoch. Only {1} changes run state.
   Adds one entry to the dead-letter stream, unless the delivery was already
   acknowledged, and then the entries that fail.lua adds.
 ]]
@@ -43,10 +46,11 @@ local group = ARGV[6]
 local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
-local error_text = ARGV[7]
-local reason = ARGV[8]
-local queue = ARGV[9]
-local task = ARGV[10]
+local error_text = ARGV[8]
+local reason = ARGV[9]
+local queue = ARGV[10]
+local task = ARGV[11]
+local abandoned = ARGV[12] == "1"
 local dead_key = KEYS[8]
 
 --- @include "graph"
@@ -71,9 +75,11 @@ if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt
   return {-2}
 end
 -- Only a message that no worker runs fails its node: a dead-lettered
--- duplicate must not fail the attempt that another worker is running.
+-- duplicate must not fail the attempt that another worker is running. An
+-- abandoned message's node is running only because its worker died.
 local state = state_of(node)
-if state ~= "queued" and state ~= "retrying" then
+local running_failed = abandoned and state == "running"
+if state ~= "queued" and state ~= "retrying" and not running_failed then
   return {0}
 end
 rcall("HSET", errors_key, node, error_text)

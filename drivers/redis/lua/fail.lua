@@ -12,11 +12,13 @@
   ARGV[4] epoch
   ARGV[5] stream entry id to acknowledge, or "" when there is none
   ARGV[6] consumer group name
-  ARGV[7] error, JSON text kept opaque
+  ARGV[7] lease (fencing token) the claim granted
+  ARGV[8] error, JSON text kept opaque
   Time comes from TIME inside the script.
   Returns {1} when the outcome was recorded, {0} for a duplicate or late report
-  (nothing changed), {-1} for an unknown run, {-2} for a stale attempt or epoch.
-  The message is acknowledged and deleted whatever the reply.
+  (nothing changed), {-1} for an unknown run, {-2} for a stale attempt, epoch
+  or lease. The message is acknowledged and deleted on every reply but a stale
+  lease: that message is now held by the worker that took the lease over.
   Adds one stream entry to <base>q:<queue> per node that became ready (a
   delayed-set member instead when it has a countdown or eta).
   Errbacks that the failure fires are among those nodes.
@@ -36,27 +38,38 @@ local attempt = ARGV[3]
 local epoch = ARGV[4]
 local receipt = ARGV[5]
 local group = ARGV[6]
+local lease = ARGV[7]
 local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
-local error_text = ARGV[7]
+local error_text = ARGV[8]
 
 --- @include "graph"
 
-if receipt ~= "" then
-  rcall("XACK", stream_key, group, receipt)
-  rcall("XDEL", stream_key, receipt)
+local function ack()
+  if receipt ~= "" then
+    rcall("XACK", stream_key, group, receipt)
+    rcall("XDEL", stream_key, receipt)
+  end
 end
 
 -- A late report must not recreate the keys of a run that expired or was deleted.
 local run_epoch = rcall("HGET", run_key, "epoch")
 if not run_epoch then
+  ack()
   return {-1}
 end
 if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+  ack()
   return {-2}
 end
-if state_of(node) ~= "running" then
+local state = state_of(node)
+-- A fenced worker must not acknowledge the entry that the new holder runs.
+if state == "running" and rcall("HGET", nodes_key, node .. "/lease") ~= lease then
+  return {-2}
+end
+ack()
+if state ~= "running" then
   return {0}
 end
 rcall("HSET", errors_key, node, error_text)
