@@ -257,7 +257,7 @@ def splice(
     replaced = run.spec.node(node_id)
     old_dependents = list(run.spec.dependents[node_id])
     old_errbacks = list(run.spec.errbacks_covering[node_id])
-    run.spec = _spliced_spec(run.spec, replaced, sub)
+    run.spec = spliced_spec(run.spec, replaced, sub)
     for node in run.spec.nodes:
         run.nodes.setdefault(node.id, NodeRecord())
     added = [node for node in run.spec.nodes if node.id.startswith(f"{node_id}.")]
@@ -479,7 +479,12 @@ def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
     return None
 
 
-def _spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSpec:
+def spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSpec:
+    """Return ``spec`` with ``sub`` spliced in place of ``replaced``.
+
+    Every driver splices through this function, so ids, rewiring and
+    settled dependencies come out the same on each.
+    """
     prefix = replaced.id
     offset = len(spec.groups)
 

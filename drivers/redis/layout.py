@@ -28,7 +28,7 @@ from stem.engine import machine
 
 # NOTE: the engine keeps its spec rewrite for splices private. Importing it
 # keeps one definition of how a canvas is spliced in.
-from stem.engine.machine import _spliced_spec
+from stem.engine.machine import spliced_spec
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import ErrorInfo, NodeRecord, RunState, RunStatus
 
@@ -93,7 +93,7 @@ def splice_args(
     difference in their dependency and covered-node counts, because the
     replaced node's edge gives way to edges to the canvas's new nodes.
     """
-    new = _spliced_spec(old, old.node(node_id), sub)
+    new = spliced_spec(old, old.node(node_id), sub)
     old_ids = set(old.by_id)
     added = [node for node in new.nodes if node.id not in old_ids]
     graph = graph_fields(new)
