@@ -275,7 +275,7 @@ class Worker:
         message = claim.message
         if self._abandoned:
             # Its child process may have been terminated under it, so the
-            # outcome says nothing about the task.
+            # outcome is not a reliable result of the task.
             log.info(
                 "Abandoned task %s %s without a report.", claim.task, claim.task_id
             )
