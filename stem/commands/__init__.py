@@ -1,0 +1,1 @@
+"""Subcommands of `stem`, one module each, registered in `stem.cli`."""
