@@ -26,8 +26,8 @@ def load_driver(url: str, **settings: Any) -> Driver:
     scheme = urlsplit(url).scheme
     if not scheme:
         raise DriverNotFound(
-            f"Broker URL {redact(url)!r} has no scheme; use memory:// or "
-            "redis://host:port/db."
+            f"Broker URL {redact(url)!r} has no scheme; use memory://, "
+            "redis://host:port/db or redis+cluster://host:port."
         )
     found = {entry.name: entry for entry in entry_points(group=GROUP)}
     entry = found.get(scheme)

@@ -1,11 +1,14 @@
-"""The Redis driver (``redis://``): run state in hashes, messages in Streams.
+"""The Redis driver: run state in hashes, messages in Streams.
 
 Every change of run state is one Lua script call (see `stem.drivers.redis.scripts`
 and the ``lua`` folder), so an outcome, the nodes it made ready and the
 acknowledgement of its message change together. Keys are described in
 `stem.drivers.redis.keys`.
 
-This version uses one partition on a single Redis node. A run's input values
+Keys are spread over partitions (`stem.drivers.redis.partitions`), and a
+run with its messages lives in one, so every script touches one partition.
+A single node has one partition unless ``partitions`` sets more, and a
+Cluster has a few per primary. A run's input values
 and its value are assembled in Python from the stored opaque strings when a
 node is claimed and when a snapshot is taken. `replace` computes the spliced
 spec in Python and applies it with one script call, which rejects it if the
@@ -17,6 +20,7 @@ from __future__ import annotations
 import collections
 import contextlib
 import dataclasses
+import itertools
 import logging
 import os
 import socket
@@ -27,11 +31,14 @@ from collections.abc import Iterator, Sequence
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 
 from stem.canvas.spec import GraphSpec, template_nodes
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
-from stem.drivers.redis.keys import Keys
+from stem.drivers.redis.connection import connect, parse_url
+from stem.drivers.redis.keys import Keys, KeySpace
+from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine
 from stem.engine.errors import DriverError, RunNotFound
@@ -54,10 +61,12 @@ _MIN_RECLAIM_INTERVAL_S = 0.05
 
 
 class RedisDriver:
-    """Runs, queues and delayed messages in one Redis server.
+    """Runs, queues and delayed messages in one Redis server or a Redis Cluster.
 
     Args:
-        url: a ``redis://host:port/db`` URL, as redis-py's ``from_url`` reads it.
+        url: a ``redis://host:port/db`` URL, as redis-py's ``from_url`` reads
+            it, or ``redis+cluster://host:port`` for a Cluster (database 0
+            only). The query option ``?partitions=N`` sets ``partitions``.
         prefix: text in front of every key, to share one database between
             deployments or tests; it must not contain braces.
         group: the consumer group name for the queue streams.
@@ -71,6 +80,11 @@ class RedisDriver:
         promote_batch: most delayed messages moved to their queues per fetch.
         fire_ttl_s: seconds a claimed beat fire time is remembered.
         poll_interval_s: seconds between status checks in `wait`.
+        partitions: the number of partitions a new deployment gets; None
+            means 1 on a single node and two per primary in a Cluster, where
+            it must be at least the number of primaries. The first client of
+            a prefix stores the list, and later clients use the stored list
+            whatever they set here.
     """
 
     def __init__(
@@ -84,9 +98,10 @@ class RedisDriver:
         promote_batch: int = 100,
         fire_ttl_s: float = 7 * 24 * 3600.0,
         poll_interval_s: float = 0.02,
+        partitions: int | None = None,
     ) -> None:
         self.url = url
-        self._keys = Keys(prefix)
+        Keys(prefix)  # Rejects a prefix with braces before anything connects.
         self._group = group
         if max_deliveries < 1:
             raise ValueError(
@@ -98,8 +113,13 @@ class RedisDriver:
         self._promote_batch = promote_batch
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
-        self._client: redis.Redis = redis.Redis.from_url(url, decode_responses=True)
+        target = parse_url(url, partitions)
+        self._client: redis.Redis | RedisCluster = connect(target)
         self._scripts = Scripts(self._client)
+        self._scripts.preload()
+        self._keys = KeySpace(
+            prefix, load_tags(self._client, prefix, target.partitions)
+        )
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._groups: set[str] = set()
@@ -107,10 +127,16 @@ class RedisDriver:
             collections.OrderedDict()
         )
         self._last_reclaim = 0.0
+        self._last_promote = 0.0
         self._workers = 0
+        #: Spreads the partition a fetch starts with (and blocks on) over calls.
+        self._rotation = itertools.count()
+        #: Messages read beyond a fetch's limit, per queue, for the next fetch.
+        self._buffered: dict[str, collections.deque[Message]] = {}
 
     def __repr__(self) -> str:
-        return f"<RedisDriver {self._keys.base!r}>"
+        tags = ",".join(self._keys.tags)
+        return f"<RedisDriver {self._keys.prefix!r} partitions {tags}>"
 
     # -- graph store --------------------------------------------------------
 
@@ -128,7 +154,8 @@ class RedisDriver:
             *graph,
             *layout.initial_node_fields(spec.nodes),
         ]
-        keys = [*self._keys.run(run_id).all(), self._keys.delayed]
+        partition = self._keys.partition_of(run_id)
+        keys = [*partition.run(run_id).all(), partition.delayed]
         reply = self._scripts.call("submit", keys, args, run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
@@ -137,7 +164,8 @@ class RedisDriver:
         return created
 
     def claim(self, message: Message) -> Claim | None:
-        keys = [*self._keys.run(message.run_id).all(), self._keys.queue(message.queue)]
+        partition = self._keys.partition_of(message.run_id)
+        keys = [*partition.run(message.run_id).all(), partition.queue(message.queue)]
         args: list[str | int | float] = [
             message.node_id,
             str(message.attempt),
@@ -192,10 +220,11 @@ class RedisDriver:
         self._report("retry", message, layout.error_json(error), repr(float(delay_s)))
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
+        partition = self._keys.partition_of(message.run_id)
         keys = [
-            *self._keys.run(message.run_id).all(),
-            self._keys.delayed,
-            self._keys.queue(message.queue),
+            *partition.run(message.run_id).all(),
+            partition.delayed,
+            partition.queue(message.queue),
         ]
         for _ in range(_SPLICE_ATTEMPTS):
             with self._redis_errors(f"read the graph spec of run {message.run_id}"):
@@ -273,6 +302,9 @@ class RedisDriver:
         deadline = time.monotonic() + timeout_s
         self._ensure_groups(queues)
         while True:
+            batch = self._take_buffered(queues, limit)
+            if batch:
+                return batch
             self._promote_due()
             batch = self._reclaim_stalled(queues, limit)
             remaining = deadline - time.monotonic()
@@ -284,9 +316,10 @@ class RedisDriver:
     def renew(self, message: Message) -> bool:
         if not message.receipt:
             return False
+        partition = self._keys.partition_of(message.run_id)
         keys = [
-            self._keys.queue(message.queue),
-            self._keys.run(message.run_id).nodes,
+            partition.queue(message.queue),
+            partition.run(message.run_id).nodes,
         ]
         args: list[str | int | float] = [
             self._group,
@@ -310,11 +343,12 @@ class RedisDriver:
 
     def _dead_letter(self, message: Message, reason: str, *, abandoned: bool) -> None:
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
+        partition = self._keys.partition_of(message.run_id)
         keys = [
-            *self._keys.run(message.run_id).all(),
-            self._keys.delayed,
-            self._keys.queue(message.queue),
-            self._keys.dead,
+            *partition.run(message.run_id).all(),
+            partition.delayed,
+            partition.queue(message.queue),
+            partition.dead,
         ]
         args: list[str | int | float] = [
             *self._message_args(message),
@@ -331,12 +365,15 @@ class RedisDriver:
         log.warning("Dead-lettered %s: %s", _ids(message), reason)
 
     def dead_letters(self) -> list[tuple[Message, str]]:
-        with self._redis_errors("read the dead-letter stream"):
-            entries: Any = self._client.xrange(self._keys.dead)
+        # Partition by partition: entry ids come from each node's clock, so
+        # they do not order entries across partitions.
         found: list[tuple[Message, str]] = []
-        for entry_id, fields in entries:
-            message = _message(fields["queue"], entry_id, fields)
-            found.append((message, str(fields["reason"])))
+        for partition in self._keys.partitions:
+            with self._redis_errors(f"read the dead-letter stream {partition.dead}"):
+                entries: Any = self._client.xrange(partition.dead)
+            for entry_id, fields in entries:
+                message = _message(fields["queue"], entry_id, fields)
+                found.append((message, str(fields["reason"])))
         return found
 
     # -- schedule store and lock ------------------------------------------
@@ -371,16 +408,25 @@ class RedisDriver:
             self._workers -= 1
 
     def close(self) -> None:
+        try:
+            self._hand_back_buffered()
+        except DriverError as err:
+            log.warning(
+                "Handing back fetched messages failed, so they wait for the "
+                "visibility timeout: %s",
+                err,
+            )
         with self._redis_errors("close the connection pool"):
             self._client.close()
 
     # -- internals ------------------------------------------------------------
 
     def _report(self, script: str, message: Message, *payload: str) -> None:
+        partition = self._keys.partition_of(message.run_id)
         keys = [
-            *self._keys.run(message.run_id).all(),
-            self._keys.delayed,
-            self._keys.queue(message.queue),
+            *partition.run(message.run_id).all(),
+            partition.delayed,
+            partition.queue(message.queue),
         ]
         args: list[str | int | float] = [*self._message_args(message), *payload]
         reply = self._scripts.call(
@@ -430,77 +476,110 @@ class RedisDriver:
             return spec
 
     def _ensure_groups(self, queues: Sequence[str]) -> None:
-        for queue in queues:
-            stream = self._keys.queue(queue)
-            if stream in self._groups:
-                continue
-            try:
-                # Id 0: messages that scripts added before the group existed
-                # are delivered too.
-                self._client.xgroup_create(stream, self._group, id="0", mkstream=True)
-            except redis.ResponseError as err:
-                if "BUSYGROUP" not in str(err):
-                    raise DriverError(
-                        f"Creating consumer group {self._group} on {stream} "
-                        f"failed: {err}"
-                    ) from err
-            except redis.RedisError as err:
+        for partition in self._keys.partitions:
+            for queue in queues:
+                self._ensure_group(partition.queue(queue))
+
+    def _ensure_group(self, stream: str) -> None:
+        if stream in self._groups:
+            return
+        try:
+            # Id 0: messages that scripts added before the group existed
+            # are delivered too.
+            self._client.xgroup_create(stream, self._group, id="0", mkstream=True)
+        except redis.ResponseError as err:
+            if "BUSYGROUP" not in str(err):
                 raise DriverError(
                     f"Creating consumer group {self._group} on {stream} failed: {err}"
                 ) from err
-            with self._lock:
-                self._groups.add(stream)
+        except redis.RedisError as err:
+            raise DriverError(
+                f"Creating consumer group {self._group} on {stream} failed: {err}"
+            ) from err
+        with self._lock:
+            self._groups.add(stream)
 
     def _promote_due(self) -> None:
-        moved = self._scripts.call(
-            "promote", [self._keys.delayed], [str(self._promote_batch)]
-        )
-        if moved:
-            log.debug("Moved %d due delayed messages to their queues.", moved)
+        """Move due delayed messages of every partition, in one pipeline.
+
+        Concurrent fetches of one driver share the work, so it runs at most
+        once per `_MAX_BLOCK_S`. Each round moves up to ``promote_batch``
+        messages per partition.
+        """
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_promote < _MAX_BLOCK_S:
+                return
+            self._last_promote = now
+        calls: list[tuple[str, list[str], list[str | int | float]]] = [
+            ("promote", [partition.delayed], [str(self._promote_batch)])
+            for partition in self._keys.partitions
+        ]
+        replies = self._scripts.call_many(calls)
+        for partition, moved in zip(self._keys.partitions, replies, strict=True):
+            if isinstance(moved, Exception):
+                raise DriverError(
+                    f"Moving due delayed messages of {partition.delayed} failed: "
+                    f"{moved}"
+                ) from moved
+            if moved:
+                log.debug(
+                    "Moved %d due delayed messages of %s to their queues.",
+                    moved,
+                    partition.tag,
+                )
 
     def _reclaim_stalled(self, queues: Sequence[str], limit: int) -> list[Message]:
         """Take over messages that another consumer left unacknowledged too long.
 
         A message delivered more than ``max_deliveries`` times is dead-lettered
         instead, and its node fails even if it is running, because the workers
-        that took it keep dying.
+        that took it keep dying. Messages taken over beyond ``limit`` wait in
+        the buffer for the next fetch.
         """
         timeout_s = self.visibility_timeout_s or 0.0
         now = time.monotonic()
-        if now - self._last_reclaim < max(_MIN_RECLAIM_INTERVAL_S, timeout_s / 4):
-            return []
-        self._last_reclaim = now
-        min_idle_ms = int(timeout_s * 1000)
+        with self._lock:
+            if now - self._last_reclaim < max(_MIN_RECLAIM_INTERVAL_S, timeout_s / 4):
+                return []
+            self._last_reclaim = now
         batch: list[Message] = []
-        for queue in queues:
-            stream = self._keys.queue(queue)
-            with self._redis_errors(f"reclaim stalled messages of {stream}"):
-                reply: Any = self._client.xautoclaim(
-                    stream, self._group, self._consumer, min_idle_ms, count=limit
-                )
-            taken = [
-                _message(queue, entry_id, fields, reclaimed=True)
-                for entry_id, fields in reply[1]
-                if fields
-            ]
-            for message, deliveries in zip(
-                taken, self._deliveries(stream, taken), strict=True
-            ):
-                if deliveries > self._max_deliveries:
-                    reason = (
-                        f"Message was delivered {deliveries} times, more than "
-                        f"max_deliveries ({self._max_deliveries}); the workers "
-                        "that took it are presumed dead."
-                    )
-                    self._dead_letter(message, reason, abandoned=True)
-                    continue
-                log.warning(
-                    "Reclaimed a stalled message %s, delivery %d.",
-                    _ids(message),
-                    deliveries,
-                )
-                batch.append(message)
+        for partition in self._keys.partitions:
+            for queue in queues:
+                batch += self._reclaim_stream(partition.queue(queue), queue, limit)
+        self._buffer(batch[limit:])
         return batch[:limit]
+
+    def _reclaim_stream(self, stream: str, queue: str, limit: int) -> list[Message]:
+        min_idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
+        with self._redis_errors(f"reclaim stalled messages of {stream}"):
+            reply: Any = self._client.xautoclaim(
+                stream, self._group, self._consumer, min_idle_ms, count=limit
+            )
+        taken = [
+            _message(queue, entry_id, fields, reclaimed=True)
+            for entry_id, fields in reply[1]
+            if fields
+        ]
+        batch: list[Message] = []
+        for message, deliveries in zip(
+            taken, self._deliveries(stream, taken), strict=True
+        ):
+            if deliveries > self._max_deliveries:
+                reason = (
+                    f"Message was delivered {deliveries} times, more than "
+                    f"max_deliveries ({self._max_deliveries}); the workers "
+                    "that took it are presumed dead."
+                )
+                self._dead_letter(message, reason, abandoned=True)
+                continue
+            log.warning(
+                "Reclaimed a stalled message %s, delivery %d.",
+                _ids(message),
+                deliveries,
+            )
+            batch.append(message)
+        return batch
 
     def _deliveries(self, stream: str, messages: list[Message]) -> list[int]:
         """Return each message's delivery count from XPENDING, in order."""
@@ -520,33 +599,102 @@ class RedisDriver:
     def _read(
         self, queues: Sequence[str], limit: int, remaining_s: float
     ) -> list[Message]:
-        if len(queues) == 1 and remaining_s > 0:
-            block_ms: int | None = max(1, int(min(remaining_s, _MAX_BLOCK_S) * 1000))
-            return self._read_queue(queues[0], limit, block_ms)
-        # Several queues are read one by one in priority order, so at most
-        # ``limit`` messages are taken from them in total.
-        batch: list[Message] = []
-        for queue in queues:
-            batch += self._read_queue(queue, limit - len(batch), None)
-            if len(batch) >= limit:
+        """Read new messages, partition by partition, blocking on one of them.
+
+        Each partition is read with one XREADGROUP that covers all of
+        ``queues``. In a Cluster one command cannot name streams of different
+        slots, so no single blocking read waits on every partition. A single
+        node is read the same way, so both take one path. The call reads the
+        other partitions without blocking, then blocks on one partition for
+        at most `_MAX_BLOCK_S`. Which partition comes first (and is blocked
+        on) rotates from one call to the next, so the concurrent fetches of a
+        worker's threads wait on different partitions. A message in a
+        partition that no fetch is blocked on waits for the next round: at
+        most `_MAX_BLOCK_S` plus one round trip per partition.
+        """
+        partitions = self._keys.partitions
+        start = next(self._rotation) % len(partitions)
+        order = partitions[start:] + partitions[:start]
+        for partition in order[1:]:
+            batch = self._read_partition(partition, queues, limit, None)
+            if batch:
                 return batch
-        if not batch and remaining_s > 0:
-            time.sleep(min(remaining_s, self._poll_interval_s))
+        block_ms: int | None = None
+        if remaining_s > 0:
+            block_ms = max(1, int(min(remaining_s, _MAX_BLOCK_S) * 1000))
+        return self._read_partition(order[0], queues, limit, block_ms)
+
+    def _read_partition(
+        self, partition: Keys, queues: Sequence[str], limit: int, block_ms: int | None
+    ) -> list[Message]:
+        """Read one partition's queues with one XREADGROUP, in priority order.
+
+        COUNT applies to each stream, so the read may return up to ``limit``
+        messages per queue. The first ``limit`` in the order of ``queues``
+        are returned and the rest wait in the buffer for the next fetch.
+        """
+        streams = {partition.queue(queue): queue for queue in queues}
+        with self._redis_errors(f"read the queues of partition {partition.tag}"):
+            reply: Any = self._client.xreadgroup(
+                self._group,
+                self._consumer,
+                dict.fromkeys(streams, ">"),
+                count=limit,
+                block=block_ms,
+            )
+        found: dict[str, list[Message]] = {}
+        for stream, entries in reply or []:
+            queue = streams[stream]
+            found[queue] = [
+                _message(queue, entry_id, fields) for entry_id, fields in entries
+            ]
+        batch = [message for queue in queues for message in found.get(queue, [])]
+        self._buffer(batch[limit:])
+        return batch[:limit]
+
+    def _buffer(self, messages: list[Message]) -> None:
+        if not messages:
+            return
+        with self._lock:
+            for message in messages:
+                self._buffered.setdefault(message.queue, collections.deque()).append(
+                    message
+                )
+
+    def _take_buffered(self, queues: Sequence[str], limit: int) -> list[Message]:
+        batch: list[Message] = []
+        with self._lock:
+            for queue in queues:
+                waiting = self._buffered.get(queue)
+                while waiting and len(batch) < limit:
+                    batch.append(waiting.popleft())
         return batch
 
-    def _read_queue(
-        self, queue: str, limit: int, block_ms: int | None
-    ) -> list[Message]:
-        stream = self._keys.queue(queue)
-        with self._redis_errors(f"read {stream}"):
-            reply: Any = self._client.xreadgroup(
-                self._group, self._consumer, {stream: ">"}, count=limit, block=block_ms
-            )
-        batch: list[Message] = []
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                batch.append(_message(queue, entry_id, fields))
-        return batch
+    def _hand_back_buffered(self) -> None:
+        """Make the messages read but never returned free for other workers.
+
+        They stay pending for this consumer, so XCLAIM sets their idle time
+        to the visibility timeout and the next reclaim sweep of any worker
+        takes them over, instead of one visibility timeout from now.
+        """
+        with self._lock:
+            messages = [m for waiting in self._buffered.values() for m in waiting]
+            self._buffered.clear()
+        idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
+        for message in messages:
+            stream = self._keys.partition_of(message.run_id).queue(message.queue)
+            with self._redis_errors(f"hand back a message of {stream}"):
+                self._client.xclaim(
+                    stream,
+                    self._group,
+                    self._consumer,
+                    0,
+                    [message.receipt],
+                    idle=idle_ms,
+                    justid=True,
+                )
+        if messages:
+            log.info("Handed back %d fetched messages that never ran.", len(messages))
 
     @contextlib.contextmanager
     def _redis_errors(self, action: str) -> Iterator[None]:

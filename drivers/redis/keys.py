@@ -2,8 +2,11 @@
 
 A key is ``<prefix><tag>:<rest>``. The prefix separates deployments (and
 tests) that share one server, and the tag is the partition's hash tag, so
-Redis Cluster puts every key of a partition in one slot. This step uses one
-partition, ``{stem:p0}``. In the table, ``<base>`` is ``<prefix>{stem:p0}:``.
+Redis Cluster puts every key of a partition in one slot. A deployment has a
+fixed list of partition tags, stored once under ``<prefix>stem:partitions``
+(see `stem.drivers.redis.partitions`), and a run lives in the partition that
+`partition_index` picks from its id. In the table, ``<base>`` is
+``<prefix><tag>:`` for one partition's tag, such as ``<prefix>{stem:p0}:``.
 
 ======================== ========== =============================================
 key                      type       contents
@@ -45,14 +48,22 @@ key                      type       contents
                                     ``reason``
 <base>fire:<entry>:<t>   string     a claimed beat fire time, with a TTL
 <base>lock:<name>        string     a lock's holder token, with the lease as TTL
+<prefix>stem:partitions  string     the deployment's partition tags, a JSON array,
+                                    written once and never changed
 ======================== ========== =============================================
+
+Run keys live in the run's partition. Every partition has its own queue
+streams, delayed set and dead-letter stream. Beat fire times and locks belong
+to no run and live in the first partition.
 """
 
 from __future__ import annotations
 
+import zlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
-#: Hash tag of the only partition in this version of the driver.
+#: Hash tag of the first partition on a single Redis node.
 DEFAULT_TAG = "{stem:p0}"
 
 
@@ -129,3 +140,64 @@ class Keys:
     def lock(self, name: str) -> str:
         """Return the key of a named lock."""
         return f"{self.base}lock:{name}"
+
+
+def partition_tag(number: int) -> str:
+    """Return the hash tag with the given number, such as ``{stem:p3}``."""
+    return f"{{stem:p{number}}}"
+
+
+def partition_list(prefix: str) -> str:
+    """Return the key that stores a deployment's partition tags."""
+    return f"{prefix}stem:partitions"
+
+
+def partition_index(run_id: str, count: int) -> int:
+    """Return the position of a run's partition in a list of ``count`` tags.
+
+    CRC-32 of the run id, so every process maps a run to the same partition
+    (Python's own `hash` of a str changes from one process to the next).
+    """
+    return zlib.crc32(run_id.encode("utf-8")) % count
+
+
+class KeySpace:
+    """Builds the keys of every partition of one deployment.
+
+    Args:
+        prefix: text in front of every key; no braces.
+        tags: the deployment's partition tags, in stored order.
+    """
+
+    def __init__(self, prefix: str, tags: Sequence[str]) -> None:
+        if not tags:
+            raise ValueError("A key space needs at least one partition tag.")
+        self.prefix = prefix
+        #: One `Keys` per partition, in the order of the stored tag list.
+        self.partitions: tuple[Keys, ...] = tuple(Keys(prefix, tag) for tag in tags)
+
+    @property
+    def tags(self) -> list[str]:
+        """The partition tags in stored order."""
+        return [keys.tag for keys in self.partitions]
+
+    @property
+    def first(self) -> Keys:
+        """The first partition, which holds the keys that belong to no run."""
+        return self.partitions[0]
+
+    def partition_of(self, run_id: str) -> Keys:
+        """Return the keys of the partition that a run lives in."""
+        return self.partitions[partition_index(run_id, len(self.partitions))]
+
+    def run(self, run_id: str) -> RunKeys:
+        """Return the keys of one run, in its partition."""
+        return self.partition_of(run_id).run(run_id)
+
+    def fire(self, entry: str, fire_time_s: float) -> str:
+        """Return the key that marks one fire time of a beat entry as claimed."""
+        return self.first.fire(entry, fire_time_s)
+
+    def lock(self, name: str) -> str:
+        """Return the key of a named lock."""
+        return self.first.lock(name)

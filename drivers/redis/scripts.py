@@ -4,8 +4,11 @@ Each ``lua/<name>.lua`` file is one state change. A line
 ``--- @include "<name>"`` is replaced at load time by ``lua/include/<name>.lua``,
 so the node transitions that several scripts share are written once.
 redis-py's `redis.commands.core.Script` sends EVALSHA and, on a NOSCRIPT
-reply (after ``SCRIPT FLUSH`` or a restart), loads the script and sends it
-again, so a flushed script cache costs one round trip.
+reply (after ``SCRIPT FLUSH``, a restart or a failover), loads the script and
+sends it again, so a flushed script cache costs one round trip. In a Cluster
+redis-py sends ``SCRIPT LOAD`` to every primary. Pipelines get no such help
+from redis-py's Cluster pipeline, so `Scripts.call_many` reloads and resends
+the calls that failed with NOSCRIPT itself.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from importlib import resources
 from typing import Any
 
 import redis
+from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from stem.canvas.errors import StemInternalError
@@ -94,11 +98,61 @@ class Scripts:
         client: the client that runs them; its replies must be decoded to str.
     """
 
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self._client = client
         self._scripts: dict[str, Script] = {
             name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
         }
+
+    def preload(self) -> None:
+        """Load every script into the script cache of the node, or of every primary.
+
+        Raises:
+            DriverError: if Redis failed.
+        """
+        try:
+            for script in self._scripts.values():
+                script.sha = self._client.script_load(script.script)
+        except redis.RedisError as err:
+            raise DriverError(f"Loading the Lua scripts failed: {err}") from err
+
+    def call_many(
+        self, calls: list[tuple[str, list[str], list[str | int | float]]]
+    ) -> list[Any]:
+        """Run several scripts in one pipeline and return their raw replies in order.
+
+        Each call is ``(name, keys, args)``. Calls whose node had lost the
+        script (NOSCRIPT) did not run, so they are sent once more after the
+        scripts are loaded again on every primary. A call that fails for any
+        other reason returns its exception in its place.
+
+        Raises:
+            DriverError: if Redis failed for the pipeline as a whole.
+        """
+        replies = self._pipeline(calls)
+        missing = [
+            index
+            for index, reply in enumerate(replies)
+            if isinstance(reply, redis.exceptions.NoScriptError)
+        ]
+        if missing:
+            self.preload()
+            again = self._pipeline([calls[index] for index in missing])
+            for index, reply in zip(missing, again, strict=True):
+                replies[index] = reply
+        return replies
+
+    def _pipeline(
+        self, calls: list[tuple[str, list[str], list[str | int | float]]]
+    ) -> list[Any]:
+        try:
+            pipe = self._client.pipeline(transaction=False)
+            for name, keys, args in calls:
+                pipe.evalsha(self._scripts[name].sha, len(keys), *keys, *args)
+            replies: list[Any] = pipe.execute(raise_on_error=False)
+        except redis.RedisError as err:
+            raise DriverError(f"Running a pipeline of scripts failed: {err}") from err
+        return replies
 
     def call(
         self,

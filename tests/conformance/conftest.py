@@ -1,8 +1,10 @@
 """Fixtures that run each conformance test on every driver.
 
-``kit`` is parametrised over ``memory://`` and a private Redis server (the
-session's ``redis_url``). On Redis each test gets its own key prefix, so no
-run, queue or dead letter leaks between tests.
+``kit`` is parametrised over ``memory://`` and the Redis configurations of
+the session (``redis_target_for`` in tests/conftest.py): a private Redis
+server with one partition and with three, and a private 3-primary Redis
+Cluster. On Redis each test gets its own key prefix, so no run, queue or dead
+letter leaks between tests.
 """
 
 from __future__ import annotations
@@ -111,7 +113,7 @@ class Kit:
         self.flaky = flaky
 
 
-@pytest.fixture(params=["memory", "redis"])
+@pytest.fixture(params=["memory", "redis", "redis-3p", "cluster"])
 def driver_name(request: pytest.FixtureRequest) -> str:
     """Name each driver the conformance suite runs on."""
     name: str = request.param
@@ -124,8 +126,9 @@ def kit(driver_name: str, request: pytest.FixtureRequest) -> Iterator[Kit]:
     if driver_name == "memory":
         instance = Kit("memory://")
     else:
-        url: str = request.getfixturevalue("redis_url")
-        instance = Kit(url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+        target = request.getfixturevalue("redis_targets")(driver_name)
+        prefix = f"test-{uuid.uuid4().hex[:12]}:"
+        instance = Kit(target.url, prefix=prefix, **target.settings)
     yield instance
     instance.gate.set()
     instance.app.close()

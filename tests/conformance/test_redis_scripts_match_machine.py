@@ -19,7 +19,6 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-import redis
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -190,19 +189,20 @@ class _Pair:
                     self.messages.append(_Delivery(effect.node, effect.attempt))
 
 
-def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
-    client = redis.Redis.from_url(url, decode_responses=True)
+def _stream_attempts(target: Any, pair: _Pair, queues: set[str]) -> Counter[Any]:
+    client = target.client()
+    partition = pair.driver._keys.partition_of(pair.run_id)
     try:
         found: Counter[tuple[str, int]] = Counter()
         for queue in queues:
-            for _entry, fields in client.xrange(driver._keys.queue(queue)):
+            for _entry, fields in client.xrange(partition.queue(queue)):
                 found[(fields["node"], int(fields["attempt"]))] += 1
         return found
     finally:
         client.close()
 
 
-def _check_same_state(pair: _Pair, redis_url: str) -> None:
+def _check_same_state(pair: _Pair, target: Any) -> None:
     run = pair.run
     snapshot = pair.driver.snapshot(pair.run_id)
     assert snapshot.status == run.status
@@ -223,7 +223,7 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
         assert actual.replaced == expected.replaced, context
     assert snapshot.spec == run.spec
     queues = {node.options.queue or "default" for node in run.spec.nodes}
-    assert _stream_attempts(redis_url, pair.driver, queues) == +Counter(
+    assert _stream_attempts(target, pair, queues) == +Counter(
         {key: 1 for key in pair.enqueued}
     )
     assert all(count == 1 for count in pair.enqueued.values())
@@ -232,7 +232,7 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
 @settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
 @given(data=st.data(), canvas=canvases(TASKS, max_depth=3, max_leaves=8))
 def test_scripts_match_machine(
-    redis_url: str, data: st.DataObject, canvas: Any
+    redis_target: Any, data: st.DataObject, canvas: Any
 ) -> None:
     spec = compile_canvas(canvas)
     plan = data.draw(plans(spec), label="plan")
@@ -242,7 +242,8 @@ def test_scripts_match_machine(
         label="replacements",
     )
     cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
-    driver = RedisDriver(redis_url, prefix=f"diff-{uuid.uuid4().hex[:12]}:")
+    prefix = f"diff-{uuid.uuid4().hex[:12]}:"
+    driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
     try:
         compiled = [compile_canvas(item) for item in replacements]
         pair = _Pair(driver, spec, plan, compiled)
@@ -253,6 +254,6 @@ def test_scripts_match_machine(
                 pair.cancel()
             pair.step(rng)
             steps += 1
-        _check_same_state(pair, redis_url)
+        _check_same_state(pair, redis_target)
     finally:
         driver.close()

@@ -2,7 +2,9 @@
 
 Behaviour shared with memory:// is tested in tests/conformance. These tests
 cover the script cache, delayed messages, stalled messages, expired runs, the
-lock and schedule ports and the script files themselves.
+lock and schedule ports and the script files themselves. Most run on each
+Redis configuration of the session (`redis_target`): one partition, three
+partitions, and the 3-primary Redis Cluster.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-import redis
+from redis.cluster import RedisCluster
 
 from stem import App, chain, chord
 from stem.canvas.compiler import compile_canvas
@@ -28,22 +30,35 @@ from stem.engine.errors import RunNotFound
 TIMEOUT_S = 10.0
 
 
+def _flush_scripts_everywhere(client: Any) -> None:
+    """Empty the script cache of the single node, or of every Cluster primary."""
+    if not isinstance(client, RedisCluster):
+        client.script_flush()
+        return
+    for node in client.get_primaries():
+        client.get_redis_connection(node).script_flush()
+
+
 def _prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
 
+def _driver(target: Any, **settings: Any) -> RedisDriver:
+    return RedisDriver(target.url, **target.settings, **settings)
+
+
 @pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    """Yield a plain client of the private server."""
-    plain = redis.Redis.from_url(redis_url, decode_responses=True)
+def client(redis_target: Any) -> Iterator[Any]:
+    """Yield a plain client of the target, a Cluster client for the Cluster."""
+    plain = redis_target.client()
     yield plain
     plain.close()
 
 
 @pytest.fixture
-def app(redis_url: str) -> Iterator[App]:
-    """Yield an app on the private server with a few tasks, under its own prefix."""
-    instance = App(redis_url, prefix=_prefix())
+def app(redis_target: Any) -> Iterator[App]:
+    """Yield an app on the target with a few tasks, under its own prefix."""
+    instance = App(redis_target.url, prefix=_prefix(), **redis_target.settings)
     gate = threading.Event()
 
     @instance.task(name="add")
@@ -65,15 +80,15 @@ def app(redis_url: str) -> Iterator[App]:
     instance.close()
 
 
-def test_entry_point_finds_driver(redis_url: str) -> None:
-    driver = load_driver(redis_url, prefix=_prefix())
+def test_entry_point_finds_driver(redis_target: Any) -> None:
+    driver = load_driver(redis_target.url, prefix=_prefix())
     try:
         assert isinstance(driver, RedisDriver)
     finally:
         driver.close()
 
 
-def test_script_flush_mid_run(app: App, client: redis.Redis) -> None:
+def test_script_flush_mid_run(app: App, client: Any) -> None:
     tasks = app.tasks
     canvas = chord([tasks["wait_gate"].s(), tasks["add"].s(1, 1)], tasks["echo"].s())
     result = app.submit(canvas)
@@ -82,27 +97,28 @@ def test_script_flush_mid_run(app: App, client: redis.Redis) -> None:
         while result.node("0").state != "running":
             assert time.monotonic() < deadline, "wait_gate never started."
             time.sleep(0.01)
-        client.script_flush()
+        _flush_scripts_everywhere(client)
         app.gate.set()  # type: ignore[attr-defined]
         assert result.get(TIMEOUT_S) == [["opened", 2]]
 
 
-def test_countdown_waits_in_delayed_set(app: App, client: redis.Redis) -> None:
+def test_countdown_waits_in_delayed_set(app: App, client: Any) -> None:
     driver = app.driver
     assert isinstance(driver, RedisDriver)
     started = time.monotonic()
     result = app.tasks["add"].apply_async((1, 2), countdown=0.3)
-    assert client.zcard(driver._keys.delayed) == 1
+    delayed = driver._keys.partition_of(result.id).delayed
+    assert client.zcard(delayed) == 1
     with app.worker(concurrency=2):
         assert result.get(TIMEOUT_S) == 3
     assert time.monotonic() - started >= 0.25
-    assert client.zcard(driver._keys.delayed) == 0
+    assert client.zcard(delayed) == 0
 
 
 def test_report_after_run_deleted_writes_nothing(
-    redis_url: str, client: redis.Redis
+    redis_target: Any, client: Any
 ) -> None:
-    driver = RedisDriver(redis_url, prefix=_prefix())
+    driver = _driver(redis_target, prefix=_prefix())
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
     spec = compile_canvas(chain(add.s(1, 1), add.s(2)))
@@ -125,10 +141,10 @@ def test_report_after_run_deleted_writes_nothing(
         driver.close()
 
 
-def test_stalled_message_is_reclaimed(redis_url: str) -> None:
+def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
     prefix = _prefix()
-    first = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
-    second = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
+    first = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
+    second = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
     try:
@@ -146,8 +162,8 @@ def test_stalled_message_is_reclaimed(redis_url: str) -> None:
         second.close()
 
 
-def test_fire_time_claimed_once(redis_url: str) -> None:
-    driver = RedisDriver(redis_url, prefix=_prefix())
+def test_fire_time_claimed_once(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
     try:
         assert driver.claim_fire("nightly", 1700000000.0) is True
         assert driver.claim_fire("nightly", 1700000000.0) is False
@@ -156,8 +172,8 @@ def test_fire_time_claimed_once(redis_url: str) -> None:
         driver.close()
 
 
-def test_lock_needs_its_token(redis_url: str) -> None:
-    driver = RedisDriver(redis_url, prefix=_prefix())
+def test_lock_needs_its_token(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
     try:
         token = driver.acquire("reconcile", lease_s=30)
         assert token is not None
@@ -169,8 +185,8 @@ def test_lock_needs_its_token(redis_url: str) -> None:
         driver.close()
 
 
-def test_lock_lease_expires(redis_url: str) -> None:
-    driver = RedisDriver(redis_url, prefix=_prefix())
+def test_lock_lease_expires(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
     try:
         first = driver.acquire("reconcile", lease_s=0.05)
         time.sleep(0.1)

@@ -19,8 +19,6 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
-import redis
-
 from stem import App, chord
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
@@ -78,6 +76,10 @@ if __name__ == "__main__":
 """
 
 
+def _driver(target: Any, **settings: Any) -> RedisDriver:
+    return RedisDriver(target.url, **target.settings, **settings)
+
+
 def _prefix() -> str:
     return f"test-{uuid.uuid4().hex[:12]}:"
 
@@ -98,20 +100,26 @@ def _wait_for(condition: Any, what: str) -> None:
         time.sleep(0.05)
 
 
-def test_killed_worker_task_runs_again(redis_url: str, tmp_path: Path) -> None:
+def test_killed_worker_task_runs_again(redis_target: Any, tmp_path: Path) -> None:
     module_path = tmp_path / "lease_tasks.py"
     module_path.write_text(TASKS_MODULE, encoding="utf-8")
     log_path = tmp_path / "calls.log"
     prefix = _prefix()
     tasks = _load_tasks(module_path)
-    app: App = tasks.build(redis_url, prefix, str(log_path), visibility_timeout_s=0.2)
+    app: App = tasks.build(
+        redis_target.url,
+        prefix,
+        str(log_path),
+        visibility_timeout_s=0.2,
+        **redis_target.settings,
+    )
     header = [app.tasks["slow"].s(1), app.tasks["add"].s(1, 1)]
     canvas = chord(header, app.tasks["total"].s())
     canvas.link(app.tasks["record"].s())
     result = app.submit(canvas)
     output = (tmp_path / "worker.out").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, str(module_path), redis_url, prefix, str(log_path)],
+        [sys.executable, str(module_path), redis_target.url, prefix, str(log_path)],
         stdout=output,
         stderr=subprocess.STDOUT,
     )
@@ -138,11 +146,11 @@ def test_killed_worker_task_runs_again(redis_url: str, tmp_path: Path) -> None:
     assert calls.count("record 12") == 1
 
 
-def test_fenced_report_keeps_message(redis_url: str) -> None:
+def test_fenced_report_keeps_message(redis_target: Any) -> None:
     prefix = _prefix()
-    first = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
-    second = RedisDriver(redis_url, prefix=prefix, visibility_timeout_s=0.0)
-    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    first = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
+    second = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
+    client = redis_target.client()
     add = App("memory://").task(name="add")(lambda x, y: x + y)
     try:
         assert first.submit("fenced", compile_canvas(add.s(1, 1)))
@@ -157,7 +165,7 @@ def test_fenced_report_keeps_message(redis_url: str) -> None:
 
         first.complete(fenced.message, "99")
 
-        stream = second._keys.queue("default")
+        stream = second._keys.partition_of("fenced").queue("default")
         pending = client.xpending_range(stream, "stem", "-", "+", 10)
         assert [entry["message_id"] for entry in pending] == [message.receipt]
         assert first.renew(fenced.message) is False
@@ -173,10 +181,10 @@ def test_fenced_report_keeps_message(redis_url: str) -> None:
         second.close()
 
 
-def test_over_max_deliveries_dead_lettered(redis_url: str) -> None:
+def test_over_max_deliveries_dead_lettered(redis_target: Any) -> None:
     prefix = _prefix()
     settings: dict[str, Any] = {"visibility_timeout_s": 0.0, "max_deliveries": 2}
-    drivers = [RedisDriver(redis_url, prefix=prefix, **settings) for _ in range(3)]
+    drivers = [_driver(redis_target, prefix=prefix, **settings) for _ in range(3)]
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
     record = app.task(name="record")(lambda *args: None)
@@ -207,11 +215,19 @@ def test_over_max_deliveries_dead_lettered(redis_url: str) -> None:
             driver.close()
 
 
-def test_renewal_keeps_long_task(redis_url: str) -> None:
+def test_renewal_keeps_long_task(redis_target: Any) -> None:
     prefix = _prefix()
     calls: list[int] = []
     lock = threading.Lock()
-    apps = [App(redis_url, prefix=prefix, visibility_timeout_s=0.3) for _ in range(2)]
+    apps = [
+        App(
+            redis_target.url,
+            prefix=prefix,
+            visibility_timeout_s=0.3,
+            **redis_target.settings,
+        )
+        for _ in range(2)
+    ]
     for app in apps:
 
         @app.task(name="long")
