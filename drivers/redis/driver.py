@@ -116,10 +116,13 @@ class RedisDriver:
         target = parse_url(url, partitions)
         self._client: redis.Redis | RedisCluster = connect(target)
         self._scripts = Scripts(self._client)
-        self._scripts.preload()
-        self._keys = KeySpace(
-            prefix, load_tags(self._client, prefix, target.partitions)
-        )
+        try:
+            self._scripts.preload()
+            tags = load_tags(self._client, prefix, target.partitions)
+        except BaseException:
+            self._client.close()
+            raise
+        self._keys = KeySpace(prefix, tags)
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._groups: set[str] = set()
@@ -132,7 +135,7 @@ class RedisDriver:
         #: Spreads the partition a fetch starts with (and blocks on) over calls.
         self._rotation = itertools.count()
         #: Messages read beyond a fetch's limit, per queue, for the next fetch.
-        self._buffered: dict[str, collections.deque[Message]] = {}
+        self._buffered: dict[str, collections.deque[tuple[Message, float]]] = {}
 
     def __repr__(self) -> str:
         tags = ",".join(self._keys.tags)
@@ -655,35 +658,64 @@ class RedisDriver:
     def _buffer(self, messages: list[Message]) -> None:
         if not messages:
             return
+        now = time.monotonic()
         with self._lock:
             for message in messages:
-                self._buffered.setdefault(message.queue, collections.deque()).append(
-                    message
-                )
+                waiting = self._buffered.setdefault(message.queue, collections.deque())
+                waiting.append((message, now))
 
     def _take_buffered(self, queues: Sequence[str], limit: int) -> list[Message]:
+        """Return up to ``limit`` buffered messages of ``queues``, in priority order.
+
+        A message buffered for more than half the visibility timeout is left
+        out, because another worker may have taken it over by now, and the
+        claim of a stale copy would acknowledge the entry that worker holds.
+        It stays pending for this consumer until a reclaim sweep takes it.
+        """
+        max_age_s = (self.visibility_timeout_s or 0.0) / 2
+        now = time.monotonic()
         batch: list[Message] = []
         with self._lock:
             for queue in queues:
                 waiting = self._buffered.get(queue)
                 while waiting and len(batch) < limit:
-                    batch.append(waiting.popleft())
+                    message, buffered_at = waiting.popleft()
+                    if now - buffered_at <= max_age_s:
+                        batch.append(message)
+                    else:
+                        log.debug(
+                            "Left a stale buffered %s for reclaim.", _ids(message)
+                        )
         return batch
 
     def _hand_back_buffered(self) -> None:
         """Make the messages read but never returned free for other workers.
 
-        They stay pending for this consumer, so XCLAIM sets their idle time
-        to the visibility timeout and the next reclaim sweep of any worker
-        takes them over, instead of one visibility timeout from now.
+        XCLAIM sets their idle time to the visibility timeout, so the next
+        reclaim sweep of any worker takes them over, instead of one
+        visibility timeout from now. Messages that are no longer pending for
+        this consumer are left alone.
         """
         with self._lock:
-            messages = [m for waiting in self._buffered.values() for m in waiting]
+            messages = [
+                message for waiting in self._buffered.values() for message, _ in waiting
+            ]
             self._buffered.clear()
         idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
+        handed_back = 0
         for message in messages:
             stream = self._keys.partition_of(message.run_id).queue(message.queue)
             with self._redis_errors(f"hand back a message of {stream}"):
+                pending: Any = self._client.xpending_range(
+                    stream,
+                    self._group,
+                    message.receipt,
+                    message.receipt,
+                    1,
+                    consumername=self._consumer,
+                )
+                if not pending:
+                    continue
                 self._client.xclaim(
                     stream,
                     self._group,
@@ -693,8 +725,9 @@ class RedisDriver:
                     idle=idle_ms,
                     justid=True,
                 )
-        if messages:
-            log.info("Handed back %d fetched messages that never ran.", len(messages))
+                handed_back += 1
+        if handed_back:
+            log.info("Handed back %d fetched messages that never ran.", handed_back)
 
     @contextlib.contextmanager
     def _redis_errors(self, action: str) -> Iterator[None]:

@@ -9,6 +9,7 @@ partitions, and the 3-primary Redis Cluster.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import threading
 import time
@@ -32,11 +33,13 @@ TIMEOUT_S = 10.0
 
 def _flush_scripts_everywhere(client: Any) -> None:
     """Empty the script cache of the single node, or of every Cluster primary."""
-    if not isinstance(client, RedisCluster):
-        client.script_flush()
-        return
-    for node in client.get_primaries():
-        client.get_redis_connection(node).script_flush()
+    nodes = [client]
+    if isinstance(client, RedisCluster):
+        nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
+    sha = hashlib.sha1(load_source("complete").encode("utf-8")).hexdigest()
+    for node in nodes:
+        node.script_flush()
+        assert node.script_exists(sha) == [False]
 
 
 def _prefix() -> str:

@@ -180,6 +180,37 @@ def test_fetch_keeps_limit_across_queues(redis_target: Any) -> None:
         second.close()
 
 
+def test_stale_buffered_message_reclaimed(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix(), visibility_timeout_s=0.0)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        count = len(driver._keys.tags)
+        home = partition_index("stale-high", count)
+        run_low = next(
+            f"stale-low-{number}"
+            for number in range(1000)
+            if partition_index(f"stale-low-{number}", count) == home
+        )
+        assert driver.submit(run_low, compile_canvas(add.s(2, 2).set(queue="low")))
+        assert driver.submit(
+            "stale-high", compile_canvas(add.s(1, 1).set(queue="high"))
+        )
+
+        [taken] = driver.fetch(["high", "low"], 1, TIMEOUT_S)
+        claim = driver.claim(taken)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        [again] = driver.fetch(["high", "low"], 1, TIMEOUT_S)
+
+        assert taken.run_id == "stale-high"
+        assert again.run_id == run_low
+        assert again.reclaimed
+        assert driver.claim(again) is not None
+    finally:
+        driver.close()
+
+
 def test_pipeline_reloads_flushed_scripts(redis_target: Any) -> None:
     driver = _driver(redis_target, prefix=_prefix())
     client = redis_target.client()
