@@ -21,7 +21,7 @@ CLUSTER_SCHEME = "redis+cluster"
 
 @dataclass(frozen=True)
 class Target:
-    """Where the driver connects, read from its URL and settings."""
+    """The connection target read from a driver URL and its settings."""
 
     #: The URL as redis-py reads it: driver options removed, plain scheme.
     client_url: str

@@ -8,11 +8,13 @@ acknowledgement of its message change together. Keys are described in
 Keys are spread over partitions (`stem.drivers.redis.partitions`), and a
 run with its messages lives in one, so every script touches one partition.
 A single node has one partition unless ``partitions`` sets more, and a
-Cluster has a few per primary. A run's input values
-and its value are assembled in Python from the stored opaque strings when a
-node is claimed and when a snapshot is taken. `replace` computes the spliced
-spec in Python and applies it with one script call, which rejects it if the
-run's spec changed in between, so the splice is computed again.
+Cluster has a few per primary.
+
+A run's input values and its value are assembled in Python from the stored
+opaque strings when a node is claimed and when a snapshot is taken.
+`replace` computes the spliced spec in Python and applies it with one script
+call, which rejects it if the run's spec changed in between, so the splice
+is computed again.
 """
 
 from __future__ import annotations

@@ -183,7 +183,7 @@ class KeySpace:
 
     @property
     def first(self) -> Keys:
-        """The first partition, which holds the keys that belong to no run."""
+        """The first partition, which contains the keys that belong to no run."""
         return self.partitions[0]
 
     def partition_of(self, run_id: str) -> Keys:

@@ -9,8 +9,8 @@ did.
 
 On a single node the tags are ``{stem:p0}``, ``{stem:p1}`` and so on. In a
 Redis Cluster, candidate tags in that form are checked with ``CLUSTER
-KEYSLOT`` and kept until every primary owns its share, so each primary holds
-at least one partition.
+KEYSLOT`` and kept until every primary owns its share, so no primary is left
+without a partition.
 """
 
 from __future__ import annotations
@@ -64,7 +64,7 @@ def load_tags(
                     "Stored %d partitions under %s: %s.", len(tags), key, " ".join(tags)
                 )
                 return tags
-            # Another client stored its list first; that one holds.
+            # Another client stored its list first, so that list is used.
             stored = client.get(key)
     except redis.RedisError as err:
         raise DriverError(f"Reading the partition list {key} failed: {err}") from err
@@ -72,8 +72,8 @@ def load_tags(
     tags = _decode(key, stored)
     if requested is not None and requested != len(tags):
         log.warning(
-            "Using the %d partitions stored under %s; the requested count of %d "
-            "is ignored, because the list never changes once stored.",
+            "Using the %d partitions stored under %s and ignoring the requested "
+            "count of %d, because the list never changes once stored.",
             len(tags),
             key,
             requested,

@@ -80,7 +80,7 @@ def test_partition_list_stored_once(
         assert len(set(stored)) == len(stored)
         [record] = caplog.records
         assert f"Using the {len(stored)} partitions stored under" in record.message
-        assert "requested count of 9 is ignored" in record.message
+        assert "ignoring the requested count of 9" in record.message
     finally:
         client.close()
         first.close()
