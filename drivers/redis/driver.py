@@ -34,7 +34,7 @@ from stem.drivers.redis import layout
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine
-from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
 from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
 from stem.engine.records import ErrorInfo, NodeRecord, RunState
 
@@ -231,6 +231,25 @@ class RedisDriver:
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
             log.debug("Run %s cancelled.", run_id)
+
+    def retry_run(self, run_id: str) -> int:
+        run_keys = self._keys.run(run_id)
+        with self._redis_errors(f"read the epoch of run {run_id}"):
+            seen: Any = self._client.hget(run_keys.run, "epoch")
+        if seen is None:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        keys = [*run_keys.all(), self._keys.delayed]
+        reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
+        result = check_reply("reopen", reply, run_id, accept=accept)
+        if result is Reply.NOT_RETRYABLE:
+            raise RunNotRetryable(run_id, str(reply[1]))
+        epoch = int(reply[1])
+        if result is Reply.DONE:
+            log.info("Run %s reopened as epoch %d.", run_id, epoch)
+        else:
+            log.info("Run %s was already reopened as epoch %d.", run_id, epoch)
+        return epoch
 
     def snapshot(self, run_id: str) -> RunSnapshot:
         keys = self._keys.run(run_id)
@@ -572,4 +591,7 @@ def _message(
 
 
 def _ids(message: Message) -> str:
-    return f"run {message.run_id} node {message.node_id} attempt {message.attempt}"
+    return (
+        f"run {message.run_id} node {message.node_id} attempt {message.attempt} "
+        f"epoch {message.epoch}"
+    )
