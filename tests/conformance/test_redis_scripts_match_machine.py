@@ -6,9 +6,12 @@ driver side by side, as `stem.testing.StepDriver` does for the machine alone.
 Some claimed tasks put a drawn canvas in their place, as ``self.replace``
 does. Nodes planned with ``takeover`` have each attempt's message reclaimed
 once after its first claim, and a claim that takes the lease over fences the
-first claim's report. Both must accept and reject the same messages and
-reports, grant the same leases, hand each task the same arguments, enqueue
-the same attempts and end in the same state.
+first claim's report. Some examples retry the run once it ends, with a new
+plan, and some try a run retry while the run is still going. Both sides must
+accept and reject the same messages and reports (those of older epochs
+included), accept and reject the same run retries, grant the same leases,
+hand each task the same arguments, enqueue the same attempts and end in the
+same state.
 """
 
 from __future__ import annotations
@@ -19,8 +22,9 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
+import pytest
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stem.canvas.compiler import compile_canvas
@@ -28,6 +32,7 @@ from stem.canvas.spec import GraphSpec, NodeId
 from stem.canvas.values import decode, dumps, loads
 from stem.drivers.redis import RedisDriver
 from stem.engine import machine
+from stem.engine.errors import RunNotRetryable
 from stem.engine.ports import Message
 from stem.engine.records import ErrorInfo, RunState
 from stem.testing import (
@@ -50,6 +55,7 @@ class _Report:
     payload: Any
     late: bool = False
     lease: int = 1
+    epoch: int = 1
 
 
 @dataclass(frozen=True)
@@ -57,6 +63,7 @@ class _Delivery:
     node: NodeId
     attempt: int
     takeover: bool = False
+    epoch: int = 1
 
 
 class _Pair:
@@ -102,20 +109,49 @@ class _Pair:
         machine.cancel(self.run, self.now)
         self.driver.cancel(self.run_id)
 
+    def retry_run(self) -> bool:
+        """Retry the run on both sides; return whether they reopened it."""
+        self.now += 1.0
+        status = self.run.status
+        try:
+            effects = machine.reopen(self.run, self.now)
+        except RunNotRetryable:
+            with pytest.raises(RunNotRetryable, match=status):
+                self.driver.retry_run(self.run_id)
+            event(f"run retry rejected: {status}")
+            return False
+        assert self.driver.retry_run(self.run_id) == self.run.epoch
+        event(f"run retry of a {status} run")
+        self._enqueue(effects)
+        return True
+
     def _message(
-        self, node_id: NodeId, attempt: int, lease: int = 1, reclaimed: bool = False
+        self,
+        node_id: NodeId,
+        attempt: int,
+        lease: int = 1,
+        reclaimed: bool = False,
+        epoch: int = 1,
     ) -> Message:
         queue = self.run.spec.node(node_id).options.queue or "default"
         return Message(
-            self.run_id, node_id, attempt, queue, lease=lease, reclaimed=reclaimed
+            self.run_id,
+            node_id,
+            attempt,
+            queue,
+            epoch=epoch,
+            lease=lease,
+            reclaimed=reclaimed,
         )
 
     def _deliver(self, delivery: _Delivery, rng: random.Random) -> None:
         node_id, attempt, takeover = delivery.node, delivery.attempt, delivery.takeover
+        epoch = delivery.epoch
         accepted = machine.claim(
-            self.run, node_id, attempt, self.now, takeover=takeover
+            self.run, node_id, attempt, self.now, takeover=takeover, epoch=epoch
         )
-        claim = self.driver.claim(self._message(node_id, attempt, reclaimed=takeover))
+        message = self._message(node_id, attempt, reclaimed=takeover, epoch=epoch)
+        claim = self.driver.claim(message)
         assert (claim is not None) == accepted, (
             f"Claim of node {node_id} attempt {attempt} (takeover {takeover}): "
             f"machine accepted {accepted}, Redis returned {claim}."
@@ -128,7 +164,7 @@ class _Pair:
         assert not claim.message.reclaimed
         node_plan = self.plan.get(node_id, NodePlan())
         if node_plan.takeover and lease == 1 and not takeover:
-            self.messages.append(_Delivery(node_id, attempt, True))
+            self.messages.append(_Delivery(node_id, attempt, True, epoch))
         node = self.run.spec.node(node_id)
         has_value, value = machine.resolve_input(self.run, node)
         args = [decode(item) for item in node.args]
@@ -147,30 +183,38 @@ class _Pair:
         else:
             kind = "complete"
             payload = dumps(echo_value(node.task, args, claim.kwargs))
-        self.reports.append(_Report(kind, node_id, attempt, payload, lease=lease))
+        self.reports.append(
+            _Report(kind, node_id, attempt, payload, lease=lease, epoch=epoch)
+        )
 
     def _apply(self, report: _Report) -> None:
         run, now = self.run, self.now
-        node, attempt, payload, lease = (
+        node, attempt, payload, lease, epoch = (
             report.node,
             report.attempt,
             report.payload,
             report.lease,
+            report.epoch,
         )
-        message = self._message(node, attempt, lease)
+        message = self._message(node, attempt, lease, epoch=epoch)
         fenced = lease < self.leases.get((node, attempt), lease)
+        old_epoch = epoch < run.epoch
+        fence = {"lease": lease, "epoch": epoch}
         if report.kind == "complete":
-            effects = machine.complete(run, node, attempt, payload, now, lease=lease)
+            effects = machine.complete(run, node, attempt, payload, now, **fence)
             self.driver.complete(message, payload)
         elif report.kind == "fail":
-            effects = machine.fail(run, node, attempt, payload, now, lease=lease)
+            effects = machine.fail(run, node, attempt, payload, now, **fence)
             self.driver.fail(message, payload)
         elif report.kind == "replace":
-            effects = machine.splice(run, node, attempt, payload, now, lease=lease)
+            effects = machine.splice(run, node, attempt, payload, now, **fence)
             self.driver.replace(message, payload)
         else:
-            effects = machine.retry(run, node, attempt, payload, 0.0, now, lease=lease)
+            effects = machine.retry(run, node, attempt, payload, 0.0, now, **fence)
             self.driver.retry(message, payload, 0.0)
+        if old_epoch:
+            assert effects is None
+            return
         if report.late or fenced:
             assert effects is None
             if fenced:
@@ -185,9 +229,10 @@ class _Pair:
         for effect in effects:
             if isinstance(effect, machine.Enqueue):
                 self.enqueued[(effect.node, effect.attempt)] += 1
-                self.messages.append(_Delivery(effect.node, effect.attempt))
+                delivery = _Delivery(effect.node, effect.attempt, epoch=self.run.epoch)
+                self.messages.append(delivery)
                 if self.plan.get(effect.node, NodePlan()).duplicate:
-                    self.messages.append(_Delivery(effect.node, effect.attempt))
+                    self.messages.append(delivery)
 
 
 def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
@@ -206,6 +251,7 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
     run = pair.run
     snapshot = pair.driver.snapshot(pair.run_id)
     assert snapshot.status == run.status
+    assert snapshot.epoch == run.epoch
     assert snapshot.error_node == run.error_node
     if run.status == "succeeded":
         assert snapshot.value is not None
@@ -242,17 +288,28 @@ def test_scripts_match_machine(
         label="replacements",
     )
     cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
+    # A run retry tried at one step, whatever the run's state then, and the
+    # number of retries once the run has ended, each with a new plan.
+    retry_at = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="retry at")
+    rounds = data.draw(st.integers(0, 2), label="retries after the end")
     driver = RedisDriver(redis_url, prefix=f"diff-{uuid.uuid4().hex[:12]}:")
     try:
         compiled = [compile_canvas(item) for item in replacements]
         pair = _Pair(driver, spec, plan, compiled)
         rng = random.Random(seed)
         steps = 0
-        while pair.messages or pair.reports:
-            if steps == cancel_after:
-                pair.cancel()
-            pair.step(rng)
-            steps += 1
+        for round_number in range(rounds + 1):
+            while pair.messages or pair.reports:
+                if steps == cancel_after:
+                    pair.cancel()
+                if steps == retry_at:
+                    pair.retry_run()
+                pair.step(rng)
+                steps += 1
+            _check_same_state(pair, redis_url)
+            if round_number < rounds:
+                pair.plan = data.draw(plans(pair.run.spec), label="retry plan")
+                pair.retry_run()
         _check_same_state(pair, redis_url)
     finally:
         driver.close()
