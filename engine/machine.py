@@ -251,9 +251,9 @@ def cancel(run: RunState, now: float) -> list[Effect]:
 def reopen(run: RunState, now: float) -> list[Effect]:
     """Open the next epoch of a failed or cancelled run, to run again what failed.
 
-    The nodes that `nodes_to_reopen` picks go back to ``pending`` and keep
-    their attempt counts, so each gets a new attempt number when it is queued
-    again. Every other node keeps its state and value. The edges from kept
+    The nodes that `nodes_to_reopen` picks go back to ``pending`` with no
+    attempt, so their attempts count from 1 again and each gets its full retry
+    policy. Every other node keeps its state and value. The edges from kept
     nodes into reopened ones are then settled as when those kept nodes ended,
     and reopened nodes that can start at once are queued. Messages and
     reports of older epochs change nothing after this.
@@ -452,11 +452,17 @@ def _settle(
 
 
 def _reset(run: RunState, node: NodeSpec, now: float) -> None:
-    """Send a node back to ``pending`` for a new epoch, keeping its attempt count."""
+    """Send a node back to ``pending`` for a new epoch, with no attempt yet.
+
+    Attempt numbers restart in each epoch, so messages are told apart by the
+    epoch they carry as well as by their attempt.
+    """
     record = run.nodes[node.id]
     if record.state in TERMINAL and not node.side:
         run.open_main += 1
     record.state = "pending"
+    record.attempt = 0
+    record.lease = 0
     record.value = None
     record.error = None
     record.cause = None

@@ -257,7 +257,8 @@ class StepDriver:
     plan: Plan
     seed: int
     run_id: str = "run"
-    #: Number of times each attempt ``(node, attempt)`` was enqueued.
+    #: Number of times each attempt ``(node, attempt)`` of the current epoch
+    #: was enqueued.
     enqueued: Counter[tuple[NodeId, int]] = field(default_factory=Counter)
     #: Arguments of every claimed attempt, by node id, in claim order.
     calls: dict[NodeId, list[tuple[list[Any], dict[str, Any]]]] = field(
@@ -271,15 +272,13 @@ class StepDriver:
     takeovers: int = 0
     #: Number of reports from fenced workers that were applied and changed nothing.
     fenced_reports: int = 0
-    #: The latest lease granted for each attempt ``(node, attempt)``.
+    #: The latest lease granted for each attempt ``(node, attempt)`` of the
+    #: current epoch.
     leases: dict[tuple[NodeId, int], int] = field(default_factory=dict)
     #: The run's final state, once `run` has returned.
     state: RunState | None = None
     _rng: random.Random = field(default_factory=random.Random, repr=False)
     _now: float = 0.0
-    #: Attempts of each node in earlier epochs, so a plan's retries count
-    #: from the first attempt of the current epoch.
-    _attempts_before: dict[NodeId, int] = field(default_factory=dict, repr=False)
 
     def run(self, spec: GraphSpec) -> RunState:
         """Run a compiled canvas to the end and return its final state."""
@@ -295,8 +294,9 @@ class StepDriver:
             plan: what happens to each node in the new epoch; by default the
                 plan given at construction. It replaces `plan` for good.
 
-        Returns the run's final state. `calls` and `enqueued` keep counting
-        across epochs, so a test can tell which nodes ran again.
+        Returns the run's final state. `calls` keeps counting across epochs,
+        so a test can tell which nodes ran again. Attempt numbers restart in
+        each epoch, so `enqueued` and `leases` start empty for the new epoch.
 
         Raises:
             ValueError: if `run` has not been called yet.
@@ -307,10 +307,9 @@ class StepDriver:
         if plan is not None:
             self.plan = plan
         self._now += 1.0
-        self._attempts_before = {
-            node_id: record.attempt for node_id, record in self.state.nodes.items()
-        }
         effects = machine.reopen(self.state, self._now)
+        self.enqueued = Counter()
+        self.leases = {}
         return self._drive(self.state, effects)
 
     def _drive(self, run: RunState, effects: list[machine.Effect]) -> RunState:
@@ -393,7 +392,7 @@ class StepDriver:
         kwargs = {key: decode(item) for key, item in node.kwargs.items()}
         self.calls.setdefault(node_id, []).append((args, kwargs))
         node_plan = self._node_plan(node_id)
-        if attempt - self._attempts_before.get(node_id, 0) <= node_plan.retries:
+        if attempt <= node_plan.retries:
             error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
             return _Report("retry", node_id, attempt, error, lease=lease, epoch=epoch)
         if node_plan.outcome == "fail":

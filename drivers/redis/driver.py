@@ -303,10 +303,8 @@ class RedisDriver:
     def renew(self, message: Message) -> bool:
         if not message.receipt:
             return False
-        keys = [
-            self._keys.queue(message.queue),
-            self._keys.run(message.run_id).nodes,
-        ]
+        run_keys = self._keys.run(message.run_id)
+        keys = [self._keys.queue(message.queue), run_keys.nodes, run_keys.run]
         args: list[str | int | float] = [
             self._group,
             self._consumer,
@@ -314,6 +312,7 @@ class RedisDriver:
             message.node_id,
             str(message.attempt),
             str(message.lease),
+            str(message.epoch),
         ]
         renewed = bool(
             self._scripts.call(

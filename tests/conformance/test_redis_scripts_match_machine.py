@@ -85,9 +85,10 @@ class _Pair:
         self.now = 0.0
         self.messages: list[_Delivery] = []
         self.reports: list[_Report] = []
-        self.enqueued: Counter[tuple[NodeId, int]] = Counter()
-        #: The latest lease the machine granted for each ``(node, attempt)``.
-        self.leases: dict[tuple[NodeId, int], int] = {}
+        #: Times each ``(node, attempt, epoch)`` was enqueued.
+        self.enqueued: Counter[tuple[NodeId, int, int]] = Counter()
+        #: The latest lease the machine granted for each ``(node, attempt, epoch)``.
+        self.leases: dict[tuple[NodeId, int, int], int] = {}
         #: Reports from fenced claims, which both sides ignored.
         self.fenced = 0
         run, effects = machine.start(self.run_id, spec, self.now)
@@ -159,7 +160,7 @@ class _Pair:
         if claim is None:
             return
         lease = self.run.nodes[node_id].lease
-        self.leases[(node_id, attempt)] = lease
+        self.leases[(node_id, attempt, epoch)] = lease
         assert claim.message.lease == lease
         assert not claim.message.reclaimed
         node_plan = self.plan.get(node_id, NodePlan())
@@ -197,7 +198,7 @@ class _Pair:
             report.epoch,
         )
         message = self._message(node, attempt, lease, epoch=epoch)
-        fenced = lease < self.leases.get((node, attempt), lease)
+        fenced = lease < self.leases.get((node, attempt, epoch), lease)
         old_epoch = epoch < run.epoch
         fence = {"lease": lease, "epoch": epoch}
         if report.kind == "complete":
@@ -228,7 +229,7 @@ class _Pair:
     def _enqueue(self, effects: list[machine.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, machine.Enqueue):
-                self.enqueued[(effect.node, effect.attempt)] += 1
+                self.enqueued[(effect.node, effect.attempt, self.run.epoch)] += 1
                 delivery = _Delivery(effect.node, effect.attempt, epoch=self.run.epoch)
                 self.messages.append(delivery)
                 if self.plan.get(effect.node, NodePlan()).duplicate:
@@ -238,10 +239,11 @@ class _Pair:
 def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
-        found: Counter[tuple[str, int]] = Counter()
+        found: Counter[tuple[str, int, int]] = Counter()
         for queue in queues:
             for _entry, fields in client.xrange(driver._keys.queue(queue)):
-                found[(fields["node"], int(fields["attempt"]))] += 1
+                key = (fields["node"], int(fields["attempt"]), int(fields["epoch"]))
+                found[key] += 1
         return found
     finally:
         client.close()

@@ -63,7 +63,26 @@ def test_retry_reruns_failed_nodes_only(kit: Kit, switch: Switch) -> None:
     assert kit.called("switch") == [(10,), (10,)]
     assert kit.called("total") == [([2, 10, 4],)]
     nodes = retried.nodes()
-    assert [nodes[key].attempts for key in ("0", "1", "2", "3")] == [1, 2, 1, 1]
+    assert [nodes[key].attempts for key in ("0", "1", "2", "3")] == [1, 1, 1, 1]
+
+
+def test_retry_policy_restarts_each_epoch(kit: Kit, switch: Switch) -> None:
+    @kit.app.task(name="limited", bind=True, max_retries=1)
+    def limited(task: Any) -> int:
+        retries: int = task.request.retries
+        kit.note("limited", (retries,))
+        if not switch.on.is_set() or retries < 1:
+            task.retry(countdown=0.01, exc=RuntimeError("not yet"))
+        return retries
+
+    with kit.app.worker(concurrency=2):
+        result = limited.delay()
+        with pytest.raises(RuntimeError, match="not yet"):
+            result.get(TIMEOUT_S)
+        switch.turn_on()
+        assert result.retry().get(TIMEOUT_S) == 1
+    assert kit.called("limited") == [(0,), (1,), (0,), (1,)]
+    assert result.node("0").attempts == 2
 
 
 def test_retry_keeps_chain_values(kit: Kit, switch: Switch) -> None:
@@ -180,10 +199,10 @@ def test_old_epoch_message_dropped(kit: Kit, switch: Switch) -> None:
 
     [fresh] = driver.fetch(["default"], 1, TIMEOUT_S)
     assert fresh.epoch == 2
-    assert fresh.attempt == 2
-    # A message of the first epoch for the new attempt number, as a forged or
-    # corrupted one would be: the epoch alone must reject it.
-    stale = dataclasses.replace(message, attempt=fresh.attempt, epoch=1)
+    # Attempts restart in each epoch, so the epoch alone rejects the message
+    # of the first epoch, delivered again.
+    assert fresh.attempt == message.attempt == 1
+    stale = dataclasses.replace(message, receipt="")
     assert driver.claim(stale) is None
     fresh_claim = driver.claim(fresh)
     assert fresh_claim is not None

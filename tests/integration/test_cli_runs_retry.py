@@ -276,4 +276,4 @@ def test_retry_process_after_injected_failure(flows: ModuleType, state: Path) ->
     assert calls(state, "flaky") == 2
     assert calls(state, "total") == 1
     nodes = result.nodes()
-    assert [nodes[key].attempts for key in ("0", "1", "2", "3")] == [1, 2, 1, 1]
+    assert [nodes[key].attempts for key in ("0", "1", "2", "3")] == [1, 1, 1, 1]

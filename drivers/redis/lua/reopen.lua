@@ -11,8 +11,9 @@
   Time comes from TIME inside the script.
   Mirrors the Python `reopen` and `nodes_to_reopen`: the nodes that failed,
   were cancelled or had not ended, what depends on them and every errback
-  covering them go back to pending with their attempt counts kept; succeeded
-  nodes keep their values. Messages of older epochs are dropped when claimed.
+  covering them go back to pending with attempt and lease 0, so attempts
+  count from 1 again in the new epoch; succeeded nodes keep their values.
+  Messages of older epochs are dropped when claimed.
   Returns {1, epoch} with the new epoch when the run was reopened, {0, epoch}
   with the current epoch when it is already past ARGV[2], {-1} for an unknown
   run, {-4, status} when the run is running or succeeded (nothing changed).
@@ -93,8 +94,8 @@ for _, node in ipairs(nodes) do
     if TERMINAL[states[node]] and attr(node, "side") ~= "1" then
       rcall("HINCRBY", run_key, "open_main", 1)
     end
-    rcall("HSET", nodes_key, node, "pending", node .. "/waiting", attr(node, "ndeps"),
-      node .. "/open_covers", attr(node, "ncovers"))
+    rcall("HSET", nodes_key, node, "pending", node .. "/attempt", "0", node .. "/lease", "0",
+      node .. "/waiting", attr(node, "ndeps"), node .. "/open_covers", attr(node, "ncovers"))
     rcall("HDEL", nodes_key, node .. "/cause", node .. "/started_at", node .. "/ended_at")
     rcall("HDEL", values_key, node)
     rcall("HDEL", errors_key, node)
