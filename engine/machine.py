@@ -300,12 +300,12 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     These are the nodes that failed, were cancelled or had not ended, and
     what depends on them: the nodes downstream that were cancelled or
     skipped, and every errback covering one of them, so errbacks can fire
-    again. A node that succeeded keeps its value, with two exceptions: a node
-    downstream of a reopened errback or other succeeded node reruns with it,
-    because its input is about to change. A join that succeeded over a failed
-    member under ``all_settled`` is kept. A node that a ``replace`` put a
-    canvas in place of is always kept, because splicing it again would add
-    its canvas twice.
+    again. A node that succeeded keeps its value unless it is such an errback
+    or depends on a succeeded node that is reopened (inside an errback's
+    canvas), because then its input is about to change. So a join that
+    succeeded over a failed member under ``all_settled`` is kept. A node that
+    a ``replace`` put a canvas in place of is never reopened, because
+    splicing it again would add its canvas twice.
     """
     states = {node_id: record.state for node_id, record in run.nodes.items()}
     reopened: set[NodeId] = set()
@@ -454,8 +454,8 @@ def _settle(
 def _reset(run: RunState, node: NodeSpec, now: float) -> None:
     """Send a node back to ``pending`` for a new epoch, with no attempt yet.
 
-    Attempt numbers restart in each epoch, so messages are told apart by the
-    epoch they carry as well as by their attempt.
+    Attempt numbers restart in each epoch, so a message is identified by the
+    epoch it carries as well as by its attempt.
     """
     record = run.nodes[node.id]
     if record.state in TERMINAL and not node.side:

@@ -30,8 +30,8 @@ local attempt = ARGV[5]
 local lease = ARGV[6]
 local epoch = ARGV[7]
 
--- Attempt numbers restart in each epoch, so the attempt alone does not tell
--- a message of an older epoch apart.
+-- Attempt numbers restart in each epoch, so the attempt alone does not
+-- identify the message.
 if rcall("HGET", run_key, "epoch") ~= epoch then
   return 0
 end
