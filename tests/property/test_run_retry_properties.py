@@ -1,10 +1,10 @@
 """Run retries, driven step by step, against the reference interpreter.
 
 Each example runs a random canvas with a random plan until it ends. When it
-fails, the run is retried with every planned failure removed (planned
-retries, duplicates and takeovers stay), and the second epoch must give the
-interpreter's value for a canvas where nothing fails, without running any
-node that had succeeded again.
+fails, the run is retried with every planned failure removed, while planned
+retries, duplicates and takeovers stay. The second epoch must give the
+interpreter's value for a canvas where nothing fails. It must not run again
+any node that had succeeded.
 """
 
 from __future__ import annotations

@@ -105,7 +105,7 @@ def test_reopened_chain_reads_kept_value() -> None:
 def test_old_epoch_message_is_ignored() -> None:
     run = failed_chain()
     machine.reopen(run, 5.0)
-    # Attempts restart at 1, so only the epoch tells the old message apart.
+    # Attempts restart at 1, so only the epoch identifies the old message.
     attempt = run.nodes["1"].attempt
     assert attempt == 1
     assert not machine.claim(run, "1", attempt, 6.0, epoch=1)
