@@ -3,8 +3,9 @@
 Each example runs a random canvas with a random plan until it ends. When it
 fails, the run is retried with every planned failure removed, while planned
 retries, duplicates and takeovers stay. The second epoch must give the
-interpreter's value for a canvas where nothing fails. It must not run again
-any node that had succeeded.
+interpreter's value for a canvas where nothing fails, computed with the
+values that kept nodes stored. It must not run again any node that had
+succeeded.
 """
 
 from __future__ import annotations
