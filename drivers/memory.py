@@ -85,6 +85,7 @@ class MemoryDriver:
                 message.attempt,
                 self._clock(),
                 takeover=message.reclaimed,
+                epoch=message.epoch,
             ):
                 self._settle_in_flight(message)
                 log.debug("Dropped duplicate message for %s.", _ids(message))
@@ -117,6 +118,13 @@ class MemoryDriver:
         with self._lock:
             run = self._run(run_id)
             self._apply(run, machine.cancel(run, self._clock()))
+
+    def retry_run(self, run_id: str) -> int:
+        with self._lock:
+            run = self._run(run_id)
+            self._apply(run, machine.reopen(run, self._clock()))
+            log.info("Run %s reopened as epoch %d.", run_id, run.epoch)
+            return run.epoch
 
     def snapshot(self, run_id: str) -> RunSnapshot:
         with self._lock:
@@ -250,6 +258,7 @@ class MemoryDriver:
                 message.attempt,
                 *payload,
                 self._clock(),
+                epoch=message.epoch,
                 **options,
             )
             if effects is None:
@@ -267,6 +276,7 @@ class MemoryDriver:
                     effect.node,
                     effect.attempt,
                     node.options.queue or "default",
+                    epoch=run.epoch,
                     headers={TASK_HEADER: node.task},
                 )
                 if effect.delay_s > 0:
@@ -326,6 +336,7 @@ def _snapshot(run: RunState) -> RunSnapshot:
         ended_at=run.ended_at,
         value=run.value,
         error_node=run.error_node,
+        epoch=run.epoch,
     )
 
 
@@ -334,4 +345,7 @@ def _key(message: Message) -> tuple[str, str, int, int]:
 
 
 def _ids(message: Message) -> str:
-    return f"run {message.run_id} node {message.node_id} attempt {message.attempt}"
+    return (
+        f"run {message.run_id} node {message.node_id} attempt {message.attempt} "
+        f"epoch {message.epoch}"
+    )

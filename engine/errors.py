@@ -5,6 +5,7 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     StemError
     ├── EngineError                 a run, node or task is not in a usable state
     │   ├── RunNotFound
+    │   ├── RunNotRetryable         a run retry on a run that is running or succeeded
     │   ├── TaskNotRegistered
     │   ├── NoWorkerRunning         get() would wait for a worker that is not there
     │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
@@ -30,6 +31,26 @@ class EngineError(StemError):
 
 class RunNotFound(EngineError, LookupError):
     """Raised when a run id is unknown to the store, or its run has expired."""
+
+
+class RunNotRetryable(EngineError):
+    """Raised when a run retry finds the run still running, or succeeded.
+
+    Only a failed or cancelled run can be retried. Wait for a running run to
+    end, or cancel it first.
+    """
+
+    def __init__(self, run_id: str, status: str) -> None:
+        if status == "succeeded":
+            reason = "it succeeded, so nothing in it needs to run again"
+        else:
+            reason = (
+                f"its status is {status!r}. Only a failed or cancelled run can "
+                "be retried: wait for it to end, or cancel it, then retry it"
+            )
+        super().__init__(f"Run {run_id} cannot be retried because {reason}.")
+        self.run_id = run_id
+        self.status = status
 
 
 class TaskNotRegistered(EngineError, LookupError):

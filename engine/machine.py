@@ -12,6 +12,10 @@ it is skipped. An ``all_settled`` join runs once all its dependencies have
 ended. Siblings of the failed node keep running, so the run ends when
 every main-path node has ended. Errbacks fire as soon as a node they cover
 fails or is cancelled by a failure.
+
+Epochs: `reopen` starts the next epoch of a failed or cancelled run. Every
+transition that applies a message or a report takes the epoch that message
+carries, and ignores it unless it is the run's current epoch.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ from stem.canvas.spec import (
     node_order,
 )
 from stem.canvas.values import dumps, loads
+from stem.engine.errors import RunNotRetryable
 from stem.engine.records import (
     SETTLED,
     TERMINAL,
@@ -90,8 +95,11 @@ def claim(
     now: float,
     *,
     takeover: bool = False,
+    epoch: int = 1,
 ) -> bool:
     """Mark an attempt as running. Returns False for a duplicate or stale message.
+
+    A message of another epoch than the run's is stale too.
 
     The first claim of an attempt sets its lease to 1. With ``takeover`` (a
     message reclaimed from a worker presumed dead), a claim of an attempt
@@ -100,7 +108,7 @@ def claim(
     from ``run.nodes[node_id].lease``.
     """
     record = run.nodes.get(node_id)
-    if record is None or record.attempt != attempt:
+    if record is None or record.attempt != attempt or epoch != run.epoch:
         return False
     if record.state in ("queued", "retrying"):
         record.lease = 1
@@ -122,14 +130,16 @@ def complete(
     now: float,
     *,
     lease: int = 1,
+    epoch: int = 1,
 ) -> list[Effect] | None:
     """Record an attempt's value. Returns None for a duplicate or late report.
 
     A report whose ``lease`` is not the attempt's current one comes from a
-    worker whose lease was taken over, and is ignored too. The same holds for
-    `fail`, `retry` and `splice`.
+    worker whose lease was taken over, and is ignored too, and so is a report
+    whose ``epoch`` is not the run's. The same holds for `fail`, `retry` and
+    `splice`.
     """
-    record = _running(run, node_id, attempt, lease)
+    record = _running(run, node_id, attempt, lease, epoch)
     if record is None:
         return None
     record.value = value
@@ -147,9 +157,10 @@ def fail(
     now: float,
     *,
     lease: int = 1,
+    epoch: int = 1,
 ) -> list[Effect] | None:
     """Record that an attempt failed for good. Returns None for a stale report."""
-    record = _running(run, node_id, attempt, lease)
+    record = _running(run, node_id, attempt, lease, epoch)
     if record is None:
         return None
     return _fail_record(run, node_id, record, error, now)
@@ -163,6 +174,7 @@ def dead_letter(
     now: float,
     *,
     abandoned: bool = False,
+    epoch: int = 1,
 ) -> list[Effect] | None:
     """Fail a node whose message was dead-lettered.
 
@@ -172,7 +184,7 @@ def dead_letter(
     presumed dead) a running node fails too.
     """
     record = run.nodes.get(node_id)
-    if record is None or record.attempt != attempt:
+    if record is None or record.attempt != attempt or epoch != run.epoch:
         return None
     allowed = ("queued", "retrying", "running") if abandoned else ("queued", "retrying")
     if record.state not in allowed:
@@ -199,12 +211,13 @@ def retry(
     now: float,
     *,
     lease: int = 1,
+    epoch: int = 1,
 ) -> list[Effect] | None:
     """Queue the next attempt after a delay. Returns None for a stale report.
 
     Joins never see a retry: the node stays open until an attempt ends it.
     """
-    record = _running(run, node_id, attempt, lease)
+    record = _running(run, node_id, attempt, lease, epoch)
     if record is None:
         return None
     record.state = "retrying"
@@ -235,6 +248,91 @@ def cancel(run: RunState, now: float) -> list[Effect]:
     return effects
 
 
+def reopen(run: RunState, now: float) -> list[Effect]:
+    """Open the next epoch of a failed or cancelled run, to run again what failed.
+
+    The nodes that `nodes_to_reopen` picks go back to ``pending`` with no
+    attempt, so their attempts count from 1 again and each gets its full retry
+    policy. Every other node keeps its state and value. The edges from kept
+    nodes into reopened ones are then settled as when those kept nodes ended,
+    and reopened nodes that can start at once are queued. Messages and
+    reports of older epochs change nothing after this.
+
+    Raises:
+        RunNotRetryable: if the run is running or succeeded.
+    """
+    if run.status not in ("failed", "cancelled"):
+        raise RunNotRetryable(run.run_id, run.status)
+    reopened = nodes_to_reopen(run)
+    run.epoch += 1
+    run.status = "running"
+    run.ended_at = None
+    run.value = None
+    run.error_node = None
+    for node in run.spec.nodes:
+        if node.id in reopened:
+            _reset(run, node, now)
+
+    effects: list[Effect] = []
+    for node in run.spec.nodes:
+        if node.id in reopened:
+            continue
+        outcome = run.nodes[node.id].state
+        work: list[NodeId] = []
+        for dependent in run.spec.dependents[node.id]:
+            if dependent in reopened:
+                _react(run, node.id, outcome, dependent, now, effects, work)
+        for errback in run.spec.errbacks_covering[node.id]:
+            if errback in reopened:
+                _react_errback(run, node.id, outcome, errback, now, effects, work)
+        _settle(run, work, now, effects)
+    for node in run.spec.nodes:
+        pending = run.nodes[node.id].state == "pending"
+        if node.id in reopened and pending and not node.deps and node.role != "errback":
+            _enqueue(run, node, now, effects)
+    _maybe_finish(run, now, effects)
+    return effects
+
+
+def nodes_to_reopen(run: RunState) -> set[NodeId]:
+    """Return the nodes that a run retry sends back to ``pending``.
+
+    These are the nodes that failed, were cancelled or had not ended, and
+    what depends on them: the nodes downstream that were cancelled or
+    skipped, and every errback covering one of them, so errbacks can fire
+    again. A node that succeeded keeps its value unless it is such an errback
+    or depends on a succeeded node that is reopened (inside an errback's
+    canvas), because then its input is about to change. So a join that
+    succeeded over a failed member under ``all_settled`` is kept. A node that
+    a ``replace`` put a canvas in place of is never reopened, because
+    splicing it again would add its canvas twice.
+    """
+    states = {node_id: record.state for node_id, record in run.nodes.items()}
+    reopened: set[NodeId] = set()
+    stack: list[NodeId] = []
+    for node in run.spec.nodes:
+        if states[node.id] not in ("succeeded", "skipped"):
+            reopened.add(node.id)
+            stack.append(node.id)
+    while stack:
+        current = stack.pop()
+        current_succeeded = states[current] == "succeeded"
+        candidates = [
+            *(
+                dependent
+                for dependent in run.spec.dependents[current]
+                if current_succeeded or states[dependent] != "succeeded"
+            ),
+            *run.spec.errbacks_covering[current],
+        ]
+        for candidate in candidates:
+            if candidate in reopened or run.nodes[candidate].replaced:
+                continue
+            reopened.add(candidate)
+            stack.append(candidate)
+    return reopened
+
+
 def splice(
     run: RunState,
     node_id: NodeId,
@@ -243,6 +341,7 @@ def splice(
     now: float,
     *,
     lease: int = 1,
+    epoch: int = 1,
 ) -> list[Effect] | None:
     """Put a compiled canvas in place of a running node (``self.replace``).
 
@@ -251,7 +350,7 @@ def splice(
     value, and errbacks covering ``R`` cover those sinks. Returns None for a
     stale report or lease.
     """
-    record = _running(run, node_id, attempt, lease)
+    record = _running(run, node_id, attempt, lease, epoch)
     if record is None:
         return None
     replaced = run.spec.node(node_id)
@@ -302,8 +401,10 @@ def run_value(run: RunState) -> Any:
 
 
 def _running(
-    run: RunState, node_id: NodeId, attempt: int, lease: int
+    run: RunState, node_id: NodeId, attempt: int, lease: int, epoch: int
 ) -> NodeRecord | None:
+    if epoch != run.epoch:
+        return None
     record = run.nodes.get(node_id)
     if record is None or record.attempt != attempt or record.state != "running":
         return None
@@ -333,8 +434,14 @@ def _end(
     run: RunState, node_id: NodeId, state: NodeState, now: float, effects: list[Effect]
 ) -> None:
     """Move a node to a terminal state and settle everything it decides."""
-    work: list[NodeId] = [node_id]
     _set_terminal(run, node_id, state, now)
+    _settle(run, [node_id], now, effects)
+
+
+def _settle(
+    run: RunState, work: list[NodeId], now: float, effects: list[Effect]
+) -> None:
+    """Propagate the outcome of every node on ``work``, which just ended."""
     while work:
         current = work.pop()
         outcome = run.nodes[current].state
@@ -342,6 +449,26 @@ def _end(
             _react(run, current, outcome, dependent, now, effects, work)
         for errback in run.spec.errbacks_covering[current]:
             _react_errback(run, current, outcome, errback, now, effects, work)
+
+
+def _reset(run: RunState, node: NodeSpec, now: float) -> None:
+    """Send a node back to ``pending`` for a new epoch, with no attempt yet.
+
+    Attempt numbers restart in each epoch, so a message is identified by the
+    epoch it carries as well as by its attempt.
+    """
+    record = run.nodes[node.id]
+    if record.state in TERMINAL and not node.side:
+        run.open_main += 1
+    record.state = "pending"
+    record.attempt = 0
+    record.lease = 0
+    record.value = None
+    record.error = None
+    record.cause = None
+    record.started_at = None
+    record.ended_at = None
+    run.events.append((now, node.id, "pending"))
 
 
 def _react(

@@ -71,6 +71,8 @@ class RunSnapshot:
     value: str | None
     #: The node whose error the result raises, when it failed.
     error_node: NodeId | None
+    #: The run's epoch: 1 at submit, raised by each run retry.
+    epoch: int = 1
 
 
 class Broker(Protocol):
@@ -136,6 +138,19 @@ class GraphStore(Protocol):
 
     def cancel(self, run_id: str) -> None:
         """Cancel a run: nothing more of it runs."""
+        ...
+
+    def retry_run(self, run_id: str) -> int:
+        """Open the next epoch of a failed or cancelled run and return its number.
+
+        The run's failed and cancelled nodes, and what never ran because of
+        them, get new attempts; succeeded nodes keep their values. Messages
+        and reports of older epochs are ignored from then on.
+
+        Raises:
+            RunNotFound: if the run is unknown.
+            RunNotRetryable: if the run is running or succeeded.
+        """
         ...
 
     def snapshot(self, run_id: str) -> RunSnapshot:

@@ -141,6 +141,29 @@ class AsyncResult:
 
     revoke = cancel
 
+    @property
+    def epoch(self) -> int:
+        """The run's current epoch: 1 at submit, raised by each `retry`."""
+        return self.snapshot().epoch
+
+    def retry(self) -> AsyncResult:
+        """Run the failed and cancelled parts of a finished run again, as a new epoch.
+
+        Failed and cancelled nodes, and the nodes that never ran because of
+        them, get new attempts. Succeeded nodes keep their values and do not
+        run again. Links and errbacks fire again for the new epoch.
+
+        Returns:
+            A handle on the run in its new epoch: `get` waits for that epoch's
+            outcome. The run id stays the same.
+
+        Raises:
+            RunNotFound: if the run is unknown.
+            RunNotRetryable: if the run is still running, or succeeded.
+        """
+        self.app.driver.retry_run(self.id)
+        return AsyncResult(self.id, self.app)
+
 
 def rebuild_exception(error: ErrorInfo, failed_task_id: str) -> Exception:
     """Turn a stored error back into an exception without importing anything."""

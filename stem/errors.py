@@ -20,6 +20,7 @@ from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
 from stem.engine.errors import Replace as Replace
 from stem.engine.errors import Retry as Retry
 from stem.engine.errors import RunNotFound as RunNotFound
+from stem.engine.errors import RunNotRetryable as RunNotRetryable
 from stem.engine.errors import TaskError as TaskError
 from stem.engine.errors import TaskNotRegistered as TaskNotRegistered
 from stem.engine.errors import TimeoutError as TimeoutError

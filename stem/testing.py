@@ -217,6 +217,7 @@ class _Report:
     late: bool = False
     #: The lease the claim granted, which the report carries.
     lease: int = 1
+    epoch: int = 1
 
 
 @dataclass(frozen=True)
@@ -226,6 +227,7 @@ class _Delivery:
     node: NodeId
     attempt: int
     takeover: bool = False
+    epoch: int = 1
 
 
 @dataclass
@@ -243,7 +245,8 @@ class StepDriver:
     message reclaimed once after its first claim; if that claim takes the
     lease over, the report of the first claim is fenced and must likewise
     return None and change nothing. Delays (retry backoff, countdown) are
-    ignored: every message is ready at once.
+    ignored: every message is ready at once. After `run`, `retry_run` opens
+    the run's next epoch and runs it to the end the same way.
 
     Args:
         plan: what happens to each node; a missing node succeeds at once.
@@ -254,7 +257,8 @@ class StepDriver:
     plan: Plan
     seed: int
     run_id: str = "run"
-    #: Number of times each attempt ``(node, attempt)`` was enqueued.
+    #: Number of times each attempt ``(node, attempt)`` of the current epoch
+    #: was enqueued.
     enqueued: Counter[tuple[NodeId, int]] = field(default_factory=Counter)
     #: Arguments of every claimed attempt, by node id, in claim order.
     calls: dict[NodeId, list[tuple[list[Any], dict[str, Any]]]] = field(
@@ -268,21 +272,55 @@ class StepDriver:
     takeovers: int = 0
     #: Number of reports from fenced workers that were applied and changed nothing.
     fenced_reports: int = 0
-    #: The latest lease granted for each attempt ``(node, attempt)``.
+    #: The latest lease granted for each attempt ``(node, attempt)`` of the
+    #: current epoch.
     leases: dict[tuple[NodeId, int], int] = field(default_factory=dict)
     #: The run's final state, once `run` has returned.
     state: RunState | None = None
+    _rng: random.Random = field(default_factory=random.Random, repr=False)
+    _now: float = 0.0
 
     def run(self, spec: GraphSpec) -> RunState:
         """Run a compiled canvas to the end and return its final state."""
-        rng = random.Random(self.seed)
-        now = 0.0
-        run, effects = machine.start(self.run_id, spec, now)
+        self._rng = random.Random(self.seed)
+        self._now = 0.0
+        run, effects = machine.start(self.run_id, spec, self._now)
+        return self._drive(run, effects)
+
+    def retry_run(self, plan: Plan | None = None) -> RunState:
+        """Retry the run that `run` ended, as its next epoch, and run it to the end.
+
+        Args:
+            plan: what happens to each node in the new epoch; by default the
+                plan given at construction. It replaces `plan` for good.
+
+        Returns the run's final state. `calls` keeps counting across epochs,
+        so a test can tell which nodes ran again. Attempt numbers restart in
+        each epoch, so `enqueued` and `leases` start empty for the new epoch.
+
+        Raises:
+            ValueError: if `run` has not been called yet.
+            RunNotRetryable: if the run succeeded.
+        """
+        if self.state is None:
+            raise ValueError("StepDriver.retry_run() needs a run: call run() first.")
+        if plan is not None:
+            self.plan = plan
+        self._now += 1.0
+        effects = machine.reopen(self.state, self._now)
+        self.enqueued = Counter()
+        self.leases = {}
+        return self._drive(self.state, effects)
+
+    def _drive(self, run: RunState, effects: list[machine.Effect]) -> RunState:
+        """Apply steps until no message or report is left, then return the state."""
+        rng = self._rng
         messages: list[_Delivery] = []
         reports: list[_Report] = []
-        self._enqueue(effects, messages)
+        self._enqueue(run, effects, messages)
         while messages or reports:
-            now += 1.0
+            self._now += 1.0
+            now = self._now
             index = rng.randrange(len(messages) + len(reports))
             if index < len(messages):
                 delivery = messages.pop(index)
@@ -292,7 +330,8 @@ class StepDriver:
                 reports.append(report)
                 first_lease = report.lease == 1 and not delivery.takeover
                 if first_lease and self._node_plan(report.node).takeover:
-                    messages.append(_Delivery(report.node, report.attempt, True))
+                    reclaimed = _Delivery(report.node, report.attempt, True, run.epoch)
+                    messages.append(reclaimed)
                 continue
             report = reports.pop(index - len(messages))
             if report.late:
@@ -309,7 +348,7 @@ class StepDriver:
                     f"Run {self.run_id}: the first report for node {report.node} "
                     f"attempt {report.attempt} was rejected as a duplicate."
                 )
-            self._enqueue(applied, messages)
+            self._enqueue(run, applied, messages)
             if self._node_plan(report.node).duplicate:
                 reports.append(replace(report, late=True))
         self.state = run
@@ -319,22 +358,26 @@ class StepDriver:
         return self.plan.get(node_id, NodePlan())
 
     def _enqueue(
-        self, effects: list[machine.Effect], messages: list[_Delivery]
+        self, run: RunState, effects: list[machine.Effect], messages: list[_Delivery]
     ) -> None:
         for effect in effects:
             if not isinstance(effect, machine.Enqueue):
                 continue
             self.enqueued[(effect.node, effect.attempt)] += 1
-            messages.append(_Delivery(effect.node, effect.attempt))
+            delivery = _Delivery(effect.node, effect.attempt, epoch=run.epoch)
+            messages.append(delivery)
             if self._node_plan(effect.node).duplicate:
-                messages.append(_Delivery(effect.node, effect.attempt))
+                messages.append(delivery)
 
     def _deliver(
         self, run: RunState, delivery: _Delivery, now: float
     ) -> _Report | None:
         """Claim a message and run its attempt; None when claim drops it."""
-        node_id, attempt = delivery.node, delivery.attempt
-        if not machine.claim(run, node_id, attempt, now, takeover=delivery.takeover):
+        node_id, attempt, epoch = delivery.node, delivery.attempt, delivery.epoch
+        claimed = machine.claim(
+            run, node_id, attempt, now, takeover=delivery.takeover, epoch=epoch
+        )
+        if not claimed:
             self.dropped_messages += 1
             return None
         lease = run.nodes[node_id].lease
@@ -351,12 +394,12 @@ class StepDriver:
         node_plan = self._node_plan(node_id)
         if attempt <= node_plan.retries:
             error = ErrorInfo.from_exception(PlannedRetry(f"retry {attempt}"))
-            return _Report("retry", node_id, attempt, error, lease=lease)
+            return _Report("retry", node_id, attempt, error, lease=lease, epoch=epoch)
         if node_plan.outcome == "fail":
             error = ErrorInfo.from_exception(PlannedFailure(failure_message(node_id)))
-            return _Report("fail", node_id, attempt, error, lease=lease)
+            return _Report("fail", node_id, attempt, error, lease=lease, epoch=epoch)
         value = dumps(echo_value(node.task, args, kwargs))
-        return _Report("complete", node_id, attempt, value, lease=lease)
+        return _Report("complete", node_id, attempt, value, lease=lease, epoch=epoch)
 
     def _check_ignored(
         self, run: RunState, report: _Report, now: float, kind: str
@@ -375,17 +418,17 @@ class StepDriver:
 
 
 def _apply(run: RunState, report: _Report, now: float) -> list[machine.Effect] | None:
-    node, attempt, payload, lease = (
-        report.node,
-        report.attempt,
-        report.payload,
-        report.lease,
-    )
+    node, attempt, payload = report.node, report.attempt, report.payload
+    lease, epoch = report.lease, report.epoch
     if report.kind == "complete":
-        return machine.complete(run, node, attempt, payload, now, lease=lease)
+        return machine.complete(
+            run, node, attempt, payload, now, lease=lease, epoch=epoch
+        )
     if report.kind == "fail":
-        return machine.fail(run, node, attempt, payload, now, lease=lease)
-    return machine.retry(run, node, attempt, payload, 0.0, now, lease=lease)
+        return machine.fail(run, node, attempt, payload, now, lease=lease, epoch=epoch)
+    return machine.retry(
+        run, node, attempt, payload, 0.0, now, lease=lease, epoch=epoch
+    )
 
 
 def _copy_run(run: RunState) -> RunState:

@@ -43,7 +43,7 @@ from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine
-from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
 from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
 from stem.engine.records import ErrorInfo, NodeRecord, RunState
 
@@ -266,6 +266,25 @@ class RedisDriver:
         if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
             log.debug("Run %s cancelled.", run_id)
 
+    def retry_run(self, run_id: str) -> int:
+        run_keys = self._keys.run(run_id)
+        with self._redis_errors(f"read the epoch of run {run_id}"):
+            seen: Any = self._client.hget(run_keys.run, "epoch")
+        if seen is None:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        keys = [*run_keys.all(), self._keys.delayed]
+        reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
+        result = check_reply("reopen", reply, run_id, accept=accept)
+        if result is Reply.NOT_RETRYABLE:
+            raise RunNotRetryable(run_id, str(reply[1]))
+        epoch = int(reply[1])
+        if result is Reply.DONE:
+            log.info("Run %s reopened as epoch %d.", run_id, epoch)
+        else:
+            log.info("Run %s was already reopened as epoch %d.", run_id, epoch)
+        return epoch
+
     def snapshot(self, run_id: str) -> RunSnapshot:
         keys = self._keys.run(run_id)
         with self._redis_errors(f"read run {run_id}"):
@@ -322,10 +341,8 @@ class RedisDriver:
         if not message.receipt:
             return False
         partition = self._keys.partition_of(message.run_id)
-        keys = [
-            partition.queue(message.queue),
-            partition.run(message.run_id).nodes,
-        ]
+        run_keys = partition.run(message.run_id)
+        keys = [partition.queue(message.queue), run_keys.nodes, run_keys.run]
         args: list[str | int | float] = [
             self._group,
             self._consumer,
@@ -333,6 +350,7 @@ class RedisDriver:
             message.node_id,
             str(message.attempt),
             str(message.lease),
+            str(message.epoch),
         ]
         renewed = bool(
             self._scripts.call(
@@ -755,4 +773,7 @@ def _message(
 
 
 def _ids(message: Message) -> str:
-    return f"run {message.run_id} node {message.node_id} attempt {message.attempt}"
+    return (
+        f"run {message.run_id} node {message.node_id} attempt {message.attempt} "
+        f"epoch {message.epoch}"
+    )

@@ -219,4 +219,5 @@ def snapshot_of(
         ended_at=_float(run.get("ended_at")),
         value=value,
         error_node=run.get("error_node") or None,
+        epoch=int(run.get("epoch", "1")),
     )

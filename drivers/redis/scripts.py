@@ -37,6 +37,7 @@ SCRIPT_NAMES = (
     "promote",
     "release_lock",
     "renew",
+    "reopen",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
@@ -53,6 +54,8 @@ class Reply(IntEnum):
     STALE = -2
     #: The run's spec changed after the caller read it (splice only).
     CONFLICT = -3
+    #: The run is running or succeeded, so it cannot be retried (reopen only).
+    NOT_RETRYABLE = -4
 
 
 class ScriptError(DriverError):

@@ -6,9 +6,12 @@ driver side by side, as `stem.testing.StepDriver` does for the machine alone.
 Some claimed tasks put a drawn canvas in their place, as ``self.replace``
 does. Nodes planned with ``takeover`` have each attempt's message reclaimed
 once after its first claim, and a claim that takes the lease over fences the
-first claim's report. Both must accept and reject the same messages and
-reports, grant the same leases, hand each task the same arguments, enqueue
-the same attempts and end in the same state.
+first claim's report. Some examples retry the run once it ends, with a new
+plan, and some try a run retry while the run is still going. Both sides must
+accept and reject the same messages and reports (those of older epochs
+included), accept and reject the same run retries, grant the same leases,
+hand each task the same arguments, enqueue the same attempts and end in the
+same state.
 """
 
 from __future__ import annotations
@@ -19,7 +22,8 @@ from collections import Counter
 from dataclasses import dataclass, replace
 from typing import Any
 
-from hypothesis import HealthCheck, given, settings
+import pytest
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stem.canvas.compiler import compile_canvas
@@ -27,6 +31,7 @@ from stem.canvas.spec import GraphSpec, NodeId
 from stem.canvas.values import decode, dumps, loads
 from stem.drivers.redis import RedisDriver
 from stem.engine import machine
+from stem.engine.errors import RunNotRetryable
 from stem.engine.ports import Message
 from stem.engine.records import ErrorInfo, RunState
 from stem.testing import (
@@ -49,6 +54,7 @@ class _Report:
     payload: Any
     late: bool = False
     lease: int = 1
+    epoch: int = 1
 
 
 @dataclass(frozen=True)
@@ -56,6 +62,7 @@ class _Delivery:
     node: NodeId
     attempt: int
     takeover: bool = False
+    epoch: int = 1
 
 
 class _Pair:
@@ -77,9 +84,10 @@ class _Pair:
         self.now = 0.0
         self.messages: list[_Delivery] = []
         self.reports: list[_Report] = []
-        self.enqueued: Counter[tuple[NodeId, int]] = Counter()
-        #: The latest lease the machine granted for each ``(node, attempt)``.
-        self.leases: dict[tuple[NodeId, int], int] = {}
+        #: Times each ``(node, attempt, epoch)`` was enqueued.
+        self.enqueued: Counter[tuple[NodeId, int, int]] = Counter()
+        #: The latest lease the machine granted for each ``(node, attempt, epoch)``.
+        self.leases: dict[tuple[NodeId, int, int], int] = {}
         #: Reports from fenced claims, which both sides ignored.
         self.fenced = 0
         run, effects = machine.start(self.run_id, spec, self.now)
@@ -101,20 +109,49 @@ class _Pair:
         machine.cancel(self.run, self.now)
         self.driver.cancel(self.run_id)
 
+    def retry_run(self) -> bool:
+        """Retry the run on both sides; return whether they reopened it."""
+        self.now += 1.0
+        status = self.run.status
+        try:
+            effects = machine.reopen(self.run, self.now)
+        except RunNotRetryable:
+            with pytest.raises(RunNotRetryable, match=status):
+                self.driver.retry_run(self.run_id)
+            event(f"run retry rejected: {status}")
+            return False
+        assert self.driver.retry_run(self.run_id) == self.run.epoch
+        event(f"run retry of a {status} run")
+        self._enqueue(effects)
+        return True
+
     def _message(
-        self, node_id: NodeId, attempt: int, lease: int = 1, reclaimed: bool = False
+        self,
+        node_id: NodeId,
+        attempt: int,
+        lease: int = 1,
+        reclaimed: bool = False,
+        epoch: int = 1,
     ) -> Message:
         queue = self.run.spec.node(node_id).options.queue or "default"
         return Message(
-            self.run_id, node_id, attempt, queue, lease=lease, reclaimed=reclaimed
+            self.run_id,
+            node_id,
+            attempt,
+            queue,
+            epoch=epoch,
+            lease=lease,
+            reclaimed=reclaimed,
         )
 
     def _deliver(self, delivery: _Delivery, rng: random.Random) -> None:
         node_id, attempt, takeover = delivery.node, delivery.attempt, delivery.takeover
+        epoch = delivery.epoch
         accepted = machine.claim(
-            self.run, node_id, attempt, self.now, takeover=takeover
+            self.run, node_id, attempt, self.now, takeover=takeover, epoch=epoch
         )
-        claim = self.driver.claim(self._message(node_id, attempt, reclaimed=takeover))
+        message = self._message(node_id, attempt, reclaimed=takeover, epoch=epoch)
+        claim = self.driver.claim(message)
         assert (claim is not None) == accepted, (
             f"Claim of node {node_id} attempt {attempt} (takeover {takeover}): "
             f"machine accepted {accepted}, Redis returned {claim}."
@@ -122,12 +159,12 @@ class _Pair:
         if claim is None:
             return
         lease = self.run.nodes[node_id].lease
-        self.leases[(node_id, attempt)] = lease
+        self.leases[(node_id, attempt, epoch)] = lease
         assert claim.message.lease == lease
         assert not claim.message.reclaimed
         node_plan = self.plan.get(node_id, NodePlan())
         if node_plan.takeover and lease == 1 and not takeover:
-            self.messages.append(_Delivery(node_id, attempt, True))
+            self.messages.append(_Delivery(node_id, attempt, True, epoch))
         node = self.run.spec.node(node_id)
         has_value, value = machine.resolve_input(self.run, node)
         args = [decode(item) for item in node.args]
@@ -146,30 +183,38 @@ class _Pair:
         else:
             kind = "complete"
             payload = dumps(echo_value(node.task, args, claim.kwargs))
-        self.reports.append(_Report(kind, node_id, attempt, payload, lease=lease))
+        self.reports.append(
+            _Report(kind, node_id, attempt, payload, lease=lease, epoch=epoch)
+        )
 
     def _apply(self, report: _Report) -> None:
         run, now = self.run, self.now
-        node, attempt, payload, lease = (
+        node, attempt, payload, lease, epoch = (
             report.node,
             report.attempt,
             report.payload,
             report.lease,
+            report.epoch,
         )
-        message = self._message(node, attempt, lease)
-        fenced = lease < self.leases.get((node, attempt), lease)
+        message = self._message(node, attempt, lease, epoch=epoch)
+        fenced = lease < self.leases.get((node, attempt, epoch), lease)
+        old_epoch = epoch < run.epoch
+        fence = {"lease": lease, "epoch": epoch}
         if report.kind == "complete":
-            effects = machine.complete(run, node, attempt, payload, now, lease=lease)
+            effects = machine.complete(run, node, attempt, payload, now, **fence)
             self.driver.complete(message, payload)
         elif report.kind == "fail":
-            effects = machine.fail(run, node, attempt, payload, now, lease=lease)
+            effects = machine.fail(run, node, attempt, payload, now, **fence)
             self.driver.fail(message, payload)
         elif report.kind == "replace":
-            effects = machine.splice(run, node, attempt, payload, now, lease=lease)
+            effects = machine.splice(run, node, attempt, payload, now, **fence)
             self.driver.replace(message, payload)
         else:
-            effects = machine.retry(run, node, attempt, payload, 0.0, now, lease=lease)
+            effects = machine.retry(run, node, attempt, payload, 0.0, now, **fence)
             self.driver.retry(message, payload, 0.0)
+        if old_epoch:
+            assert effects is None
+            return
         if report.late or fenced:
             assert effects is None
             if fenced:
@@ -183,20 +228,22 @@ class _Pair:
     def _enqueue(self, effects: list[machine.Effect]) -> None:
         for effect in effects:
             if isinstance(effect, machine.Enqueue):
-                self.enqueued[(effect.node, effect.attempt)] += 1
-                self.messages.append(_Delivery(effect.node, effect.attempt))
+                self.enqueued[(effect.node, effect.attempt, self.run.epoch)] += 1
+                delivery = _Delivery(effect.node, effect.attempt, epoch=self.run.epoch)
+                self.messages.append(delivery)
                 if self.plan.get(effect.node, NodePlan()).duplicate:
-                    self.messages.append(_Delivery(effect.node, effect.attempt))
+                    self.messages.append(delivery)
 
 
 def _stream_attempts(target: Any, pair: _Pair, queues: set[str]) -> Counter[Any]:
     client = target.client()
     partition = pair.driver._keys.partition_of(pair.run_id)
     try:
-        found: Counter[tuple[str, int]] = Counter()
+        found: Counter[tuple[str, int, int]] = Counter()
         for queue in queues:
             for _entry, fields in client.xrange(partition.queue(queue)):
-                found[(fields["node"], int(fields["attempt"]))] += 1
+                key = (fields["node"], int(fields["attempt"]), int(fields["epoch"]))
+                found[key] += 1
         return found
     finally:
         client.close()
@@ -206,6 +253,7 @@ def _check_same_state(pair: _Pair, target: Any) -> None:
     run = pair.run
     snapshot = pair.driver.snapshot(pair.run_id)
     assert snapshot.status == run.status
+    assert snapshot.epoch == run.epoch
     assert snapshot.error_node == run.error_node
     if run.status == "succeeded":
         assert snapshot.value is not None
@@ -242,6 +290,10 @@ def test_scripts_match_machine(
         label="replacements",
     )
     cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
+    # A run retry tried at one step, whatever the run's state then, and the
+    # number of retries once the run has ended, each with a new plan.
+    retry_at = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="retry at")
+    rounds = data.draw(st.integers(0, 2), label="retries after the end")
     prefix = f"diff-{uuid.uuid4().hex[:12]}:"
     driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
     try:
@@ -249,11 +301,18 @@ def test_scripts_match_machine(
         pair = _Pair(driver, spec, plan, compiled)
         rng = random.Random(seed)
         steps = 0
-        while pair.messages or pair.reports:
-            if steps == cancel_after:
-                pair.cancel()
-            pair.step(rng)
-            steps += 1
+        for round_number in range(rounds + 1):
+            while pair.messages or pair.reports:
+                if steps == cancel_after:
+                    pair.cancel()
+                if steps == retry_at:
+                    pair.retry_run()
+                pair.step(rng)
+                steps += 1
+            _check_same_state(pair, redis_target)
+            if round_number < rounds:
+                pair.plan = data.draw(plans(pair.run.spec), label="retry plan")
+                pair.retry_run()
         _check_same_state(pair, redis_target)
     finally:
         driver.close()

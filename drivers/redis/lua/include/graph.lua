@@ -1,7 +1,8 @@
---[[ graph: the node transitions shared by submit, complete, fail, dead_letter and splice.
+--[[ graph: the node transitions shared by the scripts that change node states.
   Included by scripts.py in place of a `--- @include "graph"` line. It mirrors
-  the Python state machine (`start`, `_end`, `_react`, `_react_errback`,
-  `_release`, `_maybe_finish`) and expects these locals in the including script:
+  the Python state machine (`start`, `_end`, `_settle`, `_react`,
+  `_react_errback`, `_release`, `_maybe_finish`) and expects these locals in
+  the including script:
     rcall        redis.call
     run_key      run hash
     graph_key    run graph hash
@@ -129,11 +130,10 @@ local function react_errback(covered, outcome, errback, work)
   end
 end
 
--- Move a node to a terminal state and settle everything it decides. The work
--- list is a stack, as in the Python transitions, so causes come out the same.
-local function end_node(node, state)
-  set_terminal(node, state)
-  local work = {node}
+-- Settle everything that the nodes on the work list decide, now that they
+-- ended. The work list is a stack, as in the Python transitions, so causes
+-- come out the same.
+local function settle(work)
   while #work > 0 do
     local current = table.remove(work)
     local outcome = state_of(current)
@@ -144,6 +144,12 @@ local function end_node(node, state)
       react_errback(current, outcome, errback, work)
     end
   end
+end
+
+-- Move a node to a terminal state and settle everything it decides.
+local function end_node(node, state)
+  set_terminal(node, state)
+  settle({node})
 end
 
 local function maybe_finish()

@@ -1,0 +1,131 @@
+--[[ reopen: open the next epoch of a failed or cancelled run (a run retry).
+  KEYS[1] run hash                (partition tag)
+  KEYS[2] run graph hash          (partition tag)
+  KEYS[3] run node-state hash     (partition tag)
+  KEYS[4] run values hash         (partition tag)
+  KEYS[5] run errors hash         (partition tag)
+  KEYS[6] delayed sorted set      (partition tag)
+  ARGV[1] run id
+  ARGV[2] the epoch the caller read; the run is reopened only from this epoch,
+          so a re-sent call changes nothing
+  Time comes from TIME inside the script.
+  Mirrors the Python `reopen` and `nodes_to_reopen`: the nodes that failed,
+  were cancelled or had not ended, what depends on them and every errback
+  covering them go back to pending with attempt and lease 0, so attempts
+  count from 1 again in the new epoch; succeeded nodes keep their values.
+  Messages of older epochs are dropped when claimed.
+  Returns {1, epoch} with the new epoch when the run was reopened, {0, epoch}
+  with the current epoch when it is already past ARGV[2], {-1} for an unknown
+  run, {-4, status} when the run is running or succeeded (nothing changed).
+  Adds one stream entry to <base>q:<queue> per reopened node that can start at
+  once (a delayed-set member instead when it has a countdown or eta).
+]]
+-- luacheck: globals KEYS ARGV redis cjson
+local rcall = redis.call
+local run_key = KEYS[1]
+local graph_key = KEYS[2]
+local nodes_key = KEYS[3]
+local values_key = KEYS[4]
+local errors_key = KEYS[5]
+local delayed_key = KEYS[6]
+local run_id = ARGV[1]
+local seen_epoch = ARGV[2]
+-- The included transitions stamp queued messages with `epoch`, which becomes
+-- the new epoch before anything is queued.
+local epoch = seen_epoch
+local clock = rcall("TIME")
+local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
+local now_text = string.format("%.6f", now)
+
+--- @include "graph"
+
+local run = rcall("HMGET", run_key, "status", "epoch", "nodes")
+if not run[1] then
+  return {-1}
+end
+if run[2] ~= seen_epoch then
+  return {0, tonumber(run[2])}
+end
+if run[1] ~= "failed" and run[1] ~= "cancelled" then
+  return {-4, run[1]}
+end
+
+local nodes = split(run[3])
+local states = {}
+for _, node in ipairs(nodes) do
+  states[node] = state_of(node)
+end
+
+-- The same closure as the Python `nodes_to_reopen`; its docstring gives the rules.
+local reopened = {}
+local stack = {}
+for _, node in ipairs(nodes) do
+  if states[node] ~= "succeeded" and states[node] ~= "skipped" then
+    reopened[node] = true
+    stack[#stack + 1] = node
+  end
+end
+local function visit(candidate)
+  if reopened[candidate] or rcall("HGET", nodes_key, candidate .. "/replaced") == "1" then
+    return
+  end
+  reopened[candidate] = true
+  stack[#stack + 1] = candidate
+end
+while #stack > 0 do
+  local current = table.remove(stack)
+  local current_succeeded = states[current] == "succeeded"
+  for _, dependent in ipairs(split(attr(current, "dependents"))) do
+    if current_succeeded or states[dependent] ~= "succeeded" then
+      visit(dependent)
+    end
+  end
+  for _, errback in ipairs(split(attr(current, "errbacks"))) do
+    visit(errback)
+  end
+end
+
+epoch = tostring(rcall("HINCRBY", run_key, "epoch", 1))
+rcall("HSET", run_key, "status", "running")
+rcall("HDEL", run_key, "ended_at", "error_node")
+-- NOTE: this visits every node of the run, as the Python `reopen` does.
+for _, node in ipairs(nodes) do
+  if reopened[node] then
+    if TERMINAL[states[node]] and attr(node, "side") ~= "1" then
+      rcall("HINCRBY", run_key, "open_main", 1)
+    end
+    rcall("HSET", nodes_key, node, "pending", node .. "/attempt", "0", node .. "/lease", "0",
+      node .. "/waiting", attr(node, "ndeps"), node .. "/open_covers", attr(node, "ncovers"))
+    rcall("HDEL", nodes_key, node .. "/cause", node .. "/started_at", node .. "/ended_at")
+    rcall("HDEL", values_key, node)
+    rcall("HDEL", errors_key, node)
+  end
+end
+
+-- Settle the edges from kept nodes into reopened ones, as if the kept nodes
+-- had just ended, in the same order as the Python `reopen`.
+for _, node in ipairs(nodes) do
+  if not reopened[node] then
+    local outcome = states[node]
+    local work = {}
+    for _, dependent in ipairs(split(attr(node, "dependents"))) do
+      if reopened[dependent] then
+        react(node, outcome, dependent, work)
+      end
+    end
+    for _, errback in ipairs(split(attr(node, "errbacks"))) do
+      if reopened[errback] then
+        react_errback(node, outcome, errback, work)
+      end
+    end
+    settle(work)
+  end
+end
+for _, node in ipairs(nodes) do
+  local root = tonumber(attr(node, "ndeps")) == 0 and attr(node, "role") ~= "errback"
+  if reopened[node] and root and state_of(node) == "pending" then
+    enqueue(node)
+  end
+end
+maybe_finish()
+return {1, tonumber(epoch)}
