@@ -13,6 +13,7 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
+    ├── InvalidSchedule             a beat entry is declared wrongly (ValueError)
     └── Retry, Replace              raised inside tasks to steer the engine
 """
 
@@ -90,6 +91,14 @@ class DriverError(StemError):
 
 class DriverNotFound(DriverError, LookupError):
     """Raised when no installed driver handles a URL's scheme."""
+
+
+class InvalidSchedule(StemError, ValueError):
+    """Raised when a beat schedule entry is declared wrongly.
+
+    The message names the entry, the bad value (its name, schedule, timezone or
+    canvas) and the fix. Nothing is scheduled when this is raised.
+    """
 
 
 class Retry(StemError):

@@ -15,6 +15,7 @@ from stem.engine.errors import DeadLettered as DeadLettered
 from stem.engine.errors import DriverError as DriverError
 from stem.engine.errors import DriverNotFound as DriverNotFound
 from stem.engine.errors import EngineError as EngineError
+from stem.engine.errors import InvalidSchedule as InvalidSchedule
 from stem.engine.errors import MaxRetriesExceededError as MaxRetriesExceededError
 from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
 from stem.engine.errors import Replace as Replace

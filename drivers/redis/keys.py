@@ -44,6 +44,8 @@ key                      type       contents
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
 <base>fire:<entry>:<t>   string     a claimed beat fire time, with a TTL
+<base>last_fires         sorted set beat entry names, each scored by the latest
+                                    fire time claimed for it, in seconds
 <base>lock:<name>        string     a lock's holder token, with the lease as TTL
 ======================== ========== =============================================
 """
@@ -125,6 +127,11 @@ class Keys:
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""
         return f"{self.base}fire:{entry}:{fire_time_s!r}"
+
+    @property
+    def last_fires(self) -> str:
+        """The sorted set of each beat entry's latest claimed fire time."""
+        return f"{self.base}last_fires"
 
     def lock(self, name: str) -> str:
         """Return the key of a named lock."""
