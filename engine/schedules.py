@@ -252,19 +252,19 @@ def make_entry(
             f"{where}: {canvas!r} is a {type(canvas).__name__}, not a canvas; "
             "pass a signature such as add.s(2, 2), a chain, group or chord."
         )
+    if options and "run_id" in options:
+        raise InvalidSchedule(
+            f"{where}: option run_id is set by beat for each fire time; drop it."
+        )
     try:
         checked_schedule = to_schedule(schedule, timezone)
-        checked_options = check_options(options or {}, f"{where} options")
+        checked_options = check_options(options or {}, "options")
         # Compiling once now reports unserialisable arguments at declaration.
         compile_canvas(canvas, (), None, checked_options)
     except InvalidSchedule as err:
         raise InvalidSchedule(f"{where}: {err}") from err
     except CanvasError as err:
         raise InvalidSchedule(f"{where}: {err}") from err
-    if "run_id" in checked_options:
-        raise InvalidSchedule(
-            f"{where}: option run_id is set by beat for each fire time; drop it."
-        )
     return Entry(name, canvas, checked_schedule, checked_options)
 
 
