@@ -32,15 +32,15 @@ def apps(driver_name: str, request: pytest.FixtureRequest) -> Iterator[list[App]
     """Yield two apps on one store, each declaring the same entry."""
     if driver_name == "memory":
         shared = App("memory://")
-        made = [shared, shared]
+        pair = [shared, shared]
     else:
         url: str = request.getfixturevalue("redis_url")
         prefix = f"test-{uuid.uuid4().hex[:12]}:"
-        made = [App(url, prefix=prefix), App(url, prefix=prefix)]
-    for app in {id(app): app for app in made}.values():
+        pair = [App(url, prefix=prefix), App(url, prefix=prefix)]
+    for app in {id(app): app for app in pair}.values():
         app.periodic(2, Signature("reports.ping"), name="ping")
-    yield made
-    for app in made:
+    yield pair
+    for app in pair:
         app.close()
 
 

@@ -53,9 +53,9 @@ def memory_driver(app: App) -> MemoryDriver:
 
 @pytest.fixture
 def app() -> Any:
-    made = App()
-    yield made
-    made.close()
+    instance = App()
+    yield instance
+    instance.close()
 
 
 # -- schedules ----------------------------------------------------------------
