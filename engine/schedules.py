@@ -152,11 +152,24 @@ class Interval:
 
     def next_after(self, time_s: float) -> float:
         """Return the first fire time strictly after ``time_s``."""
-        return (math.floor(time_s / self.seconds) + 1) * self.seconds
+        return (self._count_at_or_before(time_s) + 1) * self.seconds
 
     def latest_at_or_before(self, time_s: float) -> float:
         """Return the last fire time at or before ``time_s``."""
-        return math.floor(time_s / self.seconds) * self.seconds
+        return self._count_at_or_before(time_s) * self.seconds
+
+    def _count_at_or_before(self, time_s: float) -> int:
+        """Return the number of the last fire time at or before ``time_s``.
+
+        Fire times are always ``count * seconds``. The division can round
+        across a fire time, so the count is corrected by one either way.
+        """
+        count = math.floor(time_s / self.seconds)
+        if (count + 1) * self.seconds <= time_s:
+            return count + 1
+        if count * self.seconds > time_s:
+            return count - 1
+        return count
 
 
 Schedule = Cron | Interval

@@ -8,6 +8,8 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stem import App
 from stem.canvas.primitives import Signature, chain
@@ -68,6 +70,21 @@ def test_interval_fires_on_epoch_multiples() -> None:
     assert every.next_after(105.0) == 120.0
     assert every.latest_at_or_before(105.0) == 105.0
     assert every.latest_at_or_before(119.9) == 105.0
+
+
+@given(
+    seconds=st.floats(min_value=0.001, max_value=1e5),
+    time_s=st.floats(min_value=0, max_value=4e9),
+)
+def test_interval_times_bracket_any_time(seconds: float, time_s: float) -> None:
+    every = Interval(seconds)
+
+    latest = every.latest_at_or_before(time_s)
+    following = every.next_after(time_s)
+
+    assert latest <= time_s < following
+    assert every.next_after(latest) == following
+    assert every.latest_at_or_before(latest) == latest
 
 
 def test_cron_next_is_strictly_after() -> None:
