@@ -249,11 +249,11 @@ class Beat:
             self.app.submit(entry.canvas, (), None, options)
         except DriverError as err:
             self._unsubmitted[run_id] = (entry, fire_time_s)
-            self._store_failed("submit run " + run_id + " of", entry.name, err)
+            self._store_failed(f"submit run {run_id} of", entry.name, err)
             return
         except Exception:
-            # Declaration checks catch bad canvases, so this is a bug; the
-            # beat carries on with the other entries.
+            # Declaration checks catch bad canvases, and drivers wrap their
+            # errors in DriverError, so this is a bug. Other entries go on.
             log.exception(
                 "Entry %s failed to submit run %s, a bug in Stem; this fire is "
                 "dropped.",
@@ -263,6 +263,7 @@ class Beat:
             )
             return
         self._unsubmitted.pop(run_id, None)
+        self._failures = 0
         self.fired += 1
         log.info(
             "Fired %s for %s (%.3f s after its time): run %s.",
@@ -274,7 +275,11 @@ class Beat:
         )
 
     def _resubmit(self) -> None:
-        """Submit again the claimed fires whose submit failed; the id dedupes."""
+        """Submit again each claimed fire whose submit failed.
+
+        The run id is the same, so if an earlier attempt reached the store,
+        the store keeps that run and creates no second one.
+        """
         for entry, fire_time_s in list(self._unsubmitted.values()):
             self._submit(entry, fire_time_s, self.clock())
 
