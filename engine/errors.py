@@ -10,6 +10,8 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
     │   ├── MaxRetriesExceededError self.retry() after the last retry, with no exc
     │   ├── DeadLettered            a node's message could not be processed
+    │   ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit
+    │   ├── TimeLimitExceeded       a task's process was killed at its time limit
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
@@ -78,6 +80,23 @@ class DeadLettered(EngineError):
     """Recorded for a node whose message could not be processed (an unknown task).
 
     The message is kept in the dead-letter stream with the same reason.
+    """
+
+
+class SoftTimeLimitExceeded(EngineError):
+    """Raised inside a task body when it runs past its ``soft_time_limit``.
+
+    The task may catch it to clean up. Uncaught, it fails the attempt like
+    any other exception, and ``autoretry_for`` may list it. Raised only in
+    the ``processes`` pool.
+    """
+
+
+class TimeLimitExceeded(EngineError):
+    """Recorded for an attempt whose process was killed at its ``time_limit``.
+
+    The worker kills the child process running the task and starts a new one,
+    so the task gets no chance to clean up. Only in the ``processes`` pool.
     """
 
 

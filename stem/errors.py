@@ -21,7 +21,9 @@ from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
 from stem.engine.errors import Replace as Replace
 from stem.engine.errors import Retry as Retry
 from stem.engine.errors import RunNotFound as RunNotFound
+from stem.engine.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from stem.engine.errors import TaskError as TaskError
 from stem.engine.errors import TaskNotRegistered as TaskNotRegistered
+from stem.engine.errors import TimeLimitExceeded as TimeLimitExceeded
 from stem.engine.errors import TimeoutError as TimeoutError
 from stem.engine.result import RunCancelled as RunCancelled
