@@ -361,6 +361,10 @@ class App:
             timezone: IANA name or tzinfo of a cron expression; UTC by default.
             options: submit options, such as ``queue`` or ``priority``.
 
+        Returns:
+            The new `Entry`; without ``canvas``, a decorator that returns the
+            task it decorates.
+
         Raises:
             InvalidSchedule: naming the entry, the bad value and the fix.
         """

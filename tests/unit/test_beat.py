@@ -316,6 +316,14 @@ def test_periodic_decorates_a_task(app: App) -> None:
     assert entry.schedule == Cron("*/5 * * * *")
 
 
+def test_periodic_rejects_plain_function(app: App) -> None:
+    def tidy() -> None:
+        return None
+
+    with pytest.raises(InvalidSchedule, match="put it above @app.task"):
+        app.periodic(60)(tidy)
+
+
 # -- the beat loop ------------------------------------------------------------
 
 
