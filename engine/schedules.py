@@ -41,8 +41,8 @@ class Cron:
     Daylight saving time: a local time that the clocks skip fires at the first
     time after the gap. When the clocks go back, an expression with a fixed
     minute and hour (such as ``30 1 * * *``) fires once, at the first of the
-    two equal local times; one with ``*`` in its minute or hour field fires
-    through both, as Vixie cron does.
+    two equal local times. One with ``*`` in its minute or hour field fires
+    through both hours. Vixie cron's manual states the same rule.
 
     Raises:
         InvalidSchedule: if the expression or the timezone is invalid, or the
