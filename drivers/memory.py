@@ -62,6 +62,7 @@ class MemoryDriver:
             collections.Counter()
         )
         self._fired: set[tuple[str, float]] = set()
+        self._last_fires: dict[str, float] = {}
         self._locks: dict[str, tuple[str, float]] = {}
 
     # -- graph store --------------------------------------------------------
@@ -185,10 +186,17 @@ class MemoryDriver:
     def claim_fire(self, entry: str, fire_time_s: float) -> bool:
         with self._lock:
             key = (entry, fire_time_s)
+            latest = self._last_fires.get(entry)
+            if latest is None or fire_time_s > latest:
+                self._last_fires[entry] = fire_time_s
             if key in self._fired:
                 return False
             self._fired.add(key)
             return True
+
+    def last_fire(self, entry: str) -> float | None:
+        with self._lock:
+            return self._last_fires.get(entry)
 
     def acquire(self, name: str, lease_s: float) -> str | None:
         with self._lock:

@@ -18,12 +18,14 @@ from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
 from stem.canvas.spec import GraphSpec, NodeOptions
 from stem.engine.drivers import load_driver, redact
-from stem.engine.errors import Replace, Retry, TaskNotRegistered
+from stem.engine.errors import InvalidSchedule, Replace, Retry, TaskNotRegistered
 from stem.engine.execution import Request, current_request
 from stem.engine.ports import Driver
 from stem.engine.result import AsyncResult
+from stem.engine.schedules import Entry, entry_from_mapping, make_entry
 
 if TYPE_CHECKING:
+    from stem.engine.beat import Beat
     from stem.engine.worker import Worker
 
 log = logging.getLogger(__name__)
@@ -170,7 +172,13 @@ class App:
             this process, ``redis://host:port/db`` uses Redis.
         name: a label for logs.
         default_queue: the queue of tasks and nodes that name none.
+        beat_schedule: schedule entries for beat, as in Celery: each name
+            maps to ``task``, ``schedule`` and optional ``args``, ``kwargs``,
+            ``options`` and ``timezone``. See also `periodic`.
         settings: passed to the driver.
+
+    Raises:
+        InvalidSchedule: if a ``beat_schedule`` entry is invalid.
     """
 
     def __init__(
@@ -179,6 +187,7 @@ class App:
         *,
         name: str = "stem",
         default_queue: str = "default",
+        beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
         **settings: Any,
     ) -> None:
         self.url = url
@@ -186,9 +195,13 @@ class App:
         self.default_queue = default_queue
         self.settings = settings
         self.tasks: dict[str, Task] = {}
+        #: Schedule entries that `beat` fires, by name.
+        self.beat_entries: dict[str, Entry] = {}
         self._driver: Driver | None = None
         self._driver_lock = threading.Lock()
         self._register_builtins()
+        for entry_name, fields in (beat_schedule or {}).items():
+            self._add_entry(entry_from_mapping(entry_name, fields))
 
     def __repr__(self) -> str:
         return f"<App {self.name} {redact(self.url)}>"
@@ -321,6 +334,82 @@ class App:
         from stem.engine.worker import Worker
 
         return Worker(self, concurrency=concurrency, queues=queues, pool=pool)
+
+    # -- beat -----------------------------------------------------------------
+
+    def periodic(
+        self,
+        schedule: Any,
+        canvas: Canvas | None = None,
+        *,
+        name: str | None = None,
+        timezone: Any = None,
+        **options: Any,
+    ) -> Any:
+        """Declare a schedule entry that beat fires; also a decorator for tasks.
+
+        ``app.periodic("*/15 * * * *", report.s("daily"))`` schedules a
+        signature or any canvas. Above ``@app.task``, ``@app.periodic(60.0)``
+        schedules the task called with no arguments.
+
+        Args:
+            schedule: a cron expression, a number of seconds, a timedelta,
+                `Cron` or `Interval`.
+            canvas: what each fire submits; leave it out to decorate a task.
+            name: the entry's unique name; defaults to the task name of a
+                signature or decorated task, and is required for other canvases.
+            timezone: IANA name or tzinfo of a cron expression; UTC by default.
+            options: submit options, such as ``queue`` or ``priority``.
+
+        Returns:
+            The new `Entry`; without ``canvas``, a decorator that returns the
+            task it decorates.
+
+        Raises:
+            InvalidSchedule: naming the entry, the bad value and the fix.
+        """
+
+        def declare(target: Canvas, default_name: str | None) -> Entry:
+            entry_name = name or default_name
+            if entry_name is None:
+                raise InvalidSchedule(
+                    f"periodic(): {target!r} needs a name; pass name='...', "
+                    "because only a signature or task has a default name."
+                )
+            entry = make_entry(
+                entry_name, schedule, target, timezone=timezone, options=options
+            )
+            self._add_entry(entry)
+            return entry
+
+        if canvas is not None:
+            default = canvas.task if isinstance(canvas, Signature) else None
+            return declare(canvas, default)
+
+        def decorate(task: Task) -> Task:
+            if not isinstance(task, Task):
+                raise InvalidSchedule(
+                    f"@app.periodic decorates a task, not {task!r}; put it above "
+                    "@app.task."
+                )
+            declare(task.s(), task.name)
+            return task
+
+        return decorate
+
+    def beat(self, **kwargs: Any) -> Beat:
+        """Make a beat for this app's entries; ``with app.beat():`` runs it."""
+        from stem.engine.beat import Beat
+
+        return Beat(self, **kwargs)
+
+    def _add_entry(self, entry: Entry) -> None:
+        if entry.name in self.beat_entries:
+            raise InvalidSchedule(
+                f"Schedule entry {entry.name!r} is declared twice; give each "
+                "entry its own name."
+            )
+        self.beat_entries[entry.name] = entry
 
     def close(self) -> None:
         """Close the driver, if one was made."""

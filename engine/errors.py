@@ -11,9 +11,12 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
     │   ├── MaxRetriesExceededError self.retry() after the last retry, with no exc
     │   ├── DeadLettered            a node's message could not be processed
+    │   ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit
+    │   ├── TimeLimitExceeded       a task's process was killed at its time limit
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
+    ├── InvalidSchedule             a beat entry is declared wrongly (ValueError)
     └── Retry, Replace              raised inside tasks to steer the engine
 """
 
@@ -101,6 +104,23 @@ class DeadLettered(EngineError):
     """
 
 
+class SoftTimeLimitExceeded(EngineError):
+    """Raised inside a task body when it runs past its ``soft_time_limit``.
+
+    The task may catch it to clean up. Uncaught, it fails the attempt like
+    any other exception, and ``autoretry_for`` may list it. Raised only in
+    the ``processes`` pool.
+    """
+
+
+class TimeLimitExceeded(EngineError):
+    """Recorded for an attempt whose process was killed at its ``time_limit``.
+
+    The worker kills the child process running the task and starts a new one,
+    so the task gets no chance to clean up. Only in the ``processes`` pool.
+    """
+
+
 class MaxRetriesExceededError(EngineError):
     """Recorded when a task calls ``self.retry()`` without ``exc`` past its limit."""
 
@@ -111,6 +131,14 @@ class DriverError(StemError):
 
 class DriverNotFound(DriverError, LookupError):
     """Raised when no installed driver handles a URL's scheme."""
+
+
+class InvalidSchedule(StemError, ValueError):
+    """Raised when a beat schedule entry is declared wrongly.
+
+    The message names the entry, the bad value (its name, schedule, timezone or
+    canvas) and the fix. Nothing is scheduled when this is raised.
+    """
 
 
 class Retry(StemError):

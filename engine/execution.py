@@ -12,13 +12,20 @@ import random
 import sys
 import threading
 from dataclasses import dataclass, field
+from signal import ITIMER_REAL, SIGALRM, setitimer
+from signal import signal as set_signal_handler
 from typing import TYPE_CHECKING, Any, Literal
 
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.errors import CanvasError, NotSerializable
 from stem.canvas.primitives import Canvas
 from stem.canvas.values import dumps
-from stem.engine.errors import MaxRetriesExceededError, Replace, Retry
+from stem.engine.errors import (
+    MaxRetriesExceededError,
+    Replace,
+    Retry,
+    SoftTimeLimitExceeded,
+)
 from stem.engine.records import ErrorInfo
 
 if TYPE_CHECKING:
@@ -96,11 +103,19 @@ def execute(task: Task, request: Request) -> Outcome:
 
 
 def execute_in_child(
-    module: str, attribute: str, request: Request, path: list[str]
+    module: str,
+    attribute: str,
+    request: Request,
+    path: list[str],
+    soft_time_limit_s: float | None = None,
 ) -> Outcome:
     """Import a task by module and attribute in a child process, then run it.
 
-    Only task bodies run in children; the parent keeps all state.
+    Only task bodies run in children; the parent keeps all state. With
+    ``soft_time_limit_s``, a SIGALRM timer raises `SoftTimeLimitExceeded` in
+    the task body when the limit passes. The pool runs each call in the
+    child's main thread, which is the thread that Python runs signal
+    handlers in.
     """
     for entry in reversed(path):
         if entry not in sys.path:
@@ -108,7 +123,22 @@ def execute_in_child(
     target: Any = importlib.import_module(module)
     for part in attribute.split("."):
         target = getattr(target, part)
-    return execute(target, request)
+    if soft_time_limit_s is None:
+        return execute(target, request)
+
+    def on_alarm(_number: int, _frame: object) -> None:
+        raise SoftTimeLimitExceeded(
+            f"Task {request.task} {request.id} exceeded its soft time limit of "
+            f"{soft_time_limit_s} s."
+        )
+
+    previous = set_signal_handler(SIGALRM, on_alarm)
+    setitimer(ITIMER_REAL, soft_time_limit_s)
+    try:
+        return execute(target, request)
+    finally:
+        setitimer(ITIMER_REAL, 0)
+        set_signal_handler(SIGALRM, previous)
 
 
 def _retry_outcome(

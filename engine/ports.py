@@ -170,7 +170,15 @@ class ScheduleStore(Protocol):
     """Records which beat fire times were claimed, so each fires once."""
 
     def claim_fire(self, entry: str, fire_time_s: float) -> bool:
-        """Claim one fire time of a schedule entry; False if another beat has it."""
+        """Claim one fire time of a schedule entry; False if another beat has it.
+
+        Also records the fire time as the entry's latest, unless a later one
+        is already recorded, whether or not this call won the claim.
+        """
+        ...
+
+    def last_fire(self, entry: str) -> float | None:
+        """Return the latest fire time claimed for an entry, or None if none is."""
         ...
 
 

@@ -4,9 +4,11 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import contextlib
 import logging
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -14,7 +16,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stem.canvas.spec import GraphSpec
-from stem.engine.errors import TaskNotRegistered
+from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded
 from stem.engine.execution import Outcome, Request, execute, execute_in_child
 from stem.engine.ports import TASK_HEADER, Claim, Message
 from stem.engine.records import ErrorInfo
@@ -39,6 +41,7 @@ class Worker:
         queues: queue names to read, in priority order; defaults to the app's.
         pool: ``threads`` runs bodies in threads; ``processes`` runs them in
             child processes, while fetching and reporting stay in this one.
+            Only ``processes`` enforces ``time_limit`` and ``soft_time_limit``.
     """
 
     def __init__(
@@ -63,7 +66,10 @@ class Worker:
         self._abandoned = False
         self._started = False
         self._threads: list[threading.Thread] = []
-        self._executor: concurrent.futures.ProcessPoolExecutor | None = None
+        # One child process per worker thread, keyed by the thread's ident.
+        self._children: dict[int, _Child] = {}
+        self._children_lock = threading.Lock()
+        self._unenforced_limits: set[str] = set()
         self._count_lock = threading.Lock()
         # Claims whose tasks are running, with the monotonic time of their last
         # claim or renewal, keyed by id() of the claim.
@@ -72,8 +78,6 @@ class Worker:
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
-        if self.pool == "processes":
-            self._executor = self._new_pool()
         self.app.driver.worker_started()
         self._started = True
         for index in range(self.concurrency):
@@ -117,11 +121,14 @@ class Worker:
         for thread in self._threads:
             thread.join(wait_s)
         self._threads.clear()
-        if self._executor is not None:
+        with self._children_lock:
+            children = list(self._children.values())
+            self._children.clear()
+        for child in children:
             if abandon:
-                _terminate_children(self._executor)
-            self._executor.shutdown(wait=not abandon, cancel_futures=True)
-            self._executor = None
+                child.kill()
+            else:
+                child.executor.shutdown(wait=True, cancel_futures=True)
         if self._started:
             self._started = False
             self.app.driver.worker_stopped()
@@ -231,18 +238,33 @@ class Worker:
 
     def _execute(self, task: Task, claim: Claim) -> Outcome:
         request = _request(task, claim)
-        if self._executor is None:
+        hard_s, soft_s = _time_limits(task, claim)
+        if self.pool != "processes":
+            if (hard_s or soft_s) and task.name not in self._unenforced_limits:
+                self._unenforced_limits.add(task.name)
+                log.warning(
+                    "Task %s has a time limit, which the threads pool does not "
+                    "enforce; start the worker with --pool processes.",
+                    task.name,
+                )
             return execute(task, request)
         module, attribute = task.fn.__module__, task.fn.__qualname__
         if module == "__main__":
             module = task.name.rsplit(".", 1)[0]
-        executor = self._executor
+        child: _Child | None = None
+        future: concurrent.futures.Future[Outcome] | None = None
         try:
-            future = executor.submit(
-                execute_in_child, module, attribute, request, list(sys.path)
+            child = self._child()
+            future = child.executor.submit(
+                execute_in_child, module, attribute, request, list(sys.path), soft_s
             )
-            return future.result()
-        except Exception as exc:  # the child died or could not import the task
+            return future.result(timeout=hard_s)
+        except Exception as exc:
+            # The hard time limit passed, the child died, or it could not
+            # import the task.
+            timed_out = future is not None and not future.done()
+            if child is not None and hard_s is not None and timed_out:
+                return self._kill_at_time_limit(child, claim, hard_s)
             if self._abandoned:
                 return Outcome("failed", error=ErrorInfo.from_exception(exc))
             log.error(
@@ -251,24 +273,49 @@ class Worker:
                 claim.task_id,
                 exc_info=True,
             )
-            if isinstance(exc, concurrent.futures.process.BrokenProcessPool):
-                self._replace_pool(executor)
+            if child is not None and isinstance(
+                exc, concurrent.futures.process.BrokenProcessPool
+            ):
+                self._drop_child(child)
+                log.warning("A child process died; the next task starts a new one.")
             return Outcome("failed", error=ErrorInfo.from_exception(exc))
 
-    def _replace_pool(self, broken: concurrent.futures.ProcessPoolExecutor) -> None:
-        """Swap a pool broken by a dead child for a new one, once per break."""
-        with self._count_lock:
-            if self._executor is not broken or self._stop.is_set():
-                return
-            self._executor = self._new_pool()
-        broken.shutdown(wait=False, cancel_futures=True)
-        log.warning("A child process died; replaced the process pool.")
-
-    def _new_pool(self) -> concurrent.futures.ProcessPoolExecutor:
-        context = multiprocessing.get_context("spawn")
-        return concurrent.futures.ProcessPoolExecutor(
-            self.concurrency, mp_context=context
+    def _kill_at_time_limit(
+        self, child: _Child, claim: Claim, limit_s: float
+    ) -> Outcome:
+        """Kill the child running a task past its hard time limit; fail the task."""
+        self._drop_child(child)
+        log.error(
+            "Task %s %s exceeded its time limit of %.1f s; killed its process %d.",
+            claim.task,
+            claim.task_id,
+            limit_s,
+            child.pid,
         )
+        error = TimeLimitExceeded(
+            f"Task {claim.task} {claim.task_id} exceeded its time limit of "
+            f"{limit_s} s, so its process was killed."
+        )
+        return Outcome("failed", error=ErrorInfo.from_exception(error))
+
+    def _child(self) -> _Child:
+        """Return this worker thread's child process, starting it if needed."""
+        key = threading.get_ident()
+        with self._children_lock:
+            child = self._children.get(key)
+        if child is None:
+            child = _Child()
+            with self._children_lock:
+                self._children[key] = child
+        return child
+
+    def _drop_child(self, child: _Child) -> None:
+        """Kill a child and forget it; its thread starts a new one when needed."""
+        with self._children_lock:
+            for key, value in list(self._children.items()):
+                if value is child:
+                    del self._children[key]
+        child.kill()
 
     def _report(self, claim: Claim, outcome: Outcome) -> None:
         driver = self.app.driver
@@ -311,12 +358,36 @@ class Worker:
             driver.fail(message, outcome.error)
 
 
-def _terminate_children(executor: concurrent.futures.ProcessPoolExecutor) -> None:
-    # NOTE: ProcessPoolExecutor has no public way to end busy workers before
-    # Python 3.14 (terminate_workers), so this reads its private _processes.
-    processes = getattr(executor, "_processes", None) or {}
-    for process in list(processes.values()):
-        process.terminate()
+class _Child:
+    """A pool of one child process that runs one worker thread's tasks.
+
+    Each worker thread has its own, so killing a child at a task's time limit
+    stops no other thread's task.
+    """
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self.executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        # Starting the process now keeps its start-up out of the first task's
+        # time limit, and gives the pid to kill at a time limit.
+        self.pid: int = self.executor.submit(os.getpid).result()
+
+    def kill(self) -> None:
+        """Kill the process at once and release the pool."""
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(self.pid, signal.SIGKILL)
+        self.executor.shutdown(wait=False, cancel_futures=True)
+
+
+def _time_limits(task: Task, claim: Claim) -> tuple[float | None, float | None]:
+    """Return the hard and soft time limits in seconds, from the node or task."""
+    hard = claim.options.time_limit
+    if hard is None:
+        hard = task.options.get("time_limit")
+    soft = claim.options.soft_time_limit
+    if soft is None:
+        soft = task.options.get("soft_time_limit")
+    return hard, soft
 
 
 def _request(task: Task, claim: Claim) -> Request:

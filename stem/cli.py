@@ -35,6 +35,7 @@ from rich.table import Table
 from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
+from stem.commands.beat import beat
 from stem.discovery import (
     find_app,
     find_attribute,
@@ -396,3 +397,6 @@ def _summary(snapshot: RunSnapshot) -> Table:
         )
         table.add_row(task, str(sum(counter.values())), described, *spread)
     return table
+
+
+main.add_command(beat)

@@ -15,13 +15,16 @@ from stem.engine.errors import DeadLettered as DeadLettered
 from stem.engine.errors import DriverError as DriverError
 from stem.engine.errors import DriverNotFound as DriverNotFound
 from stem.engine.errors import EngineError as EngineError
+from stem.engine.errors import InvalidSchedule as InvalidSchedule
 from stem.engine.errors import MaxRetriesExceededError as MaxRetriesExceededError
 from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
 from stem.engine.errors import Replace as Replace
 from stem.engine.errors import Retry as Retry
 from stem.engine.errors import RunNotFound as RunNotFound
 from stem.engine.errors import RunNotRetryable as RunNotRetryable
+from stem.engine.errors import SoftTimeLimitExceeded as SoftTimeLimitExceeded
 from stem.engine.errors import TaskError as TaskError
 from stem.engine.errors import TaskNotRegistered as TaskNotRegistered
+from stem.engine.errors import TimeLimitExceeded as TimeLimitExceeded
 from stem.engine.errors import TimeoutError as TimeoutError
 from stem.engine.result import RunCancelled as RunCancelled

@@ -405,7 +405,18 @@ class RedisDriver:
         key = self._keys.fire(entry, fire_time_s)
         ttl_ms = max(1, int(self._fire_ttl_s * 1000))
         with self._redis_errors(f"claim fire time {fire_time_s} of {entry}"):
-            return bool(self._client.set(key, "1", nx=True, px=ttl_ms))
+            # One transaction, so a claimed time is never missing from the
+            # latest-fire record. ZADD GT (Redis 6.2+) keeps the later time.
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(key, "1", nx=True, px=ttl_ms)
+            pipe.zadd(self._keys.last_fires, {entry: fire_time_s}, gt=True)
+            claimed, _ = pipe.execute()
+        return bool(claimed)
+
+    def last_fire(self, entry: str) -> float | None:
+        with self._redis_errors(f"read the latest fire time of {entry}"):
+            score = self._client.zscore(self._keys.last_fires, entry)
+        return None if score is None else float(score)
 
     def acquire(self, name: str, lease_s: float) -> str | None:
         token = uuid.uuid4().hex

@@ -47,6 +47,8 @@ key                      type       contents
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
 <base>fire:<entry>:<t>   string     a claimed beat fire time, with a TTL
+<base>last_fires         sorted set beat entry names, each scored by the latest
+                                    fire time claimed for it, in seconds
 <base>lock:<name>        string     a lock's holder token, with the lease as TTL
 <prefix>stem:partitions  string     the deployment's partition tags, a JSON array,
                                     written once and never changed
@@ -137,6 +139,11 @@ class Keys:
         """Return the key that marks one fire time of a beat entry as claimed."""
         return f"{self.base}fire:{entry}:{fire_time_s!r}"
 
+    @property
+    def last_fires(self) -> str:
+        """The sorted set of each beat entry's latest claimed fire time."""
+        return f"{self.base}last_fires"
+
     def lock(self, name: str) -> str:
         """Return the key of a named lock."""
         return f"{self.base}lock:{name}"
@@ -197,6 +204,11 @@ class KeySpace:
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""
         return self.first.fire(entry, fire_time_s)
+
+    @property
+    def last_fires(self) -> str:
+        """The sorted set of each beat entry's latest claimed fire time."""
+        return self.first.last_fires
 
     def lock(self, name: str) -> str:
         """Return the key of a named lock."""

@@ -175,6 +175,19 @@ def test_fire_time_claimed_once(redis_target: Any) -> None:
         driver.close()
 
 
+def test_last_fire_keeps_latest_claim(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    try:
+        assert driver.last_fire("nightly") is None
+        driver.claim_fire("nightly", 1700000060.5)
+        driver.claim_fire("nightly", 1700000000.0)
+
+        assert driver.last_fire("nightly") == 1700000060.5
+        assert driver.last_fire("hourly") is None
+    finally:
+        driver.close()
+
+
 def test_lock_needs_its_token(redis_target: Any) -> None:
     driver = _driver(redis_target, prefix=_prefix())
     try:

@@ -22,6 +22,17 @@ def test_fire_time_claimed_once() -> None:
     assert driver.claim_fire("hourly", 1700000000.0) is True
 
 
+def test_last_fire_keeps_latest_claim() -> None:
+    driver = MemoryDriver()
+
+    assert driver.last_fire("nightly") is None
+    driver.claim_fire("nightly", 1700000060.0)
+    driver.claim_fire("nightly", 1700000000.0)
+
+    assert driver.last_fire("nightly") == 1700000060.0
+    assert driver.last_fire("hourly") is None
+
+
 def test_lock_excludes_second_holder() -> None:
     driver = MemoryDriver()
 
