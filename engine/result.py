@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -148,7 +149,7 @@ class AsyncResult:
         snapshot = self.snapshot()
         return to_svg(
             snapshot.spec,
-            node_views(snapshot),
+            node_views(snapshot.nodes),
             collapse_over=collapse_over,
             expand=expand,
             title=f"run {self.id}: {snapshot.status}",
@@ -166,7 +167,7 @@ class AsyncResult:
 
 
 def node_views(
-    snapshot: RunSnapshot, now_s: float | None = None
+    nodes: Mapping[NodeId, NodeRecord], now_s: float | None = None
 ) -> dict[NodeId, NodeView]:
     """Describe each node of a run for drawing: state, duration and attempts.
 
@@ -174,13 +175,13 @@ def node_views(
     has run for ``now_s`` less its start. Other nodes have no duration.
 
     Args:
-        snapshot: the run's state.
+        nodes: the run's node records, from a `RunSnapshot` or a `RunState`.
         now_s: the time the picture shows, on the clock the store stamps
             records with (``time.time()``, the default).
     """
     now = time.time() if now_s is None else now_s
     views: dict[NodeId, NodeView] = {}
-    for node_id, record in snapshot.nodes.items():
+    for node_id, record in nodes.items():
         duration = None
         if record.started_at is not None:
             if record.ended_at is not None:

@@ -11,7 +11,6 @@ from stem.canvas import GraphSpec, Signature, chain, chord, compile_canvas, grou
 from stem.canvas.render import NODE_STATES, NodeView
 from stem.canvas.svg import to_svg
 from stem.engine.app import App
-from stem.engine.ports import RunSnapshot
 from stem.engine.records import NodeRecord
 from stem.engine.result import node_views
 from stem.engine.worker import Worker
@@ -265,15 +264,12 @@ def test_run_repr_svg_shows_node_states(stem_app: App, stem_worker: Worker) -> N
 
 
 def test_node_views_times_running_and_ended_nodes() -> None:
-    spec = compile_canvas(chain(task("a"), task("b"), task("c")))
     nodes = {
         "0": NodeRecord("succeeded", attempt=2, started_at=100.0, ended_at=101.5),
         "1": NodeRecord("running", attempt=1, started_at=102.0),
         "2": NodeRecord("pending"),
     }
-    snapshot = RunSnapshot("r", "running", spec, nodes, 99.0, None, None, None)
-
-    views = node_views(snapshot, now_s=110.0)
+    views = node_views(nodes, now_s=110.0)
 
     assert views == {
         "0": NodeView("succeeded", 1.5, 2),
