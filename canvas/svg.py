@@ -18,6 +18,7 @@ same spec and views always give the same text.
 from __future__ import annotations
 
 import html
+from bisect import bisect_right
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import NamedTuple
@@ -339,15 +340,66 @@ def _draw_count_bar(box: _Box) -> Iterator[str]:
         left += part
 
 
-def _draw_edge(edge: _Edge, boxes: Mapping[str, _Box]) -> str:
-    source, target = boxes[edge.source], boxes[edge.target]
+def _columns(boxes: Mapping[str, _Box]) -> dict[int, list[_Box]]:
+    """Group the placed boxes by column, each column's boxes top to bottom."""
+    columns: dict[int, list[_Box]] = {}
+    for box in sorted(boxes.values(), key=lambda box: box.y):
+        columns.setdefault(box.row.depth, []).append(box)
+    return columns
+
+
+def _lane(column: Sequence[_Box], ideal_y: float) -> float:
+    """Return where an edge crosses a column: ``ideal_y``, or the nearest gap."""
+    margin = 4
+    # Boxes in a column do not overlap, so only the last one that starts
+    # above the ideal line can be in its way.
+    index = bisect_right(column, ideal_y + margin, key=lambda box: box.y)
+    if index == 0:
+        return ideal_y
+    box = column[index - 1]
+    if ideal_y > box.y + _BOX_HEIGHT + margin:
+        return ideal_y
+    above = box.y - _ROW_GAP / 2
+    below = box.y + _BOX_HEIGHT + _ROW_GAP / 2
+    return above if ideal_y - above <= below - ideal_y else below
+
+
+def _curve(x1: float, y1: float, x2: float, y2: float) -> str:
+    """Write a cubic that leaves and arrives horizontally, from the current point."""
+    bend = max((x2 - x1) / 2, 24.0)
+    return (
+        f" C{_num(x1 + bend)},{_num(y1)} {_num(x2 - bend)},{_num(y2)} "
+        f"{_num(x2)},{_num(y2)}"
+    )
+
+
+def _edge_path(
+    source: _Box, target: _Box, columns: Mapping[int, Sequence[_Box]]
+) -> str:
+    """Route an edge, crossing each column between its ends through a gap.
+
+    An edge that skips columns would otherwise run under the boxes in them.
+    """
     x1, y1 = source.x + source.width, source.centre_y
     x2, y2 = target.x - 2, target.centre_y
-    bend = max((x2 - x1) / 2, 24.0)
-    path = (
-        f"M{_num(x1)},{_num(y1)} C{_num(x1 + bend)},{_num(y1)} "
-        f"{_num(x2 - bend)},{_num(y2)} {_num(x2)},{_num(y2)}"
-    )
+    path = f"M{_num(x1)},{_num(y1)}"
+    x, y = x1, y1
+    for depth in range(source.row.depth + 1, target.row.depth):
+        column = columns.get(depth)
+        if not column:
+            continue
+        left, right = column[0].x, column[0].x + column[0].width
+        middle = (left + right) / 2
+        lane = _lane(column, y1 + (y2 - y1) * (middle - x1) / (x2 - x1))
+        path += _curve(x, y, left, lane) + f" L{_num(right)},{_num(lane)}"
+        x, y = right, lane
+    return path + _curve(x, y, x2, y2)
+
+
+def _draw_edge(
+    edge: _Edge, boxes: Mapping[str, _Box], columns: Mapping[int, Sequence[_Box]]
+) -> str:
+    path = _edge_path(boxes[edge.source], boxes[edge.target], columns)
     if edge.kind == "covers":
         style = (
             f'stroke="{_FAILURE_EDGE_COLOUR}" stroke-dasharray="6 4" '
@@ -523,6 +575,7 @@ def to_svg(
         box.y += graph_top
     height = (graph_top + graph_bottom if boxes else legend_bottom) + _MARGIN
 
+    columns = _columns(boxes)
     picture_title = title or "Stem graph"
     parts = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{_num(width)}" '
@@ -535,7 +588,7 @@ def to_svg(
         *header,
         *legend,
         '<g class="stem-edges">',
-        *(_draw_edge(edge, boxes) for edge in edges),
+        *(_draw_edge(edge, boxes, columns) for edge in edges),
         "</g>",
         '<g class="stem-nodes">',
     ]

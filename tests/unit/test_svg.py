@@ -276,3 +276,21 @@ def test_node_views_times_running_and_ended_nodes() -> None:
         "1": NodeView("running", 8.0, 1),
         "2": NodeView("pending", None, 0),
     }
+
+
+def test_svg_routes_long_edges_around_boxes() -> None:
+    # m waits for q (two columns after fetch) and for r (one column after
+    # fetch), so the edge from r to m crosses the column that holds q.
+    root = parse(to_svg(linked_chain()))
+
+    q_rect = next(box for box in node_boxes(root) if box.get("data-node") == "2")
+    rect = q_rect.find(f"{SVG}rect")
+    assert rect is not None
+    top = float(rect.get("y") or 0)
+    bottom = top + float(rect.get("height") or 0)
+    long_edges = [edge for edge in edges(root) if " L" in (edge.get("d") or "")]
+    assert len(long_edges) == 1
+    lane_y = float(
+        (long_edges[0].get("d") or "").split(" L")[1].split(",")[1].split()[0]
+    )
+    assert not top <= lane_y <= bottom
