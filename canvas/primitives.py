@@ -180,6 +180,15 @@ class Canvas:
         """Submit with the given arguments, as ``apply_async(args, kwargs)`` does."""
         return self.apply_async(args, kwargs)
 
+    # -- drawing --------------------------------------------------------------
+
+    def _repr_svg_(self) -> str:
+        """Draw the compiled canvas for Jupyter, with every node ``pending``."""
+        from stem.canvas.compiler import compile_canvas
+        from stem.canvas.svg import to_svg
+
+        return to_svg(compile_canvas(self))
+
     # -- composition ----------------------------------------------------------
 
     def __or__(self, other: Canvas) -> Canvas:

@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from stem.canvas.render import NodeView
 from stem.canvas.spec import GraphSpec, NodeId
+from stem.canvas.svg import to_svg
 from stem.canvas.values import decode, loads
 from stem.engine.errors import (
     EngineError,
@@ -135,6 +138,27 @@ class AsyncResult:
         snapshot = self.snapshot()
         return snapshot.spec, snapshot.nodes
 
+    def to_svg(self, *, collapse_over: int = 8, expand: bool = False) -> str:
+        """Draw the run as it is now: an SVG picture of its graph and node states.
+
+        Args:
+            collapse_over: a group with more members than this, each a single
+                node of the same task, shows as one counted box.
+            expand: show every member of every group, whatever its size.
+        """
+        snapshot = self.snapshot()
+        return to_svg(
+            snapshot.spec,
+            node_views(snapshot.nodes),
+            collapse_over=collapse_over,
+            expand=expand,
+            title=f"run {self.id}: {snapshot.status}",
+        )
+
+    def _repr_svg_(self) -> str:
+        """Draw the run for Jupyter, with its node states at the time of display."""
+        return self.to_svg()
+
     def cancel(self) -> None:
         """Cancel the run: queued nodes never start, and no errback fires."""
         self.app.driver.cancel(self.id)
@@ -163,6 +187,35 @@ class AsyncResult:
         """
         self.app.driver.retry_run(self.id)
         return AsyncResult(self.id, self.app)
+
+
+def node_views(
+    nodes: Mapping[NodeId, NodeRecord], now_s: float | None = None
+) -> dict[NodeId, NodeView]:
+    """Describe each node of a run for drawing: state, duration and attempts.
+
+    A node that ended has the duration of its last attempt. A running node
+    has run for ``now_s`` less its start. Other nodes have no duration.
+
+    Args:
+        nodes: the run's node records, from a `RunSnapshot` or a `RunState`.
+        now_s: the time the picture shows, on the clock the store stamps
+            records with (``time.time()``, the default).
+    """
+    now = time.time() if now_s is None else now_s
+    views: dict[NodeId, NodeView] = {}
+    for node_id, record in nodes.items():
+        duration = None
+        if record.started_at is not None:
+            if record.ended_at is not None:
+                duration = record.ended_at - record.started_at
+            elif record.state == "running":
+                duration = now - record.started_at
+        if duration is not None:
+            # Clocks of different hosts may disagree by a little.
+            duration = max(duration, 0.0)
+        views[node_id] = NodeView(record.state, duration, record.attempt)
+    return views
 
 
 def rebuild_exception(error: ErrorInfo, failed_task_id: str) -> Exception:
