@@ -7,6 +7,7 @@ and reloading scripts that a pipeline finds missing.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import uuid
@@ -22,6 +23,7 @@ from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.connection import parse_url
 from stem.drivers.redis.keys import partition_index, partition_list
 from stem.drivers.redis.partitions import primary_of, slot_owners
+from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 
 TIMEOUT_S = 10.0
 
@@ -209,6 +211,28 @@ def test_stale_buffered_message_reclaimed(redis_target: Any) -> None:
         assert driver.claim(again) is not None
     finally:
         driver.close()
+
+
+def test_scripts_preloaded_on_every_primary(redis_target: Any) -> None:
+    client = redis_target.client()
+    nodes = [client]
+    if isinstance(client, RedisCluster):
+        nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
+    shas = [
+        hashlib.sha1(load_source(name).encode("utf-8")).hexdigest()
+        for name in SCRIPT_NAMES
+    ]
+    try:
+        for node in nodes:
+            node.script_flush()
+
+        driver = _driver(redis_target, prefix=_prefix())
+        driver.close()
+
+        for node in nodes:
+            assert node.script_exists(*shas) == [True] * len(shas)
+    finally:
+        client.close()
 
 
 def test_pipeline_reloads_flushed_scripts(redis_target: Any) -> None:
