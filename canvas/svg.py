@@ -77,6 +77,8 @@ _MIN_LEGEND_WIDTH = 520
 # A box's text is cut to this many cells, with the full text in its tooltip.
 _MAX_LINE_CELLS = 40
 _MIN_LINE_CELLS = 12
+# The title is cut to this many cells, with the full text in the picture's tooltip.
+_MAX_TITLE_CELLS = 100
 
 _ELLIPSIS = "\N{HORIZONTAL ELLIPSIS}"
 _REPLACEMENT = "\N{REPLACEMENT CHARACTER}"
@@ -148,7 +150,7 @@ def _num(value: float) -> str:
     return text[:-2] if text.endswith(".0") else text
 
 
-def _text_width(cells: int) -> float:
+def _text_width(cells: float) -> float:
     return cells * _CHAR_WIDTH
 
 
@@ -551,11 +553,12 @@ def to_svg(
 
     header: list[str] = []
     y = float(_MARGIN)
-    if title:
+    heading = _fit(_clean(title or ""), _MAX_TITLE_CELLS)
+    if heading:
         y += _FONT_SIZE + 2
         header.append(
             f'<text x="{_MARGIN}" y="{_num(y)}" font-size="{_FONT_SIZE + 2}" '
-            f'font-weight="bold">{_escape(title)}</text>'
+            f'font-weight="bold">{_escape(heading)}</text>'
         )
         y += 8
     summary = _summary(spec, boxes) if boxes else "No nodes: the canvas is empty."
@@ -566,7 +569,9 @@ def to_svg(
     # The legend wraps at the graph's width, so lay the graph out first with
     # a provisional top, then move it below the legend.
     graph_width, graph_bottom = _layout(boxes, edges, 0.0)
-    width = max(graph_width, _MIN_LEGEND_WIDTH)
+    # The heading is set a size larger, so its characters are wider.
+    header_cells = max(cell_len(heading) * 1.2, cell_len(summary))
+    width = max(graph_width, _MIN_LEGEND_WIDTH, _text_width(header_cells) + 2 * _MARGIN)
     legend, legend_bottom = _draw_legend(
         _legend_items(spec, views, edges), legend_top, width
     )

@@ -294,3 +294,15 @@ def test_svg_routes_long_edges_around_boxes() -> None:
         (long_edges[0].get("d") or "").split(" L")[1].split(",")[1].split()[0]
     )
     assert not top <= lane_y <= bottom
+
+
+def test_svg_cuts_a_long_title_and_fits_it() -> None:
+    title = "run " + "Z" * 300
+    root = parse(to_svg(linked_chain(), title=title))
+
+    heading = next(text.text or "" for text in root.iter(f"{SVG}text"))
+    assert heading.startswith("run ZZZ")
+    assert heading.endswith("\N{HORIZONTAL ELLIPSIS}")
+    assert len(heading) == 100
+    assert root.findtext(f"{SVG}title") == title
+    assert float(root.get("width") or 0) >= 100 * 7
