@@ -109,3 +109,27 @@ def test_reopen_reply_for_running_run(driver: RedisDriver) -> None:
 
     assert reply == [-4, "running"]
     assert driver.snapshot(run_id).epoch == 1
+
+
+def test_replaced_errback_canvas_kept(driver: RedisDriver) -> None:
+    canvas = Signature("task").on_error(Signature("errback"))
+    run_id = f"run-{uuid.uuid4().hex[:8]}"
+    assert driver.submit(run_id, compile_canvas(canvas))
+    for node_id in ("0", "1", "1.0"):
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        assert message.node_id == node_id
+        claim = driver.claim(message)
+        assert claim is not None
+        if node_id == "1":
+            driver.replace(claim.message, compile_canvas(Signature("x")))
+        else:
+            driver.fail(claim.message, ERROR)
+    assert driver.snapshot(run_id).status == "failed"
+
+    driver.retry_run(run_id)
+
+    snapshot = driver.snapshot(run_id)
+    states = {node_id: record.state for node_id, record in snapshot.nodes.items()}
+    assert states == {"0": "queued", "1": "succeeded", "1.0": "failed"}
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    assert (message.node_id, message.epoch) == ("0", 2)
