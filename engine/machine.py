@@ -305,7 +305,11 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     canvas), because then its input is about to change. So a join that
     succeeded over a failed member under ``all_settled`` is kept. A node that
     a ``replace`` put a canvas in place of is never reopened, because
-    splicing it again would add its canvas twice.
+    splicing it again would add its canvas twice. When such a node would
+    have been reopened (an errback, or a node inside an errback's canvas),
+    the nodes of its canvas that ended keep their outcomes too, so that part
+    of the errback does not run again on its own. Its nodes that had not
+    ended are reopened, because messages of the old epoch no longer count.
     """
     states = {node_id: record.state for node_id, record in run.nodes.items()}
     reopened: set[NodeId] = set()
@@ -314,6 +318,7 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
         if states[node.id] not in ("succeeded", "skipped"):
             reopened.add(node.id)
             stack.append(node.id)
+    kept_replaced: set[NodeId] = set()
     while stack:
         current = stack.pop()
         current_succeeded = states[current] == "succeeded"
@@ -326,11 +331,17 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
             *run.spec.errbacks_covering[current],
         ]
         for candidate in candidates:
-            if candidate in reopened or run.nodes[candidate].replaced:
-                continue
-            reopened.add(candidate)
-            stack.append(candidate)
-    return reopened
+            if run.nodes[candidate].replaced:
+                kept_replaced.add(candidate)
+            elif candidate not in reopened:
+                reopened.add(candidate)
+                stack.append(candidate)
+    prefixes = tuple(f"{node_id}." for node_id in kept_replaced)
+    return {
+        node_id
+        for node_id in reopened
+        if not (node_id.startswith(prefixes) and states[node_id] in TERMINAL)
+    }
 
 
 def splice(

@@ -144,8 +144,9 @@ class GraphStore(Protocol):
         """Open the next epoch of a failed or cancelled run and return its number.
 
         The run's failed and cancelled nodes, and what never ran because of
-        them, get new attempts; succeeded nodes keep their values. Messages
-        and reports of older epochs are ignored from then on.
+        them, get new attempts, counted from 1 again. Succeeded nodes keep
+        their values. Messages and reports of older epochs are ignored from
+        then on.
 
         Raises:
             RunNotFound: if the run is unknown.

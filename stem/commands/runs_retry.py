@@ -21,12 +21,14 @@ import sys
 
 import click
 
+from stem.canvas.spec import NodeId
 from stem.discovery import load_app
+from stem.engine import machine
 from stem.engine.app import App
 from stem.engine.drivers import redact
 from stem.engine.errors import DriverError, DriverNotFound, RunNotFound, RunNotRetryable
 from stem.engine.ports import RunSnapshot
-from stem.engine.records import TERMINAL
+from stem.engine.records import RunState
 from stem.engine.result import AsyncResult
 
 EXIT_OK = 0
@@ -113,6 +115,7 @@ def retry_run(
         click.ClickException: if the store failed.
     """
     try:
+        before = app.driver.snapshot(run_id)
         result = app.AsyncResult(run_id).retry()
         snapshot = result.snapshot()
     except (RunNotFound, RunNotRetryable) as err:
@@ -121,7 +124,7 @@ def retry_run(
         raise click.UsageError(str(err)) from err
     except DriverError as err:
         raise click.ClickException(str(err)) from err
-    _report(snapshot, app, as_json, "reopened")
+    _report_reopened(snapshot, _reopened_nodes(before), app, as_json)
     if not wait:
         return EXIT_OK
 
@@ -129,7 +132,7 @@ def retry_run(
         snapshot = app.driver.wait(run_id, timeout_s)
     except DriverError as err:
         raise click.ClickException(str(err)) from err
-    _report(snapshot, app, as_json, "ended")
+    _report_ended(snapshot, as_json)
     if snapshot.status == "running":
         return EXIT_TIMEOUT
     if snapshot.status != "succeeded":
@@ -160,25 +163,46 @@ def _app(app_spec: str | None, url: str | None) -> App:
     return app
 
 
-def _report(snapshot: RunSnapshot, app: App, as_json: bool, event: str) -> None:
-    """Print the run's epoch and state, as text or one JSON object."""
-    states = [record.state for record in snapshot.nodes.values()]
-    open_nodes = sum(1 for state in states if state not in TERMINAL)
+def _reopened_nodes(before: RunSnapshot) -> list[NodeId]:
+    """Return, in node order, the nodes that the retry of this snapshot reopens.
+
+    The snapshot is read just before the retry. Only links and errbacks of a
+    finished run can still change in between, so the list may differ from
+    what the store reopened by those.
+    """
+    run = RunState(run_id=before.run_id, spec=before.spec, nodes=before.nodes)
+    reopened = machine.nodes_to_reopen(run)
+    return [node.id for node in before.spec.nodes if node.id in reopened]
+
+
+def _report_reopened(
+    snapshot: RunSnapshot, reopened: list[NodeId], app: App, as_json: bool
+) -> None:
     if as_json:
         payload = {
             "run_id": snapshot.run_id,
-            "event": event,
+            "event": "reopened",
             "epoch": snapshot.epoch,
-            "status": snapshot.status,
-            "open_nodes": open_nodes,
+            "reopened_nodes": reopened,
         }
         click.echo(json.dumps(payload))
-    elif event == "reopened":
-        click.echo(
-            f"Run {snapshot.run_id} reopened as epoch {snapshot.epoch} in "
-            f"{redact(app.url)}; {open_nodes} of its {len(states)} nodes are "
-            "open again."
-        )
+        return
+    click.echo(
+        f"Run {snapshot.run_id} reopened as epoch {snapshot.epoch} in "
+        f"{redact(app.url)}: {len(reopened)} of its {len(snapshot.nodes)} nodes "
+        "run again."
+    )
+
+
+def _report_ended(snapshot: RunSnapshot, as_json: bool) -> None:
+    if as_json:
+        payload = {
+            "run_id": snapshot.run_id,
+            "event": "ended" if snapshot.status != "running" else "timed_out",
+            "epoch": snapshot.epoch,
+            "status": snapshot.status,
+        }
+        click.echo(json.dumps(payload))
     elif snapshot.status == "running":
         click.echo(
             f"Run {snapshot.run_id} epoch {snapshot.epoch} is still running; "

@@ -122,6 +122,8 @@ class _Pair:
             return False
         assert self.driver.retry_run(self.run_id) == self.run.epoch
         event(f"run retry of a {status} run")
+        if any(record.replaced for record in self.run.nodes.values()):
+            event("run retry with a replaced node")
         self._enqueue(effects)
         return True
 

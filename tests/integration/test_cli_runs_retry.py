@@ -126,8 +126,7 @@ def test_retry_reopens_failed_run(flows: ModuleType, state: Path) -> None:
     assert report["run_id"] == run_id
     assert report["event"] == "reopened"
     assert report["epoch"] == 2
-    assert report["status"] == "running"
-    assert report["open_nodes"] == 2
+    assert report["reopened_nodes"] == ["1", "3"]
     with flows.app.worker(concurrency=2, pool="threads"):
         assert flows.app.AsyncResult(run_id).get(TIMEOUT_S) == 56
     assert calls(state, "add") == 2
@@ -145,7 +144,7 @@ def test_retry_with_app_and_wait(flows: ModuleType, state: Path) -> None:
 
     assert outcome.exit_code == 0, outcome.output
     assert f"Run {run_id} reopened as epoch 2" in outcome.output
-    assert "2 of its 4 nodes are open again" in outcome.output
+    assert "2 of its 4 nodes run again" in outcome.output
     assert f"Run {run_id} epoch 2 succeeded." in outcome.output
     assert calls(state, "flaky") == 2
 
@@ -171,6 +170,24 @@ def test_retry_times_out_exits_3(flows: ModuleType, state: Path) -> None:
 
     assert outcome.exit_code == 3, outcome.output
     assert "still running; stopped waiting" in outcome.output
+
+
+def test_retry_json_lines_with_wait(flows: ModuleType, state: Path) -> None:
+    run_id = failed_run(flows)
+    args = [run_id, "--url", flows.app.url, "--json", "--wait", "--timeout", "0"]
+
+    outcome = CliRunner().invoke(retry, args)
+
+    assert outcome.exit_code == 3, outcome.output
+    reopened, ended = (json.loads(line) for line in outcome.output.splitlines())
+    assert reopened["event"] == "reopened"
+    assert reopened["reopened_nodes"] == ["1", "3"]
+    assert ended == {
+        "run_id": run_id,
+        "event": "timed_out",
+        "epoch": 2,
+        "status": "running",
+    }
 
 
 def test_retry_rejects_succeeded_run(flows: ModuleType, state: Path) -> None:
@@ -207,6 +224,15 @@ def test_retry_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
 
     assert outcome.exit_code == 2, outcome.output
     assert "pass --url redis://host:port/db, set STEM_URL" in outcome.output
+
+
+def test_retry_store_down_exits_1() -> None:
+    # Nothing listens on port 1 of the loopback address, so the connection fails.
+    outcome = CliRunner().invoke(retry, ["some-run", "--url", "redis://127.0.0.1:1/0"])
+
+    assert outcome.exit_code == 1, outcome.output
+    assert "Redis failed to read run some-run" in outcome.output
+    assert "Traceback" not in outcome.output
 
 
 def test_retry_reads_stem_url(

@@ -206,3 +206,36 @@ def test_nodes_to_reopen_keeps_successes() -> None:
     succeed(run, "0", 1)
     fail(run, "1")
     assert machine.nodes_to_reopen(run) == {"1", "2", "3"}
+
+
+def replaced_errback_run() -> RunState:
+    """Fail a task whose errback replaced itself with the one-task canvas ``1.0``."""
+    run, _ = start(Signature("a").on_error(Signature("e")))
+    fail(run, "0")
+    assert machine.claim(run, "1", 1, 3.0)
+    spliced = machine.splice(run, "1", 1, compile_canvas(Signature("x")), 4.0)
+    assert spliced is not None
+    assert queued(spliced) == [("1.0", 1)]
+    return run
+
+
+def test_replaced_errback_canvas_kept() -> None:
+    run = replaced_errback_run()
+    fail(run, "1.0")
+
+    effects = machine.reopen(run, 5.0)
+
+    assert queued(effects) == [("0", 1)]
+    assert run.nodes["1"].state == "succeeded"
+    assert run.nodes["1.0"].state == "failed"
+
+
+def test_replaced_errback_open_node_reopened() -> None:
+    run = replaced_errback_run()
+    assert run.nodes["1.0"].state == "queued"
+
+    effects = machine.reopen(run, 5.0)
+
+    assert queued(effects) == [("0", 1), ("1.0", 1)]
+    assert run.nodes["1"].state == "succeeded"
+    assert run.epoch == 2

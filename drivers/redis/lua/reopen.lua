@@ -58,6 +58,7 @@ end
 
 -- The same closure as the Python `nodes_to_reopen`; its docstring gives the rules.
 local reopened = {}
+local kept_replaced = {}
 local stack = {}
 for _, node in ipairs(nodes) do
   if states[node] ~= "succeeded" and states[node] ~= "skipped" then
@@ -66,11 +67,12 @@ for _, node in ipairs(nodes) do
   end
 end
 local function visit(candidate)
-  if reopened[candidate] or rcall("HGET", nodes_key, candidate .. "/replaced") == "1" then
-    return
+  if rcall("HGET", nodes_key, candidate .. "/replaced") == "1" then
+    kept_replaced[#kept_replaced + 1] = candidate
+  elseif not reopened[candidate] then
+    reopened[candidate] = true
+    stack[#stack + 1] = candidate
   end
-  reopened[candidate] = true
-  stack[#stack + 1] = candidate
 end
 while #stack > 0 do
   local current = table.remove(stack)
@@ -82,6 +84,17 @@ while #stack > 0 do
   end
   for _, errback in ipairs(split(attr(current, "errbacks"))) do
     visit(errback)
+  end
+end
+
+-- The nodes that ended in the canvas of a replaced node that is kept keep
+-- their outcomes too.
+for _, replaced in ipairs(kept_replaced) do
+  local prefix = replaced .. "."
+  for _, node in ipairs(nodes) do
+    if string.sub(node, 1, #prefix) == prefix and TERMINAL[states[node]] then
+      reopened[node] = nil
+    end
   end
 end
 
