@@ -143,6 +143,8 @@ def complete(
     if record is None:
         return None
     record.value = value
+    # An earlier attempt's error goes: a succeeded node has no error.
+    record.error = None
     effects: list[Effect] = []
     _end(run, node_id, "succeeded", now, effects)
     _maybe_finish(run, now, effects)

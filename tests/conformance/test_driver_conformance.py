@@ -187,6 +187,16 @@ def test_retry_inside_chord_header(kit: Kit) -> None:
     assert kit.called("total") == [([5, 2],)]
 
 
+def test_succeeded_node_keeps_no_error_of_its_retries(kit: Kit) -> None:
+    result = kit.flaky.s(5, 2).apply_async()
+    with kit.app.worker(concurrency=1):
+        assert result.get(TIMEOUT_S) == 5
+    [node] = result.nodes().values()
+    assert node.state == "succeeded"
+    assert node.attempts == 3
+    assert node.error is None
+
+
 def test_duplicate_report_changes_nothing(kit: Kit) -> None:
     driver = kit.app.driver
     result = chain(kit.add.s(1, 1), kit.add.s(2)).apply_async()

@@ -72,6 +72,8 @@ if state ~= "running" then
   return {0}
 end
 rcall("HSET", values_key, node, value)
+-- An earlier attempt's error goes: a succeeded node has no error.
+rcall("HDEL", errors_key, node)
 end_node(node, "succeeded")
 maybe_finish()
 return {1}
