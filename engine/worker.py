@@ -7,6 +7,7 @@ import concurrent.futures.process
 import logging
 import multiprocessing
 import os
+import socket
 import sys
 import threading
 import time
@@ -16,7 +17,7 @@ from typing import TYPE_CHECKING, Any
 from stem.canvas.spec import GraphSpec
 from stem.engine.errors import TaskNotRegistered
 from stem.engine.execution import Outcome, Request, execute, execute_in_child
-from stem.engine.ports import TASK_HEADER, Claim, Message
+from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
 from stem.engine.records import ErrorInfo
 
 if TYPE_CHECKING:
@@ -28,6 +29,8 @@ POOLS = ("threads", "processes")
 #: Fraction of the broker's visibility timeout after which a running task's
 #: lease is renewed, so two renewals can fail before the message is taken over.
 RENEW_FRACTION = 1 / 3
+#: Heartbeats a worker may miss before it no longer counts as alive.
+MISSED_HEARTBEATS = 3
 
 
 class Worker:
@@ -39,6 +42,10 @@ class Worker:
         queues: queue names to read, in priority order; defaults to the app's.
         pool: ``threads`` runs bodies in threads; ``processes`` runs them in
             child processes, while fetching and reporting stay in this one.
+        name: the worker's name in heartbeats and logs; defaults to
+            ``<host>-<pid>``. Names must be unique per deployment.
+        heartbeat_s: seconds between heartbeats. A worker counts as alive
+            for `MISSED_HEARTBEATS` intervals after its last one.
     """
 
     def __init__(
@@ -48,6 +55,8 @@ class Worker:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         pool: str = "threads",
+        name: str | None = None,
+        heartbeat_s: float = 2.0,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(
@@ -57,8 +66,13 @@ class Worker:
         self.concurrency = concurrency or os.cpu_count() or 1
         self.queues = list(queues or [app.default_queue])
         self.pool = pool
+        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.heartbeat_s = heartbeat_s
         self.processed = 0
         self.failed = 0
+        #: Tasks whose outcome was not reported because a stop abandoned them.
+        self.abandoned = 0
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._abandoned = False
         self._started = False
@@ -76,6 +90,13 @@ class Worker:
             self._executor = self._new_pool()
         self.app.driver.worker_started()
         self._started = True
+        self._started_at = time.time()
+        self._beat()
+        beater = threading.Thread(
+            target=self._heartbeat_loop, name="stem-heartbeat", daemon=True
+        )
+        beater.start()
+        self._threads.append(beater)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, name=f"stem-worker-{index}", daemon=True
@@ -105,17 +126,29 @@ class Worker:
         """Stop fetching, let the tasks in progress finish, then stop.
 
         Args:
-            timeout_s: how long to wait for each worker thread to finish.
+            timeout_s: how long to wait in total for the tasks in progress.
+                Tasks still running then are abandoned as with ``abandon``.
             abandon: stop at once instead: child processes are terminated and
                 thread-pool tasks are left running in their daemon threads.
-                Their nodes are never reported, so on ``memory://`` their runs
-                stay unfinished.
+                Their nodes are never reported. Their messages stay
+                unacknowledged, so a broker with a visibility timeout hands
+                them to another worker, and on ``memory://`` their runs stay
+                unfinished.
         """
         self._abandoned = abandon
         self._stop.set()
-        wait_s = 0.0 if abandon else timeout_s
+        deadline = time.monotonic() + (0.0 if abandon else timeout_s)
         for thread in self._threads:
-            thread.join(wait_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = self.in_flight
+        if running and not abandon:
+            log.warning(
+                "Warm stop took longer than %.1f s; abandoning %d running tasks, "
+                "whose messages will be claimed again.",
+                timeout_s,
+                running,
+            )
+            self._abandoned = abandon = True
         self._threads.clear()
         if self._executor is not None:
             if abandon:
@@ -125,14 +158,64 @@ class Worker:
         if self._started:
             self._started = False
             self.app.driver.worker_stopped()
+            try:
+                self.app.driver.forget_worker(self.name)
+            except Exception:
+                log.error(
+                    "Removing the heartbeat of %s failed.", self.name, exc_info=True
+                )
         log.info(
-            "Worker stopped: %d tasks processed, %d failed.",
+            "Worker %s stopped: %d tasks processed, %d failed, %d abandoned.",
+            self.name,
             self.processed,
             self.failed,
+            self.abandoned,
         )
 
-    def run(self) -> None:
-        """Run until interrupted (Ctrl+C) or `stop` is called from another thread."""
+    @property
+    def in_flight(self) -> int:
+        """Tasks claimed and running now."""
+        with self._leases_lock:
+            return len(self._leases)
+
+    def heartbeat(self) -> WorkerBeat:
+        """Return this worker's heartbeat as of now."""
+        return WorkerBeat(
+            name=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.queues),
+            concurrency=self.concurrency,
+            pool=self.pool,
+            in_flight=self.in_flight,
+            processed=self.processed,
+            failed=self.failed,
+            started_at=self._started_at,
+            last_seen=time.time(),
+        )
+
+    def _beat(self) -> None:
+        ttl_s = self.heartbeat_s * MISSED_HEARTBEATS
+        self.app.driver.heartbeat(self.heartbeat(), ttl_s)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._beat()
+            except Exception:
+                log.error(
+                    "Sending the heartbeat of %s failed; retrying in %.1f s.",
+                    self.name,
+                    self.heartbeat_s,
+                    exc_info=True,
+                )
+
+    def run(self, stop_timeout_s: float = 30.0) -> None:
+        """Run until interrupted (Ctrl+C) or `stop` is called from another thread.
+
+        Args:
+            stop_timeout_s: how long a warm stop waits for the tasks in progress.
+        """
         self.start()
         try:
             while not self._stop.wait(0.5):
@@ -140,7 +223,7 @@ class Worker:
         except KeyboardInterrupt:
             log.info("Interrupted; finishing the tasks in progress.")
         finally:
-            self.stop()
+            self.stop(stop_timeout_s)
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -279,6 +362,8 @@ class Worker:
             log.info(
                 "Abandoned task %s %s without a report.", claim.task, claim.task_id
             )
+            with self._count_lock:
+                self.abandoned += 1
             return
         with self._count_lock:
             self.processed += 1

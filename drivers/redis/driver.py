@@ -32,6 +32,7 @@ from stem.canvas.spec import GraphSpec, template_nodes
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
 from stem.drivers.redis.keys import Keys
+from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine
 from stem.engine.errors import DriverError, RunNotFound
@@ -53,7 +54,7 @@ _MAX_BLOCK_S = 0.05
 _MIN_RECLAIM_INTERVAL_S = 0.05
 
 
-class RedisDriver:
+class RedisDriver(RedisOperations):
     """Runs, queues and delayed messages in one Redis server.
 
     Args:
@@ -262,8 +263,7 @@ class RedisDriver:
             time.sleep(pause if remaining is None else min(pause, remaining))
 
     def workers_alive(self) -> int | None:
-        # Workers in other processes do not register yet, so no count is known.
-        return None
+        return len(self.workers())
 
     # -- broker -------------------------------------------------------------
 

@@ -43,6 +43,12 @@ key                      type       contents
 <base>dead               stream     dead-lettered messages: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
+<base>runs               sorted set run ids scored by creation time in seconds,
+                                    written by submit; listings drop ids
+                                    whose run hash no longer exists
+<base>workers            sorted set worker names scored by last heartbeat
+<base>worker:<name>      string     a worker's last heartbeat, JSON, with a TTL
+                                    of a few heartbeat intervals
 <base>fire:<entry>:<t>   string     a claimed beat fire time, with a TTL
 <base>lock:<name>        string     a lock's holder token, with the lease as TTL
 ======================== ========== =============================================
@@ -121,6 +127,20 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream."""
         return f"{self.base}dead"
+
+    @property
+    def runs(self) -> str:
+        """The runs index: run ids by creation time. Scripts build it from ``base``."""
+        return f"{self.base}runs"
+
+    @property
+    def workers(self) -> str:
+        """The sorted set of worker names by last heartbeat."""
+        return f"{self.base}workers"
+
+    def worker(self, name: str) -> str:
+        """Return the key of one worker's heartbeat."""
+        return f"{self.base}worker:{name}"
 
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""

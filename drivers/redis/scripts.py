@@ -33,6 +33,8 @@ SCRIPT_NAMES = (
     "promote",
     "release_lock",
     "renew",
+    "purge",
+    "replay",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

@@ -1,0 +1,355 @@
+"""What the ``stem`` commands for operators read and change in Redis.
+
+`RedisOperations` is a base of `stem.drivers.redis.RedisDriver` and
+implements the engine's `stem.engine.ports.Operations` port: the runs index,
+queue lengths and purges, the dead-letter stream and worker heartbeats. Each
+listing costs a bounded number of round trips per page.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+from collections.abc import Iterator, Sequence
+from dataclasses import asdict
+from typing import Any
+
+import redis
+
+from stem.drivers.redis import layout
+from stem.drivers.redis.keys import Keys
+from stem.drivers.redis.scripts import Reply, Scripts, check_reply
+from stem.engine.errors import DriverError
+from stem.engine.ports import (
+    TASK_HEADER,
+    DeadLetter,
+    Message,
+    QueueStats,
+    RunPage,
+    RunSnapshot,
+    RunSummary,
+    WorkerBeat,
+)
+from stem.engine.records import RunState
+
+log = logging.getLogger(__name__)
+
+#: Index entries read per round trip while a listing filters runs.
+_RUNS_BATCH = 200
+#: Queue entries one call of purge.lua deletes, so no call blocks Redis long.
+_PURGE_BATCH = 1000
+#: Times `replay_dead_letter` recomputes its lists when a splice changed the run.
+_REPLAY_ATTEMPTS = 5
+
+
+class RedisOperations:
+    """The `Operations` port over the keys of one partition."""
+
+    _client: redis.Redis
+    _keys: Keys
+    _scripts: Scripts
+    _group: str
+
+    def snapshot(self, run_id: str) -> RunSnapshot:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    # -- runs -----------------------------------------------------------------
+
+    def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        if limit < 1:
+            raise ValueError(f"Page size {limit} is invalid; pass 1 or more.")
+        top = "+inf" if created_before is None else f"({created_before!r}"
+        bottom = "-inf" if created_after is None else repr(created_after)
+        last_score, last_id = _split_cursor(cursor)
+        if last_score is not None:
+            top = repr(last_score)
+        found: list[RunSummary] = []
+        offset = 0
+        while True:
+            with self._errors("read the runs index"):
+                batch: Any = self._client.zrevrangebyscore(
+                    self._keys.runs,
+                    top,
+                    bottom,
+                    start=offset,
+                    num=_RUNS_BATCH,
+                    withscores=True,
+                )
+            offset += len(batch)
+            # Entries that share the cursor's score sort by id, descending,
+            # and those at or above the cursor's id were on earlier pages.
+            fresh = [
+                (run_id, score)
+                for run_id, score in batch
+                if last_score is None or score != last_score or run_id < last_id
+            ]
+            for summary, (run_id, score) in zip(
+                self._summaries([run_id for run_id, _ in fresh]), fresh, strict=True
+            ):
+                if summary is None or (statuses and summary.status not in statuses):
+                    continue
+                found.append(summary)
+                if len(found) == limit:
+                    return RunPage(found, f"{score!r}|{run_id}")
+            if len(batch) < _RUNS_BATCH:
+                return RunPage(found, None)
+
+    def _summaries(self, run_ids: list[str]) -> list[RunSummary | None]:
+        """Read each run's status and times; None for a run that no longer exists.
+
+        The index entries of missing runs are removed, because their runs
+        expired or were deleted.
+        """
+        if not run_ids:
+            return []
+        with self._errors("read run statuses"):
+            pipe = self._client.pipeline(transaction=False)
+            for run_id in run_ids:
+                pipe.hmget(
+                    self._keys.run(run_id).run, "status", "created_at", "ended_at"
+                )
+            replies: list[Any] = pipe.execute()
+        summaries: list[RunSummary | None] = []
+        missing: list[str] = []
+        for run_id, (status, created_at, ended_at) in zip(
+            run_ids, replies, strict=True
+        ):
+            if status is None:
+                missing.append(run_id)
+                summaries.append(None)
+                continue
+            summaries.append(
+                RunSummary(
+                    run_id,
+                    status,
+                    float(created_at or 0),
+                    float(ended_at) if ended_at else None,
+                )
+            )
+        if missing:
+            with self._errors("remove expired runs from the runs index"):
+                self._client.zrem(self._keys.runs, *missing)
+            log.debug("Removed %d expired runs from the runs index.", len(missing))
+        return summaries
+
+    # -- queues ---------------------------------------------------------------
+
+    def queue_stats(self) -> list[QueueStats]:
+        prefix = self._keys.queue("")
+        with self._errors("list the queue streams"):
+            streams = sorted(
+                self._client.scan_iter(match=f"{_glob_escape(prefix)}*", _type="stream")
+            )
+            pipe = self._client.pipeline(transaction=False)
+            for stream in streams:
+                pipe.xlen(stream)
+                pipe.xinfo_groups(stream)
+            replies: list[Any] = pipe.execute()
+        stats: list[QueueStats] = []
+        for index, stream in enumerate(streams):
+            length, groups = replies[2 * index], replies[2 * index + 1]
+            unacked = sum(
+                int(group["pending"])
+                for group in groups
+                if group["name"] == self._group
+            )
+            # Acknowledged entries are deleted, so the stream holds the
+            # undelivered entries and the unacknowledged ones.
+            stats.append(QueueStats(stream[len(prefix) :], length - unacked, unacked))
+        return stats
+
+    def delayed_count(self) -> int:
+        with self._errors("count the delayed messages"):
+            return int(self._client.zcard(self._keys.delayed))
+
+    def purge_queue(self, name: str) -> int:
+        stream = self._keys.queue(name)
+        total = 0
+        while True:
+            deleted = int(
+                self._scripts.call("purge", [stream], [self._group, _PURGE_BATCH])
+            )
+            total += deleted
+            if deleted < _PURGE_BATCH:
+                break
+        if total:
+            log.warning("Purged %d messages from queue %s.", total, name)
+        return total
+
+    # -- dead letters ---------------------------------------------------------
+
+    def list_dead_letters(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DeadLetter], str | None]:
+        if limit < 1:
+            raise ValueError(f"Page size {limit} is invalid; pass 1 or more.")
+        start = "-" if cursor is None else f"({cursor}"
+        with self._errors("read the dead-letter stream"):
+            entries: Any = self._client.xrange(
+                self._keys.dead, start, "+", count=limit + 1
+            )
+        page = [_dead_letter(entry_id, fields) for entry_id, fields in entries[:limit]]
+        more = len(entries) > limit
+        return page, page[-1].id if more else None
+
+    def get_dead_letter(self, dead_id: str) -> DeadLetter | None:
+        with self._errors(f"read dead letter {dead_id}"):
+            try:
+                entries: Any = self._client.xrange(self._keys.dead, dead_id, dead_id)
+            except redis.ResponseError:
+                # Not a stream id at all, so no entry can have it.
+                return None
+        if not entries:
+            return None
+        entry_id, fields = entries[0]
+        return _dead_letter(entry_id, fields)
+
+    def replay_dead_letter(self, dead_id: str) -> str:
+        dead = self.get_dead_letter(dead_id)
+        if dead is None:
+            return "not_found"
+        message = dead.message
+        keys = [
+            *self._keys.run(message.run_id).all(),
+            self._keys.delayed,
+            self._keys.dead,
+        ]
+        for _ in range(_REPLAY_ATTEMPTS):
+            try:
+                snapshot = self.snapshot(message.run_id)
+            except LookupError:
+                return "run_not_found"
+            with self._errors(f"read the spec version of run {message.run_id}"):
+                version: Any = self._client.hget(keys[0], "spec_version")
+            run = RunState(message.run_id, snapshot.spec, snapshot.nodes)
+            if message.node_id not in snapshot.spec.by_id:
+                return "not_failed"
+            args: list[str | int | float] = [
+                dead.id,
+                str(version),
+                message.run_id,
+                message.node_id,
+                str(message.attempt),
+                *layout.replay_args(run, message.node_id),
+            ]
+            reply = self._scripts.call(
+                "replay", keys, args, run_id=message.run_id, node_id=message.node_id
+            )
+            result = check_reply(
+                "replay",
+                reply,
+                message.run_id,
+                message.node_id,
+                accept=frozenset(Reply),
+            )
+            if result is Reply.CONFLICT:
+                continue
+            if result is Reply.DONE:
+                log.info("Replayed dead letter %s of run %s.", dead.id, message.run_id)
+                return "replayed"
+            if result is Reply.DUPLICATE:
+                return "not_found"
+            if result is Reply.RUN_NOT_FOUND:
+                return "run_not_found"
+            return str(reply[1])
+        raise DriverError(
+            f"Replaying dead letter {dead_id} failed: the graph of run "
+            f"{message.run_id} changed {_REPLAY_ATTEMPTS} times meanwhile. Try again."
+        )
+
+    def purge_dead_letters(self, dead_ids: Sequence[str] | None = None) -> int:
+        with self._errors("purge the dead-letter stream"):
+            if dead_ids is None:
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xlen(self._keys.dead)
+                pipe.delete(self._keys.dead)
+                count, _ = pipe.execute()
+                return int(count)
+            if not dead_ids:
+                return 0
+            return int(self._client.xdel(self._keys.dead, *dead_ids))
+
+    # -- worker heartbeats ----------------------------------------------------
+
+    def heartbeat(self, beat: WorkerBeat, ttl_s: float) -> None:
+        ttl_ms = max(1, int(ttl_s * 1000))
+        with self._errors(f"record the heartbeat of worker {beat.name}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.set(self._keys.worker(beat.name), json.dumps(asdict(beat)), px=ttl_ms)
+            pipe.zadd(self._keys.workers, {beat.name: beat.last_seen})
+            pipe.execute()
+
+    def forget_worker(self, name: str) -> None:
+        with self._errors(f"remove the heartbeat of worker {name}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.delete(self._keys.worker(name))
+            pipe.zrem(self._keys.workers, name)
+            pipe.execute()
+
+    def workers(self) -> list[WorkerBeat]:
+        with self._errors("read the worker heartbeats"):
+            names: Any = self._client.zrange(self._keys.workers, 0, -1)
+            texts: Any = (
+                self._client.mget([self._keys.worker(name) for name in names])
+                if names
+                else []
+            )
+        beats: list[WorkerBeat] = []
+        expired: list[str] = []
+        for name, text in zip(names, texts, strict=True):
+            if text is None:
+                expired.append(name)
+            else:
+                beats.append(WorkerBeat(**json.loads(text)))
+        if expired:
+            with self._errors("remove expired worker heartbeats"):
+                self._client.zrem(self._keys.workers, *expired)
+        return sorted(beats, key=lambda beat: beat.name)
+
+    @contextlib.contextmanager
+    def _errors(self, action: str) -> Iterator[None]:
+        try:
+            yield
+        except redis.RedisError as err:
+            raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _split_cursor(cursor: str | None) -> tuple[float | None, str]:
+    if cursor is None:
+        return None, ""
+    score, _, run_id = cursor.partition("|")
+    try:
+        return float(score), run_id
+    except ValueError:
+        raise ValueError(
+            f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."
+        ) from None
+
+
+def _glob_escape(text: str) -> str:
+    """Escape the characters that SCAN's MATCH pattern treats as special."""
+    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
+
+
+def _dead_letter(entry_id: str, fields: dict[str, Any]) -> DeadLetter:
+    message = Message(
+        fields["run"],
+        fields["node"],
+        int(fields["attempt"]),
+        fields["queue"],
+        int(fields["epoch"]),
+        entry_id,
+        {TASK_HEADER: fields.get("task", "")},
+    )
+    # A stream id starts with the milliseconds at which it was added.
+    dead_at = int(entry_id.partition("-")[0]) / 1000
+    return DeadLetter(entry_id, message, str(fields.get("reason", "")), dead_at)
