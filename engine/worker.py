@@ -70,7 +70,7 @@ class Worker:
         self.heartbeat_s = heartbeat_s
         self.processed = 0
         self.failed = 0
-        #: Tasks whose outcome was not reported because a stop abandoned them.
+        #: Tasks running when a stop abandoned them; their outcomes are not reported.
         self.abandoned = 0
         self._started_at = time.time()
         self._stop = threading.Event()
@@ -149,6 +149,8 @@ class Worker:
                 running,
             )
             self._abandoned = abandon = True
+        if abandon:
+            self.abandoned = running
         self._threads.clear()
         if self._executor is not None:
             if abandon:
@@ -362,8 +364,6 @@ class Worker:
             log.info(
                 "Abandoned task %s %s without a report.", claim.task, claim.task_id
             )
-            with self._count_lock:
-                self.abandoned += 1
             return
         with self._count_lock:
             self.processed += 1

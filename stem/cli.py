@@ -307,6 +307,7 @@ def worker(
         signals += 1
         if signals > 1:
             logging.getLogger(__name__).warning("Cold stop: exiting now.")
+            running.abandoned = running.in_flight
             click.echo(_closing_line(running, "cold stop"), err=True)
             os._exit(EXIT_COLD_STOP)
         logging.getLogger(__name__).warning(
@@ -330,8 +331,7 @@ def worker(
 def _closing_line(running: Worker, how: str) -> str:
     return (
         f"Worker {running.name} {how}: {running.processed} tasks processed, "
-        f"{running.failed} failed, {running.abandoned} abandoned, "
-        f"{running.in_flight} still running."
+        f"{running.failed} failed, {running.abandoned} abandoned."
     )
 
 
