@@ -39,6 +39,9 @@ _REPLAY_REJECTIONS = {
     ),
 }
 
+#: Characters of a reason that `stem dlq ls` shows; `stem dlq show` has it all.
+_REASON_WIDTH = 40
+
 REPLAY_EXAMPLES = """
 \b
 Examples:
@@ -80,9 +83,10 @@ def list_dead(
         out.print("No dead letters.")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("id", "run", "node", "task", "queue"):
+    table.add_column("id", no_wrap=True)
+    table.add_column("run", no_wrap=True)
+    for column in ("node", "task", "reason"):
         table.add_column(column, overflow="fold")
-    table.add_column("reason", no_wrap=True, overflow="ellipsis", min_width=12)
     for dead in page:
         message = dead.message
         table.add_row(
@@ -90,8 +94,7 @@ def list_dead(
             message.run_id,
             message.node_id,
             message.headers.get(TASK_HEADER, ""),
-            message.queue,
-            dead.reason,
+            _short(dead.reason),
         )
     out.print(table)
     if next_cursor:
@@ -197,6 +200,14 @@ def _chosen_ids(driver: Any, dead_ids: tuple[str, ...], every: bool) -> list[str
         chosen += [dead.id for dead in page]
         if cursor is None:
             return chosen
+
+
+def _short(reason: str) -> str:
+    """Cut a reason to its first clause, at most `_REASON_WIDTH` characters."""
+    clause = reason.split(";", 1)[0].strip()
+    if len(clause) <= _REASON_WIDTH:
+        return clause
+    return clause[: _REASON_WIDTH - 1] + "\N{HORIZONTAL ELLIPSIS}"
 
 
 def _json(dead: DeadLetter) -> dict[str, Any]:
