@@ -200,3 +200,21 @@ def _wait(condition: object, what: str) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"Timed out waiting for {what}.")
         time.sleep(0.02)
+
+
+def test_replay_makes_settled_join_wait_again(kit: Kit) -> None:
+    header = [Signature("late_task", (3,)), kit.wait_gate.s()]
+    canvas = chord(header, kit.echo.s(), join="all_settled")
+    driver = kit.app.driver
+    with kit.app.worker(concurrency=2):
+        result = kit.app.submit(canvas)
+        _wait(lambda: bool(driver.dead_letters()), "a dead letter")
+        [dead], _ = driver.list_dead_letters()
+        kit.app.task(name="late_task")(lambda value: value * 10)
+
+        assert driver.replay_dead_letter(dead.id) == "replayed"
+        _wait(lambda: result.node("0").state == "succeeded", "the replayed node")
+        assert result.node("2").state == "pending"
+        kit.gate.set()
+
+        assert result.get(TIMEOUT_S) == [30, "opened"]

@@ -20,7 +20,7 @@ from dataclasses import dataclass, replace
 from typing import Any
 
 import redis
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 
 from stem.canvas.compiler import compile_canvas
@@ -253,6 +253,48 @@ def test_scripts_match_machine(
                 pair.cancel()
             pair.step(rng)
             steps += 1
+        _check_same_state(pair, redis_url)
+    finally:
+        driver.close()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(data=st.data(), canvas=canvases(TASKS, max_depth=3, max_leaves=8))
+def test_replay_matches_machine_reopen(
+    redis_url: str, data: st.DataObject, canvas: Any
+) -> None:
+    """Replaying a failed node reopens the same nodes on Redis as `machine.reopen`."""
+    spec = compile_canvas(canvas)
+    plan = data.draw(plans(spec), label="plan")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    driver = RedisDriver(redis_url, prefix=f"replay-{uuid.uuid4().hex[:12]}:")
+    try:
+        pair = _Pair(driver, spec, plan, [])
+        rng = random.Random(seed)
+        while pair.messages or pair.reports:
+            pair.step(rng)
+        failed = [
+            key for key, record in pair.run.nodes.items() if record.state == "failed"
+        ]
+        for node_id in data.draw(st.permutations(failed), label="replayed"):
+            record = pair.run.nodes[node_id]
+            message = pair._message(node_id, record.attempt)
+            driver.dead_letter(message, "replayed by the test")
+            [dead], _ = driver.list_dead_letters()
+            pair.now += 1.0
+            effects = machine.reopen(pair.run, node_id, record.attempt, pair.now)
+            outcome = driver.replay_dead_letter(dead.id)
+            assert (outcome == "replayed") == (effects is not None), outcome
+            event(f"replay: {outcome}")
+            if effects is None:
+                driver.purge_dead_letters([dead.id])
+                continue
+            # The new attempt succeeds, so the reopened nodes can run.
+            pair.plan[node_id] = NodePlan()
+            pair._enqueue(effects)
+            _check_same_state(pair, redis_url)
+            while pair.messages or pair.reports:
+                pair.step(rng)
         _check_same_state(pair, redis_url)
     finally:
         driver.close()
