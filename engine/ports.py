@@ -234,7 +234,7 @@ class WorkerBeat:
 
 
 class Operations(Protocol):
-    """What operators read and change, beside the engine's own ports."""
+    """Operator reads and changes: runs index, queues, dead letters, heartbeats."""
 
     def list_runs(
         self,

@@ -328,9 +328,9 @@ def worker(
     click.echo(_closing_line(running, "warm stop" if signals else "stopped"), err=True)
 
 
-def _closing_line(running: Worker, how: str) -> str:
+def _closing_line(running: Worker, ending: str) -> str:
     return (
-        f"Worker {running.name} {how}: {running.processed} tasks processed, "
+        f"Worker {running.name} {ending}: {running.processed} tasks processed, "
         f"{running.failed} failed, {running.abandoned} abandoned."
     )
 

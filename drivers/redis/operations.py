@@ -1,4 +1,4 @@
-"""What the ``stem`` commands for operators read and change in Redis.
+"""The Redis side of the operator commands: runs index, queues, dead letters, workers.
 
 `RedisOperations` is a base of `stem.drivers.redis.RedisDriver` and
 implements the engine's `stem.engine.ports.Operations` port: the runs index,
@@ -162,8 +162,8 @@ class RedisOperations:
                 for group in groups
                 if group["name"] == self._group
             )
-            # Acknowledged entries are deleted, so the stream holds the
-            # undelivered entries and the unacknowledged ones.
+            # Acknowledged entries are deleted, so the stream contains the
+            # undelivered entries and the unacknowledged ones only.
             stats.append(QueueStats(stream[len(prefix) :], length - unacked, unacked))
         return stats
 

@@ -21,7 +21,7 @@ from stem.commands.common import (
 )
 from stem.engine.ports import TASK_HEADER, DeadLetter
 
-#: Why a replay did nothing, worded for `stem dlq replay`.
+#: Exit code and message template of each replay outcome but ``replayed``.
 _REPLAY_REJECTIONS = {
     "not_found": (EXIT_NOT_FOUND, "no dead letter has id {id}"),
     "run_not_found": (

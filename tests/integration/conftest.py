@@ -66,7 +66,7 @@ def with_extra():
 
 
 def write_flows(folder: Path, url: str) -> Path:
-    """Write a flows module with a unique name, bound to ``url``, and return its path."""
+    """Write a flows module with a unique name, bound to ``url``; return its path."""
     path = folder / f"opsflows_{uuid.uuid4().hex[:8]}.py"
     path.write_text(textwrap.dedent(FLOWS.format(url=url)), encoding="utf-8")
     return path

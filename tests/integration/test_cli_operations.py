@@ -148,8 +148,8 @@ def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) 
     _, why = invoke(runner, flows, "graph", "show", result.id, "--why", "20")
     _, queued = invoke(runner, flows, "graph", "show", result.id, "--why", "0")
 
-    assert "add ×20  20 ◷" in collapsed
-    assert "×20" not in expanded
+    assert "add \N{MULTIPLICATION SIGN}20  20 ◷" in collapsed
+    assert "\N{MULTIPLICATION SIGN}20" not in expanded
     assert "waits for 20 of its 20 dependencies" in " ".join(why.split())
     assert "0 live workers read that queue" in " ".join(queued.split())
 

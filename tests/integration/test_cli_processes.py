@@ -1,9 +1,9 @@
 """The operator commands as real processes against a private Redis server.
 
-A worker process, a submitted run and ``graph show`` on it; ``dlq replay``
-after a dead letter; a warm stop on SIGTERM in the middle of a run; the
-round trips of ``graph show`` on a 100,000-node run; no password in any
-output.
+The cases: a worker process runs a submitted run that ``graph show`` draws.
+``dlq replay`` lets a dead-lettered run complete. A SIGTERM in the middle of
+a run loses nothing. ``graph show`` on a 100,000-node run sends as many
+commands as on a small one. No output contains a URL's password.
 """
 
 from __future__ import annotations
