@@ -232,7 +232,7 @@ class MemoryDriver:
         for index in range(offset, len(newest_first)):
             run = newest_first[index]
             if created_after is not None and run.created_at < created_after:
-                break
+                continue
             if created_before is not None and run.created_at >= created_before:
                 continue
             if statuses and run.status not in statuses:

@@ -23,6 +23,7 @@ from stem.canvas.render import (
 )
 from stem.canvas.spec import NodeId
 from stem.commands.common import (
+    EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     CommandError,
     app_options,
@@ -129,7 +130,10 @@ def show(
             _print_why(app, snapshot, why_node)
             return
         if watch:
-            _watch(app, snapshot, output_format, collapse_over, expand, interval_s)
+            try:
+                _watch(app, snapshot, output_format, collapse_over, expand, interval_s)
+            except KeyboardInterrupt:
+                raise SystemExit(EXIT_INTERRUPTED) from None
             return
     drawing = draw(snapshot, output_format, collapse_over, expand)
     if output is None:

@@ -40,7 +40,7 @@ def inspect(app_spec: str | None, url: str | None, as_json: bool) -> None:
         table = Table(box=None, pad_edge=False)
         for column in (
             "worker",
-            "pid",
+            "process",
             "queues",
             "busy",
             "done",

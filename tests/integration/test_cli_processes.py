@@ -275,3 +275,22 @@ def test_cold_stop_on_second_signal(tmp_path: Path, url: str) -> None:
 
     assert worker.returncode == 143
     assert "Worker cold cold stop: 0 tasks processed, 0 failed, 2 abandoned." in stderr
+
+
+def test_graph_watch_follows_live_run(tmp_path: Path, url: str) -> None:
+    flows = write_flows(tmp_path, url)
+    worker = start_stem(*worker_args(flows, url, "watched"))
+    try:
+        submitted = stem("submit", "-A", str(flows), f"{flows}:slow_chord", "2", "1.0")
+        run_id = submitted.stdout.strip()
+        watched = stem(
+            "graph", "show", run_id, "--url", url, "--watch", "--interval", "0.1"
+        )
+    finally:
+        stop_process(worker)
+
+    drawings = watched.stdout.split("legend:")
+    assert watched.returncode == 0, watched.stderr
+    assert len(drawings) > 2
+    assert f"run {run_id}: succeeded" in drawings[-2]
+    assert f"run {run_id}: running" in drawings[0]
