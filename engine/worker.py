@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import concurrent.futures.process
+import itertools
 import logging
 import multiprocessing
 import os
@@ -31,6 +32,8 @@ POOLS = ("threads", "processes")
 RENEW_FRACTION = 1 / 3
 #: Heartbeats a worker may miss before it no longer counts as alive.
 MISSED_HEARTBEATS = 3
+# Numbers the workers of this process, so default names stay unique in it.
+_worker_numbers = itertools.count(1)
 
 
 class Worker:
@@ -43,7 +46,9 @@ class Worker:
         pool: ``threads`` runs bodies in threads; ``processes`` runs them in
             child processes, while fetching and reporting stay in this one.
         name: the worker's name in heartbeats and logs; defaults to
-            ``<host>-<pid>``. Names must be unique per deployment.
+            ``<host>-<pid>``, with ``-<n>`` added for the n-th worker of the
+            process from the second on. Names must be unique per deployment,
+            because a heartbeat replaces the last one of the same name.
         heartbeat_s: seconds between heartbeats. A worker counts as alive
             for `MISSED_HEARTBEATS` intervals after its last one.
     """
@@ -66,7 +71,7 @@ class Worker:
         self.concurrency = concurrency or os.cpu_count() or 1
         self.queues = list(queues or [app.default_queue])
         self.pool = pool
-        self.name = name or f"{socket.gethostname()}-{os.getpid()}"
+        self.name = name or _default_name()
         self.heartbeat_s = heartbeat_s
         self.processed = 0
         self.failed = 0
@@ -394,6 +399,12 @@ class Worker:
                 outcome.error.traceback.rstrip(),
             )
             driver.fail(message, outcome.error)
+
+
+def _default_name() -> str:
+    number = next(_worker_numbers)
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    return name if number == 1 else f"{name}-{number}"
 
 
 def _terminate_children(executor: concurrent.futures.ProcessPoolExecutor) -> None:

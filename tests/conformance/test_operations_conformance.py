@@ -218,3 +218,15 @@ def test_replay_makes_settled_join_wait_again(kit: Kit) -> None:
         kit.gate.set()
 
         assert result.get(TIMEOUT_S) == [30, "opened"]
+
+
+def test_default_worker_names_unique(kit: Kit) -> None:
+    first = kit.app.worker(concurrency=1)
+    second = kit.app.worker(concurrency=1)
+    with first, second:
+        names = sorted(beat.name for beat in kit.app.driver.workers())
+        alive = kit.app.driver.workers_alive()
+
+    assert names == sorted([first.name, second.name])
+    assert first.name != second.name
+    assert alive == 2
