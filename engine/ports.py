@@ -252,7 +252,7 @@ class Operations(Protocol):
         ...
 
     def queue_stats(self) -> list[QueueStats]:
-        """Return the message counts of every queue that has messages or a reader."""
+        """Return the message counts of each queue that was sent to or is read."""
         ...
 
     def delayed_count(self) -> int:

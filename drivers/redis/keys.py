@@ -43,6 +43,8 @@ key                      type       contents
 <base>dead               stream     dead-lettered messages: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
+<base>queues             set        names of the queues that messages were sent
+                                    to, for listings
 <base>runs               sorted set run ids scored by creation time in seconds,
                                     written by submit; listings drop ids
                                     whose run hash no longer exists
@@ -127,6 +129,11 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream."""
         return f"{self.base}dead"
+
+    @property
+    def queues(self) -> str:
+        """The set of queue names. Scripts build it from ``base``."""
+        return f"{self.base}queues"
 
     @property
     def runs(self) -> str:

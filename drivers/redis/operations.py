@@ -144,19 +144,23 @@ class RedisOperations:
     # -- queues ---------------------------------------------------------------
 
     def queue_stats(self) -> list[QueueStats]:
-        prefix = self._keys.queue("")
-        with self._errors("list the queue streams"):
-            streams = sorted(
-                self._client.scan_iter(match=f"{_glob_escape(prefix)}*", _type="stream")
-            )
+        with self._errors("list the queues"):
+            names: Any = self._client.smembers(self._keys.queues)
+        # Workers create the streams of the queues they read, even empty ones.
+        read = {queue for beat in self.workers() for queue in beat.queues}
+        queues = sorted(set(names) | read)
+        with self._errors("read the queue lengths"):
             pipe = self._client.pipeline(transaction=False)
-            for stream in streams:
-                pipe.xlen(stream)
-                pipe.xinfo_groups(stream)
-            replies: list[Any] = pipe.execute()
+            for name in queues:
+                pipe.xlen(self._keys.queue(name))
+                pipe.xinfo_groups(self._keys.queue(name))
+            # XINFO GROUPS fails for a stream that does not exist yet.
+            replies: list[Any] = pipe.execute(raise_on_error=False)
         stats: list[QueueStats] = []
-        for index, stream in enumerate(streams):
+        for index, name in enumerate(queues):
             length, groups = replies[2 * index], replies[2 * index + 1]
+            if isinstance(groups, redis.ResponseError):
+                groups = []
             unacked = sum(
                 int(group["pending"])
                 for group in groups
@@ -164,7 +168,7 @@ class RedisOperations:
             )
             # Acknowledged entries are deleted, so the stream contains the
             # undelivered entries and the unacknowledged ones only.
-            stats.append(QueueStats(stream[len(prefix) :], length - unacked, unacked))
+            stats.append(QueueStats(name, int(length) - unacked, unacked))
         return stats
 
     def delayed_count(self) -> int:
@@ -333,11 +337,6 @@ def _split_cursor(cursor: str | None) -> tuple[float | None, str]:
         raise ValueError(
             f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."
         ) from None
-
-
-def _glob_escape(text: str) -> str:
-    """Escape the characters that SCAN's MATCH pattern treats as special."""
-    return "".join(f"\\{char}" if char in "*?[]\\" else char for char in text)
 
 
 def _dead_letter(entry_id: str, fields: dict[str, Any]) -> DeadLetter:
