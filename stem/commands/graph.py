@@ -186,7 +186,8 @@ def draw(
 
 def legend() -> Text:
     """Return two lines that name each state's symbol, short enough for 80 columns."""
-    text = Text("legend: ", style="dim")
+    text = Text()
+    text.append("legend: ", style="dim")
     half = len(NODE_STATES) // 2
     for index, state in enumerate(NODE_STATES):
         if index == half:
