@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from stem.engine.result import AsyncResult
+
 from .conftest import (
     TIMEOUT_S,
     database_url,
@@ -121,10 +123,7 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, url: str) -> None:
     first = start_stem(*worker_args(flows, url, "stopped", "--shutdown-timeout", "0.2"))
     try:
         result = app.submit(load_flows(flows).slow_chord(4, 3.0))
-        wait_until(
-            lambda: any(n.state == "running" for n in result.nodes().values()),
-            "a slow task runs",
-        )
+        wait_until(lambda: _running(result) == 2, "two slow tasks run")
     finally:
         code, _, stderr = stop_process(first)
     assert code == 0, stderr
@@ -141,6 +140,10 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, url: str) -> None:
         stop_process(second)
     assert {node.state for node in result.nodes().values()} == {"succeeded"}
     app.close()
+
+
+def _running(result: AsyncResult) -> int:
+    return sum(1 for node in result.nodes().values() if node.state == "running")
 
 
 def _calls(client: redis.Redis) -> int:
@@ -259,10 +262,7 @@ def test_cold_stop_on_second_signal(tmp_path: Path, url: str) -> None:
     worker = start_stem(*worker_args(flows, url, "cold"))
     try:
         result = module.app.submit(module.slow_chord(2, 5.0))
-        wait_until(
-            lambda: any(n.state == "running" for n in result.nodes().values()),
-            "a slow task runs",
-        )
+        wait_until(lambda: _running(result) == 2, "two slow tasks run")
         worker.send_signal(signal.SIGTERM)
         time.sleep(0.2)
         worker.send_signal(signal.SIGTERM)
