@@ -37,7 +37,7 @@ from stem.canvas.errors import StemError
 from stem.discovery import load_app
 from stem.engine.app import App
 from stem.engine.drivers import redact
-from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.errors import DriverError, DriverNotFound, RunNotFound
 
 EXIT_OK = 0
 EXIT_FAILED = 1
@@ -150,10 +150,10 @@ def reported_errors() -> Iterator[None]:
             raise
         if isinstance(err, RunNotFound):
             code = EXIT_NOT_FOUND
+        elif isinstance(err, DriverNotFound | ValueError):
+            code = EXIT_USAGE
         elif isinstance(err, DriverError):
             code = EXIT_UNAVAILABLE
-        elif isinstance(err, ValueError):
-            code = EXIT_USAGE
         else:
             code = EXIT_FAILED
         raise CommandError(_one_line(str(err)), code) from err

@@ -153,3 +153,10 @@ def test_parse_age(text: str, seconds: float) -> None:
 def test_parse_age_rejects(text: str) -> None:
     with pytest.raises(click.BadParameter, match="is invalid"):
         parse_age(text)
+
+
+def test_unknown_scheme_is_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["runs", "ls", "--url", "nosuch://host/0"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "No driver handles nosuch://" in result.output
