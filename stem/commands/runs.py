@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stem.canvas.render import NODE_STATES, STATE_STYLES
+from stem.canvas.values import loads
 from stem.commands.common import (
     EXIT_REJECTED,
     CommandError,
@@ -254,5 +255,6 @@ def _snapshot_json(snapshot: RunSnapshot) -> dict[str, Any]:
         "nodes": len(snapshot.nodes),
         "states": dict(counts),
         "error": error,
-        "value": snapshot.value,
+        # Decoded from the value codec's text, so scripts get JSON, not a string.
+        "value": None if snapshot.value is None else loads(snapshot.value),
     }

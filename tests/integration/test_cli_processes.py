@@ -109,7 +109,7 @@ def test_dlq_replay_completes_run(tmp_path: Path, url: str) -> None:
     assert dead["run"] == run_id
     assert dead["task"] == "extra"
     assert replayed.returncode == 0, replayed.stderr
-    assert data["value"] == "103"
+    assert data["value"] == 103
     assert data["states"] == {"succeeded": 5}
     assert json.loads(stem("dlq", "ls", "--url", url, "--json").stdout) == {
         "dead_letters": [],
