@@ -78,7 +78,25 @@ Examples:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+MAIN_EXAMPLES = """
+\b
+A first session with a shared Redis:
+  export STEM_URL=redis://127.0.0.1:6379/0
+  stem worker -A myproject.tasks:app -n worker-1 &
+  RUN=$(stem submit -A myproject.tasks:app myproject.flows:nightly)
+  stem graph show $RUN --watch
+  stem dlq ls && stem dlq replay --all
+  stem inspect
+
+Exit codes: 0 ok, 1 run failed or no live worker, 2 bad usage, 3 timed out,
+4 not found, 5 rejected by the store, 6 broker unavailable, 130 Ctrl+C,
+143 cold stop.
+"""
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EXAMPLES
+)
 @click.version_option(package_name="stem")
 @click.option(
     "-l",

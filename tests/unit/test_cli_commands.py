@@ -160,3 +160,12 @@ def test_unknown_scheme_is_usage_error(runner: CliRunner) -> None:
 
     assert result.exit_code == EXIT_USAGE, result.output
     assert "No driver handles nosuch://" in result.output
+
+
+def test_help_lists_exit_codes(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--help"])
+    text = " ".join(result.output.split())
+
+    for name in (name for name in vars(common) if name.startswith("EXIT_")):
+        assert f"{getattr(common, name)} " in text, name
+    assert "stem graph show $RUN --watch" in text
