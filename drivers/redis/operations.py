@@ -92,9 +92,10 @@ class RedisOperations:
                 for run_id, score in batch
                 if last_score is None or score != last_score or run_id < last_id
             ]
-            for summary, (run_id, score) in zip(
-                self._summaries([run_id for run_id, _ in fresh]), fresh, strict=True
-            ):
+            summaries = self._summaries([run_id for run_id, _ in fresh])
+            # Missing runs were removed from the index, so later entries moved up.
+            offset -= summaries.count(None)
+            for summary, (run_id, score) in zip(summaries, fresh, strict=True):
                 if summary is None or (statuses and summary.status not in statuses):
                     continue
                 found.append(summary)

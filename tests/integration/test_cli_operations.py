@@ -207,3 +207,19 @@ def test_inspect_lists_live_workers(runner: CliRunner, flows: ModuleType) -> Non
     assert beat["concurrency"] == 3
     assert none_code == EXIT_FAILED
     assert "No worker is alive" in none
+
+
+def test_expired_runs_do_not_hide_others(flows: ModuleType) -> None:
+    driver = flows.app.driver
+    ids = [flows.add.delay(i, i).id for i in range(250)]
+    client = redis.Redis.from_url(flows.app.url)
+    # Expire every other run among the newest 200, the first batch read.
+    for run_id in ids[50::2]:
+        client.delete(*client.keys(f"*run:{run_id}*"))
+    client.close()
+
+    page = driver.list_runs(limit=1000)
+
+    expected = ids[:50] + ids[51::2]
+    assert sorted(run.run_id for run in page.runs) == sorted(expected)
+    assert page.cursor is None
