@@ -115,3 +115,14 @@ def test_legend_names_every_state() -> None:
     for state in ("pending", "queued", "running", "retrying", "succeeded"):
         assert state in text
     assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_why_pending_errback(app: App) -> None:
+    canvas = Signature("add", (1, 2)).set(link_error=Signature("total"))
+    result = app.submit(canvas)
+    snapshot = app.driver.snapshot(result.id)
+    [errback] = [node.id for node in snapshot.spec.nodes if node.role == "errback"]
+
+    lines = explain(app, snapshot, errback)
+
+    assert lines[1] == "It runs when one of these fails or is cancelled: 0 (queued)."
