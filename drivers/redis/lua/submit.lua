@@ -18,7 +18,8 @@
   Time comes from TIME inside the script.
   Returns {1} when the run was stored, {0} when a run with this id exists.
   Adds one stream entry per root node to <base>q:<queue>, or a delayed-set
-  member for a root with a countdown or eta.
+  member for a root with a countdown or eta, and the run id to the runs index
+  <base>runs scored by the creation time.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -59,6 +60,7 @@ end
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
   "sinks", sinks, "reaching", reaching)
+rcall("ZADD", base .. "runs", now_text, run_id)
 local graph_last = 8 + 2 * graph_pairs
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)

@@ -10,7 +10,8 @@
     delayed_key  delayed sorted set; the partition's key base is its name minus "delayed"
     run_id, epoch (strings), now (seconds, number), now_text (now as a string)
   Writes stream entries to <base>q:<queue> for every node it queues without
-  delay, and members of the delayed set for the others.
+  delay, and members of the delayed set for the others, and adds each
+  queue's name to the set <base>queues.
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -41,6 +42,8 @@ end
 local function send(node, attempt, delay)
   local queue = attr(node, "queue")
   local task = attr(node, "task")
+  -- The queue names set lets `stem queues ls` find queues without SCAN.
+  rcall("SADD", base .. "queues", queue)
   if delay > 0 then
     local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
     rcall("ZADD", delayed_key, string.format("%.6f", now + delay), member)
