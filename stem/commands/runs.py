@@ -26,6 +26,7 @@ from stem.commands.common import (
     reported_errors,
     shared_app,
 )
+from stem.commands.runs_retry import retry
 from stem.engine.ports import RunSnapshot, RunSummary
 
 RUN_STATUSES = ("running", "succeeded", "failed", "cancelled")
@@ -45,7 +46,7 @@ Examples:
 
 @click.group()
 def runs() -> None:
-    """List, show and cancel runs."""
+    """List, show, cancel and retry runs."""
 
 
 @runs.command("ls", epilog=LS_EXAMPLES)
@@ -184,6 +185,9 @@ def cancel_run(app_spec: str | None, url: str | None, run_id: str) -> None:
             EXIT_REJECTED,
         )
     click.echo(f"Run {run_id} cancelled.")
+
+
+runs.add_command(retry)
 
 
 def status_text(status: str) -> Text:

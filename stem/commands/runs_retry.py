@@ -221,9 +221,3 @@ def _print_error(result: AsyncResult, snapshot: RunSnapshot) -> None:
         f"{type(error).__name__}: {error}",
         err=True,
     )
-
-
-if __name__ == "__main__":
-    # `python -m stem.commands.runs_retry` runs this command on its own, until
-    # `stem runs` attaches it as a subcommand.
-    retry()

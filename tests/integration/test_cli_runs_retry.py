@@ -276,9 +276,7 @@ def test_retry_process_after_injected_failure(flows: ModuleType, state: Path) ->
         assert isinstance(error, RuntimeError)
         (state / "fail.flag").unlink()
 
-        # NOTE: this runs the command module on its own. `stem runs retry`
-        # runs the same command once the `runs` group attaches it.
-        command = [sys.executable, "-m", "stem.commands.runs_retry", result.id]
+        command = [sys.executable, "-m", "stem", "runs", "retry", result.id]
         retried = subprocess.run(
             [*command, "--url", flows.app.url, "--wait", "--timeout", str(TIMEOUT_S)],
             capture_output=True,
