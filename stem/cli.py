@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
 from stem.commands.beat import beat
-from stem.commands.common import TRACEBACK_KEY
+from stem.commands.common import TRACEBACK_KEY, install_stop_signals
 from stem.commands.dlq import dlq
 from stem.commands.graph import graph
 from stem.commands.inspect import inspect
@@ -319,24 +318,20 @@ def worker(
         )
     names = queues.split(",") if queues else None
     running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
-    signals = 0
 
-    def on_signal(number: int, _frame: object) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            logging.getLogger(__name__).warning("Cold stop: exiting now.")
-            running.abandoned = running.in_flight
-            click.echo(_closing_line(running, "cold stop"), err=True)
-            os._exit(EXIT_COLD_STOP)
+    def warm_stop(number: int) -> None:
         logging.getLogger(__name__).warning(
             "Warm stop (signal %d): finishing the tasks in progress.", number
         )
         # Worker.run turns KeyboardInterrupt into a warm stop.
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def cold_stop() -> None:
+        logging.getLogger(__name__).warning("Cold stop: exiting now.")
+        running.abandoned = running.in_flight
+        click.echo(_closing_line(running, "cold stop"), err=True)
+
+    signals = install_stop_signals(warm_stop, cold_stop)
     click.echo(
         f"Worker {running.name} started on {redact(app.url)}: queues "
         f"{','.join(running.queues)}, concurrency {running.concurrency} "

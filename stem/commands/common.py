@@ -27,6 +27,7 @@ import datetime as dt
 import json
 import os
 import re
+import signal
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -121,8 +122,8 @@ def require_shared_store(app: App, command: str) -> None:
     if app.url.startswith("memory:"):
         raise CommandError(
             f"{command} needs a shared store, but {redact(app.url)} keeps runs "
-            "inside one process, so this command would see none of them; pass "
-            f"--url redis://host:port/db or set {URL_VARIABLE}.",
+            "inside the process that made them, so no other process sees them; "
+            f"pass --url redis://host:port/db or set {URL_VARIABLE}.",
             EXIT_USAGE,
         )
 
@@ -157,6 +158,31 @@ def reported_errors() -> Iterator[None]:
         else:
             code = EXIT_FAILED
         raise CommandError(_one_line(str(err)), code) from err
+
+
+def install_stop_signals(
+    warm_stop: Callable[[int], None], cold_stop: Callable[[], None] | None = None
+) -> list[int]:
+    """Handle SIGTERM and SIGINT: the first stops warm, a second exits at once.
+
+    The first signal calls ``warm_stop`` with its number. A second one calls
+    ``cold_stop``, if given, and then ends the process with `EXIT_COLD_STOP`
+    without any cleanup. Returns the list that the handler appends each
+    signal's number to, so a command can tell whether it was stopped.
+    """
+    received: list[int] = []
+
+    def handle(number: int, _frame: object) -> None:
+        received.append(number)
+        if len(received) > 1:
+            if cold_stop is not None:
+                cold_stop()
+            os._exit(EXIT_COLD_STOP)
+        warm_stop(number)
+
+    signal.signal(signal.SIGTERM, handle)
+    signal.signal(signal.SIGINT, handle)
+    return received
 
 
 def _one_line(text: str) -> str:

@@ -119,7 +119,7 @@ def test_beat_rejects_memory_url(schedules: ModuleType) -> None:
     )
 
     assert result.exit_code == 2
-    assert "memory:// keeps runs inside one process" in result.output
+    assert "memory:// keeps runs inside the process that made them" in result.output
 
 
 def test_beat_rejects_app_without_entries(tmp_path: Path, redis_url: str) -> None:
