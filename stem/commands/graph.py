@@ -1,4 +1,4 @@
-"""``stem graph show``: draw a run as a layered DAG, a tree, DOT, Mermaid or JSON."""
+"""``stem graph show``: draw a run as a DAG, a tree, DOT, Mermaid, JSON or SVG."""
 
 from __future__ import annotations
 
@@ -22,6 +22,7 @@ from stem.canvas.render import (
     to_mermaid,
 )
 from stem.canvas.spec import NodeId
+from stem.canvas.svg import to_svg
 from stem.commands.common import (
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
@@ -37,7 +38,7 @@ from stem.engine.app import App
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import SETTLED, TERMINAL, NodeRecord
 
-FORMATS = ("dag", "tree", "dot", "mermaid", "json")
+FORMATS = ("dag", "tree", "dot", "mermaid", "json", "svg")
 #: Width of drawings written to a file with --output.
 _FILE_WIDTH = 100
 
@@ -48,6 +49,7 @@ Examples:
   stem graph show RUN --expand --why 1.3
   stem graph show RUN --watch
   stem graph show RUN --format mermaid --output run.mmd
+  stem graph show RUN --format svg --output run.svg
 """
 
 
@@ -65,7 +67,8 @@ def graph() -> None:
     type=click.Choice(FORMATS),
     default="dag",
     show_default=True,
-    help="dag and tree are for terminals; dot, mermaid and json list every node.",
+    help="dag and tree are for terminals; dot, mermaid and json list every "
+    "node; svg is a picture, to write with --output.",
 )
 @click.option(
     "--output",
@@ -163,7 +166,11 @@ def node_views(snapshot: RunSnapshot, now: float | None = None) -> dict[str, Nod
 def draw(
     snapshot: RunSnapshot, output_format: str, collapse_over: int, expand: bool
 ) -> RenderableType | str:
-    """Draw a snapshot: a rich renderable for dag and tree, text for the others."""
+    """Draw a snapshot: a rich renderable for dag and tree, text for the others.
+
+    The svg text is the picture of `stem.canvas.svg.to_svg`, with the same
+    collapsed groups as dag.
+    """
     views = node_views(snapshot)
     spec = snapshot.spec
     if output_format == "dot":
@@ -173,6 +180,10 @@ def draw(
     if output_format == "json":
         return to_json(spec, views)
     title = _title(snapshot)
+    if output_format == "svg":
+        return to_svg(
+            spec, views, collapse_over=collapse_over, expand=expand, title=title
+        )
     if output_format == "tree":
         body: RenderableType = render_tree(
             spec, views, collapse_over=collapse_over, expand=expand, title=title

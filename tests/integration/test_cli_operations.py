@@ -6,6 +6,7 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
+from xml.etree import ElementTree
 
 import pytest
 import redis
@@ -138,6 +139,29 @@ def test_graph_show_formats(
     assert watched.count("legend:") == 1
     assert out.read_text(encoding="utf-8") == mermaid
     assert missing_code == EXIT_NOT_FOUND
+
+
+def test_graph_show_writes_svg(
+    runner: CliRunner, flows: ModuleType, tmp_path: Path
+) -> None:
+    with flows.app.worker(concurrency=2):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+    out = tmp_path / "run.svg"
+
+    code, output = invoke(
+        runner, flows, "graph", "show", result.id, "--format", "svg", "-o", str(out)
+    )
+
+    assert code == 0, output
+    assert f"Wrote svg of run {result.id} to {out}." in output
+    # Raises ParseError unless the file is well-formed XML.
+    root = ElementTree.parse(out).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = " ".join(element.text or "" for element in root.iter())
+    assert f"run {result.id}: failed" in texts
+    assert "extra" in texts
+    assert "failed" in texts
 
 
 def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) -> None:
