@@ -10,6 +10,7 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── TimeoutError            get() timed out (also builtins.TimeoutError)
     │   ├── MaxRetriesExceededError self.retry() after the last retry, with no exc
     │   ├── DeadLettered            a node's message could not be processed
+    │   ├── ValueTooLarge           a task returned more than max_value_bytes
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
@@ -77,6 +78,14 @@ class DeadLettered(EngineError):
     """Recorded for a node whose message could not be processed (an unknown task).
 
     The message is kept in the dead-letter stream with the same reason.
+    """
+
+
+class ValueTooLarge(EngineError):
+    """Recorded for a node whose task returned a value above ``max_value_bytes``.
+
+    The value is never stored. Return a reference to the data (a path or an
+    object-store key) instead, or raise the limit in the app's settings.
     """
 
 

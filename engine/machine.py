@@ -12,6 +12,12 @@ it is skipped. An ``all_settled`` join runs once all its dependencies have
 ended. Siblings of the failed node keep running, so the run ends when
 every main-path node has ended. Errbacks fire as soon as a node they cover
 fails or is cancelled by a failure.
+
+Values of ``ignore_result`` nodes: such a node's value is stored only while
+a node that reads it as input has not ended, because a retry of that reader
+reads it again. It is dropped when its last reader ends, and never stored
+when no reader is open at its success. The run's value and its result
+handle show None in its place at all times.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from stem.canvas.spec import (
     NodeSpec,
     Template,
     node_order,
+    template_nodes,
 )
 from stem.canvas.values import dumps, loads
 from stem.engine.records import (
@@ -73,6 +80,7 @@ def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effe
         created_at=now,
         open_main=sum(1 for node in spec.nodes if not node.side),
     )
+    _count_open_readers(run, spec.nodes)
     effects: list[Effect] = []
     for node in spec.nodes:
         if node.role == "errback" and not node.covers:
@@ -132,7 +140,7 @@ def complete(
     record = _running(run, node_id, attempt, lease)
     if record is None:
         return None
-    record.value = value
+    record.value = value if _value_needed(run, node_id) else None
     effects: list[Effect] = []
     _end(run, node_id, "succeeded", now, effects)
     _maybe_finish(run, now, effects)
@@ -228,6 +236,7 @@ def cancel(run: RunState, now: float) -> list[Effect]:
         record.state = "skipped" if pending_side else "cancelled"
         record.ended_at = now
         run.events.append((now, node.id, record.state))
+        _drop_read_values(run, node.id)
     run.open_main = 0
     run.status = "cancelled"
     run.ended_at = now
@@ -262,8 +271,11 @@ def splice(
         run.nodes.setdefault(node.id, NodeRecord())
     added = [node for node in run.spec.nodes if node.id.startswith(f"{node_id}.")]
     run.open_main += sum(1 for node in added if not node.side)
+    _count_open_readers(run, [*added, replaced])
     record.replaced = True
-    record.value = dumps(None)
+    # Readers of the replaced node now read the canvas, so an ignore_result
+    # node keeps no value here.
+    record.value = dumps(None) if _value_needed(run, node_id) else None
     effects: list[Effect] = []
     for node in added:
         if node.role == "errback" and not node.covers:
@@ -292,7 +304,10 @@ def resolve_input(run: RunState, node: NodeSpec) -> tuple[bool, Any]:
 
 
 def run_value(run: RunState) -> Any:
-    """Return the run's value, built from its output template."""
+    """Return the run's value, built from its output template.
+
+    An ``ignore_result`` node's value is None here, whether or not it is kept.
+    """
     if run.spec.output.kind == "none":
         return None
     return _resolve(run, run.spec.output, None)
@@ -426,6 +441,35 @@ def _set_terminal(run: RunState, node_id: NodeId, state: NodeState, now: float) 
     run.events.append((now, node_id, state))
     if not run.spec.node(node_id).side:
         run.open_main -= 1
+    _drop_read_values(run, node_id)
+
+
+def _value_needed(run: RunState, node_id: NodeId) -> bool:
+    """Tell whether a node's value must be kept: always, unless ``ignore_result``."""
+    return run.open_readers.get(node_id, 1) > 0
+
+
+def _count_open_readers(run: RunState, nodes: list[NodeSpec]) -> None:
+    """Set the open-reader counts of the ``ignore_result`` nodes among ``nodes``."""
+    for node in nodes:
+        if node.options.ignore_result:
+            readers = run.spec.readers[node.id]
+            run.open_readers[node.id] = sum(
+                1 for reader in readers if run.nodes[reader].state not in TERMINAL
+            )
+
+
+def _drop_read_values(run: RunState, node_id: NodeId) -> None:
+    """Count an ended node out of the readers of each ``ignore_result`` node it read.
+
+    A value whose last open reader ended is dropped.
+    """
+    for read in dict.fromkeys(template_nodes(run.spec.node(node_id).input)):
+        if read not in run.open_readers:
+            continue
+        run.open_readers[read] -= 1
+        if run.open_readers[read] <= 0:
+            run.nodes[read].value = None
 
 
 def _maybe_finish(run: RunState, now: float, effects: list[Effect]) -> None:
@@ -467,6 +511,8 @@ def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
     if isinstance(template, NodeInput):
         record = run.nodes[template.node]
         if record.state == "succeeded":
+            if reader is None and _ignored(run, template.node):
+                return None
             return loads(record.value) if record.value is not None else None
         task = run.spec.node(template.node).task
         return error_record(template.node, task, record)
@@ -477,6 +523,23 @@ def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
         cause = run.nodes[reader.id].cause
         return run.task_id(cause) if cause is not None else None
     return None
+
+
+def _ignored(run: RunState, node_id: NodeId) -> bool:
+    return bool(run.spec.node(node_id).options.ignore_result)
+
+
+def group_counts(run: RunState) -> dict[int | None, dict[str, int]]:
+    """Count the run's nodes in each state, per innermost group (None: no group).
+
+    The Redis scripts keep the same counts up to date as nodes change state.
+    """
+    counts: dict[int | None, dict[str, int]] = {}
+    for node in run.spec.nodes:
+        states = counts.setdefault(node.group, {})
+        state = run.nodes[node.id].state
+        states[state] = states.get(state, 0) + 1
+    return counts
 
 
 def spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSpec:
