@@ -33,9 +33,15 @@ from stem.canvas.values import decode
 from stem.drivers.redis import layout
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
-from stem.engine import machine
+from stem.engine import machine, settings
 from stem.engine.errors import DriverError, RunNotFound
-from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
+from stem.engine.ports import (
+    TASK_HEADER,
+    Claim,
+    LifecycleEvent,
+    Message,
+    RunSnapshot,
+)
 from stem.engine.records import ErrorInfo, NodeRecord, RunState
 
 log = logging.getLogger(__name__)
@@ -71,6 +77,14 @@ class RedisDriver:
         promote_batch: most delayed messages moved to their queues per fetch.
         fire_ttl_s: seconds a claimed beat fire time is remembered.
         poll_interval_s: seconds between status checks in `wait`.
+        retention_s: seconds a run's keys live after it ends, or None to keep
+            them. A run that has not ended never expires. The setting in
+            force when a run is submitted applies to it.
+        max_value_bytes: largest task value the worker reports, in bytes of
+            JSON text, or None for no limit.
+        events: whether runs submitted through this driver write lifecycle
+            events.
+        events_max_len: lifecycle events kept per partition, about.
     """
 
     def __init__(
@@ -84,8 +98,18 @@ class RedisDriver:
         promote_batch: int = 100,
         fire_ttl_s: float = 7 * 24 * 3600.0,
         poll_interval_s: float = 0.02,
+        retention_s: float | None = settings.DEFAULT_RETENTION_S,
+        max_value_bytes: int | None = settings.DEFAULT_MAX_VALUE_BYTES,
+        events: bool = True,
+        events_max_len: int = settings.DEFAULT_EVENTS_MAX_LEN,
     ) -> None:
         self.url = url
+        self.retention_s = settings.check_retention_s(retention_s)
+        self.max_value_bytes = settings.check_max_value_bytes(max_value_bytes)
+        settings.check_events(events)
+        self._events_max_len = settings.check_events_max_len(events_max_len)
+        if not events:
+            self._events_max_len = 0
         self._keys = Keys(prefix)
         self._group = group
         if max_deliveries < 1:
@@ -116,6 +140,7 @@ class RedisDriver:
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
         graph = layout.graph_fields(spec)
+        counts = layout.initial_counts(spec.nodes)
         args: list[str | int | float] = [
             run_id,
             "1",
@@ -126,9 +151,20 @@ class RedisDriver:
             str(sum(1 for node in spec.nodes if not node.side)),
             str(len(graph) // 2),
             *graph,
+            _milliseconds(self.retention_s),
+            str(self._events_max_len),
+            str(len(counts) // 2),
+            *counts,
             *layout.initial_node_fields(spec.nodes),
+            *layout.open_reader_fields(spec),
         ]
-        keys = [*self._keys.run(run_id).all(), self._keys.delayed]
+        run_keys = self._keys.run(run_id)
+        keys = [
+            *run_keys.all(),
+            self._keys.delayed,
+            run_keys.counts,
+            self._keys.events,
+        ]
         reply = self._scripts.call("submit", keys, args, run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
@@ -137,7 +173,13 @@ class RedisDriver:
         return created
 
     def claim(self, message: Message) -> Claim | None:
-        keys = [*self._keys.run(message.run_id).all(), self._keys.queue(message.queue)]
+        run_keys = self._keys.run(message.run_id)
+        keys = [
+            *run_keys.all(),
+            self._keys.queue(message.queue),
+            run_keys.counts,
+            self._keys.events,
+        ]
         args: list[str | int | float] = [
             message.node_id,
             str(message.attempt),
@@ -145,6 +187,7 @@ class RedisDriver:
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
+            message.run_id,
         ]
         reply = self._scripts.call(
             "claim", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -192,11 +235,7 @@ class RedisDriver:
         self._report("retry", message, layout.error_json(error), repr(float(delay_s)))
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
-        keys = [
-            *self._keys.run(message.run_id).all(),
-            self._keys.delayed,
-            self._keys.queue(message.queue),
-        ]
+        keys = self._report_keys(message)
         for _ in range(_SPLICE_ATTEMPTS):
             with self._redis_errors(f"read the graph spec of run {message.run_id}"):
                 current: Any = self._client.hmget(keys[0], ["spec_version", "spec"])
@@ -225,9 +264,9 @@ class RedisDriver:
         )
 
     def cancel(self, run_id: str) -> None:
-        reply = self._scripts.call(
-            "cancel", self._keys.run(run_id).all()[:3], [], run_id=run_id
-        )
+        run_keys = self._keys.run(run_id)
+        keys = [*run_keys.all(), run_keys.counts, self._keys.events]
+        reply = self._scripts.call("cancel", keys, [run_id], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
             log.debug("Run %s cancelled.", run_id)
@@ -242,7 +281,7 @@ class RedisDriver:
             pipe.hgetall(keys.errors)
             run, fields, values, errors = pipe.execute()
         if not run:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            raise self._not_found(run_id)
         spec = self._cached_spec(run_id, run["spec_version"], run["spec"])
         nodes = layout.node_records(spec, fields, values, errors)
         return layout.snapshot_of(run_id, spec, run, nodes)
@@ -254,7 +293,7 @@ class RedisDriver:
             with self._redis_errors(f"read the status of run {run_id}"):
                 status = self._client.hget(run_key, "status")
             if status is None:
-                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+                raise self._not_found(run_id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if status != "running" or (remaining is not None and remaining <= 0):
                 return self.snapshot(run_id)
@@ -264,6 +303,27 @@ class RedisDriver:
     def workers_alive(self) -> int | None:
         # Workers in other processes do not register yet, so no count is known.
         return None
+
+    def group_counts(self, run_id: str) -> dict[int | None, dict[str, int]]:
+        keys = self._keys.run(run_id)
+        with self._redis_errors(f"read the state counts of run {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.exists(keys.run)
+            pipe.hgetall(keys.counts)
+            exists, fields = pipe.execute()
+        if not exists:
+            raise self._not_found(run_id)
+        return layout.group_counts(fields)
+
+    def events(
+        self, after: str | None = None, limit: int = 100
+    ) -> list[LifecycleEvent]:
+        start = "-" if after is None else f"({after}"
+        with self._redis_errors("read the lifecycle event stream"):
+            entries: Any = self._client.xrange(
+                self._keys.events, min=start, count=limit
+            )
+        return [_event(entry_id, fields) for entry_id, fields in entries]
 
     # -- broker -------------------------------------------------------------
 
@@ -310,11 +370,14 @@ class RedisDriver:
 
     def _dead_letter(self, message: Message, reason: str, *, abandoned: bool) -> None:
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
+        run_keys = self._keys.run(message.run_id)
         keys = [
-            *self._keys.run(message.run_id).all(),
+            *run_keys.all(),
             self._keys.delayed,
             self._keys.queue(message.queue),
             self._keys.dead,
+            run_keys.counts,
+            self._keys.events,
         ]
         args: list[str | int | float] = [
             *self._message_args(message),
@@ -377,11 +440,7 @@ class RedisDriver:
     # -- internals ------------------------------------------------------------
 
     def _report(self, script: str, message: Message, *payload: str) -> None:
-        keys = [
-            *self._keys.run(message.run_id).all(),
-            self._keys.delayed,
-            self._keys.queue(message.queue),
-        ]
+        keys = self._report_keys(message)
         args: list[str | int | float] = [*self._message_args(message), *payload]
         reply = self._scripts.call(
             script, keys, args, run_id=message.run_id, node_id=message.node_id
@@ -394,6 +453,24 @@ class RedisDriver:
                 script,
                 _ids(message),
             )
+
+    def _report_keys(self, message: Message) -> list[str]:
+        """Return the keys of complete, fail, retry and splice, in script order."""
+        run_keys = self._keys.run(message.run_id)
+        return [
+            *run_keys.all(),
+            self._keys.delayed,
+            self._keys.queue(message.queue),
+            run_keys.counts,
+            self._keys.events,
+        ]
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        return RunNotFound(
+            f"Run {run_id!r} is not found in {self}: it was never submitted "
+            f"here, or it ended more than retention_s ({self.retention_s} s) "
+            "ago and its keys expired."
+        )
 
     def _message_args(self, message: Message) -> list[str | int | float]:
         return [
@@ -414,7 +491,7 @@ class RedisDriver:
         with self._redis_errors(f"read the graph spec of run {run_id}"):
             text: Any = self._client.hget(self._keys.run(run_id).run, "spec")
         if text is None:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            raise self._not_found(run_id)
         return self._cached_spec(run_id, version, text)
 
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
@@ -569,6 +646,26 @@ def _message(
         {TASK_HEADER: fields["task"]},
         reclaimed=reclaimed,
     )
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> LifecycleEvent:
+    millis, _, _sequence = entry_id.partition("-")
+    return LifecycleEvent(
+        entry_id,
+        int(millis) / 1000,
+        fields["run"],
+        fields["event"],
+        fields.get("node", ""),
+        int(fields.get("attempt", "0")),
+        fields.get("status", ""),
+    )
+
+
+def _milliseconds(seconds: float | None) -> str:
+    """Return a duration as whole milliseconds for a script, or "0" (off) for None."""
+    if seconds is None:
+        return "0"
+    return str(max(1, round(seconds * 1000)))
 
 
 def _ids(message: Message) -> str:

@@ -6,9 +6,11 @@ driver side by side, as `stem.testing.StepDriver` does for the machine alone.
 Some claimed tasks put a drawn canvas in their place, as ``self.replace``
 does. Nodes planned with ``takeover`` have each attempt's message reclaimed
 once after its first claim, and a claim that takes the lease over fences the
-first claim's report. Both must accept and reject the same messages and
-reports, grant the same leases, hand each task the same arguments, enqueue
-the same attempts and end in the same state.
+first claim's report. Some nodes are drawn with ``ignore_result``. Both must
+accept and reject the same messages and reports, grant the same leases, hand
+each task the same arguments, enqueue the same attempts, keep and drop the
+same values, and end in the same state, with the same state counts per
+group; Redis must write the lifecycle events of the steps that were applied.
 """
 
 from __future__ import annotations
@@ -83,6 +85,8 @@ class _Pair:
         self.leases: dict[tuple[NodeId, int], int] = {}
         #: Reports from fenced claims, which both sides ignored.
         self.fenced = 0
+        #: Lifecycle events the applied steps must write: kind, node, attempt.
+        self.events: list[tuple[str, str, int]] = [("submitted", "", 0)]
         run, effects = machine.start(self.run_id, spec, self.now)
         self.run: RunState = run
         assert driver.submit(self.run_id, spec)
@@ -99,7 +103,7 @@ class _Pair:
 
     def cancel(self) -> None:
         self.now += 1.0
-        machine.cancel(self.run, self.now)
+        self._enqueue(machine.cancel(self.run, self.now))
         self.driver.cancel(self.run_id)
 
     def _message(
@@ -122,6 +126,7 @@ class _Pair:
         )
         if claim is None:
             return
+        self.events.append(("started", node_id, attempt))
         lease = self.run.nodes[node_id].lease
         self.leases[(node_id, attempt)] = lease
         assert claim.message.lease == lease
@@ -177,17 +182,41 @@ class _Pair:
                 self.fenced += 1
             return
         if effects is not None:
+            self.events.append((_EVENT_OF_REPORT[report.kind], node, attempt))
             self._enqueue(effects)
         if self.plan.get(report.node, NodePlan()).duplicate:
             self.reports.append(replace(report, late=True))
 
     def _enqueue(self, effects: list[machine.Effect]) -> None:
         for effect in effects:
+            if isinstance(effect, machine.RunEnded):
+                self.events.append(("ended", effect.status, 0))
             if isinstance(effect, machine.Enqueue):
                 self.enqueued[(effect.node, effect.attempt)] += 1
                 self.messages.append(_Delivery(effect.node, effect.attempt))
                 if self.plan.get(effect.node, NodePlan()).duplicate:
                     self.messages.append(_Delivery(effect.node, effect.attempt))
+
+
+_EVENT_OF_REPORT = {
+    "complete": "succeeded",
+    "fail": "failed",
+    "retry": "retried",
+    "replace": "replaced",
+}
+
+
+def _with_ignored(spec: GraphSpec, ignored: set[NodeId]) -> GraphSpec:
+    """Return ``spec`` with ``ignore_result`` set on the nodes in ``ignored``."""
+    nodes = [
+        node.model_copy(
+            update={"options": node.options.model_copy(update={"ignore_result": True})}
+        )
+        if node.id in ignored
+        else node
+        for node in spec.nodes
+    ]
+    return spec.model_copy(update={"nodes": nodes})
 
 
 def _stream_attempts(url: str, driver: RedisDriver, queues: set[str]) -> Counter[Any]:
@@ -222,6 +251,13 @@ def _check_same_state(pair: _Pair, redis_url: str) -> None:
         assert actual.cause == expected.cause, context
         assert actual.replaced == expected.replaced, context
     assert snapshot.spec == run.spec
+    assert pair.driver.group_counts(pair.run_id) == machine.group_counts(run)
+    written = [
+        (event.kind, event.status or event.node_id, event.attempt)
+        for event in pair.driver.events(limit=100_000)
+        if event.run_id == pair.run_id
+    ]
+    assert written == pair.events
     queues = {node.options.queue or "default" for node in run.spec.nodes}
     assert _stream_attempts(redis_url, pair.driver, queues) == +Counter(
         {key: 1 for key in pair.enqueued}
@@ -235,6 +271,10 @@ def test_scripts_match_machine(
     redis_url: str, data: st.DataObject, canvas: Any
 ) -> None:
     spec = compile_canvas(canvas)
+    node_ids = [node.id for node in spec.nodes]
+    if node_ids:
+        ignored = data.draw(st.sets(st.sampled_from(node_ids)), label="ignored")
+        spec = _with_ignored(spec, ignored)
     plan = data.draw(plans(spec), label="plan")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     replacements = data.draw(
@@ -244,7 +284,12 @@ def test_scripts_match_machine(
     cancel_after = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="cancel")
     driver = RedisDriver(redis_url, prefix=f"diff-{uuid.uuid4().hex[:12]}:")
     try:
-        compiled = [compile_canvas(item) for item in replacements]
+        compiled = [
+            _with_ignored(compile_canvas(item), {"0"})
+            if index % 2
+            else compile_canvas(item)
+            for index, item in enumerate(replacements)
+        ]
         pair = _Pair(driver, spec, plan, compiled)
         rng = random.Random(seed)
         steps = 0
