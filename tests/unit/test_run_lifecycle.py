@@ -156,7 +156,7 @@ def test_memory_event_ids_grow() -> None:
 
 def test_settings_defaults_are_valid() -> None:
     assert settings.check_retention_s(settings.DEFAULT_RETENTION_S) == 604800.0
-    assert settings.check_max_value_bytes(settings.DEFAULT_MAX_VALUE_BYTES) == 2**24
+    assert settings.check_max_value_bytes(settings.DEFAULT_MAX_VALUE_BYTES) == 2**21
     assert settings.check_events_max_len(settings.DEFAULT_EVENTS_MAX_LEN) == 10_000
 
 
