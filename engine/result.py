@@ -136,6 +136,14 @@ class AsyncResult:
         """Return one node of the run."""
         return self.nodes()[node_id]
 
+    def group_counts(self) -> dict[int | None, dict[str, int]]:
+        """Return how many nodes are in each state, per group (None: no group).
+
+        The store keeps these counts as nodes change state, so this reads no
+        node record, however large the run.
+        """
+        return self.app.driver.group_counts(self.id)
+
     def graph(self) -> tuple[GraphSpec, dict[NodeId, NodeRecord]]:
         """Return the run's graph spec and each node's record."""
         snapshot = self.snapshot()

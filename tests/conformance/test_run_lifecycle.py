@@ -197,7 +197,7 @@ def test_group_counts_after_chord(kit: Kit) -> None:
         assert result.get(TIMEOUT_S) == 6
     header_group = result.snapshot().spec.node("0").group
     assert header_group is not None
-    counts = kit.app.driver.group_counts(result.id)
+    counts = result.group_counts()
     assert counts == {header_group: {"succeeded": 3}, None: {"succeeded": 1}}
 
 
