@@ -19,6 +19,7 @@ import contextlib
 import dataclasses
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -54,6 +55,8 @@ _SPEC_CACHE_SIZE = 256
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
+#: A stream entry id: milliseconds and a sequence number.
+_EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
@@ -318,6 +321,11 @@ class RedisDriver:
     def events(
         self, after: str | None = None, limit: int = 100
     ) -> list[LifecycleEvent]:
+        if after is not None and not _EVENT_ID.fullmatch(after):
+            raise ValueError(
+                f"Event id {after!r} is invalid; pass the id of an event that "
+                "events() returned."
+            )
         start = "-" if after is None else f"({after}"
         with self._redis_errors("read the lifecycle event stream"):
             entries: Any = self._client.xrange(

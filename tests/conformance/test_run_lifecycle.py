@@ -283,6 +283,8 @@ def test_events_after_cursor(kit: Kit) -> None:
     assert [event.run_id for event in later] == [second.id]
     assert kit.app.driver.events(after=events[1].id) == []
     assert len(kit.app.driver.events(limit=1)) == 1
+    with pytest.raises(ValueError, match="Event id 'x-y' is invalid"):
+        kit.app.driver.events(after="x-y")
 
 
 def test_events_turned_off(make_kit: Callable[..., Kit]) -> None:
