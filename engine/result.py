@@ -139,8 +139,8 @@ class AsyncResult:
     def group_counts(self) -> dict[int | None, dict[str, int]]:
         """Return how many nodes are in each state, per group (None: no group).
 
-        The store keeps these counts as nodes change state, so this reads no
-        node record, however large the run.
+        The Redis driver keeps these counts as nodes change state, so there
+        this reads no node record, however large the run.
         """
         return self.app.driver.group_counts(self.id)
 
