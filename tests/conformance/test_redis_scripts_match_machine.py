@@ -117,6 +117,16 @@ class _Pair:
         """Retry the run on both sides; return whether they reopened it."""
         self.now += 1.0
         status = self.run.status
+        if status in ("failed", "cancelled"):
+            rerun = [
+                node_id
+                for node_id in machine.nodes_to_reopen(self.run)
+                if self.run.nodes[node_id].state == "succeeded"
+                and self.run.spec.node(node_id).options.ignore_result
+                and self.run.nodes[node_id].value is None
+            ]
+            if rerun:
+                event("run retry reruns a dropped ignore_result value")
         try:
             effects = machine.reopen(self.run, self.now)
         except RunNotRetryable:
