@@ -4,7 +4,8 @@ All state lives in this process behind one lock, and each transition of the
 engine's state machine is applied under it, so a recorded outcome, the nodes
 it released and the acknowledgement of its message change together. Nothing
 survives the process. Besides the ports, it offers what tests need:
-`wait_idle`, `dead_letters` and `runs`.
+`wait_idle`, `dead_letters` and `runs`. Ended runs are dropped once their
+retention has passed, when the driver is next used.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ from typing import Any
 
 from stem.canvas.spec import GraphSpec
 from stem.canvas.values import decode
-from stem.engine import machine
+from stem.engine import machine, settings
 from stem.engine.errors import RunNotFound
 from stem.engine.ports import (
     TASK_HEADER,
     Claim,
     DeadLetter,
+    LifecycleEvent,
     Message,
     QueueStats,
     RunPage,
@@ -46,12 +48,35 @@ class MemoryDriver:
     Args:
         url: the ``memory://`` URL it was made from.
         clock: returns the current time in seconds; tests may inject one.
+        retention_s: seconds an ended run is kept before it is dropped, or
+            None to keep ended runs. A run that has not ended is never dropped.
+        max_value_bytes: largest task value the worker reports, in bytes of
+            JSON text, or None for no limit.
+        events: whether to keep lifecycle events.
+        events_max_len: how many of the latest lifecycle events to keep.
     """
 
     def __init__(
-        self, url: str = "memory://", clock: Callable[[], float] = time.time
+        self,
+        url: str = "memory://",
+        clock: Callable[[], float] = time.time,
+        *,
+        retention_s: float | None = settings.DEFAULT_RETENTION_S,
+        max_value_bytes: int | None = settings.DEFAULT_MAX_VALUE_BYTES,
+        events: bool = True,
+        events_max_len: int = settings.DEFAULT_EVENTS_MAX_LEN,
     ) -> None:
         self.url = url
+        self.retention_s = settings.check_retention_s(retention_s)
+        self.max_value_bytes = settings.check_max_value_bytes(max_value_bytes)
+        settings.check_events(events)
+        max_len = settings.check_events_max_len(events_max_len)
+        self._events: collections.deque[LifecycleEvent] | None = (
+            collections.deque(maxlen=max_len) if events else None
+        )
+        self._last_event_id = (0, 0)
+        # Ended runs by the time they expire, soonest first.
+        self._expiry: list[tuple[float, str]] = []
         #: Messages stay with their worker until it reports, so none is taken over.
         self.visibility_timeout_s: float | None = None
         self._clock = clock
@@ -82,16 +107,19 @@ class MemoryDriver:
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
         with self._lock:
+            self._drop_expired()
             if run_id in self._runs:
                 return False
             run, effects = machine.start(run_id, spec, self._clock())
             self._runs[run_id] = run
+            self._emit(run_id, "submitted")
             self._apply(run, effects)
             log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
             return True
 
     def claim(self, message: Message) -> Claim | None:
         with self._lock:
+            self._drop_expired()
             run = self._runs.get(message.run_id)
             if run is None or not machine.claim(
                 run,
@@ -112,21 +140,24 @@ class MemoryDriver:
             kwargs = {key: decode(item) for key, item in node.kwargs.items()}
             lease = run.nodes[node.id].lease
             leased = dataclasses.replace(message, lease=lease, reclaimed=False)
+            self._emit(run.run_id, "started", node.id, message.attempt)
             return Claim(
                 leased, node.task, run.task_id(node.id), args, kwargs, node.options
             )
 
     def complete(self, message: Message, value: str) -> None:
-        self._report(message, machine.complete, value, lease=message.lease)
+        self._report(message, "succeeded", machine.complete, value, lease=message.lease)
 
     def fail(self, message: Message, error: ErrorInfo) -> None:
-        self._report(message, machine.fail, error, lease=message.lease)
+        self._report(message, "failed", machine.fail, error, lease=message.lease)
 
     def retry(self, message: Message, error: ErrorInfo, delay_s: float) -> None:
-        self._report(message, machine.retry, error, delay_s, lease=message.lease)
+        self._report(
+            message, "retried", machine.retry, error, delay_s, lease=message.lease
+        )
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
-        self._report(message, machine.splice, spec, lease=message.lease)
+        self._report(message, "replaced", machine.splice, spec, lease=message.lease)
 
     def cancel(self, run_id: str) -> None:
         with self._lock:
@@ -136,7 +167,9 @@ class MemoryDriver:
     def retry_run(self, run_id: str) -> int:
         with self._lock:
             run = self._run(run_id)
-            self._apply(run, machine.reopen(run, self._clock()))
+            effects = machine.reopen(run, self._clock())
+            self._emit(run_id, "reopened")
+            self._apply(run, effects)
             log.info("Run %s reopened as epoch %d.", run_id, run.epoch)
             return run.epoch
 
@@ -160,6 +193,22 @@ class MemoryDriver:
     def workers_alive(self) -> int | None:
         with self._lock:
             return self._workers
+
+    def group_counts(self, run_id: str) -> dict[int | None, dict[str, int]]:
+        with self._lock:
+            return machine.group_counts(self._run(run_id))
+
+    def events(
+        self, after: str | None = None, limit: int = 100
+    ) -> list[LifecycleEvent]:
+        with self._lock:
+            if self._events is None:
+                return []
+            start = (-1, -1) if after is None else _event_position(after)
+            found = [
+                event for event in self._events if _event_position(event.id) > start
+            ]
+            return found[:limit]
 
     # -- broker -------------------------------------------------------------
 
@@ -189,7 +238,7 @@ class MemoryDriver:
             self._dead[dead_id] = DeadLetter(dead_id, message, reason, self._clock())
             log.warning("Dead-lettered %s: %s", _ids(message), reason)
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
-        self._report(message, machine.dead_letter, error)
+        self._report(message, "failed", machine.dead_letter, error)
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         with self._lock:
@@ -242,6 +291,8 @@ class MemoryDriver:
         cursor: str | None = None,
     ) -> RunPage:
         with self._lock:
+            # Runs past their retention are dropped first, so none is listed.
+            self._drop_expired()
             newest_first = list(reversed(self._runs.values()))
         offset = int(cursor or 0)
         found: list[RunSummary] = []
@@ -308,6 +359,7 @@ class MemoryDriver:
             if dead is None:
                 return "not_found"
             message = dead.message
+            self._drop_expired()
             run = self._runs.get(message.run_id)
             if run is None:
                 return "run_not_found"
@@ -363,6 +415,7 @@ class MemoryDriver:
     def runs(self) -> list[str]:
         """Return the ids of every run this driver holds, oldest first."""
         with self._lock:
+            self._drop_expired()
             return list(self._runs)
 
     def wait_idle(self, timeout_s: float = 10.0) -> bool:
@@ -386,10 +439,16 @@ class MemoryDriver:
     # -- internals ------------------------------------------------------------
 
     def _report(
-        self, message: Message, transition: Any, *payload: Any, **options: Any
+        self,
+        message: Message,
+        event: str,
+        transition: Any,
+        *payload: Any,
+        **options: Any,
     ) -> None:
         with self._lock:
             self._settle_in_flight(message)
+            self._drop_expired()
             run = self._runs.get(message.run_id)
             if run is None:
                 return
@@ -405,6 +464,7 @@ class MemoryDriver:
             if effects is None:
                 log.debug("Ignored a duplicate or late report for %s.", _ids(message))
                 return
+            self._emit(run.run_id, event, message.node_id, message.attempt)
             self._apply(run, effects)
 
     def _apply(self, run: RunState, effects: list[machine.Effect]) -> None:
@@ -425,7 +485,40 @@ class MemoryDriver:
                     heapq.heappush(self._delayed, (due, next(self._sequence), message))
                 else:
                     self._queues[message.queue].append(message)
+            elif isinstance(effect, machine.RunEnded):
+                self._emit(run.run_id, "ended", status=effect.status)
+                if self.retention_s is not None:
+                    expires = now + self.retention_s
+                    heapq.heappush(self._expiry, (expires, run.run_id))
         self._changed.notify_all()
+
+    def _emit(
+        self, run_id: str, kind: str, node_id: str = "", attempt: int = 0, **extra: str
+    ) -> None:
+        if self._events is None:
+            return
+        now = self._clock()
+        # Ids take the form of Redis stream ids, milliseconds and a sequence,
+        # and only grow, so `events` reads after an id the same way.
+        last_millis, last_sequence = self._last_event_id
+        position = max((int(now * 1000), 0), (last_millis, last_sequence + 1))
+        self._last_event_id = position
+        event_id = f"{position[0]}-{position[1]}"
+        self._events.append(
+            LifecycleEvent(event_id, now, run_id, kind, node_id, attempt, **extra)
+        )
+
+    def _drop_expired(self) -> None:
+        now = self._clock()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, run_id = heapq.heappop(self._expiry)
+            run = self._runs.get(run_id)
+            # A run that runs again (a new epoch) is kept until it ends again.
+            if run is None or run.status == "running" or run.ended_at is None:
+                continue
+            if self.retention_s is not None and run.ended_at + self.retention_s <= now:
+                del self._runs[run_id]
+                log.debug("Run %s expired and was dropped.", run_id)
 
     def _move_due(self) -> None:
         now = self._clock()
@@ -459,9 +552,14 @@ class MemoryDriver:
         return bool(queued or self._delayed or self._in_flight)
 
     def _run(self, run_id: str) -> RunState:
+        self._drop_expired()
         run = self._runs.get(run_id)
         if run is None:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self.url}.")
+            raise RunNotFound(
+                f"Run {run_id!r} is not found in {self.url}: it was never "
+                f"submitted here, or it ended more than retention_s "
+                f"({self.retention_s} s) ago and was dropped."
+            )
         return run
 
 
@@ -479,6 +577,17 @@ def _snapshot(run: RunState) -> RunSnapshot:
         error_node=run.error_node,
         epoch=run.epoch,
     )
+
+
+def _event_position(event_id: str) -> tuple[int, int]:
+    millis, _, sequence = event_id.partition("-")
+    try:
+        return int(millis), int(sequence or 0)
+    except ValueError:
+        raise ValueError(
+            f"Event id {event_id!r} is invalid; pass the id of an event that "
+            "events() returned."
+        ) from None
 
 
 def _key(message: Message) -> tuple[str, str, int, int]:

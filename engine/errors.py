@@ -13,6 +13,7 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── DeadLettered            a node's message could not be processed
     │   ├── SoftTimeLimitExceeded   raised inside a task at its soft time limit
     │   ├── TimeLimitExceeded       a task's process was killed at its time limit
+    │   ├── ValueTooLarge           a task returned more than max_value_bytes
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
     │   └── DriverNotFound          no driver for a URL scheme
@@ -118,6 +119,14 @@ class TimeLimitExceeded(EngineError):
 
     The worker kills the child process running the task and starts a new one,
     so the task gets no chance to clean up. Only in the ``processes`` pool.
+    """
+
+
+class ValueTooLarge(EngineError):
+    """Recorded for a node whose task returned a value above ``max_value_bytes``.
+
+    The value is never stored. Return a reference to the data (a path or an
+    object-store key) instead, or raise the limit in the app's settings.
     """
 
 

@@ -17,6 +17,12 @@ Epochs: `reopen` starts the next epoch of a failed or cancelled run. Every
 transition that applies a message or a report takes the epoch that message
 carries, and ignores it unless it is the run's current epoch. `replay_node`
 (a dead letter's replay) reopens nodes within the current epoch.
+
+Values of ``ignore_result`` nodes: such a node's value is stored only while
+a node that reads it as input has not ended, because a retry of that reader
+reads it again. It is dropped when its last reader ends, and never stored
+when no reader is open at its success. The run's value and its result
+handle show None in its place at all times.
 """
 
 from __future__ import annotations
@@ -35,6 +41,7 @@ from stem.canvas.spec import (
     NodeSpec,
     Template,
     node_order,
+    template_nodes,
 )
 from stem.canvas.values import dumps, loads
 from stem.engine.errors import RunNotRetryable
@@ -79,6 +86,7 @@ def start(run_id: str, spec: GraphSpec, now: float) -> tuple[RunState, list[Effe
         created_at=now,
         open_main=sum(1 for node in spec.nodes if not node.side),
     )
+    _count_open_readers(run, spec.nodes)
     effects: list[Effect] = []
     for node in spec.nodes:
         if node.role == "errback" and not node.covers:
@@ -143,7 +151,7 @@ def complete(
     record = _running(run, node_id, attempt, lease, epoch)
     if record is None:
         return None
-    record.value = value
+    record.value = value if _value_needed(run, node_id) else None
     # An earlier attempt's error goes: a succeeded node has no error.
     record.error = None
     effects: list[Effect] = []
@@ -244,6 +252,7 @@ def cancel(run: RunState, now: float) -> list[Effect]:
         record.state = "skipped" if pending_side else "cancelled"
         record.ended_at = now
         run.events.append((now, node.id, record.state))
+        _drop_read_values(run, node.id)
     run.open_main = 0
     run.status = "cancelled"
     run.ended_at = now
@@ -275,6 +284,9 @@ def reopen(run: RunState, now: float) -> list[Effect]:
     for node in run.spec.nodes:
         if node.id in reopened:
             _reset(run, node, now)
+    # Reopened readers read their ignore_result inputs again, so each such
+    # value is kept again until its open readers end.
+    _count_open_readers(run, run.spec.nodes)
 
     effects: list[Effect] = []
     for node in run.spec.nodes:
@@ -313,6 +325,10 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     the nodes of its canvas that ended keep their outcomes too, so that part
     of the errback does not run again on its own. Its nodes that had not
     ended are reopened, because messages of the old epoch no longer count.
+    An ``ignore_result`` node that succeeded and that a reopened node reads
+    is reopened too when its value was dropped (its last reader had ended),
+    because the reader would find no value; then what depends on it is
+    reopened as for any succeeded node that runs again.
     """
     states = {node_id: record.state for node_id, record in run.nodes.items()}
     reopened: set[NodeId] = set()
@@ -332,6 +348,11 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
                 if current_succeeded or states[dependent] != "succeeded"
             ),
             *run.spec.errbacks_covering[current],
+            *(
+                read
+                for read in dict.fromkeys(template_nodes(run.spec.node(current).input))
+                if _value_dropped(run, read)
+            ),
         ]
         for candidate in candidates:
             if run.nodes[candidate].replaced:
@@ -375,8 +396,11 @@ def splice(
         run.nodes.setdefault(node.id, NodeRecord())
     added = [node for node in run.spec.nodes if node.id.startswith(f"{node_id}.")]
     run.open_main += sum(1 for node in added if not node.side)
+    _count_open_readers(run, [*added, replaced])
     record.replaced = True
-    record.value = dumps(None)
+    # Readers of the replaced node now read the canvas, so an ignore_result
+    # node keeps no value here.
+    record.value = dumps(None) if _value_needed(run, node_id) else None
     effects: list[Effect] = []
     for node in added:
         if node.role == "errback" and not node.covers:
@@ -439,6 +463,11 @@ def replay_node(
         run.error_node = None
     effects: list[Effect] = []
     _enqueue(run, run.spec.node(node_id), now, effects)
+    # The reopened nodes read their ignore_result inputs again, so each value
+    # still stored is kept until they end.
+    # NOTE: a value dropped when its last reader ended does not come back, so
+    # a reopened reader of it reads None; a run retry runs its node again.
+    _count_open_readers(run, run.spec.nodes)
     for current in reopened[1:]:
         _release(run, current, now, effects)
     return effects
@@ -503,7 +532,10 @@ def resolve_input(run: RunState, node: NodeSpec) -> tuple[bool, Any]:
 
 
 def run_value(run: RunState) -> Any:
-    """Return the run's value, built from its output template."""
+    """Return the run's value, built from its output template.
+
+    An ``ignore_result`` node's value is None here, whether or not it is kept.
+    """
     if run.spec.output.kind == "none":
         return None
     return _resolve(run, run.spec.output, None)
@@ -665,6 +697,43 @@ def _set_terminal(run: RunState, node_id: NodeId, state: NodeState, now: float) 
     run.events.append((now, node_id, state))
     if not run.spec.node(node_id).side:
         run.open_main -= 1
+    _drop_read_values(run, node_id)
+
+
+def _value_needed(run: RunState, node_id: NodeId) -> bool:
+    """Tell whether a node's value must be kept: always, unless ``ignore_result``."""
+    return run.open_readers.get(node_id, 1) > 0
+
+
+def _value_dropped(run: RunState, node_id: NodeId) -> bool:
+    """Tell whether an ``ignore_result`` node succeeded and its value was dropped."""
+    record = run.nodes[node_id]
+    return (
+        _ignored(run, node_id) and record.state == "succeeded" and record.value is None
+    )
+
+
+def _count_open_readers(run: RunState, nodes: list[NodeSpec]) -> None:
+    """Set the open-reader counts of the ``ignore_result`` nodes among ``nodes``."""
+    for node in nodes:
+        if node.options.ignore_result:
+            readers = run.spec.readers[node.id]
+            run.open_readers[node.id] = sum(
+                1 for reader in readers if run.nodes[reader].state not in TERMINAL
+            )
+
+
+def _drop_read_values(run: RunState, node_id: NodeId) -> None:
+    """Count an ended node out of the readers of each ``ignore_result`` node it read.
+
+    A value whose last open reader ended is dropped.
+    """
+    for read in dict.fromkeys(template_nodes(run.spec.node(node_id).input)):
+        if read not in run.open_readers:
+            continue
+        run.open_readers[read] -= 1
+        if run.open_readers[read] <= 0:
+            run.nodes[read].value = None
 
 
 def _maybe_finish(run: RunState, now: float, effects: list[Effect]) -> None:
@@ -706,6 +775,8 @@ def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
     if isinstance(template, NodeInput):
         record = run.nodes[template.node]
         if record.state == "succeeded":
+            if reader is None and _ignored(run, template.node):
+                return None
             return loads(record.value) if record.value is not None else None
         task = run.spec.node(template.node).task
         return error_record(template.node, task, record)
@@ -716,6 +787,23 @@ def _resolve(run: RunState, template: Template, reader: NodeSpec | None) -> Any:
         cause = run.nodes[reader.id].cause
         return run.task_id(cause) if cause is not None else None
     return None
+
+
+def _ignored(run: RunState, node_id: NodeId) -> bool:
+    return bool(run.spec.node(node_id).options.ignore_result)
+
+
+def group_counts(run: RunState) -> dict[int | None, dict[str, int]]:
+    """Count the run's nodes in each state, per innermost group (None: no group).
+
+    The Redis scripts keep the same counts up to date as nodes change state.
+    """
+    counts: dict[int | None, dict[str, int]] = {}
+    for node in run.spec.nodes:
+        states = counts.setdefault(node.group, {})
+        state = run.nodes[node.id].state
+        states[state] = states.get(state, 0) + 1
+    return counts
 
 
 def spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSpec:

@@ -77,6 +77,41 @@ class RunSnapshot:
     epoch: int = 1
 
 
+#: Kinds of `LifecycleEvent`. A run was submitted, reopened (retried as a new
+#: epoch) or ended, or an attempt of a node started, succeeded, failed,
+#: retried, or put a canvas in its place.
+EVENT_KINDS = (
+    "submitted",
+    "reopened",
+    "started",
+    "succeeded",
+    "failed",
+    "retried",
+    "replaced",
+    "ended",
+)
+
+
+@dataclass(frozen=True)
+class LifecycleEvent:
+    """One entry of a store's lifecycle event stream."""
+
+    #: Position in the stream, passed as ``after`` to read the events after it.
+    id: str
+    #: When the store wrote it, in seconds since the epoch.
+    time_s: float
+    run_id: str
+    #: One of `EVENT_KINDS`.
+    kind: str
+    #: The node of a node event, or empty for a run event (``submitted``,
+    #: ``reopened``, ``ended``).
+    node_id: NodeId = ""
+    #: The attempt of a node event, or 0 for run events.
+    attempt: int = 0
+    #: The run's final status for ``ended``, or empty for other kinds.
+    status: str = ""
+
+
 class Broker(Protocol):
     """Moves messages between the store and workers."""
 
@@ -166,6 +201,31 @@ class GraphStore(Protocol):
 
     def workers_alive(self) -> int | None:
         """Return how many workers serve this store, or None if it cannot tell."""
+        ...
+
+    #: Largest task value in bytes of JSON text that the worker may report
+    #: with `complete`, or None for no limit. The worker fails a node whose
+    #: value is larger, so the store never receives it.
+    max_value_bytes: int | None
+
+    def group_counts(self, run_id: str) -> dict[int | None, dict[str, int]]:
+        """Return how many nodes of the run are in each state, per group.
+
+        Keys are group ids of the run's spec (a node counts in its innermost
+        group), and None for nodes outside every group. States with no node
+        are left out. Raises `RunNotFound`.
+        """
+        ...
+
+    def events(
+        self, after: str | None = None, limit: int = 100
+    ) -> list[LifecycleEvent]:
+        """Return up to ``limit`` lifecycle events, oldest first.
+
+        With ``after`` (an event id from an earlier call), only later events
+        are returned. The store keeps a bounded number of recent events, and
+        none when its ``events`` setting is off.
+        """
         ...
 
 

@@ -150,6 +150,9 @@ class RunState:
     error_node: NodeId | None = None
     #: Main-path nodes not yet in a terminal state.
     open_main: int = 0
+    #: For each ``ignore_result`` node, the nodes that read its value as input
+    #: and have not ended. Its value is kept only while this is above zero.
+    open_readers: dict[NodeId, int] = field(default_factory=dict)
     events: list[tuple[float, NodeId, str]] = field(default_factory=list)
 
     def task_id(self, node_id: NodeId) -> str:

@@ -125,13 +125,27 @@ class AsyncResult:
         """Return every node of the run with its state, value and error."""
         snapshot = self.snapshot()
         return {
-            node.id: _node_result(self.id, node.id, node.task, snapshot.nodes[node.id])
+            node.id: _node_result(
+                self.id,
+                node.id,
+                node.task,
+                snapshot.nodes[node.id],
+                ignore_result=bool(node.options.ignore_result),
+            )
             for node in snapshot.spec.nodes
         }
 
     def node(self, node_id: NodeId) -> NodeResult:
         """Return one node of the run."""
         return self.nodes()[node_id]
+
+    def group_counts(self) -> dict[int | None, dict[str, int]]:
+        """Return how many nodes are in each state, per group (None: no group).
+
+        The Redis driver keeps these counts as nodes change state, so there
+        this reads no node record, however large the run.
+        """
+        return self.app.driver.group_counts(self.id)
 
     def graph(self) -> tuple[GraphSpec, dict[NodeId, NodeRecord]]:
         """Return the run's graph spec and each node's record."""
@@ -242,12 +256,21 @@ def rebuild_exception(error: ErrorInfo, failed_task_id: str) -> Exception:
 
 
 def _node_result(
-    run_id: str, node_id: NodeId, task: str, record: NodeRecord
+    run_id: str,
+    node_id: NodeId,
+    task: str,
+    record: NodeRecord,
+    *,
+    ignore_result: bool = False,
 ) -> NodeResult:
     duration = None
     if record.started_at is not None and record.ended_at is not None:
         duration = record.ended_at - record.started_at
-    value = loads(record.value) if record.value is not None else None
+    # An ignore_result value may still be kept for a reader, but the result
+    # handle never shows it.
+    value = None
+    if record.value is not None and not ignore_result:
+        value = loads(record.value)
     return NodeResult(
         node_id,
         task,

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stem.canvas.spec import GraphSpec
-from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded
+from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded, ValueTooLarge
 from stem.engine.execution import Outcome, Request, execute, execute_in_child
 from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
 from stem.engine.records import ErrorInfo
@@ -417,6 +417,8 @@ class Worker:
                 "Abandoned task %s %s without a report.", claim.task, claim.task_id
             )
             return
+        if outcome.kind == "succeeded":
+            outcome = _check_value_size(outcome, claim, driver.max_value_bytes)
         with self._count_lock:
             self.processed += 1
             if outcome.kind == "failed":
@@ -484,6 +486,30 @@ def _time_limits(task: Task, claim: Claim) -> tuple[float | None, float | None]:
     if soft is None:
         soft = task.options.get("soft_time_limit")
     return hard, soft
+
+
+def _check_value_size(outcome: Outcome, claim: Claim, limit: int | None) -> Outcome:
+    """Turn a success whose value is above ``limit`` bytes into a failure.
+
+    The check runs before the report, so an oversized value never reaches
+    the store, and the node fails for good: running the task again would
+    return the same value.
+    """
+    payload = outcome.payload
+    # A character takes 1 to 4 bytes in UTF-8, so most values need no encoding.
+    if limit is None or len(payload) * 4 <= limit:
+        return outcome
+    size = len(payload) if len(payload) > limit else len(payload.encode())
+    if size <= limit:
+        return outcome
+    error = ValueTooLarge(
+        f"Task {claim.task} {claim.task_id} returned a value of {size:,} bytes "
+        f"of JSON, more than max_value_bytes ({limit:,} bytes); the value was "
+        "not stored. Return a reference to the data (a file path or an "
+        "object-store key) instead, or raise the limit with "
+        "App(url, max_value_bytes=...)."
+    )
+    return Outcome("failed", error=ErrorInfo.from_exception(error))
 
 
 def _request(task: Task, claim: Claim) -> Request:

@@ -27,4 +27,5 @@ from stem.engine.errors import TaskError as TaskError
 from stem.engine.errors import TaskNotRegistered as TaskNotRegistered
 from stem.engine.errors import TimeLimitExceeded as TimeLimitExceeded
 from stem.engine.errors import TimeoutError as TimeoutError
+from stem.engine.errors import ValueTooLarge as ValueTooLarge
 from stem.engine.result import RunCancelled as RunCancelled

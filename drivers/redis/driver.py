@@ -25,6 +25,7 @@ import dataclasses
 import itertools
 import logging
 import os
+import re
 import socket
 import threading
 import time
@@ -43,9 +44,15 @@ from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
-from stem.engine import machine
+from stem.engine import machine, settings
 from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
-from stem.engine.ports import TASK_HEADER, Claim, Message, RunSnapshot
+from stem.engine.ports import (
+    TASK_HEADER,
+    Claim,
+    LifecycleEvent,
+    Message,
+    RunSnapshot,
+)
 from stem.engine.records import ErrorInfo, NodeRecord, RunState
 
 log = logging.getLogger(__name__)
@@ -58,6 +65,8 @@ _SPEC_CACHE_SIZE = 256
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
+#: An event id: its write time in microseconds and a sequence number.
+_EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
@@ -88,6 +97,14 @@ class RedisDriver(RedisOperations):
             it must be at least the number of primaries. The first client of
             a prefix stores the list, and later clients use the stored list
             whatever they set here.
+        retention_s: seconds a run's keys live after it ends, or None to keep
+            them. A run that has not ended never expires. The setting in
+            force when a run is submitted applies to it.
+        max_value_bytes: largest task value the worker reports, in bytes of
+            JSON text, or None for no limit.
+        events: whether runs submitted through this driver write lifecycle
+            events.
+        events_max_len: lifecycle events kept per partition, about.
     """
 
     def __init__(
@@ -102,9 +119,19 @@ class RedisDriver(RedisOperations):
         fire_ttl_s: float = 7 * 24 * 3600.0,
         poll_interval_s: float = 0.02,
         partitions: int | None = None,
+        retention_s: float | None = settings.DEFAULT_RETENTION_S,
+        max_value_bytes: int | None = settings.DEFAULT_MAX_VALUE_BYTES,
+        events: bool = True,
+        events_max_len: int = settings.DEFAULT_EVENTS_MAX_LEN,
     ) -> None:
         self.url = url
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
+        self.retention_s = settings.check_retention_s(retention_s)
+        self.max_value_bytes = settings.check_max_value_bytes(max_value_bytes)
+        settings.check_events(events)
+        self._events_max_len = settings.check_events_max_len(events_max_len)
+        if not events:
+            self._events_max_len = 0
         self._group = group
         if max_deliveries < 1:
             raise ValueError(
@@ -148,6 +175,7 @@ class RedisDriver(RedisOperations):
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
         graph = layout.graph_fields(spec)
+        counts = layout.initial_counts(spec.nodes)
         args: list[str | int | float] = [
             run_id,
             "1",
@@ -158,10 +186,21 @@ class RedisDriver(RedisOperations):
             str(sum(1 for node in spec.nodes if not node.side)),
             str(len(graph) // 2),
             *graph,
+            _milliseconds(self.retention_s),
+            str(self._events_max_len),
+            str(len(counts) // 2),
+            *counts,
             *layout.initial_node_fields(spec.nodes),
+            *layout.open_reader_fields(spec),
         ]
         partition = self._keys.partition_of(run_id)
-        keys = [*partition.run(run_id).all(), partition.delayed]
+        run_keys = partition.run(run_id)
+        keys = [
+            *run_keys.all(),
+            partition.delayed,
+            run_keys.counts,
+            partition.events,
+        ]
         reply = self._scripts.call("submit", keys, args, run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
@@ -171,7 +210,13 @@ class RedisDriver(RedisOperations):
 
     def claim(self, message: Message) -> Claim | None:
         partition = self._keys.partition_of(message.run_id)
-        keys = [*partition.run(message.run_id).all(), partition.queue(message.queue)]
+        run_keys = partition.run(message.run_id)
+        keys = [
+            *run_keys.all(),
+            partition.queue(message.queue),
+            run_keys.counts,
+            partition.events,
+        ]
         args: list[str | int | float] = [
             message.node_id,
             str(message.attempt),
@@ -179,6 +224,7 @@ class RedisDriver(RedisOperations):
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
+            message.run_id,
         ]
         reply = self._scripts.call(
             "claim", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -226,12 +272,7 @@ class RedisDriver(RedisOperations):
         self._report("retry", message, layout.error_json(error), repr(float(delay_s)))
 
     def replace(self, message: Message, spec: GraphSpec) -> None:
-        partition = self._keys.partition_of(message.run_id)
-        keys = [
-            *partition.run(message.run_id).all(),
-            partition.delayed,
-            partition.queue(message.queue),
-        ]
+        keys = self._report_keys(message)
         for _ in range(_SPLICE_ATTEMPTS):
             with self._redis_errors(f"read the graph spec of run {message.run_id}"):
                 current: Any = self._client.hmget(keys[0], ["spec_version", "spec"])
@@ -260,9 +301,10 @@ class RedisDriver(RedisOperations):
         )
 
     def cancel(self, run_id: str) -> None:
-        reply = self._scripts.call(
-            "cancel", self._keys.run(run_id).all()[:3], [], run_id=run_id
-        )
+        partition = self._keys.partition_of(run_id)
+        run_keys = partition.run(run_id)
+        keys = [*run_keys.all(), run_keys.counts, partition.events]
+        reply = self._scripts.call("cancel", keys, [run_id], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
             log.debug("Run %s cancelled.", run_id)
@@ -273,7 +315,13 @@ class RedisDriver(RedisOperations):
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        keys = [*run_keys.all(), self._keys.partition_of(run_id).delayed]
+        partition = self._keys.partition_of(run_id)
+        keys = [
+            *run_keys.all(),
+            partition.delayed,
+            run_keys.counts,
+            partition.events,
+        ]
         reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
         result = check_reply("reopen", reply, run_id, accept=accept)
@@ -296,7 +344,7 @@ class RedisDriver(RedisOperations):
             pipe.hgetall(keys.errors)
             run, fields, values, errors = pipe.execute()
         if not run:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            raise self._not_found(run_id)
         spec = self._cached_spec(run_id, run["spec_version"], run["spec"])
         nodes = layout.node_records(spec, fields, values, errors)
         return layout.snapshot_of(run_id, spec, run, nodes)
@@ -308,7 +356,7 @@ class RedisDriver(RedisOperations):
             with self._redis_errors(f"read the status of run {run_id}"):
                 status = self._client.hget(run_key, "status")
             if status is None:
-                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+                raise self._not_found(run_id)
             remaining = None if deadline is None else deadline - time.monotonic()
             if status != "running" or (remaining is not None and remaining <= 0):
                 return self.snapshot(run_id)
@@ -317,6 +365,50 @@ class RedisDriver(RedisOperations):
 
     def workers_alive(self) -> int | None:
         return len(self.workers())
+
+    def group_counts(self, run_id: str) -> dict[int | None, dict[str, int]]:
+        keys = self._keys.run(run_id)
+        with self._redis_errors(f"read the state counts of run {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.exists(keys.run)
+            pipe.hgetall(keys.counts)
+            exists, fields = pipe.execute()
+        if not exists:
+            raise self._not_found(run_id)
+        return layout.group_counts(fields)
+
+    def events(
+        self, after: str | None = None, limit: int = 100
+    ) -> list[LifecycleEvent]:
+        if after is not None and not _EVENT_ID.fullmatch(after):
+            raise ValueError(
+                f"Event id {after!r} is invalid; pass the id of an event that "
+                "events() returned."
+            )
+        # Each partition has its own stream. The scripts give every event an
+        # id whose first part is the write time in microseconds, so the
+        # streams merge into one order by id; on one Redis server (not a
+        # Cluster) one transaction reads them all at the same moment.
+        start = "-" if after is None else f"({after}"
+        partitions = self._keys.partitions
+        with self._redis_errors("read the lifecycle event streams"):
+            if len(partitions) == 1 or isinstance(self._client, RedisCluster):
+                replies: list[Any] = [
+                    self._client.xrange(keys.events, min=start, count=limit)
+                    for keys in partitions
+                ]
+            else:
+                pipe = self._client.pipeline(transaction=True)
+                for keys in partitions:
+                    pipe.xrange(keys.events, min=start, count=limit)
+                replies = pipe.execute()
+        found = [
+            (_event_position(entry_id), index, entry_id, fields)
+            for index, entries in enumerate(replies)
+            for entry_id, fields in entries
+        ]
+        found.sort(key=lambda item: (item[0], item[1]))
+        return [_event(entry_id, fields) for _, _, entry_id, fields in found[:limit]]
 
     # -- broker -------------------------------------------------------------
 
@@ -367,11 +459,14 @@ class RedisDriver(RedisOperations):
     def _dead_letter(self, message: Message, reason: str, *, abandoned: bool) -> None:
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         partition = self._keys.partition_of(message.run_id)
+        run_keys = partition.run(message.run_id)
         keys = [
-            *partition.run(message.run_id).all(),
+            *run_keys.all(),
             partition.delayed,
             partition.queue(message.queue),
             partition.dead,
+            run_keys.counts,
+            partition.events,
         ]
         args: list[str | int | float] = [
             *self._message_args(message),
@@ -456,12 +551,7 @@ class RedisDriver(RedisOperations):
     # -- internals ------------------------------------------------------------
 
     def _report(self, script: str, message: Message, *payload: str) -> None:
-        partition = self._keys.partition_of(message.run_id)
-        keys = [
-            *partition.run(message.run_id).all(),
-            partition.delayed,
-            partition.queue(message.queue),
-        ]
+        keys = self._report_keys(message)
         args: list[str | int | float] = [*self._message_args(message), *payload]
         reply = self._scripts.call(
             script, keys, args, run_id=message.run_id, node_id=message.node_id
@@ -474,6 +564,25 @@ class RedisDriver(RedisOperations):
                 script,
                 _ids(message),
             )
+
+    def _report_keys(self, message: Message) -> list[str]:
+        """Return the keys of complete, fail, retry and splice, in script order."""
+        partition = self._keys.partition_of(message.run_id)
+        run_keys = partition.run(message.run_id)
+        return [
+            *run_keys.all(),
+            partition.delayed,
+            partition.queue(message.queue),
+            run_keys.counts,
+            partition.events,
+        ]
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        return RunNotFound(
+            f"Run {run_id!r} is not found in {self}: it was never submitted "
+            f"here, or it ended more than retention_s ({self.retention_s} s) "
+            "ago and its keys expired."
+        )
 
     def _message_args(self, message: Message) -> list[str | int | float]:
         return [
@@ -494,7 +603,7 @@ class RedisDriver(RedisOperations):
         with self._redis_errors(f"read the graph spec of run {run_id}"):
             text: Any = self._client.hget(self._keys.run(run_id).run, "spec")
         if text is None:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            raise self._not_found(run_id)
         return self._cached_spec(run_id, version, text)
 
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
@@ -781,6 +890,32 @@ def _message(
         {TASK_HEADER: fields["task"]},
         reclaimed=reclaimed,
     )
+
+
+def _event(entry_id: str, fields: dict[str, str]) -> LifecycleEvent:
+    micros, _ = _event_position(entry_id)
+    return LifecycleEvent(
+        entry_id,
+        micros / 1_000_000,
+        fields["run"],
+        fields["event"],
+        fields.get("node", ""),
+        int(fields.get("attempt", "0")),
+        fields.get("status", ""),
+    )
+
+
+def _event_position(entry_id: str) -> tuple[int, int]:
+    """Return a stream entry id as numbers: write time in microseconds, sequence."""
+    micros, _, sequence = entry_id.partition("-")
+    return int(micros), int(sequence)
+
+
+def _milliseconds(seconds: float | None) -> str:
+    """Return a duration as whole milliseconds for a script, or "0" (off) for None."""
+    if seconds is None:
+        return "0"
+    return str(max(1, round(seconds * 1000)))
 
 
 def _ids(message: Message) -> str:

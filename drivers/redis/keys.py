@@ -8,6 +8,9 @@ fixed list of partition tags, stored once under ``<prefix>stem:partitions``
 `partition_index` picks from its id. In the table, ``<base>`` is
 ``<prefix><tag>:`` for one partition's tag, such as ``<prefix>{stem:p0}:``.
 
+The six ``run:<run>`` keys expire together, ``retention_ms`` after the run
+ends, and have no TTL while it runs.
+
 ======================== ========== =============================================
 key                      type       contents
 ======================== ========== =============================================
@@ -17,26 +20,40 @@ key                      type       contents
                                     graph spec's JSON, opaque to Lua),
                                     ``spec_version`` (raised by each splice),
                                     and the comma-separated
-                                    node lists ``nodes``, ``sinks``, ``reaching``
+                                    node lists ``nodes``, ``sinks``, ``reaching``;
+                                    ``retention_ms`` and ``events_max_len``, the
+                                    run's settings (``0`` is off)
 <base>run:<run>:graph    hash       the graph's structure for Lua, one field per
                                     node and attribute: ``<node>/role``,
                                     ``/join``, ``/side``, ``/queue``, ``/task``,
                                     ``/countdown``, ``/eta``, ``/ndeps``,
                                     ``/ncovers`` and the comma-separated
                                     ``/settled``, ``/dependents``, ``/errbacks``,
-                                    ``/reads``
+                                    ``/reads``; ``/group`` (innermost group id,
+                                    or empty), ``/ignore`` (``1`` for
+                                    ignore_result), ``/drops`` (the
+                                    ignore_result nodes it reads) and, for an
+                                    ignore_result node, ``/readers``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
                                     ``<node>/attempt``, ``/lease`` (fencing
                                     token of the attempt), ``/cause``,
                                     ``/queued_at``, ``/started_at``,
                                     ``/ended_at``, ``/replaced`` (``1`` once a
                                     canvas took its place), ``/waiting``
-                                    (dependency edges not yet accepted) and
+                                    (dependency edges not yet accepted),
                                     ``/open_covers`` (covered nodes not yet
-                                    ended, for errbacks)
-<base>run:<run>:values   hash       ``<node>`` to its value, opaque JSON text
+                                    ended, for errbacks) and ``/open_readers``
+                                    (readers not yet ended, for ignore_result
+                                    nodes)
+<base>run:<run>:values   hash       ``<node>`` to its value, opaque JSON text;
+                                    an ignore_result node's only while one of
+                                    its readers has not ended
 <base>run:<run>:errors   hash       ``<node>`` to the error of its last failed
                                     attempt, JSON text
+<base>run:<run>:counts   hash       ``<group>/<state>`` to the number of nodes
+                                    of the group in that state; a node counts in
+                                    its innermost group, and the group ``-``
+                                    counts nodes outside every group
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -46,6 +63,12 @@ key                      type       contents
 <base>dead               stream     dead-lettered messages: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
+<base>events             stream     lifecycle events, capped with ``MAXLEN ~``:
+                                    ``run``, ``event`` (``submitted``,
+                                    ``started``, ``succeeded``, ``failed``,
+                                    ``retried``, ``replaced``, ``ended``), and
+                                    ``node`` with ``attempt`` for node events,
+                                    ``status`` for ``ended``
 <base>queues             set        names of the queues that messages were sent
                                     to, for listings
 <base>runs               sorted set run ids scored by creation time in seconds,
@@ -87,6 +110,9 @@ class RunKeys:
     nodes: str
     values: str
     errors: str
+    #: State counts per group. Not in `all`: scripts take it after their
+    #: other keys.
+    counts: str = ""
 
     def all(self) -> list[str]:
         """Return the keys in script order: run, graph, nodes, values, errors."""
@@ -128,6 +154,7 @@ class Keys:
             nodes=f"{head}:nodes",
             values=f"{head}:values",
             errors=f"{head}:errors",
+            counts=f"{head}:counts",
         )
 
     def queue(self, name: str) -> str:
@@ -143,6 +170,11 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream."""
         return f"{self.base}dead"
+
+    @property
+    def events(self) -> str:
+        """The lifecycle event stream."""
+        return f"{self.base}events"
 
     @property
     def queues(self) -> str:

@@ -41,8 +41,11 @@ def graph_fields(spec: GraphSpec) -> list[str]:
     """Return the run graph hash as a flat field/value list, one entry per attribute."""
     dependents = spec.dependents
     errbacks = spec.errbacks_covering
+    readers = spec.readers
     flat: list[str] = []
     for node in spec.nodes:
+        ignore = bool(node.options.ignore_result)
+        reads = list(dict.fromkeys(template_nodes(node.input)))
         eta = ""
         if node.options.eta is not None:
             eta = repr(dt.datetime.fromisoformat(node.options.eta).timestamp())
@@ -60,6 +63,14 @@ def graph_fields(spec: GraphSpec) -> list[str]:
             "dependents": ",".join(dependents[node.id]),
             "errbacks": ",".join(errbacks[node.id]),
             "reads": ",".join(template_nodes(node.input)),
+            "group": "" if node.group is None else str(node.group),
+            "ignore": "1" if ignore else "0",
+            # The ignore_result nodes this node reads, and an ignore_result
+            # node's readers: the values kept only while a reader is open.
+            "drops": ",".join(
+                read for read in reads if spec.node(read).options.ignore_result
+            ),
+            "readers": ",".join(readers[node.id]) if ignore else "",
         }
         for name, value in fields.items():
             flat += [f"{node.id}/{name}", value]
@@ -81,6 +92,42 @@ def initial_node_fields(nodes: Iterable[NodeSpec]) -> list[str]:
             str(len(node.covers)),
         ]
     return flat
+
+
+def initial_counts(nodes: Iterable[NodeSpec]) -> list[str]:
+    """Return the state-count hash of nodes that are all pending, as a flat list."""
+    counts: dict[str, int] = {}
+    for node in nodes:
+        group = "-" if node.group is None else str(node.group)
+        counts[group] = counts.get(group, 0) + 1
+    flat: list[str] = []
+    for group, count in counts.items():
+        flat += [f"{group}/pending", str(count)]
+    return flat
+
+
+def open_reader_fields(spec: GraphSpec) -> list[str]:
+    """Return ``<node>/open_readers`` of every ``ignore_result`` node at submit.
+
+    Every node is pending then, so each reader is open.
+    """
+    flat: list[str] = []
+    for node in spec.nodes:
+        if node.options.ignore_result:
+            flat += [f"{node.id}/open_readers", str(len(spec.readers[node.id]))]
+    return flat
+
+
+def group_counts(fields: dict[str, str]) -> dict[int | None, dict[str, int]]:
+    """Read the state-count hash back, leaving out states with no node."""
+    counts: dict[int | None, dict[str, int]] = {}
+    for field, text in fields.items():
+        group, _, state = field.partition("/")
+        count = int(text)
+        if count:
+            key = None if group == "-" else int(group)
+            counts.setdefault(key, {})[state] = count
+    return counts
 
 
 def splice_args(
@@ -117,7 +164,9 @@ def splice_args(
         ",".join(old.dependents[node_id]),
         ",".join(old.errbacks_covering[node_id]),
         ",".join(node.id for node in added),
-        dumps(None),
+        # Nothing reads the replaced node after the splice, so an
+        # ignore_result node keeps no value.
+        "" if old.node(node_id).options.ignore_result else dumps(None),
         str(len(graph) // 2),
         str(len(state) // 2),
         *graph,

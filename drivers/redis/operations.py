@@ -310,7 +310,14 @@ class RedisOperations:
             # Dead letters are written to their run's partition, so another
             # program wrote this one.
             return "run_not_found"
-        keys = [*partition.run(message.run_id).all(), partition.delayed, partition.dead]
+        run_keys = partition.run(message.run_id)
+        keys = [
+            *run_keys.all(),
+            partition.delayed,
+            partition.dead,
+            run_keys.counts,
+            partition.events,
+        ]
         for _ in range(_REPLAY_ATTEMPTS):
             try:
                 snapshot = self.snapshot(message.run_id)

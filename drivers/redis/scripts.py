@@ -220,7 +220,8 @@ def check_reply(
         return result
     if result is Reply.RUN_NOT_FOUND:
         raise ScriptRunNotFound(
-            f"Run {run_id!r} is not found: script {script} found no state for it.",
+            f"Run {run_id!r} is not found: script {script} found no state for "
+            "it. It was never submitted, or it ended and its retention passed.",
             script=script,
             run_id=run_id,
             node_id=node_id,

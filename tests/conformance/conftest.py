@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
@@ -121,14 +121,32 @@ def driver_name(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture
-def kit(driver_name: str, request: pytest.FixtureRequest) -> Iterator[Kit]:
-    """Yield a fresh app with the test tasks on one driver, closed after the test."""
-    if driver_name == "memory":
-        instance = Kit("memory://")
-    else:
-        target = request.getfixturevalue("redis_targets")(driver_name)
-        prefix = f"test-{uuid.uuid4().hex[:12]}:"
-        instance = Kit(target.url, prefix=prefix, **target.settings)
-    yield instance
-    instance.gate.set()
-    instance.app.close()
+def make_kit(
+    driver_name: str, request: pytest.FixtureRequest
+) -> Iterator[Callable[..., Kit]]:
+    """Yield a factory of fresh apps on one driver with driver settings.
+
+    Every app it made is closed after the test.
+    """
+    made: list[Kit] = []
+
+    def make(**settings: Any) -> Kit:
+        if driver_name == "memory":
+            instance = Kit("memory://", **settings)
+        else:
+            target = request.getfixturevalue("redis_targets")(driver_name)
+            prefix = f"test-{uuid.uuid4().hex[:12]}:"
+            instance = Kit(target.url, prefix=prefix, **{**target.settings, **settings})
+        made.append(instance)
+        return instance
+
+    yield make
+    for instance in made:
+        instance.gate.set()
+        instance.app.close()
+
+
+@pytest.fixture
+def kit(make_kit: Callable[..., Kit]) -> Kit:
+    """Return a fresh app with the test tasks on one driver, closed after the test."""
+    return make_kit()

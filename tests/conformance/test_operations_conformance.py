@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import dataclasses
 import time
+from collections.abc import Callable
 
 import pytest
 
 from stem import chain, chord, group
 from stem.canvas.primitives import Signature
 from stem.engine.ports import WorkerBeat
-from stem.errors import DeadLettered
+from stem.errors import DeadLettered, RunNotFound
 
 from .conftest import TIMEOUT_S, Kit
 
@@ -65,6 +66,46 @@ def test_runs_filtered_by_status_and_age(kit: Kit) -> None:
     assert newer.runs == []
     assert len(older.runs) == 3
     assert failed_only.runs[0].ended_at is not None
+
+
+def test_expired_runs_not_listed(make_kit: Callable[..., Kit]) -> None:
+    kit = make_kit(retention_s=0.2)
+    driver = kit.app.driver
+    ended = kit.add.delay(1, 1)
+    ended.cancel()
+    running = kit.add.delay(2, 2)
+    deadline = time.monotonic() + TIMEOUT_S
+    while True:
+        try:
+            ended.snapshot()
+        except RunNotFound:
+            break
+        assert time.monotonic() < deadline, f"Run {ended.id} never expired"
+        time.sleep(0.05)
+
+    page = driver.list_runs()
+
+    assert [run.run_id for run in page.runs] == [running.id]
+    assert page.cursor is None
+
+
+def test_replayed_run_kept_while_running(make_kit: Callable[..., Kit]) -> None:
+    # Long enough to replay the failed run before it expires on a busy host.
+    kit = make_kit(retention_s=2.0)
+    driver = kit.app.driver
+    with kit.app.worker(concurrency=1):
+        result = kit.app.submit(chain(Signature("late_task"), kit.wait_gate.s()))
+        result.get(TIMEOUT_S, propagate=False)
+        [dead], _ = driver.list_dead_letters()
+        kit.app.task(name="late_task")(lambda: "value")
+
+        assert driver.replay_dead_letter(dead.id) == "replayed"
+        _wait(lambda: bool(kit.called("wait_gate")), "wait_gate to start")
+        # More than a retention passes while the replayed run runs again.
+        time.sleep(3.0)
+        assert result.state == "running"
+        kit.gate.set()
+        assert result.get(TIMEOUT_S) == "opened"
 
 
 def test_queue_stats_and_purge(kit: Kit) -> None:

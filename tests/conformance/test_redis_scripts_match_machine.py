@@ -7,11 +7,13 @@ Some claimed tasks put a drawn canvas in their place, as ``self.replace``
 does. Nodes planned with ``takeover`` have each attempt's message reclaimed
 once after its first claim, and a claim that takes the lease over fences the
 first claim's report. Some examples retry the run once it ends, with a new
-plan, and some try a run retry while the run is still going. Both sides must
-accept and reject the same messages and reports (those of older epochs
-included), accept and reject the same run retries, grant the same leases,
-hand each task the same arguments, enqueue the same attempts and end in the
-same state.
+plan, and some try a run retry while the run is still going. Some nodes are
+drawn with ``ignore_result``. Both sides must accept and reject the same
+messages and reports (those of older epochs included), accept and reject the
+same run retries, grant the same leases, hand each task the same arguments,
+enqueue the same attempts, keep and drop the same values, and end in the same
+state, with the same state counts per group; Redis must write the lifecycle
+events of the steps that were applied.
 """
 
 from __future__ import annotations
@@ -90,6 +92,8 @@ class _Pair:
         self.leases: dict[tuple[NodeId, int, int], int] = {}
         #: Reports from fenced claims, which both sides ignored.
         self.fenced = 0
+        #: Lifecycle events the applied steps must write: kind, node, attempt.
+        self.events: list[tuple[str, str, int]] = [("submitted", "", 0)]
         run, effects = machine.start(self.run_id, spec, self.now)
         self.run: RunState = run
         assert driver.submit(self.run_id, spec)
@@ -106,13 +110,23 @@ class _Pair:
 
     def cancel(self) -> None:
         self.now += 1.0
-        machine.cancel(self.run, self.now)
+        self._enqueue(machine.cancel(self.run, self.now))
         self.driver.cancel(self.run_id)
 
     def retry_run(self) -> bool:
         """Retry the run on both sides; return whether they reopened it."""
         self.now += 1.0
         status = self.run.status
+        if status in ("failed", "cancelled"):
+            rerun = [
+                node_id
+                for node_id in machine.nodes_to_reopen(self.run)
+                if self.run.nodes[node_id].state == "succeeded"
+                and self.run.spec.node(node_id).options.ignore_result
+                and self.run.nodes[node_id].value is None
+            ]
+            if rerun:
+                event("run retry reruns a dropped ignore_result value")
         try:
             effects = machine.reopen(self.run, self.now)
         except RunNotRetryable:
@@ -121,6 +135,7 @@ class _Pair:
             event(f"run retry rejected: {status}")
             return False
         assert self.driver.retry_run(self.run_id) == self.run.epoch
+        self.events.append(("reopened", "", 0))
         event(f"run retry of a {status} run")
         if any(record.replaced for record in self.run.nodes.values()):
             event("run retry with a replaced node")
@@ -160,6 +175,7 @@ class _Pair:
         )
         if claim is None:
             return
+        self.events.append(("started", node_id, attempt))
         lease = self.run.nodes[node_id].lease
         self.leases[(node_id, attempt, epoch)] = lease
         assert claim.message.lease == lease
@@ -223,18 +239,42 @@ class _Pair:
                 self.fenced += 1
             return
         if effects is not None:
+            self.events.append((_EVENT_OF_REPORT[report.kind], node, attempt))
             self._enqueue(effects)
         if self.plan.get(report.node, NodePlan()).duplicate:
             self.reports.append(replace(report, late=True))
 
     def _enqueue(self, effects: list[machine.Effect]) -> None:
         for effect in effects:
+            if isinstance(effect, machine.RunEnded):
+                self.events.append(("ended", effect.status, 0))
             if isinstance(effect, machine.Enqueue):
                 self.enqueued[(effect.node, effect.attempt, self.run.epoch)] += 1
                 delivery = _Delivery(effect.node, effect.attempt, epoch=self.run.epoch)
                 self.messages.append(delivery)
                 if self.plan.get(effect.node, NodePlan()).duplicate:
                     self.messages.append(delivery)
+
+
+_EVENT_OF_REPORT = {
+    "complete": "succeeded",
+    "fail": "failed",
+    "retry": "retried",
+    "replace": "replaced",
+}
+
+
+def _with_ignored(spec: GraphSpec, ignored: set[NodeId]) -> GraphSpec:
+    """Return ``spec`` with ``ignore_result`` set on the nodes in ``ignored``."""
+    nodes = [
+        node.model_copy(
+            update={"options": node.options.model_copy(update={"ignore_result": True})}
+        )
+        if node.id in ignored
+        else node
+        for node in spec.nodes
+    ]
+    return spec.model_copy(update={"nodes": nodes})
 
 
 def _stream_attempts(target: Any, pair: _Pair, queues: set[str]) -> Counter[Any]:
@@ -247,6 +287,23 @@ def _stream_attempts(target: Any, pair: _Pair, queues: set[str]) -> Counter[Any]
                 key = (fields["node"], int(fields["attempt"]), int(fields["epoch"]))
                 found[key] += 1
         return found
+    finally:
+        client.close()
+
+
+def _check_expiry(pair: _Pair, target: Any) -> None:
+    """Check that the run's keys expire once it ended, and never while it runs."""
+    run_keys = pair.driver._keys.run(pair.run_id)
+    client = target.client()
+    try:
+        for key in [*run_keys.all(), run_keys.counts]:
+            ttl = client.pttl(key)
+            if ttl == -2:  # The key holds nothing (no value or error yet).
+                continue
+            if pair.run.status == "running":
+                assert ttl == -1, f"{key} of a running run expires in {ttl} ms"
+            else:
+                assert ttl > 0, f"{key} of a {pair.run.status} run has no TTL"
     finally:
         client.close()
 
@@ -272,6 +329,14 @@ def _check_same_state(pair: _Pair, target: Any) -> None:
         assert actual.cause == expected.cause, context
         assert actual.replaced == expected.replaced, context
     assert snapshot.spec == run.spec
+    assert pair.driver.group_counts(pair.run_id) == machine.group_counts(run)
+    written = [
+        (event.kind, event.status or event.node_id, event.attempt)
+        for event in pair.driver.events(limit=100_000)
+        if event.run_id == pair.run_id
+    ]
+    assert written == pair.events
+    _check_expiry(pair, target)
     queues = {node.options.queue or "default" for node in run.spec.nodes}
     assert _stream_attempts(target, pair, queues) == +Counter(
         {key: 1 for key in pair.enqueued}
@@ -285,6 +350,10 @@ def test_scripts_match_machine(
     redis_target: Any, data: st.DataObject, canvas: Any
 ) -> None:
     spec = compile_canvas(canvas)
+    node_ids = [node.id for node in spec.nodes]
+    if node_ids:
+        ignored = data.draw(st.sets(st.sampled_from(node_ids)), label="ignored")
+        spec = _with_ignored(spec, ignored)
     plan = data.draw(plans(spec), label="plan")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     replacements = data.draw(
@@ -299,7 +368,12 @@ def test_scripts_match_machine(
     prefix = f"diff-{uuid.uuid4().hex[:12]}:"
     driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
     try:
-        compiled = [compile_canvas(item) for item in replacements]
+        compiled = [
+            _with_ignored(compile_canvas(item), {"0"})
+            if index % 2
+            else compile_canvas(item)
+            for index, item in enumerate(replacements)
+        ]
         pair = _Pair(driver, spec, plan, compiled)
         rng = random.Random(seed)
         steps = 0
@@ -331,6 +405,10 @@ def test_replay_matches_machine_replay_node(
     letter of the epoch before, which both sides must refuse.
     """
     spec = compile_canvas(canvas)
+    node_ids = [node.id for node in spec.nodes]
+    if node_ids:
+        ignored = data.draw(st.sets(st.sampled_from(node_ids)), label="ignored")
+        spec = _with_ignored(spec, ignored)
     plan = data.draw(plans(spec), label="plan")
     seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
     prefix = f"replay-{uuid.uuid4().hex[:12]}:"

@@ -214,6 +214,74 @@ def test_old_epoch_message_dropped(kit: Kit, switch: Switch) -> None:
     assert result.get(timeout=0) == "new"
 
 
+def test_retry_reruns_ignored_input_whose_value_was_dropped(
+    kit: Kit, switch: Switch
+) -> None:
+    # add's value was dropped when switch, its only reader, failed; switch
+    # needs it again, so add runs again in the new epoch.
+    canvas = chain(kit.add.s(1, 2).set(ignore_result=True), switch.task.s())
+    with kit.app.worker(concurrency=2):
+        result = canvas.apply_async()
+        with pytest.raises(RuntimeError, match="switch is off"):
+            result.get(TIMEOUT_S)
+        kit.settle(result)
+        assert result.group_counts() == {None: {"succeeded": 1, "failed": 1}}
+        switch.turn_on()
+        assert result.retry().get(TIMEOUT_S) == 3
+    assert kit.called("add") == [(1, 2), (1, 2)]
+    assert kit.called("switch") == [(3,), (3,)]
+    assert result.node("0").value is None
+    assert result.group_counts() == {None: {"succeeded": 2}}
+    events = [
+        (event.kind, event.node_id, event.status)
+        for event in kit.app.driver.events(limit=10_000)
+        if event.run_id == result.id
+    ]
+    reopened = events.index(("reopened", "", ""))
+    assert events[reopened - 1] == ("ended", "", "failed")
+    assert events[reopened + 1 :] == [
+        ("started", "0", ""),
+        ("succeeded", "0", ""),
+        ("started", "1", ""),
+        ("succeeded", "1", ""),
+        ("ended", "", "succeeded"),
+    ]
+
+
+def test_reopened_run_does_not_expire_while_running(
+    make_kit: Callable[..., Kit],
+) -> None:
+    retention_s = 2.0
+    kit = make_kit(retention_s=retention_s)
+    switch = Switch(kit)
+    driver = kit.app.driver
+    result = switch.task.delay()
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    claim = driver.claim(message)
+    assert claim is not None
+    driver.fail(claim.message, ErrorInfo.from_exception(RuntimeError("off")))
+    assert driver.retry_run(result.id) == 2
+    time.sleep(retention_s + 0.5)
+    assert result.state == "running"
+    [fresh] = driver.fetch(["default"], 1, TIMEOUT_S)
+    fresh_claim = driver.claim(fresh)
+    assert fresh_claim is not None
+    driver.complete(fresh_claim.message, '"on"')
+    assert result.get(timeout=0) == "on"
+    _wait_until_gone(result)
+
+
+def _wait_until_gone(result: Any) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while time.monotonic() < deadline:
+        try:
+            result.snapshot()
+        except RunNotFound:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"Run {result.id} was still stored after {TIMEOUT_S} s.")
+
+
 def _wait_until(condition: Callable[[], bool]) -> None:
     deadline = time.monotonic() + TIMEOUT_S
     while not condition():

@@ -82,9 +82,16 @@ def test_renew_from_old_epoch_fails(driver: RedisDriver) -> None:
     assert driver.renew(new_claim.message)
 
 
+def _reopen_keys(driver: RedisDriver, run_id: str) -> list[str]:
+    """Return the keys of the reopen script for a run, in script order."""
+    partition = driver._keys.partition_of(run_id)
+    run_keys = partition.run(run_id)
+    return [*run_keys.all(), partition.delayed, run_keys.counts, partition.events]
+
+
 def test_reopen_sent_again_changes_nothing(driver: RedisDriver, redis_url: str) -> None:
     run_id, _ = failed_run_with_running_errback(driver)
-    keys = [*driver._keys.run(run_id).all(), driver._keys.delayed]
+    keys = _reopen_keys(driver, run_id)
 
     first = driver._scripts.call("reopen", keys, [run_id, "1"], run_id=run_id)
     again = driver._scripts.call("reopen", keys, [run_id, "1"], run_id=run_id)
@@ -93,7 +100,7 @@ def test_reopen_sent_again_changes_nothing(driver: RedisDriver, redis_url: str) 
     assert again == [0, 2]
     client = redis.Redis.from_url(redis_url, decode_responses=True)
     try:
-        entries = client.xrange(driver._keys.queue("default"))
+        entries = client.xrange(driver._keys.partition_of(run_id).queue("default"))
     finally:
         client.close()
     epochs = [entry["epoch"] for _entry_id, entry in entries]
@@ -103,7 +110,7 @@ def test_reopen_sent_again_changes_nothing(driver: RedisDriver, redis_url: str) 
 def test_reopen_reply_for_running_run(driver: RedisDriver) -> None:
     run_id = f"run-{uuid.uuid4().hex[:8]}"
     assert driver.submit(run_id, compile_canvas(Signature("task")))
-    keys = [*driver._keys.run(run_id).all(), driver._keys.delayed]
+    keys = _reopen_keys(driver, run_id)
 
     reply = driver._scripts.call("reopen", keys, [run_id, "1"], run_id=run_id)
 

@@ -2,19 +2,32 @@
   KEYS[1] run hash                (partition tag)
   KEYS[2] run graph hash          (partition tag)
   KEYS[3] run node-state hash     (partition tag)
+  KEYS[4] run values hash         (partition tag)
+  KEYS[5] run errors hash         (partition tag)
+  KEYS[6] run state-count hash    (partition tag)
+  KEYS[7] lifecycle event stream  (partition tag)
+  ARGV[1] run id
   Time comes from TIME inside the script.
   Returns {1} when the run was cancelled, {0} when it had already ended,
   {-1} for an unknown run.
-  Writes no stream entries: messages already queued are dropped when claimed,
-  because their nodes are no longer queued.
+  Writes no queue entries: messages already queued are dropped when claimed,
+  because their nodes are no longer queued. Adds an "ended" event and starts
+  the run's retention.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
 local run_key = KEYS[1]
 local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
+local values_key = KEYS[4]
+local errors_key = KEYS[5]
+local counts_key = KEYS[6]
+local events_key = KEYS[7]
+local run_id = ARGV[1]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+
+--- @include "lifecycle"
 
 local run = rcall("HMGET", run_key, "status", "nodes")
 if not run[1] then
@@ -30,9 +43,12 @@ for node in string.gmatch(run[2], "[^,]+") do
   if not TERMINAL[state] then
     local role = rcall("HGET", graph_key, node .. "/role")
     local pending_side = (role == "link" or role == "errback") and state == "pending"
-    rcall("HSET", nodes_key, node, pending_side and "skipped" or "cancelled",
-      node .. "/ended_at", now_text)
+    local ended = pending_side and "skipped" or "cancelled"
+    rcall("HSET", nodes_key, node, ended, node .. "/ended_at", now_text)
+    count_move(node, state, ended)
+    release_reads(node)
   end
 end
 rcall("HSET", run_key, "status", "cancelled", "open_main", "0", "ended_at", now_text)
+run_ended("cancelled")
 return {1}

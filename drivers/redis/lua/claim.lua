@@ -5,6 +5,8 @@
   KEYS[4] run values hash         (partition tag)
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] queue stream the message came from (partition tag)
+  KEYS[7] run state-count hash    (partition tag)
+  KEYS[8] lifecycle event stream  (partition tag)
   ARGV[1] node id
   ARGV[2] attempt number
   ARGV[3] epoch
@@ -12,6 +14,7 @@
   ARGV[5] consumer group name
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
+  ARGV[7] run id
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, state, value, error, state, value,
   error, ...} with one state/value/error triple ("" when missing) per node the
@@ -22,7 +25,7 @@
   running, for a takeover), {-1} for an unknown run and {-2} for a message of
   another epoch or attempt. Every reply but {1} acknowledges and deletes the
   message, so it is not delivered again.
-  Writes no stream entries.
+  Adds a "started" event when it returns {1}.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -32,14 +35,19 @@ local nodes_key = KEYS[3]
 local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local stream_key = KEYS[6]
+local counts_key = KEYS[7]
+local events_key = KEYS[8]
 local node = ARGV[1]
 local attempt = ARGV[2]
 local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
+local run_id = ARGV[7]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+
+--- @include "lifecycle"
 
 local function drop(code)
   if receipt ~= "" then
@@ -61,6 +69,7 @@ local lease
 if state == "queued" or state == "retrying" then
   lease = 1
   rcall("HSET", nodes_key, node .. "/lease", lease)
+  count_move(node, state, "running")
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
@@ -69,6 +78,7 @@ else
   return drop(0)
 end
 rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
+emit("started", node, attempt)
 
 local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
 local reads = rcall("HGET", graph_key, node .. "/reads")

@@ -6,6 +6,8 @@
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
   KEYS[7] queue stream the message came from (partition tag)
+  KEYS[8] run state-count hash    (partition tag)
+  KEYS[9] lifecycle event stream  (partition tag)
   ARGV[1] run id
   ARGV[2] node id
   ARGV[3] attempt number
@@ -20,7 +22,9 @@
   or lease. The message is acknowledged and deleted on every reply but a stale
   lease: that message is now held by the worker that took the lease over.
   Adds one stream entry to <base>q:<queue> per node that became ready (a
-  delayed-set member instead when it has a countdown or eta).
+  delayed-set member instead when it has a countdown or eta), a "succeeded"
+  event, and an "ended" event if the run ended. An ignore_result node's value
+  is stored only while a node that reads it has not ended.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -31,6 +35,8 @@ local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
 local stream_key = KEYS[7]
+local counts_key = KEYS[8]
+local events_key = KEYS[9]
 local run_id = ARGV[1]
 local node = ARGV[2]
 local attempt = ARGV[3]
@@ -43,6 +49,7 @@ local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
 local value = ARGV[8]
 
+--- @include "lifecycle"
 --- @include "graph"
 
 local function ack()
@@ -71,9 +78,10 @@ ack()
 if state ~= "running" then
   return {0}
 end
-rcall("HSET", values_key, node, value)
+store_value(node, value)
 -- An earlier attempt's error goes: a succeeded node has no error.
 rcall("HDEL", errors_key, node)
 end_node(node, "succeeded")
+emit("succeeded", node, attempt)
 maybe_finish()
 return {1}

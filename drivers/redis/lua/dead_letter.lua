@@ -7,6 +7,8 @@
   KEYS[6] delayed sorted set      (partition tag)
   KEYS[7] queue stream the message came from (partition tag)
   KEYS[8] dead-letter stream      (partition tag)
+  KEYS[9] run state-count hash    (partition tag)
+  KEYS[10] lifecycle event stream (partition tag)
   ARGV[1] run id
   ARGV[2] node id
   ARGV[3] attempt number
@@ -26,7 +28,7 @@
   "1", or it ended), {-1} for an unknown run, {-2} for a stale attempt or
   epoch. Only {1} changes run state.
   Adds one entry to the dead-letter stream, unless the delivery was already
-  acknowledged, and then the entries that fail.lua adds.
+  acknowledged, and then the entries and events that fail.lua adds.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -52,7 +54,10 @@ local queue = ARGV[10]
 local task = ARGV[11]
 local abandoned = ARGV[12] == "1"
 local dead_key = KEYS[8]
+local counts_key = KEYS[9]
+local events_key = KEYS[10]
 
+--- @include "lifecycle"
 --- @include "graph"
 
 -- XACK returns 0 for an entry that is not pending, so a re-sent call, or a
@@ -84,5 +89,6 @@ if state ~= "queued" and state ~= "retrying" and not running_failed then
 end
 rcall("HSET", errors_key, node, error_text)
 end_node(node, "failed")
+emit("failed", node, attempt)
 maybe_finish()
 return {1}

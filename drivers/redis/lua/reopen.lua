@@ -5,6 +5,8 @@
   KEYS[4] run values hash         (partition tag)
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
+  KEYS[7] run state-count hash    (partition tag)
+  KEYS[8] lifecycle event stream  (partition tag)
   ARGV[1] run id
   ARGV[2] the epoch the caller read; the run is reopened only from this epoch,
           so a re-sent call changes nothing
@@ -13,12 +15,16 @@
   were cancelled or had not ended, what depends on them and every errback
   covering them go back to pending with attempt and lease 0, so attempts
   count from 1 again in the new epoch; succeeded nodes keep their values.
+  An ignore_result node that a reopened node reads is reopened too when its
+  value was dropped. The run's keys lose their expiry, each ignore_result
+  node's open readers are counted again, and the state counts follow.
   Messages of older epochs are dropped when claimed.
   Returns {1, epoch} with the new epoch when the run was reopened, {0, epoch}
   with the current epoch when it is already past ARGV[2], {-1} for an unknown
   run, {-4, status} when the run is running or succeeded (nothing changed).
   Adds one stream entry to <base>q:<queue> per reopened node that can start at
-  once (a delayed-set member instead when it has a countdown or eta).
+  once (a delayed-set member instead when it has a countdown or eta), and a
+  "reopened" event (then "ended" if the run ends at once).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -28,6 +34,8 @@ local nodes_key = KEYS[3]
 local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
+local counts_key = KEYS[7]
+local events_key = KEYS[8]
 local run_id = ARGV[1]
 local seen_epoch = ARGV[2]
 -- The included transitions stamp queued messages with `epoch`, which becomes
@@ -37,6 +45,7 @@ local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
 
+--- @include "lifecycle"
 --- @include "graph"
 
 local run = rcall("HMGET", run_key, "status", "epoch", "nodes")
@@ -85,6 +94,13 @@ while #stack > 0 do
   for _, errback in ipairs(split(attr(current, "errbacks"))) do
     visit(errback)
   end
+  -- An ignore_result input whose value was dropped must run again.
+  for _, read in ipairs(split(attr(current, "reads"))) do
+    if attr(read, "ignore") == "1" and states[read] == "succeeded"
+        and rcall("HEXISTS", values_key, read) == 0 then
+      visit(read)
+    end
+  end
 end
 
 -- The nodes that ended in the canvas of a replaced node that is kept keep
@@ -101,12 +117,15 @@ end
 epoch = tostring(rcall("HINCRBY", run_key, "epoch", 1))
 rcall("HSET", run_key, "status", "running")
 rcall("HDEL", run_key, "ended_at", "error_node")
+-- A running run never expires; its retention starts again when it ends.
+persist_run()
 -- NOTE: this visits every node of the run, as the Python `reopen` does.
 for _, node in ipairs(nodes) do
   if reopened[node] then
     if TERMINAL[states[node]] and attr(node, "side") ~= "1" then
       rcall("HINCRBY", run_key, "open_main", 1)
     end
+    count_move(node, states[node], "pending")
     rcall("HSET", nodes_key, node, "pending", node .. "/attempt", "0", node .. "/lease", "0",
       node .. "/waiting", attr(node, "ndeps"), node .. "/open_covers", attr(node, "ncovers"))
     rcall("HDEL", nodes_key, node .. "/cause", node .. "/started_at", node .. "/ended_at")
@@ -114,6 +133,15 @@ for _, node in ipairs(nodes) do
     rcall("HDEL", errors_key, node)
   end
 end
+
+-- As the Python `reopen` does after its resets: reopened readers keep the
+-- values of their ignore_result inputs until they end again.
+for _, node in ipairs(nodes) do
+  if attr(node, "ignore") == "1" then
+    count_open_readers(node)
+  end
+end
+emit("reopened")
 
 -- Settle the edges from kept nodes into reopened ones, as if the kept nodes
 -- had just ended, in the same order as the Python `reopen`.

@@ -6,6 +6,8 @@
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
   KEYS[7] dead-letter stream      (partition tag)
+  KEYS[8] run state-count hash    (partition tag)
+  KEYS[9] lifecycle event stream  (partition tag)
   ARGV[1] dead-letter entry id
   ARGV[2] spec_version that the lists below were computed from
   ARGV[3] run id
@@ -28,8 +30,11 @@
   dependency reopened, has not ended, or ended in a state it accepts.
   Reopened nodes are pending with their waiting counters recomputed, so are
   the pending dependents, and pending errbacks get their open_covers
-  recomputed. The run is running again when a main-path node reopens. The
-  replay stays in the run's epoch, which the new messages carry.
+  recomputed. The run is running again when a main-path node reopens, and
+  then its keys lose their expiry until it ends again. The replay stays in
+  the run's epoch, which the new messages carry. The state counts follow the
+  reopened nodes, and each ignore_result node's open readers are counted
+  again, as the Python `replay_node` does.
   Returns {1} when the node was queued and the dead letter deleted, {0} when
   the dead letter is gone (replayed or purged before), {-1} for an unknown
   run, {-2, "not_failed"} when the node is not failed at that attempt,
@@ -44,9 +49,12 @@ local rcall = redis.call
 local run_key = KEYS[1]
 local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
+local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
 local dead_key = KEYS[7]
+local counts_key = KEYS[8]
+local events_key = KEYS[9]
 local dead_id = ARGV[1]
 local version = ARGV[2]
 local run_id = ARGV[3]
@@ -78,6 +86,7 @@ if dead_epoch ~= epoch then
   return {-2, "other_epoch"}
 end
 
+--- @include "lifecycle"
 --- @include "graph"
 
 if state_of(node) ~= "failed" or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
@@ -154,9 +163,11 @@ for index, item in ipairs(reopened) do
   rcall("HDEL", nodes_key, name .. "/ended_at", name .. "/cause")
   if index == 1 then
     rcall("HDEL", errors_key, name)
-  else
-    rcall("HSET", nodes_key, name, "pending")
   end
+  -- The failed node passes through pending too, because enqueue moves a
+  -- node from pending to queued in the state counts.
+  count_move(name, state_of(name), "pending")
+  rcall("HSET", nodes_key, name, "pending")
   if not item[2] then
     rcall("HINCRBY", run_key, "open_main", 1)
     main_reopened = true
@@ -165,9 +176,18 @@ end
 if main_reopened and run[1] ~= "running" then
   rcall("HSET", run_key, "status", "running")
   rcall("HDEL", run_key, "ended_at", "error_node")
+  -- A running run never expires; its retention starts again when it ends.
+  persist_run()
 end
 
 enqueue(node)
+-- As the Python `replay_node` does: reopened readers keep the values of
+-- their ignore_result inputs until they end again.
+for _, name in ipairs(split(rcall("HGET", run_key, "nodes"))) do
+  if attr(name, "ignore") == "1" then
+    count_open_readers(name)
+  end
+end
 
 -- Counters of pending nodes count the dependency edges not yet accepted.
 local function recount(name, deps)

@@ -6,6 +6,8 @@
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
   KEYS[7] queue stream the message came from (partition tag)
+  KEYS[8] run state-count hash    (partition tag)
+  KEYS[9] lifecycle event stream  (partition tag)
   ARGV[1] run id
   ARGV[2] node id
   ARGV[3] attempt number
@@ -21,7 +23,7 @@
   or lease. The message is acknowledged and deleted on every reply but a stale
   lease: that message is now held by the worker that took the lease over.
   Adds one stream entry to <base>q:<queue> for the next attempt, or a
-  delayed-set member when the delay is above zero.
+  delayed-set member when the delay is above zero, and a "retried" event.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -32,6 +34,8 @@ local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
 local stream_key = KEYS[7]
+local counts_key = KEYS[8]
+local events_key = KEYS[9]
 local run_id = ARGV[1]
 local node = ARGV[2]
 local attempt = ARGV[3]
@@ -45,6 +49,7 @@ local now_text = string.format("%.6f", now)
 local error_text = ARGV[8]
 local delay = math.max(0, tonumber(ARGV[9]))
 
+--- @include "lifecycle"
 --- @include "graph"
 
 local function ack()
@@ -76,6 +81,11 @@ end
 -- Joins never see a retry: the node stays open until an attempt ends it.
 local next_attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
 rcall("HSET", nodes_key, node, "retrying", node .. "/queued_at", now_text)
+count_move(node, "running", "retrying")
 rcall("HSET", errors_key, node, error_text)
 send(node, next_attempt, delay)
+emit("retried", node, attempt)
+if rcall("HGET", run_key, "status") ~= "running" then
+  keep_expiry()
+end
 return {1}

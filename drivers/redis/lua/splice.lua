@@ -6,6 +6,8 @@
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
   KEYS[7] queue stream the message came from (partition tag)
+  KEYS[8] run state-count hash    (partition tag)
+  KEYS[9] lifecycle event stream  (partition tag)
   ARGV[1] run id
   ARGV[2] node id of the replaced node
   ARGV[3] attempt number
@@ -22,7 +24,8 @@
   ARGV[14] nodes that depended on the replaced node before, comma-separated
   ARGV[15] errbacks that covered the replaced node before, comma-separated
   ARGV[16] added node ids in spec order, comma-separated
-  ARGV[17] value recorded for the replaced node, JSON text kept opaque
+  ARGV[17] value recorded for the replaced node, JSON text kept opaque, or ""
+          to record none (an ignore_result node, which nothing reads now)
   ARGV[18] g, the number of graph hash field/value pairs that follow
   ARGV[19] s, the number of node-state field/value pairs after them
   ARGV[20 .. 19+2g] graph hash fields and values for every node of the new spec
@@ -37,7 +40,8 @@
   every reply but {-3} and a stale lease, whose message the worker that took
   the lease over now holds.
   Adds one stream entry to <base>q:<queue> per node that became ready (a
-  delayed-set member instead when it has a countdown or eta).
+  delayed-set member instead when it has a countdown or eta), a "replaced"
+  event, and an "ended" event if the run ended.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
@@ -45,8 +49,11 @@ local run_key = KEYS[1]
 local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
 local values_key = KEYS[4]
+local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
 local stream_key = KEYS[7]
+local counts_key = KEYS[8]
+local events_key = KEYS[9]
 local run_id = ARGV[1]
 local node = ARGV[2]
 local attempt = ARGV[3]
@@ -70,6 +77,7 @@ local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
 
+--- @include "lifecycle"
 --- @include "graph"
 
 local function ack()
@@ -134,9 +142,17 @@ for index = state_last + 1, #ARGV, 3 do
   rcall("HINCRBY", nodes_key, changed .. "/open_covers", tonumber(ARGV[index + 2]))
 end
 rcall("HSET", nodes_key, node .. "/replaced", "1")
-rcall("HSET", values_key, node, replaced_value)
+if replaced_value ~= "" then
+  rcall("HSET", values_key, node, replaced_value)
+end
 
 -- The same steps as the Python `splice`, in the same order.
+for _, new_node in ipairs(split(added)) do
+  count_move(new_node, nil, "pending")
+  if attr(new_node, "ignore") == "1" then
+    count_open_readers(new_node)
+  end
+end
 for _, new_node in ipairs(split(added)) do
   local role = attr(new_node, "role")
   if role == "errback" and tonumber(attr(new_node, "ncovers")) == 0 then
@@ -160,5 +176,6 @@ for _, errback in ipairs(split(old_errbacks)) do
     end_node(errback, "skipped")
   end
 end
+emit("replaced", node, attempt)
 maybe_finish()
 return {1}

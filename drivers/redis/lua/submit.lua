@@ -5,6 +5,8 @@
   KEYS[4] run values hash         (partition tag)
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] delayed sorted set      (partition tag)
+  KEYS[7] run state-count hash    (partition tag)
+  KEYS[8] lifecycle event stream  (partition tag)
   ARGV[1] run id
   ARGV[2] epoch
   ARGV[3] graph spec, JSON text kept opaque
@@ -14,19 +16,29 @@
   ARGV[7] number of main-path nodes
   ARGV[8] n, the number of graph hash field/value pairs that follow
   ARGV[9 .. 8+2n] graph hash fields and values
-  ARGV[9+2n ..] node-state hash fields and values (every node pending)
+  ARGV[9+2n] retention after the run ends, in milliseconds; "0" keeps it
+  ARGV[10+2n] lifecycle events kept in the stream, about; "0" writes none
+  ARGV[11+2n] c, the number of state-count field/value pairs that follow
+  ARGV[12+2n .. 11+2n+2c] state-count hash fields and values
+  ARGV[12+2n+2c ..] node-state hash fields and values (every node pending,
+          and each ignore_result node's /open_readers is its number of readers)
   Time comes from TIME inside the script.
   Returns {1} when the run was stored, {0} when a run with this id exists.
   Adds one stream entry per root node to <base>q:<queue>, or a delayed-set
-  member for a root with a countdown or eta, and the run id to the runs index
-  <base>runs scored by the creation time.
+  member for a root with a countdown or eta, the run id to the runs index
+  <base>runs scored by the creation time, and a "submitted" event (then
+  "ended" if the run has no main-path node).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 local rcall = redis.call
 local run_key = KEYS[1]
 local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
+local values_key = KEYS[4]
+local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
+local counts_key = KEYS[7]
+local events_key = KEYS[8]
 local run_id = ARGV[1]
 local epoch = ARGV[2]
 local spec = ARGV[3]
@@ -39,6 +51,7 @@ local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
 local now_text = string.format("%.6f", now)
 
+--- @include "lifecycle"
 --- @include "graph"
 
 -- Idempotent on the run id: a re-sent call finds the run and changes nothing.
@@ -57,17 +70,26 @@ local function hset_range(key, first, last)
   end
 end
 
+local graph_last = 8 + 2 * graph_pairs
+local retention_ms = ARGV[graph_last + 1]
+local events_max_len = ARGV[graph_last + 2]
+local count_pairs = tonumber(ARGV[graph_last + 3])
+local counts_last = graph_last + 3 + 2 * count_pairs
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
-  "sinks", sinks, "reaching", reaching)
+  "sinks", sinks, "reaching", reaching, "retention_ms", retention_ms,
+  "events_max_len", events_max_len)
 rcall("ZADD", base .. "runs", now_text, run_id)
-local graph_last = 8 + 2 * graph_pairs
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)
 end
-if #ARGV > graph_last then
-  hset_range(nodes_key, graph_last + 1, #ARGV)
+if count_pairs > 0 then
+  hset_range(counts_key, graph_last + 4, counts_last)
 end
+if #ARGV > counts_last then
+  hset_range(nodes_key, counts_last + 1, #ARGV)
+end
+emit("submitted")
 
 -- The same pass as the Python `start`: errbacks that cover nothing are
 -- skipped, and nodes without dependencies are queued.

@@ -11,7 +11,8 @@
     run_id, epoch (strings), now (seconds, number), now_text (now as a string)
   Writes stream entries to <base>q:<queue> for every node it queues without
   delay, and members of the delayed set for the others, and adds each
-  queue's name to the set <base>queues.
+  queue's name to the set <base>queues. The including script includes
+  "lifecycle" first, whose state counts, events and expiry this uses.
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -53,9 +54,11 @@ local function send(node, attempt, delay)
   end
 end
 
+-- Queue a pending node: every caller releases a node from "pending".
 local function enqueue(node)
   local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
   rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
+  count_move(node, "pending", "queued")
   local delay = tonumber(attr(node, "countdown")) or 0
   local eta = tonumber(attr(node, "eta"))
   if eta and eta - now > delay then
@@ -71,9 +74,11 @@ local function set_terminal(node, state)
       .. current .. " and cannot become " .. state .. ". This is a bug in Stem.")
   end
   rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
+  count_move(node, current, state)
   if attr(node, "side") ~= "1" then
     rcall("HINCRBY", run_key, "open_main", -1)
   end
+  release_reads(node)
 end
 
 local function accepted(node, dep)
@@ -157,7 +162,11 @@ end
 
 local function maybe_finish()
   local run = rcall("HMGET", run_key, "status", "open_main", "sinks", "reaching")
-  if run[1] ~= "running" or tonumber(run[2]) > 0 then
+  if run[1] ~= "running" then
+    keep_expiry()
+    return
+  end
+  if tonumber(run[2]) > 0 then
     return
   end
   rcall("HSET", run_key, "ended_at", now_text)
@@ -170,6 +179,7 @@ local function maybe_finish()
   end
   if succeeded then
     rcall("HSET", run_key, "status", "succeeded")
+    run_ended("succeeded")
     return
   end
   rcall("HSET", run_key, "status", "failed")
@@ -177,7 +187,8 @@ local function maybe_finish()
   for _, node in ipairs(split(run[4])) do
     if state_of(node) == "failed" then
       rcall("HSET", run_key, "error_node", node)
-      return
+      break
     end
   end
+  run_ended("failed")
 end

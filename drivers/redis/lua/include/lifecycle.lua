@@ -1,0 +1,153 @@
+--[[ lifecycle: group state counts, lifecycle events, run expiry and ignore_result values.
+  Included by scripts.py in place of a `--- @include "lifecycle"` line, before
+  "graph" where a script includes both. It expects these locals in the
+  including script:
+    rcall        redis.call
+    run_key      run hash; its "retention_ms" and "events_max_len" fields,
+                 written at submit, hold the run's settings ("0" is off)
+    graph_key    run graph hash
+    nodes_key    run node-state hash
+    values_key   run values hash
+    errors_key   run errors hash
+    counts_key   run state-count hash: "<group>/<state>" to a number of nodes,
+                 where the group "-" counts nodes outside every group
+    events_key   the partition's lifecycle event stream; an event id is
+                 "<microseconds>-<sequence>"
+    run_id       the run's id
+  Every function does a fixed number of commands, apart from `release_reads`
+  and `count_open_readers`, which visit one node's reads or readers.
+]]
+
+local LIFECYCLE_TERMINAL = {succeeded = true, failed = true, cancelled = true,
+  skipped = true}
+local run_settings = nil
+
+-- The run's retention and event cap, read once per script call.
+local function settings()
+  if not run_settings then
+    local fields = rcall("HMGET", run_key, "retention_ms", "events_max_len")
+    run_settings = {retention_ms = tonumber(fields[1]) or 0,
+      events_max_len = tonumber(fields[2]) or 0}
+  end
+  return run_settings
+end
+
+-- Move one node from state `from` (nil for a new node) to state `to` in the
+-- counts of its innermost group.
+local function count_move(node, from, to)
+  local group = rcall("HGET", graph_key, node .. "/group")
+  if not group or group == "" then
+    group = "-"
+  end
+  if from then
+    rcall("HINCRBY", counts_key, group .. "/" .. from, -1)
+  end
+  rcall("HINCRBY", counts_key, group .. "/" .. to, 1)
+end
+
+-- Append one event to the partition's stream, trimmed to about the run's cap.
+local function emit(kind, node, attempt, status)
+  local max_len = settings().events_max_len
+  if max_len <= 0 then
+    return
+  end
+  local fields = {"run", run_id, "event", kind}
+  if node then
+    fields[#fields + 1] = "node"
+    fields[#fields + 1] = node
+    fields[#fields + 1] = "attempt"
+    fields[#fields + 1] = tostring(attempt)
+  end
+  if status then
+    fields[#fields + 1] = "status"
+    fields[#fields + 1] = status
+  end
+  -- The id's first part is the time in microseconds, not the milliseconds
+  -- of an automatic id, so that events of different partitions (streams)
+  -- written on one server merge into the order they were written in. It
+  -- never goes below the stream's last id, even if the clock steps back.
+  local clock = rcall("TIME")
+  local micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)[1]
+  if last then
+    micros = math.max(micros, tonumber(string.match(last[1], "^(%d+)")))
+  end
+  rcall("XADD", events_key, "MAXLEN", "~", max_len,
+    string.format("%.0f", micros) .. "-*", unpack(fields))
+end
+
+-- Every key of the run: each one expires with the run and is kept again
+-- when the run is reopened.
+local function run_keys()
+  return {run_key, graph_key, nodes_key, values_key, errors_key, counts_key}
+end
+
+local function expire_run(ttl_ms)
+  for _, key in ipairs(run_keys()) do
+    rcall("PEXPIRE", key, ttl_ms)
+  end
+end
+
+-- The run runs again (a new epoch), so none of its keys may expire.
+local function persist_run()
+  for _, key in ipairs(run_keys()) do
+    rcall("PERSIST", key)
+  end
+end
+
+-- The run just ended: note it, and start its retention.
+local function run_ended(status)
+  emit("ended", nil, nil, status)
+  local retention_ms = settings().retention_ms
+  if retention_ms > 0 then
+    expire_run(retention_ms)
+  end
+end
+
+-- A write to a run that already ended (a link or errback runs after it) may
+-- have created a key, so give every key the run hash's remaining time.
+local function keep_expiry()
+  local ttl_ms = rcall("PTTL", run_key)
+  if ttl_ms > 0 then
+    expire_run(ttl_ms)
+  end
+end
+
+-- Store a node's value, unless it is an ignore_result node with no open reader.
+local function store_value(node, value)
+  if rcall("HGET", graph_key, node .. "/ignore") == "1" then
+    local open = tonumber(rcall("HGET", nodes_key, node .. "/open_readers")) or 0
+    if open <= 0 then
+      return
+    end
+  end
+  rcall("HSET", values_key, node, value)
+end
+
+-- Count the readers of an ignore_result node that have not ended.
+local function count_open_readers(node)
+  local open = 0
+  local readers = rcall("HGET", graph_key, node .. "/readers")
+  if readers and readers ~= "" then
+    for reader in string.gmatch(readers, "[^,]+") do
+      if not LIFECYCLE_TERMINAL[rcall("HGET", nodes_key, reader)] then
+        open = open + 1
+      end
+    end
+  end
+  rcall("HSET", nodes_key, node .. "/open_readers", open)
+end
+
+-- A node ended, so it reads no value again: drop the value of each
+-- ignore_result node it read whose last open reader it was.
+local function release_reads(node)
+  local drops = rcall("HGET", graph_key, node .. "/drops")
+  if not drops or drops == "" then
+    return
+  end
+  for read in string.gmatch(drops, "[^,]+") do
+    if rcall("HINCRBY", nodes_key, read .. "/open_readers", -1) <= 0 then
+      rcall("HDEL", values_key, read)
+    end
+  end
+end

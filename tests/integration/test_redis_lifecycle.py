@@ -1,0 +1,165 @@
+"""Run lifecycle paths only Redis has: key TTLs and the cost of the scripts.
+
+Behaviour shared with memory:// (expiry, counts, events, ignore_result) is
+tested in tests/conformance/test_run_lifecycle.py.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from stem import App, chain, group
+from stem.canvas.compiler import compile_canvas
+from stem.drivers.redis import RedisDriver
+
+TIMEOUT_S = 10.0
+#: A retention long enough that no key expires while a test reads it.
+LONG_RETENTION_S = 3600.0
+
+
+def _prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """Yield a plain client of the private server."""
+    plain = redis.Redis.from_url(redis_url, decode_responses=True)
+    yield plain
+    plain.close()
+
+
+def _run_keys(client: redis.Redis, prefix: str, run_id: str) -> dict[str, int]:
+    """Return every key of a run that exists, with its TTL in milliseconds."""
+    keys = client.keys(f"{prefix}*run:{run_id}*")
+    return {key: client.pttl(key) for key in keys}
+
+
+def test_ended_run_keys_all_expire(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    app = App(redis_url, prefix=prefix, retention_s=LONG_RETENTION_S)
+
+    @app.task(name="fail")
+    def fail() -> None:
+        raise ValueError("planned failure")
+
+    @app.task(name="record")
+    def record(task_id: str) -> str:
+        return task_id
+
+    try:
+        # The run fails before any value exists, so the errback that runs
+        # after the end creates the values hash.
+        result = fail.s().apply_async(link_error=record.s())
+        running = _run_keys(client, prefix, result.id)
+        assert running
+        assert all(ttl == -1 for ttl in running.values())
+        with app.worker(concurrency=1):
+            with pytest.raises(ValueError, match="planned failure"):
+                result.get(TIMEOUT_S)
+            _wait_for_state(result, "1", "succeeded")
+        ended = _run_keys(client, prefix, result.id)
+        assert any(key.endswith(":values") for key in ended)
+        assert set(ended) >= set(running)
+        for key, ttl in ended.items():
+            assert 0 < ttl <= LONG_RETENTION_S * 1000, key
+    finally:
+        app.close()
+
+
+def test_running_run_has_no_ttl(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix, retention_s=0.001)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(chain(add.s(1, 1), add.s(2))))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        ttls = _run_keys(client, prefix, "run")
+        assert ttls
+        assert all(ttl == -1 for ttl in ttls.values())
+        assert driver.snapshot("run").status == "running"
+    finally:
+        driver.close()
+
+
+def test_reopened_run_keys_lose_their_ttl(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix, retention_s=LONG_RETENTION_S)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(chain(add.s(1, 1), add.s(2))))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        driver.cancel("run")
+        ended = _run_keys(client, prefix, "run")
+        assert any(key.endswith(":counts") for key in ended)
+        assert all(ttl > 0 for ttl in ended.values())
+        assert driver.retry_run("run") == 2
+        reopened = _run_keys(client, prefix, "run")
+        assert set(reopened) == set(ended)
+        assert all(ttl == -1 for ttl in reopened.values())
+    finally:
+        driver.close()
+
+
+def _wait_for_state(result: Any, node_id: str, state: str) -> None:
+    deadline = time.monotonic() + TIMEOUT_S
+    while result.node(node_id).state != state:
+        assert time.monotonic() < deadline, f"node {node_id} never became {state}"
+        time.sleep(0.02)
+
+
+def _script_calls(client: redis.Redis) -> int:
+    """Return how many commands scripts and clients have run on the server.
+
+    EVALSHA, SCRIPT LOAD (on a script's first call) and INFO are left out,
+    so the count is the script's own commands.
+    """
+    stats: dict[str, Any] = client.info("commandstats")
+    skipped = ("cmdstat_info", "cmdstat_evalsha", "cmdstat_eval", "cmdstat_script")
+    return sum(
+        int(entry["calls"])
+        for name, entry in stats.items()
+        if not name.startswith(skipped)
+    )
+
+
+def _complete_one_member(driver: RedisDriver, size: int, client: redis.Redis) -> int:
+    """Run one member of a group of ``size`` and count the commands of its report."""
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    run_id = f"run-{size}"
+    spec = compile_canvas(group(add.s(i, i) for i in range(size)))
+    assert driver.submit(run_id, spec)
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    claim = driver.claim(message)
+    assert claim is not None
+    before = _script_calls(client)
+    driver.complete(claim.message, "0")
+    return _script_calls(client) - before
+
+
+def test_report_cost_independent_of_group_size(
+    redis_url: str, client: redis.Redis
+) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    try:
+        small = _complete_one_member(driver, 5, client)
+        large = _complete_one_member(driver, 2000, client)
+    finally:
+        driver.close()
+    assert small > 0
+    assert small == large
