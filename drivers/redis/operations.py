@@ -262,8 +262,8 @@ class RedisOperations:
                 )
         found: list[tuple[tuple[int, int], int, DeadLetter]] = []
         for index, partition in enumerate(self._keys.partitions):
-            # Dead letters sort by entry id, then by partition, so the entry at
-            # the cursor comes again in the partitions after the cursor's.
+            # Dead letters sort by entry id, then by partition position, so an
+            # entry with the cursor's id is still to come in a later partition.
             start = "-"
             if after is not None:
                 after_index, after_entry = after
@@ -307,8 +307,8 @@ class RedisOperations:
         message = dead.message
         partition = self._keys.partitions[index]
         if partition != self._keys.partition_of(message.run_id):
-            # Dead letters are written to their run's partition, so another
-            # program wrote this one.
+            # Scripts write a dead letter to its run's partition, so the run is
+            # not in this one, and another program wrote the entry.
             return "run_not_found"
         run_keys = partition.run(message.run_id)
         keys = [
