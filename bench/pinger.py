@@ -1,9 +1,9 @@
 """Ping a Redis server in a tight loop and report the longest round trip.
 
 Run as ``python pinger.py PORT``; it pings until its standard input closes,
-then prints one JSON line: pings sent, the longest round trip and the round
-trips over 1, 10 and 100 ms. A script or MULTI that holds the server shows
-up here as one long round trip.
+then prints one JSON line: pings answered, BUSY replies, the longest round
+trip and the round trips over 1, 10 and 100 ms. A script or MULTI that
+holds the server shows up here as one long round trip.
 """
 
 from __future__ import annotations
@@ -25,13 +25,24 @@ def main() -> None:
     longest = 0.0
     over = {"1ms": 0, "10ms": 0, "100ms": 0}
     pings = 0
+    busy = 0
     print("ready", file=sys.stderr, flush=True)
+    # A script that runs past lua-time-limit makes the server answer BUSY
+    # at once; the stall lasts until the next PONG, so it is timed from
+    # the request after the last PONG.
+    stalled_since = None
     while not stop.is_set():
-        started = time.perf_counter()
+        started = time.perf_counter() if stalled_since is None else stalled_since
         sock.sendall(request)
         reply = b""
         while not reply.endswith(b"\r\n"):
-            reply += sock.recv(64)
+            reply += sock.recv(4096)
+        if not reply.startswith(b"+PONG"):
+            busy += 1
+            stalled_since = started
+            time.sleep(0.001)
+            continue
+        stalled_since = None
         rtt = time.perf_counter() - started
         pings += 1
         longest = max(longest, rtt)
@@ -41,7 +52,12 @@ def main() -> None:
             over["10ms"] += 1
         if rtt > 0.1:
             over["100ms"] += 1
-    result = {"pings": pings, "max_rtt_ms": longest * 1000, "over": over}
+    result = {
+        "pings": pings,
+        "busy_replies": busy,
+        "max_rtt_ms": longest * 1000,
+        "over": over,
+    }
     print(json.dumps(result), flush=True)
 
 

@@ -3,11 +3,13 @@
     python bench/profile.py [--count 10000] [--py-spy PATH]
 
 Starts a private redis-server and a `stem worker`, runs the no-op scenario's
-client, and samples both processes with py-spy (on-CPU samples only). Prints,
+client, and samples both processes with py-spy. py-spy counts a thread that
+waits for a Redis reply as active, so ``--gil`` keeps only the samples of
+threads that hold the GIL, which is where Python spends CPU. Prints,
 for each process, the functions with the most samples: "self" counts samples
 where the function itself ran, "total" counts samples where it was on the
-stack. Also prints CPU seconds per task of Redis, the worker and the client,
-which says which of the three binds.
+stack. Also prints the CPU time per task of Redis and of the worker, to
+compare with the client's.
 """
 
 from __future__ import annotations
@@ -32,10 +34,12 @@ from systems import Settings, Stem
 _FRAME_LINE = re.compile(r":\d+\)$")
 
 
-def spy(py_spy: str, pid: int, out: Path, rate: int) -> subprocess.Popen[bytes]:
+def spy(
+    py_spy: str, pid: int, out: Path, rate: int, gil: bool
+) -> subprocess.Popen[bytes]:
     return subprocess.Popen(
         [py_spy, "record", "--pid", str(pid), "--rate", str(rate), "--format", "raw",
-         "--output", str(out), "--nonblocking"],
+         "--output", str(out), "--nonblocking", *(["--gil"] if gil else [])],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )  # fmt: skip
@@ -52,7 +56,7 @@ def top(raw: Path, limit: int) -> str:
             continue
         count = int(count_text)
         frames = [_FRAME_LINE.sub(")", frame) for frame in stack.split(";")]
-        # The first frame names the thread; drop it.
+        # py-spy puts the thread's name first when it is known.
         frames = [frame for frame in frames if not frame.startswith("thread")]
         if not frames:
             continue
@@ -76,6 +80,11 @@ def main() -> None:
     parser.add_argument("--count", type=int, default=10_000)
     parser.add_argument("--rate", type=int, default=250)
     parser.add_argument("--top", type=int, default=25)
+    parser.add_argument(
+        "--gil",
+        action="store_true",
+        help="sample only threads that hold the GIL: Python CPU, not waits",
+    )
     parser.add_argument(
         "--stem-concurrency", type=int, default=Settings().stem_concurrency
     )
@@ -103,8 +112,12 @@ def main() -> None:
             started = time.monotonic()
             client = subprocess.Popen(command, cwd=cwd, stdout=subprocess.PIPE)
             spies = [
-                spy(args.py_spy, worker.pid, folder / "worker.txt", args.rate),
-                spy(args.py_spy, client.pid, folder / "client.txt", args.rate),
+                spy(
+                    args.py_spy, worker.pid, folder / "worker.txt", args.rate, args.gil
+                ),
+                spy(
+                    args.py_spy, client.pid, folder / "client.txt", args.rate, args.gil
+                ),
             ]
             client_out, _ = client.communicate()
             elapsed = time.monotonic() - started

@@ -79,7 +79,7 @@ def _done_at_cap(record: Record, count: int) -> float | None:
 
 
 def figures_for(sizes: dict[str, int]) -> list[Figure]:
-    """Return the figures whose scenario ran, in the order of the issue's table."""
+    """Return the figures of the scenarios that ran, in the targets table order."""
     big = "chord100k" if "chord100k" in sizes else "chord10k"
     submit = "submit100k" if "submit100k" in sizes else "submit10k"
     figures = [
@@ -422,7 +422,12 @@ def figures_table(
                 cells.append("" if ratio is None else f"{ratio:.2f}")
             cells.append(row["target"])
             met = row.get("met")
-            cells.append("" if met is None else ("yes" if met else "**no**"))
+            if met is None:
+                cells.append("")
+            elif met:
+                cells.append("yes")
+            else:
+                cells.append("**no**")
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("")
     return "\n".join(lines)

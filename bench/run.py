@@ -3,10 +3,10 @@
     python bench/run.py --runs 3      # the full set, about 20 minutes
     python bench/run.py --quick       # smaller sizes, one run, a few minutes
 
-Starts its own redis-server on a free loopback port with persistence off,
-runs every scenario for every system against it, one system at a time, and
-writes the figures (min, median and max over the runs, and Stem's ratios to
-both peers) as JSON and as a markdown table. docs/benchmarks.md explains
+Starts its own redis-server on a free loopback port with persistence off.
+Runs every scenario for every system against it, one system at a time.
+Writes the figures as JSON and as a markdown table: min, median and max
+over the runs, and Stem's ratios to both peers. docs/benchmarks.md explains
 each figure and how it is measured.
 """
 
@@ -18,6 +18,7 @@ import json
 import os
 import platform
 import re
+import resource
 import subprocess
 import sys
 import tempfile
@@ -52,7 +53,7 @@ class Scenario:
         name: the scenario's name in the results.
         kind: the client program's scenario (noop, chord, submit, chain).
         count: tasks, chord members or chain steps.
-        cap_s: the time cap; a client still waiting then reports "capped".
+        cap_s: the time cap. A client still waiting then reports "capped".
         systems: the systems that run it.
         worker: whether a worker runs (not while only submitting).
         pinger: whether a separate client pings the server throughout.
@@ -60,6 +61,9 @@ class Scenario:
         once_for: systems that run it in the first run only, to keep the
             whole benchmark short (Celery's large chords take minutes).
         details: whether the client reads per-node times after the run.
+        client_memory_gb: the client's address-space limit, so that a
+            client that cannot hold the canvas fails with MemoryError
+            instead of exhausting a shared machine; 0 sets none.
     """
 
     name: str
@@ -72,6 +76,7 @@ class Scenario:
     census: bool = False
     once_for: tuple[str, ...] = ()
     details: bool = True
+    client_memory_gb: float = 0
 
 
 def plan(quick: bool) -> list[Scenario]:
@@ -111,21 +116,36 @@ def plan(quick: bool) -> list[Scenario]:
             systems=("stem",),
             once_for=("stem",),
             details=False,
+            client_memory_gb=8,
         ),
     ]
 
 
 def run_client(
-    system: System, kind: str, count: int, cap_s: float, details: bool = True
+    system: System,
+    kind: str,
+    count: int,
+    cap_s: float,
+    details: bool = True,
+    memory_gb: float = 0,
 ) -> dict[str, Any]:
-    """Run one client program; return its JSON output, CPU time and wall time."""
+    """Run one client program and return its JSON output, CPU time and wall time."""
     command, cwd = system.client_command(kind, count, cap_s)
     if not details and system.name != "bullmq":
         command.append("--no-details")
+    limit = None
+    if memory_gb:
+        size = int(memory_gb * 1024**3)
+        limit = lambda: resource.setrlimit(resource.RLIMIT_AS, (size, size))  # noqa: E731
     with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
         started = time.monotonic()
         process = subprocess.Popen(
-            command, cwd=cwd, env=system.env(), stdout=out, stderr=err
+            command,
+            cwd=cwd,
+            env=system.env(),
+            stdout=out,
+            stderr=err,
+            preexec_fn=limit,
         )
         # The client enforces the cap itself; this only ends a hung one.
         guard = threading.Timer(cap_s + 180, process.kill)
@@ -171,8 +191,15 @@ def run_scenario(
         worker_cpu = process_tree_cpu_s(worker.pid) if worker else 0.0
         before = Counters.read(server.client)
         client = run_client(
-            system, scenario.kind, scenario.count, scenario.cap_s, scenario.details
+            system,
+            scenario.kind,
+            scenario.count,
+            scenario.cap_s,
+            scenario.details,
+            scenario.client_memory_gb,
         )
+        # A capped client can leave a long script running in the server.
+        record["busy_after_client_s"] = server.wait_while_busy()
         after = Counters.read(server.client)
         if worker:
             worker_cpu = process_tree_cpu_s(worker.pid) - worker_cpu
@@ -325,7 +352,13 @@ def main(argv: list[str] | None = None) -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-                    record = run_scenario(server, system, scenario)
+                    restarts = server.restarts
+                    try:
+                        record = run_scenario(server, system, scenario)
+                    except Exception as err:  # keep the other scenarios' results
+                        record = {"error": f"{type(err).__name__}: {err}"}
+                    if server.restarts != restarts:
+                        record["server_restarted"] = True
                     print(f"    {_brief(record)}", file=sys.stderr, flush=True)
                     results.setdefault(scenario.name, {}).setdefault(
                         system.name, []

@@ -38,10 +38,17 @@ class RedisServer:
                 "redis-server is not on PATH; install it (apt-get install "
                 "redis-server) and run the benchmark again."
             )
+        self._binary = binary
+        self._slowlog_us = slowlog_us
+        self.restarts = 0
         self.port = free_port()
         self.url = f"redis://127.0.0.1:{self.port}/0"
         self._dir = tempfile.mkdtemp(prefix="stem-bench-redis-")
-        self._log = open(os.path.join(self._dir, "redis.log"), "w")  # noqa: SIM115
+        self._log = open(os.path.join(self._dir, "redis.log"), "a")  # noqa: SIM115
+        self._start()
+
+    def _start(self) -> None:
+        binary, slowlog_us = self._binary, self._slowlog_us
         command = [
             binary,
             "--port", str(self.port),
@@ -57,7 +64,11 @@ class RedisServer:
         self.process = subprocess.Popen(
             command, stdout=self._log, stderr=subprocess.STDOUT
         )
-        self.client = redis.Redis(port=self.port, decode_responses=True)
+        # redis-py's default 5 s socket timeout is shorter than the longest
+        # scripts measured here; a wedged server still ends the run.
+        self.client = redis.Redis(
+            port=self.port, decode_responses=True, socket_timeout=120
+        )
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -72,8 +83,45 @@ class RedisServer:
                 time.sleep(0.05)
         self.version = self.client.info("server")["redis_version"]
 
+    def wait_while_busy(self, timeout_s: float = 180.0) -> float:
+        """Wait until no script is running; return the seconds waited.
+
+        A script that runs past ``lua-time-limit`` makes every other command
+        fail with BUSY until it ends, and a request of gigabytes keeps the
+        server from answering while it reads it. Past ``timeout_s`` the
+        server is restarted on the same port, because a script that has
+        written cannot be killed.
+        """
+        started = time.monotonic()
+        probe = redis.Redis(port=self.port, socket_timeout=5)
+        while True:
+            try:
+                probe.ping()
+                probe.close()
+                return time.monotonic() - started
+            except redis.ResponseError as err:
+                if "BUSY" not in str(err):
+                    raise
+            except (redis.TimeoutError, redis.ConnectionError):
+                # Still reading a huge request, or running a script that
+                # has not reached lua-time-limit yet.
+                pass
+            if time.monotonic() - started > timeout_s:
+                probe.close()
+                self.restart()
+                return time.monotonic() - started
+            time.sleep(0.5)
+
+    def restart(self) -> None:
+        """Kill the server and start a new one on the same port."""
+        self.process.kill()
+        self.process.wait()
+        self.restarts += 1
+        self._start()
+
     def reset(self) -> None:
         """Empty the server and zero its statistics between two scenarios."""
+        self.wait_while_busy()
         self.client.flushall()
         self.client.script_flush()
         self.client.slowlog_reset()
