@@ -23,6 +23,9 @@ class Figure:
     read: Callable[[Record, int], float | None]
     target: str = "reported"
     meets: Callable[[float], bool] | None = None
+    #: Read from the server's counters, so valid even when the client failed:
+    #: a script keeps running after its caller gave up waiting.
+    server_side: bool = False
 
 
 def _get(name: str) -> Callable[[Record, int], float | None]:
@@ -229,6 +232,7 @@ def figures_for(sizes: dict[str, int]) -> list[Figure]:
             _stall,
             "≤ 20",
             lambda v: v <= 20,
+            server_side=True,
         ),
         Figure(
             "submit_time",
@@ -245,6 +249,7 @@ def figures_for(sizes: dict[str, int]) -> list[Figure]:
             _per(("server", "memory_delta")),
             "≤ 500",
             lambda v: v <= 500,
+            server_side=True,
         ),
         Figure(
             "memory_peak",
@@ -296,6 +301,7 @@ def figures_for(sizes: dict[str, int]) -> list[Figure]:
                 "µs",
                 scenario,
                 _p999,
+                server_side=True,
             )
         )
         figures.append(
@@ -305,6 +311,7 @@ def figures_for(sizes: dict[str, int]) -> list[Figure]:
                 "µs",
                 scenario,
                 _slowest,
+                server_side=True,
             )
         )
     return [figure for figure in figures if figure.scenario in sizes]  # fmt: skip
@@ -355,8 +362,9 @@ def _entry(
     notes = []
     for record in records:
         if "error" in record:
-            notes.append("error")
-            continue
+            notes.append("client failed")
+            if not figure.server_side or "server" not in record:
+                continue
         value = figure.read(record, sizes[figure.scenario])
         if value is None:
             if record.get("capped") or record.get("get_capped"):

@@ -270,6 +270,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--out", type=Path, default=HERE / "results", help="folder for the results"
     )
     parser.add_argument(
+        "--report",
+        type=Path,
+        default=None,
+        help="print the table of an earlier run's JSON file instead of running",
+    )
+    parser.add_argument(
         "--celery-python",
         default=os.environ.get("BENCH_CELERY_PYTHON", "/work/venvs/celery/bin/python"),
         help="Python of a venv with celery[redis]==5.7.*",
@@ -308,8 +314,21 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return args
 
 
+def report_again(path: Path) -> None:
+    """Print the table of an earlier run from its JSON file."""
+    saved = json.loads(path.read_text())
+    info = saved["info"]
+    scenarios = [Scenario(**scenario) for scenario in info["scenarios"]]
+    systems = list(info["versions"])
+    figures = summarise(saved["raw"], systems, scenarios)
+    print(figures_table(figures, systems, info))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
+    if args.report is not None:
+        report_again(args.report)
+        return
     settings = Settings(
         celery_python=args.celery_python,
         stem_concurrency=args.stem_concurrency,

@@ -210,7 +210,9 @@ def _run(command: list[str]) -> str:
 
 def _git_commit() -> str:
     commit = _run(["git", "-C", str(ROOT), "rev-parse", "--short=12", "HEAD"])
+    # Changes to the benchmark or the docs do not change what is measured.
     dirty = _run(
-        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"]
-    )
+        ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no",
+         "--", ".", ":!bench", ":!docs"]
+    )  # fmt: skip
     return commit + ("+uncommitted changes" if dirty else "")
