@@ -90,7 +90,7 @@ def run_chord(count: int, cap_s: float, details: bool) -> dict[str, Any]:
         return out
     out["get_s"] = time.monotonic() - started
     if value["n"] != count or value["sum"] != count * (count - 1) // 2:
-        raise SystemExit(f"The chord's callback got a wrong input: {value!r}")
+        raise SystemExit(f"The chord's callback received wrong input: {value!r}")
     if details:
         member_ids = [child.id for child in result.parent.results]
         last_stored = max(stored_at(member_ids))

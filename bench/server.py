@@ -191,10 +191,10 @@ def counter_delta(
 ) -> dict[str, Any]:
     """Return what the server did between two readings.
 
-    INFO is left out of the command counts: the harness reads it, and the
-    peers call it only when they connect. ``own_reads`` is the number of
-    requests the harness itself sent in between (memory samples); they and
-    the second reading are taken out of the read count.
+    INFO is left out of the command counts, because the harness reads it
+    and the peers call it only when they connect. ``own_reads`` is the
+    number of requests that the harness itself sent in between (memory
+    samples). They and the second reading are taken out of the read count.
     """
     commands = {
         name: after.commands.get(name, 0) - before.commands.get(name, 0)

@@ -57,11 +57,14 @@ def run_chord(count: int, cap_s: float, details: bool) -> dict[str, Any]:
     except TimeoutError:
         return {"capped": True, "submit_s": submitted - started}
     got = time.monotonic()
+
     if value["n"] != count or value["sum"] != count * (count - 1) // 2:
-        raise SystemExit(f"The chord's callback got a wrong input: {value!r}")
+        raise SystemExit(f"The chord's callback received wrong input: {value!r}")
     out: dict[str, Any] = {"submit_s": submitted - started, "get_s": got - started}
     if not details:
         return out
+
+    # Per-node times, read after the timed part.
     spec, records = result.graph()
     callback = next(node for node in spec.nodes if node.task == collect.name)
     members = [records[node.id] for node in spec.nodes if node.task == member.name]

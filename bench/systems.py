@@ -18,7 +18,7 @@ ROOT = HERE.parent
 
 @dataclass
 class Settings:
-    """Where each system's programs are, and the worker concurrency of each."""
+    """Paths of the systems' programs, and each worker's concurrency."""
 
     stem_python: str = sys.executable
     celery_python: str = "/work/venvs/celery/bin/python"
@@ -62,7 +62,7 @@ class Worker:
             try:
                 self.process.wait(20)
             except subprocess.TimeoutExpired:
-                # The worker's session holds its pool children too.
+                # The worker's process group contains its pool children too.
                 os.killpg(self.process.pid, signal.SIGKILL)
                 self.process.wait()
         text = self.log()
@@ -105,7 +105,19 @@ class Stem(System):
 
     def __init__(self, settings: Settings, url: str) -> None:
         super().__init__(settings, url)
-        self.version = _git_commit()
+        # The Stem measured is the one that the Stem Python imports, which
+        # is this checkout only when it is installed from here.
+        found = subprocess.run(
+            [settings.stem_python, "-c", "import stem; print(stem.__file__)"],
+            capture_output=True,
+            text=True,
+            cwd="/",
+            check=False,
+        ).stdout.strip()
+        if found.startswith(str(ROOT)):
+            self.version = f"commit {_git_commit()}"
+        else:
+            self.version = f"installed at {found or 'an unknown path'}"
 
     def worker_command(self) -> tuple[list[str], Path]:
         stem_script = Path(self.settings.stem_python).with_name("stem")

@@ -73,6 +73,7 @@ async function runNoop(url, count, capS) {
   const queue = new Queue(QUEUE, { connection, streams: { events: { maxLen: 100000 } } });
   const events = new QueueEvents(QUEUE, { connection: connect(url) });
   await events.waitUntilReady();
+
   let done = 0;
   let finish;
   const finished = new Promise((resolve) => (finish = resolve));
@@ -80,6 +81,7 @@ async function runNoop(url, count, capS) {
     done += 1;
     if (done === count) finish();
   });
+
   const started = performance.now();
   for (let offset = 0; offset < count; offset += 1000) {
     const batch = [];
@@ -96,6 +98,7 @@ async function runNoop(url, count, capS) {
   const ended = performance.now();
   await events.close();
   await queue.close();
+
   if (capped) return { capped: true, done, submit_s: (submitted - started) / 1000 };
   const total = (ended - started) / 1000;
   return { submit_s: (submitted - started) / 1000, total_s: total, tasks_per_s: count / total };
@@ -106,6 +109,7 @@ async function runChord(url, count, capS) {
   const flows = new FlowProducer({ connection });
   const events = new QueueEvents(QUEUE, { connection: connect(url) });
   await events.waitUntilReady();
+
   const flow = chordFlow(count);
   const startedWall = now();
   const started = performance.now();
@@ -120,10 +124,11 @@ async function runChord(url, count, capS) {
     if (!String(err).includes('timed out')) throw err;
     out.capped = true;
   }
+
   if (!out.capped) {
     out.get_s = (performance.now() - started) / 1000;
     if (value.n !== count || value.sum !== (count * (count - 1)) / 2) {
-      throw new Error(`the chord's callback got a wrong input: ${JSON.stringify(value)}`);
+      throw new Error(`the chord's callback received wrong input: ${JSON.stringify(value)}`);
     }
     const queue = new Queue(QUEUE, { connection });
     const parent = await queue.getJob(tree.job.id);
@@ -153,6 +158,7 @@ async function runChain(url, count, capS) {
   const flows = new FlowProducer({ connection });
   const events = new QueueEvents(QUEUE, { connection: connect(url) });
   await events.waitUntilReady();
+
   // The first step is the deepest child; each later step is its parent.
   let node = { name: 'step', queueName: QUEUE, data: { k: 0 } };
   for (let k = 1; k < count; k++) {
@@ -169,6 +175,8 @@ async function runChain(url, count, capS) {
     return { capped: true };
   }
   const total = (performance.now() - started) / 1000;
+
+  // Each step's value is when its body started; read them root first.
   const queue = new Queue(QUEUE, { connection });
   const starts = [];
   let walk = tree;
