@@ -270,11 +270,13 @@ class _Compiler:
             if inflow.join == "all_settled":
                 settled = list(inflow.deps)
             sinks = [dep for dep in inflow.deps if dep not in settled]
-        unique_settled = _unique(settled)
+        unique_sinks = _unique(sinks)
+        # A node that one member settles but another member ends on is a
+        # sink: that member, and so the group, fails with it.
         return _Outflow(
-            sinks=tuple(s for s in _unique(sinks) if s not in unique_settled),
+            sinks=unique_sinks,
             value=ListInput(items=values),
-            settled=unique_settled,
+            settled=tuple(s for s in _unique(settled) if s not in unique_sinks),
         )
 
     def visit_chord(self, chord: Chord, inflow: _Inflow) -> _Outflow:

@@ -876,6 +876,19 @@ def test_step_after_empty_settled_body() -> None:
     assert spec.sinks == ["1"]
 
 
+def test_sink_wins_over_settled() -> None:
+    # The empty group in the header passes node 0 on, so the all_settled body
+    # settles it, but the group's second member still needs 0 to succeed.
+    header = [task("b"), group()]
+    second = chord(header, group(), join="all_settled")
+    canvas = chain(task("a"), group(second, group()))
+
+    spec = compile_canvas(canvas)
+
+    assert spec.sinks == ["0"]
+    assert spec.settled == ["1"]
+
+
 def test_empty_fail_fast_body_keeps_sinks() -> None:
     canvas = chord([task("a")], group())
 

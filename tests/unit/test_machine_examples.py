@@ -1,0 +1,49 @@
+"""Canvases on which the state machine once disagreed with the interpreter.
+
+Each case is the smallest canvas found from a failing property test in
+tests/property/test_engine_properties.py. It runs through `StepDriver` on the
+state machine and through the reference interpreter, which must agree, and
+checks the outcome the rules in docs/canvas.md give.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stem.canvas import chain, chord, group
+from stem.canvas.primitives import Signature
+from stem.testing import NodePlan, check_against_interpreter
+
+
+def task(name: str) -> Signature:
+    return Signature(name, immutable=True)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_settled_failure_fails_other_member(seed: int) -> None:
+    # Node 0 reaches the group twice through empty groups: the chord's
+    # all_settled body absorbs its failure, but the second member does not.
+    # The group's value needs that member, so the run fails with node 0.
+    header = [task("b"), group()]
+    canvas = chain(
+        task("a"), group(chord(header, group(), join="all_settled"), group())
+    )
+
+    run, _ = check_against_interpreter(canvas, {"0": NodePlan("fail")}, seed)
+
+    assert run.status == "failed"
+    assert run.error_node == "0"
+    assert run.nodes["1"].state == "cancelled"
+
+
+def test_settled_failure_fires_group_errback() -> None:
+    # The errback covers node 0 through the second member, so it fires.
+    header = [task("b"), group()]
+    members = group(chord(header, group(), join="all_settled"), group())
+    members.link_error(task("report"))
+    canvas = chain(task("a"), members)
+
+    run, expected = check_against_interpreter(canvas, {"0": NodePlan("fail")}, 0)
+
+    assert expected.errback_calls == {"2": 1}
+    assert run.nodes["2"].state == "succeeded"
