@@ -56,6 +56,8 @@ class _Inflow:
     deps: tuple[NodeId, ...] = ()
     #: The part of ``deps`` whose failure was absorbed upstream.
     settled: tuple[NodeId, ...] = ()
+    #: The nodes whose success starts the link being compiled, if any.
+    triggers: tuple[NodeId, ...] = ()
     value: Template | _SubmitArgs | None = None
     join: JoinPolicy = "fail_fast"
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -214,6 +216,7 @@ class _Compiler:
                 immutable=sig.immutable,
                 deps=list(inflow.deps),
                 settled=list(inflow.settled),
+                triggers=[dep for dep in inflow.deps if dep in inflow.triggers],
                 input=template,
                 join=inflow.join,
                 role=inflow.role,
@@ -301,6 +304,7 @@ class _Compiler:
                     _child(side, f"link[{i}]"),
                     deps=(*outflow.sinks, *outflow.settled),
                     settled=outflow.settled,
+                    triggers=(*outflow.sinks, *outflow.settled),
                     value=outflow.value,
                     role="link",
                     covers=(),
@@ -313,6 +317,7 @@ class _Compiler:
                     _child(side, f"link_error[{i}]"),
                     deps=(),
                     settled=(),
+                    triggers=(),
                     value=CauseInput(),
                     role="errback",
                     covers=outflow.sinks,

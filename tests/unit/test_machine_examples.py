@@ -47,3 +47,30 @@ def test_settled_failure_fires_group_errback() -> None:
 
     assert expected.errback_calls == {"2": 1}
     assert run.nodes["2"].state == "succeeded"
+
+
+@pytest.mark.parametrize("join", ["fail_fast", "all_settled"])
+def test_failed_trigger_skips_whole_link(join: str) -> None:
+    # The empty group in the header passes node 0 on to the body, so the
+    # body waits on the link's trigger directly. 0 failed, so the link's
+    # condition did not occur: the body is skipped, not cancelled or run.
+    link = chord([task("b"), group()], task("c"), join=join)
+    canvas = task("a")
+    canvas.link(link)
+
+    run, _ = check_against_interpreter(canvas, {"0": NodePlan("fail")}, 0)
+
+    assert run.nodes["1"].state == "skipped"
+    assert run.nodes["2"].state == "skipped"
+
+
+def test_failed_link_member_cancels_body() -> None:
+    # The trigger succeeded and the header member failed: the body is
+    # cancelled by that failure, as anywhere else.
+    link = chord([task("b"), group()], task("c"))
+    canvas = task("a")
+    canvas.link(link)
+
+    run, _ = check_against_interpreter(canvas, {"1": NodePlan("fail")}, 0)
+
+    assert run.nodes["2"].state == "cancelled"
