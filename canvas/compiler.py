@@ -310,6 +310,9 @@ class _Compiler:
                     covers=(),
                 ),
             )
+        # Inside a link, the link's own trigger can reach the sinks through an
+        # empty group. Its failure skips the link, so it fires no errback here.
+        covers = tuple(s for s in outflow.sinks if s not in inflow.triggers)
         for i, errback in enumerate(canvas.errbacks):
             self.visit(
                 errback,
@@ -320,7 +323,7 @@ class _Compiler:
                     triggers=(),
                     value=CauseInput(),
                     role="errback",
-                    covers=outflow.sinks,
+                    covers=covers,
                 ),
             )
 

@@ -74,3 +74,17 @@ def test_failed_link_member_cancels_body() -> None:
     run, _ = check_against_interpreter(canvas, {"1": NodePlan("fail")}, 0)
 
     assert run.nodes["2"].state == "cancelled"
+
+
+def test_failed_trigger_skips_link_errback() -> None:
+    # The chord's errback covers node 0 through the empty header member, but
+    # the chord is a link of 0: when 0 fails, the chord never runs, and its
+    # errback is skipped with it.
+    inner = chord([task("b"), group()], group())
+    inner.link_error(task("report"))
+    canvas = task("a")
+    canvas.link(inner)
+
+    run, _ = check_against_interpreter(canvas, {"0": NodePlan("fail")}, 0)
+
+    assert run.nodes["2"].state == "skipped"
