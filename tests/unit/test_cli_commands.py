@@ -117,7 +117,8 @@ def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
 
     assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
     # The driver connects when it is made, to load its scripts.
-    assert result.output.startswith("Error: Loading the Lua scripts failed")
+    assert result.output.startswith("Error: Could not connect to Redis at")
+    assert "check that a Redis server listens" in result.output
     assert "127.0.0.1:1" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "hunter2" not in result.output
