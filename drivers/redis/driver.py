@@ -173,7 +173,8 @@ class RedisDriver(RedisOperations):
 
     def __repr__(self) -> str:
         tags = ",".join(self._keys.tags)
-        return f"<RedisDriver {self._keys.prefix!r} partitions {tags}>"
+        prefix = self._keys.prefix
+        return f"<RedisDriver {redact(self.url)} prefix {prefix!r} partitions {tags}>"
 
     # -- graph store --------------------------------------------------------
 

@@ -261,3 +261,10 @@ def test_long_run_id_kept_whole(runner: CliRunner, flows: ModuleType) -> None:
 
     assert run_id in table.output
     assert f"See the graph: stem graph show '{run_id}'" in shown.output
+
+
+def test_missing_run_names_store(runner: CliRunner, flows: ModuleType) -> None:
+    code, output = invoke(runner, flows, "runs", "show", "no-such-run")
+
+    assert code == EXIT_NOT_FOUND
+    assert f"is not found in <RedisDriver {flows.app.url} prefix" in output
