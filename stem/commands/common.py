@@ -76,12 +76,13 @@ def app_options(*, required: bool = False) -> Callable[[F], F]:
             help="Broker URL, such as redis://host:6379/0; overrides STEM_URL "
             "and the app's own URL.",
         )(function)
+        # No explicit default=None: with it, click 8.5.1 let a required -A go
+        # missing without an error.
         return click.option(
             "-A",
             "--app",
             "app_spec",
             required=required,
-            default=None,
             help="The app: MODULE:ATTRIBUTE, a module, or a path to a .py file.",
         )(function)
 

@@ -43,6 +43,17 @@ def test_memory_url_rejected(runner: CliRunner, command: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "command", [["beat"], ["submit", "flows:nightly"]], ids=" ".join
+)
+def test_missing_app_is_usage_error(runner: CliRunner, command: list[str]) -> None:
+    # Nothing listens on port 1, so only the -A check can give exit 2 first.
+    result = runner.invoke(main, [*command, "--url", "redis://127.0.0.1:1/0"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "Missing option '-A' / '--app'" in result.output
+
+
 @pytest.mark.parametrize("command", SHARED_COMMANDS, ids=" ".join)
 def test_missing_url_is_usage_error(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, command)
