@@ -1,4 +1,4 @@
-"""Worker.run: a stop signal at any moment ends in a warm stop."""
+"""Worker.run: a stop signal that arrives while the worker starts is a warm stop."""
 
 from __future__ import annotations
 
