@@ -63,7 +63,9 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click 8.5 types exit_code as a ClassVar, so mypy rejects assigning it
+        # through self; the instance dict gives this error its own code.
+        vars(self)["exit_code"] = exit_code
 
 
 def app_options(*, required: bool = False) -> Callable[[F], F]:
