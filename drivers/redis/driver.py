@@ -45,6 +45,7 @@ from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine, settings
+from stem.engine.drivers import redact
 from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
 from stem.engine.ports import (
     TASK_HEADER,
@@ -149,6 +150,9 @@ class RedisDriver(RedisOperations):
         try:
             self._scripts.preload()
             tags = load_tags(self._client, prefix, target.partitions)
+        except DriverError as err:
+            self._client.close()
+            raise _first_call_error(url, err) from err.__cause__
         except BaseException:
             self._client.close()
             raise
@@ -169,7 +173,8 @@ class RedisDriver(RedisOperations):
 
     def __repr__(self) -> str:
         tags = ",".join(self._keys.tags)
-        return f"<RedisDriver {self._keys.prefix!r} partitions {tags}>"
+        prefix = self._keys.prefix
+        return f"<RedisDriver {redact(self.url)} prefix {prefix!r} partitions {tags}>"
 
     # -- graph store --------------------------------------------------------
 
@@ -875,6 +880,27 @@ class RedisDriver(RedisOperations):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _first_call_error(url: str, err: DriverError) -> DriverError:
+    """Return the error for a failed first call, naming the server and the fix.
+
+    The first call is when a driver connects, so a wrong address or password
+    shows up here rather than as a failure to load the scripts.
+    """
+    cause = err.__cause__
+    reason = str(cause).rstrip(".")
+    if isinstance(cause, redis.AuthenticationError):
+        return DriverError(
+            f"Redis at {redact(url)} rejected the login: {reason}; put the "
+            "server's password in the URL, as redis://:PASSWORD@host:port/db."
+        )
+    if isinstance(cause, redis.ConnectionError):
+        return DriverError(
+            f"Could not connect to Redis at {redact(url)}: {reason}; check that "
+            "a Redis server listens at that host and port."
+        )
+    return err
 
 
 def _message(

@@ -247,3 +247,24 @@ def test_expired_runs_do_not_hide_others(flows: ModuleType) -> None:
     expected = ids[:50] + ids[51::2]
     assert sorted(run.run_id for run in page.runs) == sorted(expected)
     assert page.cursor is None
+
+
+def test_long_run_id_kept_whole(runner: CliRunner, flows: ModuleType) -> None:
+    # A beat run id has spaces and is longer than a ULID. At 80 columns the
+    # table keeps it whole, and the hint of runs show quotes it for the shell.
+    run_id = "beat:chain every 5 s:2026-12-04T20:48:45Z"
+    flows.add.apply_async((1, 2), run_id=run_id)
+    env = {"COLUMNS": "80"}
+
+    table = runner.invoke(main, ["runs", "ls", "-A", flows.__file__], env=env)
+    shown = runner.invoke(main, ["runs", "show", run_id, "-A", flows.__file__], env=env)
+
+    assert run_id in table.output
+    assert f"See the graph: stem graph show '{run_id}'" in shown.output
+
+
+def test_missing_run_names_store(runner: CliRunner, flows: ModuleType) -> None:
+    code, output = invoke(runner, flows, "runs", "show", "no-such-run")
+
+    assert code == EXIT_NOT_FOUND
+    assert f"is not found in <RedisDriver {flows.app.url} prefix" in output
