@@ -247,3 +247,28 @@ def test_expired_runs_do_not_hide_others(flows: ModuleType) -> None:
     expected = ids[:50] + ids[51::2]
     assert sorted(run.run_id for run in page.runs) == sorted(expected)
     assert page.cursor is None
+
+
+def _raise_escapes() -> None:
+    raise ValueError("\x1b[2J\x1b]0;title\x07 cleared \u202e")
+
+
+def test_task_text_reaches_terminal_escaped(
+    runner: CliRunner, flows: ModuleType
+) -> None:
+    hostile = flows.app.task(name="hostile")(_raise_escapes)
+    with flows.app.worker(concurrency=1):
+        failed = hostile.delay()
+        valued = flows.add.delay("\x1b[31m", "\u202e")
+        with pytest.raises(ValueError, match="cleared"):
+            failed.get(TIMEOUT_S)
+        assert valued.get(TIMEOUT_S) == "\x1b[31m\u202e"
+    outputs = [
+        invoke(runner, flows, "runs", "show", failed.id)[1],
+        invoke(runner, flows, "runs", "show", valued.id)[1],
+        invoke(runner, flows, "graph", "show", failed.id, "--why", "0")[1],
+    ]
+    for output in outputs:
+        for char in "\x1b\x07\u202e":
+            assert char not in output
+    assert "\\x1b[2J" in outputs[0]
