@@ -272,3 +272,25 @@ def test_task_text_reaches_terminal_escaped(
         for char in "\x1b\x07\u202e":
             assert char not in output
     assert "\\x1b[2J" in outputs[0]
+
+
+def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        client.xadd(dead, {"foo": "bar"})
+        client.xadd(dead, {"run": "r", "node": "0", "attempt": "x", "reason": "hi"})
+    finally:
+        client.close()
+
+    code, listed = invoke(runner, flows, "dlq", "ls", "--json")
+
+    assert code == 0
+    entries = json.loads(listed)["dead_letters"]
+    assert [(entry["run"], entry["attempt"]) for entry in entries] == [
+        ("", 0),
+        ("r", 0),
+    ]
+    replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
+    assert replay_code == EXIT_NOT_FOUND
+    assert "purge the dead letter" in replayed
