@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -190,6 +191,20 @@ def install_stop_signals(
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def printable(text: str) -> str:
+    """Return text with control and format characters written as escapes.
+
+    Error messages and values come from task code, so they may hold escape
+    sequences or bidirectional overrides that would act on the terminal.
+    """
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs")
+        else char
+        for char in text
+    )
 
 
 def emit_json(data: Any) -> None:

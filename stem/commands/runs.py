@@ -24,6 +24,7 @@ from stem.commands.common import (
     format_time,
     json_option,
     parse_age,
+    printable,
     reported_errors,
     shared_app,
 )
@@ -161,12 +162,12 @@ def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) 
     out.print(nodes)
     error = _error_of(snapshot)
     if error is not None:
-        out.print(f"  error     {error}", markup=False)
+        out.print(f"  error     {printable(error)}", markup=False)
     if snapshot.status == "succeeded" and snapshot.value is not None:
         value = snapshot.value
         if len(value) > _MAX_MESSAGE:
             value = value[:_MAX_MESSAGE] + "..."
-        out.print(f"  value     {value}", markup=False)
+        out.print(f"  value     {printable(value)}", markup=False)
     out.print(
         f"See the graph: stem graph show {shlex.quote(snapshot.run_id)}", markup=False
     )

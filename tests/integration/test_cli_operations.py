@@ -268,3 +268,50 @@ def test_missing_run_names_store(runner: CliRunner, flows: ModuleType) -> None:
 
     assert code == EXIT_NOT_FOUND
     assert f"is not found in <RedisDriver {flows.app.url} prefix" in output
+
+
+def _raise_escapes() -> None:
+    raise ValueError("\x1b[2J\x1b]0;title\x07 cleared \u202e")
+
+
+def test_task_text_reaches_terminal_escaped(
+    runner: CliRunner, flows: ModuleType
+) -> None:
+    hostile = flows.app.task(name="hostile")(_raise_escapes)
+    with flows.app.worker(concurrency=1):
+        failed = hostile.delay()
+        valued = flows.add.delay("\x1b[31m", "\u202e")
+        with pytest.raises(ValueError, match="cleared"):
+            failed.get(TIMEOUT_S)
+        assert valued.get(TIMEOUT_S) == "\x1b[31m\u202e"
+    outputs = [
+        invoke(runner, flows, "runs", "show", failed.id)[1],
+        invoke(runner, flows, "runs", "show", valued.id)[1],
+        invoke(runner, flows, "graph", "show", failed.id, "--why", "0")[1],
+    ]
+    for output in outputs:
+        for char in "\x1b\x07\u202e":
+            assert char not in output
+    assert "\\x1b[2J" in outputs[0]
+
+
+def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        client.xadd(dead, {"foo": "bar"})
+        client.xadd(dead, {"run": "r", "node": "0", "attempt": "x", "reason": "hi"})
+    finally:
+        client.close()
+
+    code, listed = invoke(runner, flows, "dlq", "ls", "--json")
+
+    assert code == 0
+    entries = json.loads(listed)["dead_letters"]
+    assert [(entry["run"], entry["attempt"]) for entry in entries] == [
+        ("", 0),
+        ("r", 0),
+    ]
+    replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
+    assert replay_code == EXIT_NOT_FOUND
+    assert "purge the dead letter" in replayed
