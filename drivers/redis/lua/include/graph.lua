@@ -38,7 +38,7 @@ end
 
 -- Put one attempt of a node on its queue, or in the delayed set.
 local function send(node, attempt, delay)
-  local queue = attr(node, "queue")
+  local queue = attr(node, "queue") or "default"
   local task = attr(node, "task")
   if delay > 0 then
     local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
@@ -147,13 +147,17 @@ local function end_node(node, state)
 end
 
 local function maybe_finish()
-  local run = rcall("HMGET", run_key, "status", "open_main", "sinks", "reaching")
+  -- The node lists are read only once the run ends: a chord's "reaching" list
+  -- names every header member, and copying it on each completion would make
+  -- a chord's run quadratic in its size.
+  local run = rcall("HMGET", run_key, "status", "open_main")
   if run[1] ~= "running" or tonumber(run[2]) > 0 then
     return
   end
+  local lists = rcall("HMGET", run_key, "sinks", "reaching")
   rcall("HSET", run_key, "ended_at", now_text)
   local succeeded = true
-  for _, sink in ipairs(split(run[3])) do
+  for _, sink in ipairs(split(lists[1])) do
     if state_of(sink) ~= "succeeded" then
       succeeded = false
       break
@@ -165,7 +169,7 @@ local function maybe_finish()
   end
   rcall("HSET", run_key, "status", "failed")
   -- `reaching` is sorted by node order, so the first failed node is the lowest.
-  for _, node in ipairs(split(run[4])) do
+  for _, node in ipairs(split(lists[2])) do
     if state_of(node) == "failed" then
       rcall("HSET", run_key, "error_node", node)
       return
