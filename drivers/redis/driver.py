@@ -42,7 +42,8 @@ log = logging.getLogger(__name__)
 
 #: Consumer group that every worker of a deployment reads the queue streams with.
 DEFAULT_GROUP = "stem"
-#: Parsed graph specs kept per driver, so claiming a node does not parse its run's spec.
+#: Runs whose parsed graph spec a driver keeps, so claiming a node does not
+#: parse its run's spec. Each run keeps only its latest spec version.
 _SPEC_CACHE_SIZE = 256
 #: Times `replace` recomputes the spliced spec when another splice changed it.
 _SPLICE_ATTEMPTS = 5
@@ -103,7 +104,7 @@ class RedisDriver:
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
         self._groups: set[str] = set()
-        self._specs: collections.OrderedDict[tuple[str, str], GraphSpec] = (
+        self._specs: collections.OrderedDict[str, tuple[str, GraphSpec]] = (
             collections.OrderedDict()
         )
         self._last_reclaim = 0.0
@@ -145,6 +146,7 @@ class RedisDriver:
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
+            self._known_version(message.run_id),
         ]
         reply = self._scripts.call(
             "claim", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -154,8 +156,9 @@ class RedisDriver:
             log.debug("Dropped %s message for %s.", result.name.lower(), _ids(message))
             return None
 
-        cause, version, lease, triples = reply[1], reply[2], reply[3], reply[4:]
-        spec = self._spec(message.run_id, version)
+        cause, version, lease, text = reply[1], reply[2], reply[3], reply[4]
+        triples = reply[5:]
+        spec = self._cached_spec(message.run_id, version, text)
         node = spec.node(message.node_id)
         records: dict[str, NodeRecord] = {}
         for index, read in enumerate(template_nodes(node.input)):
@@ -406,28 +409,40 @@ class RedisDriver:
             str(message.lease),
         ]
 
-    def _spec(self, run_id: str, version: str) -> GraphSpec:
+    def _known_version(self, run_id: str) -> str:
+        """Return the spec version parsed for a run, or "" when none is cached."""
         with self._lock:
-            spec = self._specs.get((run_id, version))
-        if spec is not None:
-            return spec
-        with self._redis_errors(f"read the graph spec of run {run_id}"):
-            text: Any = self._client.hget(self._keys.run(run_id).run, "spec")
-        if text is None:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        return self._cached_spec(run_id, version, text)
+            cached = self._specs.get(run_id)
+        return "" if cached is None else cached[0]
 
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
-        key = (run_id, version)
+        """Return the run's spec of ``version``, parsing ``text`` if not cached.
+
+        ``text`` may be "" when the claim script saw that this version is
+        cached, which only fails if another thread evicted it in between.
+        """
         with self._lock:
-            spec = self._specs.get(key)
-            if spec is None:
-                spec = GraphSpec.from_json(text)
-                self._specs[key] = spec
-            self._specs.move_to_end(key)
+            cached = self._specs.get(run_id)
+            if cached is not None and cached[0] == version:
+                self._specs.move_to_end(run_id)
+                return cached[1]
+        if not text:
+            with self._redis_errors(f"read the graph spec of run {run_id}"):
+                found: Any = self._client.hmget(
+                    self._keys.run(run_id).run, ["spec_version", "spec"]
+                )
+            if found[1] is None:
+                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            version, text = found
+        # Parsed outside the lock: a large spec takes seconds to parse, and
+        # other runs' claims must not wait for it.
+        spec = GraphSpec.from_json(text)
+        with self._lock:
+            self._specs[run_id] = (version, spec)
+            self._specs.move_to_end(run_id)
             while len(self._specs) > _SPEC_CACHE_SIZE:
                 self._specs.popitem(last=False)
-            return spec
+        return spec
 
     def _ensure_groups(self, queues: Sequence[str]) -> None:
         for queue in queues:

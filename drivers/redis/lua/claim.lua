@@ -12,10 +12,15 @@
   ARGV[5] consumer group name
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
+  ARGV[7] spec_version of the run's spec that the caller has parsed already,
+          or "" when it has none
   Time comes from TIME inside the script.
-  Returns {1, cause, spec_version, lease, state, value, error, state, value,
-  error, ...} with one state/value/error triple ("" when missing) per node the
-  input reads, in the order of the graph's <node>/reads field. The lease is 1
+  Returns {1, cause, spec_version, lease, spec, state, value, error, state,
+  value, error, ...} with one state/value/error triple ("" when missing) per
+  node the input reads, in the order of the graph's <node>/reads field. The
+  spec is the run's graph spec JSON when its version differs from ARGV[7],
+  else "", so a worker reads each spec once and a one-node run needs no
+  second round trip. The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -38,6 +43,7 @@ local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
+local known_version = ARGV[7]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -53,24 +59,30 @@ local run = rcall("HMGET", run_key, "epoch", "spec_version")
 if not run[1] then
   return drop(-1)
 end
-if run[1] ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
+if run[1] ~= epoch or current[1] ~= attempt then
   return drop(-2)
 end
-local state = rcall("HGET", nodes_key, node)
+local state = current[2]
 local lease
 if state == "queued" or state == "retrying" then
   lease = 1
-  rcall("HSET", nodes_key, node .. "/lease", lease)
+  rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text,
+    node .. "/lease", lease)
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
   lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
+  rcall("HSET", nodes_key, node .. "/started_at", now_text)
 else
   return drop(0)
 end
-rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
 
-local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
+local spec = ""
+if run[2] ~= known_version then
+  spec = rcall("HGET", run_key, "spec")
+end
+local reply = {1, current[3] or "", run[2], lease, spec}
 local reads = rcall("HGET", graph_key, node .. "/reads")
 if reads and reads ~= "" then
   for read in string.gmatch(reads, "[^,]+") do
