@@ -22,6 +22,7 @@ from pydantic import (
     model_serializer,
 )
 
+from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import JoinPolicy
 
 if TYPE_CHECKING:
@@ -207,12 +208,14 @@ class GraphSpec(_Frozen):
 
     def to_json(self) -> str:
         """Serialise to compact JSON; `from_json` gives back an equal spec."""
-        return self.model_dump_json(exclude_defaults=True)
+        with paused_gc():
+            return self.model_dump_json(exclude_defaults=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> GraphSpec:
         """Parse a spec written by `to_json` (or by any JSON encoder)."""
-        return cls.model_validate_json(text)
+        with paused_gc():
+            return cls.model_validate_json(text)
 
     def to_networkx(self) -> nx.MultiDiGraph[NodeId]:
         """Build a networkx view for analysis, layout and drawing.
