@@ -116,7 +116,7 @@ class RedisDriver:
     # -- graph store --------------------------------------------------------
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
-        graph = layout.graph_fields(spec)
+        graph = layout.graph_fields(spec, defaults=False)
         args: list[str | int | float] = [
             run_id,
             "1",

@@ -21,7 +21,8 @@ key                      type       contents
                                     ``/countdown``, ``/eta``, ``/ndeps``,
                                     ``/ncovers`` and the comma-separated
                                     ``/settled``, ``/dependents``, ``/errbacks``,
-                                    ``/reads``
+                                    ``/reads``; a new run leaves out the fields
+                                    equal to ``layout.GRAPH_DEFAULTS``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
                                     ``<node>/attempt``, ``/lease`` (fencing
                                     token of the attempt), ``/cause``,

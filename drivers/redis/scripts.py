@@ -99,6 +99,11 @@ class Scripts:
         self._scripts: dict[str, Script] = {
             name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
         }
+        # Names of the scripts loaded by this object. Without a load before the
+        # first call, that call's EVALSHA fails with NOSCRIPT on a fresh server
+        # and redis-py sends it again: for a large submit, millions of
+        # arguments twice.
+        self._loaded: set[str] = set()
 
     def call(
         self,
@@ -116,7 +121,11 @@ class Scripts:
             DriverError: if Redis failed; the redis-py error is chained.
         """
         try:
-            return self._scripts[name](keys=keys, args=args, client=self._client)
+            script = self._scripts[name]
+            if name not in self._loaded:
+                self._client.script_load(script.script)
+                self._loaded.add(name)
+            return script(keys=keys, args=args, client=self._client)
         except redis.ResponseError as err:
             if _INTERNAL_MARKER in str(err):
                 raise StemInternalError(

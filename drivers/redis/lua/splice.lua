@@ -139,9 +139,9 @@ rcall("HSET", values_key, node, replaced_value)
 -- The same steps as the Python `splice`, in the same order.
 for _, new_node in ipairs(split(added)) do
   local role = attr(new_node, "role")
-  if role == "errback" and tonumber(attr(new_node, "ncovers")) == 0 then
+  if role == "errback" and (tonumber(attr(new_node, "ncovers")) or 0) == 0 then
     end_node(new_node, "skipped")
-  elseif tonumber(attr(new_node, "ndeps")) == 0 and role ~= "errback" then
+  elseif (tonumber(attr(new_node, "ndeps")) or 0) == 0 and role ~= "errback" then
     enqueue(new_node)
   end
 end
@@ -149,13 +149,13 @@ end
 -- canvas, and are released here because that canvas may have no nodes.
 end_node(node, "succeeded")
 for _, dependent in ipairs(split(old_dependents)) do
-  local waiting = tonumber(rcall("HGET", nodes_key, dependent .. "/waiting"))
+  local waiting = tonumber(rcall("HGET", nodes_key, dependent .. "/waiting")) or 0
   if state_of(dependent) == "pending" and waiting <= 0 then
     enqueue(dependent)
   end
 end
 for _, errback in ipairs(split(old_errbacks)) do
-  local open = tonumber(rcall("HGET", nodes_key, errback .. "/open_covers"))
+  local open = tonumber(rcall("HGET", nodes_key, errback .. "/open_covers")) or 0
   if state_of(errback) == "pending" and open <= 0 then
     end_node(errback, "skipped")
   end

@@ -71,9 +71,9 @@ end
 -- skipped, and nodes without dependencies are queued.
 for _, node in ipairs(split(node_list)) do
   local role = attr(node, "role")
-  if role == "errback" and tonumber(attr(node, "ncovers")) == 0 then
+  if role == "errback" and (tonumber(attr(node, "ncovers")) or 0) == 0 then
     end_node(node, "skipped")
-  elseif tonumber(attr(node, "ndeps")) == 0 and role ~= "errback" then
+  elseif (tonumber(attr(node, "ndeps")) or 0) == 0 and role ~= "errback" then
     enqueue(node)
   end
 end
