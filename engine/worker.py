@@ -7,6 +7,7 @@ import concurrent.futures.process
 import logging
 import multiprocessing
 import os
+import queue
 import sys
 import threading
 import time
@@ -28,6 +29,9 @@ POOLS = ("threads", "processes")
 #: Fraction of the broker's visibility timeout after which a running task's
 #: lease is renewed, so two renewals can fail before the message is taken over.
 RENEW_FRACTION = 1 / 3
+#: Seconds one fetch waits for messages, and so the longest a stopping worker
+#: waits for its fetcher.
+FETCH_TIMEOUT_S = 0.2
 
 
 class Worker:
@@ -69,6 +73,14 @@ class Worker:
         # claim or renewal, keyed by id() of the claim.
         self._leases: dict[int, tuple[Claim, float]] = {}
         self._leases_lock = threading.Lock()
+        # One fetcher thread reads batches of messages into this buffer, so a
+        # batch read costs one round trip for many tasks. Each slot is one
+        # message fetched and not yet handled: running tasks plus at most
+        # `concurrency` fetched ahead, so a message waits for at most one
+        # task of each thread before it is claimed.
+        self._buffer: queue.SimpleQueue[Message] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(2 * self.concurrency)
+        self._fetcher_done = threading.Event()
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
@@ -76,6 +88,12 @@ class Worker:
             self._executor = self._new_pool()
         self.app.driver.worker_started()
         self._started = True
+        self._fetcher_done.clear()
+        fetcher = threading.Thread(
+            target=self._fetch_loop, name="stem-worker-fetcher", daemon=True
+        )
+        fetcher.start()
+        self._threads.append(fetcher)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, name=f"stem-worker-{index}", daemon=True
@@ -150,16 +168,50 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _fetch_loop(self) -> None:
+        """Fetch as many messages as there are free slots into the buffer."""
+        try:
+            self._fetch_batches()
+        finally:
+            self._fetcher_done.set()
+
+    def _fetch_batches(self) -> None:
         driver = self.app.driver
         while not self._stop.is_set():
+            if not self._slots.acquire(timeout=FETCH_TIMEOUT_S):
+                continue
+            free = 1
+            while self._slots.acquire(blocking=False):
+                free += 1
+            messages: list[Message] = []
             try:
-                messages = driver.fetch(self.queues, 1, 0.2)
-                for message in messages:
-                    self._handle(message)
+                messages = driver.fetch(self.queues, free, FETCH_TIMEOUT_S)
+            except Exception:
+                log.critical("Worker fetch failed; retrying it.", exc_info=True)
+                time.sleep(0.5)
+            finally:
+                for _ in range(free - len(messages)):
+                    self._slots.release()
+            for message in messages:
+                self._buffer.put(message)
+
+    def _loop(self) -> None:
+        # After a stop, the messages already fetched still run, unless the
+        # worker is abandoned, so none waits for a visibility timeout.
+        while not self._abandoned:
+            try:
+                message = self._buffer.get(timeout=FETCH_TIMEOUT_S)
+            except queue.Empty:
+                if self._fetcher_done.is_set():
+                    return
+                continue
+            try:
+                self._handle(message)
             except Exception:
                 log.critical("Worker loop failed; restarting it.", exc_info=True)
                 time.sleep(0.5)
+            finally:
+                self._slots.release()
 
     def _handle(self, message: Message) -> None:
         driver = self.app.driver
