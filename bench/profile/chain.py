@@ -13,10 +13,10 @@ import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-import redis  # noqa: E402
-from common import Phase, arguments, private_redis  # noqa: E402
+import redis
+from common import Phase, arguments, private_redis
 
-from stem import App, chain  # noqa: E402
+from stem import App, chain
 
 
 def main() -> None:
@@ -49,7 +49,8 @@ def main() -> None:
         for index in range(1, options.steps):
             ended = nodes[str(index - 1)].ended_at
             started = nodes[str(index)].started_at
-            assert ended is not None and started is not None
+            assert ended is not None
+            assert started is not None
             hops.append((started - ended) * 1000)
         phase.save()
         print(f"{'hop p50 ms':>28}: {statistics.median(hops):8.3f}")

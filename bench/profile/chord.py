@@ -10,11 +10,11 @@ import sys
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from common import Phase, arguments, private_redis  # noqa: E402
+from common import Phase, arguments, private_redis, server_cpu_s
 
-from stem import App, chord, group  # noqa: E402
-from stem.canvas.compiler import compile_canvas  # noqa: E402
-from stem.canvas.spec import GraphSpec  # noqa: E402
+from stem import App, chord, group
+from stem.canvas.compiler import compile_canvas
+from stem.canvas.spec import GraphSpec
 
 
 def main() -> None:
@@ -24,7 +24,10 @@ def main() -> None:
     options = parser.parse_args()
     phase = Phase(options.profile)
     with private_redis() as url:
-        app = App(url)
+        # NOTE: a large run is submitted in one script call, which blocks Redis
+        # for seconds at 100,000 members, longer than redis-py's default
+        # socket timeout of 5 s (redis-py 8.2).
+        app = App(f"{url}?socket_timeout=120")
 
         @app.task
         def member(i: int) -> int:
@@ -35,7 +38,8 @@ def main() -> None:
             return sum(values)
 
         with phase("build canvas"):
-            canvas = chord(group(member.s(i) for i in range(options.members)), total.s())
+            header = group(member.s(i) for i in range(options.members))
+            canvas = chord(header, total.s())
         with phase("compile"):
             spec = compile_canvas(canvas)
         with phase("to_json"):
@@ -45,11 +49,27 @@ def main() -> None:
             GraphSpec.from_json(text)
         worker = app.worker(concurrency=options.concurrency)
         worker.start()
+        cpu_before = server_cpu_s(url)
         with phase("end to end"):
-            result = canvas.apply_async()
-            value = result.get(timeout=600)
+            with phase("  submit (compile included)"):
+                result = canvas.apply_async()
+            with phase("  run and get()"):
+                value = result.get(timeout=600)
         worker.stop()
+        cpu = server_cpu_s(url) - cpu_before
+        print(f"{'Redis CPU s (end to end)':>28}: {cpu:8.3f}")
         assert value == sum(range(options.members)), value
+        nodes = result.snapshot().nodes
+        callback = nodes[str(options.members)]
+        last = max(nodes[str(i)].ended_at or 0.0 for i in range(options.members))
+        first = min(nodes[str(i)].started_at or 0.0 for i in range(options.members))
+        assert callback.started_at is not None
+        assert callback.ended_at is not None
+        print(f"{'first member start to last end':>28}: {last - first:8.3f} s")
+        fan_in = callback.started_at - last
+        callback_s = callback.ended_at - callback.started_at
+        print(f"{'last member end to callback':>28}: {fan_in:8.3f} s")
+        print(f"{'callback run':>28}: {callback_s:8.3f} s")
         phase.save()
         app.close()
 

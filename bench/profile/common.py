@@ -40,8 +40,17 @@ def private_redis() -> Iterator[str]:
     workdir = tempfile.mkdtemp(prefix="stem-profile-")
     port = free_port()
     command = [
-        binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-        "--appendonly", "no", "--dir", workdir,
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
     ]
     with open(os.path.join(workdir, "redis.log"), "wb") as log:
         server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
@@ -53,9 +62,10 @@ def private_redis() -> Iterator[str]:
             try:
                 client.ping()
                 break
-            except redis.ConnectionError:
+            except redis.ConnectionError as err:
                 if server.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(f"redis-server on port {port} did not start.")
+                    message = f"redis-server on port {port} did not start."
+                    raise SystemExit(message) from err
                 time.sleep(0.05)
         yield url
     finally:
@@ -72,7 +82,9 @@ def command_stats(url: str) -> dict[str, int]:
         info = client.info("commandstats")
     finally:
         client.close()
-    return {name[len("cmdstat_"):]: int(stats["calls"]) for name, stats in info.items()}
+    return {
+        name[len("cmdstat_") :]: int(stats["calls"]) for name, stats in info.items()
+    }
 
 
 def server_cpu_s(url: str) -> float:
@@ -98,19 +110,25 @@ class Phase:
         self.profiler = cProfile.Profile() if profile_path else None
         self.profile_path = profile_path
         self.times: dict[str, float] = {}
+        self.cpu_times: dict[str, float] = {}
 
     @contextlib.contextmanager
     def __call__(self, name: str) -> Iterator[None]:
         if self.profiler is not None:
             self.profiler.enable()
         start = time.perf_counter()
+        start_cpu = time.process_time()
         try:
             yield
         finally:
             self.times[name] = time.perf_counter() - start
+            self.cpu_times[name] = time.process_time() - start_cpu
             if self.profiler is not None:
                 self.profiler.disable()
-            print(f"{name:>28}: {self.times[name]:8.3f} s", flush=True)
+            # CPU time of this process, all threads: steadier than wall time
+            # on a machine shared with other work.
+            wall, cpu = self.times[name], self.cpu_times[name]
+            print(f"{name:>28}: {wall:8.3f} s, {cpu:8.3f} s CPU", flush=True)
 
     def save(self) -> None:
         if self.profiler is not None and self.profile_path:

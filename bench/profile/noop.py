@@ -13,9 +13,25 @@ import time
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-from common import Phase, arguments, command_stats, private_redis, server_cpu_s  # noqa: E402
+import redis.connection
+from common import Phase, arguments, command_stats, private_redis, server_cpu_s
 
-from stem import App  # noqa: E402
+from stem import App
+
+
+class RoundTrips:
+    """Count the requests this process sends to Redis: a pipeline counts once."""
+
+    def __init__(self) -> None:
+        self.count = 0
+        connection = redis.connection.AbstractConnection
+        original = connection.send_packed_command
+
+        def counted(conn: object, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            original(conn, command, check_health)  # type: ignore[arg-type]
+
+        connection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 def main() -> None:
@@ -36,6 +52,7 @@ def main() -> None:
         before = command_stats(url)
         cpu_before = server_cpu_s(url)
         worker = app.worker(concurrency=options.concurrency)
+        round_trips = RoundTrips()
         with phase("run"):
             worker.start()
             last = results[-1]
@@ -44,6 +61,7 @@ def main() -> None:
             while worker.processed < options.tasks and time.monotonic() < deadline:
                 time.sleep(0.005)
         worker.stop()
+        sent = round_trips.count
         after = command_stats(url)
         cpu_after = server_cpu_s(url)
         with phase("get all"):
@@ -56,6 +74,7 @@ def main() -> None:
         calls = {k: after.get(k, 0) - before.get(k, 0) for k in after}
         total = sum(calls.values())
         print(f"{'Redis commands/task (run)':>28}: {total / options.tasks:8.2f}")
+        print(f"{'round trips/task (run)':>28}: {sent / options.tasks:8.2f}")
         cpu_us = (cpu_after - cpu_before) / options.tasks * 1e6
         print(f"{'Redis CPU us/task (run)':>28}: {cpu_us:8.1f}")
         top = sorted(calls.items(), key=lambda kv: -kv[1])[:8]

@@ -138,6 +138,42 @@ class RedisDriver:
         return created
 
     def claim(self, message: Message) -> Claim | None:
+        keys, args = self._claim_call(message, self._known_version(message.run_id))
+        reply = self._scripts.call(
+            "claim", keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        return self._claimed(message, reply)
+
+    def claim_many(self, messages: Sequence[Message]) -> list[Claim | None]:
+        calls: list[tuple[list[str], list[str | int | float]]] = []
+        asked: set[str] = set()
+        for message in messages:
+            # Only the first claim of a run in the batch may return its spec,
+            # so a batch of chord members carries one copy of it.
+            known = "-" if message.run_id in asked else None
+            if known is None:
+                known = self._known_version(message.run_id)
+                if not known:
+                    asked.add(message.run_id)
+            calls.append(self._claim_call(message, known))
+        ids = [(message.run_id, message.node_id) for message in messages]
+        replies = self._scripts.call_many("claim", calls, ids)
+        claims: list[Claim | None] = []
+        for message, reply in zip(messages, replies, strict=True):
+            try:
+                if isinstance(reply, Exception):
+                    raise reply
+                claims.append(self._claimed(message, reply))
+            except Exception:
+                # Its message stays pending, so it is delivered again after
+                # the visibility timeout; the other claims of the batch stand.
+                log.error("Claiming %s failed.", _ids(message), exc_info=True)
+                claims.append(None)
+        return claims
+
+    def _claim_call(
+        self, message: Message, known_version: str
+    ) -> tuple[list[str], list[str | int | float]]:
         keys = [*self._keys.run(message.run_id).all(), self._keys.queue(message.queue)]
         args: list[str | int | float] = [
             message.node_id,
@@ -146,11 +182,12 @@ class RedisDriver:
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
-            self._known_version(message.run_id),
+            known_version,
         ]
-        reply = self._scripts.call(
-            "claim", keys, args, run_id=message.run_id, node_id=message.node_id
-        )
+        return keys, args
+
+    def _claimed(self, message: Message, reply: Any) -> Claim | None:
+        """Build the claim from a claim script's reply; None for a dropped message."""
         result = check_reply("claim", reply, message.run_id, message.node_id)
         if result is not Reply.DONE:
             log.debug("Dropped %s message for %s.", result.name.lower(), _ids(message))

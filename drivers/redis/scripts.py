@@ -11,6 +11,7 @@ again, so a flushed script cache costs one round trip.
 from __future__ import annotations
 
 import re
+from collections.abc import Sequence
 from enum import IntEnum
 from importlib import resources
 from typing import Any
@@ -121,24 +122,91 @@ class Scripts:
             DriverError: if Redis failed; the redis-py error is chained.
         """
         try:
-            script = self._scripts[name]
-            if name not in self._loaded:
-                self._client.script_load(script.script)
-                self._loaded.add(name)
+            script = self._loaded_script(name)
             return script(keys=keys, args=args, client=self._client)
-        except redis.ResponseError as err:
-            if _INTERNAL_MARKER in str(err):
-                raise StemInternalError(
-                    f"Script {name} failed for run {run_id} node {node_id}: {err}"
-                ) from err
-            raise DriverError(
-                f"Script {name} failed for run {run_id} node {node_id}: {err}"
-            ) from err
         except redis.RedisError as err:
-            raise DriverError(
-                f"Redis failed while running script {name} for run {run_id} "
-                f"node {node_id}: {err}"
-            ) from err
+            raise _script_error(name, err, run_id, node_id) from err
+
+    def call_many(
+        self,
+        name: str,
+        calls: Sequence[tuple[list[str], list[str | int | float]]],
+        ids: Sequence[tuple[str, str]],
+    ) -> list[Any]:
+        """Run one script once per ``(keys, args)`` call, all in one round trip.
+
+        Args:
+            name: the script.
+            calls: the keys and arguments of each call, run in this order.
+            ids: the run id and node id of each call, for error messages.
+
+        Returns:
+            Each call's raw reply, or in its place the `StemInternalError` or
+            `DriverError` that the call alone failed with.
+
+        Raises:
+            DriverError: if the round trip failed as a whole.
+        """
+        replies: list[Any] = [None] * len(calls)
+        pending = list(range(len(calls)))
+        # A call that found no script did not run, so it is sent again once
+        # after the script is loaded (after SCRIPT FLUSH or a restart).
+        for _ in range(2):
+            try:
+                sha = self._loaded_script(name).sha
+                pipe = self._client.pipeline(transaction=False)
+                for index in pending:
+                    keys, args = calls[index]
+                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                results = pipe.execute(raise_on_error=False)
+            except redis.RedisError as err:
+                raise DriverError(
+                    f"Redis failed while running script {name} for a batch of "
+                    f"{len(pending)} calls: {err}"
+                ) from err
+            missing: list[int] = []
+            for index, result in zip(pending, results, strict=True):
+                if isinstance(result, redis.exceptions.NoScriptError):
+                    missing.append(index)
+                elif isinstance(result, redis.RedisError):
+                    replies[index] = _script_error(name, result, *ids[index])
+                else:
+                    replies[index] = result
+            if not missing:
+                return replies
+            self._loaded.discard(name)
+            pending = missing
+        for index in pending:
+            replies[index] = DriverError(
+                f"Script {name} was not found on the server even after loading "
+                f"it, for run {ids[index][0]} node {ids[index][1]}."
+            )
+        return replies
+
+    def _loaded_script(self, name: str) -> Script:
+        script = self._scripts[name]
+        if name not in self._loaded:
+            self._client.script_load(script.script)
+            self._loaded.add(name)
+        return script
+
+
+def _script_error(
+    name: str, err: redis.RedisError, run_id: str, node_id: str
+) -> Exception:
+    """Wrap a redis-py error of one script call in Stem's exception for it."""
+    if isinstance(err, redis.ResponseError):
+        if _INTERNAL_MARKER in str(err):
+            return StemInternalError(
+                f"Script {name} failed for run {run_id} node {node_id}: {err}"
+            )
+        return DriverError(
+            f"Script {name} failed for run {run_id} node {node_id}: {err}"
+        )
+    return DriverError(
+        f"Redis failed while running script {name} for run {run_id} "
+        f"node {node_id}: {err}"
+    )
 
 
 def check_reply(

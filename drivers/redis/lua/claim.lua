@@ -13,7 +13,8 @@
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
   ARGV[7] spec_version of the run's spec that the caller has parsed already,
-          or "" when it has none
+          "" when it has none, or "-" when an earlier claim of the same batch
+          asks for the spec
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, spec, state, value, error, state,
   value, error, ...} with one state/value/error triple ("" when missing) per
@@ -79,7 +80,7 @@ else
 end
 
 local spec = ""
-if run[2] ~= known_version then
+if known_version ~= "-" and run[2] ~= known_version then
   spec = rcall("HGET", run_key, "spec")
 end
 local reply = {1, current[3] or "", run[2], lease, spec}
