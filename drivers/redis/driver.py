@@ -42,9 +42,17 @@ log = logging.getLogger(__name__)
 
 #: Consumer group that every worker of a deployment reads the queue streams with.
 DEFAULT_GROUP = "stem"
-#: Runs whose parsed graph spec a driver keeps, so claiming a node does not
-#: parse its run's spec. Each run keeps only its latest spec version.
-_SPEC_CACHE_SIZE = 256
+#: Nodes, summed over runs, of the parsed graph specs a driver keeps, so
+#: claiming a node or reading a result does not parse its run's spec again.
+#: Each run keeps only its latest spec version, and the newest spec is kept
+#: whatever its size.
+_SPEC_CACHE_NODES = 200_000
+#: Fields of the run hash that a snapshot reads; the spec is read only when
+#: the driver has not parsed that version of it yet.
+_SNAPSHOT_FIELDS = ("status", "created_at", "ended_at", "error_node", "spec_version")
+#: Largest run, in nodes, that `wait` polls with whole snapshots, so that a
+#: finished small run costs one round trip instead of two.
+_SMALL_RUN_NODES = 64
 #: Times `replace` recomputes the spliced spec when another splice changed it.
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
@@ -107,6 +115,7 @@ class RedisDriver:
         self._specs: collections.OrderedDict[str, tuple[str, GraphSpec]] = (
             collections.OrderedDict()
         )
+        self._cached_nodes = 0
         self._last_reclaim = 0.0
         self._workers = 0
 
@@ -135,6 +144,8 @@ class RedisDriver:
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
         if created:
             log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
+            # The submitting process often reads the run back with get().
+            self._store_spec(run_id, "1", spec)
         return created
 
     def claim(self, message: Message) -> Claim | None:
@@ -274,30 +285,54 @@ class RedisDriver:
 
     def snapshot(self, run_id: str) -> RunSnapshot:
         keys = self._keys.run(run_id)
-        with self._redis_errors(f"read run {run_id}"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hgetall(keys.run)
-            pipe.hgetall(keys.nodes)
-            pipe.hgetall(keys.values)
-            pipe.hgetall(keys.errors)
-            run, fields, values, errors = pipe.execute()
-        if not run:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        spec = self._cached_spec(run_id, run["spec_version"], run["spec"])
+        known = self._known_version(run_id)
+        while True:
+            # A large spec is read only when this version is not parsed yet.
+            fields_read = [*_SNAPSHOT_FIELDS, "spec"] if not known else _SNAPSHOT_FIELDS
+            with self._redis_errors(f"read run {run_id}"):
+                pipe = self._client.pipeline(transaction=True)
+                pipe.hmget(keys.run, fields_read)
+                pipe.hgetall(keys.nodes)
+                pipe.hgetall(keys.values)
+                pipe.hgetall(keys.errors)
+                found, fields, values, errors = pipe.execute()
+            run = {
+                name: value
+                for name, value in zip(fields_read, found, strict=True)
+                if value is not None
+            }
+            if "status" not in run:
+                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            version, text = run["spec_version"], run.pop("spec", "")
+            if text or version == known:
+                break
+            # A splice changed the spec since it was parsed: read it too.
+            known = ""
+        spec = self._cached_spec(run_id, version, text)
         nodes = layout.node_records(spec, fields, values, errors)
         return layout.snapshot_of(run_id, spec, run, nodes)
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         run_key = self._keys.run(run_id).run
+        with self._lock:
+            cached = self._specs.get(run_id)
+        small = cached is not None and len(cached[1].nodes) <= _SMALL_RUN_NODES
         while True:
-            with self._redis_errors(f"read the status of run {run_id}"):
-                status = self._client.hget(run_key, "status")
-            if status is None:
-                raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
             remaining = None if deadline is None else deadline - time.monotonic()
-            if status != "running" or (remaining is not None and remaining <= 0):
-                return self.snapshot(run_id)
+            if small:
+                snapshot = self.snapshot(run_id)
+                if snapshot.status != "running" or (
+                    remaining is not None and remaining <= 0
+                ):
+                    return snapshot
+            else:
+                with self._redis_errors(f"read the status of run {run_id}"):
+                    status = self._client.hget(run_key, "status")
+                if status is None:
+                    raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+                if status != "running" or (remaining is not None and remaining <= 0):
+                    return self.snapshot(run_id)
             pause = self._poll_interval_s
             time.sleep(pause if remaining is None else min(pause, remaining))
 
@@ -474,12 +509,19 @@ class RedisDriver:
         # Parsed outside the lock: a large spec takes seconds to parse, and
         # other runs' claims must not wait for it.
         spec = GraphSpec.from_json(text)
-        with self._lock:
-            self._specs[run_id] = (version, spec)
-            self._specs.move_to_end(run_id)
-            while len(self._specs) > _SPEC_CACHE_SIZE:
-                self._specs.popitem(last=False)
+        self._store_spec(run_id, version, spec)
         return spec
+
+    def _store_spec(self, run_id: str, version: str, spec: GraphSpec) -> None:
+        with self._lock:
+            replaced = self._specs.pop(run_id, None)
+            if replaced is not None:
+                self._cached_nodes -= len(replaced[1].nodes)
+            self._specs[run_id] = (version, spec)
+            self._cached_nodes += len(spec.nodes)
+            while self._cached_nodes > _SPEC_CACHE_NODES and len(self._specs) > 1:
+                _, (_, evicted) = self._specs.popitem(last=False)
+                self._cached_nodes -= len(evicted.nodes)
 
     def _ensure_groups(self, queues: Sequence[str]) -> None:
         for queue in queues:
