@@ -157,7 +157,7 @@ class Scripts:
                 pipe = self._client.pipeline(transaction=False)
                 for index in pending:
                     keys, args = calls[index]
-                    pipe.execute_command("EVALSHA", sha, len(keys), *keys, *args)
+                    pipe.evalsha(sha, len(keys), *keys, *args)
                 results = pipe.execute(raise_on_error=False)
             except redis.RedisError as err:
                 raise DriverError(
