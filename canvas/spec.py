@@ -182,7 +182,8 @@ class GraphSpec(_Frozen):
     @cached_property
     def by_id(self) -> dict[NodeId, NodeSpec]:
         """Nodes keyed by id."""
-        return {node.id: node for node in self.nodes}
+        with paused_gc():
+            return {node.id: node for node in self.nodes}
 
     def node(self, node_id: NodeId) -> NodeSpec:
         """Return one node by id; raises `KeyError` if it is not in the spec."""
@@ -191,20 +192,22 @@ class GraphSpec(_Frozen):
     @cached_property
     def dependents(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the nodes that list it in ``deps``, in id order."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for dep in node.deps:
-                result[dep].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for dep in node.deps:
+                    result[dep].append(node.id)
+            return result
 
     @cached_property
     def errbacks_covering(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the errback nodes that cover it."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for covered in node.covers:
-                result[covered].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for covered in node.covers:
+                    result[covered].append(node.id)
+            return result
 
     def to_json(self) -> str:
         """Serialise to compact JSON; `from_json` gives back an equal spec."""

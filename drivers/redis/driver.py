@@ -28,6 +28,7 @@ from typing import Any
 
 import redis
 
+from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, template_nodes
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
@@ -53,6 +54,9 @@ _SNAPSHOT_FIELDS = ("status", "created_at", "ended_at", "error_node", "spec_vers
 #: Largest run, in nodes, that `wait` polls with whole snapshots, so that a
 #: finished small run costs one round trip instead of two.
 _SMALL_RUN_NODES = 64
+#: Nodes read by a claimed node's input above which the claim pauses the
+#: cyclic collector while it builds the input (see stem.canvas.gcpause).
+_LARGE_INPUT_READS = 100
 #: Times `replace` recomputes the spliced spec when another splice changed it.
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
@@ -125,21 +129,22 @@ class RedisDriver:
     # -- graph store --------------------------------------------------------
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
-        graph = layout.graph_fields(spec, defaults=False)
-        args: list[str | int | float] = [
-            run_id,
-            "1",
-            spec.to_json(),
-            ",".join(node.id for node in spec.nodes),
-            ",".join(spec.sinks),
-            ",".join(layout.nodes_reaching_sinks(spec)),
-            str(sum(1 for node in spec.nodes if not node.side)),
-            str(len(graph) // 2),
-            *graph,
-            *layout.initial_node_fields(spec.nodes),
-        ]
-        keys = [*self._keys.run(run_id).all(), self._keys.delayed]
-        reply = self._scripts.call("submit", keys, args, run_id=run_id)
+        with paused_gc():
+            graph = layout.graph_fields(spec, defaults=False)
+            args: list[str | int | float] = [
+                run_id,
+                "1",
+                spec.to_json(),
+                ",".join(node.id for node in spec.nodes),
+                ",".join(spec.sinks),
+                ",".join(layout.nodes_reaching_sinks(spec)),
+                str(sum(1 for node in spec.nodes if not node.side)),
+                str(len(graph) // 2),
+                *graph,
+                *layout.initial_node_fields(spec.nodes),
+            ]
+            keys = [*self._keys.run(run_id).all(), self._keys.delayed]
+            reply = self._scripts.call("submit", keys, args, run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
         if created:
@@ -208,18 +213,21 @@ class RedisDriver:
         triples = reply[5:]
         spec = self._cached_spec(message.run_id, version, text)
         node = spec.node(message.node_id)
-        records: dict[str, NodeRecord] = {}
-        for index, read in enumerate(template_nodes(node.input)):
-            state, value, error = triples[3 * index : 3 * index + 3]
-            records[read] = NodeRecord(
-                state=state,
-                value=value or None,
-                error=layout.error_from_json(error),
-            )
-        records[node.id] = NodeRecord(state="running", cause=cause or None)
+        # A chord callback reads every header member's value.
+        large = len(triples) > _LARGE_INPUT_READS * 3
+        with paused_gc() if large else contextlib.nullcontext():
+            records: dict[str, NodeRecord] = {}
+            for index, read in enumerate(template_nodes(node.input)):
+                state, value, error = triples[3 * index : 3 * index + 3]
+                records[read] = NodeRecord(
+                    state=state,
+                    value=value or None,
+                    error=layout.error_from_json(error),
+                )
+            records[node.id] = NodeRecord(state="running", cause=cause or None)
 
-        run = RunState(run_id=message.run_id, spec=spec, nodes=records)
-        has_value, upstream = machine.resolve_input(run, node)
+            run = RunState(run_id=message.run_id, spec=spec, nodes=records)
+            has_value, upstream = machine.resolve_input(run, node)
         args_out = [decode(item) for item in node.args]
         if has_value:
             args_out.insert(0, upstream)
@@ -309,8 +317,9 @@ class RedisDriver:
             # A splice changed the spec since it was parsed: read it too.
             known = ""
         spec = self._cached_spec(run_id, version, text)
-        nodes = layout.node_records(spec, fields, values, errors)
-        return layout.snapshot_of(run_id, spec, run, nodes)
+        with paused_gc():
+            nodes = layout.node_records(spec, fields, values, errors)
+            return layout.snapshot_of(run_id, spec, run, nodes)
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s

@@ -65,18 +65,22 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
     """
     dependents = spec.dependents
     errbacks = spec.errbacks_covering
+    # Nodes of a large group share one NodeOptions object, so its fields are
+    # converted once. The spec keeps every key's object alive.
+    option_fields: dict[int, tuple[str, str, str]] = {}
     flat: list[str] = []
     for node in spec.nodes:
-        eta = ""
-        if node.options.eta is not None:
-            eta = repr(dt.datetime.fromisoformat(node.options.eta).timestamp())
+        converted = option_fields.get(id(node.options))
+        if converted is None:
+            converted = option_fields[id(node.options)] = _option_fields(node)
+        queue, countdown, eta = converted
         fields = {
             "role": node.role,
             "join": node.join,
             "side": "1" if node.side else "0",
-            "queue": node.options.queue or "default",
+            "queue": queue,
             "task": node.task,
-            "countdown": repr(float(node.options.countdown or 0.0)),
+            "countdown": countdown,
             "eta": eta,
             "ndeps": str(len(node.deps)),
             "ncovers": str(len(node.covers)),
@@ -89,6 +93,16 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
             if defaults or GRAPH_DEFAULTS.get(name) != value:
                 flat += [f"{node.id}/{name}", value]
     return flat
+
+
+def _option_fields(node: NodeSpec) -> tuple[str, str, str]:
+    """Return a node's queue, countdown and eta (epoch seconds) as graph fields."""
+    options = node.options
+    eta = ""
+    if options.eta is not None:
+        eta = repr(dt.datetime.fromisoformat(options.eta).timestamp())
+    countdown = repr(float(options.countdown or 0.0))
+    return options.queue or "default", countdown, eta
 
 
 def initial_node_fields(nodes: Iterable[NodeSpec]) -> list[str]:
