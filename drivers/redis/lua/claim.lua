@@ -84,12 +84,22 @@ if known_version ~= "-" and run[2] ~= known_version then
   spec = rcall("HGET", run_key, "spec")
 end
 local reply = {1, current[3] or "", run[2], lease, spec}
-local reads = rcall("HGET", graph_key, node .. "/reads")
-if reads and reads ~= "" then
-  for read in string.gmatch(reads, "[^,]+") do
-    reply[#reply + 1] = rcall("HGET", nodes_key, read) or ""
-    reply[#reply + 1] = rcall("HGET", values_key, read) or ""
-    reply[#reply + 1] = rcall("HGET", errors_key, read) or ""
+local reads = {}
+for read in string.gmatch(rcall("HGET", graph_key, node .. "/reads") or "", "[^,]+") do
+  reads[#reads + 1] = read
+end
+-- One HMGET per hash and slice, because a chord callback reads every header
+-- member and unpack has a stack limit of a few thousand values.
+local SLICE = 1000
+for first = 1, #reads, SLICE do
+  local last = math.min(first + SLICE - 1, #reads)
+  local states = rcall("HMGET", nodes_key, unpack(reads, first, last))
+  local values = rcall("HMGET", values_key, unpack(reads, first, last))
+  local errors = rcall("HMGET", errors_key, unpack(reads, first, last))
+  for index = 1, last - first + 1 do
+    reply[#reply + 1] = states[index] or ""
+    reply[#reply + 1] = values[index] or ""
+    reply[#reply + 1] = errors[index] or ""
   end
 end
 return reply

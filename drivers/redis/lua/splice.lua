@@ -139,10 +139,12 @@ rcall("HSET", values_key, node, replaced_value)
 
 -- The same steps as the Python `splice`, in the same order.
 for _, new_node in ipairs(split(added)) do
-  local role = attr(new_node, "role")
-  if role == "errback" and (tonumber(attr(new_node, "ncovers")) or 0) == 0 then
+  local info = rcall("HMGET", graph_key, new_node .. "/role",
+    new_node .. "/ncovers", new_node .. "/ndeps")
+  local role = info[1]
+  if role == "errback" and (tonumber(info[2]) or 0) == 0 then
     end_node(new_node, "skipped")
-  elseif (tonumber(attr(new_node, "ndeps")) or 0) == 0 and role ~= "errback" then
+  elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
     enqueue(new_node)
   end
 end
