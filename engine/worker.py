@@ -197,7 +197,7 @@ class Worker:
                 self._buffer.put(item)
 
     def _loop(self) -> None:
-        # After a stop, the messages already fetched still run, unless the
+        # After a stop, the tasks already claimed still run, unless the
         # worker is abandoned, so none waits for a visibility timeout.
         while not self._abandoned:
             try:

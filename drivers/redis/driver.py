@@ -165,15 +165,15 @@ class RedisDriver:
 
     def claim_many(self, messages: Sequence[Message]) -> list[Claim | None]:
         calls: list[tuple[list[str], list[str | int | float]]] = []
-        asked: set[str] = set()
+        requested: set[str] = set()
         for message in messages:
             # Only the first claim of a run in the batch may return its spec,
             # so a batch of chord members carries one copy of it.
-            known = "-" if message.run_id in asked else None
+            known = "-" if message.run_id in requested else None
             if known is None:
                 known = self._known_version(message.run_id)
                 if not known:
-                    asked.add(message.run_id)
+                    requested.add(message.run_id)
             calls.append(self._claim_call(message, known))
         ids = [(message.run_id, message.node_id) for message in messages]
         replies = self._scripts.call_many("claim", calls, ids)
@@ -503,7 +503,8 @@ class RedisDriver:
         """Return the run's spec of ``version``, parsing ``text`` if not cached.
 
         ``text`` may be "" when the claim script saw that this version is
-        cached, which only fails if another thread evicted it in between.
+        cached. If another thread evicted it in between, the spec is read
+        from Redis again.
         """
         with self._lock:
             cached = self._specs.get(run_id)

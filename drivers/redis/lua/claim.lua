@@ -14,7 +14,7 @@
           the visibility timeout, so a running attempt is taken over; else "0"
   ARGV[7] spec_version of the run's spec that the caller has parsed already,
           "" when it has none, or "-" when an earlier claim of the same batch
-          asks for the spec
+          requests the spec
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, spec, state, value, error, state,
   value, error, ...} with one state/value/error triple ("" when missing) per
