@@ -23,6 +23,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from stem.canvas.errors import InvalidCanvas, NotSerializable
+from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import DELAY_OPTIONS, JoinPolicy, check_options
 from stem.canvas.primitives import Canvas, Chain, Chord, Group, Signature
 from stem.canvas.spec import (
@@ -118,16 +119,17 @@ def compile_canvas(
     if args or kwargs:
         value = _SubmitArgs(tuple(args), dict(kwargs or {}))
     compiler = _Compiler()
-    outflow = compiler.visit(
-        canvas, _Inflow(value=value, defaults=defaults, delay=delay)
-    )
-    return GraphSpec(
-        nodes=compiler.nodes,
-        output=outflow.value,
-        sinks=list(outflow.sinks),
-        settled=list(outflow.settled),
-        groups=compiler.groups,
-    )
+    with paused_gc():
+        outflow = compiler.visit(
+            canvas, _Inflow(value=value, defaults=defaults, delay=delay)
+        )
+        return GraphSpec(
+            nodes=compiler.nodes,
+            output=outflow.value,
+            sinks=list(outflow.sinks),
+            settled=list(outflow.settled),
+            groups=compiler.groups,
+        )
 
 
 #: Deepest nesting of canvases (chains, groups, chords, links and errbacks
@@ -163,6 +165,17 @@ class _Compiler:
     def __init__(self) -> None:
         self.nodes: list[NodeSpec] = []
         self.groups: list[GroupSpec] = []
+        # Most nodes of a large group share their options, and NodeOptions is
+        # frozen, so one instance serves them all. The key includes each
+        # value's type because True == 1 == 1.0 as dict keys.
+        self._options: dict[tuple[tuple[str, type, Any], ...], NodeOptions] = {}
+
+    def node_options(self, options: Mapping[str, Any]) -> NodeOptions:
+        key = tuple((name, type(value), value) for name, value in options.items())
+        cached = self._options.get(key)
+        if cached is None:
+            cached = self._options[key] = NodeOptions(**options)
+        return cached
 
     def visit(self, canvas: Canvas, inflow: _Inflow) -> _Outflow:
         own = check_options(canvas.options, inflow.path)
@@ -210,7 +223,7 @@ class _Compiler:
                 task=sig.task,
                 args=_encode_args(args, inflow.path),
                 kwargs=_encode_kwargs(kwargs, inflow.path),
-                options=NodeOptions(**options),
+                options=self.node_options(options),
                 immutable=sig.immutable,
                 deps=list(inflow.deps),
                 settled=list(inflow.settled),
@@ -250,10 +263,12 @@ class _Compiler:
         settled: list[NodeId] = []
         values: list[Template] = []
         members: list[list[NodeId]] = []
+        prefix = f"{inflow.path} > " if inflow.path else ""
         for i, member in enumerate(group.tasks):
             first = len(self.nodes)
             member_inflow = replace(
-                _child(inflow, f"{inflow.member_label}[{i}]"),
+                inflow,
+                path=f"{prefix}{inflow.member_label}[{i}]",
                 group=group_id,
                 member_label="group",
             )
@@ -289,6 +304,8 @@ class _Compiler:
 
     def attach_links(self, canvas: Canvas, inflow: _Inflow, outflow: _Outflow) -> None:
         """Compile the canvas's links and errbacks as side branches after it."""
+        if not canvas.links and not canvas.errbacks:
+            return
         side = replace(
             inflow, delay={}, side=True, join="fail_fast", member_label="group"
         )

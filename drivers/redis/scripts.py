@@ -174,19 +174,30 @@ class Scripts:
         """
         try:
             return self._scripts[name](keys=keys, args=args, client=self._client)
-        except redis.ResponseError as err:
-            if _INTERNAL_MARKER in str(err):
-                raise StemInternalError(
-                    f"Script {name} failed for run {run_id} node {node_id}: {err}"
-                ) from err
-            raise DriverError(
-                f"Script {name} failed for run {run_id} node {node_id}: {err}"
-            ) from err
         except redis.RedisError as err:
-            raise DriverError(
-                f"Redis failed while running script {name} for run {run_id} "
-                f"node {node_id}: {err}"
-            ) from err
+            raise script_error(name, err, run_id, node_id) from err
+
+
+def script_error(
+    name: str, err: redis.RedisError, run_id: str, node_id: str
+) -> Exception:
+    """Wrap a redis-py error of one script call in Stem's exception for it.
+
+    A `StemInternalError` when the script found a broken invariant, else a
+    `DriverError`.
+    """
+    if isinstance(err, redis.ResponseError):
+        if _INTERNAL_MARKER in str(err):
+            return StemInternalError(
+                f"Script {name} failed for run {run_id} node {node_id}: {err}"
+            )
+        return DriverError(
+            f"Script {name} failed for run {run_id} node {node_id}: {err}"
+        )
+    return DriverError(
+        f"Redis failed while running script {name} for run {run_id} "
+        f"node {node_id}: {err}"
+    )
 
 
 def check_reply(
