@@ -52,6 +52,10 @@ GRAPH_DEFAULTS: dict[str, str] = {
     "dependents": "",
     "errbacks": "",
     "reads": "",
+    "group": "",
+    "ignore": "0",
+    "drops": "",
+    "readers": "",
 }
 
 
