@@ -202,11 +202,12 @@ class GraphSpec(_Frozen):
     @cached_property
     def readers(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the nodes whose ``input`` reads its value, in spec order."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for read in dict.fromkeys(template_nodes(node.input)):
-                result[read].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for read in dict.fromkeys(template_nodes(node.input)):
+                    result[read].append(node.id)
+            return result
 
     @cached_property
     def errbacks_covering(self) -> dict[NodeId, list[NodeId]]:
