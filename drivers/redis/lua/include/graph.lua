@@ -85,11 +85,13 @@ local function set_terminal(node, state)
 end
 
 local function accepted(node, dep)
-  local settled = "," .. (attr(node, "settled") or "") .. ","
+  local info = rcall("HMGET", graph_key, node .. "/settled", node .. "/join",
+    node .. "/role")
+  local settled = "," .. (info[1] or "") .. ","
   if string.find(settled, "," .. dep .. ",", 1, true) then
     return SETTLED
   end
-  if attr(node, "join") == "all_settled" and attr(node, "role") ~= "link" then
+  if info[2] == "all_settled" and info[3] ~= "link" then
     return SETTLED
   end
   return SUCCEEDED
