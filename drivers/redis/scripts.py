@@ -38,6 +38,8 @@ SCRIPT_NAMES = (
     "release_lock",
     "renew",
     "reopen",
+    "purge",
+    "replay",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
