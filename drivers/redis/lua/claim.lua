@@ -74,16 +74,20 @@ if run[1] ~= epoch or current[1] ~= attempt then
 end
 local state = current[2]
 local lease
+-- The node's graph fields /reads and /group.
+local graph
 if state == "queued" or state == "retrying" then
   lease = 1
   rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text,
     node .. "/lease", lease)
-  count_move(node, state, "running")
+  graph = rcall("HMGET", graph_key, node .. "/reads", node .. "/group")
+  count_move(node, state, "running", graph[2])
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
   lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
   rcall("HSET", nodes_key, node .. "/started_at", now_text)
+  graph = {rcall("HGET", graph_key, node .. "/reads")}
 else
   return drop(0)
 end
@@ -95,7 +99,7 @@ if known_version ~= "-" and run[2] ~= known_version then
 end
 local reply = {1, current[3] or "", run[2], lease, spec}
 local reads = {}
-for read in string.gmatch(rcall("HGET", graph_key, node .. "/reads") or "", "[^,]+") do
+for read in string.gmatch(graph[1] or "", "[^,]+") do
   reads[#reads + 1] = read
 end
 -- One HMGET per hash and slice, because a chord callback reads every header

@@ -62,9 +62,9 @@ end
 local function enqueue(node)
   local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
   rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
-  count_move(node, "pending", "queued")
   local info = rcall("HMGET", graph_key, node .. "/countdown", node .. "/eta",
-    node .. "/queue", node .. "/task")
+    node .. "/queue", node .. "/task", node .. "/group")
+  count_move(node, "pending", "queued", info[5])
   local delay = tonumber(info[1]) or 0
   local eta = tonumber(info[2])
   if eta and eta - now > delay then
@@ -80,11 +80,13 @@ local function set_terminal(node, state)
       .. current .. " and cannot become " .. state .. ". This is a bug in Stem.")
   end
   rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
-  count_move(node, current, state)
-  if attr(node, "side") ~= "1" then
+  local info = rcall("HMGET", graph_key, node .. "/side", node .. "/group",
+    node .. "/drops")
+  count_move(node, current, state, info[2])
+  if info[1] ~= "1" then
     rcall("HINCRBY", run_key, "open_main", -1)
   end
-  release_reads(node)
+  release_reads(node, info[3])
 end
 
 local function accepted(node, dep)

@@ -35,9 +35,12 @@ local function settings()
 end
 
 -- Move one node from state `from` (nil for a new node) to state `to` in the
--- counts of its innermost group.
-local function count_move(node, from, to)
-  local group = rcall("HGET", graph_key, node .. "/group")
+-- counts of its innermost group. `group` is the node's /group field when the
+-- caller read it already (false when missing), or nil to read it here.
+local function count_move(node, from, to, group)
+  if group == nil then
+    group = rcall("HGET", graph_key, node .. "/group")
+  end
   if not group or group == "" then
     group = "-"
   end
@@ -146,9 +149,12 @@ local function count_open_readers(node)
 end
 
 -- A node ended, so it reads no value again: drop the value of each
--- ignore_result node it read whose last open reader it was.
-local function release_reads(node)
-  local drops = rcall("HGET", graph_key, node .. "/drops")
+-- ignore_result node it read whose last open reader it was. `drops` is the
+-- node's /drops field when the caller read it already, or nil.
+local function release_reads(node, drops)
+  if drops == nil then
+    drops = rcall("HGET", graph_key, node .. "/drops")
+  end
   if not drops or drops == "" then
     return
   end
