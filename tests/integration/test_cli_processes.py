@@ -9,6 +9,7 @@ commands as on a small one. No output contains a URL's password.
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import socket
@@ -125,14 +126,20 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, url: str) -> None:
     first = start_stem(*worker_args(flows, url, "stopped", "--shutdown-timeout", "0.2"))
     try:
         result = app.submit(load_flows(flows).slow_chord(4, 3.0))
-        wait_until(lambda: _running(result) == 2, "two slow tasks run")
+        # The worker claims up to its concurrency ahead, so its two threads
+        # may hold up to four of the slow tasks: all count as running.
+        wait_until(lambda: _running(result) >= 2, "two slow tasks run")
     finally:
         code, _, stderr = stop_process(first)
     assert code == 0, stderr
-    assert "abandoning 2 running tasks" in stderr
-    assert (
-        "Worker stopped warm stop: 0 tasks processed, 0 failed, 2 abandoned." in stderr
+    warned = re.search(r"abandoning (\d+) running tasks", stderr)
+    assert warned is not None, stderr
+    abandoned = int(warned.group(1))
+    assert 2 <= abandoned <= 4
+    closing = (
+        f"Worker stopped warm stop: 0 tasks processed, 0 failed, {abandoned} abandoned."
     )
+    assert closing in stderr
     assert result.state == "running"
 
     second = start_stem(*worker_args(flows, url, "second"))
