@@ -35,7 +35,7 @@ from typing import Any
 import redis
 from redis.cluster import RedisCluster
 
-from stem.canvas.spec import GraphSpec, template_nodes
+from stem.canvas.spec import GraphSpec, NodeSpec, template_nodes
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import connect, parse_url
@@ -87,6 +87,13 @@ class RedisDriver:
             it must be at least the number of primaries. The first client of
             a prefix stores the list, and later clients use the stored list
             whatever they set here.
+        submit_chunk: field/value pairs (or roots) written per script call
+            when a run is submitted. A run with more is written in chunks
+            and then sealed by one small call, so no call blocks Redis for
+            long; below it a run is stored in one call.
+        stage_ttl_s: seconds until the chunks of a run that was never sealed
+            (its submitter died) expire.
+        release_slice: roots of a large run queued per script call.
     """
 
     def __init__(
@@ -101,6 +108,9 @@ class RedisDriver:
         fire_ttl_s: float = 7 * 24 * 3600.0,
         poll_interval_s: float = 0.02,
         partitions: int | None = None,
+        submit_chunk: int = 5000,
+        stage_ttl_s: float = 24 * 3600.0,
+        release_slice: int = 1000,
     ) -> None:
         self.url = url
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
@@ -112,6 +122,21 @@ class RedisDriver:
             )
         self.visibility_timeout_s: float | None = visibility_timeout_s
         self._max_deliveries = max_deliveries
+        for name, size in (
+            ("submit_chunk", submit_chunk),
+            ("release_slice", release_slice),
+        ):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"{name} is {size!r}; pass a whole number of 1 or more."
+                )
+        if stage_ttl_s <= 0:
+            raise ValueError(
+                f"stage_ttl_s is {stage_ttl_s!r}; pass a number of seconds above 0."
+            )
+        self._submit_chunk = submit_chunk
+        self._stage_ttl_s = stage_ttl_s
+        self._release_slice = release_slice
         self._promote_batch = promote_batch
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
@@ -147,6 +172,9 @@ class RedisDriver:
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
         graph = layout.graph_fields(spec)
+        state = layout.initial_node_fields(spec.nodes)
+        if (len(graph) + len(state)) // 2 > self._submit_chunk:
+            return self._submit_large(run_id, spec, graph, state)
         args: list[str | int | float] = [
             run_id,
             "1",
@@ -157,7 +185,7 @@ class RedisDriver:
             str(sum(1 for node in spec.nodes if not node.side)),
             str(len(graph) // 2),
             *graph,
-            *layout.initial_node_fields(spec.nodes),
+            *state,
         ]
         partition = self._keys.partition_of(run_id)
         keys = [*partition.run(run_id).all(), partition.delayed]
@@ -167,6 +195,119 @@ class RedisDriver:
         if created:
             log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
         return created
+
+    def _submit_large(
+        self, run_id: str, spec: GraphSpec, graph: list[str], state: list[str]
+    ) -> bool:
+        """Write a run in chunks, seal it, then queue its roots slice by slice.
+
+        The chunks go to the run's graph and node-state hashes and its roots
+        list with a TTL, before the run hash exists, so no other script sees
+        the run until the seal. The seal also writes an outbox entry, so a
+        worker queues the roots if this process dies before it does.
+        """
+        partition = self._keys.partition_of(run_id)
+        keys = partition.run(run_id)
+        roots = [node.id for node in spec.nodes if _queued_at_start(node)]
+        ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
+        parts = (
+            (keys.graph, "hash", graph, 2 * self._submit_chunk),
+            (keys.nodes, "hash", state, 2 * self._submit_chunk),
+            (keys.roots, "list", roots, self._submit_chunk),
+        )
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE})
+        for target, kind, items, step in parts:
+            for first in range(0, len(items), step):
+                args: list[str | int | float] = [
+                    kind,
+                    "1" if first == 0 else "0",
+                    ttl_ms,
+                    *items[first : first + step],
+                ]
+                reply = self._scripts.call(
+                    "stage", [keys.run, target], args, run_id=run_id
+                )
+                if check_reply("stage", reply, run_id, accept=accept) is not Reply.DONE:
+                    return False
+        seal_args: list[str | int | float] = [
+            run_id,
+            "1",
+            spec.to_json(),
+            ",".join(node.id for node in spec.nodes),
+            ",".join(spec.sinks),
+            ",".join(layout.nodes_reaching_sinks(spec)),
+            str(sum(1 for node in spec.nodes if not node.side)),
+            str(len(graph) // 2),
+            str(len(state) // 2),
+            str(len(roots)),
+        ]
+        seal_keys = [keys.run, keys.graph, keys.nodes, keys.roots, partition.outbox]
+        reply = self._scripts.call("seal", seal_keys, seal_args, run_id=run_id)
+        result = check_reply("seal", reply, run_id, accept=accept | {Reply.INCOMPLETE})
+        if result is Reply.INCOMPLETE:
+            raise DriverError(
+                f"Sealing run {run_id} failed: its staged chunks expired before "
+                f"the seal (stage_ttl_s is {self._stage_ttl_s}). Submit it again, "
+                "or raise stage_ttl_s."
+            )
+        if result is not Reply.DONE:
+            return False
+        self._release(run_id, "1", "")
+        log.debug("Run %s submitted in chunks with %d nodes.", run_id, len(spec.nodes))
+        return True
+
+    def _release(self, run_id: str, epoch: str, receipt: str) -> None:
+        """Queue the roots of a sealed large run, one slice per script call."""
+        partition = self._keys.partition_of(run_id)
+        keys = partition.run(run_id)
+        script_keys = [
+            keys.run,
+            keys.graph,
+            keys.nodes,
+            keys.roots,
+            partition.delayed,
+            partition.outbox,
+        ]
+        args: list[str | int | float] = [
+            run_id,
+            epoch,
+            str(self._release_slice),
+            self._group,
+            receipt,
+        ]
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        while True:
+            reply = self._scripts.call("release", script_keys, args, run_id=run_id)
+            result = check_reply("release", reply, run_id, accept=accept)
+            if result is not Reply.DONE or int(reply[1]) == 0:
+                return
+
+    def _apply_outbox(self, partition: Keys, entry_id: str, fields: Any) -> None:
+        """Apply one outbox entry; the script that applies it acknowledges it.
+
+        An entry that fails stays pending and is applied again after the
+        visibility timeout by whichever worker reclaims it.
+        """
+        kind = fields.get("kind")
+        try:
+            if kind == "release":
+                self._release(fields["run"], fields["epoch"], entry_id)
+            else:
+                log.warning(
+                    "Left outbox entry %s of %s with unknown kind %r for a "
+                    "newer worker.",
+                    entry_id,
+                    partition.tag,
+                    kind,
+                )
+        except DriverError as err:
+            log.warning(
+                "Applying outbox entry %s of %s failed; it is retried after the "
+                "visibility timeout: %s",
+                entry_id,
+                partition.tag,
+                err,
+            )
 
     def claim(self, message: Message) -> Claim | None:
         partition = self._keys.partition_of(message.run_id)
@@ -511,6 +652,7 @@ class RedisDriver:
 
     def _ensure_groups(self, queues: Sequence[str]) -> None:
         for partition in self._keys.partitions:
+            self._ensure_group(partition.outbox)
             for queue in queues:
                 self._ensure_group(partition.queue(queue))
 
@@ -579,6 +721,7 @@ class RedisDriver:
             self._last_reclaim = now
         batch: list[Message] = []
         for partition in self._keys.partitions:
+            self._reclaim_outbox(partition, limit)
             for queue in queues:
                 batch += self._reclaim_stream(partition.queue(queue), queue, limit)
         self._buffer(batch[limit:])
@@ -614,6 +757,17 @@ class RedisDriver:
             )
             batch.append(message)
         return batch
+
+    def _reclaim_outbox(self, partition: Keys, limit: int) -> None:
+        """Apply outbox entries that another worker left unacknowledged too long."""
+        min_idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
+        with self._redis_errors(f"reclaim stalled entries of {partition.outbox}"):
+            reply: Any = self._client.xautoclaim(
+                partition.outbox, self._group, self._consumer, min_idle_ms, count=limit
+            )
+        for entry_id, fields in reply[1]:
+            if fields:
+                self._apply_outbox(partition, entry_id, fields)
 
     def _deliveries(self, stream: str, messages: list[Message]) -> list[int]:
         """Return each message's delivery count from XPENDING, in order."""
@@ -672,12 +826,16 @@ class RedisDriver:
             reply: Any = self._client.xreadgroup(
                 self._group,
                 self._consumer,
-                dict.fromkeys(streams, ">"),
+                dict.fromkeys([*streams, partition.outbox], ">"),
                 count=limit,
                 block=block_ms,
             )
         found: dict[str, list[Message]] = {}
         for stream, entries in reply or []:
+            if stream == partition.outbox:
+                for entry_id, fields in entries:
+                    self._apply_outbox(partition, entry_id, fields)
+                continue
             queue = streams[stream]
             found[queue] = [
                 _message(queue, entry_id, fields) for entry_id, fields in entries
@@ -766,6 +924,17 @@ class RedisDriver:
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _queued_at_start(node: NodeSpec) -> bool:
+    """Whether a run's start queues the node or skips it, as `machine.start` does.
+
+    Errbacks that cover nothing are skipped, and other nodes without
+    dependencies are queued.
+    """
+    if node.role == "errback":
+        return not node.covers
+    return not node.deps
 
 
 def _message(

@@ -16,6 +16,9 @@ key                      type       contents
                                     not yet ended), ``error_node``, ``spec`` (the
                                     graph spec's JSON, opaque to Lua),
                                     ``spec_version`` (raised by each splice),
+                                    for a large run whose roots are not all
+                                    queued ``released`` (roots queued so far)
+                                    and ``release_entry`` (its outbox entry),
                                     and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``
 <base>run:<run>:graph    hash       the graph's structure for Lua, one field per
@@ -37,6 +40,13 @@ key                      type       contents
 <base>run:<run>:values   hash       ``<node>`` to its value, opaque JSON text
 <base>run:<run>:errors   hash       ``<node>`` to the error of its last failed
                                     attempt, JSON text
+<base>run:<run>:roots    list       a large run's roots (nodes queued or
+                                    skipped at start) in node order; staged
+                                    with a TTL, persisted by the seal and
+                                    removed once every root is released
+<base>outbox             stream     work for workers to apply, read with the
+                                    queues: ``kind`` (``release``), ``run``,
+                                    ``epoch``
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -55,8 +65,10 @@ key                      type       contents
 ======================== ========== =============================================
 
 Run keys live in the run's partition. Every partition has its own queue
-streams, delayed set and dead-letter stream. Beat fire times and locks belong
-to no run and live in the first partition.
+streams, delayed set, dead-letter stream and outbox. A large run's graph and
+node-state hashes and its roots list are written in chunks with a TTL before
+the run hash exists, so an unsealed run is never seen and expires. Beat fire
+times and locks belong to no run and live in the first partition.
 """
 
 from __future__ import annotations
@@ -78,6 +90,8 @@ class RunKeys:
     nodes: str
     values: str
     errors: str
+    #: The roots of a large run not yet released (stage, seal and release only).
+    roots: str = ""
 
     def all(self) -> list[str]:
         """Return the keys in script order: run, graph, nodes, values, errors."""
@@ -119,6 +133,7 @@ class Keys:
             nodes=f"{head}:nodes",
             values=f"{head}:values",
             errors=f"{head}:errors",
+            roots=f"{head}:roots",
         )
 
     def queue(self, name: str) -> str:
@@ -134,6 +149,11 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream."""
         return f"{self.base}dead"
+
+    @property
+    def outbox(self) -> str:
+        """The stream of work that workers apply for the partition's runs."""
+        return f"{self.base}outbox"
 
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""

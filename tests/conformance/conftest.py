@@ -23,6 +23,9 @@ from stem.engine.result import AsyncResult
 
 #: Seconds a test waits for a run, or for its side branches, to end.
 TIMEOUT_S = 10.0
+#: Redis driver settings small enough that most runs of the suite are large
+#: runs: written in chunks, sealed, and their roots released in slices.
+REDIS_SMALL_LIMITS: dict[str, Any] = {"submit_chunk": 24, "release_slice": 2}
 
 
 class Kit:
@@ -128,7 +131,9 @@ def kit(driver_name: str, request: pytest.FixtureRequest) -> Iterator[Kit]:
     else:
         target = request.getfixturevalue("redis_targets")(driver_name)
         prefix = f"test-{uuid.uuid4().hex[:12]}:"
-        instance = Kit(target.url, prefix=prefix, **target.settings)
+        instance = Kit(
+            target.url, prefix=prefix, **target.settings, **REDIS_SMALL_LIMITS
+        )
     yield instance
     instance.gate.set()
     instance.app.close()

@@ -294,8 +294,16 @@ def test_scripts_match_machine(
     # number of retries once the run has ended, each with a new plan.
     retry_at = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="retry at")
     rounds = data.draw(st.integers(0, 2), label="retries after the end")
+    # A small chunk writes the run in chunks, seals it and releases its roots.
+    chunk = data.draw(st.sampled_from([5000, 8]), label="submit chunk")
     prefix = f"diff-{uuid.uuid4().hex[:12]}:"
-    driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=prefix,
+        **redis_target.settings,
+        submit_chunk=chunk,
+        release_slice=2,
+    )
     try:
         compiled = [compile_canvas(item) for item in replacements]
         pair = _Pair(driver, spec, plan, compiled)

@@ -1,0 +1,142 @@
+"""Measure the longest Redis stall while one client submits a large chord.
+
+A second client sends PING in a loop during the submit and records the
+slowest round trip: every script call blocks the server for its whole run,
+so the slowest PING bounds the longest single call from above (plus one
+round trip). The script starts its own redis-server on a free loopback port
+unless ``--url`` names one, and never writes outside a fresh key prefix.
+
+Run it from the repository root:
+
+    python bench/profile/submit_stall.py --members 100000
+    python bench/profile/submit_stall.py --members 100000 --submit-chunk 0
+
+``--submit-chunk 0`` sends the whole run in one script call, as before
+chunked submission existed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+
+import redis
+
+from stem.canvas import chord, compile_canvas, signature
+from stem.drivers.redis.driver import RedisDriver
+from stem.engine.errors import DriverError
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+def _start_server() -> tuple[subprocess.Popen[bytes], str, str]:
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not on PATH; install Redis 7.")
+    workdir = tempfile.mkdtemp(prefix="stem-stall-")
+    port = _free_port()
+    server = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(port),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            workdir,
+        ],
+        stdout=subprocess.DEVNULL,
+    )
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    for _ in range(200):
+        try:
+            client.ping()
+            break
+        except redis.ConnectionError:
+            time.sleep(0.05)
+    client.close()
+    return server, url, workdir
+
+
+def _ping_loop(url: str, stop: threading.Event, worst: list[float]) -> None:
+    client = redis.Redis.from_url(url)
+    while not stop.is_set():
+        began = time.perf_counter()
+        client.ping()
+        worst[0] = max(worst[0], time.perf_counter() - began)
+    client.close()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--members", type=int, default=100_000)
+    parser.add_argument("--url", help="an existing Redis; default: start one")
+    parser.add_argument(
+        "--submit-chunk",
+        type=int,
+        default=None,
+        help="field pairs per submit call; 0 means one call; default: the driver's",
+    )
+    options = parser.parse_args()
+
+    server = None
+    url = options.url
+    if url is None:
+        server, url, workdir = _start_server()
+    try:
+        canvas = chord(
+            [signature("add", (i, i)) for i in range(options.members)],
+            signature("total"),
+        )
+        began = time.perf_counter()
+        spec = compile_canvas(canvas)
+        took = time.perf_counter() - began
+        print(f"compiled {len(spec.nodes)} nodes in {took:.2f} s")
+        settings = {}
+        if options.submit_chunk is not None:
+            settings["submit_chunk"] = options.submit_chunk or 10**12
+        driver = RedisDriver(url, prefix=f"stall-{uuid.uuid4().hex[:8]}:", **settings)
+        stop = threading.Event()
+        worst = [0.0]
+        pinger = threading.Thread(target=_ping_loop, args=(url, stop, worst))
+        pinger.start()
+        time.sleep(0.2)
+        began = time.perf_counter()
+        try:
+            driver.submit("stall-run", spec)
+        except DriverError as err:
+            print(f"submit failed: {err}")
+        elapsed = time.perf_counter() - began
+        time.sleep(0.2)
+        stop.set()
+        pinger.join()
+        driver.close()
+        print(
+            f"submitted {options.members} members in {elapsed:.2f} s; "
+            f"longest PING round trip {worst[0] * 1000:.1f} ms"
+        )
+    finally:
+        if server is not None:
+            server.terminate()
+            server.wait(10)
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()
