@@ -413,7 +413,7 @@ class RedisDriver:
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        keys = [*run_keys.all(), self._keys.delayed]
+        keys = [*run_keys.all(), self._keys.partition_of(run_id).delayed]
         reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
         result = check_reply("reopen", reply, run_id, accept=accept)
