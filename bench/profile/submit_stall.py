@@ -1,10 +1,12 @@
 """Measure the longest Redis stall while one client submits a large chord.
 
-A second client sends PING in a loop during the submit and records the
+A second client, in its own process so the submitter's Python work does
+not delay it, sends PING in a loop during the submit and records the
 slowest round trip: every script call blocks the server for its whole run,
-so the slowest PING bounds the longest single call from above (plus one
-round trip). The script starts its own redis-server on a free loopback port
-unless ``--url`` names one, and never writes outside a fresh key prefix.
+so a PING sent during the longest call waits for it. The server's SLOWLOG
+reports the slowest command too, measured inside Redis. The script starts
+its own redis-server on a free loopback port unless ``--url`` names one, and
+never writes outside a fresh key prefix.
 
 Run it from the repository root:
 
@@ -18,13 +20,14 @@ chunked submission existed.
 from __future__ import annotations
 
 import argparse
+import multiprocessing
 import shutil
 import socket
 import subprocess
 import tempfile
-import threading
 import time
 import uuid
+from typing import Any
 
 import redis
 
@@ -74,12 +77,12 @@ def _start_server() -> tuple[subprocess.Popen[bytes], str, str]:
     return server, url, workdir
 
 
-def _ping_loop(url: str, stop: threading.Event, worst: list[float]) -> None:
+def _ping_loop(url: str, stop: Any, worst: Any) -> None:
     client = redis.Redis.from_url(url)
     while not stop.is_set():
         began = time.perf_counter()
         client.ping()
-        worst[0] = max(worst[0], time.perf_counter() - began)
+        worst.value = max(worst.value, time.perf_counter() - began)
     client.close()
 
 
@@ -112,9 +115,13 @@ def main() -> None:
         if options.submit_chunk is not None:
             settings["submit_chunk"] = options.submit_chunk or 10**12
         driver = RedisDriver(url, prefix=f"stall-{uuid.uuid4().hex[:8]}:", **settings)
-        stop = threading.Event()
-        worst = [0.0]
-        pinger = threading.Thread(target=_ping_loop, args=(url, stop, worst))
+        observer = redis.Redis.from_url(url, decode_responses=True)
+        observer.config_set("slowlog-log-slower-than", 1000)
+        observer.config_set("slowlog-max-len", 10000)
+        observer.slowlog_reset()
+        stop = multiprocessing.Event()
+        worst = multiprocessing.Value("d", 0.0)
+        pinger = multiprocessing.Process(target=_ping_loop, args=(url, stop, worst))
         pinger.start()
         time.sleep(0.2)
         began = time.perf_counter()
@@ -127,10 +134,21 @@ def main() -> None:
         stop.set()
         pinger.join()
         driver.close()
+        slow = observer.slowlog_get(10000)
+        slowest = max(slow, key=lambda entry: entry["duration"], default=None)
+        observer.close()
         print(
             f"submitted {options.members} members in {elapsed:.2f} s; "
-            f"longest PING round trip {worst[0] * 1000:.1f} ms"
+            f"longest PING round trip {worst.value * 1000:.1f} ms"
         )
+        if slowest is None:
+            print("no command took 1 ms or more")
+        else:
+            print(f"{len(slow)} commands took 1 ms or more; the slowest:")
+            slow.sort(key=lambda entry: entry["duration"], reverse=True)
+            for entry in slow[:5]:
+                command = " ".join(str(part) for part in entry["command"].split()[3:7])
+                print(f"  {entry['duration'] / 1000:.1f} ms: {command}")
     finally:
         if server is not None:
             server.terminate()

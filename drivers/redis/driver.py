@@ -110,7 +110,7 @@ class RedisDriver:
         partitions: int | None = None,
         submit_chunk: int = 5000,
         stage_ttl_s: float = 24 * 3600.0,
-        release_slice: int = 1000,
+        release_slice: int = 500,
     ) -> None:
         self.url = url
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
@@ -209,7 +209,11 @@ class RedisDriver:
         partition = self._keys.partition_of(run_id)
         keys = partition.run(run_id)
         roots = [node.id for node in spec.nodes if _queued_at_start(node)]
-        ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
+        ttl_ms = max(1, int(self._stage_ttl_s * 1000))
+        # A plain SET keeps the argument as the value, with no copy: a script
+        # argument of a few megabytes would block Redis for tens of ms.
+        with self._redis_errors(f"stage the graph spec of run {run_id}"):
+            self._client.set(keys.staged_spec, spec.to_json(), px=ttl_ms)
         parts = (
             (keys.graph, "hash", graph, 2 * self._submit_chunk),
             (keys.nodes, "hash", state, 2 * self._submit_chunk),
@@ -221,7 +225,7 @@ class RedisDriver:
                 args: list[str | int | float] = [
                     kind,
                     "1" if first == 0 else "0",
-                    ttl_ms,
+                    str(ttl_ms),
                     *items[first : first + step],
                 ]
                 reply = self._scripts.call(
@@ -232,7 +236,6 @@ class RedisDriver:
         seal_args: list[str | int | float] = [
             run_id,
             "1",
-            spec.to_json(),
             ",".join(node.id for node in spec.nodes),
             ",".join(spec.sinks),
             ",".join(layout.nodes_reaching_sinks(spec)),
@@ -241,7 +244,15 @@ class RedisDriver:
             str(len(state) // 2),
             str(len(roots)),
         ]
-        seal_keys = [keys.run, keys.graph, keys.nodes, keys.roots, partition.outbox]
+        seal_keys = [
+            keys.run,
+            keys.graph,
+            keys.nodes,
+            keys.roots,
+            partition.outbox,
+            keys.staged_spec,
+            keys.spec,
+        ]
         reply = self._scripts.call("seal", seal_keys, seal_args, run_id=run_id)
         result = check_reply("seal", reply, run_id, accept=accept | {Reply.INCOMPLETE})
         if result is Reply.INCOMPLETE:
@@ -376,6 +387,8 @@ class RedisDriver:
             with self._redis_errors(f"read the graph spec of run {message.run_id}"):
                 current: Any = self._client.hmget(keys[0], ["spec_version", "spec"])
             version, text = current
+            if text is None and version is not None:
+                text = self._large_spec(message.run_id)
             args = self._message_args(message)
             if text is not None:
                 old = self._cached_spec(message.run_id, version, text)
@@ -437,7 +450,10 @@ class RedisDriver:
             run, fields, values, errors = pipe.execute()
         if not run:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        spec = self._cached_spec(run_id, run["spec_version"], run["spec"])
+        text = run.get("spec")
+        if text is None:
+            text = self._large_spec(run_id)
+        spec = self._cached_spec(run_id, run["spec_version"], text)
         nodes = layout.node_records(spec, fields, values, errors)
         return layout.snapshot_of(run_id, spec, run, nodes)
 
@@ -635,8 +651,22 @@ class RedisDriver:
         with self._redis_errors(f"read the graph spec of run {run_id}"):
             text: Any = self._client.hget(self._keys.run(run_id).run, "spec")
         if text is None:
-            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+            text = self._large_spec(run_id)
         return self._cached_spec(run_id, version, text)
+
+    def _large_spec(self, run_id: str) -> str:
+        """Read the spec of a large run, which the seal keeps in its own key.
+
+        A splice writes the new spec to the run hash, which then takes over.
+
+        Raises:
+            RunNotFound: if the run has no spec key either.
+        """
+        with self._redis_errors(f"read the graph spec of run {run_id}"):
+            text: Any = self._client.get(self._keys.run(run_id).spec)
+        if text is None:
+            raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        return str(text)
 
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
         key = (run_id, version)

@@ -16,6 +16,7 @@ key                      type       contents
                                     not yet ended), ``error_node``, ``spec`` (the
                                     graph spec's JSON, opaque to Lua),
                                     ``spec_version`` (raised by each splice),
+                                    no ``spec`` for a large run (see below),
                                     for a large run whose roots are not all
                                     queued ``released`` (roots queued so far)
                                     and ``release_entry`` (its outbox entry),
@@ -44,6 +45,10 @@ key                      type       contents
                                     skipped at start) in node order; staged
                                     with a TTL, persisted by the seal and
                                     removed once every root is released
+<base>run:<run>:spec     string     a large run's graph spec, JSON text, until
+                                    a splice writes ``spec`` in the run hash;
+                                    staged as ``<base>run:<run>:staged_spec``
+                                    and renamed by the seal
 <base>outbox             stream     work for workers to apply, read with the
                                     queues: ``kind`` (``release``), ``run``,
                                     ``epoch``
@@ -92,6 +97,10 @@ class RunKeys:
     errors: str
     #: The roots of a large run not yet released (stage, seal and release only).
     roots: str = ""
+    #: The graph spec of a large run, whose run hash has no ``spec`` field.
+    spec: str = ""
+    #: The spec of a large run before its seal renames it to ``spec``.
+    staged_spec: str = ""
 
     def all(self) -> list[str]:
         """Return the keys in script order: run, graph, nodes, values, errors."""
@@ -134,6 +143,8 @@ class Keys:
             values=f"{head}:values",
             errors=f"{head}:errors",
             roots=f"{head}:roots",
+            spec=f"{head}:spec",
+            staged_spec=f"{head}:staged_spec",
         )
 
     def queue(self, name: str) -> str:

@@ -131,12 +131,13 @@ def test_unsealed_run_never_runs_and_expires(
         assert client.exists(keys.run) == 0
         assert 0 < client.pttl(keys.graph) <= 200
         assert 0 < client.pttl(keys.nodes) <= 200
+        assert 0 < client.pttl(keys.staged_spec) <= 200
         with pytest.raises(RunNotFound):
             driver.snapshot("unsealed")
         assert driver.fetch(["default"], 10, 0.05) == []
 
         deadline = time.monotonic() + TIMEOUT_S
-        while client.exists(keys.graph, keys.nodes, keys.roots):
+        while client.exists(keys.graph, keys.nodes, keys.roots, keys.staged_spec):
             assert time.monotonic() < deadline, "Staged keys never expired."
             time.sleep(0.05)
     finally:

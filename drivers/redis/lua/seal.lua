@@ -4,16 +4,19 @@
   KEYS[3] run node-state hash     (partition tag)
   KEYS[4] run roots list          (partition tag)
   KEYS[5] outbox stream           (partition tag)
+  KEYS[6] staged graph spec string (partition tag)
+  KEYS[7] run graph spec string   (partition tag); the run hash gets no "spec"
   ARGV[1] run id
   ARGV[2] epoch
-  ARGV[3] graph spec, JSON text kept opaque
-  ARGV[4] node ids in spec order, comma-separated
-  ARGV[5] sink node ids, comma-separated
-  ARGV[6] nodes whose failure reaches a sink through fail_fast edges, in node order
-  ARGV[7] number of main-path nodes
-  ARGV[8] number of fields the staged graph hash must hold
-  ARGV[9] number of fields the staged node-state hash must hold
-  ARGV[10] number of items the staged roots list must hold
+  ARGV[3] node ids in spec order, comma-separated
+  ARGV[4] sink node ids, comma-separated
+  ARGV[5] nodes whose failure reaches a sink through fail_fast edges, in node order
+  ARGV[6] number of main-path nodes
+  ARGV[7] number of fields the staged graph hash must hold
+  ARGV[8] number of fields the staged node-state hash must hold
+  ARGV[9] number of items the staged roots list must hold
+  The spec is staged with a plain SET, because a script argument of a few
+  megabytes blocks Redis for tens of ms, and RENAME moves it without a copy.
   Time comes from TIME inside the script.
   Returns {1, entry} when the run was sealed, with the id of the outbox
   entry that asks for its roots to be released (release.lua), {0} when the
@@ -28,6 +31,8 @@ local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
 local roots_key = KEYS[4]
 local outbox_key = KEYS[5]
+local staged_spec_key = KEYS[6]
+local spec_key = KEYS[7]
 local run_id = ARGV[1]
 local epoch = ARGV[2]
 local clock = rcall("TIME")
@@ -36,17 +41,20 @@ local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) /
 if rcall("EXISTS", run_key) == 1 then
   return {0}
 end
-if rcall("HLEN", graph_key) ~= tonumber(ARGV[8])
-    or rcall("HLEN", nodes_key) ~= tonumber(ARGV[9])
-    or rcall("LLEN", roots_key) ~= tonumber(ARGV[10]) then
+if rcall("EXISTS", staged_spec_key) == 0
+    or rcall("HLEN", graph_key) ~= tonumber(ARGV[7])
+    or rcall("HLEN", nodes_key) ~= tonumber(ARGV[8])
+    or rcall("LLEN", roots_key) ~= tonumber(ARGV[9]) then
   return {-5}
 end
+rcall("RENAME", staged_spec_key, spec_key)
+rcall("PERSIST", spec_key)
 rcall("PERSIST", graph_key)
 rcall("PERSIST", nodes_key)
 rcall("PERSIST", roots_key)
 local entry = rcall("XADD", outbox_key, "*", "kind", "release", "run", run_id,
   "epoch", epoch)
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
-  "open_main", ARGV[7], "spec", ARGV[3], "spec_version", "1", "nodes", ARGV[4],
-  "sinks", ARGV[5], "reaching", ARGV[6], "released", "0", "release_entry", entry)
+  "open_main", ARGV[6], "spec_version", "1", "nodes", ARGV[3],
+  "sinks", ARGV[4], "reaching", ARGV[5], "released", "0", "release_entry", entry)
 return {1, entry}
