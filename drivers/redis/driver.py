@@ -57,6 +57,12 @@ _SPEC_CACHE_SIZE = 256
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
+#: Nodes whose state, value and error one command of a paged input read fetches.
+_READ_PAGE = 1000
+#: Name of the lock that lets one worker at a time run the reconciler.
+_RECONCILE_LOCK = "reconciler"
+#: Most stalled runs of one partition that one reconciler pass takes up.
+_RECONCILE_BATCH = 100
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
@@ -94,6 +100,16 @@ class RedisDriver:
         stage_ttl_s: seconds until the chunks of a run that was never sealed
             (its submitter died) expire.
         release_slice: roots of a large run queued per script call.
+        inline_input_chars: longest comma-separated list of the nodes a
+            node reads, in characters, whose values its claim script
+            returns. A longer one (a large chord's callback) is read in
+            pages of plain commands after the claim, so the claim does not
+            grow with the chord.
+        reconcile_interval_s: seconds between two reconciler passes of a
+            fetching worker; one worker at a time runs a pass, under a lock.
+        reconcile_after_s: seconds without progress after which the
+            reconciler queues a large run's remaining roots itself, in case
+            the outbox entry that asks for them was lost (a failover).
     """
 
     def __init__(
@@ -111,6 +127,9 @@ class RedisDriver:
         submit_chunk: int = 5000,
         stage_ttl_s: float = 24 * 3600.0,
         release_slice: int = 500,
+        inline_input_chars: int = 20_000,
+        reconcile_interval_s: float = 30.0,
+        reconcile_after_s: float = 60.0,
     ) -> None:
         self.url = url
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
@@ -125,6 +144,7 @@ class RedisDriver:
         for name, size in (
             ("submit_chunk", submit_chunk),
             ("release_slice", release_slice),
+            ("inline_input_chars", inline_input_chars),
         ):
             if isinstance(size, bool) or not isinstance(size, int) or size < 1:
                 raise ValueError(
@@ -137,6 +157,16 @@ class RedisDriver:
         self._submit_chunk = submit_chunk
         self._stage_ttl_s = stage_ttl_s
         self._release_slice = release_slice
+        self._inline_input_chars = inline_input_chars
+        for name, seconds in (
+            ("reconcile_interval_s", reconcile_interval_s),
+            ("reconcile_after_s", reconcile_after_s),
+        ):
+            if seconds < 0:
+                raise ValueError(f"{name} is {seconds!r}; pass 0 or more seconds.")
+        self._reconcile_interval_s = reconcile_interval_s
+        self._reconcile_after_s = reconcile_after_s
+        self._last_reconcile = time.monotonic()
         self._promote_batch = promote_batch
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
@@ -252,6 +282,7 @@ class RedisDriver:
             partition.outbox,
             keys.staged_spec,
             keys.spec,
+            partition.releasing,
         ]
         reply = self._scripts.call("seal", seal_keys, seal_args, run_id=run_id)
         result = check_reply("seal", reply, run_id, accept=accept | {Reply.INCOMPLETE})
@@ -278,6 +309,7 @@ class RedisDriver:
             keys.roots,
             partition.delayed,
             partition.outbox,
+            partition.releasing,
         ]
         args: list[str | int | float] = [
             run_id,
@@ -292,6 +324,64 @@ class RedisDriver:
             result = check_reply("release", reply, run_id, accept=accept)
             if result is not Reply.DONE or int(reply[1]) == 0:
                 return
+
+    def reconcile(self) -> int | None:
+        """Queue the remaining roots of large runs whose release stopped.
+
+        A run sealed by a submitter that died is released by whichever
+        worker drains the seal's outbox entry. After a failover that entry
+        can be lost while the run survives, so the reconciler finds runs
+        without progress for ``reconcile_after_s`` and releases them again,
+        which is idempotent. One process at a time runs it, under a lock.
+
+        Returns:
+            The number of runs it took up, or None when another process
+            holds the lock.
+        """
+        token = self.acquire(_RECONCILE_LOCK, max(10.0, self._reconcile_after_s))
+        if token is None:
+            return None
+        taken = 0
+        try:
+            calls: list[tuple[str, list[str], list[str | int | float]]] = [
+                (
+                    "stale_releases",
+                    [partition.releasing],
+                    [repr(self._reconcile_after_s), str(_RECONCILE_BATCH)],
+                )
+                for partition in self._keys.partitions
+            ]
+            replies = self._scripts.call_many(calls)
+            for partition, stale in zip(self._keys.partitions, replies, strict=True):
+                if isinstance(stale, Exception):
+                    raise DriverError(
+                        f"Listing stalled releases of {partition.releasing} "
+                        f"failed: {stale}"
+                    ) from stale
+                for run_id in stale:
+                    log.warning(
+                        "Reconciler releases the roots of run %s, which made no "
+                        "progress for %s s.",
+                        run_id,
+                        self._reconcile_after_s,
+                    )
+                    self._release(run_id, "", "")
+                    taken += 1
+        finally:
+            self.release(_RECONCILE_LOCK, token)
+        return taken
+
+    def _reconcile_due(self) -> None:
+        """Run a reconciler pass if ``reconcile_interval_s`` passed since the last."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_reconcile < self._reconcile_interval_s:
+                return
+            self._last_reconcile = now
+        try:
+            self.reconcile()
+        except DriverError as err:
+            log.warning("Reconciler pass failed; the next one tries again: %s", err)
 
     def _apply_outbox(self, partition: Keys, entry_id: str, fields: Any) -> None:
         """Apply one outbox entry; the script that applies it acknowledges it.
@@ -330,6 +420,7 @@ class RedisDriver:
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
+            str(self._inline_input_chars),
         ]
         reply = self._scripts.call(
             "claim", keys, args, run_id=message.run_id, node_id=message.node_id
@@ -342,8 +433,11 @@ class RedisDriver:
         cause, version, lease, triples = reply[1], reply[2], reply[3], reply[4:]
         spec = self._spec(message.run_id, version)
         node = spec.node(message.node_id)
+        reads = list(template_nodes(node.input))
+        if len(triples) < 3 * len(reads):
+            triples = self._read_inputs(message.run_id, reads)
         records: dict[str, NodeRecord] = {}
-        for index, read in enumerate(template_nodes(node.input)):
+        for index, read in enumerate(reads):
             state, value, error = triples[3 * index : 3 * index + 3]
             records[read] = NodeRecord(
                 state=state,
@@ -366,6 +460,28 @@ class RedisDriver:
         return Claim(
             leased, node.task, run.task_id(node.id), args_out, kwargs, node.options
         )
+
+    def _read_inputs(self, run_id: str, reads: Sequence[str]) -> list[str]:
+        """Read the state, value and error of each node in ``reads``, in pages.
+
+        The claim of a node that reads many others leaves its inputs out, so
+        no script call grows with a chord. The nodes read have ended before
+        the claimed node was queued, so reading them after the claim sees
+        what the claim would have seen.
+        """
+        keys = self._keys.run(run_id)
+        triples: list[str] = []
+        for first in range(0, len(reads), _READ_PAGE):
+            page = list(reads[first : first + _READ_PAGE])
+            with self._redis_errors(f"read the inputs of a node of run {run_id}"):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.hmget(keys.nodes, page)
+                pipe.hmget(keys.values, page)
+                pipe.hmget(keys.errors, page)
+                states, values, errors = pipe.execute()
+            for state, value, error in zip(states, values, errors, strict=True):
+                triples += [state or "", value or "", error or ""]
+        return triples
 
     def complete(self, message: Message, value: str) -> None:
         self._report("complete", message, value)
@@ -487,6 +603,7 @@ class RedisDriver:
             if batch:
                 return batch
             self._promote_due()
+            self._reconcile_due()
             batch = self._reclaim_stalled(queues, limit)
             remaining = deadline - time.monotonic()
             if not batch:

@@ -52,6 +52,9 @@ key                      type       contents
 <base>outbox             stream     work for workers to apply, read with the
                                     queues: ``kind`` (``release``), ``run``,
                                     ``epoch``
+<base>releasing          sorted set large runs whose roots are not all queued,
+                                    scored by the time of their latest
+                                    progress in seconds, for the reconciler
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -160,6 +163,11 @@ class Keys:
     def dead(self) -> str:
         """The dead-letter stream."""
         return f"{self.base}dead"
+
+    @property
+    def releasing(self) -> str:
+        """The sorted set of large runs whose roots are not all queued yet."""
+        return f"{self.base}releasing"
 
     @property
     def outbox(self) -> str:

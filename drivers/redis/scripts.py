@@ -41,6 +41,7 @@ SCRIPT_NAMES = (
     "stage",
     "seal",
     "release",
+    "stale_releases",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

@@ -25,7 +25,12 @@ from stem.engine.result import AsyncResult
 TIMEOUT_S = 10.0
 #: Redis driver settings small enough that most runs of the suite are large
 #: runs: written in chunks, sealed, and their roots released in slices.
-REDIS_SMALL_LIMITS: dict[str, Any] = {"submit_chunk": 24, "release_slice": 2}
+#: A callback that reads more than one node reads its inputs in pages.
+REDIS_SMALL_LIMITS: dict[str, Any] = {
+    "submit_chunk": 24,
+    "release_slice": 2,
+    "inline_input_chars": 2,
+}
 
 
 class Kit:

@@ -21,6 +21,7 @@ from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.drivers.redis import RedisDriver
 from stem.engine.errors import RunNotFound
+from stem.engine.ports import Message
 from stem.engine.result import AsyncResult
 
 TIMEOUT_S = 10.0
@@ -209,3 +210,127 @@ def test_commands_per_script_call_do_not_grow_with_the_chord(
     assert set(small) == {"stage", "seal", "release"}
     assert small == large, (small, large)
     assert all(count > 0 for count in small.values())
+
+
+def _seal_without_release(driver: RedisDriver, run_id: str, monkeypatch: Any) -> None:
+    """Submit a large run whose submitter dies right after the seal."""
+    with monkeypatch.context() as patch:
+        _crash_at(driver, "release", patch)
+        with pytest.raises(KeyboardInterrupt):
+            driver.submit(run_id, _chord_spec(12))
+
+
+def test_reconciler_releases_run_whose_outbox_entry_was_lost(
+    make_app: Callable[..., App], client: Any, monkeypatch: Any
+) -> None:
+    submitter = make_app(**SMALL)
+    driver = submitter.driver
+    assert isinstance(driver, RedisDriver)
+    _seal_without_release(driver, "lost", monkeypatch)
+    # A failover can lose the outbox entry while the sealed run survives.
+    outbox = driver._keys.partition_of("lost").outbox
+    [(entry_id, _)] = client.xrange(outbox)
+    client.xdel(outbox, entry_id)
+
+    worker = make_app(**SMALL, reconcile_interval_s=0.0, reconcile_after_s=0.0)
+    with worker.worker(concurrency=2):
+        result = AsyncResult("lost", worker)
+        assert result.get(TIMEOUT_S) == sum(2 * i for i in range(12))
+    releasing = driver._keys.partition_of("lost").releasing
+    assert client.zscore(releasing, "lost") is None
+
+
+def test_reconciler_runs_only_under_its_lock(
+    redis_target: Any, monkeypatch: Any
+) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=prefix,
+        **redis_target.settings,
+        **SMALL,
+        reconcile_after_s=0.0,
+    )
+    other = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
+    try:
+        _seal_without_release(driver, "locked", monkeypatch)
+        token = other.acquire("reconciler", TIMEOUT_S)
+        assert token is not None
+
+        assert driver.reconcile() is None
+        assert driver.snapshot("locked").nodes["0"].state == "pending"
+
+        assert other.release("reconciler", token)
+        assert driver.reconcile() == 1
+        assert driver.snapshot("locked").nodes["0"].state == "queued"
+        assert driver.reconcile() == 0
+    finally:
+        driver.close()
+        other.close()
+
+
+def test_reconciler_leaves_runs_that_progress(
+    redis_target: Any, monkeypatch: Any
+) -> None:
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=_prefix(),
+        **redis_target.settings,
+        **SMALL,
+        reconcile_after_s=3600.0,
+    )
+    try:
+        _seal_without_release(driver, "recent", monkeypatch)
+
+        assert driver.reconcile() == 0
+        assert driver.snapshot("recent").nodes["0"].state == "pending"
+    finally:
+        driver.close()
+
+
+def _callback_claim_commands(url: str, members: int) -> tuple[int, list[Any]]:
+    """Return the Redis commands the claim of a chord's callback ran, and its args.
+
+    The members are marked succeeded with plain commands, which is what
+    their completions would leave, so only the claim runs as a script.
+    """
+    prefix = _prefix()
+    driver = RedisDriver(url, prefix=prefix, submit_chunk=500, inline_input_chars=64)
+    observer: Any = redis.Redis.from_url(url, decode_responses=True)
+    spec = _chord_spec(members)
+    run_id = f"callback-{members}"
+    try:
+        assert driver.submit(run_id, spec)
+        keys = driver._keys.run(run_id)
+        callback = spec.nodes[-1].id
+        pipe = observer.pipeline(transaction=False)
+        for node in spec.nodes[:-1]:
+            pipe.hset(keys.nodes, node.id, "succeeded")
+            pipe.hset(keys.values, node.id, node.id)
+        pipe.hset(keys.nodes, mapping={callback: "queued", f"{callback}/attempt": "1"})
+        pipe.execute()
+        message = Message(run_id, callback, 1, "default", 1, "")
+
+        before = _commands_run(observer)
+        claim = driver.claim(message)
+        commands = _commands_run(observer) - before - 2
+    finally:
+        driver.close()
+        observer.close()
+    assert claim is not None
+    return commands, claim.args
+
+
+def _commands_run(client: Any) -> int:
+    stats: dict[str, Any] = client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
+
+
+def test_callback_claim_commands_do_not_grow_with_the_chord(redis_url: str) -> None:
+    small, small_args = _callback_claim_commands(redis_url, 100)
+    large, large_args = _callback_claim_commands(redis_url, 10_000)
+
+    assert small_args == [list(range(100))]
+    assert large_args == [list(range(10_000))]
+    # The claim script, then three HMGET per page of 1,000 inputs.
+    assert small - 3 == large - 3 * 10

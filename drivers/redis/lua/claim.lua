@@ -12,10 +12,14 @@
   ARGV[5] consumer group name
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
+  ARGV[7] longest <node>/reads field, in characters, whose values the reply
+          carries; a node that reads more (a large chord's callback) gets no
+          triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, state, value, error, state, value,
   error, ...} with one state/value/error triple ("" when missing) per node the
-  input reads, in the order of the graph's <node>/reads field. The lease is 1
+  input reads, in the order of the graph's <node>/reads field, or no triples
+  when the field is longer than ARGV[7]. The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -38,6 +42,7 @@ local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
+local inline_chars = tonumber(ARGV[7])
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -72,7 +77,7 @@ rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
 
 local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
 local reads = rcall("HGET", graph_key, node .. "/reads")
-if reads and reads ~= "" then
+if reads and reads ~= "" and (not inline_chars or #reads <= inline_chars) then
   for read in string.gmatch(reads, "[^,]+") do
     reply[#reply + 1] = rcall("HGET", nodes_key, read) or ""
     reply[#reply + 1] = rcall("HGET", values_key, read) or ""

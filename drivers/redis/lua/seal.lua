@@ -6,6 +6,7 @@
   KEYS[5] outbox stream           (partition tag)
   KEYS[6] staged graph spec string (partition tag)
   KEYS[7] run graph spec string   (partition tag); the run hash gets no "spec"
+  KEYS[8] sorted set of runs whose roots are being released (partition tag)
   ARGV[1] run id
   ARGV[2] epoch
   ARGV[3] node ids in spec order, comma-separated
@@ -52,6 +53,9 @@ rcall("PERSIST", spec_key)
 rcall("PERSIST", graph_key)
 rcall("PERSIST", nodes_key)
 rcall("PERSIST", roots_key)
+-- Scored by the time of the latest progress, so the reconciler finds a run
+-- whose release stopped.
+rcall("ZADD", KEYS[8], now_text, run_id)
 local entry = rcall("XADD", outbox_key, "*", "kind", "release", "run", run_id,
   "epoch", epoch)
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
