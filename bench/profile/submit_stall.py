@@ -81,9 +81,28 @@ def _ping_loop(url: str, stop: Any, worst: Any) -> None:
     client = redis.Redis.from_url(url)
     while not stop.is_set():
         began = time.perf_counter()
-        client.ping()
+        while True:
+            try:
+                client.ping()
+                break
+            except (redis.ResponseError, redis.TimeoutError) as err:
+                # A script that runs past busy-reply-threshold makes Redis
+                # reply BUSY, so the stall lasts until a PING succeeds.
+                if isinstance(err, redis.ResponseError) and "BUSY" not in str(err):
+                    raise
+                time.sleep(0.01)
         worst.value = max(worst.value, time.perf_counter() - began)
     client.close()
+
+
+def _wait_until_free(client: Any) -> None:
+    """Wait until Redis answers again, after a script that outlived the client."""
+    while True:
+        try:
+            client.ping()
+            return
+        except (redis.ResponseError, redis.TimeoutError):
+            time.sleep(0.1)
 
 
 def main() -> None:
@@ -130,6 +149,7 @@ def main() -> None:
         except DriverError as err:
             print(f"submit failed: {err}")
         elapsed = time.perf_counter() - began
+        _wait_until_free(observer)
         time.sleep(0.2)
         stop.set()
         pinger.join()
