@@ -334,3 +334,22 @@ def test_callback_claim_commands_do_not_grow_with_the_chord(redis_url: str) -> N
     assert large_args == [list(range(10_000))]
     # The claim script, then three HMGET per page of 1,000 inputs.
     assert small - 3 == large - 3 * 10
+
+
+def test_release_after_cancel_queues_nothing(
+    redis_target: Any, client: Any, monkeypatch: Any
+) -> None:
+    driver = RedisDriver(
+        redis_target.url, prefix=_prefix(), **redis_target.settings, **SMALL
+    )
+    try:
+        _seal_without_release(driver, "cancelled", monkeypatch)
+        driver.cancel("cancelled")
+
+        assert driver.fetch(["default"], 100, 0.2) == []
+        keys = driver._keys.run("cancelled")
+        assert client.exists(keys.roots) == 0
+        assert client.xlen(driver._keys.partition_of("cancelled").outbox) == 0
+        assert driver.snapshot("cancelled").status == "cancelled"
+    finally:
+        driver.close()
