@@ -288,9 +288,10 @@ class RedisDriver:
         result = check_reply("seal", reply, run_id, accept=accept | {Reply.INCOMPLETE})
         if result is Reply.INCOMPLETE:
             raise DriverError(
-                f"Sealing run {run_id} failed: its staged chunks expired before "
-                f"the seal (stage_ttl_s is {self._stage_ttl_s}). Submit it again, "
-                "or raise stage_ttl_s."
+                f"Sealing run {run_id} failed: some of its staged chunks are "
+                f"missing, because they expired (stage_ttl_s is "
+                f"{self._stage_ttl_s}) or another submit of the same run id "
+                "started over. Submit it again, or raise stage_ttl_s."
             )
         if result is not Reply.DONE:
             return False

@@ -20,7 +20,7 @@ from stem import App, chord
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.drivers.redis import RedisDriver
-from stem.engine.errors import RunNotFound
+from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.ports import Message
 from stem.engine.result import AsyncResult
 
@@ -51,7 +51,7 @@ def client(redis_target: Any) -> Iterator[Any]:
 def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
     """Yield a factory of apps with ``add`` and ``total`` under one prefix."""
     prefix = _prefix()
-    made: list[App] = []
+    apps: list[App] = []
 
     def make(**settings: Any) -> App:
         instance = App(
@@ -59,11 +59,11 @@ def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
         )
         instance.task(name="add")(lambda x, y: x + y)
         instance.task(name="total")(sum)
-        made.append(instance)
+        apps.append(instance)
         return instance
 
     yield make
-    for instance in made:
+    for instance in apps:
         instance.close()
 
 
@@ -172,14 +172,14 @@ def test_invalid_chunk_setting_is_rejected(redis_target: Any) -> None:
 def _commands_per_call(
     url: str, members: int, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, int]:
-    """Submit a chord; return the most Redis commands one call of each script ran.
+    """Submit a chord; return the largest command count of one call of each script.
 
     INFO commandstats counts the commands that scripts call too. The INFO
     calls themselves and the EVALSHA are taken off.
     """
     observer: Any = redis.Redis.from_url(url, decode_responses=True)
     driver = RedisDriver(url, prefix=_prefix(), submit_chunk=500, release_slice=100)
-    most: dict[str, int] = {}
+    largest: dict[str, int] = {}
     original = driver._scripts.call
 
     def total() -> int:
@@ -190,7 +190,7 @@ def _commands_per_call(
         before = total()
         reply = original(name, *args, **kwargs)
         commands = total() - before - 2
-        most[name] = max(most.get(name, 0), commands)
+        largest[name] = max(largest.get(name, 0), commands)
         return reply
 
     monkeypatch.setattr(driver._scripts, "call", call)
@@ -199,7 +199,7 @@ def _commands_per_call(
     finally:
         driver.close()
         observer.close()
-    return most
+    return largest
 
 
 def test_commands_per_script_call_do_not_grow_with_the_chord(
@@ -351,5 +351,31 @@ def test_release_after_cancel_queues_nothing(
         assert client.exists(keys.roots) == 0
         assert client.xlen(driver._keys.partition_of("cancelled").outbox) == 0
         assert driver.snapshot("cancelled").status == "cancelled"
+    finally:
+        driver.close()
+
+
+def test_seal_with_missing_chunks_is_rejected(
+    redis_target: Any, client: Any, monkeypatch: Any
+) -> None:
+    driver = RedisDriver(
+        redis_target.url, prefix=_prefix(), **redis_target.settings, **SMALL
+    )
+    keys = driver._keys.run("expired")
+    original = driver._scripts.call
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "seal":
+            # As if the staged graph hash expired before the seal.
+            client.delete(keys.graph)
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(driver._scripts, "call", call)
+    try:
+        with pytest.raises(DriverError, match="staged chunks are missing"):
+            driver.submit("expired", _chord_spec(12))
+
+        assert client.exists(keys.run) == 0
+        assert client.exists(keys.spec) == 0
     finally:
         driver.close()
