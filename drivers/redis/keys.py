@@ -8,7 +8,7 @@ fixed list of partition tags, stored once under ``<prefix>stem:partitions``
 `partition_index` picks from its id. In the table, ``<base>`` is
 ``<prefix><tag>:`` for one partition's tag, such as ``<prefix>{stem:p0}:``.
 
-The six ``run:<run>`` keys expire together, ``retention_ms`` after the run
+The ``run:<run>`` keys expire together, ``retention_ms`` after the run
 ends, and have no TTL while it runs.
 
 ======================== ========== =============================================
@@ -19,6 +19,10 @@ key                      type       contents
                                     not yet ended), ``error_node``, ``spec`` (the
                                     graph spec's JSON, opaque to Lua),
                                     ``spec_version`` (raised by each splice),
+                                    no ``spec`` for a large run (see below),
+                                    for a large run whose roots are not all
+                                    queued ``released`` (roots queued so far)
+                                    and ``release_entry`` (its outbox entry),
                                     and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``;
                                     ``retention_ms`` and ``events_max_len``, the
@@ -54,6 +58,20 @@ key                      type       contents
                                     of the group in that state; a node counts in
                                     its innermost group, and the group ``-``
                                     counts nodes outside every group
+<base>run:<run>:roots    list       a large run's roots (nodes queued or
+                                    skipped at start) in node order; staged
+                                    with a TTL, persisted by the seal and
+                                    removed once every root is released
+<base>run:<run>:spec     string     a large run's graph spec, JSON text, until
+                                    a splice writes ``spec`` in the run hash;
+                                    staged as ``<base>run:<run>:staged_spec``
+                                    and renamed by the seal
+<base>outbox             stream     work for workers to apply, read with the
+                                    queues: ``kind`` (``release``), ``run``,
+                                    ``epoch``
+<base>releasing          sorted set large runs whose roots are not all queued,
+                                    scored by the time of their latest
+                                    progress in seconds, for the reconciler
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -78,8 +96,10 @@ key                      type       contents
 ======================== ========== =============================================
 
 Run keys live in the run's partition. Every partition has its own queue
-streams, delayed set and dead-letter stream. Beat fire times and locks belong
-to no run and live in the first partition.
+streams, delayed set, dead-letter stream and outbox. A large run's graph and
+node-state hashes and its roots list are written in chunks with a TTL before
+the run hash exists, so an unsealed run is never seen and expires. Beat fire
+times and locks belong to no run and live in the first partition.
 """
 
 from __future__ import annotations
@@ -104,6 +124,12 @@ class RunKeys:
     #: State counts per group. Not in `all`: scripts take it after their
     #: other keys.
     counts: str = ""
+    #: The roots of a large run not yet released (stage, seal and release only).
+    roots: str = ""
+    #: The graph spec of a large run, whose run hash has no ``spec`` field.
+    spec: str = ""
+    #: The spec of a large run before its seal renames it to ``spec``.
+    staged_spec: str = ""
 
     def all(self) -> list[str]:
         """Return the keys in script order: run, graph, nodes, values, errors."""
@@ -146,6 +172,9 @@ class Keys:
             values=f"{head}:values",
             errors=f"{head}:errors",
             counts=f"{head}:counts",
+            roots=f"{head}:roots",
+            spec=f"{head}:spec",
+            staged_spec=f"{head}:staged_spec",
         )
 
     def queue(self, name: str) -> str:
@@ -166,6 +195,16 @@ class Keys:
     def events(self) -> str:
         """The lifecycle event stream."""
         return f"{self.base}events"
+
+    @property
+    def releasing(self) -> str:
+        """The sorted set of large runs whose roots are not all queued yet."""
+        return f"{self.base}releasing"
+
+    @property
+    def outbox(self) -> str:
+        """The stream of work that workers apply for the partition's runs."""
+        return f"{self.base}outbox"
 
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""

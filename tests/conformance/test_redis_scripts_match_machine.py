@@ -365,8 +365,19 @@ def test_scripts_match_machine(
     # number of retries once the run has ended, each with a new plan.
     retry_at = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="retry at")
     rounds = data.draw(st.integers(0, 2), label="retries after the end")
+    # A small chunk writes the run in chunks, seals it and releases its roots,
+    # and a small inline limit makes a node that reads others read in pages.
+    chunk = data.draw(st.sampled_from([5000, 8]), label="submit chunk")
+    inline = data.draw(st.sampled_from([20_000, 2]), label="inline input chars")
     prefix = f"diff-{uuid.uuid4().hex[:12]}:"
-    driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=prefix,
+        **redis_target.settings,
+        submit_chunk=chunk,
+        release_slice=2,
+        inline_input_chars=inline,
+    )
     try:
         compiled = [
             _with_ignored(compile_canvas(item), {"0"})

@@ -15,10 +15,14 @@
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
   ARGV[7] run id
+  ARGV[8] longest <node>/reads field, in characters, whose values the reply
+          carries; a node that reads more (a large chord's callback) gets no
+          triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, state, value, error, state, value,
   error, ...} with one state/value/error triple ("" when missing) per node the
-  input reads, in the order of the graph's <node>/reads field. The lease is 1
+  input reads, in the order of the graph's <node>/reads field, or no triples
+  when the field is longer than ARGV[8]. The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -44,6 +48,7 @@ local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
 local run_id = ARGV[7]
+local inline_chars = tonumber(ARGV[8])
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -82,7 +87,7 @@ emit("started", node, attempt)
 
 local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
 local reads = rcall("HGET", graph_key, node .. "/reads")
-if reads and reads ~= "" then
+if reads and reads ~= "" and (not inline_chars or #reads <= inline_chars) then
   for read in string.gmatch(reads, "[^,]+") do
     reply[#reply + 1] = rcall("HGET", nodes_key, read) or ""
     reply[#reply + 1] = rcall("HGET", values_key, read) or ""
