@@ -296,7 +296,9 @@ def _check_expiry(pair: _Pair, target: Any) -> None:
     run_keys = pair.driver._keys.run(pair.run_id)
     client = target.client()
     try:
-        for key in [*run_keys.all(), run_keys.counts]:
+        # A large run (a small submit chunk) also has a spec key, and a
+        # roots list until its roots are released.
+        for key in [*run_keys.all(), run_keys.counts, run_keys.spec, run_keys.roots]:
             ttl = client.pttl(key)
             if ttl == -2:  # The key holds nothing (no value or error yet).
                 continue

@@ -19,9 +19,12 @@ import redis
 from stem import App, chord
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
+from stem.canvas.values import dumps, loads
 from stem.drivers.redis import RedisDriver
+from stem.engine import machine, settings
 from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.ports import Message
+from stem.engine.records import ErrorInfo
 from stem.engine.result import AsyncResult
 
 TIMEOUT_S = 10.0
@@ -377,5 +380,69 @@ def test_seal_with_missing_chunks_is_rejected(
 
         assert client.exists(keys.run) == 0
         assert client.exists(keys.spec) == 0
+    finally:
+        driver.close()
+
+
+def _run_queued(driver: RedisDriver, fail: str = "") -> None:
+    """Claim every queued message and complete it, or fail node ``fail``."""
+    while messages := driver.fetch(["default"], 100, 0.2):
+        for message in messages:
+            claim = driver.claim(message)
+            assert claim is not None
+            if message.node_id == fail:
+                error = ErrorInfo("builtins", "ValueError", "boom", [])
+                driver.fail(claim.message, error)
+            else:
+                # A member adds its two arguments; the callback sums a list.
+                args = claim.args
+                total = sum(args[0]) if isinstance(args[0], list) else sum(args)
+                driver.complete(claim.message, dumps(total))
+
+
+def test_large_run_counts_events_expiry_and_retry(
+    redis_target: Any, client: Any
+) -> None:
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=_prefix(),
+        **redis_target.settings,
+        **SMALL,
+        retention_s=600.0,
+    )
+    spec = _chord_spec(12)
+    member = spec.nodes[3].id
+    keys = driver._keys.run("big")
+    try:
+        assert driver.submit("big", spec)
+        started, _ = machine.start("big", spec, time.time())
+        assert driver.group_counts("big") == machine.group_counts(started)
+        assert [(e.run_id, e.kind) for e in driver.events()] == [("big", "submitted")]
+        assert client.hmget(keys.run, ["retention_ms", "events_max_len"]) == [
+            "600000",
+            str(settings.DEFAULT_EVENTS_MAX_LEN),
+        ]
+
+        _run_queued(driver, fail=member)
+        assert driver.snapshot("big").status == "failed"
+        for key in (keys.run, keys.spec, keys.counts, keys.nodes):
+            assert 0 < client.pttl(key) <= 600_000, key
+
+        assert driver.retry_run("big") == 2
+        for key in (keys.run, keys.spec, keys.counts, keys.nodes):
+            assert client.pttl(key) == -1, key
+        _run_queued(driver)
+        snapshot = driver.snapshot("big")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value is not None
+        assert loads(snapshot.value) == sum(2 * i for i in range(12))
+        counts = driver.group_counts("big").values()
+        assert sum(group.get("succeeded", 0) for group in counts) == len(spec.nodes)
+        assert all(set(group) == {"succeeded"} for group in counts)
+        assert 0 < client.pttl(keys.spec) <= 600_000
+        kinds = [e.kind for e in driver.events(limit=1000) if e.kind != "started"]
+        assert kinds[0] == "submitted"
+        assert kinds.count("reopened") == 1
+        assert kinds.count("ended") == 2
     finally:
         driver.close()
