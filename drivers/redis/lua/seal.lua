@@ -47,6 +47,8 @@ local epoch = ARGV[2]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
+-- Of the lifecycle functions only emit runs here, which needs run_key,
+-- run_id and events_key.
 --- @include "lifecycle"
 
 if rcall("EXISTS", run_key) == 1 then
