@@ -28,9 +28,14 @@ from stem.engine.errors import RunNotFound
 from stem.engine.ports import (
     TASK_HEADER,
     Claim,
+    DeadLetter,
     LifecycleEvent,
     Message,
+    QueueStats,
+    RunPage,
     RunSnapshot,
+    RunSummary,
+    WorkerBeat,
 )
 from stem.engine.records import ErrorInfo, RunState
 
@@ -83,7 +88,10 @@ class MemoryDriver:
         )
         self._delayed: list[tuple[float, int, Message]] = []
         self._sequence = itertools.count()
-        self._dead: list[tuple[Message, str]] = []
+        self._dead: dict[str, DeadLetter] = {}
+        self._dead_sequence = itertools.count(1)
+        # Heartbeats by worker name, each with the clock time it expires at.
+        self._beats: dict[str, tuple[WorkerBeat, float]] = {}
         self._workers = 0
         # Fetched messages not yet claimed-and-dropped or reported, counted per
         # attempt, so that a duplicate or late report cannot settle a message
@@ -226,14 +234,15 @@ class MemoryDriver:
 
     def dead_letter(self, message: Message, reason: str) -> None:
         with self._lock:
-            self._dead.append((message, reason))
+            dead_id = str(next(self._dead_sequence))
+            self._dead[dead_id] = DeadLetter(dead_id, message, reason, self._clock())
             log.warning("Dead-lettered %s: %s", _ids(message), reason)
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         self._report(message, "failed", machine.dead_letter, error)
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         with self._lock:
-            return list(self._dead)
+            return [(dead.message, dead.reason) for dead in self._dead.values()]
 
     # -- schedule store and lock ------------------------------------------
 
@@ -269,6 +278,128 @@ class MemoryDriver:
                 return False
             del self._locks[name]
             return True
+
+    # -- operations ---------------------------------------------------------
+
+    def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        with self._lock:
+            # Runs past their retention are dropped first, so none is listed.
+            self._drop_expired()
+            newest_first = list(reversed(self._runs.values()))
+        offset = int(cursor or 0)
+        found: list[RunSummary] = []
+        for index in range(offset, len(newest_first)):
+            run = newest_first[index]
+            if created_after is not None and run.created_at < created_after:
+                continue
+            if created_before is not None and run.created_at >= created_before:
+                continue
+            if statuses and run.status not in statuses:
+                continue
+            found.append(
+                RunSummary(run.run_id, run.status, run.created_at, run.ended_at)
+            )
+            if len(found) == limit:
+                more = index + 1 < len(newest_first)
+                return RunPage(found, str(index + 1) if more else None)
+        return RunPage(found, None)
+
+    def queue_stats(self) -> list[QueueStats]:
+        with self._lock:
+            unacked: collections.Counter[str] = collections.Counter()
+            for run_id, node_id, _attempt, _epoch in self._in_flight:
+                run = self._runs.get(run_id)
+                if run is not None and node_id in run.spec.by_id:
+                    queue = run.spec.node(node_id).options.queue or "default"
+                    unacked[queue] += 1
+            names = sorted(set(self._queues) | set(unacked))
+            return [
+                QueueStats(name, len(self._queues.get(name, ())), unacked[name])
+                for name in names
+            ]
+
+    def delayed_count(self) -> int:
+        with self._lock:
+            return len(self._delayed)
+
+    def purge_queue(self, name: str) -> int:
+        with self._lock:
+            queue = self._queues.get(name)
+            if not queue:
+                return 0
+            count = len(queue)
+            queue.clear()
+            return count
+
+    def list_dead_letters(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DeadLetter], str | None]:
+        with self._lock:
+            ordered = list(self._dead.values())
+        after = int(cursor or 0)
+        page = [dead for dead in ordered if int(dead.id) > after][:limit]
+        more = bool(page) and int(page[-1].id) < int(ordered[-1].id)
+        return page, page[-1].id if more else None
+
+    def get_dead_letter(self, dead_id: str) -> DeadLetter | None:
+        with self._lock:
+            return self._dead.get(dead_id)
+
+    def replay_dead_letter(self, dead_id: str) -> str:
+        with self._lock:
+            dead = self._dead.get(dead_id)
+            if dead is None:
+                return "not_found"
+            message = dead.message
+            self._drop_expired()
+            run = self._runs.get(message.run_id)
+            if run is None:
+                return "run_not_found"
+            if run.status == "cancelled":
+                return "run_cancelled"
+            if message.epoch != run.epoch:
+                return "other_epoch"
+            effects = machine.replay_node(
+                run, message.node_id, message.attempt, self._clock(), epoch=run.epoch
+            )
+            if effects is None:
+                return "not_failed"
+            del self._dead[dead_id]
+            self._apply(run, effects)
+            log.info("Replayed dead letter %s: %s.", dead_id, _ids(message))
+            return "replayed"
+
+    def purge_dead_letters(self, dead_ids: Sequence[str] | None = None) -> int:
+        with self._lock:
+            chosen = list(self._dead) if dead_ids is None else dead_ids
+            removed = [dead_id for dead_id in chosen if dead_id in self._dead]
+            for dead_id in removed:
+                del self._dead[dead_id]
+            return len(removed)
+
+    def heartbeat(self, beat: WorkerBeat, ttl_s: float) -> None:
+        with self._lock:
+            self._beats[beat.name] = (beat, self._clock() + ttl_s)
+
+    def forget_worker(self, name: str) -> None:
+        with self._lock:
+            self._beats.pop(name, None)
+
+    def workers(self) -> list[WorkerBeat]:
+        with self._lock:
+            now = self._clock()
+            for name, (_beat, expires_at) in list(self._beats.items()):
+                if expires_at <= now:
+                    del self._beats[name]
+            return [self._beats[name][0] for name in sorted(self._beats)]
 
     # -- worker bookkeeping and test helpers -------------------------------
 

@@ -329,11 +329,14 @@ class App:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         pool: str = "threads",
+        name: str | None = None,
     ) -> Worker:
         """Make a worker; ``with app.worker():`` runs it in the background."""
         from stem.engine.worker import Worker
 
-        return Worker(self, concurrency=concurrency, queues=queues, pool=pool)
+        return Worker(
+            self, concurrency=concurrency, queues=queues, pool=pool, name=name
+        )
 
     # -- beat -----------------------------------------------------------------
 

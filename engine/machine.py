@@ -15,7 +15,8 @@ fails or is cancelled by a failure.
 
 Epochs: `reopen` starts the next epoch of a failed or cancelled run. Every
 transition that applies a message or a report takes the epoch that message
-carries, and ignores it unless it is the run's current epoch.
+carries, and ignores it unless it is the run's current epoch. `replay_node`
+(a dead letter's replay) reopens nodes within the current epoch.
 
 Values of ``ignore_result`` nodes: such a node's value is stored only while
 a node that reads it as input has not ended, because a retry of that reader
@@ -418,6 +419,109 @@ def splice(
             _end(run, errback, "skipped", now, effects)
     _maybe_finish(run, now, effects)
     return effects
+
+
+def replay_node(
+    run: RunState, node_id: NodeId, attempt: int, now: float, *, epoch: int = 1
+) -> list[Effect] | None:
+    """Queue a new attempt of a failed node and undo what its failure decided.
+
+    Used to replay a dead letter, within the run's current epoch: unlike
+    `reopen`, it starts no new epoch, and the new attempt follows the failed
+    one. The nodes that the failure cancelled or skipped, directly or through
+    other cancelled nodes, are pending again, unless another failure also
+    decided them. The run is running again when a main-path node reopens.
+    Errbacks that the failure fired are not undone. Returns None when the
+    node is not failed at ``attempt``, ``epoch`` is not the run's epoch (a
+    run retry reopened the node since) or the run was cancelled.
+    """
+    if epoch != run.epoch:
+        return None
+    record = run.nodes.get(node_id)
+    if record is None or record.attempt != attempt or record.state != "failed":
+        return None
+    if run.status == "cancelled":
+        return None
+    reopened = replayed_nodes(run, node_id, replay_candidates(run, node_id))
+    main_reopened = False
+    for current in reopened:
+        current_record = run.nodes[current]
+        current_record.ended_at = None
+        current_record.cause = None
+        if current == node_id:
+            current_record.error = None
+        else:
+            current_record.state = "pending"
+        run.events.append((now, current, current_record.state))
+        if not run.spec.node(current).side:
+            run.open_main += 1
+            main_reopened = True
+    if main_reopened and run.status != "running":
+        run.status = "running"
+        run.ended_at = None
+        run.value = None
+        run.error_node = None
+    effects: list[Effect] = []
+    _enqueue(run, run.spec.node(node_id), now, effects)
+    # The reopened nodes read their ignore_result inputs again, so each value
+    # still stored is kept until they end.
+    # NOTE: a value dropped when its last reader ended does not come back, so
+    # a reopened reader of it reads None; a run retry runs its node again.
+    _count_open_readers(run, run.spec.nodes)
+    for current in reopened[1:]:
+        _release(run, current, now, effects)
+    return effects
+
+
+def replay_candidates(run: RunState, node_id: NodeId) -> list[NodeId]:
+    """Return the cancelled or skipped nodes downstream of a node, in node order.
+
+    The walk follows dependents and passes only through cancelled and
+    skipped nodes, because a failure decides nothing past a node that ran.
+    """
+    found: set[NodeId] = set()
+    stack = [node_id]
+    while stack:
+        current = stack.pop()
+        for dependent in run.spec.dependents[current]:
+            state = run.nodes[dependent].state
+            if dependent not in found and state in ("cancelled", "skipped"):
+                found.add(dependent)
+                stack.append(dependent)
+    return sorted(found, key=node_order)
+
+
+def replayed_nodes(
+    run: RunState, node_id: NodeId, candidates: list[NodeId]
+) -> list[NodeId]:
+    """Return the node and the candidates that replaying it reopens, in order.
+
+    A candidate reopens when each of its dependencies reopens, has not ended,
+    or ended in a state the candidate accepts. Passes over the candidates
+    repeat until one adds nothing, and the Redis replay script makes the same
+    passes, so both reopen the same nodes in the same order.
+    """
+    reopened = [node_id]
+    chosen = {node_id}
+    changed = True
+    while changed:
+        changed = False
+        for candidate in candidates:
+            if candidate in chosen:
+                continue
+            if run.nodes[candidate].state not in ("cancelled", "skipped"):
+                continue
+            node = run.spec.node(candidate)
+            if all(
+                dep in chosen
+                or run.nodes[dep].state not in TERMINAL
+                or run.nodes[dep].state in _accepted(node, dep)
+                for dep in node.deps
+            ):
+                reopened.append(candidate)
+                chosen.add(candidate)
+                changed = True
+    return reopened
 
 
 def resolve_input(run: RunState, node: NodeSpec) -> tuple[bool, Any]:

@@ -2,7 +2,9 @@
 
 A driver implements `Broker` (moving messages), `GraphStore` (run state),
 `ScheduleStore` (beat's claimed fire times) and `Lock` over one backing
-store; `Driver` is all four. Every `GraphStore` method that
+store; `Driver` is all four. `Operations` adds what the ``stem`` commands for
+operators read and change: the runs index, queue lengths, dead letters and
+worker heartbeats. Every `GraphStore` method that
 records an outcome also enqueues the nodes it made ready and acknowledges the
 message, in one atomic step, and ignores a duplicate or late report.
 """
@@ -255,7 +257,143 @@ class Lock(Protocol):
         ...
 
 
-class Driver(Broker, GraphStore, ScheduleStore, Lock, Protocol):
+@dataclass(frozen=True)
+class RunSummary:
+    """One entry of the runs index: what a listing shows without the graph."""
+
+    run_id: str
+    status: RunStatus
+    created_at: float
+    ended_at: float | None
+
+
+@dataclass(frozen=True)
+class RunPage:
+    """A page of runs, newest first, and the cursor of the next page."""
+
+    runs: list[RunSummary]
+    #: Pass to `Operations.list_runs` for the next page; None on the last one.
+    cursor: str | None
+
+
+@dataclass(frozen=True)
+class QueueStats:
+    """Message counts of one queue."""
+
+    name: str
+    #: Messages no worker has fetched yet.
+    ready: int
+    #: Messages fetched by a worker and not yet acknowledged.
+    unacked: int
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """A dead-lettered message with its id in the dead-letter list."""
+
+    id: str
+    message: Message
+    reason: str
+    #: When the message was dead-lettered, in seconds since the epoch.
+    dead_at: float
+
+
+@dataclass(frozen=True)
+class WorkerBeat:
+    """A worker's heartbeat: who it is, what it reads and how busy it is."""
+
+    name: str
+    host: str
+    pid: int
+    queues: list[str]
+    concurrency: int
+    pool: str
+    #: Tasks running when the heartbeat was sent.
+    in_flight: int
+    processed: int
+    failed: int
+    started_at: float
+    #: When the heartbeat was sent, in seconds since the epoch.
+    last_seen: float
+
+
+class Operations(Protocol):
+    """Operator reads and changes: runs index, queues, dead letters, heartbeats."""
+
+    def list_runs(
+        self,
+        *,
+        statuses: Sequence[str] = (),
+        created_after: float | None = None,
+        created_before: float | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> RunPage:
+        """Return runs newest first, filtered by status and creation time.
+
+        Index entries whose run no longer exists are skipped and removed.
+        """
+        ...
+
+    def queue_stats(self) -> list[QueueStats]:
+        """Return the message counts of each queue that was sent to or is read."""
+        ...
+
+    def delayed_count(self) -> int:
+        """Return how many messages wait for a countdown, eta or retry delay."""
+        ...
+
+    def purge_queue(self, name: str) -> int:
+        """Delete the messages of a queue that no worker has fetched; return how many.
+
+        The nodes of purged messages stay queued, so their runs never end
+        unless they are cancelled.
+        """
+        ...
+
+    def list_dead_letters(
+        self, *, limit: int = 50, cursor: str | None = None
+    ) -> tuple[list[DeadLetter], str | None]:
+        """Return dead letters oldest first and the cursor of the next page."""
+        ...
+
+    def get_dead_letter(self, dead_id: str) -> DeadLetter | None:
+        """Return one dead letter, or None when no dead letter has that id."""
+        ...
+
+    def replay_dead_letter(self, dead_id: str) -> str:
+        """Queue a new attempt of a dead letter's node and delete the dead letter.
+
+        The node's failure is undone in the same atomic step: the nodes it
+        cancelled or skipped are pending again and the run is running again.
+        Returns ``replayed``, ``not_found`` (no such dead letter),
+        ``run_not_found`` (its run expired), ``not_failed`` (its node is no
+        longer failed at that attempt, so there is nothing to replay),
+        ``run_cancelled`` or ``other_epoch`` (a run retry opened a later
+        epoch after the dead letter, so its attempt is no longer the node's).
+        Only ``replayed`` deletes the dead letter. The replay stays in the
+        run's current epoch.
+        """
+        ...
+
+    def purge_dead_letters(self, dead_ids: Sequence[str] | None = None) -> int:
+        """Delete the given dead letters, or all of them; return how many."""
+        ...
+
+    def heartbeat(self, beat: WorkerBeat, ttl_s: float) -> None:
+        """Record a worker's heartbeat; it counts as alive for ``ttl_s`` seconds."""
+        ...
+
+    def forget_worker(self, name: str) -> None:
+        """Remove a stopped worker's heartbeat."""
+        ...
+
+    def workers(self) -> list[WorkerBeat]:
+        """Return the heartbeats of live workers, by name."""
+        ...
+
+
+class Driver(Broker, GraphStore, ScheduleStore, Lock, Operations, Protocol):
     """Every port over one backing store."""
 
     url: str

@@ -5,10 +5,12 @@ from __future__ import annotations
 import concurrent.futures
 import concurrent.futures.process
 import contextlib
+import itertools
 import logging
 import multiprocessing
 import os
 import signal
+import socket
 import sys
 import threading
 import time
@@ -18,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 from stem.canvas.spec import GraphSpec
 from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded, ValueTooLarge
 from stem.engine.execution import Outcome, Request, execute, execute_in_child
-from stem.engine.ports import TASK_HEADER, Claim, Message
+from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
 from stem.engine.records import ErrorInfo
 
 if TYPE_CHECKING:
@@ -30,6 +32,10 @@ POOLS = ("threads", "processes")
 #: Fraction of the broker's visibility timeout after which a running task's
 #: lease is renewed, so two renewals can fail before the message is taken over.
 RENEW_FRACTION = 1 / 3
+#: Heartbeats a worker may miss before it no longer counts as alive.
+MISSED_HEARTBEATS = 3
+# Numbers the workers of this process, so default names stay unique in it.
+_worker_numbers = itertools.count(1)
 
 
 class Worker:
@@ -42,6 +48,12 @@ class Worker:
         pool: ``threads`` runs bodies in threads; ``processes`` runs them in
             child processes, while fetching and reporting stay in this one.
             Only ``processes`` enforces ``time_limit`` and ``soft_time_limit``.
+        name: the worker's name in heartbeats and logs; defaults to
+            ``<host>-<pid>``, with ``-<n>`` added for the n-th worker of the
+            process from the second on. Names must be unique per deployment,
+            because a heartbeat replaces the last one of the same name.
+        heartbeat_s: seconds between heartbeats. A worker counts as alive
+            for `MISSED_HEARTBEATS` intervals after its last one.
     """
 
     def __init__(
@@ -51,6 +63,8 @@ class Worker:
         concurrency: int | None = None,
         queues: Sequence[str] | None = None,
         pool: str = "threads",
+        name: str | None = None,
+        heartbeat_s: float = 2.0,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(
@@ -60,8 +74,13 @@ class Worker:
         self.concurrency = concurrency or os.cpu_count() or 1
         self.queues = list(queues or [app.default_queue])
         self.pool = pool
+        self.name = name or _default_name()
+        self.heartbeat_s = heartbeat_s
         self.processed = 0
         self.failed = 0
+        #: Tasks running when a stop abandoned them; their outcomes are not reported.
+        self.abandoned = 0
+        self._started_at = time.time()
         self._stop = threading.Event()
         self._abandoned = False
         self._started = False
@@ -80,6 +99,13 @@ class Worker:
         """Start the worker's threads and return at once."""
         self.app.driver.worker_started()
         self._started = True
+        self._started_at = time.time()
+        self._beat()
+        beater = threading.Thread(
+            target=self._heartbeat_loop, name="stem-heartbeat", daemon=True
+        )
+        beater.start()
+        self._threads.append(beater)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, name=f"stem-worker-{index}", daemon=True
@@ -109,17 +135,31 @@ class Worker:
         """Stop fetching, let the tasks in progress finish, then stop.
 
         Args:
-            timeout_s: how long to wait for each worker thread to finish.
+            timeout_s: how long to wait in total for the tasks in progress.
+                Tasks still running then are abandoned as with ``abandon``.
             abandon: stop at once instead: child processes are terminated and
                 thread-pool tasks are left running in their daemon threads.
-                Their nodes are never reported, so on ``memory://`` their runs
-                stay unfinished.
+                Their nodes are never reported. Their messages stay
+                unacknowledged, so a broker with a visibility timeout hands
+                them to another worker, and on ``memory://`` their runs stay
+                unfinished.
         """
         self._abandoned = abandon
         self._stop.set()
-        wait_s = 0.0 if abandon else timeout_s
+        deadline = time.monotonic() + (0.0 if abandon else timeout_s)
         for thread in self._threads:
-            thread.join(wait_s)
+            thread.join(max(0.0, deadline - time.monotonic()))
+        running = self.in_flight
+        if running and not abandon:
+            log.warning(
+                "Warm stop took longer than %.1f s; abandoning %d running tasks, "
+                "whose messages will be claimed again.",
+                timeout_s,
+                running,
+            )
+            self._abandoned = abandon = True
+        if abandon:
+            self.abandoned = running
         self._threads.clear()
         with self._children_lock:
             children = list(self._children.values())
@@ -132,14 +172,64 @@ class Worker:
         if self._started:
             self._started = False
             self.app.driver.worker_stopped()
+            try:
+                self.app.driver.forget_worker(self.name)
+            except Exception:
+                log.error(
+                    "Removing the heartbeat of %s failed.", self.name, exc_info=True
+                )
         log.info(
-            "Worker stopped: %d tasks processed, %d failed.",
+            "Worker %s stopped: %d tasks processed, %d failed, %d abandoned.",
+            self.name,
             self.processed,
             self.failed,
+            self.abandoned,
         )
 
-    def run(self) -> None:
-        """Run until interrupted (Ctrl+C) or `stop` is called from another thread."""
+    @property
+    def in_flight(self) -> int:
+        """Tasks claimed and running now."""
+        with self._leases_lock:
+            return len(self._leases)
+
+    def heartbeat(self) -> WorkerBeat:
+        """Return this worker's heartbeat as of now."""
+        return WorkerBeat(
+            name=self.name,
+            host=socket.gethostname(),
+            pid=os.getpid(),
+            queues=list(self.queues),
+            concurrency=self.concurrency,
+            pool=self.pool,
+            in_flight=self.in_flight,
+            processed=self.processed,
+            failed=self.failed,
+            started_at=self._started_at,
+            last_seen=time.time(),
+        )
+
+    def _beat(self) -> None:
+        ttl_s = self.heartbeat_s * MISSED_HEARTBEATS
+        self.app.driver.heartbeat(self.heartbeat(), ttl_s)
+
+    def _heartbeat_loop(self) -> None:
+        while not self._stop.wait(self.heartbeat_s):
+            try:
+                self._beat()
+            except Exception:
+                log.error(
+                    "Sending the heartbeat of %s failed; retrying in %.1f s.",
+                    self.name,
+                    self.heartbeat_s,
+                    exc_info=True,
+                )
+
+    def run(self, stop_timeout_s: float = 30.0) -> None:
+        """Run until interrupted (Ctrl+C) or `stop` is called from another thread.
+
+        Args:
+            stop_timeout_s: how long a warm stop waits for the tasks in progress.
+        """
         self.start()
         try:
             while not self._stop.wait(0.5):
@@ -147,7 +237,7 @@ class Worker:
         except KeyboardInterrupt:
             log.info("Interrupted; finishing the tasks in progress.")
         finally:
-            self.stop()
+            self.stop(stop_timeout_s)
 
     def __enter__(self) -> Worker:
         return self.start()
@@ -358,6 +448,12 @@ class Worker:
                 outcome.error.traceback.rstrip(),
             )
             driver.fail(message, outcome.error)
+
+
+def _default_name() -> str:
+    number = next(_worker_numbers)
+    name = f"{socket.gethostname()}-{os.getpid()}"
+    return name if number == 1 else f"{name}-{number}"
 
 
 class _Child:

@@ -2,11 +2,16 @@
 
 Exit codes:
     0  the command did what was asked (for ``run``: the run succeeded).
-    1  the run failed or was cancelled.
-    2  bad usage: a missing file, module, app or option.
+    1  the run failed or was cancelled, or ``inspect`` found no live worker.
+    2  bad usage: a missing file, module, app, option or shared store.
     3  the run did not end within ``--timeout``.
+    4  no run, node or dead letter has the given id.
+    5  the store rejected the change (the run already ended, say).
+    6  the broker failed or could not be reached.
     130  interrupted with Ctrl+C.
     143  a worker stopped at once by a second SIGTERM or Ctrl+C.
+
+`stem.commands.common` names them; each subcommand lives in `stem.commands`.
 """
 
 from __future__ import annotations
@@ -14,7 +19,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import signal
 import statistics
 import sys
 import time
@@ -36,6 +40,13 @@ from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
 from stem.commands.beat import beat
+from stem.commands.common import TRACEBACK_KEY, install_stop_signals
+from stem.commands.dlq import dlq
+from stem.commands.graph import graph
+from stem.commands.inspect import inspect
+from stem.commands.queues import queues
+from stem.commands.runs import runs
+from stem.commands.submit import submit
 from stem.discovery import (
     find_app,
     find_attribute,
@@ -49,7 +60,7 @@ from stem.engine.errors import DriverNotFound
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import TERMINAL
 from stem.engine.result import AsyncResult
-from stem.engine.worker import POOLS
+from stem.engine.worker import POOLS, Worker
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # the run ended failed or cancelled
@@ -67,7 +78,25 @@ Examples:
 """
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+MAIN_EXAMPLES = """
+\b
+A first session with a shared Redis:
+  export STEM_URL=redis://127.0.0.1:6379/0
+  stem worker -A myproject.tasks:app -n worker-1 &
+  RUN=$(stem submit -A myproject.tasks:app myproject.flows:nightly)
+  stem graph show $RUN --watch
+  stem dlq ls && stem dlq replay --all
+  stem inspect
+
+Exit codes: 0 ok, 1 run failed or no live worker, 2 bad usage, 3 timed out,
+4 not found, 5 rejected by the store, 6 broker unavailable, 130 Ctrl+C,
+143 cold stop.
+"""
+
+
+@click.group(
+    context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EXAMPLES
+)
 @click.version_option(package_name="stem")
 @click.option(
     "-l",
@@ -77,8 +106,15 @@ Examples:
     type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
     help="Log level of Stem's own loggers.",
 )
-def main(loglevel: str) -> None:
+@click.option(
+    "--traceback",
+    is_flag=True,
+    envvar="STEM_TRACEBACK",
+    help="Show the full traceback of an error instead of one sentence.",
+)
+def main(loglevel: str, traceback: bool) -> None:
     """Stem: run Celery-style canvases (chains, groups, chords) as graphs."""
+    click.get_current_context().meta[TRACEBACK_KEY] = traceback
     logging.basicConfig(
         level=loglevel.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -191,6 +227,7 @@ WORKER_EXAMPLES = """
 Examples:
   stem worker -A examples/wordcount.py --url redis://127.0.0.1:6379/0
   stem worker -A myproject.tasks:app -Q default,cpu -c 8 --pool threads
+  stem worker -A myproject.tasks:app -n cpu-1 -l info --shutdown-timeout 60
 """
 
 
@@ -226,19 +263,50 @@ Examples:
     show_default=True,
     help="Where task bodies run.",
 )
+@click.option(
+    "-n",
+    "--hostname",
+    "name",
+    default=None,
+    help="The worker's name in heartbeats and `stem inspect`; unique per "
+    "deployment. [default: HOST-PID]",
+)
+@click.option(
+    "-l",
+    "--loglevel",
+    default=None,
+    type=click.Choice(["debug", "info", "warning", "error"], case_sensitive=False),
+    help="Log level of Stem's loggers for this worker; overrides stem -l.",
+)
+@click.option(
+    "--shutdown-timeout",
+    "shutdown_timeout_s",
+    type=click.FloatRange(min=0),
+    default=30.0,
+    show_default=True,
+    help="Seconds a warm stop waits for the tasks in progress; their messages "
+    "are then left to be claimed again by another worker.",
+)
 def worker(
     app_spec: str,
     url: str | None,
     queues: str | None,
     concurrency: int | None,
     pool: str,
+    name: str | None,
+    loglevel: str | None,
+    shutdown_timeout_s: float,
 ) -> None:
     """Run tasks from a shared broker until stopped.
 
     The first SIGTERM or Ctrl+C stops fetching and lets the tasks in progress
-    finish (a warm stop). A second one exits at once (a cold stop), and the
-    messages of unfinished tasks stay unacknowledged in the broker.
+    finish for up to --shutdown-timeout seconds (a warm stop). A second one
+    exits at once (a cold stop). Either way, the messages of unfinished tasks
+    stay unacknowledged, and another worker takes them over once the broker's
+    visibility timeout passes.
     """
+    if loglevel:
+        logging.getLogger().setLevel(loglevel.upper())
     app = load_app(app_spec)
     chosen = url or os.environ.get("STEM_URL")
     if chosen:
@@ -249,24 +317,44 @@ def worker(
             "never see them; pass --url redis://host:port/db, or use stem run."
         )
     names = queues.split(",") if queues else None
-    running = app.worker(concurrency=concurrency, queues=names, pool=pool)
-    signals = 0
+    running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
 
-    def on_signal(number: int, _frame: object) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            logging.getLogger(__name__).warning("Cold stop: exiting now.")
-            os._exit(EXIT_COLD_STOP)
+    def warm_stop(number: int) -> None:
         logging.getLogger(__name__).warning(
             "Warm stop (signal %d): finishing the tasks in progress.", number
         )
         # Worker.run turns KeyboardInterrupt into a warm stop.
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    running.run()
+    def cold_stop() -> None:
+        logging.getLogger(__name__).warning("Cold stop: exiting now.")
+        running.abandoned = running.in_flight
+        click.echo(_closing_line(running, "cold stop"), err=True)
+
+    signals = install_stop_signals(warm_stop, cold_stop)
+    click.echo(
+        f"Worker {running.name} started on {redact(app.url)}: queues "
+        f"{','.join(running.queues)}, concurrency {running.concurrency} "
+        f"({running.pool}).",
+        err=True,
+    )
+    running.run(shutdown_timeout_s)
+    click.echo(_closing_line(running, "warm stop" if signals else "stopped"), err=True)
+
+
+def _closing_line(running: Worker, ending: str) -> str:
+    return (
+        f"Worker {running.name} {ending}: {running.processed} tasks processed, "
+        f"{running.failed} failed, {running.abandoned} abandoned."
+    )
+
+
+main.add_command(submit)
+main.add_command(runs)
+main.add_command(graph)
+main.add_command(queues)
+main.add_command(dlq)
+main.add_command(inspect)
 
 
 def _announce(result: AsyncResult, console: Console) -> None:

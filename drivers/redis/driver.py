@@ -41,6 +41,7 @@ from stem.canvas.values import decode
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
+from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine, settings
@@ -77,7 +78,7 @@ _RECONCILE_BATCH = 100
 _MIN_RECLAIM_INTERVAL_S = 0.05
 
 
-class RedisDriver:
+class RedisDriver(RedisOperations):
     """Runs, queues and delayed messages in one Redis server or a Redis Cluster.
 
     Args:
@@ -655,8 +656,7 @@ class RedisDriver:
             time.sleep(pause if remaining is None else min(pause, remaining))
 
     def workers_alive(self) -> int | None:
-        # Workers in other processes do not register yet, so no count is known.
-        return None
+        return len(self.workers())
 
     def group_counts(self, run_id: str) -> dict[int | None, dict[str, int]]:
         keys = self._keys.run(run_id)

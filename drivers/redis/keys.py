@@ -87,6 +87,14 @@ key                      type       contents
                                     ``retried``, ``replaced``, ``ended``), and
                                     ``node`` with ``attempt`` for node events,
                                     ``status`` for ``ended``
+<base>queues             set        names of the queues that messages were sent
+                                    to, for listings
+<base>runs               sorted set run ids scored by creation time in seconds,
+                                    written by submit; listings drop ids
+                                    whose run hash no longer exists
+<base>workers            sorted set worker names scored by last heartbeat
+<base>worker:<name>      string     a worker's last heartbeat, JSON, with a TTL
+                                    of a few heartbeat intervals
 <base>fire:<entry>:<t>   string     a claimed beat fire time, with a TTL
 <base>last_fires         sorted set beat entry names, each scored by the latest
                                     fire time claimed for it, in seconds
@@ -96,10 +104,11 @@ key                      type       contents
 ======================== ========== =============================================
 
 Run keys live in the run's partition. Every partition has its own queue
-streams, delayed set, dead-letter stream and outbox. A large run's graph and
-node-state hashes and its roots list are written in chunks with a TTL before
-the run hash exists, so an unsealed run is never seen and expires. Beat fire
-times and locks belong to no run and live in the first partition.
+streams, delayed set, dead-letter stream, queue names set, runs index and
+outbox. A large run's graph, node-state and state-count hashes and its roots
+list are written in chunks with a TTL before the run hash exists, so an
+unsealed run is never seen and expires. Worker heartbeats, beat fire times
+and locks belong to no run and live in the first partition.
 """
 
 from __future__ import annotations
@@ -206,6 +215,25 @@ class Keys:
         """The stream of work that workers apply for the partition's runs."""
         return f"{self.base}outbox"
 
+    @property
+    def queues(self) -> str:
+        """The set of queue names. Scripts build it from ``base``."""
+        return f"{self.base}queues"
+
+    @property
+    def runs(self) -> str:
+        """The runs index: run ids by creation time. Scripts build it from ``base``."""
+        return f"{self.base}runs"
+
+    @property
+    def workers(self) -> str:
+        """The sorted set of worker names by last heartbeat."""
+        return f"{self.base}workers"
+
+    def worker(self, name: str) -> str:
+        """Return the key of one worker's heartbeat."""
+        return f"{self.base}worker:{name}"
+
     def fire(self, entry: str, fire_time_s: float) -> str:
         """Return the key that marks one fire time of a beat entry as claimed."""
         return f"{self.base}fire:{entry}:{fire_time_s!r}"
@@ -284,3 +312,12 @@ class KeySpace:
     def lock(self, name: str) -> str:
         """Return the key of a named lock."""
         return self.first.lock(name)
+
+    @property
+    def workers(self) -> str:
+        """The sorted set of worker names by last heartbeat."""
+        return self.first.workers
+
+    def worker(self, name: str) -> str:
+        """Return the key of one worker's heartbeat."""
+        return self.first.worker(name)

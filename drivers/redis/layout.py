@@ -270,3 +270,51 @@ def snapshot_of(
         error_node=run.get("error_node") or None,
         epoch=int(run.get("epoch", "1")),
     )
+
+
+def replay_args(run: RunState, node_id: NodeId) -> list[str | int | float]:
+    """Return the lists of replay.lua from ARGV[6] on, for reopening a failed node.
+
+    The candidates come from `machine.replay_candidates` on a snapshot. Their
+    states are final, so they cannot change before the script runs, and the
+    script checks each state again anyway.
+    """
+    spec = run.spec
+    candidates = machine.replay_candidates(run, node_id)
+    chosen = {node_id, *candidates}
+    args: list[str | int | float] = [
+        "1" if spec.node(node_id).side else "0",
+        str(len(candidates)),
+    ]
+    for candidate in candidates:
+        node = spec.node(candidate)
+        args += [candidate, "1" if node.side else "0", _deps_text(node)]
+    dependents = sorted(
+        {
+            dependent
+            for current in chosen
+            for dependent in spec.dependents[current]
+            if dependent not in chosen
+        },
+        key=node_order,
+    )
+    args.append(str(len(dependents)))
+    for dependent in dependents:
+        args += [dependent, _deps_text(spec.node(dependent))]
+    errbacks = sorted(
+        {errback for current in chosen for errback in spec.errbacks_covering[current]},
+        key=node_order,
+    )
+    args.append(str(len(errbacks)))
+    for errback in errbacks:
+        args += [errback, ",".join(spec.node(errback).covers)]
+    return args
+
+
+def _deps_text(node: NodeSpec) -> str:
+    """Encode each dependency as ``dep=S`` (any settled end accepted) or ``dep=s``."""
+    settled_join = node.join == "all_settled" and node.role != "link"
+    return ",".join(
+        f"{dep}={'S' if settled_join or dep in node.settled else 's'}"
+        for dep in node.deps
+    )

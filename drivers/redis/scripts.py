@@ -42,6 +42,8 @@ SCRIPT_NAMES = (
     "seal",
     "release",
     "stale_releases",
+    "purge",
+    "replay",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import logging
-import os
-import signal
 
 import click
 
-from stem.discovery import load_app
-from stem.engine.app import App
+from stem.commands.common import (
+    app_options,
+    install_stop_signals,
+    reported_errors,
+    shared_app,
+)
 
 log = logging.getLogger(__name__)
 
@@ -22,16 +24,7 @@ Examples:
 
 
 @click.command(epilog=BEAT_EXAMPLES)
-@click.option(
-    "-A",
-    "--app",
-    "app_spec",
-    required=True,
-    help="The app: MODULE:ATTRIBUTE, a module, or a path to a .py file.",
-)
-@click.option(
-    "--url", default=None, help="Broker URL; overrides STEM_URL and the app's own URL."
-)
+@app_options(required=True)
 @click.option(
     "-l",
     "--loglevel",
@@ -61,39 +54,21 @@ def beat(
     """
     if loglevel is not None:
         logging.getLogger().setLevel(loglevel.upper())
-    app = load_app(app_spec)
-    _use_url(app, url)
-    if app.url.startswith("memory:"):
-        raise click.UsageError(
-            "memory:// keeps runs inside one process, so no worker would see the "
-            "runs beat submits; pass --url redis://host:port/db."
-        )
+    with reported_errors():
+        app = shared_app(app_spec, url, "stem beat")
     if not app.beat_entries:
         raise click.UsageError(
             f"{app!r} has no schedule entries; declare them with "
             "App(beat_schedule={...}) or @app.periodic(...)."
         )
     runner = app.beat(starting_deadline_s=starting_deadline_s)
-    signals = 0
 
-    def on_signal(number: int, _frame: object) -> None:
-        nonlocal signals
-        signals += 1
-        if signals > 1:
-            from stem.cli import EXIT_COLD_STOP
-
-            log.warning("Second stop signal: exiting now.")
-            os._exit(EXIT_COLD_STOP)
+    def warm_stop(number: int) -> None:
         log.warning("Stopping beat (signal %d) after the current step.", number)
         runner.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
+    def cold_stop() -> None:
+        log.warning("Second stop signal: exiting now.")
+
+    install_stop_signals(warm_stop, cold_stop)
     runner.run()
-
-
-def _use_url(app: App, url: str | None) -> None:
-    """Apply the URL precedence: ``--url``, then ``STEM_URL``, then the app's."""
-    chosen = url or os.environ.get("STEM_URL")
-    if chosen:
-        app.url = chosen

@@ -4,37 +4,40 @@ The command reopens the run as its next epoch in the shared store and, with
 ``--wait``, follows it until the new epoch ends. Workers do the work, so a
 worker must serve the run's queues.
 
-Exit codes, the same as the rest of ``stem``:
+Exit codes, the same as the rest of ``stem`` (`stem.commands.common`):
     0  the run was reopened (with ``--wait``: and then succeeded).
-    1  with ``--wait``, the new epoch failed or was cancelled; or the store
-       failed.
-    2  bad usage: no URL, a memory:// URL, an unknown run, or a run that is
-       running or succeeded.
+    1  with ``--wait``, the new epoch failed or was cancelled.
+    2  bad usage: no URL, or a memory:// URL.
     3  with ``--wait``, the new epoch did not end within ``--timeout``.
+    4  no run has the given id.
+    5  the run is running or succeeded, so it cannot be retried.
+    6  the store failed or could not be reached.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
 
 import click
 
 from stem.canvas.spec import NodeId
-from stem.discovery import load_app
+from stem.commands.common import (
+    EXIT_FAILED,
+    EXIT_OK,
+    EXIT_REJECTED,
+    EXIT_TIMEOUT,
+    CommandError,
+    reported_errors,
+    shared_app,
+)
 from stem.engine import machine
 from stem.engine.app import App
 from stem.engine.drivers import redact
-from stem.engine.errors import DriverError, DriverNotFound, RunNotFound, RunNotRetryable
+from stem.engine.errors import RunNotRetryable
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import RunState
 from stem.engine.result import AsyncResult
-
-EXIT_OK = 0
-EXIT_RUN_FAILED = 1  # the new epoch ended failed or cancelled
-EXIT_USAGE = 2  # click's own code for bad usage
-EXIT_TIMEOUT = 3  # the new epoch was still going when --timeout ran out
 
 RETRY_EXAMPLES = """
 \b
@@ -92,7 +95,8 @@ def retry(
     errbacks fire again for the new epoch. Only a failed or cancelled run can
     be retried.
     """
-    app = _app(app_spec, url)
+    with reported_errors():
+        app = shared_app(app_spec, url, "stem runs retry")
     try:
         sys.exit(retry_run(app, run_id, wait=wait, timeout_s=timeout, as_json=as_json))
     finally:
@@ -110,57 +114,30 @@ def retry_run(
     """Reopen a run as its next epoch, report it, and return the exit code.
 
     Raises:
-        click.BadParameter: for an unknown run, or one that cannot be retried.
-        click.UsageError: for a URL that no driver serves.
-        click.ClickException: if the store failed.
+        CommandError: with the exit code of `stem.commands.common` for an
+            unknown run, a run that cannot be retried, a URL that no driver
+            serves, or a store that failed.
     """
-    try:
-        before = app.driver.snapshot(run_id)
-        result = app.AsyncResult(run_id).retry()
+    with reported_errors():
+        try:
+            before = app.driver.snapshot(run_id)
+            result = app.AsyncResult(run_id).retry()
+        except RunNotRetryable as err:
+            raise CommandError(str(err), EXIT_REJECTED) from err
         snapshot = result.snapshot()
-    except (RunNotFound, RunNotRetryable) as err:
-        raise click.BadParameter(str(err), param_hint="RUN") from err
-    except DriverNotFound as err:
-        raise click.UsageError(str(err)) from err
-    except DriverError as err:
-        raise click.ClickException(str(err)) from err
     _report_reopened(snapshot, _reopened_nodes(before), app, as_json)
     if not wait:
         return EXIT_OK
 
-    try:
+    with reported_errors():
         snapshot = app.driver.wait(run_id, timeout_s)
-    except DriverError as err:
-        raise click.ClickException(str(err)) from err
     _report_ended(snapshot, as_json)
     if snapshot.status == "running":
         return EXIT_TIMEOUT
     if snapshot.status != "succeeded":
         _print_error(result, snapshot)
-        return EXIT_RUN_FAILED
+        return EXIT_FAILED
     return EXIT_OK
-
-
-def _app(app_spec: str | None, url: str | None) -> App:
-    """Build the app whose store holds the run, from -A, --url and STEM_URL."""
-    app = load_app(app_spec) if app_spec else None
-    chosen = url or os.environ.get("STEM_URL")
-    if app is None:
-        if not chosen:
-            raise click.UsageError(
-                "No store to find the run in: pass --url redis://host:port/db, "
-                "set STEM_URL, or pass -A with an app whose URL points at one."
-            )
-        app = App(chosen)
-    elif chosen:
-        app.url = chosen
-    if app.url.startswith("memory:"):
-        raise click.UsageError(
-            "memory:// keeps runs inside the process that made them, so this "
-            "command cannot reach them; pass --url redis://host:port/db, or call "
-            "AsyncResult.retry() in that process."
-        )
-    return app
 
 
 def _reopened_nodes(before: RunSnapshot) -> list[NodeId]:
@@ -221,9 +198,3 @@ def _print_error(result: AsyncResult, snapshot: RunSnapshot) -> None:
         f"{type(error).__name__}: {error}",
         err=True,
     )
-
-
-if __name__ == "__main__":
-    # `python -m stem.commands.runs_retry` runs this command on its own, until
-    # `stem runs` attaches it as a subcommand.
-    retry()

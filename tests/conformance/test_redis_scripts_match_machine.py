@@ -405,3 +405,78 @@ def test_scripts_match_machine(
         _check_same_state(pair, redis_target)
     finally:
         driver.close()
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture], deadline=None)
+@given(data=st.data(), canvas=canvases(TASKS, max_depth=3, max_leaves=8))
+def test_replay_matches_machine_replay_node(
+    redis_target: Any, data: st.DataObject, canvas: Any
+) -> None:
+    """Replaying a failed node reopens the same nodes on Redis as `replay_node`.
+
+    Some examples retry the run as a new epoch first, and some replay a dead
+    letter of the epoch before, which both sides must refuse.
+    """
+    spec = compile_canvas(canvas)
+    node_ids = [node.id for node in spec.nodes]
+    if node_ids:
+        ignored = data.draw(st.sets(st.sampled_from(node_ids)), label="ignored")
+        spec = _with_ignored(spec, ignored)
+    plan = data.draw(plans(spec), label="plan")
+    seed = data.draw(st.integers(0, 2**32 - 1), label="seed")
+    prefix = f"replay-{uuid.uuid4().hex[:12]}:"
+    driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
+    try:
+        pair = _Pair(driver, spec, plan, [])
+        rng = random.Random(seed)
+        while pair.messages or pair.reports:
+            pair.step(rng)
+        stale: dict[NodeId, int] = {}
+        if data.draw(st.booleans(), label="retry the run first"):
+            stale = {
+                key: record.attempt
+                for key, record in pair.run.nodes.items()
+                if record.state == "failed"
+            }
+            pair.plan = data.draw(plans(pair.run.spec), label="retry plan")
+            if pair.retry_run():
+                while pair.messages or pair.reports:
+                    pair.step(rng)
+            else:
+                stale = {}
+        failed = [
+            key for key, record in pair.run.nodes.items() if record.state == "failed"
+        ]
+        for node_id in data.draw(st.permutations(failed), label="replayed"):
+            record = pair.run.nodes[node_id]
+            epoch = pair.run.epoch
+            if node_id in stale and data.draw(st.booleans(), label="stale epoch"):
+                # A dead letter of the epoch before the run retry.
+                epoch -= 1
+                attempt = stale[node_id]
+            else:
+                attempt = record.attempt
+            message = pair._message(node_id, attempt, epoch=epoch)
+            driver.dead_letter(message, "replayed by the test")
+            [dead], _ = driver.list_dead_letters()
+            pair.now += 1.0
+            effects = machine.replay_node(
+                pair.run, node_id, attempt, pair.now, epoch=epoch
+            )
+            outcome = driver.replay_dead_letter(dead.id)
+            assert (outcome == "replayed") == (effects is not None), outcome
+            if epoch != pair.run.epoch:
+                assert outcome == "other_epoch"
+            event(f"replay: {outcome}")
+            if effects is None:
+                driver.purge_dead_letters([dead.id])
+                continue
+            # The new attempt succeeds, so the reopened nodes can run.
+            pair.plan[node_id] = NodePlan()
+            pair._enqueue(effects)
+            _check_same_state(pair, redis_target)
+            while pair.messages or pair.reports:
+                pair.step(rng)
+        _check_same_state(pair, redis_target)
+    finally:
+        driver.close()

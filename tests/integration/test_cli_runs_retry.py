@@ -23,6 +23,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from stem.commands.common import EXIT_NOT_FOUND, EXIT_REJECTED, EXIT_UNAVAILABLE
 from stem.commands.runs_retry import retry
 
 FLOWS = """
@@ -198,7 +199,7 @@ def test_retry_rejects_succeeded_run(flows: ModuleType, state: Path) -> None:
 
     outcome = CliRunner().invoke(retry, [result.id, "--url", flows.app.url])
 
-    assert outcome.exit_code == 2, outcome.output
+    assert outcome.exit_code == EXIT_REJECTED, outcome.output
     assert f"Run {result.id} cannot be retried because it succeeded" in outcome.output
     assert "Traceback" not in outcome.output
 
@@ -206,7 +207,7 @@ def test_retry_rejects_succeeded_run(flows: ModuleType, state: Path) -> None:
 def test_retry_unknown_run(flows: ModuleType) -> None:
     outcome = CliRunner().invoke(retry, ["no-such-run", "--url", flows.app.url])
 
-    assert outcome.exit_code == 2, outcome.output
+    assert outcome.exit_code == EXIT_NOT_FOUND, outcome.output
     assert "Run 'no-such-run' is not found" in outcome.output
 
 
@@ -226,12 +227,14 @@ def test_retry_needs_url(monkeypatch: pytest.MonkeyPatch) -> None:
     assert "pass --url redis://host:port/db, set STEM_URL" in outcome.output
 
 
-def test_retry_store_down_exits_1() -> None:
+def test_retry_store_down_exits_unavailable() -> None:
     # Nothing listens on port 1 of the loopback address, so the connection fails.
     outcome = CliRunner().invoke(retry, ["some-run", "--url", "redis://127.0.0.1:1/0"])
 
-    assert outcome.exit_code == 1, outcome.output
-    assert "Redis failed to read run some-run" in outcome.output
+    assert outcome.exit_code == EXIT_UNAVAILABLE, outcome.output
+    # The driver connects when it is made, to load its scripts.
+    assert "Loading the Lua scripts failed" in outcome.output
+    assert "127.0.0.1:1" in outcome.output
     assert "Traceback" not in outcome.output
 
 
@@ -276,9 +279,7 @@ def test_retry_process_after_injected_failure(flows: ModuleType, state: Path) ->
         assert isinstance(error, RuntimeError)
         (state / "fail.flag").unlink()
 
-        # NOTE: this runs the command module on its own. `stem runs retry`
-        # runs the same command once the `runs` group attaches it.
-        command = [sys.executable, "-m", "stem.commands.runs_retry", result.id]
+        command = [sys.executable, "-m", "stem", "runs", "retry", result.id]
         retried = subprocess.run(
             [*command, "--url", flows.app.url, "--wait", "--timeout", str(TIMEOUT_S)],
             capture_output=True,

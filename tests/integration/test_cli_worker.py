@@ -106,7 +106,7 @@ def test_worker_process_runs_chord(flows: ModuleType) -> None:
 
     assert value == 90
     assert code == 0, stderr
-    assert "Worker stopped: 11 tasks processed, 0 failed." in stderr
+    assert "stopped: 11 tasks processed, 0 failed, 0 abandoned." in stderr
 
 
 def test_sigterm_finishes_task_in_progress(flows: ModuleType) -> None:

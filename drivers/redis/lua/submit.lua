@@ -25,7 +25,8 @@
   Time comes from TIME inside the script.
   Returns {1} when the run was stored, {0} when a run with this id exists.
   Adds one stream entry per root node to <base>q:<queue>, or a delayed-set
-  member for a root with a countdown or eta, and a "submitted" event (then
+  member for a root with a countdown or eta, the run id to the runs index
+  <base>runs scored by the creation time, and a "submitted" event (then
   "ended" if the run has no main-path node).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
@@ -78,6 +79,7 @@ rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_te
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
   "sinks", sinks, "reaching", reaching, "retention_ms", retention_ms,
   "events_max_len", events_max_len)
+rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)
 end

@@ -10,8 +10,9 @@
     delayed_key  delayed sorted set; the partition's key base is its name minus "delayed"
     run_id, epoch (strings), now (seconds, number), now_text (now as a string)
   Writes stream entries to <base>q:<queue> for every node it queues without
-  delay, and members of the delayed set for the others. The including script
-  includes "lifecycle" first, whose state counts, events and expiry this uses.
+  delay, and members of the delayed set for the others, and adds each
+  queue's name to the set <base>queues. The including script includes
+  "lifecycle" first, whose state counts, events and expiry this uses.
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -42,6 +43,8 @@ end
 local function send(node, attempt, delay)
   local queue = attr(node, "queue")
   local task = attr(node, "task")
+  -- The queue names set lets `stem queues ls` find queues without SCAN.
+  rcall("SADD", base .. "queues", queue)
   if delay > 0 then
     local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
     rcall("ZADD", delayed_key, string.format("%.6f", now + delay), member)

@@ -1,0 +1,249 @@
+"""The operator commands in process (CliRunner) against a private Redis server."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from xml.etree import ElementTree
+
+import pytest
+import redis
+from click.testing import CliRunner
+
+from stem.cli import main
+from stem.commands.common import (
+    EXIT_FAILED,
+    EXIT_NOT_FOUND,
+    EXIT_REJECTED,
+)
+
+from .conftest import TIMEOUT_S, database_url, load_flows, write_flows
+
+#: A database of the private server that only these tests use.
+DATABASE = 11
+
+
+@pytest.fixture
+def flows(tmp_path: Path, redis_url: str) -> Iterator[ModuleType]:
+    url = database_url(redis_url, DATABASE)
+    module = load_flows(write_flows(tmp_path, url))
+    yield module
+    module.app.close()
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.delenv("STEM_URL", raising=False)
+    return CliRunner()
+
+
+def invoke(runner: CliRunner, flows: ModuleType, *args: str) -> tuple[int, str]:
+    result = runner.invoke(main, [*args, "-A", flows.__file__])
+    return result.exit_code, result.output
+
+
+def test_runs_ls_show_and_cancel(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=2):
+        done = flows.pipeline().apply_async()
+        assert done.get(TIMEOUT_S) == 90
+    waiting = flows.add.delay(1, 2)
+
+    code, listed = invoke(runner, flows, "runs", "ls", "--json")
+    _, running_only = invoke(runner, flows, "runs", "ls", "--state", "running")
+    _, table = invoke(runner, flows, "runs", "ls")
+    show_code, shown = invoke(runner, flows, "runs", "show", done.id)
+    cancel_code, cancelled = invoke(runner, flows, "runs", "cancel", waiting.id)
+    again_code, again = invoke(runner, flows, "runs", "cancel", waiting.id)
+    missing_code, missing = invoke(runner, flows, "runs", "show", "no-such-run")
+
+    assert code == 0
+    assert [run["run_id"] for run in json.loads(listed)["runs"]] == [
+        waiting.id,
+        done.id,
+    ]
+    assert waiting.id in running_only
+    assert done.id not in running_only
+    assert "✓ succeeded" in table
+    assert show_code == 0
+    assert "11 ✓ succeeded" in shown
+    assert "value     90" in shown
+    assert cancel_code == 0
+    assert f"Run {waiting.id} cancelled." in cancelled
+    assert waiting.state == "cancelled"
+    assert again_code == EXIT_REJECTED
+    assert "already ended as cancelled" in again
+    assert missing_code == EXIT_NOT_FOUND
+    assert missing.startswith("Error: Run 'no-such-run' is not found")
+
+
+def test_runs_ls_pages_with_cursor(runner: CliRunner, flows: ModuleType) -> None:
+    ids = [flows.add.delay(i, i).id for i in range(3)]
+
+    _, first = invoke(runner, flows, "runs", "ls", "--limit", "2", "--json")
+    cursor = json.loads(first)["cursor"]
+    _, second = invoke(runner, flows, "runs", "ls", "--limit", "2", "--cursor", cursor)
+    _, hint = invoke(runner, flows, "runs", "ls", "--limit", "2")
+
+    assert [run["run_id"] for run in json.loads(first)["runs"]] == ids[:0:-1]
+    assert ids[0] in second
+    assert "More runs: stem runs ls --cursor" in hint
+
+
+def test_expired_run_leaves_index(runner: CliRunner, flows: ModuleType) -> None:
+    kept = flows.add.delay(1, 1)
+    expired = flows.add.delay(2, 2)
+    client = redis.Redis.from_url(flows.app.url)
+    client.delete(*client.keys(f"*run:{expired.id}*"))
+
+    _, listed = invoke(runner, flows, "runs", "ls", "--json")
+
+    assert [run["run_id"] for run in json.loads(listed)["runs"]] == [kept.id]
+    assert client.zrange("{stem:p0}:runs", 0, -1) == [kept.id.encode()]
+    client.close()
+
+
+def test_graph_show_formats(
+    runner: CliRunner, flows: ModuleType, tmp_path: Path
+) -> None:
+    with flows.app.worker(concurrency=2):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+    run_id = result.id
+
+    code, dag = invoke(runner, flows, "graph", "show", run_id)
+    _, tree = invoke(runner, flows, "graph", "show", run_id, "--format", "tree")
+    _, as_json = invoke(runner, flows, "graph", "show", run_id, "--format", "json")
+    _, dot = invoke(runner, flows, "graph", "show", run_id, "--format", "dot")
+    _, mermaid = invoke(runner, flows, "graph", "show", run_id, "--format", "mermaid")
+    _, why = invoke(runner, flows, "graph", "show", run_id, "--why", "4")
+    _, watched = invoke(runner, flows, "graph", "show", run_id, "--watch")
+    out = tmp_path / "run.mmd"
+    _, _ = invoke(
+        runner, flows, "graph", "show", run_id, "--format", "mermaid", "-o", str(out)
+    )
+    missing_code, _ = invoke(runner, flows, "graph", "show", run_id, "--why", "99")
+
+    assert code == 0
+    assert "✗  3  extra" in dag
+    assert "⊘  4  add" in dag
+    assert "legend:" in dag
+    assert "\x1b[" not in dag
+    assert max(len(line) for line in dag.splitlines()) <= 80
+    assert "extra" in tree
+    assert {node["id"] for node in json.loads(as_json)["nodes"]} >= {"0", "3", "4"}
+    assert dot.startswith("digraph")
+    assert mermaid.startswith("flowchart")
+    assert "Node 3 (extra) failed: DeadLettered" in " ".join(why.split())
+    assert watched.count("legend:") == 1
+    assert out.read_text(encoding="utf-8") == mermaid
+    assert missing_code == EXIT_NOT_FOUND
+
+
+def test_graph_show_writes_svg(
+    runner: CliRunner, flows: ModuleType, tmp_path: Path
+) -> None:
+    with flows.app.worker(concurrency=2):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+    out = tmp_path / "run.svg"
+
+    code, output = invoke(
+        runner, flows, "graph", "show", result.id, "--format", "svg", "-o", str(out)
+    )
+
+    assert code == 0, output
+    assert f"Wrote svg of run {result.id} to {out}." in output
+    # Raises ParseError unless the file is well-formed XML.
+    root = ElementTree.parse(out).getroot()
+    assert root.tag == "{http://www.w3.org/2000/svg}svg"
+    texts = " ".join(element.text or "" for element in root.iter())
+    assert f"run {result.id}: failed" in texts
+    assert "extra" in texts
+    assert "failed" in texts
+
+
+def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) -> None:
+    result = flows.pipeline(20).apply_async()
+
+    _, collapsed = invoke(runner, flows, "graph", "show", result.id)
+    _, expanded = invoke(runner, flows, "graph", "show", result.id, "--expand")
+    _, why = invoke(runner, flows, "graph", "show", result.id, "--why", "20")
+    _, queued = invoke(runner, flows, "graph", "show", result.id, "--why", "0")
+
+    assert "add \N{MULTIPLICATION SIGN}20  20 ◷" in collapsed
+    assert "\N{MULTIPLICATION SIGN}20" not in expanded
+    assert "waits for 20 of its 20 dependencies" in " ".join(why.split())
+    assert "0 live workers read that queue" in " ".join(queued.split())
+
+
+def test_queues_ls_and_purge(runner: CliRunner, flows: ModuleType) -> None:
+    flows.pipeline(5).apply_async()
+
+    _, before = invoke(runner, flows, "queues", "ls", "--json")
+    code, purged = invoke(runner, flows, "queues", "purge", "default", "--force")
+    _, after = invoke(runner, flows, "queues", "ls")
+
+    assert json.loads(before)["queues"] == [
+        {"name": "default", "ready": 5, "unacked": 0}
+    ]
+    assert code == 0
+    assert "Purged 5 messages from queue default." in purged
+    assert "default      0        0" in after
+
+
+def test_dlq_ls_show_replay_purge(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=1):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+        _, listed = invoke(runner, flows, "dlq", "ls", "--json")
+        [dead] = json.loads(listed)["dead_letters"]
+        _, shown = invoke(runner, flows, "dlq", "show", dead["id"])
+        flows.app.task(name="extra")(lambda values: len(values))
+        code, replayed = invoke(runner, flows, "dlq", "replay", dead["id"])
+        assert result.get(TIMEOUT_S) == 103
+    again_code, again = invoke(runner, flows, "dlq", "replay", dead["id"])
+    purge_code, purged = invoke(runner, flows, "dlq", "purge", "--all", "-f")
+
+    assert dead["node"] == "3"
+    assert dead["task"] == "extra"
+    assert "not registered" in shown
+    assert code == 0
+    assert f"node 3 of run {result.id} is queued again" in replayed
+    assert again_code == EXIT_NOT_FOUND
+    assert "No dead letter has id" in again
+    assert purge_code == 0
+    assert "Purged 0 dead letters." in purged
+
+
+def test_inspect_lists_live_workers(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=3, name="inspected"):
+        code, table = invoke(runner, flows, "inspect")
+        _, as_json = invoke(runner, flows, "inspect", "--json")
+    none_code, none = invoke(runner, flows, "inspect")
+
+    [beat] = json.loads(as_json)["workers"]
+    assert code == 0
+    assert "inspected" in table
+    assert "0/3 threads" in table
+    assert beat["name"] == "inspected"
+    assert beat["concurrency"] == 3
+    assert none_code == EXIT_FAILED
+    assert "No worker is alive" in none
+
+
+def test_expired_runs_do_not_hide_others(flows: ModuleType) -> None:
+    driver = flows.app.driver
+    ids = [flows.add.delay(i, i).id for i in range(250)]
+    client = redis.Redis.from_url(flows.app.url)
+    # Expire every other run among the newest 200, the first batch read.
+    for run_id in ids[50::2]:
+        client.delete(*client.keys(f"*run:{run_id}*"))
+    client.close()
+
+    page = driver.list_runs(limit=1000)
+
+    expected = ids[:50] + ids[51::2]
+    assert sorted(run.run_id for run in page.runs) == sorted(expected)
+    assert page.cursor is None

@@ -1,0 +1,173 @@
+"""The operator commands in process, with click's CliRunner: usage and errors."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import click
+import pytest
+from click.testing import CliRunner
+
+from stem.cli import main
+from stem.commands import common
+from stem.commands.common import EXIT_USAGE, parse_age
+
+SHARED_COMMANDS = [
+    ["runs", "ls"],
+    ["runs", "show", "RUN"],
+    ["runs", "cancel", "RUN"],
+    ["graph", "show", "RUN"],
+    ["queues", "ls"],
+    ["queues", "purge", "default", "-f"],
+    ["dlq", "ls"],
+    ["dlq", "show", "1-0"],
+    ["dlq", "replay", "1-0"],
+    ["dlq", "purge", "--all", "-f"],
+    ["inspect"],
+]
+
+
+@pytest.fixture
+def runner(monkeypatch: pytest.MonkeyPatch) -> CliRunner:
+    monkeypatch.delenv("STEM_URL", raising=False)
+    return CliRunner()
+
+
+@pytest.mark.parametrize("command", SHARED_COMMANDS, ids=" ".join)
+def test_memory_url_rejected(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(main, [*command, "--url", "memory://"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "needs a shared store" in result.output
+    assert "Traceback" not in result.output
+
+
+@pytest.mark.parametrize("command", SHARED_COMMANDS, ids=" ".join)
+def test_missing_url_is_usage_error(runner: CliRunner, command: list[str]) -> None:
+    result = runner.invoke(main, command)
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "No broker URL is given" in result.output
+
+
+def test_stem_url_variable_used(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["runs", "ls"], env={"STEM_URL": "memory://"})
+
+    assert result.exit_code == EXIT_USAGE
+    assert "memory://" in result.output
+
+
+def test_url_flag_beats_variable(runner: CliRunner) -> None:
+    result = runner.invoke(
+        main,
+        ["runs", "ls", "--url", "memory://flag"],
+        env={"STEM_URL": "redis://127.0.0.1:1/0"},
+    )
+
+    assert result.exit_code == EXIT_USAGE
+    assert "memory://flag" in result.output
+
+
+def test_app_url_used_last(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "appmod.py").write_text(
+        "from stem import App\napp = App('memory://app')\n"
+    )
+    app_path = str(tmp_path / "appmod.py")
+
+    own = runner.invoke(main, ["runs", "ls", "-A", app_path])
+    overridden = runner.invoke(
+        main, ["runs", "ls", "-A", app_path], env={"STEM_URL": "memory://env"}
+    )
+
+    assert "memory://app" in own.output
+    assert "memory://env" in overridden.output
+
+
+def test_app_miss_lists_close_names(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "named.py").write_text("from stem import App\nmy_app = App()\n")
+
+    result = runner.invoke(main, ["runs", "ls", "-A", f"{tmp_path / 'named.py'}:my_ap"])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "Did you mean my_app?" in result.output
+
+
+def test_submit_needs_factory(runner: CliRunner, tmp_path: Path) -> None:
+    (tmp_path / "subflows.py").write_text(
+        textwrap.dedent(
+            """
+            from stem import App
+            app = App("redis://127.0.0.1:1/0")
+            """
+        )
+    )
+    path = str(tmp_path / "subflows.py")
+
+    result = runner.invoke(main, ["submit", "-A", path, path])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "names no factory" in result.output
+
+
+def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
+    url = "redis://user:hunter2@127.0.0.1:1/0"
+
+    result = runner.invoke(main, ["runs", "ls", "--url", url])
+
+    assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
+    # The driver connects when it is made, to load its scripts.
+    assert result.output.startswith("Error: Loading the Lua scripts failed")
+    assert "127.0.0.1:1" in result.output
+    assert len(result.output.strip().splitlines()) == 1
+    assert "hunter2" not in result.output
+
+
+def test_traceback_flag_shows_traceback(runner: CliRunner) -> None:
+    result = runner.invoke(
+        main, ["--traceback", "runs", "ls", "--url", "redis://127.0.0.1:1/0"]
+    )
+
+    assert result.exit_code == 1
+    assert result.exc_info is not None
+    assert type(result.exception).__name__ == "DriverError"
+
+
+def test_exit_codes_documented() -> None:
+    doc = common.__doc__ or ""
+    names = [name for name in vars(common) if name.startswith("EXIT_")]
+
+    assert len(names) == 9
+    for name in names:
+        assert name in doc
+        assert f"{getattr(common, name)} " in doc
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("90", 90.0), ("90s", 90.0), ("15m", 900.0), ("2h", 7200.0), ("1.5d", 129600.0)],
+)
+def test_parse_age(text: str, seconds: float) -> None:
+    assert parse_age(text) == seconds
+
+
+@pytest.mark.parametrize("text", ["", "h", "-1m", "3 years"])
+def test_parse_age_rejects(text: str) -> None:
+    with pytest.raises(click.BadParameter, match="is invalid"):
+        parse_age(text)
+
+
+def test_unknown_scheme_is_usage_error(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["runs", "ls", "--url", "nosuch://host/0"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "No driver handles nosuch://" in result.output
+
+
+def test_help_lists_exit_codes(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["--help"])
+    text = " ".join(result.output.split())
+
+    for name in (name for name in vars(common) if name.startswith("EXIT_")):
+        assert f"{getattr(common, name)} " in text, name
+    assert "stem graph show $RUN --watch" in text
