@@ -90,7 +90,8 @@ key                      type       contents
 <base>queues             set        names of the queues that messages were sent
                                     to, for listings
 <base>runs               sorted set run ids scored by creation time in seconds,
-                                    written by submit; listings drop ids
+                                    written by submit (by the seal for a
+                                    large run); listings drop ids
                                     whose run hash no longer exists
 <base>workers            sorted set worker names scored by last heartbeat
 <base>worker:<name>      string     a worker's last heartbeat, JSON, with a TTL

@@ -418,6 +418,8 @@ def test_large_run_counts_events_expiry_and_retry(
         started, _ = machine.start("big", spec, time.time())
         assert driver.group_counts("big") == machine.group_counts(started)
         assert [(e.run_id, e.kind) for e in driver.events()] == [("big", "submitted")]
+        listed = driver.list_runs().runs
+        assert [(run.run_id, run.status) for run in listed] == [("big", "running")]
         assert client.hmget(keys.run, ["retention_ms", "events_max_len"]) == [
             "600000",
             str(settings.DEFAULT_EVENTS_MAX_LEN),

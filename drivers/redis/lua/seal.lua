@@ -28,8 +28,9 @@
   entry that asks for its roots to be released (release.lua), {0} when the
   run exists already, {-5} when a staged key is missing or incomplete (it
   expired before the seal), so nothing was written.
-  Adds one entry to the outbox: kind "release", run, epoch, and a
-  "submitted" event.
+  Adds one entry to the outbox: kind "release", run, epoch, a "submitted"
+  event, and the run id to the runs index <base>runs scored by the creation
+  time, as submit.lua does.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -38,6 +39,8 @@ local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
 local roots_key = KEYS[4]
 local outbox_key = KEYS[5]
+-- The partition's key base is the outbox key's name minus "outbox".
+local base = string.sub(outbox_key, 1, -7)
 local staged_spec_key = KEYS[6]
 local spec_key = KEYS[7]
 local counts_key = KEYS[9]
@@ -76,5 +79,6 @@ rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_te
   "open_main", ARGV[6], "spec_version", "1", "nodes", ARGV[3],
   "sinks", ARGV[4], "reaching", ARGV[5], "released", "0", "release_entry", entry,
   "retention_ms", ARGV[10], "events_max_len", ARGV[11])
+rcall("ZADD", base .. "runs", now_text, run_id)
 emit("submitted")
 return {1, entry}
