@@ -56,6 +56,8 @@ class _Inflow:
     deps: tuple[NodeId, ...] = ()
     #: The part of ``deps`` whose failure was absorbed upstream.
     settled: tuple[NodeId, ...] = ()
+    #: The nodes whose success starts the link being compiled, if any.
+    triggers: tuple[NodeId, ...] = ()
     value: Template | _SubmitArgs | None = None
     join: JoinPolicy = "fail_fast"
     defaults: Mapping[str, Any] = field(default_factory=dict)
@@ -214,6 +216,7 @@ class _Compiler:
                 immutable=sig.immutable,
                 deps=list(inflow.deps),
                 settled=list(inflow.settled),
+                triggers=[dep for dep in inflow.deps if dep in inflow.triggers],
                 input=template,
                 join=inflow.join,
                 role=inflow.role,
@@ -270,11 +273,13 @@ class _Compiler:
             if inflow.join == "all_settled":
                 settled = list(inflow.deps)
             sinks = [dep for dep in inflow.deps if dep not in settled]
-        unique_settled = _unique(settled)
+        unique_sinks = _unique(sinks)
+        # A node that one member settles but another member ends on is a
+        # sink: that member, and so the group, fails with it.
         return _Outflow(
-            sinks=tuple(s for s in _unique(sinks) if s not in unique_settled),
+            sinks=unique_sinks,
             value=ListInput(items=values),
-            settled=unique_settled,
+            settled=tuple(s for s in _unique(settled) if s not in unique_sinks),
         )
 
     def visit_chord(self, chord: Chord, inflow: _Inflow) -> _Outflow:
@@ -299,11 +304,15 @@ class _Compiler:
                     _child(side, f"link[{i}]"),
                     deps=(*outflow.sinks, *outflow.settled),
                     settled=outflow.settled,
+                    triggers=(*outflow.sinks, *outflow.settled),
                     value=outflow.value,
                     role="link",
                     covers=(),
                 ),
             )
+        # Inside a link, the link's own trigger can reach the sinks through an
+        # empty group. Its failure skips the link, so it fires no errback here.
+        covers = tuple(s for s in outflow.sinks if s not in inflow.triggers)
         for i, errback in enumerate(canvas.errbacks):
             self.visit(
                 errback,
@@ -311,9 +320,10 @@ class _Compiler:
                     _child(side, f"link_error[{i}]"),
                     deps=(),
                     settled=(),
+                    triggers=(),
                     value=CauseInput(),
                     role="errback",
-                    covers=outflow.sinks,
+                    covers=covers,
                 ),
             )
 

@@ -137,6 +137,11 @@ class NodeSpec(_Frozen):
     #: absorbed: this node waits for them to end but is not cancelled by them.
     #: They reach it through a group with no tasks, such as an empty chord body.
     settled: list[NodeId] = Field(default_factory=list)
+    #: Dependencies from outside the link this node belongs to, whose success
+    #: is the link's condition: if one does not succeed, this node is skipped.
+    #: They are all the deps of a link's first nodes, and reach a later node of
+    #: the link through a group with no tasks, such as an empty header member.
+    triggers: list[NodeId] = Field(default_factory=list)
     input: Template = Field(default_factory=NoInput)
     #: How a failed dependency affects this node: ``fail_fast`` cancels it,
     #: ``all_settled`` runs it with an error record in the failed value's place.

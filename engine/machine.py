@@ -631,7 +631,7 @@ def _react(
     if outcome in _accepted(node, dep):
         _release(run, node_id, now, effects)
         return
-    if outcome == "skipped" or node.role == "link":
+    if outcome == "skipped" or node.role == "link" or dep in node.triggers:
         _set_terminal(run, node_id, "skipped", now)
     else:
         _set_terminal(run, node_id, "cancelled", now)
@@ -675,6 +675,9 @@ def _accepted(node: NodeSpec, dep: NodeId) -> frozenset[str]:
     """Return the end states of ``dep`` that let ``node`` run."""
     if dep in node.settled:
         return SETTLED
+    if dep in node.triggers:
+        # A link runs only after its canvas succeeded.
+        return _SUCCEEDED
     if node.join == "all_settled" and node.role != "link":
         return SETTLED
     return _SUCCEEDED
@@ -826,6 +829,7 @@ def spliced_spec(spec: GraphSpec, replaced: NodeSpec, sub: GraphSpec) -> GraphSp
                     "id": rename(node.id),
                     "deps": [rename(dep) for dep in node.deps],
                     "settled": [rename(dep) for dep in node.settled],
+                    "triggers": [rename(dep) for dep in node.triggers],
                     "input": _rename_template(node.input, rename),
                     "covers": [rename(item) for item in node.covers],
                     "side": node.side or replaced.side,
@@ -883,6 +887,7 @@ def _rewire(
         update={
             "deps": _replace_in_list(node.deps, prefix, [*sinks, *settled]),
             "settled": _rewire_settled(node.settled, prefix, sinks, settled, node.deps),
+            "triggers": _replace_in_list(node.triggers, prefix, [*sinks, *settled]),
             "covers": _replace_in_list(node.covers, prefix, sinks),
             "input": _substitute(node.input, prefix, output),
         }

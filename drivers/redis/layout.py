@@ -60,6 +60,7 @@ def graph_fields(spec: GraphSpec) -> list[str]:
             "ndeps": str(len(node.deps)),
             "ncovers": str(len(node.covers)),
             "settled": ",".join(node.settled),
+            "triggers": ",".join(node.triggers),
             "dependents": ",".join(dependents[node.id]),
             "errbacks": ",".join(errbacks[node.id]),
             "reads": ",".join(template_nodes(node.input)),

@@ -151,6 +151,20 @@ def test_link_skipped_on_failure(kit: Kit) -> None:
     assert kit.called("record") == []
 
 
+def test_link_skipped_through_empty_member(kit: Kit) -> None:
+    # The empty header member passes fail on to echo, which is skipped with
+    # the rest of the link because fail did not succeed.
+    link = chord([kit.add.si(1, 1), group()], kit.echo.s())
+    result = kit.fail.apply_async(link=link)
+    with kit.app.worker(concurrency=4):
+        result.get(TIMEOUT_S, propagate=False)
+        kit.settle(result)
+    states = {node.task: node.state for node in result.nodes().values()}
+    assert states["add"] == "skipped"
+    assert states["echo"] == "skipped"
+    assert kit.called("echo") == []
+
+
 def test_all_settled_error_records(kit: Kit) -> None:
     header = [kit.add.s(1, 1), kit.fail.s(), kit.add.s(2, 2)]
     canvas = chord(header, kit.echo.s(), join="all_settled")
@@ -174,6 +188,20 @@ def test_absorbed_failure_keeps_errback_silent(kit: Kit) -> None:
         kit.settle(result)
     assert result.state == "succeeded"
     assert kit.called("record") == []
+
+
+def test_absorbed_failure_fails_other_member(kit: Kit) -> None:
+    # The chord absorbs fail's failure, but the group's empty second member
+    # needs fail's value, so the run fails.
+    header = [kit.add.si(1, 1), group()]
+    members = group(chord(header, group(), join="all_settled"), group())
+    result = chain(kit.fail.s(), members).apply_async()
+    with (
+        kit.app.worker(concurrency=4),
+        pytest.raises(ValueError, match="planned failure"),
+    ):
+        result.get(TIMEOUT_S)
+    assert result.state == "failed"
 
 
 # -- retries, duplicates and idempotency -------------------------------------------

@@ -876,6 +876,38 @@ def test_step_after_empty_settled_body() -> None:
     assert spec.sinks == ["1"]
 
 
+def test_sink_wins_over_settled() -> None:
+    # The empty group in the header passes node 0 on, so the all_settled body
+    # settles it, but the group's second member still needs 0 to succeed.
+    header = [task("b"), group()]
+    second = chord(header, group(), join="all_settled")
+    canvas = chain(task("a"), group(second, group()))
+
+    spec = compile_canvas(canvas)
+
+    assert spec.sinks == ["0"]
+    assert spec.settled == ["1"]
+
+
+def test_link_body_lists_trigger() -> None:
+    canvas = task("a")
+    canvas.link(chord([task("b"), group()], task("c")))
+
+    spec = compile_canvas(canvas)
+
+    assert spec.node("1").triggers == ["0"]
+    assert spec.node("2").deps == ["1", "0"]
+    assert spec.node("2").triggers == ["0"]
+
+
+def test_main_path_has_no_triggers() -> None:
+    canvas = chain(task("a"), chord([task("b"), group()], task("c")))
+
+    spec = compile_canvas(canvas)
+
+    assert [item.triggers for item in spec.nodes] == [[], [], []]
+
+
 def test_empty_fail_fast_body_keeps_sinks() -> None:
     canvas = chord([task("a")], group())
 

@@ -220,6 +220,21 @@ def test_absorbed_failure_leaves_run_succeeded(kit: Toolkit) -> None:
     assert is_error_record(value[1])
 
 
+def test_absorbed_failure_fails_other_member(kit: Toolkit) -> None:
+    # fail reaches the group twice through empty groups. The chord absorbs its
+    # failure, but the group's empty second member needs fail's value.
+    header = [kit.add.si(1, 1), group()]
+    members = group(chord(header, group(), join="all_settled"), group())
+    result = chain(kit.fail.s(), members).apply_async()
+    with (
+        kit.app.worker(concurrency=4),
+        pytest.raises(ValueError, match="planned failure"),
+    ):
+        result.get(TIMEOUT_S)
+    assert result.state == "failed"
+    assert kit.called("add") == []
+
+
 # -- errbacks --------------------------------------------------------------------
 
 

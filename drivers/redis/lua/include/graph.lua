@@ -81,10 +81,18 @@ local function set_terminal(node, state)
   release_reads(node)
 end
 
+local function listed(node, name, dep)
+  local items = "," .. (attr(node, name) or "") .. ","
+  return string.find(items, "," .. dep .. ",", 1, true) ~= nil
+end
+
 local function accepted(node, dep)
-  local settled = "," .. (attr(node, "settled") or "") .. ","
-  if string.find(settled, "," .. dep .. ",", 1, true) then
+  if listed(node, "settled", dep) then
     return SETTLED
+  end
+  if listed(node, "triggers", dep) then
+    -- A link runs only after its canvas succeeded.
+    return SUCCEEDED
   end
   if attr(node, "join") == "all_settled" and attr(node, "role") ~= "link" then
     return SETTLED
@@ -113,7 +121,8 @@ local function react(dep, outcome, node, work)
     end
     return
   end
-  if outcome == "skipped" or attr(node, "role") == "link" then
+  if outcome == "skipped" or attr(node, "role") == "link"
+      or listed(node, "triggers", dep) then
     set_terminal(node, "skipped")
   else
     set_terminal(node, "cancelled")
