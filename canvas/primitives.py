@@ -11,6 +11,7 @@ gives the same value because chains are associative.
 from __future__ import annotations
 
 import copy
+import unicodedata
 from collections.abc import Iterable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, TypeAlias, overload
 
@@ -19,6 +20,10 @@ from stem.canvas.options import JoinPolicy, check_join, check_options
 
 if TYPE_CHECKING:
     from typing import Self
+
+#: Unicode categories refused in task names: control characters (escape
+#: sequences), format characters (bidirectional overrides) and surrogates.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs"})
 
 
 class Submitter(Protocol):
@@ -240,6 +245,13 @@ class Signature(Canvas):
             raise InvalidCanvas(
                 f"Task name {task!r} is invalid; pass the registered task name "
                 "as a non-empty string."
+            )
+        hidden = [char for char in task if unicodedata.category(char) in _HIDDEN]
+        if hidden:
+            raise InvalidCanvas(
+                f"Task name {task!r} contains the control or format character "
+                f"{hidden[0]!r}, which would reach terminals and pictures "
+                "unescaped; use printable characters only."
             )
         super().__init__(options)
         self.task = task

@@ -8,6 +8,7 @@ import secrets
 import sys
 import threading
 import time
+import unicodedata
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
@@ -442,6 +443,12 @@ def _check_run_id(run_id: Any) -> str:
         raise InvalidOption(
             f"apply_async(): run_id {run_id!r} is invalid; pass a non-empty string, "
             "or leave it out to get a new id."
+        )
+    if any(unicodedata.category(char) in ("Cc", "Cf", "Cs") for char in run_id):
+        raise InvalidOption(
+            f"apply_async(): run_id {run_id!r} contains a control or format "
+            "character, which would reach terminals unescaped; use printable "
+            "characters only."
         )
     return run_id
 

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from stem.engine.errors import DriverNotFound
 from stem.engine.ports import Driver
@@ -43,12 +43,21 @@ def load_driver(url: str, **settings: Any) -> Driver:
 
 
 def redact(url: str) -> str:
-    """Return the URL with any password replaced by ``***``."""
+    """Return the URL with any password replaced by ``***``.
+
+    A password is in the user part (``redis://:pw@host``) or in the query
+    (``redis://host?password=pw``), which redis-py also reads.
+    """
     parts = urlsplit(url)
-    if parts.password is None:
+    netloc = parts.netloc
+    if parts.password is not None:
+        userinfo, _, host = netloc.rpartition("@")
+        netloc = f"{userinfo.partition(':')[0]}:***@{host}"
+    query = parts.query
+    pairs = parse_qsl(query, keep_blank_values=True)
+    if any(name == "password" for name, _ in pairs):
+        hidden = [(name, "***" if name == "password" else v) for name, v in pairs]
+        query = urlencode(hidden, safe="*")
+    if (netloc, query) == (parts.netloc, parts.query):
         return url
-    user = parts.username or ""
-    host = parts.hostname or ""
-    port = f":{parts.port}" if parts.port else ""
-    netloc = f"{user}:***@{host}{port}"
-    return parts._replace(netloc=netloc).geturl()
+    return parts._replace(netloc=netloc, query=query).geturl()

@@ -11,6 +11,7 @@ from stem.canvas.render import NodeView
 from stem.canvas.spec import GraphSpec, NodeId
 from stem.canvas.svg import to_svg
 from stem.canvas.values import decode, loads
+from stem.engine.drivers import redact
 from stem.engine.errors import (
     EngineError,
     NoWorkerRunning,
@@ -100,7 +101,7 @@ class AsyncResult:
             ):
                 raise NoWorkerRunning(
                     f"Run {self.id} cannot finish: no worker is running on "
-                    f"{self.app.url}. Wrap the call in 'with app.worker():' or "
+                    f"{redact(self.app.url)}. Wrap the call in 'with app.worker():' or "
                     "start 'stem worker' for a shared broker."
                 )
             raise TimeoutError(f"Run {self.id} did not end within {timeout} s.")

@@ -230,8 +230,10 @@ class Worker:
         Args:
             stop_timeout_s: how long a warm stop waits for the tasks in progress.
         """
-        self.start()
         try:
+            # Inside the try: a stop signal that arrives while the threads
+            # start is a warm stop too, not an error out of run.
+            self.start()
             while not self._stop.wait(0.5):
                 pass
         except KeyboardInterrupt:

@@ -45,6 +45,7 @@ from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply
 from stem.engine import machine, settings
+from stem.engine.drivers import redact
 from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
 from stem.engine.ports import (
     TASK_HEADER,
@@ -65,6 +66,8 @@ _SPEC_CACHE_SIZE = 256
 _SPLICE_ATTEMPTS = 5
 #: Maximum XREADGROUP block in seconds, so due delayed messages move while waiting.
 _MAX_BLOCK_S = 0.05
+#: Characters of a malformed entry's fields quoted in its dead-letter reason.
+_MAX_SHOWN_FIELDS = 500
 #: An event id: its write time in microseconds and a sequence number.
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Nodes whose state, value and error one command of a paged input read fetches.
@@ -204,6 +207,9 @@ class RedisDriver(RedisOperations):
         try:
             self._scripts.preload()
             tags = load_tags(self._client, prefix, target.partitions)
+        except DriverError as err:
+            self._client.close()
+            raise _first_call_error(url, err) from err.__cause__
         except BaseException:
             self._client.close()
             raise
@@ -224,7 +230,8 @@ class RedisDriver(RedisOperations):
 
     def __repr__(self) -> str:
         tags = ",".join(self._keys.tags)
-        return f"<RedisDriver {self._keys.prefix!r} partitions {tags}>"
+        prefix = self._keys.prefix
+        return f"<RedisDriver {redact(self.url)} prefix {prefix!r} partitions {tags}>"
 
     # -- graph store --------------------------------------------------------
 
@@ -998,21 +1005,20 @@ class RedisDriver(RedisOperations):
         for partition in self._keys.partitions:
             self._reclaim_outbox(partition, limit)
             for queue in queues:
-                batch += self._reclaim_stream(partition.queue(queue), queue, limit)
+                batch += self._reclaim_stream(partition, queue, limit)
         self._buffer(batch[limit:])
         return batch[:limit]
 
-    def _reclaim_stream(self, stream: str, queue: str, limit: int) -> list[Message]:
+    def _reclaim_stream(self, partition: Keys, queue: str, limit: int) -> list[Message]:
+        stream = partition.queue(queue)
         min_idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
         with self._redis_errors(f"reclaim stalled messages of {stream}"):
             reply: Any = self._client.xautoclaim(
                 stream, self._group, self._consumer, min_idle_ms, count=limit
             )
-        taken = [
-            _message(queue, entry_id, fields, reclaimed=True)
-            for entry_id, fields in reply[1]
-            if fields
-        ]
+        taken = self._parse_entries(
+            partition, queue, [entry for entry in reply[1] if entry[1]], reclaimed=True
+        )
         batch: list[Message] = []
         for message, deliveries in zip(
             taken, self._deliveries(stream, taken), strict=True
@@ -1112,12 +1118,86 @@ class RedisDriver(RedisOperations):
                     self._apply_outbox(partition, entry_id, fields)
                 continue
             queue = streams[stream]
-            found[queue] = [
-                _message(queue, entry_id, fields) for entry_id, fields in entries
-            ]
+            found[queue] = self._parse_entries(partition, queue, entries)
         batch = [message for queue in queues for message in found.get(queue, [])]
         self._buffer(batch[limit:])
         return batch[:limit]
+
+    def _parse_entries(
+        self,
+        partition: Keys,
+        queue: str,
+        entries: list[Any],
+        *,
+        reclaimed: bool = False,
+    ) -> list[Message]:
+        """Return the messages of stream entries, dead-lettering malformed ones.
+
+        An entry that Stem did not write (a field missing, or an attempt or
+        epoch that is not a number) would otherwise stop every fetch that
+        reads it, and stay pending forever.
+        """
+        messages: list[Message] = []
+        for entry_id, fields in entries:
+            try:
+                message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+            except (KeyError, ValueError) as err:
+                self._dead_letter_malformed(partition, queue, entry_id, fields, err)
+                continue
+            messages.append(message)
+        return messages
+
+    def _dead_letter_malformed(
+        self,
+        partition: Keys,
+        queue: str,
+        entry_id: str,
+        fields: dict[str, Any],
+        err: Exception,
+    ) -> None:
+        """Move a malformed entry to its partition's dead-letter stream.
+
+        No run state changes, since the entry names no node that could be
+        trusted. The dead letter keeps whatever run, node and task fields the
+        entry had, with 0 for an attempt or epoch that is not a number, and
+        the reason quotes the entry's fields.
+        """
+        problem = (
+            f"missing field {err.args[0]!r}"
+            if isinstance(err, KeyError)
+            else f"bad number ({err})"
+        )
+        shown = repr(fields)
+        if len(shown) > _MAX_SHOWN_FIELDS:
+            shown = shown[:_MAX_SHOWN_FIELDS] + "..."
+        reason = (
+            f"Malformed message {entry_id} on queue {queue!r}: {problem}; "
+            f"fields {shown}. Stem writes run, node, attempt, epoch and task."
+        )
+
+        def number(name: str) -> str:
+            text = str(fields.get(name, "0"))
+            return text if text.isdigit() else "0"
+
+        stream = partition.queue(queue)
+        with self._redis_errors(f"dead-letter malformed entry {entry_id} of {stream}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xack(stream, self._group, entry_id)
+            pipe.xdel(stream, entry_id)
+            pipe.xadd(
+                partition.dead,
+                {
+                    "run": str(fields.get("run", "")),
+                    "node": str(fields.get("node", "")),
+                    "attempt": number("attempt"),
+                    "epoch": number("epoch"),
+                    "queue": queue,
+                    "task": str(fields.get("task", "")),
+                    "reason": reason,
+                },
+            )
+            pipe.execute()
+        log.warning("Dead-lettered a malformed entry %s of %s.", entry_id, stream)
 
     def _buffer(self, messages: list[Message]) -> None:
         if not messages:
@@ -1210,6 +1290,27 @@ def _queued_at_start(node: NodeSpec) -> bool:
     if node.role == "errback":
         return not node.covers
     return not node.deps
+
+
+def _first_call_error(url: str, err: DriverError) -> DriverError:
+    """Return the error for a failed first call, naming the server and the fix.
+
+    The first call is when a driver connects, so a wrong address or password
+    shows up here rather than as a failure to load the scripts.
+    """
+    cause = err.__cause__
+    reason = str(cause).rstrip(".")
+    if isinstance(cause, redis.AuthenticationError):
+        return DriverError(
+            f"Redis at {redact(url)} rejected the login: {reason}; put the "
+            "server's password in the URL, as redis://:PASSWORD@host:port/db."
+        )
+    if isinstance(cause, redis.ConnectionError):
+        return DriverError(
+            f"Could not connect to Redis at {redact(url)}: {reason}; check that "
+            "a Redis server listens at that host and port."
+        )
+    return err
 
 
 def _message(

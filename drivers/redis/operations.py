@@ -475,12 +475,18 @@ def _entry_order(entry_id: str) -> tuple[int, int]:
 
 
 def _dead_letter(dead_id: str, entry_id: str, fields: dict[str, Any]) -> DeadLetter:
+    # Another program may have written the entry, so a missing field reads
+    # as empty and a bad number as 0, and listing the stream still works.
+    def number(name: str) -> int:
+        text = str(fields.get(name, ""))
+        return int(text) if text.isdigit() else 0
+
     message = Message(
-        fields["run"],
-        fields["node"],
-        int(fields["attempt"]),
-        fields["queue"],
-        int(fields["epoch"]),
+        str(fields.get("run", "")),
+        str(fields.get("node", "")),
+        number("attempt"),
+        str(fields.get("queue", "")),
+        number("epoch"),
         entry_id,
         {TASK_HEADER: fields.get("task", "")},
     )

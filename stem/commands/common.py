@@ -28,6 +28,7 @@ import json
 import os
 import re
 import signal
+import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -63,7 +64,9 @@ class CommandError(click.ClickException):
 
     def __init__(self, message: str, exit_code: int) -> None:
         super().__init__(message)
-        self.exit_code = exit_code
+        # click 8.5 types exit_code as a ClassVar, so mypy rejects assigning it
+        # through self; the instance dict gives this error its own code.
+        vars(self)["exit_code"] = exit_code
 
 
 def app_options(*, required: bool = False) -> Callable[[F], F]:
@@ -76,12 +79,13 @@ def app_options(*, required: bool = False) -> Callable[[F], F]:
             help="Broker URL, such as redis://host:6379/0; overrides STEM_URL "
             "and the app's own URL.",
         )(function)
+        # No explicit default=None: with it, click 8.5.1 let a required -A go
+        # missing without an error.
         return click.option(
             "-A",
             "--app",
             "app_spec",
             required=required,
-            default=None,
             help="The app: MODULE:ATTRIBUTE, a module, or a path to a .py file.",
         )(function)
 
@@ -187,6 +191,20 @@ def install_stop_signals(
 
 def _one_line(text: str) -> str:
     return " ".join(text.split())
+
+
+def printable(text: str) -> str:
+    """Return text with control and format characters written as escapes.
+
+    Error messages and values come from task code, so they may hold escape
+    sequences or bidirectional overrides that would act on the terminal.
+    """
+    return "".join(
+        char.encode("unicode_escape").decode("ascii")
+        if unicodedata.category(char) in ("Cc", "Cf", "Cs")
+        else char
+        for char in text
+    )
 
 
 def emit_json(data: Any) -> None:

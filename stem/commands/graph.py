@@ -31,6 +31,7 @@ from stem.commands.common import (
     console,
     format_span,
     format_time,
+    printable,
     reported_errors,
     shared_app,
 )
@@ -264,7 +265,7 @@ def _print_why(app: App, snapshot: RunSnapshot, node_id: NodeId) -> None:
         )
     out = console()
     for line in explain(app, snapshot, node_id):
-        out.print(line, markup=False, highlight=False)
+        out.print(printable(line), markup=False, highlight=False)
 
 
 def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:

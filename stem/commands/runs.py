@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from collections import Counter
 from collections.abc import Mapping
@@ -23,6 +24,7 @@ from stem.commands.common import (
     format_time,
     json_option,
     parse_age,
+    printable,
     reported_errors,
     shared_app,
 )
@@ -112,8 +114,12 @@ def list_runs(
         out.print("No runs match.")
         return
     table = Table(box=None, pad_edge=False)
-    for column in ("run", "status", "created", "duration"):
-        table.add_column(column, justify="right" if column == "duration" else "left")
+    # Run ids stay whole so they can be copied, also from a pipe at 80 columns.
+    # The creation time wraps instead when space is short.
+    table.add_column("run", no_wrap=True)
+    table.add_column("status")
+    table.add_column("created", overflow="fold")
+    table.add_column("duration", justify="right")
     for run in page.runs:
         end = run.ended_at if run.ended_at is not None else now
         table.add_row(
@@ -124,7 +130,9 @@ def list_runs(
         )
     out.print(table)
     if page.cursor:
-        out.print(f"More runs: stem runs ls --cursor '{page.cursor}'", markup=False)
+        out.print(
+            f"More runs: stem runs ls --cursor {shlex.quote(page.cursor)}", markup=False
+        )
 
 
 @runs.command("show")
@@ -154,13 +162,15 @@ def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) 
     out.print(nodes)
     error = _error_of(snapshot)
     if error is not None:
-        out.print(f"  error     {error}", markup=False)
+        out.print(f"  error     {printable(error)}", markup=False)
     if snapshot.status == "succeeded" and snapshot.value is not None:
         value = snapshot.value
         if len(value) > _MAX_MESSAGE:
             value = value[:_MAX_MESSAGE] + "..."
-        out.print(f"  value     {value}", markup=False)
-    out.print(f"See the graph: stem graph show {snapshot.run_id}", markup=False)
+        out.print(f"  value     {printable(value)}", markup=False)
+    out.print(
+        f"See the graph: stem graph show {shlex.quote(snapshot.run_id)}", markup=False
+    )
 
 
 @runs.command("cancel")

@@ -247,3 +247,71 @@ def test_expired_runs_do_not_hide_others(flows: ModuleType) -> None:
     expected = ids[:50] + ids[51::2]
     assert sorted(run.run_id for run in page.runs) == sorted(expected)
     assert page.cursor is None
+
+
+def test_long_run_id_kept_whole(runner: CliRunner, flows: ModuleType) -> None:
+    # A beat run id has spaces and is longer than a ULID. At 80 columns the
+    # table keeps it whole, and the hint of runs show quotes it for the shell.
+    run_id = "beat:chain every 5 s:2026-12-04T20:48:45Z"
+    flows.add.apply_async((1, 2), run_id=run_id)
+    env = {"COLUMNS": "80"}
+
+    table = runner.invoke(main, ["runs", "ls", "-A", flows.__file__], env=env)
+    shown = runner.invoke(main, ["runs", "show", run_id, "-A", flows.__file__], env=env)
+
+    assert run_id in table.output
+    assert f"See the graph: stem graph show '{run_id}'" in shown.output
+
+
+def test_missing_run_names_store(runner: CliRunner, flows: ModuleType) -> None:
+    code, output = invoke(runner, flows, "runs", "show", "no-such-run")
+
+    assert code == EXIT_NOT_FOUND
+    assert f"is not found in <RedisDriver {flows.app.url} prefix" in output
+
+
+def _raise_escapes() -> None:
+    raise ValueError("\x1b[2J\x1b]0;title\x07 cleared \u202e")
+
+
+def test_task_text_reaches_terminal_escaped(
+    runner: CliRunner, flows: ModuleType
+) -> None:
+    hostile = flows.app.task(name="hostile")(_raise_escapes)
+    with flows.app.worker(concurrency=1):
+        failed = hostile.delay()
+        valued = flows.add.delay("\x1b[31m", "\u202e")
+        with pytest.raises(ValueError, match="cleared"):
+            failed.get(TIMEOUT_S)
+        assert valued.get(TIMEOUT_S) == "\x1b[31m\u202e"
+    outputs = [
+        invoke(runner, flows, "runs", "show", failed.id)[1],
+        invoke(runner, flows, "runs", "show", valued.id)[1],
+        invoke(runner, flows, "graph", "show", failed.id, "--why", "0")[1],
+    ]
+    for output in outputs:
+        for char in "\x1b\x07\u202e":
+            assert char not in output
+    assert "\\x1b[2J" in outputs[0]
+
+
+def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        client.xadd(dead, {"foo": "bar"})
+        client.xadd(dead, {"run": "r", "node": "0", "attempt": "x", "reason": "hi"})
+    finally:
+        client.close()
+
+    code, listed = invoke(runner, flows, "dlq", "ls", "--json")
+
+    assert code == 0
+    entries = json.loads(listed)["dead_letters"]
+    assert [(entry["run"], entry["attempt"]) for entry in entries] == [
+        ("", 0),
+        ("r", 0),
+    ]
+    replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
+    assert replay_code == EXIT_NOT_FOUND
+    assert "purge the dead letter" in replayed

@@ -21,6 +21,8 @@ from pathlib import Path
 import pytest
 import redis
 
+from stem.drivers.redis.driver import RedisDriver
+from stem.engine.errors import DriverError
 from stem.engine.result import AsyncResult
 
 from .conftest import (
@@ -255,6 +257,29 @@ def test_no_command_prints_password(tmp_path: Path, secret_url: str) -> None:
     assert "dead letter" in " ".join(outputs).lower() or dead["id"] in " ".join(outputs)
     for text in outputs:
         assert PASSWORD not in text
+
+
+@pytest.mark.parametrize(
+    ("password", "shown"),
+    [("wrong", "redis://:***@127.0.0.1"), (None, "redis://127.0.0.1")],
+)
+def test_login_error_names_url_and_fix(
+    secret_url: str, password: str | None, shown: str
+) -> None:
+    if password is None:
+        url = secret_url.replace(f":{PASSWORD}@", "")
+    else:
+        url = secret_url.replace(PASSWORD, password)
+
+    with pytest.raises(DriverError) as raised:
+        RedisDriver(url)
+
+    message = str(raised.value)
+    assert message.startswith(f"Redis at {shown}")
+    assert "rejected the login" in message
+    assert "put the server's password in the URL" in message
+    assert PASSWORD not in message
+    assert "wrong" not in message
 
 
 def test_cold_stop_on_second_signal(tmp_path: Path, url: str) -> None:

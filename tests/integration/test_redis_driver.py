@@ -165,6 +165,55 @@ def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
         second.close()
 
 
+_MALFORMED = [
+    {"garbage": "1"},
+    {"run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},
+]
+
+
+def test_malformed_entry_is_dead_lettered(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("good", compile_canvas(add.s(1, 1)))
+        stream = driver._keys.partition_of("good").queue("default")
+        driver._ensure_groups(["default"])
+        for fields in _MALFORMED:
+            client.xadd(stream, fields)
+
+        taken = [m for _ in range(3) for m in driver.fetch(["default"], 5, 0.1)]
+
+        assert [message.run_id for message in taken] == ["good"]
+        dead = driver.dead_letters()
+        assert [message.run_id for message, _ in dead] == ["", "x"]
+        assert "missing field 'run'" in dead[0][1]
+        assert "'attempt': 'one'" in dead[1][1]
+        assert client.xpending(stream, "stem")["pending"] == 1
+    finally:
+        driver.close()
+
+
+def test_malformed_stalled_entry_is_dead_lettered(
+    redis_target: Any, client: Any
+) -> None:
+    driver = _driver(redis_target, prefix=_prefix(), visibility_timeout_s=0.0)
+    try:
+        stream = driver._keys.first.queue("default")
+        driver._ensure_groups(["default"])
+        client.xadd(stream, _MALFORMED[0])
+        # Another consumer read it and died before acknowledging it.
+        client.xreadgroup("stem", "dead-consumer", {stream: ">"})
+
+        assert driver.fetch(["default"], 5, 0.1) == []
+
+        [(_, reason)] = driver.dead_letters()
+        assert "missing field 'run'" in reason
+        assert client.xpending(stream, "stem")["pending"] == 0
+    finally:
+        driver.close()
+
+
 def test_fire_time_claimed_once(redis_target: Any) -> None:
     driver = _driver(redis_target, prefix=_prefix())
     try:

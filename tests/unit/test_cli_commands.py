@@ -43,6 +43,17 @@ def test_memory_url_rejected(runner: CliRunner, command: list[str]) -> None:
     assert "Traceback" not in result.output
 
 
+@pytest.mark.parametrize(
+    "command", [["beat"], ["submit", "flows:nightly"]], ids=" ".join
+)
+def test_missing_app_is_usage_error(runner: CliRunner, command: list[str]) -> None:
+    # Nothing listens on port 1, so only the -A check can give exit 2 first.
+    result = runner.invoke(main, [*command, "--url", "redis://127.0.0.1:1/0"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "Missing option '-A' / '--app'" in result.output
+
+
 @pytest.mark.parametrize("command", SHARED_COMMANDS, ids=" ".join)
 def test_missing_url_is_usage_error(runner: CliRunner, command: list[str]) -> None:
     result = runner.invoke(main, command)
@@ -117,7 +128,8 @@ def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
 
     assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
     # The driver connects when it is made, to load its scripts.
-    assert result.output.startswith("Error: Loading the Lua scripts failed")
+    assert result.output.startswith("Error: Could not connect to Redis at")
+    assert "check that a Redis server listens" in result.output
     assert "127.0.0.1:1" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "hunter2" not in result.output
