@@ -456,6 +456,21 @@ class RedisDriver(RedisOperations):
         visibility timeout by whichever worker reclaims it.
         """
         kind = fields.get("kind")
+        if kind == "release" and not {"run", "epoch"} <= fields.keys():
+            # Stem did not write it, and applying it again would fail again.
+            log.warning(
+                "Deleted malformed outbox entry %s of %s: a release entry needs "
+                "the fields run and epoch, and it has %r.",
+                entry_id,
+                partition.tag,
+                fields,
+            )
+            with self._redis_errors(f"delete outbox entry {entry_id}"):
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xack(partition.outbox, self._group, entry_id)
+                pipe.xdel(partition.outbox, entry_id)
+                pipe.execute()
+            return
         try:
             if kind == "release":
                 self._release(fields["run"], fields["epoch"], entry_id)

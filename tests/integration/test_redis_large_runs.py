@@ -448,3 +448,21 @@ def test_large_run_counts_events_expiry_and_retry(
         assert kinds.count("ended") == 2
     finally:
         driver.close()
+
+
+def test_malformed_outbox_entry_is_deleted(
+    redis_target: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = RedisDriver(
+        redis_target.url, prefix=_prefix(), **redis_target.settings, **SMALL
+    )
+    try:
+        assert driver.fetch(["default"], 10, 0.05) == []
+        outbox = driver._keys.partitions[0].outbox
+        client.xadd(outbox, {"kind": "release", "run": "lost"})
+
+        assert driver.fetch(["default"], 10, 0.2) == []
+        assert client.xlen(outbox) == 0
+        assert "Deleted malformed outbox entry" in caplog.text
+    finally:
+        driver.close()
