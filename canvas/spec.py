@@ -22,6 +22,7 @@ from pydantic import (
     model_serializer,
 )
 
+from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import JoinPolicy
 
 if TYPE_CHECKING:
@@ -186,7 +187,8 @@ class GraphSpec(_Frozen):
     @cached_property
     def by_id(self) -> dict[NodeId, NodeSpec]:
         """Nodes keyed by id."""
-        return {node.id: node for node in self.nodes}
+        with paused_gc():
+            return {node.id: node for node in self.nodes}
 
     def node(self, node_id: NodeId) -> NodeSpec:
         """Return one node by id; raises `KeyError` if it is not in the spec."""
@@ -195,38 +197,43 @@ class GraphSpec(_Frozen):
     @cached_property
     def dependents(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the nodes that list it in ``deps``, in id order."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for dep in node.deps:
-                result[dep].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for dep in node.deps:
+                    result[dep].append(node.id)
+            return result
 
     @cached_property
     def readers(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the nodes whose ``input`` reads its value, in spec order."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for read in dict.fromkeys(template_nodes(node.input)):
-                result[read].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for read in dict.fromkeys(template_nodes(node.input)):
+                    result[read].append(node.id)
+            return result
 
     @cached_property
     def errbacks_covering(self) -> dict[NodeId, list[NodeId]]:
         """For each node, the errback nodes that cover it."""
-        result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
-        for node in self.nodes:
-            for covered in node.covers:
-                result[covered].append(node.id)
-        return result
+        with paused_gc():
+            result: dict[NodeId, list[NodeId]] = {node.id: [] for node in self.nodes}
+            for node in self.nodes:
+                for covered in node.covers:
+                    result[covered].append(node.id)
+            return result
 
     def to_json(self) -> str:
         """Serialise to compact JSON; `from_json` gives back an equal spec."""
-        return self.model_dump_json(exclude_defaults=True)
+        with paused_gc():
+            return self.model_dump_json(exclude_defaults=True)
 
     @classmethod
     def from_json(cls, text: str | bytes) -> GraphSpec:
         """Parse a spec written by `to_json` (or by any JSON encoder)."""
-        return cls.model_validate_json(text)
+        with paused_gc():
+            return cls.model_validate_json(text)
 
     def to_networkx(self) -> nx.MultiDiGraph[NodeId]:
         """Build a networkx view for analysis, layout and drawing.

@@ -145,6 +145,9 @@ class MemoryDriver:
                 leased, node.task, run.task_id(node.id), args, kwargs, node.options
             )
 
+    def claim_many(self, messages: Sequence[Message]) -> list[Claim | None]:
+        return [self.claim(message) for message in messages]
+
     def complete(self, message: Message, value: str) -> None:
         self._report(message, "succeeded", machine.complete, value, lease=message.lease)
 

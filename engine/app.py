@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 from stem.canvas.compiler import check_nesting, compile_canvas
 from stem.canvas.errors import InvalidOption
+from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
-from stem.canvas.spec import GraphSpec, NodeOptions
+from stem.canvas.spec import GraphSpec, NodeOptions, NodeSpec
 from stem.engine.drivers import load_driver, redact
 from stem.engine.errors import InvalidSchedule, Replace, Retry, TaskNotRegistered
 from stem.engine.execution import Request, current_request
@@ -296,24 +297,37 @@ class App:
 
     def apply_task_defaults(self, spec: GraphSpec) -> GraphSpec:
         """Fill node options that the canvas left unset from the task's defaults."""
+        # The compiler gives nodes with equal options one shared NodeOptions,
+        # so a large group computes its defaults once. The key is the object's
+        # id, not its value, because NodeOptions(retry_backoff=True) equals
+        # NodeOptions(retry_backoff=1.0); the spec keeps every key's object alive.
+        filled: dict[tuple[str, int], NodeOptions] = {}
         nodes = []
-        for node in spec.nodes:
-            task = self.tasks.get(node.task)
-            defaults = {"queue": self.default_queue}
-            if task is not None:
-                defaults.update(task.options)
-            unset = {
-                key: value
-                for key, value in defaults.items()
-                if key in NodeOptions.model_fields
-                and getattr(node.options, key) is None
-            }
-            if unset:
-                checked = Signature(node.task, options=unset).options
-                options = node.options.model_copy(update=checked)
-                node = node.model_copy(update={"options": options})
-            nodes.append(node)
-        return spec.model_copy(update={"nodes": nodes})
+        with paused_gc():
+            for node in spec.nodes:
+                key = (node.task, id(node.options))
+                options = filled.get(key)
+                if options is None:
+                    options = filled[key] = self._default_options(node)
+                if options is not node.options:
+                    node = node.model_copy(update={"options": options})
+                nodes.append(node)
+            return spec.model_copy(update={"nodes": nodes})
+
+    def _default_options(self, node: NodeSpec) -> NodeOptions:
+        task = self.tasks.get(node.task)
+        defaults = {"queue": self.default_queue}
+        if task is not None:
+            defaults.update(task.options)
+        unset = {
+            key: value
+            for key, value in defaults.items()
+            if key in NodeOptions.model_fields and getattr(node.options, key) is None
+        }
+        if not unset:
+            return node.options
+        checked = Signature(node.task, options=unset).options
+        return node.options.model_copy(update=checked)
 
     def call(
         self, signature: Signature, args: Sequence[Any], kwargs: Mapping[str, Any]

@@ -157,6 +157,14 @@ class GraphStore(Protocol):
         """
         ...
 
+    def claim_many(self, messages: Sequence[Message]) -> list[Claim | None]:
+        """Claim each message as `claim` does, in order, in one step if the store can.
+
+        A claim that fails on its own gives None, and its message is
+        delivered again after the visibility timeout.
+        """
+        ...
+
     def complete(self, message: Message, value: str) -> None:
         """Record an attempt's value (JSON text) and release what it unblocks."""
         ...

@@ -9,6 +9,7 @@ import itertools
 import logging
 import multiprocessing
 import os
+import queue
 import signal
 import socket
 import sys
@@ -32,6 +33,9 @@ POOLS = ("threads", "processes")
 #: Fraction of the broker's visibility timeout after which a running task's
 #: lease is renewed, so two renewals can fail before the message is taken over.
 RENEW_FRACTION = 1 / 3
+#: Seconds one fetch waits for messages, and so the longest a stopping worker
+#: waits for its fetcher.
+FETCH_TIMEOUT_S = 0.2
 #: Heartbeats a worker may miss before it no longer counts as alive.
 MISSED_HEARTBEATS = 3
 # Numbers the workers of this process, so default names stay unique in it.
@@ -94,6 +98,14 @@ class Worker:
         # claim or renewal, keyed by id() of the claim.
         self._leases: dict[int, tuple[Claim, float]] = {}
         self._leases_lock = threading.Lock()
+        # One fetcher thread reads and claims batches of messages into this
+        # buffer, so a batch costs one fetch and one claim round trip for many
+        # tasks. Each slot is one message fetched and not yet handled: running
+        # tasks plus at most `concurrency` claimed ahead, so a claimed task
+        # waits for at most one task of each thread before it starts.
+        self._buffer: queue.SimpleQueue[tuple[Task, Claim]] = queue.SimpleQueue()
+        self._slots = threading.Semaphore(2 * self.concurrency)
+        self._fetcher_done = threading.Event()
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
@@ -106,6 +118,12 @@ class Worker:
         )
         beater.start()
         self._threads.append(beater)
+        self._fetcher_done.clear()
+        fetcher = threading.Thread(
+            target=self._fetch_loop, name="stem-worker-fetcher", daemon=True
+        )
+        fetcher.start()
+        self._threads.append(fetcher)
         for index in range(self.concurrency):
             thread = threading.Thread(
                 target=self._loop, name=f"stem-worker-{index}", daemon=True
@@ -188,7 +206,7 @@ class Worker:
 
     @property
     def in_flight(self) -> int:
-        """Tasks claimed and running now."""
+        """Tasks claimed and not yet run to the end: running, or fetched ahead."""
         with self._leases_lock:
             return len(self._leases)
 
@@ -249,30 +267,80 @@ class Worker:
 
     # -- the loop -------------------------------------------------------------
 
-    def _loop(self) -> None:
+    def _fetch_loop(self) -> None:
+        """Fetch and claim as many messages as there are free slots."""
+        try:
+            self._fetch_batches()
+        finally:
+            self._fetcher_done.set()
+
+    def _fetch_batches(self) -> None:
         driver = self.app.driver
         while not self._stop.is_set():
+            if not self._slots.acquire(timeout=FETCH_TIMEOUT_S):
+                continue
+            free = 1
+            while self._slots.acquire(blocking=False):
+                free += 1
+            claimed: list[tuple[Task, Claim]] = []
             try:
-                messages = driver.fetch(self.queues, 1, 0.2)
-                for message in messages:
-                    self._handle(message)
+                messages = driver.fetch(self.queues, free, FETCH_TIMEOUT_S)
+                claimed = self._claim_batch(messages)
+            except Exception:
+                log.critical("Worker fetch failed; retrying it.", exc_info=True)
+                time.sleep(0.5)
+            finally:
+                for _ in range(free - len(claimed)):
+                    self._slots.release()
+            for item in claimed:
+                self._buffer.put(item)
+
+    def _loop(self) -> None:
+        # After a stop, the tasks already claimed still run, unless the
+        # worker is abandoned, so none waits for a visibility timeout.
+        while not self._abandoned:
+            try:
+                task, claim = self._buffer.get(timeout=FETCH_TIMEOUT_S)
+            except queue.Empty:
+                if self._fetcher_done.is_set():
+                    return
+                continue
+            try:
+                self._run(task, claim)
             except Exception:
                 log.critical("Worker loop failed; restarting it.", exc_info=True)
                 time.sleep(0.5)
+            finally:
+                self._slots.release()
 
-    def _handle(self, message: Message) -> None:
+    def _claim_batch(self, messages: Sequence[Message]) -> list[tuple[Task, Claim]]:
+        """Claim the messages of registered tasks, dead-lettering the others.
+
+        Each claim's lease is renewed from here on, because a claimed task
+        may wait in the buffer before a thread runs it.
+        """
         driver = self.app.driver
-        try:
-            task = self.app.get_task(self._task_name(message))
-        except TaskNotRegistered as err:
-            driver.dead_letter(message, str(err))
-            return
-        claim = driver.claim(message)
-        if claim is None:
-            return
+        known: list[tuple[Task, Message]] = []
+        for message in messages:
+            try:
+                known.append((self.app.get_task(self._task_name(message)), message))
+            except TaskNotRegistered as err:
+                driver.dead_letter(message, str(err))
+        if not known:
+            return []
+        claims = driver.claim_many([message for _, message in known])
+        claimed: list[tuple[Task, Claim]] = []
+        now = time.monotonic()
+        for (task, _), claim in zip(known, claims, strict=True):
+            if claim is None:
+                continue
+            with self._leases_lock:
+                self._leases[id(claim)] = (claim, now)
+            claimed.append((task, claim))
+        return claimed
+
+    def _run(self, task: Task, claim: Claim) -> None:
         started = time.monotonic()
-        with self._leases_lock:
-            self._leases[id(claim)] = (claim, started)
         try:
             outcome = self._execute(task, claim)
         finally:

@@ -37,7 +37,9 @@ key                      type       contents
                                     or empty), ``/ignore`` (``1`` for
                                     ignore_result), ``/drops`` (the
                                     ignore_result nodes it reads) and, for an
-                                    ignore_result node, ``/readers``
+                                    ignore_result node, ``/readers``; a new
+                                    run leaves out the fields equal to
+                                    ``layout.GRAPH_DEFAULTS``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
                                     ``<node>/attempt``, ``/lease`` (fencing
                                     token of the attempt), ``/cause``,

@@ -37,25 +37,58 @@ _RUN_STATUSES: frozenset[str] = frozenset(
 )
 
 
-def graph_fields(spec: GraphSpec) -> list[str]:
-    """Return the run graph hash as a flat field/value list, one entry per attribute."""
+#: Value of each graph hash attribute that `graph_fields` may leave out, and
+#: that the scripts read in place of a missing field.
+GRAPH_DEFAULTS: dict[str, str] = {
+    "role": "task",
+    "join": "fail_fast",
+    "side": "0",
+    "queue": "default",
+    "countdown": "0.0",
+    "eta": "",
+    "ndeps": "0",
+    "ncovers": "0",
+    "settled": "",
+    "triggers": "",
+    "dependents": "",
+    "errbacks": "",
+    "reads": "",
+    "group": "",
+    "ignore": "0",
+    "drops": "",
+    "readers": "",
+}
+
+
+def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
+    """Return the run graph hash as a flat field/value list, one entry per attribute.
+
+    With ``defaults=False`` an attribute equal to its `GRAPH_DEFAULTS` value is
+    left out, which keeps a chord member to two or three fields. Only a new
+    run may leave fields out: a splice rewrites the fields of existing nodes,
+    so it must write every one to replace an older value.
+    """
     dependents = spec.dependents
     errbacks = spec.errbacks_covering
     readers = spec.readers
+    # Nodes of a large group share one NodeOptions object, so its fields are
+    # converted once. The spec keeps every key's object alive.
+    option_fields: dict[int, tuple[str, str, str]] = {}
     flat: list[str] = []
     for node in spec.nodes:
         ignore = bool(node.options.ignore_result)
         reads = list(dict.fromkeys(template_nodes(node.input)))
-        eta = ""
-        if node.options.eta is not None:
-            eta = repr(dt.datetime.fromisoformat(node.options.eta).timestamp())
+        converted = option_fields.get(id(node.options))
+        if converted is None:
+            converted = option_fields[id(node.options)] = _option_fields(node)
+        queue, countdown, eta = converted
         fields = {
             "role": node.role,
             "join": node.join,
             "side": "1" if node.side else "0",
-            "queue": node.options.queue or "default",
+            "queue": queue,
             "task": node.task,
-            "countdown": repr(float(node.options.countdown or 0.0)),
+            "countdown": countdown,
             "eta": eta,
             "ndeps": str(len(node.deps)),
             "ncovers": str(len(node.covers)),
@@ -74,24 +107,34 @@ def graph_fields(spec: GraphSpec) -> list[str]:
             "readers": ",".join(readers[node.id]) if ignore else "",
         }
         for name, value in fields.items():
-            flat += [f"{node.id}/{name}", value]
+            if defaults or GRAPH_DEFAULTS.get(name) != value:
+                flat += [f"{node.id}/{name}", value]
     return flat
 
 
+def _option_fields(node: NodeSpec) -> tuple[str, str, str]:
+    """Return a node's queue, countdown and eta (epoch seconds) as graph fields."""
+    options = node.options
+    eta = ""
+    if options.eta is not None:
+        eta = repr(dt.datetime.fromisoformat(options.eta).timestamp())
+    countdown = repr(float(options.countdown or 0.0))
+    return options.queue or "default", countdown, eta
+
+
 def initial_node_fields(nodes: Iterable[NodeSpec]) -> list[str]:
-    """Return the node-state fields of nodes that were just added, as a flat list."""
+    """Return the node-state fields of nodes that were just added, as a flat list.
+
+    Counters that start at zero are left out: the scripts read a missing
+    ``/attempt``, ``/waiting`` or ``/open_covers`` as 0.
+    """
     flat: list[str] = []
     for node in nodes:
-        flat += [
-            node.id,
-            "pending",
-            f"{node.id}/attempt",
-            "0",
-            f"{node.id}/waiting",
-            str(len(node.deps)),
-            f"{node.id}/open_covers",
-            str(len(node.covers)),
-        ]
+        flat += [node.id, "pending"]
+        if node.deps:
+            flat += [f"{node.id}/waiting", str(len(node.deps))]
+        if node.covers:
+            flat += [f"{node.id}/open_covers", str(len(node.covers))]
     return flat
 
 

@@ -1,9 +1,12 @@
-"""Large runs on Redis: written in chunks, sealed by one small call, then released.
+"""Large runs and batches on Redis, against a private server.
 
 A run whose submission is larger than ``submit_chunk`` field pairs is staged
 in chunks before its run hash exists, sealed, and its roots are queued
-``release_slice`` at a time. These tests set both small so a small chord
-takes every path.
+``release_slice`` at a time. Most tests here set both small so a small chord
+takes every path. A chord callback's claim reads its header in slices of
+1,000 members, the worker claims a fetched batch in one pipeline, and the
+claim script returns a run's spec only to the first claim of that run in a
+batch.
 """
 
 from __future__ import annotations
@@ -16,7 +19,7 @@ from typing import Any
 import pytest
 import redis
 
-from stem import App, chord
+from stem import App, chord, group
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.canvas.values import dumps, loads
@@ -28,6 +31,8 @@ from stem.engine.records import ErrorInfo
 from stem.engine.result import AsyncResult
 
 TIMEOUT_S = 10.0
+#: Time allowed for a chord of a few thousand members with default settings.
+LARGE_TIMEOUT_S = 60.0
 #: Settings that make a chord of a few members a large run.
 SMALL = {"submit_chunk": 16, "release_slice": 5}
 
@@ -181,7 +186,7 @@ def _commands_per_call(
     calls themselves and the EVALSHA are taken off.
     """
     observer: Any = redis.Redis.from_url(url, decode_responses=True)
-    driver = RedisDriver(url, prefix=_prefix(), submit_chunk=500, release_slice=100)
+    driver = RedisDriver(url, prefix=_prefix(), submit_chunk=100, release_slice=100)
     largest: dict[str, int] = {}
     original = driver._scripts.call
 
@@ -466,3 +471,85 @@ def test_malformed_outbox_entry_is_deleted(
         assert "Deleted malformed outbox entry" in caplog.text
     finally:
         driver.close()
+
+
+@pytest.fixture
+def app(redis_url: str) -> Iterator[App]:
+    """Yield an app on the private server under its own key prefix."""
+    instance = App(redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+
+    @instance.task(name="square")
+    def square(x: int) -> int:
+        return x * x
+
+    @instance.task(name="collect")
+    def collect(values: list[int]) -> list[int]:
+        return values
+
+    yield instance
+    instance.close()
+
+
+def test_callback_reads_header_slices(app: App) -> None:
+    members = 2_345
+    canvas = chord(
+        group(app.tasks["square"].s(i) for i in range(members)),
+        app.tasks["collect"].s(),
+    )
+
+    with app.worker(concurrency=4):
+        value = canvas.apply_async().get(LARGE_TIMEOUT_S)
+
+    assert value == [i * i for i in range(members)]
+
+
+def _fetch_all(driver: RedisDriver, count: int) -> list[Message]:
+    messages: list[Message] = []
+    for _ in range(50):
+        messages += driver.fetch(["default"], count - len(messages), 0.1)
+        if len(messages) >= count:
+            break
+    return messages
+
+
+def test_claim_many_matches_claim(app: App) -> None:
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    header = group(app.tasks["square"].s(i) for i in range(5))
+    app.submit(chord(header, app.tasks["collect"].s()))
+    messages = _fetch_all(driver, 5)
+    # A second driver has no parsed spec, so one claim must carry it.
+    fresh = RedisDriver(driver.url, prefix=driver._keys.prefix)
+    texts: list[str] = []
+    parse = fresh._cached_spec
+
+    def recording(run_id: str, version: str, text: str) -> GraphSpec:
+        texts.append(text)
+        return parse(run_id, version, text)
+
+    fresh._cached_spec = recording  # type: ignore[method-assign]
+
+    claims = fresh.claim_many(messages)
+    again = fresh.claim_many(messages)
+
+    assert [claim.args for claim in claims if claim] == [[i] for i in range(5)]
+    assert [claim.task for claim in claims if claim] == ["square"] * 5
+    assert all(claim.message.lease == 1 for claim in claims if claim)
+    assert again == [None] * 5
+    assert len(texts) == 5
+    assert sum(1 for text in texts if text) == 1
+    fresh.close()
+
+
+def test_claim_many_after_script_flush(app: App, redis_url: str) -> None:
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    app.submit(group(app.tasks["square"].s(i) for i in range(3)))
+    messages = _fetch_all(driver, 3)
+    plain = redis.Redis.from_url(redis_url)
+    plain.script_flush()
+    plain.close()
+
+    claims = driver.claim_many(messages)
+
+    assert [claim.args for claim in claims if claim] == [[0], [1], [2]]

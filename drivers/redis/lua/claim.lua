@@ -15,14 +15,21 @@
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
   ARGV[7] run id
-  ARGV[8] longest <node>/reads field, in characters, whose values the reply
+  ARGV[8] spec_version of the run's spec that the caller has parsed already,
+          "" when it has none, or "-" when an earlier claim of the same batch
+          requests the spec
+  ARGV[9] longest <node>/reads field, in characters, whose values the reply
           carries; a node that reads more (a large chord's callback) gets no
           triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
-  Returns {1, cause, spec_version, lease, state, value, error, state, value,
-  error, ...} with one state/value/error triple ("" when missing) per node the
-  input reads, in the order of the graph's <node>/reads field, or no triples
-  when the field is longer than ARGV[8]. The lease is 1
+  Returns {1, cause, spec_version, lease, spec, state, value, error, state,
+  value, error, ...} with one state/value/error triple ("" when missing) per
+  node the input reads, in the order of the graph's <node>/reads field, or no
+  triples when the field is longer than ARGV[9]. The
+  spec is the run's graph spec JSON when its version differs from ARGV[8],
+  else "", so a worker reads each spec once and a one-node run needs no
+  second round trip. A large run's spec, which is not in the run hash, is
+  always "": the driver reads it with a plain GET. The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -48,7 +55,8 @@ local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
 local run_id = ARGV[7]
-local inline_chars = tonumber(ARGV[8])
+local known_version = ARGV[8]
+local inline_chars = tonumber(ARGV[9])
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -66,32 +74,56 @@ local run = rcall("HMGET", run_key, "epoch", "spec_version")
 if not run[1] then
   return drop(-1)
 end
-if run[1] ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
+if run[1] ~= epoch or current[1] ~= attempt then
   return drop(-2)
 end
-local state = rcall("HGET", nodes_key, node)
+local state = current[2]
 local lease
+-- The node's graph fields /reads and /group.
+local graph
 if state == "queued" or state == "retrying" then
   lease = 1
-  rcall("HSET", nodes_key, node .. "/lease", lease)
-  count_move(node, state, "running")
+  rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text,
+    node .. "/lease", lease)
+  graph = rcall("HMGET", graph_key, node .. "/reads", node .. "/group")
+  count_move(node, state, "running", graph[2])
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
   lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
+  rcall("HSET", nodes_key, node .. "/started_at", now_text)
+  graph = {rcall("HGET", graph_key, node .. "/reads")}
 else
   return drop(0)
 end
-rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text)
 emit("started", node, attempt)
 
-local reply = {1, rcall("HGET", nodes_key, node .. "/cause") or "", run[2], lease}
-local reads = rcall("HGET", graph_key, node .. "/reads")
-if reads and reads ~= "" and (not inline_chars or #reads <= inline_chars) then
-  for read in string.gmatch(reads, "[^,]+") do
-    reply[#reply + 1] = rcall("HGET", nodes_key, read) or ""
-    reply[#reply + 1] = rcall("HGET", values_key, read) or ""
-    reply[#reply + 1] = rcall("HGET", errors_key, read) or ""
+local spec = ""
+if known_version ~= "-" and run[2] ~= known_version then
+  -- A large run has no "spec" field until a splice writes one.
+  spec = rcall("HGET", run_key, "spec") or ""
+end
+local reply = {1, current[3] or "", run[2], lease, spec}
+local reads_field = graph[1] or ""
+local reads = {}
+if not inline_chars or #reads_field <= inline_chars then
+  for read in string.gmatch(reads_field, "[^,]+") do
+    reads[#reads + 1] = read
+  end
+end
+-- One HMGET per hash and slice, because a chord callback reads every header
+-- member and unpack has a stack limit of a few thousand values.
+local SLICE = 1000
+for first = 1, #reads, SLICE do
+  local last = math.min(first + SLICE - 1, #reads)
+  local states = rcall("HMGET", nodes_key, unpack(reads, first, last))
+  local values = rcall("HMGET", values_key, unpack(reads, first, last))
+  local errors = rcall("HMGET", errors_key, unpack(reads, first, last))
+  for index = 1, last - first + 1 do
+    reply[#reply + 1] = states[index] or ""
+    reply[#reply + 1] = values[index] or ""
+    reply[#reply + 1] = errors[index] or ""
   end
 end
 return reply

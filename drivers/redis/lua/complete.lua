@@ -65,13 +65,14 @@ if not run_epoch then
   ack()
   return {-1}
 end
-if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
+if run_epoch ~= epoch or current[1] ~= attempt then
   ack()
   return {-2}
 end
-local state = state_of(node)
+local state = current[2]
 -- A fenced worker must not acknowledge the entry that the new holder runs.
-if state == "running" and rcall("HGET", nodes_key, node .. "/lease") ~= lease then
+if state == "running" and current[3] ~= lease then
   return {-2}
 end
 ack()

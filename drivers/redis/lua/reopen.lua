@@ -127,7 +127,8 @@ for _, node in ipairs(nodes) do
     end
     count_move(node, states[node], "pending")
     rcall("HSET", nodes_key, node, "pending", node .. "/attempt", "0", node .. "/lease", "0",
-      node .. "/waiting", attr(node, "ndeps"), node .. "/open_covers", attr(node, "ncovers"))
+      node .. "/waiting", attr(node, "ndeps") or "0",
+      node .. "/open_covers", attr(node, "ncovers") or "0")
     rcall("HDEL", nodes_key, node .. "/cause", node .. "/started_at", node .. "/ended_at")
     rcall("HDEL", values_key, node)
     rcall("HDEL", errors_key, node)
@@ -163,7 +164,8 @@ for _, node in ipairs(nodes) do
   end
 end
 for _, node in ipairs(nodes) do
-  local root = tonumber(attr(node, "ndeps")) == 0 and attr(node, "role") ~= "errback"
+  local root = (tonumber(attr(node, "ndeps")) or 0) == 0
+    and attr(node, "role") ~= "errback"
   if reopened[node] and root and state_of(node) == "pending" then
     enqueue(node)
   end

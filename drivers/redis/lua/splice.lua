@@ -93,13 +93,14 @@ if not run[1] then
   ack()
   return {-1}
 end
-if run[1] ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
+local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
+if run[1] ~= epoch or current[1] ~= attempt then
   ack()
   return {-2}
 end
-local state = state_of(node)
+local state = current[2]
 -- A fenced worker must not acknowledge the entry that the new holder runs.
-if state == "running" and rcall("HGET", nodes_key, node .. "/lease") ~= lease then
+if state == "running" and current[3] ~= lease then
   return {-2}
 end
 if state ~= "running" then
@@ -154,10 +155,12 @@ for _, new_node in ipairs(split(added)) do
   end
 end
 for _, new_node in ipairs(split(added)) do
-  local role = attr(new_node, "role")
-  if role == "errback" and tonumber(attr(new_node, "ncovers")) == 0 then
+  local info = rcall("HMGET", graph_key, new_node .. "/role",
+    new_node .. "/ncovers", new_node .. "/ndeps")
+  local role = info[1]
+  if role == "errback" and (tonumber(info[2]) or 0) == 0 then
     end_node(new_node, "skipped")
-  elseif tonumber(attr(new_node, "ndeps")) == 0 and role ~= "errback" then
+  elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
     enqueue(new_node)
   end
 end
@@ -165,13 +168,13 @@ end
 -- canvas, and are released here because that canvas may have no nodes.
 end_node(node, "succeeded")
 for _, dependent in ipairs(split(old_dependents)) do
-  local waiting = tonumber(rcall("HGET", nodes_key, dependent .. "/waiting"))
+  local waiting = tonumber(rcall("HGET", nodes_key, dependent .. "/waiting")) or 0
   if state_of(dependent) == "pending" and waiting <= 0 then
     enqueue(dependent)
   end
 end
 for _, errback in ipairs(split(old_errbacks)) do
-  local open = tonumber(rcall("HGET", nodes_key, errback .. "/open_covers"))
+  local open = tonumber(rcall("HGET", nodes_key, errback .. "/open_covers")) or 0
   if state_of(errback) == "pending" and open <= 0 then
     end_node(errback, "skipped")
   end

@@ -94,10 +94,12 @@ emit("submitted")
 -- The same pass as the Python `start`: errbacks that cover nothing are
 -- skipped, and nodes without dependencies are queued.
 for _, node in ipairs(split(node_list)) do
-  local role = attr(node, "role")
-  if role == "errback" and tonumber(attr(node, "ncovers")) == 0 then
+  local info = rcall("HMGET", graph_key, node .. "/role", node .. "/ncovers",
+    node .. "/ndeps")
+  local role = info[1]
+  if role == "errback" and (tonumber(info[2]) or 0) == 0 then
     end_node(node, "skipped")
-  elseif tonumber(attr(node, "ndeps")) == 0 and role ~= "errback" then
+  elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
     enqueue(node)
   end
 end

@@ -39,10 +39,14 @@ local function state_of(node)
   return rcall("HGET", nodes_key, node)
 end
 
--- Put one attempt of a node on its queue, or in the delayed set.
-local function send(node, attempt, delay)
-  local queue = attr(node, "queue")
-  local task = attr(node, "task")
+-- Put one attempt of a node on its queue, or in the delayed set. The caller
+-- may pass the node's queue and task when it has read them already.
+local function send(node, attempt, delay, queue, task)
+  if not task then
+    local found = rcall("HMGET", graph_key, node .. "/queue", node .. "/task")
+    queue, task = found[1], found[2]
+  end
+  queue = queue or "default"
   -- The queue names set lets `stem queues ls` find queues without SCAN.
   rcall("SADD", base .. "queues", queue)
   if delay > 0 then
@@ -58,13 +62,15 @@ end
 local function enqueue(node)
   local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
   rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
-  count_move(node, "pending", "queued")
-  local delay = tonumber(attr(node, "countdown")) or 0
-  local eta = tonumber(attr(node, "eta"))
+  local info = rcall("HMGET", graph_key, node .. "/countdown", node .. "/eta",
+    node .. "/queue", node .. "/task", node .. "/group")
+  count_move(node, "pending", "queued", info[5])
+  local delay = tonumber(info[1]) or 0
+  local eta = tonumber(info[2])
   if eta and eta - now > delay then
     delay = eta - now
   end
-  send(node, attempt, delay)
+  send(node, attempt, delay, info[3], info[4])
 end
 
 local function set_terminal(node, state)
@@ -74,11 +80,13 @@ local function set_terminal(node, state)
       .. current .. " and cannot become " .. state .. ". This is a bug in Stem.")
   end
   rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
-  count_move(node, current, state)
-  if attr(node, "side") ~= "1" then
+  local info = rcall("HMGET", graph_key, node .. "/side", node .. "/group",
+    node .. "/drops")
+  count_move(node, current, state, info[2])
+  if info[1] ~= "1" then
     rcall("HINCRBY", run_key, "open_main", -1)
   end
-  release_reads(node)
+  release_reads(node, info[3])
 end
 
 local function listed(node, name, dep)
@@ -87,14 +95,18 @@ local function listed(node, name, dep)
 end
 
 local function accepted(node, dep)
-  if listed(node, "settled", dep) then
+  local info = rcall("HMGET", graph_key, node .. "/settled", node .. "/triggers",
+    node .. "/join", node .. "/role")
+  local settled = "," .. (info[1] or "") .. ","
+  if string.find(settled, "," .. dep .. ",", 1, true) then
     return SETTLED
   end
-  if listed(node, "triggers", dep) then
+  local triggers = "," .. (info[2] or "") .. ","
+  if string.find(triggers, "," .. dep .. ",", 1, true) then
     -- A link runs only after its canvas succeeded.
     return SUCCEEDED
   end
-  if attr(node, "join") == "all_settled" and attr(node, "role") ~= "link" then
+  if info[3] == "all_settled" and info[4] ~= "link" then
     return SETTLED
   end
   return SUCCEEDED
@@ -154,10 +166,12 @@ local function settle(work)
   while #work > 0 do
     local current = table.remove(work)
     local outcome = state_of(current)
-    for _, dependent in ipairs(split(attr(current, "dependents"))) do
+    local edges = rcall("HMGET", graph_key, current .. "/dependents",
+      current .. "/errbacks")
+    for _, dependent in ipairs(split(edges[1])) do
       react(current, outcome, dependent, work)
     end
-    for _, errback in ipairs(split(attr(current, "errbacks"))) do
+    for _, errback in ipairs(split(edges[2])) do
       react_errback(current, outcome, errback, work)
     end
   end
@@ -170,7 +184,10 @@ local function end_node(node, state)
 end
 
 local function maybe_finish()
-  local run = rcall("HMGET", run_key, "status", "open_main", "sinks", "reaching")
+  -- The node lists are read only once the run ends: a chord's "reaching" list
+  -- names every header member, and copying it on each completion would make
+  -- a chord's run quadratic in its size.
+  local run = rcall("HMGET", run_key, "status", "open_main")
   if run[1] ~= "running" then
     keep_expiry()
     return
@@ -178,22 +195,22 @@ local function maybe_finish()
   if tonumber(run[2]) > 0 then
     return
   end
-  rcall("HSET", run_key, "ended_at", now_text)
+  local lists = rcall("HMGET", run_key, "sinks", "reaching")
   local succeeded = true
-  for _, sink in ipairs(split(run[3])) do
+  for _, sink in ipairs(split(lists[1])) do
     if state_of(sink) ~= "succeeded" then
       succeeded = false
       break
     end
   end
   if succeeded then
-    rcall("HSET", run_key, "status", "succeeded")
+    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text)
     run_ended("succeeded")
     return
   end
-  rcall("HSET", run_key, "status", "failed")
+  rcall("HSET", run_key, "status", "failed", "ended_at", now_text)
   -- `reaching` is sorted by node order, so the first failed node is the lowest.
-  for _, node in ipairs(split(run[4])) do
+  for _, node in ipairs(split(lists[2])) do
     if state_of(node) == "failed" then
       rcall("HSET", run_key, "error_node", node)
       break

@@ -21,6 +21,8 @@
 local LIFECYCLE_TERMINAL = {succeeded = true, failed = true, cancelled = true,
   skipped = true}
 local run_settings = nil
+-- The microseconds part of this script call's event ids, read once per call.
+local event_micros = nil
 
 -- The run's retention and event cap, read once per script call.
 local function settings()
@@ -33,9 +35,12 @@ local function settings()
 end
 
 -- Move one node from state `from` (nil for a new node) to state `to` in the
--- counts of its innermost group.
-local function count_move(node, from, to)
-  local group = rcall("HGET", graph_key, node .. "/group")
+-- counts of its innermost group. `group` is the node's /group field when the
+-- caller read it already (false when missing), or nil to read it here.
+local function count_move(node, from, to, group)
+  if group == nil then
+    group = rcall("HGET", graph_key, node .. "/group")
+  end
   if not group or group == "" then
     group = "-"
   end
@@ -66,14 +71,19 @@ local function emit(kind, node, attempt, status)
   -- of an automatic id, so that events of different partitions (streams)
   -- written on one server merge into the order they were written in. It
   -- never goes below the stream's last id, even if the clock steps back.
-  local clock = rcall("TIME")
-  local micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
-  local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)[1]
-  if last then
-    micros = math.max(micros, tonumber(string.match(last[1], "^(%d+)")))
+  -- Later events of the same call reuse it: the script is atomic, and the
+  -- id's sequence part keeps them in order.
+  if not event_micros then
+    local clock = rcall("TIME")
+    event_micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+    local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)[1]
+    if last then
+      local last_micros = tonumber(string.match(last[1], "^(%d+)"))
+      event_micros = math.max(event_micros, last_micros)
+    end
   end
   rcall("XADD", events_key, "MAXLEN", "~", max_len,
-    string.format("%.0f", micros) .. "-*", unpack(fields))
+    string.format("%.0f", event_micros) .. "-*", unpack(fields))
 end
 
 -- Every key of the run: each one expires with the run and is kept again
@@ -143,9 +153,12 @@ local function count_open_readers(node)
 end
 
 -- A node ended, so it reads no value again: drop the value of each
--- ignore_result node it read whose last open reader it was.
-local function release_reads(node)
-  local drops = rcall("HGET", graph_key, node .. "/drops")
+-- ignore_result node it read whose last open reader it was. `drops` is the
+-- node's /drops field when the caller read it already, or nil.
+local function release_reads(node, drops)
+  if drops == nil then
+    drops = rcall("HGET", graph_key, node .. "/drops")
+  end
   if not drops or drops == "" then
     return
   end

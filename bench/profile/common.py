@@ -1,0 +1,135 @@
+"""Shared pieces of the profiling scripts: a private Redis server and timers.
+
+Each script starts its own ``redis-server`` on a free loopback port, with no
+persistence, and stops it by pid when it ends. Pass ``--profile FILE`` to
+write a cProfile dump of the timed part (read it with ``python -m pstats``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import cProfile
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+
+import redis
+
+#: Seconds to wait for the private server to reply to PING.
+START_TIMEOUT_S = 10.0
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        port: int = probe.getsockname()[1]
+        return port
+
+
+@contextlib.contextmanager
+def private_redis() -> Iterator[str]:
+    """Start a redis-server on a free loopback port and yield its URL."""
+    binary = shutil.which("redis-server")
+    if binary is None:
+        raise SystemExit("redis-server is not found on PATH; install Redis 7.")
+    workdir = tempfile.mkdtemp(prefix="stem-profile-")
+    port = free_port()
+    command = [
+        binary,
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--save",
+        "",
+        "--appendonly",
+        "no",
+        "--dir",
+        workdir,
+    ]
+    with open(os.path.join(workdir, "redis.log"), "wb") as log:
+        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+    url = f"redis://127.0.0.1:{port}/0"
+    client = redis.Redis.from_url(url)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError as err:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    message = f"redis-server on port {port} did not start."
+                    raise SystemExit(message) from err
+                time.sleep(0.05)
+        yield url
+    finally:
+        client.close()
+        server.terminate()
+        server.wait(10)
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def command_stats(url: str) -> dict[str, int]:
+    """Return the number of calls of each Redis command so far."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = client.info("commandstats")
+    finally:
+        client.close()
+    return {
+        name[len("cmdstat_") :]: int(stats["calls"]) for name, stats in info.items()
+    }
+
+
+def server_cpu_s(url: str) -> float:
+    """Return the CPU seconds the Redis server has used, user and system."""
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        info = client.info("cpu")
+    finally:
+        client.close()
+    return float(info["used_cpu_user"]) + float(info["used_cpu_sys"])
+
+
+def arguments(description: str) -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--profile", help="write a cProfile dump of the timed part")
+    return parser
+
+
+class Phase:
+    """Time named phases and print them, optionally under one profiler."""
+
+    def __init__(self, profile_path: str | None) -> None:
+        self.profiler = cProfile.Profile() if profile_path else None
+        self.profile_path = profile_path
+        self.times: dict[str, float] = {}
+        self.cpu_times: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        if self.profiler is not None:
+            self.profiler.enable()
+        start = time.perf_counter()
+        start_cpu = time.process_time()
+        try:
+            yield
+        finally:
+            self.times[name] = time.perf_counter() - start
+            self.cpu_times[name] = time.process_time() - start_cpu
+            if self.profiler is not None:
+                self.profiler.disable()
+            # CPU time of this process, all threads: steadier than wall time
+            # on a machine shared with other work.
+            wall, cpu = self.times[name], self.cpu_times[name]
+            print(f"{name:>28}: {wall:8.3f} s, {cpu:8.3f} s CPU", flush=True)
+
+    def save(self) -> None:
+        if self.profiler is not None and self.profile_path:
+            self.profiler.dump_stats(self.profile_path)
