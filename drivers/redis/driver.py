@@ -37,7 +37,7 @@ import redis
 from redis.cluster import RedisCluster
 
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, template_nodes
+from stem.canvas.spec import GraphSpec, NodeSpec, template_nodes
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import connect, parse_url
@@ -93,6 +93,12 @@ _MAX_BLOCK_S = 0.05
 _MAX_SHOWN_FIELDS = 500
 #: An event id: its write time in microseconds and a sequence number.
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
+#: Nodes whose state, value and error one command of a paged input read fetches.
+_READ_PAGE = 1000
+#: Name of the lock that lets one worker at a time run the reconciler.
+_RECONCILE_LOCK = "reconciler"
+#: Most stalled runs of one partition that one reconciler pass takes up.
+_RECONCILE_BATCH = 100
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
@@ -131,6 +137,23 @@ class RedisDriver(RedisOperations):
         events: whether runs submitted through this driver write lifecycle
             events.
         events_max_len: lifecycle events kept per partition, about.
+        submit_chunk: field/value pairs (or roots) written per script call
+            when a run is submitted. A run with more is written in chunks
+            and then sealed by one small call, so no call blocks Redis for
+            long; below it a run is stored in one call.
+        stage_ttl_s: seconds until the chunks of a run that was never sealed
+            (its submitter died) expire.
+        release_slice: roots of a large run queued per script call.
+        inline_input_chars: longest comma-separated list of the nodes a
+            node reads, in characters, whose values its claim script
+            returns. A longer one (a large chord's callback) is read in
+            pages of plain commands after the claim, so the claim does not
+            grow with the chord.
+        reconcile_interval_s: seconds between two reconciler passes of a
+            fetching worker; one worker at a time runs a pass, under a lock.
+        reconcile_after_s: seconds without progress after which the
+            reconciler queues a large run's remaining roots itself, in case
+            the outbox entry that asks for them was lost (a failover).
     """
 
     def __init__(
@@ -149,6 +172,12 @@ class RedisDriver(RedisOperations):
         max_value_bytes: int | None = settings.DEFAULT_MAX_VALUE_BYTES,
         events: bool = True,
         events_max_len: int = settings.DEFAULT_EVENTS_MAX_LEN,
+        submit_chunk: int = 1000,
+        stage_ttl_s: float = 24 * 3600.0,
+        release_slice: int = 200,
+        inline_input_chars: int = 20_000,
+        reconcile_interval_s: float = 30.0,
+        reconcile_after_s: float = 60.0,
     ) -> None:
         self.url = url
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
@@ -166,6 +195,32 @@ class RedisDriver(RedisOperations):
             )
         self.visibility_timeout_s: float | None = visibility_timeout_s
         self._max_deliveries = max_deliveries
+        for name, size in (
+            ("submit_chunk", submit_chunk),
+            ("release_slice", release_slice),
+            ("inline_input_chars", inline_input_chars),
+        ):
+            if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+                raise ValueError(
+                    f"{name} is {size!r}; pass a whole number of 1 or more."
+                )
+        if stage_ttl_s <= 0:
+            raise ValueError(
+                f"stage_ttl_s is {stage_ttl_s!r}; pass a number of seconds above 0."
+            )
+        self._submit_chunk = submit_chunk
+        self._stage_ttl_s = stage_ttl_s
+        self._release_slice = release_slice
+        self._inline_input_chars = inline_input_chars
+        for name, seconds in (
+            ("reconcile_interval_s", reconcile_interval_s),
+            ("reconcile_after_s", reconcile_after_s),
+        ):
+            if seconds < 0:
+                raise ValueError(f"{name} is {seconds!r}; pass 0 or more seconds.")
+        self._reconcile_interval_s = reconcile_interval_s
+        self._reconcile_after_s = reconcile_after_s
+        self._last_reconcile = time.monotonic()
         self._promote_batch = promote_batch
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
@@ -208,32 +263,39 @@ class RedisDriver(RedisOperations):
         with paused_gc():
             graph = layout.graph_fields(spec, defaults=False)
             counts = layout.initial_counts(spec.nodes)
-            args: list[str | int | float] = [
-                run_id,
-                "1",
-                spec.to_json(),
-                ",".join(node.id for node in spec.nodes),
-                ",".join(spec.sinks),
-                ",".join(layout.nodes_reaching_sinks(spec)),
-                str(sum(1 for node in spec.nodes if not node.side)),
-                str(len(graph) // 2),
-                *graph,
-                _milliseconds(self.retention_s),
-                str(self._events_max_len),
-                str(len(counts) // 2),
-                *counts,
+            state = [
                 *layout.initial_node_fields(spec.nodes),
                 *layout.open_reader_fields(spec),
             ]
-            partition = self._keys.partition_of(run_id)
-            run_keys = partition.run(run_id)
-            keys = [
-                *run_keys.all(),
-                partition.delayed,
-                run_keys.counts,
-                partition.events,
-            ]
-            reply = self._scripts.call("submit", keys, args, run_id=run_id)
+            large = (len(graph) + len(state)) // 2 > self._submit_chunk
+            if not large:
+                args: list[str | int | float] = [
+                    run_id,
+                    "1",
+                    spec.to_json(),
+                    ",".join(node.id for node in spec.nodes),
+                    ",".join(spec.sinks),
+                    ",".join(layout.nodes_reaching_sinks(spec)),
+                    str(sum(1 for node in spec.nodes if not node.side)),
+                    str(len(graph) // 2),
+                    *graph,
+                    _milliseconds(self.retention_s),
+                    str(self._events_max_len),
+                    str(len(counts) // 2),
+                    *counts,
+                    *state,
+                ]
+                partition = self._keys.partition_of(run_id)
+                run_keys = partition.run(run_id)
+                keys = [
+                    *run_keys.all(),
+                    partition.delayed,
+                    run_keys.counts,
+                    partition.events,
+                ]
+                reply = self._scripts.call("submit", keys, args, run_id=run_id)
+        if large:
+            return self._submit_large(run_id, spec, graph, state, counts)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
         if created:
@@ -241,6 +303,223 @@ class RedisDriver(RedisOperations):
             # The submitting process often reads the run back with get().
             self._store_spec(run_id, "1", spec)
         return created
+
+    def _submit_large(
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        graph: list[str],
+        state: list[str],
+        counts: list[str],
+    ) -> bool:
+        """Write a run in chunks, seal it, then queue its roots slice by slice.
+
+        The chunks go to the run's graph, node-state and state-count hashes
+        and its roots list with a TTL, before the run hash exists, so no
+        other script sees the run until the seal. The seal also writes an
+        outbox entry, so a worker queues the roots if this process dies
+        before it does.
+        """
+        partition = self._keys.partition_of(run_id)
+        keys = partition.run(run_id)
+        roots = [node.id for node in spec.nodes if _queued_at_start(node)]
+        ttl_ms = max(1, int(self._stage_ttl_s * 1000))
+        # A plain SET keeps the argument as the value, with no copy: a script
+        # argument of a few megabytes would block Redis for tens of ms.
+        with self._redis_errors(f"stage the graph spec of run {run_id}"):
+            self._client.set(keys.staged_spec, spec.to_json(), px=ttl_ms)
+        parts = (
+            (keys.graph, "hash", graph, 2 * self._submit_chunk),
+            (keys.nodes, "hash", state, 2 * self._submit_chunk),
+            (keys.counts, "hash", counts, 2 * self._submit_chunk),
+            (keys.roots, "list", roots, self._submit_chunk),
+        )
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE})
+        for target, kind, items, step in parts:
+            for first in range(0, len(items), step):
+                args: list[str | int | float] = [
+                    kind,
+                    "1" if first == 0 else "0",
+                    str(ttl_ms),
+                    *items[first : first + step],
+                ]
+                reply = self._scripts.call(
+                    "stage", [keys.run, target], args, run_id=run_id
+                )
+                if check_reply("stage", reply, run_id, accept=accept) is not Reply.DONE:
+                    return False
+        seal_args: list[str | int | float] = [
+            run_id,
+            "1",
+            ",".join(node.id for node in spec.nodes),
+            ",".join(spec.sinks),
+            ",".join(layout.nodes_reaching_sinks(spec)),
+            str(sum(1 for node in spec.nodes if not node.side)),
+            str(len(graph) // 2),
+            str(len(state) // 2),
+            str(len(roots)),
+            _milliseconds(self.retention_s),
+            str(self._events_max_len),
+            str(len(counts) // 2),
+        ]
+        seal_keys = [
+            keys.run,
+            keys.graph,
+            keys.nodes,
+            keys.roots,
+            partition.outbox,
+            keys.staged_spec,
+            keys.spec,
+            partition.releasing,
+            keys.counts,
+            partition.events,
+        ]
+        reply = self._scripts.call("seal", seal_keys, seal_args, run_id=run_id)
+        result = check_reply("seal", reply, run_id, accept=accept | {Reply.INCOMPLETE})
+        if result is Reply.INCOMPLETE:
+            raise DriverError(
+                f"Sealing run {run_id} failed: some of its staged chunks are "
+                f"missing, because they expired (stage_ttl_s is "
+                f"{self._stage_ttl_s}) or another submit of the same run id "
+                "started over. Submit it again, or raise stage_ttl_s."
+            )
+        if result is not Reply.DONE:
+            return False
+        self._release(run_id, "1", "")
+        log.debug("Run %s submitted in chunks with %d nodes.", run_id, len(spec.nodes))
+        self._store_spec(run_id, "1", spec)
+        return True
+
+    def _release(self, run_id: str, epoch: str, receipt: str) -> None:
+        """Queue the roots of a sealed large run, one slice per script call."""
+        partition = self._keys.partition_of(run_id)
+        keys = partition.run(run_id)
+        script_keys = [
+            keys.run,
+            keys.graph,
+            keys.nodes,
+            keys.roots,
+            partition.delayed,
+            partition.outbox,
+            partition.releasing,
+            keys.values,
+            keys.errors,
+            keys.counts,
+            partition.events,
+        ]
+        args: list[str | int | float] = [
+            run_id,
+            epoch,
+            str(self._release_slice),
+            self._group,
+            receipt,
+        ]
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        while True:
+            reply = self._scripts.call("release", script_keys, args, run_id=run_id)
+            result = check_reply("release", reply, run_id, accept=accept)
+            if result is not Reply.DONE or int(reply[1]) == 0:
+                return
+
+    def reconcile(self) -> int | None:
+        """Queue the remaining roots of large runs whose release stopped.
+
+        A run sealed by a submitter that died is released by whichever
+        worker drains the seal's outbox entry. After a failover that entry
+        can be lost while the run survives, so the reconciler finds runs
+        without progress for ``reconcile_after_s`` and releases them again,
+        which is idempotent. One process at a time runs it, under a lock.
+
+        Returns:
+            The number of runs it took up, or None when another process
+            holds the lock.
+        """
+        token = self.acquire(_RECONCILE_LOCK, max(10.0, self._reconcile_after_s))
+        if token is None:
+            return None
+        taken = 0
+        try:
+            calls: list[tuple[str, list[str], list[str | int | float]]] = [
+                (
+                    "stale_releases",
+                    [partition.releasing],
+                    [repr(self._reconcile_after_s), str(_RECONCILE_BATCH)],
+                )
+                for partition in self._keys.partitions
+            ]
+            replies = self._scripts.call_many(calls)
+            for partition, stale in zip(self._keys.partitions, replies, strict=True):
+                if isinstance(stale, Exception):
+                    raise DriverError(
+                        f"Listing stalled releases of {partition.releasing} "
+                        f"failed: {stale}"
+                    ) from stale
+                for run_id in stale:
+                    log.warning(
+                        "Reconciler releases the roots of run %s, which made no "
+                        "progress for %s s.",
+                        run_id,
+                        self._reconcile_after_s,
+                    )
+                    self._release(run_id, "", "")
+                    taken += 1
+        finally:
+            self.release(_RECONCILE_LOCK, token)
+        return taken
+
+    def _reconcile_due(self) -> None:
+        """Run a reconciler pass if ``reconcile_interval_s`` passed since the last."""
+        now = time.monotonic()
+        with self._lock:
+            if now - self._last_reconcile < self._reconcile_interval_s:
+                return
+            self._last_reconcile = now
+        try:
+            self.reconcile()
+        except DriverError as err:
+            log.warning("Reconciler pass failed; the next one tries again: %s", err)
+
+    def _apply_outbox(self, partition: Keys, entry_id: str, fields: Any) -> None:
+        """Apply one outbox entry; the script that applies it acknowledges it.
+
+        An entry that fails stays pending and is applied again after the
+        visibility timeout by whichever worker reclaims it.
+        """
+        kind = fields.get("kind")
+        if kind == "release" and not {"run", "epoch"} <= fields.keys():
+            # Stem did not write it, and applying it again would fail again.
+            log.warning(
+                "Deleted malformed outbox entry %s of %s: a release entry needs "
+                "the fields run and epoch, and it has %r.",
+                entry_id,
+                partition.tag,
+                fields,
+            )
+            with self._redis_errors(f"delete outbox entry {entry_id}"):
+                pipe = self._client.pipeline(transaction=True)
+                pipe.xack(partition.outbox, self._group, entry_id)
+                pipe.xdel(partition.outbox, entry_id)
+                pipe.execute()
+            return
+        try:
+            if kind == "release":
+                self._release(fields["run"], fields["epoch"], entry_id)
+            else:
+                log.warning(
+                    "Left outbox entry %s of %s with unknown kind %r for a "
+                    "newer worker.",
+                    entry_id,
+                    partition.tag,
+                    kind,
+                )
+        except DriverError as err:
+            log.warning(
+                "Applying outbox entry %s of %s failed; it is retried after the "
+                "visibility timeout: %s",
+                entry_id,
+                partition.tag,
+                err,
+            )
 
     def claim(self, message: Message) -> Claim | None:
         keys, args = self._claim_call(message, self._known_version(message.run_id))
@@ -300,6 +579,7 @@ class RedisDriver(RedisOperations):
             "1" if message.reclaimed else "0",
             message.run_id,
             known_version,
+            str(self._inline_input_chars),
         ]
         return keys, args
 
@@ -314,11 +594,14 @@ class RedisDriver(RedisOperations):
         triples = reply[5:]
         spec = self._cached_spec(message.run_id, version, text)
         node = spec.node(message.node_id)
+        reads = list(template_nodes(node.input))
+        if len(triples) < 3 * len(reads):
+            triples = self._read_inputs(message.run_id, reads)
         # A chord callback reads every header member's value.
-        large = len(triples) > _LARGE_INPUT_READS * 3
+        large = len(reads) > _LARGE_INPUT_READS
         with paused_gc() if large else contextlib.nullcontext():
             records: dict[str, NodeRecord] = {}
-            for index, read in enumerate(template_nodes(node.input)):
+            for index, read in enumerate(reads):
                 state, value, error = triples[3 * index : 3 * index + 3]
                 records[read] = NodeRecord(
                     state=state,
@@ -342,6 +625,28 @@ class RedisDriver(RedisOperations):
             leased, node.task, run.task_id(node.id), args_out, kwargs, node.options
         )
 
+    def _read_inputs(self, run_id: str, reads: Sequence[str]) -> list[str]:
+        """Read the state, value and error of each node in ``reads``, in pages.
+
+        The claim of a node that reads many others leaves its inputs out, so
+        no script call grows with a chord. The nodes read have ended before
+        the claimed node was queued, so reading them after the claim sees
+        what the claim would have seen.
+        """
+        keys = self._keys.run(run_id)
+        triples: list[str] = []
+        for first in range(0, len(reads), _READ_PAGE):
+            page = list(reads[first : first + _READ_PAGE])
+            with self._redis_errors(f"read the inputs of a node of run {run_id}"):
+                pipe = self._client.pipeline(transaction=False)
+                pipe.hmget(keys.nodes, page)
+                pipe.hmget(keys.values, page)
+                pipe.hmget(keys.errors, page)
+                states, values, errors = pipe.execute()
+            for state, value, error in zip(states, values, errors, strict=True):
+                triples += [state or "", value or "", error or ""]
+        return triples
+
     def complete(self, message: Message, value: str) -> None:
         self._report("complete", message, value)
 
@@ -357,6 +662,8 @@ class RedisDriver(RedisOperations):
             with self._redis_errors(f"read the graph spec of run {message.run_id}"):
                 current: Any = self._client.hmget(keys[0], ["spec_version", "spec"])
             version, text = current
+            if text is None and version is not None:
+                text = self._large_spec(message.run_id)
             args = self._message_args(message)
             if text is not None:
                 old = self._cached_spec(message.run_id, version, text)
@@ -436,6 +743,10 @@ class RedisDriver(RedisOperations):
                 raise self._not_found(run_id)
             version, text = run["spec_version"], run.pop("spec", "")
             if text or version == known:
+                break
+            if not known:
+                # A large run keeps its spec in its own key until a splice.
+                text = self._large_spec(run_id)
                 break
             # A splice changed the spec since it was parsed: read it too.
             known = ""
@@ -527,6 +838,7 @@ class RedisDriver(RedisOperations):
             if batch:
                 return batch
             self._promote_due()
+            self._reconcile_due()
             batch = self._reclaim_stalled(queues, limit)
             remaining = deadline - time.monotonic()
             if not batch:
@@ -706,12 +1018,27 @@ class RedisDriver(RedisOperations):
             cached = self._specs.get(run_id)
         return "" if cached is None else cached[0]
 
+    def _large_spec(self, run_id: str) -> str:
+        """Read the spec of a large run, which the seal keeps in its own key.
+
+        A splice writes the new spec to the run hash, which then takes over.
+
+        Raises:
+            RunNotFound: if the run has no spec key either.
+        """
+        with self._redis_errors(f"read the graph spec of run {run_id}"):
+            text: Any = self._client.get(self._keys.run(run_id).spec)
+        if text is None:
+            raise self._not_found(run_id)
+        return str(text)
+
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
         """Return the run's spec of ``version``, parsing ``text`` if not cached.
 
         ``text`` may be "" when the claim script saw that this version is
-        cached. If another thread evicted it in between, the spec is read
-        from Redis again.
+        cached, or when the run is a large one, whose spec is not in its run
+        hash. The spec is then read from Redis if it is not cached (another
+        thread evicted it in between, or this is a large run's first claim).
         """
         with self._lock:
             cached = self._specs.get(run_id)
@@ -723,9 +1050,10 @@ class RedisDriver(RedisOperations):
                 found: Any = self._client.hmget(
                     self._keys.run(run_id).run, ["spec_version", "spec"]
                 )
-            if found[1] is None:
+            if found[0] is None:
                 raise self._not_found(run_id)
-            version, text = found
+            version = found[0]
+            text = found[1] if found[1] is not None else self._large_spec(run_id)
         # Parsed outside the lock: a large spec takes seconds to parse, and
         # other runs' claims must not wait for it.
         spec = GraphSpec.from_json(text)
@@ -748,6 +1076,7 @@ class RedisDriver(RedisOperations):
 
     def _ensure_groups(self, queues: Sequence[str]) -> None:
         for partition in self._keys.partitions:
+            self._ensure_group(partition.outbox)
             for queue in queues:
                 self._ensure_group(partition.queue(queue))
 
@@ -816,6 +1145,7 @@ class RedisDriver(RedisOperations):
             self._last_reclaim = now
         batch: list[Message] = []
         for partition in self._keys.partitions:
+            self._reclaim_outbox(partition, limit)
             for queue in queues:
                 batch += self._reclaim_stream(partition, queue, limit)
         self._buffer(batch[limit:])
@@ -850,6 +1180,17 @@ class RedisDriver(RedisOperations):
             )
             batch.append(message)
         return batch
+
+    def _reclaim_outbox(self, partition: Keys, limit: int) -> None:
+        """Apply outbox entries that another worker left unacknowledged too long."""
+        min_idle_ms = int((self.visibility_timeout_s or 0.0) * 1000)
+        with self._redis_errors(f"reclaim stalled entries of {partition.outbox}"):
+            reply: Any = self._client.xautoclaim(
+                partition.outbox, self._group, self._consumer, min_idle_ms, count=limit
+            )
+        for entry_id, fields in reply[1]:
+            if fields:
+                self._apply_outbox(partition, entry_id, fields)
 
     def _deliveries(self, stream: str, messages: list[Message]) -> list[int]:
         """Return each message's delivery count from XPENDING, in order."""
@@ -908,12 +1249,16 @@ class RedisDriver(RedisOperations):
             reply: Any = self._client.xreadgroup(
                 self._group,
                 self._consumer,
-                dict.fromkeys(streams, ">"),
+                dict.fromkeys([*streams, partition.outbox], ">"),
                 count=limit,
                 block=block_ms,
             )
         found: dict[str, list[Message]] = {}
         for stream, entries in reply or []:
+            if stream == partition.outbox:
+                for entry_id, fields in entries:
+                    self._apply_outbox(partition, entry_id, fields)
+                continue
             queue = streams[stream]
             found[queue] = self._parse_entries(partition, queue, entries)
         batch = [message for queue in queues for message in found.get(queue, [])]
@@ -1076,6 +1421,17 @@ class RedisDriver(RedisOperations):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _queued_at_start(node: NodeSpec) -> bool:
+    """Whether a run's start queues the node or skips it, as `machine.start` does.
+
+    Errbacks that cover nothing are skipped, and other nodes without
+    dependencies are queued.
+    """
+    if node.role == "errback":
+        return not node.covers
+    return not node.deps
 
 
 def _first_call_error(url: str, err: DriverError) -> DriverError:

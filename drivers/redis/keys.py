@@ -8,7 +8,7 @@ fixed list of partition tags, stored once under ``<prefix>stem:partitions``
 `partition_index` picks from its id. In the table, ``<base>`` is
 ``<prefix><tag>:`` for one partition's tag, such as ``<prefix>{stem:p0}:``.
 
-The six ``run:<run>`` keys expire together, ``retention_ms`` after the run
+The ``run:<run>`` keys expire together, ``retention_ms`` after the run
 ends, and have no TTL while it runs.
 
 ======================== ========== =============================================
@@ -19,6 +19,10 @@ key                      type       contents
                                     not yet ended), ``error_node``, ``spec`` (the
                                     graph spec's JSON, opaque to Lua),
                                     ``spec_version`` (raised by each splice),
+                                    no ``spec`` for a large run (see below),
+                                    for a large run whose roots are not all
+                                    queued ``released`` (roots queued so far)
+                                    and ``release_entry`` (its outbox entry),
                                     and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``;
                                     ``retention_ms`` and ``events_max_len``, the
@@ -56,6 +60,20 @@ key                      type       contents
                                     of the group in that state; a node counts in
                                     its innermost group, and the group ``-``
                                     counts nodes outside every group
+<base>run:<run>:roots    list       a large run's roots (nodes queued or
+                                    skipped at start) in node order; staged
+                                    with a TTL, persisted by the seal and
+                                    removed once every root is released
+<base>run:<run>:spec     string     a large run's graph spec, JSON text, until
+                                    a splice writes ``spec`` in the run hash;
+                                    staged as ``<base>run:<run>:staged_spec``
+                                    and renamed by the seal
+<base>outbox             stream     work for workers to apply, read with the
+                                    queues: ``kind`` (``release``), ``run``,
+                                    ``epoch``
+<base>releasing          sorted set large runs whose roots are not all queued,
+                                    scored by the time of their latest
+                                    progress in seconds, for the reconciler
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -74,7 +92,8 @@ key                      type       contents
 <base>queues             set        names of the queues that messages were sent
                                     to, for listings
 <base>runs               sorted set run ids scored by creation time in seconds,
-                                    written by submit; listings drop ids
+                                    written by submit (by the seal for a
+                                    large run); listings drop ids
                                     whose run hash no longer exists
 <base>workers            sorted set worker names scored by last heartbeat
 <base>worker:<name>      string     a worker's last heartbeat, JSON, with a TTL
@@ -88,9 +107,11 @@ key                      type       contents
 ======================== ========== =============================================
 
 Run keys live in the run's partition. Every partition has its own queue
-streams, delayed set, dead-letter stream, queue names set and runs index.
-Worker heartbeats, beat fire times and locks belong to no run and live in
-the first partition.
+streams, delayed set, dead-letter stream, queue names set, runs index and
+outbox. A large run's graph, node-state and state-count hashes and its roots
+list are written in chunks with a TTL before the run hash exists, so an
+unsealed run is never seen and expires. Worker heartbeats, beat fire times
+and locks belong to no run and live in the first partition.
 """
 
 from __future__ import annotations
@@ -115,6 +136,12 @@ class RunKeys:
     #: State counts per group. Not in `all`: scripts take it after their
     #: other keys.
     counts: str = ""
+    #: The roots of a large run not yet released (stage, seal and release only).
+    roots: str = ""
+    #: The graph spec of a large run, whose run hash has no ``spec`` field.
+    spec: str = ""
+    #: The spec of a large run before its seal renames it to ``spec``.
+    staged_spec: str = ""
 
     def all(self) -> list[str]:
         """Return the keys in script order: run, graph, nodes, values, errors."""
@@ -157,6 +184,9 @@ class Keys:
             values=f"{head}:values",
             errors=f"{head}:errors",
             counts=f"{head}:counts",
+            roots=f"{head}:roots",
+            spec=f"{head}:spec",
+            staged_spec=f"{head}:staged_spec",
         )
 
     def queue(self, name: str) -> str:
@@ -177,6 +207,16 @@ class Keys:
     def events(self) -> str:
         """The lifecycle event stream."""
         return f"{self.base}events"
+
+    @property
+    def releasing(self) -> str:
+        """The sorted set of large runs whose roots are not all queued yet."""
+        return f"{self.base}releasing"
+
+    @property
+    def outbox(self) -> str:
+        """The stream of work that workers apply for the partition's runs."""
+        return f"{self.base}outbox"
 
     @property
     def queues(self) -> str:

@@ -38,6 +38,10 @@ SCRIPT_NAMES = (
     "release_lock",
     "renew",
     "reopen",
+    "stage",
+    "seal",
+    "release",
+    "stale_releases",
     "purge",
     "replay",
 )
@@ -58,6 +62,8 @@ class Reply(IntEnum):
     CONFLICT = -3
     #: The run is running or succeeded, so it cannot be retried (reopen only).
     NOT_RETRYABLE = -4
+    #: A staged key of a large run expired or is incomplete (seal only).
+    INCOMPLETE = -5
 
 
 class ScriptError(DriverError):

@@ -23,6 +23,14 @@ from stem.engine.result import AsyncResult
 
 #: Seconds a test waits for a run, or for its side branches, to end.
 TIMEOUT_S = 10.0
+#: Redis driver settings small enough that most runs of the suite are large
+#: runs: written in chunks, sealed, and their roots released in slices.
+#: A callback that reads more than one node reads its inputs in pages.
+REDIS_SMALL_LIMITS: dict[str, Any] = {
+    "submit_chunk": 24,
+    "release_slice": 2,
+    "inline_input_chars": 2,
+}
 
 
 class Kit:
@@ -136,7 +144,11 @@ def make_kit(
         else:
             target = request.getfixturevalue("redis_targets")(driver_name)
             prefix = f"test-{uuid.uuid4().hex[:12]}:"
-            instance = Kit(target.url, prefix=prefix, **{**target.settings, **settings})
+            instance = Kit(
+                target.url,
+                prefix=prefix,
+                **{**target.settings, **REDIS_SMALL_LIMITS, **settings},
+            )
         made.append(instance)
         return instance
 

@@ -296,7 +296,9 @@ def _check_expiry(pair: _Pair, target: Any) -> None:
     run_keys = pair.driver._keys.run(pair.run_id)
     client = target.client()
     try:
-        for key in [*run_keys.all(), run_keys.counts]:
+        # A large run (a small submit chunk) also has a spec key, and a
+        # roots list until its roots are released.
+        for key in [*run_keys.all(), run_keys.counts, run_keys.spec, run_keys.roots]:
             ttl = client.pttl(key)
             if ttl == -2:  # The key holds nothing (no value or error yet).
                 continue
@@ -365,8 +367,19 @@ def test_scripts_match_machine(
     # number of retries once the run has ended, each with a new plan.
     retry_at = data.draw(st.one_of(st.none(), st.integers(0, 20)), label="retry at")
     rounds = data.draw(st.integers(0, 2), label="retries after the end")
+    # A small chunk writes the run in chunks, seals it and releases its roots,
+    # and a small inline limit makes a node that reads others read in pages.
+    chunk = data.draw(st.sampled_from([5000, 8]), label="submit chunk")
+    inline = data.draw(st.sampled_from([20_000, 2]), label="inline input chars")
     prefix = f"diff-{uuid.uuid4().hex[:12]}:"
-    driver = RedisDriver(redis_target.url, prefix=prefix, **redis_target.settings)
+    driver = RedisDriver(
+        redis_target.url,
+        prefix=prefix,
+        **redis_target.settings,
+        submit_chunk=chunk,
+        release_slice=2,
+        inline_input_chars=inline,
+    )
     try:
         compiled = [
             _with_ignored(compile_canvas(item), {"0"})

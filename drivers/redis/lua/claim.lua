@@ -18,13 +18,18 @@
   ARGV[8] spec_version of the run's spec that the caller has parsed already,
           "" when it has none, or "-" when an earlier claim of the same batch
           requests the spec
+  ARGV[9] longest <node>/reads field, in characters, whose values the reply
+          carries; a node that reads more (a large chord's callback) gets no
+          triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, spec, state, value, error, state,
   value, error, ...} with one state/value/error triple ("" when missing) per
-  node the input reads, in the order of the graph's <node>/reads field. The
+  node the input reads, in the order of the graph's <node>/reads field, or no
+  triples when the field is longer than ARGV[9]. The
   spec is the run's graph spec JSON when its version differs from ARGV[8],
   else "", so a worker reads each spec once and a one-node run needs no
-  second round trip. The lease is 1
+  second round trip. A large run's spec, which is not in the run hash, is
+  always "": the driver reads it with a plain GET. The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -51,6 +56,7 @@ local group = ARGV[5]
 local takeover = ARGV[6] == "1"
 local run_id = ARGV[7]
 local known_version = ARGV[8]
+local inline_chars = tonumber(ARGV[9])
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
@@ -95,12 +101,16 @@ emit("started", node, attempt)
 
 local spec = ""
 if known_version ~= "-" and run[2] ~= known_version then
-  spec = rcall("HGET", run_key, "spec")
+  -- A large run has no "spec" field until a splice writes one.
+  spec = rcall("HGET", run_key, "spec") or ""
 end
 local reply = {1, current[3] or "", run[2], lease, spec}
+local reads_field = graph[1] or ""
 local reads = {}
-for read in string.gmatch(graph[1] or "", "[^,]+") do
-  reads[#reads + 1] = read
+if not inline_chars or #reads_field <= inline_chars then
+  for read in string.gmatch(reads_field, "[^,]+") do
+    reads[#reads + 1] = read
+  end
 end
 -- One HMGET per hash and slice, because a chord callback reads every header
 -- member and unpack has a stack limit of a few thousand values.

@@ -87,9 +87,13 @@ local function emit(kind, node, attempt, status)
 end
 
 -- Every key of the run: each one expires with the run and is kept again
--- when the run is reopened.
+-- when the run is reopened. A large run also has a spec string and, until
+-- its roots are all released, a roots list; their names are the run hash's
+-- plus ":spec" and ":roots" (keys.py), in the run hash's slot, and a run
+-- without them ignores the PEXPIRE and PERSIST of a missing key.
 local function run_keys()
-  return {run_key, graph_key, nodes_key, values_key, errors_key, counts_key}
+  return {run_key, graph_key, nodes_key, values_key, errors_key, counts_key,
+    run_key .. ":spec", run_key .. ":roots"}
 end
 
 local function expire_run(ttl_ms)
