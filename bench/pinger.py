@@ -1,7 +1,7 @@
 """Ping a Redis server in a tight loop and report the longest round trip.
 
 Run as ``python pinger.py PORT``; it pings until its standard input closes,
-then prints one JSON line: pings answered, BUSY replies, the longest round
+then prints one JSON line: pings replied to, BUSY replies, the longest round
 trip and the round trips over 1, 10 and 100 ms. A script or MULTI that
 holds the server shows up here as one long round trip.
 """
@@ -27,9 +27,9 @@ def main() -> None:
     pings = 0
     busy = 0
     print("ready", file=sys.stderr, flush=True)
-    # A script that runs past lua-time-limit makes the server answer BUSY
-    # at once; the stall lasts until the next PONG, so it is timed from
-    # the request after the last PONG.
+    # A script that runs past lua-time-limit makes the server reply BUSY at
+    # once. The stall lasts until the next PONG, so it is timed from the
+    # request after the last PONG.
     stalled_since = None
     while not stop.is_set():
         started = time.perf_counter() if stalled_since is None else stalled_since

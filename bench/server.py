@@ -88,7 +88,7 @@ class RedisServer:
 
         A script that runs past ``lua-time-limit`` makes every other command
         fail with BUSY until it ends, and a request of gigabytes keeps the
-        server from answering while it reads it. Past ``timeout_s`` the
+        server from replying while it reads it. Past ``timeout_s`` the
         server is restarted on the same port, because a script that has
         written cannot be killed.
         """

@@ -465,8 +465,8 @@ def replay_node(
     _enqueue(run, run.spec.node(node_id), now, effects)
     # The reopened nodes read their ignore_result inputs again, so each value
     # still stored is kept until they end.
-    # NOTE: a value dropped when its last reader ended does not come back, so
-    # a reopened reader of it reads None; a run retry runs its node again.
+    # NOTE: a value dropped when its last reader ended does not come back.
+    # A replayed reader of it reads None, while a run retry reruns its node.
     _count_open_readers(run, run.spec.nodes)
     for current in reopened[1:]:
         _release(run, current, now, effects)

@@ -96,7 +96,7 @@ def _ping_loop(url: str, stop: Any, worst: Any) -> None:
 
 
 def _wait_until_free(client: Any) -> None:
-    """Wait until Redis answers again, after a script that outlived the client."""
+    """Wait until Redis replies again after a script that outlived the client."""
     while True:
         try:
             client.ping()

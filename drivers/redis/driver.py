@@ -801,10 +801,9 @@ class RedisDriver(RedisOperations):
                 f"Event id {after!r} is invalid; pass the id of an event that "
                 "events() returned."
             )
-        # Each partition has its own stream. The scripts give every event an
-        # id whose first part is the write time in microseconds, so the
-        # streams merge into one order by id; on one Redis server (not a
-        # Cluster) one transaction reads them all at the same moment.
+        # Each partition has its own stream. The scripts start every event id
+        # with the write time in microseconds, so the streams merge by id.
+        # On one Redis server (not a Cluster) one transaction reads them all.
         start = "-" if after is None else f"({after}"
         partitions = self._keys.partitions
         with self._redis_errors("read the lifecycle event streams"):
@@ -1424,7 +1423,7 @@ class RedisDriver(RedisOperations):
 
 
 def _queued_at_start(node: NodeSpec) -> bool:
-    """Whether a run's start queues the node or skips it, as `machine.start` does.
+    """Tell whether a run's start queues the node, as `machine.start` does.
 
     Errbacks that cover nothing are skipped, and other nodes without
     dependencies are queued.

@@ -187,8 +187,8 @@ def test_graph_show_large_run_round_trips(tmp_path: Path, url: str) -> None:
     client.close()
     module.app.close()
 
-    # A run too large for one script call keeps its spec under a key of its
-    # own, which costs the large run one more read; neither grows with size.
+    # A run too large for one script call keeps its spec under its own key.
+    # That costs one more read, and neither count grows with the run's size.
     assert large_calls <= small_calls + 1
     assert large_calls <= 10
     assert "100001 nodes in 2 layers" in drawn
