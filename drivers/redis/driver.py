@@ -32,19 +32,28 @@ import time
 import uuid
 from collections.abc import Iterator, Sequence
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
 
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, NodeSpec, template_nodes
-from stem.canvas.values import decode
+from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
+from stem.canvas.values import decode, dumps
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply, script_error
+from stem.drivers.redis.shards import (
+    SHARD_INPUT_TASK,
+    SHARD_TASK,
+    Shard,
+    merged_view,
+    plan_shards,
+    shard_run_id,
+)
 from stem.engine import machine, settings
 from stem.engine.drivers import redact
 from stem.engine.errors import DriverError, RunNotFound, RunNotRetryable
@@ -55,7 +64,7 @@ from stem.engine.ports import (
     Message,
     RunSnapshot,
 )
-from stem.engine.records import ErrorInfo, NodeRecord, RunState
+from stem.engine.records import ErrorInfo, NodeRecord, RunState, task_id
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +108,16 @@ _READ_PAGE = 1000
 _RECONCILE_LOCK = "reconciler"
 #: Most stalled runs of one partition that one reconciler pass takes up.
 _RECONCILE_BATCH = 100
+#: Header members per shard of a sharded chord when neither the URL nor the
+#: settings give ``shard_size``.
+DEFAULT_SHARD_SIZE = 5000
+#: Fields that each kind of outbox entry must have to be applied.
+_OUTBOX_FIELDS: dict[str, frozenset[str]] = {
+    "release": frozenset({"run", "epoch"}),
+    "activate": frozenset({"run", "node", "epoch"}),
+    "report": frozenset({"run", "node", "epoch", "shard", "outcome", "cause"}),
+    "cancel": frozenset({"run", "node"}),
+}
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
@@ -153,7 +172,12 @@ class RedisDriver(RedisOperations):
             fetching worker; one worker at a time runs a pass, under a lock.
         reconcile_after_s: seconds without progress after which the
             reconciler queues a large run's remaining roots itself, in case
-            the outbox entry that asks for them was lost (a failover).
+            the outbox entry that asks for them was lost (a failover), and
+            sends a sharded chord's activations and reports again.
+        shard_size: header members per shard of a chord. A chord header
+            with more members is cut into shard runs spread over the
+            partitions (see `stem.drivers.redis.shards`); 0 turns sharding
+            off. None means the URL's ``?shard_size=N``, or 5,000.
     """
 
     def __init__(
@@ -178,8 +202,10 @@ class RedisDriver(RedisOperations):
         inline_input_chars: int = 20_000,
         reconcile_interval_s: float = 30.0,
         reconcile_after_s: float = 60.0,
+        shard_size: int | None = None,
     ) -> None:
         self.url = url
+        url, self._shard_size = _shard_size_option(url, shard_size)
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
         self.retention_s = settings.check_retention_s(retention_s)
         self.max_value_bytes = settings.check_max_value_bytes(max_value_bytes)
@@ -260,8 +286,56 @@ class RedisDriver(RedisOperations):
     # -- graph store --------------------------------------------------------
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
+        plan = plan_shards(spec, self._shard_size)
+        if plan is None:
+            return self._submit_run(run_id, spec)
+        with self._redis_errors(f"check whether run {run_id} exists"):
+            exists = self._client.exists(self._keys.run(run_id).run)
+        if exists:
+            return False
+        # Every shard is written before the home run, so an activation
+        # never finds its shard missing.
+        # TODO: a submitter that dies before the home run is written leaves
+        # inactive shard runs that never expire.
+        for shard in plan.shards:
+            self._write_shard(run_id, shard)
+        shard_fields: list[str] = []
+        for join, nodes in plan.joins.items():
+            shard_fields += [f"{join}/shards", ",".join(nodes)]
+        created = self._submit_run(run_id, plan.home, shard_fields)
+        if created:
+            log.debug(
+                "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
+            )
+        return created
+
+    def _write_shard(self, home: str, shard: Shard) -> None:
+        """Stage and seal one shard run, inactive until its home run activates it."""
+        shard_id = shard_run_id(home, shard.node)
         with paused_gc():
-            graph = layout.graph_fields(spec, defaults=False)
+            graph = layout.graph_fields(shard.spec, defaults=False)
+            counts = layout.initial_counts(shard.spec.nodes)
+            state = layout.initial_node_fields(shard.spec.nodes)
+        self._stage_and_seal(
+            shard_id,
+            shard.spec,
+            graph,
+            state,
+            counts,
+            shard.roots,
+            [home, shard.node, "1"],
+        )
+
+    def _submit_run(
+        self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
+    ) -> bool:
+        """Store one run, in one script call or in chunks, and queue its roots.
+
+        ``extra_graph`` are graph hash fields and values that the spec does
+        not give, such as a callback's ``/shards`` field.
+        """
+        with paused_gc():
+            graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
             counts = layout.initial_counts(spec.nodes)
             state = [
                 *layout.initial_node_fields(spec.nodes),
@@ -320,9 +394,31 @@ class RedisDriver(RedisOperations):
         outbox entry, so a worker queues the roots if this process dies
         before it does.
         """
+        roots = [node.id for node in spec.nodes if _queued_at_start(node)]
+        if not self._stage_and_seal(run_id, spec, graph, state, counts, roots):
+            return False
+        self._release(run_id, "1", "")
+        log.debug("Run %s submitted in chunks with %d nodes.", run_id, len(spec.nodes))
+        self._store_spec(run_id, "1", spec)
+        return True
+
+    def _stage_and_seal(
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        graph: list[str],
+        state: list[str],
+        counts: list[str],
+        roots: list[NodeId],
+        home: Sequence[str] = ("", "", ""),
+    ) -> bool:
+        """Write a run's keys in chunks and seal it; False if the run exists.
+
+        ``home`` is the home run id, shard node and home epoch of a shard
+        run, which is sealed inactive.
+        """
         partition = self._keys.partition_of(run_id)
         keys = partition.run(run_id)
-        roots = [node.id for node in spec.nodes if _queued_at_start(node)]
         ttl_ms = max(1, int(self._stage_ttl_s * 1000))
         # A plain SET keeps the argument as the value, with no copy: a script
         # argument of a few megabytes would block Redis for tens of ms.
@@ -361,6 +457,7 @@ class RedisDriver(RedisOperations):
             _milliseconds(self.retention_s),
             str(self._events_max_len),
             str(len(counts) // 2),
+            *home,
         ]
         seal_keys = [
             keys.run,
@@ -383,12 +480,7 @@ class RedisDriver(RedisOperations):
                 f"{self._stage_ttl_s}) or another submit of the same run id "
                 "started over. Submit it again, or raise stage_ttl_s."
             )
-        if result is not Reply.DONE:
-            return False
-        self._release(run_id, "1", "")
-        log.debug("Run %s submitted in chunks with %d nodes.", run_id, len(spec.nodes))
-        self._store_spec(run_id, "1", spec)
-        return True
+        return result is Reply.DONE
 
     def _release(self, run_id: str, epoch: str, receipt: str) -> None:
         """Queue the roots of a sealed large run, one slice per script call."""
@@ -428,7 +520,9 @@ class RedisDriver(RedisOperations):
         worker drains the seal's outbox entry. After a failover that entry
         can be lost while the run survives, so the reconciler finds runs
         without progress for ``reconcile_after_s`` and releases them again,
-        which is idempotent. One process at a time runs it, under a lock.
+        which is idempotent. In the same way it sends again the shard
+        activations and reports of a run whose chord shards have not all
+        reported. One process at a time runs it, under a lock.
 
         Returns:
             The number of runs it took up, or None when another process
@@ -439,29 +533,42 @@ class RedisDriver(RedisOperations):
             return None
         taken = 0
         try:
+            listed = [
+                (partition, key)
+                for partition in self._keys.partitions
+                for key in (partition.releasing, partition.sharded)
+            ]
             calls: list[tuple[str, list[str], list[str | int | float]]] = [
                 (
                     "stale_releases",
-                    [partition.releasing],
+                    [key],
                     [repr(self._reconcile_after_s), str(_RECONCILE_BATCH)],
                 )
-                for partition in self._keys.partitions
+                for _, key in listed
             ]
             replies = self._scripts.call_many(calls)
-            for partition, stale in zip(self._keys.partitions, replies, strict=True):
+            for (partition, key), stale in zip(listed, replies, strict=True):
                 if isinstance(stale, Exception):
                     raise DriverError(
-                        f"Listing stalled releases of {partition.releasing} "
-                        f"failed: {stale}"
+                        f"Listing stalled runs of {key} failed: {stale}"
                     ) from stale
                 for run_id in stale:
-                    log.warning(
-                        "Reconciler releases the roots of run %s, which made no "
-                        "progress for %s s.",
-                        run_id,
-                        self._reconcile_after_s,
-                    )
-                    self._release(run_id, "", "")
+                    if key == partition.sharded:
+                        log.warning(
+                            "Reconciler sends the shard activations and reports "
+                            "of run %s again; it made no progress for %s s.",
+                            run_id,
+                            self._reconcile_after_s,
+                        )
+                        self._resync_shards(run_id)
+                    else:
+                        log.warning(
+                            "Reconciler releases the roots of run %s, which "
+                            "made no progress for %s s.",
+                            run_id,
+                            self._reconcile_after_s,
+                        )
+                        self._release(run_id, "", "")
                     taken += 1
         finally:
             self.release(_RECONCILE_LOCK, token)
@@ -486,24 +593,39 @@ class RedisDriver(RedisOperations):
         visibility timeout by whichever worker reclaims it.
         """
         kind = fields.get("kind")
-        if kind == "release" and not {"run", "epoch"} <= fields.keys():
+        needed = _OUTBOX_FIELDS.get(kind, frozenset())
+        if not needed <= fields.keys():
             # Stem did not write it, and applying it again would fail again.
             log.warning(
-                "Deleted malformed outbox entry %s of %s: a release entry needs "
-                "the fields run and epoch, and it has %r.",
+                "Deleted malformed outbox entry %s of %s: a %s entry needs "
+                "the fields %s, and it has %r.",
                 entry_id,
                 partition.tag,
+                kind,
+                ", ".join(sorted(needed)),
                 fields,
             )
-            with self._redis_errors(f"delete outbox entry {entry_id}"):
-                pipe = self._client.pipeline(transaction=True)
-                pipe.xack(partition.outbox, self._group, entry_id)
-                pipe.xdel(partition.outbox, entry_id)
-                pipe.execute()
+            self._ack_outbox(partition, entry_id)
             return
         try:
             if kind == "release":
                 self._release(fields["run"], fields["epoch"], entry_id)
+            elif kind == "activate":
+                self._activate(fields["run"], fields["node"], fields["epoch"])
+                self._ack_outbox(partition, entry_id)
+            elif kind == "report":
+                self._apply_report(
+                    fields["run"],
+                    fields["node"],
+                    fields["epoch"],
+                    fields["shard"],
+                    fields["outcome"],
+                    fields["cause"],
+                )
+                self._ack_outbox(partition, entry_id)
+            elif kind == "cancel":
+                self.cancel(shard_run_id(fields["run"], fields["node"]))
+                self._ack_outbox(partition, entry_id)
             else:
                 log.warning(
                     "Left outbox entry %s of %s with unknown kind %r for a "
@@ -520,6 +642,190 @@ class RedisDriver(RedisOperations):
                 partition.tag,
                 err,
             )
+
+    def _ack_outbox(self, partition: Keys, entry_id: str) -> None:
+        """Acknowledge and delete one outbox entry of a partition."""
+        with self._redis_errors(f"acknowledge outbox entry {entry_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.xack(partition.outbox, self._group, entry_id)
+            pipe.xdel(partition.outbox, entry_id)
+            pipe.execute()
+
+    # -- sharded chords -----------------------------------------------------
+
+    def _activate(self, home: str, node: NodeId, epoch: str) -> None:
+        """Give a shard run its input and queue its roots, a slice per call.
+
+        Idempotent: a shard activated already only gets its remaining roots
+        released, so an entry applied twice, or by the reconciler, is harmless.
+        """
+        shard = shard_run_id(home, node)
+        home_keys = self._keys.run(home)
+        with self._redis_errors(f"read the status of run {home}"):
+            status = self._client.hget(home_keys.run, "status")
+        if status != "running":
+            # An ended home run cancelled its shards when it ended.
+            log.debug("Skipped activating shard %s: run %s ended.", shard, home)
+            return
+        try:
+            spec = self._spec_of(shard)
+        except RunNotFound:
+            self._shard_missing(home, node, epoch, shard)
+            return
+        inputs = [n.id for n in spec.nodes if n.task == SHARD_INPUT_TASK]
+        values: list[Any] = []
+        if inputs:
+            with self._redis_errors(f"read the input of shard {shard}"):
+                values = list(self._client.hmget(home_keys.values, inputs))
+        pairs: list[str | int | float] = []
+        for input_node, value in zip(inputs, values, strict=True):
+            pairs += [input_node, dumps(None) if value is None else value]
+        partition = self._keys.partition_of(shard)
+        keys = partition.run(shard)
+        script_keys = [
+            *keys.all(),
+            partition.delayed,
+            keys.counts,
+            partition.events,
+            partition.releasing,
+        ]
+        reply = self._scripts.call(
+            "activate", script_keys, [shard, epoch, *pairs], run_id=shard
+        )
+        result = check_reply("activate", reply, shard)
+        if result is Reply.RUN_NOT_FOUND:
+            self._shard_missing(home, node, epoch, shard)
+            return
+        if result is Reply.STALE:
+            log.warning("Skipped activating shard %s for epoch %s.", shard, epoch)
+            return
+        self._release(shard, "", "")
+
+    def _shard_missing(self, home: str, node: NodeId, epoch: str, shard: str) -> None:
+        """Fail a shard node whose shard run is gone, so its home run ends."""
+        reason = (
+            f"Shard run {shard} of run {home} is not found: it expired or was "
+            "never written. Submit the run again."
+        )
+        log.warning("%s", reason)
+        error = ErrorInfo("stem.engine.errors", "DriverError", reason, [reason])
+        self._report_to_home(
+            home, node, epoch, "failed", node, layout.error_json(error)
+        )
+
+    def _apply_report(
+        self,
+        home: str,
+        node: NodeId,
+        epoch: str,
+        shard: str,
+        outcome: str,
+        cause: str,
+    ) -> None:
+        """Record on the home run how a shard ended, with the failed node's error."""
+        error = ""
+        if outcome == "failed" and cause:
+            with self._redis_errors(f"read the error of shard {shard}"):
+                found = self._client.hget(self._keys.run(shard).errors, cause)
+            error = str(found or "")
+        self._report_to_home(home, node, epoch, outcome, cause, error)
+
+    def _report_to_home(
+        self, home: str, node: NodeId, epoch: str, outcome: str, cause: str, error: str
+    ) -> None:
+        partition = self._keys.partition_of(home)
+        keys = partition.run(home)
+        script_keys = [*keys.all(), partition.delayed, keys.counts, partition.events]
+        args: list[str | int | float] = [home, node, epoch, outcome, cause, error]
+        reply = self._scripts.call("report", script_keys, args, run_id=home)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        result = check_reply("report", reply, home, node, accept=accept)
+        log.debug(
+            "Applied a %s report of shard node %s of run %s: %s.",
+            outcome,
+            node,
+            home,
+            result.name.lower(),
+        )
+
+    def _resync_shards(self, home: str) -> None:
+        """Send a home run's activations and reports again, for the reconciler.
+
+        Each running shard node is activated again, and the report of each
+        shard that ended or failed is applied again. Both are idempotent.
+        """
+        try:
+            spec = self._spec_of(home)
+        except RunNotFound:
+            return
+        shard_nodes = [n.id for n in spec.nodes if n.task == SHARD_TASK]
+        home_keys = self._keys.run(home)
+        with self._redis_errors(f"read the shard nodes of run {home}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(home_keys.run, "epoch")
+            pipe.hmget(home_keys.nodes, shard_nodes)
+            epoch, states = pipe.execute()
+        for node, state in zip(shard_nodes, states, strict=True):
+            shard = shard_run_id(home, node)
+            if state == "cancelled":
+                self.cancel(shard)
+                continue
+            if state != "running":
+                continue
+            self._activate(home, node, str(epoch))
+            with self._redis_errors(f"read the status of shard {shard}"):
+                found: Any = self._client.hmget(
+                    self._keys.run(shard).run, ["status", "reported", "error_node"]
+                )
+            status, reported, error_node = found
+            if reported:
+                self._apply_report(home, node, str(epoch), shard, "failed", reported)
+            elif status in ("succeeded", "failed", "cancelled"):
+                self._apply_report(
+                    home, node, str(epoch), shard, status, error_node or ""
+                )
+        with self._redis_errors(f"note the progress of run {home}"):
+            seconds, micros = self._client.time()
+            self._client.zadd(
+                self._keys.partition_of(home).sharded,
+                {home: seconds + micros / 1_000_000},
+                xx=True,
+            )
+
+    def _spec_of(self, run_id: str) -> GraphSpec:
+        """Return a run's current spec, from the cache when it is parsed already."""
+        with self._redis_errors(f"read the spec version of run {run_id}"):
+            version: Any = self._client.hget(self._keys.run(run_id).run, "spec_version")
+        if version is None:
+            raise self._not_found(run_id)
+        return self._cached_spec(run_id, str(version), "")
+
+    def _shard_state(self, run_id: str) -> RunState:
+        """Read a shard run's spec and node records, with plain commands."""
+        spec = self._spec_of(run_id)
+        keys = self._keys.run(run_id)
+        with self._redis_errors(f"read shard {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(keys.nodes)
+            pipe.hgetall(keys.values)
+            pipe.hgetall(keys.errors)
+            fields, values, errors = pipe.execute()
+        with paused_gc():
+            nodes = layout.node_records(spec, fields, values, errors)
+        return RunState(run_id=run_id, spec=spec, nodes=nodes)
+
+    def _shard_input(self, home: str, shard_nodes: list[NodeId]) -> list[Any]:
+        """Build a callback's input from its shards: their values, joined in order.
+
+        Each shard's value is the list of its members' values, so the result
+        is the list that the callback would get without shards.
+        """
+        joined: list[Any] = []
+        for node in shard_nodes:
+            state = self._shard_state(shard_run_id(home, node))
+            with paused_gc():
+                joined += machine.run_value(state)
+        return joined
 
     def claim(self, message: Message) -> Claim | None:
         keys, args = self._claim_call(message, self._known_version(message.run_id))
@@ -591,10 +897,18 @@ class RedisDriver(RedisOperations):
             return None
 
         cause, version, lease, text = reply[1], reply[2], reply[3], reply[4]
-        triples = reply[5:]
+        # A shard run's nodes keep the task ids they have in the home run.
+        owner = reply[5] or message.run_id
+        triples = reply[6:]
         spec = self._cached_spec(message.run_id, version, text)
         node = spec.node(message.node_id)
         reads = list(template_nodes(node.input))
+        if reads and all(spec.node(read).task == SHARD_TASK for read in reads):
+            # A callback that joins shards: its input is built from them.
+            claim = self._claim_result(message, node, lease, owner)
+            upstream = self._shard_input(message.run_id, reads)
+            claim.args.insert(0, upstream)
+            return claim
         if len(triples) < 3 * len(reads):
             triples = self._read_inputs(message.run_id, reads)
         # A chord callback reads every header member's value.
@@ -612,9 +926,16 @@ class RedisDriver(RedisOperations):
 
             run = RunState(run_id=message.run_id, spec=spec, nodes=records)
             has_value, upstream = machine.resolve_input(run, node)
-        args_out = [decode(item) for item in node.args]
+        claim = self._claim_result(message, node, lease, owner)
         if has_value:
-            args_out.insert(0, upstream)
+            claim.args.insert(0, upstream)
+        return claim
+
+    def _claim_result(
+        self, message: Message, node: NodeSpec, lease: Any, owner: str
+    ) -> Claim:
+        """Build a claim without its upstream value, which the caller inserts."""
+        args_out = [decode(item) for item in node.args]
         kwargs = {key: decode(item) for key, item in node.kwargs.items()}
         leased = dataclasses.replace(message, lease=int(lease), reclaimed=False)
         if message.reclaimed and leased.lease > 1:
@@ -622,7 +943,7 @@ class RedisDriver(RedisOperations):
         else:
             log.debug("Claimed %s.", _ids(message))
         return Claim(
-            leased, node.task, run.task_id(node.id), args_out, kwargs, node.options
+            leased, node.task, task_id(owner, node.id), args_out, kwargs, node.options
         )
 
     def _read_inputs(self, run_id: str, reads: Sequence[str]) -> list[str]:
@@ -690,11 +1011,18 @@ class RedisDriver(RedisOperations):
     def cancel(self, run_id: str) -> None:
         partition = self._keys.partition_of(run_id)
         run_keys = partition.run(run_id)
-        keys = [*run_keys.all(), run_keys.counts, partition.events]
+        keys = [*run_keys.all(), run_keys.counts, partition.events, partition.outbox]
         reply = self._scripts.call("cancel", keys, [run_id], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
-        if check_reply("cancel", reply, run_id, accept=accept) is Reply.DONE:
-            log.debug("Run %s cancelled.", run_id)
+        if check_reply("cancel", reply, run_id, accept=accept) is not Reply.DONE:
+            return
+        log.debug("Run %s cancelled.", run_id)
+        # The script left a "cancel" entry per shard for a worker to apply.
+        # Applying them here as well stops the shards without waiting for one.
+        spec = self._spec_of(run_id)
+        for node in spec.nodes:
+            if node.task == SHARD_TASK:
+                self.cancel(shard_run_id(run_id, node.id))
 
     def retry_run(self, run_id: str) -> int:
         run_keys = self._keys.run(run_id)
@@ -702,6 +1030,17 @@ class RedisDriver(RedisOperations):
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
+        spec = self._spec_of(run_id)
+        if any(node.task == SHARD_TASK for node in spec.nodes):
+            raise RunNotRetryable(
+                run_id,
+                self.snapshot(run_id).status,
+                reason=(
+                    "its chord header was cut into shards, and the Redis driver "
+                    "cannot reopen shard runs yet. Submit the canvas again, or "
+                    "submit it with shard_size=0 if it must be retried in place"
+                ),
+            )
         partition = self._keys.partition_of(run_id)
         keys = [
             *run_keys.all(),
@@ -753,7 +1092,44 @@ class RedisDriver(RedisOperations):
         spec = self._cached_spec(run_id, version, text)
         with paused_gc():
             nodes = layout.node_records(spec, fields, values, errors)
+        shard_nodes = [node.id for node in spec.nodes if node.task == SHARD_TASK]
+        if shard_nodes:
+            spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
+            error_node = run.get("error_node")
+            if error_node in shard_nodes:
+                # The shard node stands for the member that failed in it.
+                run["error_node"] = fields.get(f"{error_node}/cause") or error_node
+        with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
+
+    def _merge_shards(
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        nodes: dict[NodeId, NodeRecord],
+        shard_nodes: list[NodeId],
+    ) -> tuple[GraphSpec, dict[NodeId, NodeRecord]]:
+        """Replace a home run's shard nodes by their shards' nodes and records.
+
+        The result reads like the run without shards: member nodes keep their
+        ids, and a shard that was never activated shows its members pending.
+        """
+        shard_specs: dict[NodeId, GraphSpec] = {}
+        merged = {node: record for node, record in nodes.items()}
+        for shard_node in shard_nodes:
+            del merged[shard_node]
+            try:
+                state = self._shard_state(shard_run_id(run_id, shard_node))
+            except RunNotFound:
+                # An expired shard leaves its members out of the view.
+                shard_specs[shard_node] = GraphSpec(nodes=[])
+                continue
+            shard_specs[shard_node] = state.spec
+            for node_id, record in state.nodes.items():
+                if state.spec.node(node_id).task != SHARD_INPUT_TASK:
+                    merged[node_id] = record
+        view = merged_view(spec, shard_specs)
+        return view, merged
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
@@ -791,7 +1167,36 @@ class RedisDriver(RedisOperations):
             exists, fields = pipe.execute()
         if not exists:
             raise self._not_found(run_id)
-        return layout.group_counts(fields)
+        counts = layout.group_counts(fields)
+        spec = self._spec_of(run_id)
+        for node in spec.nodes:
+            if node.task == SHARD_TASK:
+                self._add_shard_counts(counts, run_id, node)
+        return counts
+
+    def _add_shard_counts(
+        self, counts: dict[int | None, dict[str, int]], home: str, node: NodeSpec
+    ) -> None:
+        """Count a shard's members in place of its shard node, in ``counts``."""
+        shard = shard_run_id(home, node.id)
+        keys = self._keys.run(shard)
+        with self._redis_errors(f"read the state counts of shard {shard}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(self._keys.run(home).nodes, node.id)
+            pipe.hgetall(keys.counts)
+            state, fields = pipe.execute()
+        own = counts.get(node.group, {})
+        if state in own:
+            own[state] -= 1
+            if not own[state]:
+                del own[state]
+        for group, states in layout.group_counts(fields).items():
+            # Input placeholders are outside every group; they are not members.
+            if group is None:
+                continue
+            target = counts.setdefault(group, {})
+            for name, count in states.items():
+                target[name] = target.get(name, 0) + count
 
     def events(
         self, after: str | None = None, limit: int = 100
@@ -1431,6 +1836,45 @@ def _queued_at_start(node: NodeSpec) -> bool:
     if node.role == "errback":
         return not node.covers
     return not node.deps
+
+
+def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
+    """Return the URL without its ``shard_size`` option, and the shard size.
+
+    Raises:
+        ValueError: if a shard size is not a whole number of 0 or more, or
+            the URL and the settings give different sizes.
+    """
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [value for name, value in query if name == "shard_size"]
+    rest = [(name, value) for name, value in query if name != "shard_size"]
+    size = setting
+    if size is not None and (
+        isinstance(size, bool) or not isinstance(size, int) or size < 0
+    ):
+        raise ValueError(
+            f"shard_size is {size!r}; pass a whole number of members, or 0 to "
+            "turn chord sharding off."
+        )
+    for text in found:
+        if not text.isdigit():
+            raise ValueError(
+                f"The URL sets shard_size={text!r}; pass a whole number of "
+                "members, or 0 to turn chord sharding off."
+            )
+        if size is not None and int(text) != size:
+            raise ValueError(
+                f"The URL sets shard_size={text} but the settings pass {size}; "
+                "give the size in one place."
+            )
+        size = int(text)
+    if not found:
+        return url, DEFAULT_SHARD_SIZE if size is None else size
+    stripped = urlunsplit(
+        (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)
+    )
+    return stripped, DEFAULT_SHARD_SIZE if size is None else size
 
 
 def _first_call_error(url: str, err: DriverError) -> DriverError:

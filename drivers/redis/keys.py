@@ -214,6 +214,11 @@ class Keys:
         return f"{self.base}releasing"
 
     @property
+    def sharded(self) -> str:
+        """The sorted set of home runs whose chord shards have not all reported."""
+        return f"{self.base}sharded"
+
+    @property
     def outbox(self) -> str:
         """The stream of work that workers apply for the partition's runs."""
         return f"{self.base}outbox"

@@ -44,6 +44,8 @@ SCRIPT_NAMES = (
     "stale_releases",
     "purge",
     "replay",
+    "activate",
+    "report",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

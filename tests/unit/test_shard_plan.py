@@ -36,9 +36,7 @@ def test_shard_counts_and_order() -> None:
     assert plan is not None
     assert [shard.members for shard in plan.shards] == [3, 3, 1]
     assert [shard.node for shard in plan.shards] == ["0", "3", "6"]
-    member_ids = [
-        node.id for shard in plan.shards for node in shard.spec.nodes
-    ]
+    member_ids = [node.id for shard in plan.shards for node in shard.spec.nodes]
     assert member_ids == [str(i) for i in range(7)]
     home_tasks = [node.task for node in plan.home.nodes]
     assert home_tasks == [SHARD_TASK, SHARD_TASK, SHARD_TASK, "sum"]

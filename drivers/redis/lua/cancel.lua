@@ -6,13 +6,15 @@
   KEYS[5] run errors hash         (partition tag)
   KEYS[6] run state-count hash    (partition tag)
   KEYS[7] lifecycle event stream  (partition tag)
+  KEYS[8] outbox stream           (partition tag)
   ARGV[1] run id
   Time comes from TIME inside the script.
   Returns {1} when the run was cancelled, {0} when it had already ended,
   {-1} for an unknown run.
   Writes no queue entries: messages already queued are dropped when claimed,
   because their nodes are no longer queued. Adds an "ended" event and starts
-  the run's retention.
+  the run's retention. Adds a "cancel" outbox entry per shard node that had
+  not ended, and a "report" outbox entry when the run is a shard run.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -23,13 +25,15 @@ local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local counts_key = KEYS[6]
 local events_key = KEYS[7]
+local outbox_key = KEYS[8]
 local run_id = ARGV[1]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
 --- @include "lifecycle"
 
-local run = rcall("HMGET", run_key, "status", "nodes")
+local run = rcall("HMGET", run_key, "status", "nodes", "home", "home_node",
+  "home_epoch")
 if not run[1] then
   return {-1}
 end
@@ -41,14 +45,24 @@ local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = t
 for node in string.gmatch(run[2], "[^,]+") do
   local state = rcall("HGET", nodes_key, node)
   if not TERMINAL[state] then
-    local role = rcall("HGET", graph_key, node .. "/role")
+    local info = rcall("HMGET", graph_key, node .. "/role", node .. "/task")
+    local role = info[1]
     local pending_side = (role == "link" or role == "errback") and state == "pending"
     local ended = pending_side and "skipped" or "cancelled"
     rcall("HSET", nodes_key, node, ended, node .. "/ended_at", now_text)
     count_move(node, state, ended)
     release_reads(node)
+    -- shards.SHARD_TASK: the shard run, active or not, is cancelled too.
+    if info[2] == "stem.shard" then
+      rcall("XADD", outbox_key, "*", "kind", "cancel", "run", run_id, "node", node)
+    end
   end
 end
 rcall("HSET", run_key, "status", "cancelled", "open_main", "0", "ended_at", now_text)
+rcall("ZREM", string.sub(outbox_key, 1, -7) .. "sharded", run_id)
 run_ended("cancelled")
+if run[3] then
+  rcall("XADD", outbox_key, "*", "kind", "report", "run", run[3], "node", run[4],
+    "epoch", run[5], "shard", run_id, "outcome", "cancelled", "cause", "")
+end
 return {1}

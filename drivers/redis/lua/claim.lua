@@ -22,14 +22,15 @@
           carries; a node that reads more (a large chord's callback) gets no
           triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
-  Returns {1, cause, spec_version, lease, spec, state, value, error, state,
-  value, error, ...} with one state/value/error triple ("" when missing) per
+  Returns {1, cause, spec_version, lease, spec, home, state, value, error,
+  state, value, error, ...} with one state/value/error triple ("" when missing) per
   node the input reads, in the order of the graph's <node>/reads field, or no
   triples when the field is longer than ARGV[9]. The
   spec is the run's graph spec JSON when its version differs from ARGV[8],
   else "", so a worker reads each spec once and a one-node run needs no
   second round trip. A large run's spec, which is not in the run hash, is
-  always "": the driver reads it with a plain GET. The lease is 1
+  always "": the driver reads it with a plain GET. ``home`` is the home
+  run's id for a shard run (shards.py), else "". The lease is 1
   for the first claim of an attempt, and a takeover raises it by one and
   restarts <node>/started_at, so reports with an older lease change nothing.
   Returns {0} for a duplicate or a message whose node is no longer queued (or
@@ -70,7 +71,7 @@ local function drop(code)
   return {code}
 end
 
-local run = rcall("HMGET", run_key, "epoch", "spec_version")
+local run = rcall("HMGET", run_key, "epoch", "spec_version", "home")
 if not run[1] then
   return drop(-1)
 end
@@ -104,7 +105,7 @@ if known_version ~= "-" and run[2] ~= known_version then
   -- A large run has no "spec" field until a splice writes one.
   spec = rcall("HGET", run_key, "spec") or ""
 end
-local reply = {1, current[3] or "", run[2], lease, spec}
+local reply = {1, current[3] or "", run[2], lease, spec, run[3] or ""}
 local reads_field = graph[1] or ""
 local reads = {}
 if not inline_chars or #reads_field <= inline_chars then

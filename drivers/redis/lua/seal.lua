@@ -21,6 +21,9 @@
   ARGV[10] retention after the run ends, in milliseconds; "0" keeps it
   ARGV[11] lifecycle events kept in the stream, about; "0" writes none
   ARGV[12] number of fields the staged state-count hash must hold
+  ARGV[13] for a shard run (shards.py): its home run's id, else ""
+  ARGV[14] for a shard run: its shard node's id in the home run
+  ARGV[15] for a shard run: the home run's epoch
   The spec is staged with a plain SET, because a script argument of a few
   megabytes blocks Redis for tens of ms, and RENAME moves it without a copy.
   Time comes from TIME inside the script.
@@ -30,7 +33,9 @@
   expired before the seal), so nothing was written.
   Adds one entry to the outbox: kind "release", run, epoch, a "submitted"
   event, and the run id to the runs index <base>runs scored by the creation
-  time, as submit.lua does.
+  time, as submit.lua does. A shard run is sealed inactive instead: no
+  entry, no event, not in the runs index, and no root is released until
+  activate.lua runs; it returns {1, ""}.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -70,6 +75,14 @@ rcall("PERSIST", graph_key)
 rcall("PERSIST", nodes_key)
 rcall("PERSIST", roots_key)
 rcall("PERSIST", counts_key)
+if ARGV[13] ~= "" then
+  rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
+    "open_main", ARGV[6], "spec_version", "1", "nodes", ARGV[3],
+    "sinks", ARGV[4], "reaching", ARGV[5], "retention_ms", ARGV[10],
+    "events_max_len", ARGV[11], "home", ARGV[13], "home_node", ARGV[14],
+    "home_epoch", ARGV[15], "active", "0")
+  return {1, ""}
+end
 -- Scored by the time of the latest progress, so the reconciler finds a run
 -- whose release stopped.
 rcall("ZADD", KEYS[8], now_text, run_id)

@@ -13,12 +13,20 @@
   delay, and members of the delayed set for the others, and adds each
   queue's name to the set <base>queues. The including script includes
   "lifecycle" first, whose state counts, events and expiry this uses.
+  Sharded chords (shards.py): a shard node is never queued. "Queuing" it
+  starts it running and adds an "activate" entry to <base>outbox, and the
+  home run's id to the set <base>sharded scored by the time. A shard node
+  that is cancelled adds a "cancel" entry for its shard run. A shard run
+  (its run hash has "home") adds a "report" entry when its first node fails
+  and when it ends.
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
 local SETTLED = {succeeded = true, failed = true, cancelled = true}
 local SUCCEEDED = {succeeded = true}
 local base = string.sub(delayed_key, 1, -8)
+-- Task name of a shard node, shards.SHARD_TASK in Python.
+local SHARD_TASK = "stem.shard"
 
 local function split(text)
   local items = {}
@@ -58,12 +66,45 @@ local function send(node, attempt, delay, queue, task)
   end
 end
 
+-- Tell the home run of a shard run how the shard ended. Reports are keyed
+-- by home node, kind and home epoch, so the home applies each one once.
+local function report_shard(outcome, cause)
+  local home = rcall("HMGET", run_key, "home", "home_node", "home_epoch")
+  if not home[1] then
+    return
+  end
+  rcall("XADD", base .. "outbox", "*", "kind", "report", "run", home[1],
+    "node", home[2], "epoch", home[3], "shard", run_id, "outcome", outcome,
+    "cause", cause or "")
+end
+
+-- Under fail_fast a shard reports its first failed node at once, so the
+-- home run need not wait for the shard's other members.
+local function report_failure(node)
+  local home = rcall("HMGET", run_key, "home", "reported")
+  if home[1] and not home[2] then
+    rcall("HSET", run_key, "reported", node)
+    report_shard("failed", node)
+  end
+end
+
 -- Queue a pending node: every caller releases a node from "pending".
 local function enqueue(node)
   local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
-  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
   local info = rcall("HMGET", graph_key, node .. "/countdown", node .. "/eta",
     node .. "/queue", node .. "/task", node .. "/group")
+  if info[4] == SHARD_TASK then
+    -- The shard's members run in their own run, maybe in another partition,
+    -- so a worker activates it from the outbox (driver.py, _activate).
+    rcall("HSET", nodes_key, node, "running", node .. "/queued_at", now_text,
+      node .. "/started_at", now_text)
+    count_move(node, "pending", "running", info[5])
+    rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
+      "node", node, "epoch", epoch)
+    rcall("ZADD", base .. "sharded", now_text, run_id)
+    return
+  end
+  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
   count_move(node, "pending", "queued", info[5])
   local delay = tonumber(info[1]) or 0
   local eta = tonumber(info[2])
@@ -81,12 +122,19 @@ local function set_terminal(node, state)
   end
   rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
   local info = rcall("HMGET", graph_key, node .. "/side", node .. "/group",
-    node .. "/drops")
+    node .. "/drops", node .. "/task")
   count_move(node, current, state, info[2])
   if info[1] ~= "1" then
     rcall("HINCRBY", run_key, "open_main", -1)
   end
   release_reads(node, info[3])
+  if state == "cancelled" and info[4] == SHARD_TASK then
+    -- Also a shard never activated: cancelling it starts its retention.
+    rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
+      "node", node)
+  elseif state == "failed" then
+    report_failure(node)
+  end
 end
 
 local function listed(node, name, dep)
@@ -114,7 +162,11 @@ end
 
 local function cause_of(node)
   local cause = rcall("HGET", nodes_key, node .. "/cause")
-  if state_of(node) == "failed" or not cause then
+  if not cause then
+    return node
+  end
+  -- A failed shard node names the failed member of its shard as its cause.
+  if state_of(node) == "failed" and attr(node, "task") ~= SHARD_TASK then
     return node
   end
   return cause
@@ -195,7 +247,8 @@ local function maybe_finish()
   if tonumber(run[2]) > 0 then
     return
   end
-  local lists = rcall("HMGET", run_key, "sinks", "reaching")
+  local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported")
+  rcall("ZREM", base .. "sharded", run_id)
   local succeeded = true
   for _, sink in ipairs(split(lists[1])) do
     if state_of(sink) ~= "succeeded" then
@@ -206,15 +259,23 @@ local function maybe_finish()
   if succeeded then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text)
     run_ended("succeeded")
+    if lists[3] then
+      report_shard("succeeded")
+    end
     return
   end
   rcall("HSET", run_key, "status", "failed", "ended_at", now_text)
   -- `reaching` is sorted by node order, so the first failed node is the lowest.
+  local error_node = nil
   for _, node in ipairs(split(lists[2])) do
     if state_of(node) == "failed" then
+      error_node = node
       rcall("HSET", run_key, "error_node", node)
       break
     end
   end
   run_ended("failed")
+  if lists[3] and not lists[4] then
+    report_shard("failed", error_node)
+  end
 end

@@ -1,0 +1,315 @@
+"""Sharded chords on Redis, against a private server.
+
+A chord header with more than ``shard_size`` members is cut into shard runs
+spread over the partitions. The home run activates each shard through its
+outbox, each shard reports back through its own, and the callback is queued
+by the report of the last shard. These tests drive those entries by hand to
+repeat, drop and reorder them, and count the Redis commands each script call
+runs to show that none grows with the chord.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import pytest
+
+from stem import App, chain, chord
+from stem.canvas.compiler import compile_canvas
+from stem.canvas.spec import GraphSpec
+from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.shards import shard_run_id
+from stem.engine.errors import RunNotRetryable
+from stem.engine.ports import Message
+
+TIMEOUT_S = 30.0
+
+
+def _prefix() -> str:
+    return f"test-{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+def client(redis_target: Any) -> Iterator[Any]:
+    plain = redis_target.client()
+    yield plain
+    plain.close()
+
+
+@pytest.fixture
+def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
+    """Yield a factory of apps with ``add``, ``total``, ``fail`` and ``slow``."""
+    prefix = _prefix()
+    apps: list[App] = []
+
+    def make(**settings: Any) -> App:
+        instance = App(
+            redis_target.url, prefix=prefix, **redis_target.settings, **settings
+        )
+        instance.task(name="add")(lambda x, y: x + y)
+        instance.task(name="total")(sum)
+        instance.task(name="echo")(lambda value: value)
+
+        def fail(*args: Any) -> None:
+            raise ValueError("planned failure")
+
+        instance.task(name="fail")(fail)
+        apps.append(instance)
+        return instance
+
+    yield make
+    for instance in apps:
+        instance.close()
+
+
+def _spec(members: int, *, failing: int | None = None) -> GraphSpec:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    header = [
+        fail.s() if i == failing else add.s(i, i) for i in range(members)
+    ]
+    return compile_canvas(chord(header, echo.s()))
+
+
+def test_large_chord_gives_same_input(make_app: Callable[..., App]) -> None:
+    sharded = make_app(shard_size=100)
+    plain = make_app(shard_size=0)
+    canvas = chord(
+        [sharded.tasks["add"].s(i, i) for i in range(2000)],
+        sharded.tasks["echo"].s(),
+    )
+    with sharded.worker(concurrency=4):
+        value = sharded.submit(canvas).get(TIMEOUT_S)
+    with plain.worker(concurrency=4):
+        expected = plain.submit(canvas).get(TIMEOUT_S)
+    assert value == expected
+    assert value == [2 * i for i in range(2000)]
+
+
+def test_shards_spread_over_partitions(
+    make_app: Callable[..., App], client: Any, redis_target: Any
+) -> None:
+    app = make_app(shard_size=100)
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    driver.submit("spread", _spec(2000))
+    tags = {
+        driver._keys.partition_of(shard_run_id("spread", str(first))).tag
+        for first in range(0, 2000, 100)
+    }
+    for first in range(0, 2000, 100):
+        keys = driver._keys.run(shard_run_id("spread", str(first)))
+        assert client.hget(keys.run, "active") == "0"
+    assert len(tags) == len(driver._keys.partitions)
+
+
+def test_chain_input_reaches_every_member(make_app: Callable[..., App]) -> None:
+    app = make_app(shard_size=3)
+    tasks = app.tasks
+    canvas = chain(
+        tasks["add"].s(1, 2),
+        chord([tasks["add"].s(i) for i in range(10)], tasks["echo"].s()),
+    )
+    with app.worker(concurrency=4):
+        assert canvas.apply_async().get(TIMEOUT_S) == [3 + i for i in range(10)]
+
+
+def _drain(driver: RedisDriver, *, skip: Callable[[str], bool] = lambda kind: False):
+    """Apply outbox entries and run messages one at a time until nothing is left.
+
+    ``skip`` drops entries of the kinds it returns True for, acknowledged
+    and never applied, as a worker killed between partitions would.
+    Returns the tasks run, in order.
+    """
+    ran: list[tuple[str, str]] = []
+    while True:
+        progressed = False
+        for partition in driver._keys.partitions:
+            driver._ensure_group(partition.outbox)
+            reply: Any = driver._client.xreadgroup(
+                driver._group, "test", {partition.outbox: ">"}, count=100
+            )
+            for _, entries in reply or []:
+                for entry_id, fields in entries:
+                    progressed = True
+                    if skip(fields["kind"]):
+                        driver._ack_outbox(partition, entry_id)
+                        continue
+                    driver._apply_outbox(partition, entry_id, fields)
+        messages = driver.fetch(["default"], 100, 0.05)
+        for message in messages:
+            progressed = True
+            claim = driver.claim(message)
+            if claim is None:
+                continue
+            ran.append((claim.task, claim.task_id))
+            if claim.task == "fail":
+                driver.fail(message, _error())
+            elif claim.task == "echo":
+                driver.complete(message, _json(claim.args[0]))
+            else:
+                driver.complete(message, str(sum(claim.args)))
+        if not progressed:
+            return ran
+
+
+def _error() -> Any:
+    from stem.engine.records import ErrorInfo
+
+    return ErrorInfo("builtins", "ValueError", "planned failure", ["planned failure"])
+
+
+def _json(value: Any) -> str:
+    from stem.canvas.values import dumps
+
+    return dumps(value)
+
+
+def _driver(redis_target: Any, **settings: Any) -> RedisDriver:
+    return RedisDriver(
+        redis_target.url,
+        prefix=_prefix(),
+        **redis_target.settings,
+        **{"reconcile_interval_s": 3600.0, **settings},
+    )
+
+
+def test_callback_once_with_repeated_entries(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    original = driver._apply_outbox
+
+    def twice(partition: Any, entry_id: str, fields: Any) -> None:
+        # A worker that died after applying an entry but before its
+        # acknowledgement: the entry is applied again.
+        original(partition, entry_id, fields)
+        original(partition, entry_id, fields)
+
+    driver._apply_outbox = twice  # type: ignore[method-assign]
+    try:
+        driver.submit("repeat", _spec(23))
+        ran = _drain(driver)
+        assert [task for task, _ in ran].count("echo") == 1
+        assert [task for task, _ in ran].count("add") == 23
+        snapshot = driver.snapshot("repeat")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == _json([2 * i for i in range(23)])
+    finally:
+        driver.close()
+
+
+def test_reconciler_recovers_dropped_entries(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5, reconcile_after_s=0.0)
+    try:
+        driver.submit("dropped", _spec(12))
+        _drain(driver, skip=lambda kind: kind in ("activate", "report"))
+        assert driver.snapshot("dropped").status == "running"
+        for _ in range(4):
+            driver.reconcile()
+            _drain(driver, skip=lambda kind: kind in ("activate", "report"))
+        snapshot = driver.snapshot("dropped")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == _json([2 * i for i in range(12)])
+    finally:
+        driver.close()
+
+
+def test_member_task_ids_are_home_ids(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("ids", _spec(12))
+        ran = _drain(driver)
+        ids = sorted(task_id for task, task_id in ran if task == "add")
+        assert ids == sorted(f"ids-{i}" for i in range(12))
+    finally:
+        driver.close()
+
+
+def test_fail_fast_cancels_other_shards(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("fails", _spec(20, failing=7))
+        # Activate every shard, then run only the failing member.
+        for partition in driver._keys.partitions:
+            driver._ensure_group(partition.outbox)
+        _apply_outbox_once(driver)
+        messages = _fetch_all(driver)
+        failing = [m for m in messages if m.node_id == "7"]
+        assert len(failing) == 1
+        claim = driver.claim(failing[0])
+        assert claim is not None
+        driver.fail(failing[0], _error())
+        # The failing shard reports at once, before its other members end.
+        _apply_outbox_once(driver)
+        home = driver.snapshot("fails")
+        assert home.status == "failed"
+        assert home.error_node == "7"
+        assert home.nodes["20"].state == "cancelled"
+        _apply_outbox_once(driver)
+        for first in (0, 5, 10, 15):
+            keys = driver._keys.run(shard_run_id("fails", str(first)))
+            assert driver._client.hget(keys.run, "status") == "cancelled"
+    finally:
+        driver.close()
+
+
+def _fetch_all(driver: RedisDriver) -> list[Message]:
+    """Fetch every queued message of every partition."""
+    found: list[Message] = []
+    while True:
+        batch = driver.fetch(["default"], 100, 0.05)
+        if not batch:
+            return found
+        found += batch
+
+
+def _apply_outbox_once(driver: RedisDriver) -> int:
+    """Apply every outbox entry now pending, once; return how many."""
+    applied = 0
+    for partition in driver._keys.partitions:
+        reply: Any = driver._client.xreadgroup(
+            driver._group, "test", {partition.outbox: ">"}, count=1000
+        )
+        for _, entries in reply or []:
+            for entry_id, fields in entries:
+                driver._apply_outbox(partition, entry_id, fields)
+                applied += 1
+    return applied
+
+
+def test_cancel_reaches_shards(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("stop", _spec(12))
+        for partition in driver._keys.partitions:
+            driver._ensure_group(partition.outbox)
+        _apply_outbox_once(driver)
+        driver.cancel("stop")
+        for first in (0, 5, 10):
+            keys = driver._keys.run(shard_run_id("stop", str(first)))
+            assert driver._client.hget(keys.run, "status") == "cancelled"
+        assert driver.snapshot("stop").status == "cancelled"
+        assert _drain(driver) == []
+    finally:
+        driver.close()
+
+
+def test_retry_of_sharded_run_is_rejected(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("again", _spec(12, failing=3))
+        _drain(driver)
+        assert driver.snapshot("again").status == "failed"
+        with pytest.raises(RunNotRetryable, match="cut into shards"):
+            driver.retry_run("again")
+    finally:
+        driver.close()
+
+
+def test_shard_size_option_is_checked(redis_target: Any) -> None:
+    with pytest.raises(ValueError, match="shard_size"):
+        _driver(redis_target, shard_size=-1)
+
