@@ -125,19 +125,10 @@ def _header_of(spec: GraphSpec, group: GroupSpec) -> _Header | None:
         node = spec.node(node_id)
         if not _plain(node) or node_id in ends or spec.errbacks_covering[node_id]:
             return None
-        outside = [dep for dep in node.deps if member_of.get(dep) != index]
-        if any(dep in member_of for dep in outside):
-            return None
-        if outside and len(outside) != len(node.deps):
-            # A node that waits for both the header's input and its own
-            # member could not be queued by activation alone.
+        outside = _outside_deps(spec, node, index, member_of)
+        if outside is None:
             return None
         inputs.update(outside)
-        if any(
-            member_of.get(read) != index and read not in outside
-            for read in template_nodes(node.input)
-        ):
-            return None
         for dependent in spec.dependents[node_id]:
             if member_of.get(dependent) != index:
                 joins.add(dependent)
@@ -149,6 +140,26 @@ def _header_of(spec: GraphSpec, group: GroupSpec) -> _Header | None:
     if any(spec.node(node).options.ignore_result for node in inputs):
         return None
     return _Header(group, join, sorted(inputs, key=node_order))
+
+
+def _outside_deps(
+    spec: GraphSpec, node: NodeSpec, index: int, member_of: dict[NodeId, int]
+) -> list[NodeId] | None:
+    """Return a member node's dependencies outside the header, or None.
+
+    None means the node cannot move to a shard: it depends on or reads
+    another member, or it waits for both the header's input and its own
+    member, which activation alone could not queue.
+    """
+    outside = [dep for dep in node.deps if member_of.get(dep) != index]
+    if any(dep in member_of for dep in outside):
+        return None
+    if outside and len(outside) != len(node.deps):
+        return None
+    for read in template_nodes(node.input):
+        if member_of.get(read) != index and read not in outside:
+            return None
+    return outside
 
 
 def _plain(node: NodeSpec) -> bool:

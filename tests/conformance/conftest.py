@@ -3,8 +3,10 @@
 ``kit`` is parametrised over ``memory://`` and the Redis configurations of
 the session (``redis_target_for`` in tests/conftest.py): a private Redis
 server with one partition and with three, and a private 3-primary Redis
-Cluster. On Redis each test gets its own key prefix, so no run, queue or dead
-letter leaks between tests.
+Cluster. ``redis-shards`` is the three-partition server with a shard size of
+2, so every chord of three or more members whose header can be cut runs
+through shard runs. On Redis each test gets its own key prefix, so no run,
+queue or dead letter leaks between tests.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ class Kit:
 
     def __init__(self, url: str, **settings: Any) -> None:
         self.app = App(url, **settings)
+        #: True when chord headers of more than this many members run as shards.
+        self.shard_size: int = settings.get("shard_size", 0)
         self.calls: dict[str, list[tuple[Any, ...]]] = {}
         self.gate = threading.Event()
         #: The canvas that the ``replace_with`` task puts in its own place.
@@ -121,7 +125,11 @@ class Kit:
         self.flaky = flaky
 
 
-@pytest.fixture(params=["memory", "redis", "redis-3p", "cluster"])
+#: Driver settings of the ``redis-shards`` configuration, on ``redis-3p``.
+REDIS_SHARDS: dict[str, Any] = {"shard_size": 2}
+
+
+@pytest.fixture(params=["memory", "redis", "redis-3p", "redis-shards", "cluster"])
 def driver_name(request: pytest.FixtureRequest) -> str:
     """Name each driver the conformance suite runs on."""
     name: str = request.param
@@ -142,12 +150,15 @@ def make_kit(
         if driver_name == "memory":
             instance = Kit("memory://", **settings)
         else:
-            target = request.getfixturevalue("redis_targets")(driver_name)
+            sharded = driver_name == "redis-shards"
+            target_name = "redis-3p" if sharded else driver_name
+            target = request.getfixturevalue("redis_targets")(target_name)
             prefix = f"test-{uuid.uuid4().hex[:12]}:"
+            shards = REDIS_SHARDS if sharded else {}
             instance = Kit(
                 target.url,
                 prefix=prefix,
-                **{**target.settings, **REDIS_SMALL_LIMITS, **settings},
+                **{**target.settings, **REDIS_SMALL_LIMITS, **shards, **settings},
             )
         made.append(instance)
         return instance

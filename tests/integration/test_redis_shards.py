@@ -69,9 +69,7 @@ def _spec(members: int, *, failing: int | None = None) -> GraphSpec:
     add = app.task(name="add")(lambda x, y: x + y)
     fail = app.task(name="fail")(lambda *args: None)
     echo = app.task(name="echo")(lambda value: value)
-    header = [
-        fail.s() if i == failing else add.s(i, i) for i in range(members)
-    ]
+    header = [fail.s() if i == failing else add.s(i, i) for i in range(members)]
     return compile_canvas(chord(header, echo.s()))
 
 
@@ -313,3 +311,96 @@ def test_shard_size_option_is_checked(redis_target: Any) -> None:
     with pytest.raises(ValueError, match="shard_size"):
         _driver(redis_target, shard_size=-1)
 
+
+class _CommandCounter:
+    """Counts the Redis commands each script call of a driver runs.
+
+    It reads INFO commandstats before and after every call, so calls must
+    run one at a time. The script's own EVALSHA and the INFO calls are left
+    out, so the count is what the script did inside Redis.
+    """
+
+    def __init__(self, driver: RedisDriver, client: Any) -> None:
+        self.largest: dict[str, int] = {}
+        self._client = client
+        scripts = driver._scripts
+        original_call = scripts.call
+        original_many = scripts.call_many
+
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            before = self._total()
+            reply = original_call(name, *args, **kwargs)
+            self._note(name, self._total() - before)
+            return reply
+
+        def call_many(calls: list[Any]) -> list[Any]:
+            before = self._total()
+            replies = original_many(calls)
+            self._note(calls[0][0] if calls else "", self._total() - before)
+            return replies
+
+        scripts.call = call  # type: ignore[method-assign]
+        scripts.call_many = call_many  # type: ignore[method-assign]
+
+    def _total(self) -> int:
+        stats = self._client.info("commandstats")
+        return sum(
+            int(entry["calls"])
+            for name, entry in stats.items()
+            if name not in ("cmdstat_info", "cmdstat_evalsha")
+            and not name.startswith("cmdstat_script")
+        )
+
+    def _note(self, name: str, commands: int) -> None:
+        self.largest[name] = max(self.largest.get(name, 0), commands)
+
+
+def _largest_script_call(url: str, members: int, shard_size: int) -> int:
+    """Run a chord in a chain one step at a time; return the largest script call."""
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y=0: x + y)
+    echo = app.task(name="echo")(lambda value: value)
+    canvas = chain(add.s(1, 2), chord([add.s(i) for i in range(members)], echo.s()))
+    spec = compile_canvas(canvas)
+    driver = RedisDriver(
+        url,
+        prefix=_prefix(),
+        partitions=3,
+        shard_size=shard_size,
+        release_slice=50,
+        reconcile_interval_s=3600.0,
+    )
+    client = driver._client
+    try:
+        counter = _CommandCounter(driver, client)
+        driver.submit("measured", spec)
+        while True:
+            messages = driver.fetch(["default"], 1, 0.05)
+            if not messages:
+                if driver.snapshot("measured").status != "running":
+                    break
+                continue
+            [message] = messages
+            claim = driver.claim(message)
+            if claim is None:
+                continue
+            if claim.task == "echo":
+                assert claim.args[0] == [3 + i for i in range(members)]
+                driver.complete(message, _json(claim.args[0]))
+            else:
+                driver.complete(message, str(sum(claim.args)))
+        assert driver.snapshot("measured").status == "succeeded"
+        return max(counter.largest.values())
+    finally:
+        driver.close()
+
+
+@pytest.mark.slow
+def test_no_script_grows_with_chord(redis_url: str) -> None:
+    small = _largest_script_call(redis_url, 200, shard_size=100)
+    large = _largest_script_call(redis_url, 2000, shard_size=100)
+    assert small == large
+    # The same chords without shards: the call that queues the header grows.
+    unsharded_small = _largest_script_call(redis_url, 200, shard_size=0)
+    unsharded_large = _largest_script_call(redis_url, 2000, shard_size=0)
+    assert unsharded_large > 5 * unsharded_small
