@@ -293,10 +293,9 @@ class RedisDriver(RedisOperations):
             exists = self._client.exists(self._keys.run(run_id).run)
         if exists:
             return False
-        # Every shard is written before the home run, so an activation
-        # never finds its shard missing.
-        # TODO: a submitter that dies before the home run is written leaves
-        # inactive shard runs that never expire.
+        # Every shard is written before the home run, so an activation never
+        # finds its shard missing. Shards keep a TTL of stage_ttl_s until the
+        # home run exists, so those of a submitter that died first expire.
         for shard in plan.shards:
             self._write_shard(run_id, shard)
         shard_fields: list[str] = []
@@ -304,10 +303,25 @@ class RedisDriver(RedisOperations):
             shard_fields += [f"{join}/shards", ",".join(nodes)]
         created = self._submit_run(run_id, plan.home, shard_fields)
         if created:
+            # NOTE: if this process dies before the loop ends, a shard that
+            # is activated after stage_ttl_s is gone, and its chord fails
+            # with an error that names the missing shard run.
+            for shard in plan.shards:
+                self._persist_shard(shard_run_id(run_id, shard.node))
             log.debug(
                 "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
             )
         return created
+
+    def _persist_shard(self, shard_id: str) -> None:
+        """Remove the TTL that a shard run's keys got at its seal."""
+        keys = self._keys.run(shard_id)
+        with self._redis_errors(f"persist shard {shard_id}"):
+            pipe = self._client.pipeline(transaction=False)
+            for key in (keys.run, keys.graph, keys.nodes, keys.roots, keys.spec):
+                pipe.persist(key)
+            pipe.persist(keys.counts)
+            pipe.execute()
 
     def _write_shard(self, home: str, shard: Shard) -> None:
         """Stage and seal one shard run, inactive until its home run activates it."""
@@ -316,6 +330,7 @@ class RedisDriver(RedisOperations):
             graph = layout.graph_fields(shard.spec, defaults=False)
             counts = layout.initial_counts(shard.spec.nodes)
             state = layout.initial_node_fields(shard.spec.nodes)
+        ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
         self._stage_and_seal(
             shard_id,
             shard.spec,
@@ -323,7 +338,7 @@ class RedisDriver(RedisOperations):
             state,
             counts,
             shard.roots,
-            [home, shard.node, "1"],
+            [home, shard.node, "1", ttl_ms],
         )
 
     def _submit_run(
@@ -410,12 +425,12 @@ class RedisDriver(RedisOperations):
         state: list[str],
         counts: list[str],
         roots: list[NodeId],
-        home: Sequence[str] = ("", "", ""),
+        home: Sequence[str] = ("", "", "", ""),
     ) -> bool:
         """Write a run's keys in chunks and seal it; False if the run exists.
 
-        ``home`` is the home run id, shard node and home epoch of a shard
-        run, which is sealed inactive.
+        ``home`` is the home run id, shard node, home epoch and key TTL in
+        milliseconds of a shard run, which is sealed inactive.
         """
         partition = self._keys.partition_of(run_id)
         keys = partition.run(run_id)
@@ -624,7 +639,7 @@ class RedisDriver(RedisOperations):
                 )
                 self._ack_outbox(partition, entry_id)
             elif kind == "cancel":
-                self.cancel(shard_run_id(fields["run"], fields["node"]))
+                self._cancel_shard(shard_run_id(fields["run"], fields["node"]))
                 self._ack_outbox(partition, entry_id)
             else:
                 log.warning(
@@ -1022,7 +1037,14 @@ class RedisDriver(RedisOperations):
         spec = self._spec_of(run_id)
         for node in spec.nodes:
             if node.task == SHARD_TASK:
-                self.cancel(shard_run_id(run_id, node.id))
+                self._cancel_shard(shard_run_id(run_id, node.id))
+
+    def _cancel_shard(self, shard: str) -> None:
+        """Cancel a shard run; one that expired already needs nothing."""
+        try:
+            self.cancel(shard)
+        except RunNotFound:
+            log.debug("Shard %s to cancel is not found; it expired.", shard)
 
     def retry_run(self, run_id: str) -> int:
         run_keys = self._keys.run(run_id)

@@ -26,7 +26,10 @@ key                      type       contents
                                     and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``;
                                     ``retention_ms`` and ``events_max_len``, the
-                                    run's settings (``0`` is off)
+                                    run's settings (``0`` is off); for a
+                                    shard run (see `shards`) ``home``,
+                                    ``home_node``, ``home_epoch``, ``active``
+                                    and ``reported`` (its first failed node)
 <base>run:<run>:graph    hash       the graph's structure for Lua, one field per
                                     node and attribute: ``<node>/role``,
                                     ``/join``, ``/side``, ``/queue``, ``/task``,
@@ -37,7 +40,9 @@ key                      type       contents
                                     or empty), ``/ignore`` (``1`` for
                                     ignore_result), ``/drops`` (the
                                     ignore_result nodes it reads) and, for an
-                                    ignore_result node, ``/readers``; a new
+                                    ignore_result node, ``/readers``; for a
+                                    callback that joins shards, ``/shards``
+                                    (its shard nodes); a new
                                     run leaves out the fields equal to
                                     ``layout.GRAPH_DEFAULTS``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
@@ -69,11 +74,18 @@ key                      type       contents
                                     staged as ``<base>run:<run>:staged_spec``
                                     and renamed by the seal
 <base>outbox             stream     work for workers to apply, read with the
-                                    queues: ``kind`` (``release``), ``run``,
-                                    ``epoch``
+                                    queues: ``kind`` (``release``,
+                                    ``activate``, ``report``, ``cancel``),
+                                    ``run``, and per kind ``epoch``,
+                                    ``node``, ``shard``, ``outcome``,
+                                    ``cause`` (docs/redis.md lists them)
 <base>releasing          sorted set large runs whose roots are not all queued,
                                     scored by the time of their latest
                                     progress in seconds, for the reconciler
+<base>sharded            sorted set home runs whose shard nodes have not all
+                                    reported, scored by the time of their
+                                    latest progress in seconds, for the
+                                    reconciler
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``task``; read with
                                     the consumer group ``stem``
@@ -106,7 +118,8 @@ key                      type       contents
                                     written once and never changed
 ======================== ========== =============================================
 
-Run keys live in the run's partition. Every partition has its own queue
+Run keys live in the run's partition, and a shard run ``<run>~s<node>``
+is a run whose id hashes to its own partition. Every partition has its own queue
 streams, delayed set, dead-letter stream, queue names set, runs index and
 outbox. A large run's graph, node-state and state-count hashes and its roots
 list are written in chunks with a TTL before the run hash exists, so an

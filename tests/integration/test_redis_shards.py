@@ -10,6 +10,7 @@ runs to show that none grows with the chord.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -267,6 +268,7 @@ def _fetch_all(driver: RedisDriver) -> list[Message]:
 def _apply_outbox_once(driver: RedisDriver) -> int:
     """Apply every outbox entry now pending, once; return how many."""
     applied = 0
+    driver._ensure_groups(["default"])
     for partition in driver._keys.partitions:
         reply: Any = driver._client.xreadgroup(
             driver._group, "test", {partition.outbox: ">"}, count=1000
@@ -404,3 +406,74 @@ def test_no_script_grows_with_chord(redis_url: str) -> None:
     unsharded_small = _largest_script_call(redis_url, 200, shard_size=0)
     unsharded_large = _largest_script_call(redis_url, 2000, shard_size=0)
     assert unsharded_large > 5 * unsharded_small
+
+
+def test_crash_after_activate_is_applied_again(
+    redis_target: Any, monkeypatch: Any
+) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("crash", _spec(12))
+        original = driver._scripts.call
+        crashed: list[str] = []
+
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            # The worker dies after the shard's activation, between the
+            # partitions, before the activate entry is acknowledged.
+            if name == "release" and not crashed:
+                crashed.append(name)
+                raise KeyboardInterrupt("died after activate")
+            return original(name, *args, **kwargs)
+
+        monkeypatch.setattr(driver._scripts, "call", call)
+        with pytest.raises(KeyboardInterrupt):
+            _apply_outbox_once(driver)
+        monkeypatch.setattr(driver._scripts, "call", original)
+        # Another worker reclaims the pending entry and applies it again.
+        driver.visibility_timeout_s = 0.0
+        driver._last_reclaim = 0.0
+        for partition in driver._keys.partitions:
+            driver._reclaim_outbox(partition, 100)
+        ran = _drain(driver)
+        assert [task for task, _ in ran].count("add") == 12
+        assert [task for task, _ in ran].count("echo") == 1
+        assert driver.snapshot("crash").status == "succeeded"
+    finally:
+        driver.close()
+
+
+def test_unwritten_home_lets_shards_expire(
+    redis_target: Any, client: Any, monkeypatch: Any
+) -> None:
+    driver = _driver(redis_target, shard_size=5, stage_ttl_s=0.2)
+    try:
+        original = driver._scripts.call
+
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "submit":
+                raise KeyboardInterrupt("died before the home run")
+            return original(name, *args, **kwargs)
+
+        monkeypatch.setattr(driver._scripts, "call", call)
+        with pytest.raises(KeyboardInterrupt):
+            driver.submit("orphan", _spec(12))
+        shard = driver._keys.run(shard_run_id("orphan", "0"))
+        assert client.exists(shard.run) == 1
+        time.sleep(0.4)
+        assert client.exists(shard.run, shard.graph, shard.nodes, shard.spec) == 0
+    finally:
+        driver.close()
+
+
+def test_written_home_keeps_its_shards(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, shard_size=5, stage_ttl_s=0.2)
+    try:
+        driver.submit("kept", _spec(12))
+        time.sleep(0.4)
+        for first in (0, 5, 10):
+            shard = driver._keys.run(shard_run_id("kept", str(first)))
+            assert client.exists(shard.run, shard.graph, shard.nodes) == 3
+        _drain(driver)
+        assert driver.snapshot("kept").status == "succeeded"
+    finally:
+        driver.close()

@@ -19,6 +19,7 @@
   ARGV[3 ..] input placeholder node ids and their values (opaque JSON text),
           in pairs
   Time comes from TIME inside the script.
+  Removes the TTL of the shard's keys (persist_run).
   Returns {1} when the shard was activated, {0} when it was active already
   or it ended (cancelled before it started), {-1} for an unknown run and
   {-2} when the shard belongs to another home epoch. Writes no stream
@@ -64,6 +65,9 @@ for index = 3, #ARGV - 1, 2 do
   end
 end
 rcall("HSET", run_key, "active", "1", "released", "0")
+-- The submitter persists the keys after it wrote the home run, but it may
+-- have died first.
+persist_run()
 -- Scored by the time of the latest progress, so the reconciler finds a
 -- shard whose release stopped.
 rcall("ZADD", releasing_key, now_text, run_id)

@@ -24,6 +24,8 @@
   ARGV[13] for a shard run (shards.py): its home run's id, else ""
   ARGV[14] for a shard run: its shard node's id in the home run
   ARGV[15] for a shard run: the home run's epoch
+  ARGV[16] for a shard run: milliseconds until its keys expire unless the
+          submitter or activate.lua persists them
   The spec is staged with a plain SET, because a script argument of a few
   megabytes blocks Redis for tens of ms, and RENAME moves it without a copy.
   Time comes from TIME inside the script.
@@ -35,7 +37,8 @@
   event, and the run id to the runs index <base>runs scored by the creation
   time, as submit.lua does. A shard run is sealed inactive instead: no
   entry, no event, not in the runs index, and no root is released until
-  activate.lua runs; it returns {1, ""}.
+  activate.lua runs. Its keys keep a TTL, so the shards of a home run that
+  was never written expire; it returns {1, ""}.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -81,6 +84,10 @@ if ARGV[13] ~= "" then
     "sinks", ARGV[4], "reaching", ARGV[5], "retention_ms", ARGV[10],
     "events_max_len", ARGV[11], "home", ARGV[13], "home_node", ARGV[14],
     "home_epoch", ARGV[15], "active", "0")
+  for _, key in ipairs({run_key, graph_key, nodes_key, roots_key, spec_key,
+      counts_key}) do
+    rcall("PEXPIRE", key, ARGV[16])
+  end
   return {1, ""}
 end
 -- Scored by the time of the latest progress, so the reconciler finds a run
