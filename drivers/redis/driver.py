@@ -1158,7 +1158,13 @@ class RedisDriver(RedisOperations):
         run_key = self._keys.run(run_id).run
         with self._lock:
             cached = self._specs.get(run_id)
-        small = cached is not None and len(cached[1].nodes) <= _SMALL_RUN_NODES
+        # A snapshot of a run with shards reads every shard, so it is polled
+        # by status only, like a large run.
+        small = (
+            cached is not None
+            and len(cached[1].nodes) <= _SMALL_RUN_NODES
+            and not any(node.task == SHARD_TASK for node in cached[1].nodes)
+        )
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if small:
@@ -1202,11 +1208,10 @@ class RedisDriver(RedisOperations):
         """Count a shard's members in place of its shard node, in ``counts``."""
         shard = shard_run_id(home, node.id)
         keys = self._keys.run(shard)
+        # Two commands: the home run and the shard may be in different slots.
         with self._redis_errors(f"read the state counts of shard {shard}"):
-            pipe = self._client.pipeline(transaction=True)
-            pipe.hget(self._keys.run(home).nodes, node.id)
-            pipe.hgetall(keys.counts)
-            state, fields = pipe.execute()
+            state: Any = self._client.hget(self._keys.run(home).nodes, node.id)
+            fields: Any = self._client.hgetall(keys.counts)
         own = counts.get(node.group, {})
         if state in own:
             own[state] -= 1

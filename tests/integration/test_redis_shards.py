@@ -477,3 +477,23 @@ def test_written_home_keeps_its_shards(redis_target: Any, client: Any) -> None:
         assert driver.snapshot("kept").status == "succeeded"
     finally:
         driver.close()
+
+
+def test_views_merge_the_shards(make_app: Callable[..., App]) -> None:
+    app = make_app(shard_size=4, reconcile_interval_s=3600.0)
+    tasks = app.tasks
+    canvas = chain(
+        tasks["add"].s(1, 2),
+        chord([tasks["add"].s(i) for i in range(10)], tasks["echo"].s()),
+    )
+    result = app.submit(canvas)
+    with app.worker(concurrency=4):
+        result.get(TIMEOUT_S)
+    spec, records = result.graph()
+    plain = make_app(shard_size=0)
+    unsharded = plain.submit(canvas)
+    assert spec == unsharded.graph()[0]
+    assert sorted(records) == sorted(node.id for node in spec.nodes)
+    assert {record.state for record in records.values()} == {"succeeded"}
+    assert result.node("5").value == 3 + 4
+    assert result.group_counts() == {None: {"succeeded": 2}, 0: {"succeeded": 10}}
