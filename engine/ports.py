@@ -377,8 +377,10 @@ class Operations(Protocol):
         Returns ``replayed``, ``not_found`` (no such dead letter),
         ``run_not_found`` (its run expired), ``not_failed`` (its node is no
         longer failed at that attempt, so there is nothing to replay),
-        ``run_cancelled`` or ``other_epoch`` (a run retry opened a later
-        epoch after the dead letter, so its attempt is no longer the node's).
+        ``run_cancelled``, ``other_epoch`` (a run retry opened a later
+        epoch after the dead letter, so its attempt is no longer the node's)
+        or ``in_shard`` (the node ran in a shard run of a sharded chord,
+        which a driver cannot replay).
         Only ``replayed`` deletes the dead letter. The replay stays in the
         run's current epoch.
         """

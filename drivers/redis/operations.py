@@ -311,6 +311,11 @@ class RedisOperations:
             # not in this one, and another program wrote the entry.
             return "run_not_found"
         run_keys = partition.run(message.run_id)
+        with self._errors(f"read run {message.run_id}"):
+            home: Any = self._client.hget(run_keys.run, "home")
+        if home is not None:
+            # Its home run would ignore the shard's new outcome.
+            return "in_shard"
         keys = [
             *run_keys.all(),
             partition.delayed,

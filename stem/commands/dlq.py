@@ -37,6 +37,11 @@ _REPLAY_REJECTIONS = {
         EXIT_REJECTED,
         "run {run} was cancelled, so dead letter {id} cannot be replayed",
     ),
+    "in_shard": (
+        EXIT_REJECTED,
+        "node {node} ran in {run}, a shard run of a sharded chord, which "
+        "cannot be replayed; purge dead letter {id} and submit the canvas again",
+    ),
     "other_epoch": (
         EXIT_REJECTED,
         "run {run} was retried as a new epoch after dead letter {id}, so it "

@@ -497,3 +497,18 @@ def test_views_merge_the_shards(make_app: Callable[..., App]) -> None:
     assert {record.state for record in records.values()} == {"succeeded"}
     assert result.node("5").value == 3 + 4
     assert result.group_counts() == {None: {"succeeded": 2}, 0: {"succeeded": 10}}
+
+
+def test_dead_letter_in_shard_not_replayed(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("dead", _spec(12))
+        _apply_outbox_once(driver)
+        [message] = [m for m in _fetch_all(driver) if m.node_id == "6"]
+        driver.dead_letter(message, "no such task")
+        [dead], _ = driver.list_dead_letters()
+        assert dead.message.run_id == shard_run_id("dead", "5")
+        assert driver.replay_dead_letter(dead.id) == "in_shard"
+        assert len(driver.list_dead_letters()[0]) == 1
+    finally:
+        driver.close()
