@@ -41,14 +41,13 @@ class RunNotRetryable(EngineError):
     """Raised when a run retry finds the run still running, or succeeded.
 
     Only a failed or cancelled run can be retried. Wait for a running run to
-    end, or cancel it first. A driver may also reject a run it cannot
-    reopen, with ``reason`` saying why.
+    end, or cancel it first.
     """
 
-    def __init__(self, run_id: str, status: str, *, reason: str = "") -> None:
-        if not reason and status == "succeeded":
+    def __init__(self, run_id: str, status: str) -> None:
+        if status == "succeeded":
             reason = "it succeeded, so nothing in it needs to run again"
-        elif not reason:
+        else:
             reason = (
                 f"its status is {status!r}. Only a failed or cancelled run can "
                 "be retried: wait for it to end, or cancel it, then retry it"

@@ -677,10 +677,11 @@ class RedisDriver(RedisOperations):
         shard = shard_run_id(home, node)
         home_keys = self._keys.run(home)
         with self._redis_errors(f"read the status of run {home}"):
-            status = self._client.hget(home_keys.run, "status")
-        if status != "running":
-            # An ended home run cancelled its shards when it ended.
-            log.debug("Skipped activating shard %s: run %s ended.", shard, home)
+            status, current = self._client.hmget(home_keys.run, ["status", "epoch"])
+        if status != "running" or current != epoch:
+            # An ended home run cancelled its shards when it ended, and an
+            # entry of an older epoch has nothing left to start.
+            log.debug("Skipped activating shard %s of run %s.", shard, home)
             return
         try:
             spec = self._spec_of(shard)
@@ -704,10 +705,14 @@ class RedisDriver(RedisOperations):
             partition.events,
             partition.releasing,
         ]
-        reply = self._scripts.call(
-            "activate", script_keys, [shard, epoch, *pairs], run_id=shard
-        )
+        args: list[str | int | float] = [shard, epoch, *pairs]
+        reply = self._scripts.call("activate", script_keys, args, run_id=shard)
         result = check_reply("activate", reply, shard)
+        if result is Reply.STALE:
+            # A retry of the home run opened this epoch after the shard ended.
+            self._renew_shard(home, node, shard, epoch)
+            reply = self._scripts.call("activate", script_keys, args, run_id=shard)
+            result = check_reply("activate", reply, shard)
         if result is Reply.RUN_NOT_FOUND:
             self._shard_missing(home, node, epoch, shard)
             return
@@ -715,6 +720,49 @@ class RedisDriver(RedisOperations):
             log.warning("Skipped activating shard %s for epoch %s.", shard, epoch)
             return
         self._release(shard, "", "")
+
+    def _renew_shard(
+        self, home: str, node: NodeId, shard: str, home_epoch: str
+    ) -> None:
+        """Open a shard run again for a new epoch of its home run.
+
+        A shard that succeeded (its home run cancelled its shard node before
+        the report came) reports its success again, in the new epoch. A
+        shard still running from the older epoch is cancelled first. One
+        that was activated is reopened (reopen.lua), which queues again what
+        failed or was cancelled, and one that never started is reset to
+        inactive (reset_shard.lua).
+        """
+        keys = self._keys.run(shard)
+        with self._redis_errors(f"read shard {shard}"):
+            status, active = self._client.hmget(keys.run, ["status", "active"])
+        if status == "succeeded":
+            # An ended shard never changes again, so a plain write is safe.
+            with self._redis_errors(f"write the home epoch of shard {shard}"):
+                self._client.hset(keys.run, "home_epoch", home_epoch)
+            self._report_to_home(home, node, home_epoch, "succeeded", "", "")
+            return
+        if status == "running":
+            self._cancel_shard(shard)
+        partition = self._keys.partition_of(shard)
+        if active == "1":
+            with self._redis_errors(f"read the epoch of shard {shard}"):
+                seen: Any = self._client.hget(keys.run, "epoch")
+            script_keys = [*keys.all(), partition.delayed, keys.counts]
+            reply = self._scripts.call(
+                "reopen",
+                [*script_keys, partition.events],
+                [shard, str(seen), home_epoch],
+                run_id=shard,
+            )
+            check_reply("reopen", reply, shard)
+            log.info("Reopened shard %s for epoch %s of its run.", shard, home_epoch)
+            return
+        script_keys = [*keys.all(), keys.counts, partition.events]
+        reply = self._scripts.call(
+            "reset_shard", script_keys, [shard, home_epoch], run_id=shard
+        )
+        check_reply("reset_shard", reply, shard)
 
     def _shard_missing(self, home: str, node: NodeId, epoch: str, shard: str) -> None:
         """Fail a shard node whose shard run is gone, so its home run ends."""
@@ -1052,17 +1100,6 @@ class RedisDriver(RedisOperations):
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        spec = self._spec_of(run_id)
-        if any(node.task == SHARD_TASK for node in spec.nodes):
-            raise RunNotRetryable(
-                run_id,
-                self.snapshot(run_id).status,
-                reason=(
-                    "its chord header was cut into shards, and the Redis driver "
-                    "cannot reopen shard runs yet. Submit the canvas again, or "
-                    "submit it with shard_size=0 if it must be retried in place"
-                ),
-            )
         partition = self._keys.partition_of(run_id)
         keys = [
             *run_keys.all(),

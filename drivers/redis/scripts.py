@@ -46,6 +46,7 @@ SCRIPT_NAMES = (
     "replay",
     "activate",
     "report",
+    "reset_shard",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

@@ -40,8 +40,6 @@ class Kit:
 
     def __init__(self, url: str, **settings: Any) -> None:
         self.app = App(url, **settings)
-        #: True when chord headers of more than this many members run as shards.
-        self.shard_size: int = settings.get("shard_size", 0)
         self.calls: dict[str, list[tuple[Any, ...]]] = {}
         self.gate = threading.Event()
         #: The canvas that the ``replace_with`` task puts in its own place.

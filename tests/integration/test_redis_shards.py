@@ -22,7 +22,6 @@ from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import shard_run_id
-from stem.engine.errors import RunNotRetryable
 from stem.engine.ports import Message
 
 TIMEOUT_S = 30.0
@@ -117,12 +116,18 @@ def test_chain_input_reaches_every_member(make_app: Callable[..., App]) -> None:
         assert canvas.apply_async().get(TIMEOUT_S) == [3 + i for i in range(10)]
 
 
-def _drain(driver: RedisDriver, *, skip: Callable[[str], bool] = lambda kind: False):
+def _drain(
+    driver: RedisDriver,
+    *,
+    skip: Callable[[str], bool] = lambda kind: False,
+    fixed: bool = False,
+) -> list[tuple[str, str]]:
     """Apply outbox entries and run messages one at a time until nothing is left.
 
     ``skip`` drops entries of the kinds it returns True for, acknowledged
-    and never applied, as a worker killed between partitions would.
-    Returns the tasks run, in order.
+    and never applied, as a worker killed between partitions would. With
+    ``fixed`` the task ``fail`` succeeds with twice its node id, as ``add``
+    does for its member. Returns the tasks run, in order.
     """
     ran: list[tuple[str, str]] = []
     while True:
@@ -146,7 +151,9 @@ def _drain(driver: RedisDriver, *, skip: Callable[[str], bool] = lambda kind: Fa
             if claim is None:
                 continue
             ran.append((claim.task, claim.task_id))
-            if claim.task == "fail":
+            if claim.task == "fail" and fixed:
+                driver.complete(message, str(2 * int(message.node_id)))
+            elif claim.task == "fail":
                 driver.fail(message, _error())
             elif claim.task == "echo":
                 driver.complete(message, _json(claim.args[0]))
@@ -297,14 +304,49 @@ def test_cancel_reaches_shards(redis_target: Any) -> None:
         driver.close()
 
 
-def test_retry_of_sharded_run_is_rejected(redis_target: Any) -> None:
+def test_run_retry_reopens_shards(redis_target: Any) -> None:
     driver = _driver(redis_target, shard_size=5)
     try:
         driver.submit("again", _spec(12, failing=3))
-        _drain(driver)
+        first = _drain(driver)
         assert driver.snapshot("again").status == "failed"
-        with pytest.raises(RunNotRetryable, match="cut into shards"):
-            driver.retry_run("again")
+        assert driver.retry_run("again") == 2
+        # The failed member runs again and succeeds this time.
+        second = _drain(driver, fixed=True)
+        snapshot = driver.snapshot("again")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == _json([2 * i for i in range(12)])
+        ran_first = {task_id for task, task_id in first if task == "add"}
+        ran_second = {task_id for task, task_id in second if task == "add"}
+        assert not ran_first & ran_second
+        assert [task for task, _ in second].count("echo") == 1
+    finally:
+        driver.close()
+
+
+def test_run_retry_resets_unstarted_shards(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y=0: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    canvas = chain(fail.s(), chord([add.s(i) for i in range(12)], echo.s()))
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("unstarted", compile_canvas(canvas))
+        _drain(driver)
+        for first in (1, 6, 11):
+            keys = driver._keys.run(shard_run_id("unstarted", str(first)))
+            assert driver._client.hmget(keys.run, ["status", "active"]) == [
+                "cancelled",
+                "0",
+            ]
+        driver.retry_run("unstarted")
+        # The predecessor succeeds with 0 this time, so member i gets i.
+        second = _drain(driver, fixed=True)
+        snapshot = driver.snapshot("unstarted")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == _json(list(range(12)))
+        assert [task for task, _ in second].count("add") == 12
     finally:
         driver.close()
 

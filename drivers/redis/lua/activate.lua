@@ -51,11 +51,12 @@ local epoch = run[4]
 --- @include "lifecycle"
 --- @include "graph"
 
-if run[2] == "1" or run[1] ~= "running" then
-  return {0}
-end
+-- A shard of an older home epoch is reopened or reset first (driver.py).
 if run[3] ~= ARGV[2] then
   return {-2}
+end
+if run[2] == "1" or run[1] ~= "running" then
+  return {0}
 end
 for index = 3, #ARGV - 1, 2 do
   local node = ARGV[index]

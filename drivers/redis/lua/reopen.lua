@@ -10,6 +10,9 @@
   ARGV[1] run id
   ARGV[2] the epoch the caller read; the run is reopened only from this epoch,
           so a re-sent call changes nothing
+  ARGV[3] for a shard run (shards.py) that its home run's retry reopens, the
+          home run's new epoch, which the shard's reports then carry; else
+          absent
   Time comes from TIME inside the script.
   Mirrors the Python `reopen` and `nodes_to_reopen`: the nodes that failed,
   were cancelled or had not ended, what depends on them and every errback
@@ -117,6 +120,10 @@ end
 epoch = tostring(rcall("HINCRBY", run_key, "epoch", 1))
 rcall("HSET", run_key, "status", "running")
 rcall("HDEL", run_key, "ended_at", "error_node")
+if ARGV[3] then
+  rcall("HSET", run_key, "home_epoch", ARGV[3])
+  rcall("HDEL", run_key, "reported")
+end
 -- A running run never expires; its retention starts again when it ends.
 persist_run()
 -- NOTE: this visits every node of the run, as the Python `reopen` does.
