@@ -186,7 +186,10 @@ def _commands_per_call(
     calls themselves and the EVALSHA are taken off.
     """
     observer: Any = redis.Redis.from_url(url, decode_responses=True)
-    driver = RedisDriver(url, prefix=_prefix(), submit_chunk=100, release_slice=100)
+    # Without shards, so that the chord is one large run.
+    driver = RedisDriver(
+        url, prefix=_prefix(), submit_chunk=100, release_slice=100, shard_size=0
+    )
     largest: dict[str, int] = {}
     original = driver._scripts.call
 
@@ -303,7 +306,10 @@ def _callback_claim_commands(url: str, members: int) -> tuple[int, list[Any]]:
     their completions would leave, so only the claim runs as a script.
     """
     prefix = _prefix()
-    driver = RedisDriver(url, prefix=prefix, submit_chunk=500, inline_input_chars=64)
+    # Without shards, so that the callback reads every member itself.
+    driver = RedisDriver(
+        url, prefix=prefix, submit_chunk=500, inline_input_chars=64, shard_size=0
+    )
     observer: Any = redis.Redis.from_url(url, decode_responses=True)
     spec = _chord_spec(members)
     run_id = f"callback-{members}"
