@@ -1156,7 +1156,7 @@ class RedisDriver(RedisOperations):
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
             error_node = run.get("error_node")
             if error_node in shard_nodes:
-                # The shard node stands for the member that failed in it.
+                # A failed shard node's cause is the member that failed in it.
                 run["error_node"] = fields.get(f"{error_node}/cause") or error_node
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
@@ -1918,14 +1918,14 @@ def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
         isinstance(size, bool) or not isinstance(size, int) or size < 0
     ):
         raise ValueError(
-            f"shard_size is {size!r}; pass a whole number of members, or 0 to "
-            "turn chord sharding off."
+            f"shard_size {size!r} is invalid; pass a whole number of members, "
+            "or 0 to turn chord sharding off."
         )
     for text in found:
         if not text.isdigit():
             raise ValueError(
-                f"The URL sets shard_size={text!r}; pass a whole number of "
-                "members, or 0 to turn chord sharding off."
+                f"The URL's shard_size={text!r} is invalid; pass a whole number "
+                "of members, or 0 to turn chord sharding off."
             )
         if size is not None and int(text) != size:
             raise ValueError(

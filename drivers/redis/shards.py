@@ -2,7 +2,7 @@
 
 A chord header (the group whose members a callback joins) with more than
 ``shard_size`` members is cut into shards of whole members. Each shard
-becomes a run of its own, ``<run>~s<node>``, that holds its members with
+becomes a run of its own, ``<run>~s<node>``, that contains its members with
 their node ids unchanged, plus one placeholder per node outside the header
 that the members read (the header's input). In the home run the header is
 replaced by one shard node per shard, whose id is the id of the shard's
@@ -91,20 +91,20 @@ def plan_shards(spec: GraphSpec, shard_size: int) -> ShardPlan | None:
     """
     if shard_size <= 0:
         return None
-    taken: set[NodeId] = set()
+    cut_nodes: set[NodeId] = set()
     headers: list[_Header] = []
     # Outer groups have lower ids, so a header nested in a cut member stays
     # whole inside its shard.
     for group in spec.groups:
         if len(group.members) <= shard_size:
             continue
-        if any(node in taken for member in group.members for node in member):
+        if any(node in cut_nodes for member in group.members for node in member):
             continue
         header = _header_of(spec, group)
         if header is None:
             continue
         headers.append(header)
-        taken.update(node for member in group.members for node in member)
+        cut_nodes.update(node for member in group.members for node in member)
     if not headers:
         return None
     return _rewrite(spec, headers, shard_size)

@@ -40,7 +40,7 @@ def client(redis_target: Any) -> Iterator[Any]:
 
 @pytest.fixture
 def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
-    """Yield a factory of apps with ``add``, ``total``, ``fail`` and ``slow``."""
+    """Yield a factory of apps with ``add``, ``total``, ``echo`` and ``fail``."""
     prefix = _prefix()
     apps: list[App] = []
 
@@ -175,9 +175,12 @@ def _json(value: Any) -> str:
     return dumps(value)
 
 
-def _driver(redis_target: Any, **settings: Any) -> RedisDriver:
+def _driver(redis_target: Any, *, url_suffix: str = "", **settings: Any) -> RedisDriver:
+    url = redis_target.url
+    if url_suffix:
+        url += ("&" if "?" in url else "?") + url_suffix
     return RedisDriver(
-        redis_target.url,
+        url,
         prefix=_prefix(),
         **redis_target.settings,
         **{"reconcile_interval_s": 3600.0, **settings},
@@ -554,3 +557,18 @@ def test_dead_letter_in_shard_not_replayed(redis_target: Any) -> None:
         assert len(driver.list_dead_letters()[0]) == 1
     finally:
         driver.close()
+
+
+def test_shard_size_in_url(redis_target: Any) -> None:
+    separator = "&" if "?" in redis_target.url else "?"
+    driver = RedisDriver(
+        f"{redis_target.url}{separator}shard_size=7",
+        prefix=_prefix(),
+        **redis_target.settings,
+    )
+    try:
+        assert driver._shard_size == 7
+    finally:
+        driver.close()
+    with pytest.raises(ValueError, match="shard_size='x' is invalid"):
+        _driver(redis_target, url_suffix="shard_size=x")
