@@ -817,6 +817,9 @@ class RedisDriver(RedisOperations):
         Each running shard node is activated again, and the report of each
         shard that ended or failed is applied again. Both are idempotent.
         """
+        # NOTE: a run leaves the reconciler's set when it ends, so a lost
+        # "cancel" entry is not sent again. An active shard then runs its
+        # members to the end and expires, but one never activated stays.
         try:
             spec = self._spec_of(home)
         except RunNotFound:

@@ -24,6 +24,8 @@ from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import shard_run_id
 from stem.engine.ports import Message
 
+from .conftest import database_url, stem
+
 TIMEOUT_S = 30.0
 
 
@@ -572,3 +574,19 @@ def test_shard_size_in_url(redis_target: Any) -> None:
         driver.close()
     with pytest.raises(ValueError, match="shard_size='x' is invalid"):
         _driver(redis_target, url_suffix="shard_size=x")
+
+
+def test_graph_show_of_sharded_run(redis_url: str) -> None:
+    # The command line uses no key prefix, so the run gets a database of its own.
+    url = f"{database_url(redis_url, 13)}?shard_size=50"
+    driver = RedisDriver(url, reconcile_interval_s=3600.0)
+    try:
+        driver.submit("drawn", _spec(400))
+        _drain(driver)
+        assert driver.snapshot("drawn").status == "succeeded"
+    finally:
+        driver.close()
+    drawn = stem("graph", "show", "drawn", "--url", url)
+    assert drawn.returncode == 0, drawn.stderr
+    assert "401 nodes" in drawn.stdout
+    assert "add \N{MULTIPLICATION SIGN}400" in drawn.stdout

@@ -62,7 +62,10 @@ if outcome == "succeeded" then
 end
 if outcome == "failed" then
   rcall("HSET", errors_key, node, ARGV[6])
-  rcall("HSET", nodes_key, node .. "/cause", cause)
+  -- Without a failed member (the shard run is missing) the node is its own cause.
+  if cause ~= "" then
+    rcall("HSET", nodes_key, node .. "/cause", cause)
+  end
   set_terminal(node, "failed")
   -- The failed shard's other members need not run on.
   rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
