@@ -315,3 +315,18 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
     assert replay_code == EXIT_NOT_FOUND
     assert "purge the dead letter" in replayed
+
+
+def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=1):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+        result.retry()
+        result.get(TIMEOUT_S, propagate=False)
+
+    code, as_json = invoke(runner, flows, "runs", "show", result.id, "--json")
+    _, human = invoke(runner, flows, "runs", "show", result.id)
+
+    assert code == 0
+    assert json.loads(as_json)["epoch"] == 2
+    assert "  epoch     2" in human
