@@ -9,7 +9,8 @@ code  name                meaning
 1     EXIT_FAILED         the run failed or was cancelled (``run``), or no
                           worker is alive (``inspect``)
 2     EXIT_USAGE          bad usage: a missing or invalid option, module, app
-                          or URL, or ``memory://`` for a shared-store command
+                          or URL, ``memory://`` for a shared-store command,
+                          or a purge without ``--yes`` off a terminal
 3     EXIT_TIMEOUT        the run did not end within ``--timeout``
 4     EXIT_NOT_FOUND      no run, node or dead letter has the given id
 5     EXIT_REJECTED       the store rejected the change: the run already
@@ -28,6 +29,7 @@ import json
 import os
 import re
 import signal
+import sys
 import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
@@ -97,6 +99,41 @@ def json_option(function: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON for scripts."
     )(function)
+
+
+def yes_option(function: F) -> F:
+    """Add ``-y/--yes`` (also ``-f/--force``): go ahead without asking."""
+    return click.option(
+        "-y",
+        "--yes",
+        "-f",
+        "--force",
+        "yes",
+        is_flag=True,
+        help="Go ahead without asking; needed when stdin is not a terminal.",
+    )(function)
+
+
+def stdin_is_terminal() -> bool:
+    """Tell whether stdin is a terminal that a person can answer a question on."""
+    return sys.stdin.isatty()
+
+
+def confirm_or_reject(question: str, command: str) -> None:
+    """Ask ``question`` on a terminal, or reject the command without one.
+
+    Without a terminal no person can answer, and click's prompt would read
+    whatever stdin holds or end with a bare "Aborted!", so the command
+    stops with `EXIT_USAGE` and names ``--yes``. On a terminal, a "no"
+    aborts with click's exit code 1.
+    """
+    if not stdin_is_terminal():
+        raise CommandError(
+            f"{command} asks for confirmation, but stdin is not a terminal; "
+            "pass --yes to go ahead without asking.",
+            EXIT_USAGE,
+        )
+    click.confirm(question, abort=True, err=True)
 
 
 def resolve_app(app_spec: str | None, url: str | None) -> App:

@@ -12,12 +12,14 @@ from stem.commands.common import (
     EXIT_REJECTED,
     CommandError,
     app_options,
+    confirm_or_reject,
     console,
     emit_json,
     format_time,
     json_option,
     reported_errors,
     shared_app,
+    yes_option,
 )
 from stem.engine.ports import TASK_HEADER, DeadLetter
 
@@ -174,20 +176,23 @@ def replay_dead(
 @app_options()
 @click.argument("dead_ids", nargs=-1)
 @click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter.")
-@click.option("-f", "--force", is_flag=True, help="Purge without asking.")
+@yes_option
 def purge_dead(
     app_spec: str | None,
     url: str | None,
     dead_ids: tuple[str, ...],
     purge_all: bool,
-    force: bool,
+    yes: bool,
 ) -> None:
-    """Delete dead letters by id, or all of them with --all."""
+    """Delete dead letters by id, or all of them with --all.
+
+    On a terminal --all prompts for confirmation. Elsewhere it needs --yes.
+    """
     app = shared_app(app_spec, url, "stem dlq purge")
     if purge_all == bool(dead_ids):
         raise click.UsageError("Pass dead letter ids, or --all, but not both.")
-    if purge_all and not force:
-        click.confirm("Delete every dead letter?", abort=True, err=True)
+    if purge_all and not yes:
+        confirm_or_reject("Delete every dead letter?", "stem dlq purge --all")
     with reported_errors():
         count = app.driver.purge_dead_letters(None if purge_all else list(dead_ids))
     click.echo(f"Purged {count} dead letters.")
