@@ -6,7 +6,8 @@ Exit codes, shared by every command:
 code  name                meaning
 ====  ==================  ==================================================
 0     EXIT_OK             the command did what was asked
-1     EXIT_FAILED         the run failed or was cancelled (``run``), or no
+1     EXIT_FAILED         the run failed or was cancelled (``run``, ``runs
+                          retry --wait``, ``graph show --watch``), or no
                           worker is alive (``inspect``)
 2     EXIT_USAGE          bad usage: a missing or invalid option, module, app
                           or URL, ``memory://`` for a shared-store command,

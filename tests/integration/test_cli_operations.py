@@ -330,3 +330,27 @@ def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
     assert code == 0
     assert json.loads(as_json)["epoch"] == 2
     assert "  epoch     2" in human
+
+
+def test_graph_watch_exit_codes(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=2):
+        failed = flows.with_extra().apply_async()
+        failed.get(TIMEOUT_S, propagate=False)
+        succeeded = flows.pipeline(3).apply_async()
+        succeeded.get(TIMEOUT_S)
+    cancelled = flows.add.delay(1, 2)
+    cancelled.cancel()
+
+    failed_code, failed_out = invoke(
+        runner, flows, "graph", "show", failed.id, "--watch"
+    )
+    cancelled_code, _ = invoke(runner, flows, "graph", "show", cancelled.id, "--watch")
+    ok_code, _ = invoke(runner, flows, "graph", "show", succeeded.id, "--watch")
+    drawn_code, _ = invoke(runner, flows, "graph", "show", failed.id)
+
+    assert failed_code == EXIT_FAILED, failed_out
+    assert f"run {failed.id}: failed" in failed_out
+    assert cancelled_code == EXIT_FAILED
+    assert ok_code == 0
+    # Without --watch the command only draws, so the run's outcome is no error.
+    assert drawn_code == 0
