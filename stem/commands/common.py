@@ -31,7 +31,6 @@ import os
 import re
 import signal
 import sys
-import unicodedata
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -39,6 +38,7 @@ import click
 from rich.console import Console
 
 from stem.canvas.errors import StemError
+from stem.canvas.text import printable_json
 from stem.discovery import load_app
 from stem.engine.app import App
 from stem.engine.drivers import redact
@@ -231,23 +231,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def printable(text: str) -> str:
-    """Return text with control and format characters written as escapes.
-
-    Error messages and values come from task code, so they may hold escape
-    sequences or bidirectional overrides that would act on the terminal.
-    """
-    return "".join(
-        char.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs")
-        else char
-        for char in text
-    )
-
-
 def emit_json(data: Any) -> None:
-    """Print data as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """Print data as indented JSON on stdout, with control characters escaped."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    click.echo(printable_json(text))
 
 
 def console() -> Console:

@@ -6,7 +6,9 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from stem.canvas.text import printable
 from stem.commands.common import (
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
@@ -96,13 +98,15 @@ def list_dead(
         table.add_column(column, overflow="fold")
     for dead in page:
         message = dead.message
-        table.add_row(
-            dead.id,
+        # Text cells: the task and reason come from messages, so rich must not
+        # read them as markup, and their control characters are escaped.
+        cells = (
             message.run_id,
             message.node_id,
             message.headers.get(TASK_HEADER, ""),
             _short(dead.reason),
         )
+        table.add_row(dead.id, *(Text(printable(cell)) for cell in cells))
     out.print(table)
     if next_cursor:
         out.print(f"More: stem dlq ls --cursor {next_cursor}", markup=False)
@@ -126,7 +130,8 @@ def show_dead(
         return
     out = console()
     for key, value in _json(dead).items():
-        out.print(f"{key:<9} {value}", markup=False, highlight=False)
+        line = printable(f"{key:<9} {value}")
+        out.print(line, markup=False, highlight=False)
 
 
 @dlq.command("replay", epilog=REPLAY_EXAMPLES)

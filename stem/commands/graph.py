@@ -23,6 +23,7 @@ from stem.canvas.render import (
 )
 from stem.canvas.spec import NodeId
 from stem.canvas.svg import to_svg
+from stem.canvas.text import printable
 from stem.commands.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
@@ -32,7 +33,6 @@ from stem.commands.common import (
     console,
     format_span,
     format_time,
-    printable,
     reported_errors,
     shared_app,
 )

@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stem.canvas.render import NODE_STATES, STATE_STYLES
+from stem.canvas.text import printable
 from stem.canvas.values import loads
 from stem.commands.common import (
     EXIT_REJECTED,
@@ -24,7 +25,6 @@ from stem.commands.common import (
     format_time,
     json_option,
     parse_age,
-    printable,
     reported_errors,
     shared_app,
 )

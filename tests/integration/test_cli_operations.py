@@ -288,6 +288,10 @@ def test_task_text_reaches_terminal_escaped(
         invoke(runner, flows, "runs", "show", failed.id)[1],
         invoke(runner, flows, "runs", "show", valued.id)[1],
         invoke(runner, flows, "graph", "show", failed.id, "--why", "0")[1],
+        invoke(runner, flows, "graph", "show", failed.id)[1],
+        invoke(runner, flows, "graph", "show", failed.id, "--format", "tree")[1],
+        invoke(runner, flows, "runs", "show", failed.id, "--json")[1],
+        invoke(runner, flows, "runs", "show", valued.id, "--json")[1],
     ]
     for output in outputs:
         for char in "\x1b\x07\u202e":
@@ -354,3 +358,24 @@ def test_graph_watch_exit_codes(runner: CliRunner, flows: ModuleType) -> None:
     assert ok_code == 0
     # Without --watch the command only draws, so the run's outcome is no error.
     assert drawn_code == 0
+
+
+def test_dlq_reason_escaped(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    reason = "\x1b[2J[bold]gone[/bold] \u202e"
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        client.xadd(dead, {"run": "r", "node": "0", "attempt": "1", "reason": reason})
+    finally:
+        client.close()
+
+    _, listed = invoke(runner, flows, "dlq", "ls")
+    _, as_json = invoke(runner, flows, "dlq", "ls", "--json")
+    [entry] = json.loads(as_json)["dead_letters"]
+    _, shown = invoke(runner, flows, "dlq", "show", entry["id"])
+
+    for output in (listed, shown):
+        assert "\x1b" not in output
+        assert "\u202e" not in output
+        assert "[bold]gone" in " ".join(output.split())
+    assert entry["reason"] == reason
