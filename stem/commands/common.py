@@ -117,7 +117,11 @@ def yes_option(function: F) -> F:
 
 def stdin_is_terminal() -> bool:
     """Tell whether stdin is a terminal that a person can answer a question on."""
-    return sys.stdin.isatty()
+    # A process started without stdin has None there, or a closed file.
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:
+        return False
 
 
 def confirm_or_reject(question: str, command: str) -> None:

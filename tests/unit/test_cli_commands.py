@@ -223,3 +223,9 @@ def test_purge_yes_skips_question(runner: CliRunner, flag: str) -> None:
     # It went on to the broker, which is not there.
     assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
     assert "[y/N]" not in result.output
+
+
+def test_missing_stdin_is_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", None)
+
+    assert common.stdin_is_terminal() is False
