@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from stem.canvas.spec import GraphSpec
+from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.engine import machine, settings
 from stem.engine.errors import RunNotFound
@@ -239,7 +240,7 @@ class MemoryDriver:
         with self._lock:
             dead_id = str(next(self._dead_sequence))
             self._dead[dead_id] = DeadLetter(dead_id, message, reason, self._clock())
-            log.warning("Dead-lettered %s: %s", _ids(message), reason)
+            log.warning("Dead-lettered %s: %s", _ids(message), printable(reason))
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         self._report(message, "failed", machine.dead_letter, error)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import traceback as traceback_module
 from collections.abc import Mapping
@@ -32,6 +33,14 @@ SETTLED: frozenset[str] = frozenset({"succeeded", "failed", "cancelled"})
 #: Key of the error record that replaces a failed member's value under ``all_settled``.
 ERROR_RECORD_KEY = "__stem_error__"
 
+#: Largest message and largest traceback of a stored error, each in bytes of
+#: UTF-8. A longer text keeps its head and tail around a marker that gives
+#: the number of bytes cut, so a task that raises with a huge message cannot
+#: fill the store, a worker's log or a terminal.
+MAX_ERROR_TEXT_BYTES = 64 * 1024
+# Bytes kept free for the marker, which is 77 bytes for a text of 1 PB.
+_MARKER_ROOM = 128
+
 
 @dataclass(frozen=True)
 class ErrorInfo:
@@ -39,6 +48,11 @@ class ErrorInfo:
 
     ``args`` contains the exception's arguments in the value codec's JSON form,
     or None when they are not JSON-serialisable.
+
+    ``message`` and ``traceback`` are cut to `MAX_ERROR_TEXT_BYTES` each when
+    an instance is made, by whatever path. Arguments above that size are cut
+    too when they are one string, as in ``ValueError(text)``, and dropped
+    (None) otherwise, so the error comes back as `TaskError`.
     """
 
     module: str
@@ -46,6 +60,12 @@ class ErrorInfo:
     message: str
     args: list[Any] | None = None
     traceback: str = ""
+
+    def __post_init__(self) -> None:
+        # The instance is frozen, so the cut values are set through object.
+        object.__setattr__(self, "message", _cut_middle(self.message))
+        object.__setattr__(self, "traceback", _cut_middle(self.traceback))
+        object.__setattr__(self, "args", _capped_args(self.args))
 
     @classmethod
     def from_exception(cls, exc: BaseException) -> ErrorInfo:
@@ -104,6 +124,39 @@ class ErrorInfo:
         if isinstance(found, type) and issubclass(found, Exception):
             return found
         return None
+
+
+def _cut_middle(text: str) -> str:
+    """Cut ``text`` to `MAX_ERROR_TEXT_BYTES` of UTF-8, keeping head and tail.
+
+    The middle is replaced by a marker that gives the number of bytes cut.
+    A character cut in half at either end is dropped, so the result is valid text.
+    """
+    limit = MAX_ERROR_TEXT_BYTES
+    # A character takes at most 4 bytes in UTF-8, so most texts need no encoding.
+    if len(text) * 4 <= limit:
+        return text
+    data = text.encode("utf-8", "surrogatepass")
+    if len(data) <= limit:
+        return text
+    keep = (limit - _MARKER_ROOM) // 2
+    head = data[:keep].decode("utf-8", "ignore")
+    tail = data[len(data) - keep :].decode("utf-8", "ignore")
+    cut = len(data) - len(head.encode("utf-8", "surrogatepass"))
+    cut -= len(tail.encode("utf-8", "surrogatepass"))
+    marker = f"\n[... {cut:,} bytes cut: Stem stores at most {limit:,} bytes ...]\n"
+    return head + marker + tail
+
+
+def _capped_args(args: list[Any] | None) -> list[Any] | None:
+    if args is None:
+        return None
+    size = len(json.dumps(args, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+    if size <= MAX_ERROR_TEXT_BYTES:
+        return args
+    if len(args) == 1 and isinstance(args[0], str):
+        return [_cut_middle(args[0])]
+    return None
 
 
 @dataclass

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -23,6 +24,13 @@ from stem.engine.records import ErrorInfo, NodeRecord, task_id
 
 if TYPE_CHECKING:
     from stem.engine.app import App
+
+log = logging.getLogger(__name__)
+
+#: Seconds that ``get()`` waits with no live worker before it logs a warning.
+#: Longer than a worker's heartbeat lifetime (3 heartbeats of 2 s), so a
+#: worker restart that takes a few seconds does not set it off.
+NO_WORKER_GRACE_S = 10.0
 
 
 class RunCancelled(EngineError):
@@ -87,13 +95,15 @@ class AsyncResult:
 
         Raises:
             TimeoutError: if the run has not ended within ``timeout``.
-            NoWorkerRunning: on ``memory://`` when no worker is running.
+            NoWorkerRunning: on ``memory://`` when no worker is running. On
+                Redis, get() keeps waiting instead, and logs one warning once
+                no worker has been alive for `NO_WORKER_GRACE_S` seconds.
             Exception: the error of the lowest-id failed node whose failure
                 reached the result, rebuilt as its own class when that class is
                 already imported, else as `TaskError`.
         """
         started = time.monotonic()
-        snapshot = self.app.driver.wait(self.id, timeout)
+        snapshot = self._wait(timeout)
         if snapshot.status == "running":
             waited = time.monotonic() - started
             if self.app.driver.workers_alive() == 0 and (
@@ -111,6 +121,61 @@ class AsyncResult:
         if propagate:
             raise error
         return error
+
+    def _wait(self, timeout: float | None) -> RunSnapshot:
+        """Wait like the driver's ``wait``, warning once while no worker is alive.
+
+        The wait goes in slices of `NO_WORKER_GRACE_S` / 2 seconds. After
+        each slice of a run still running, the driver's `workers_alive` is
+        read, and once it has returned 0 for `NO_WORKER_GRACE_S` seconds one
+        warning is logged. A driver that can tell no worker will ever come
+        (memory://) ends its wait early, and that snapshot is returned at once.
+        """
+        driver = self.app.driver
+        if timeout is not None and timeout <= NO_WORKER_GRACE_S:
+            return driver.wait(self.id, timeout)
+        started = time.monotonic()
+        deadline = None if timeout is None else started + timeout
+        slice_s = NO_WORKER_GRACE_S / 2
+        # When workers_alive() first returned 0 since it last returned more.
+        none_since = started if driver.workers_alive() == 0 else None
+        warned = False
+        while True:
+            now = time.monotonic()
+            wait_s = slice_s if deadline is None else min(slice_s, deadline - now)
+            snapshot = driver.wait(self.id, max(0.0, wait_s))
+            ended_at = time.monotonic()
+            done = deadline is not None and ended_at >= deadline
+            if snapshot.status != "running" or done or ended_at - now < wait_s:
+                return snapshot
+            if warned:
+                continue
+            if driver.workers_alive() != 0:
+                none_since = None
+                continue
+            if none_since is None:
+                none_since = ended_at
+            if ended_at - none_since >= NO_WORKER_GRACE_S:
+                self._warn_no_worker(snapshot, ended_at - none_since)
+                warned = True
+
+    def _warn_no_worker(self, snapshot: RunSnapshot, idle_s: float) -> None:
+        queued = [
+            node.options.queue or self.app.default_queue
+            for node in snapshot.spec.nodes
+            if snapshot.nodes[node.id].state == "queued"
+        ]
+        queues = sorted(set(queued)) or [self.app.default_queue]
+        log.warning(
+            "Run %s has waited %.0f s while no worker is alive on %s to run its "
+            "queued nodes (queue %s). Start one with: stem worker -A APP -Q %s. "
+            "get() keeps waiting.",
+            self.id,
+            idle_s,
+            redact(self.app.url),
+            ", ".join(repr(queue) for queue in queues),
+            ",".join(queues),
+        )
 
     def _error(self, snapshot: RunSnapshot) -> Exception:
         if snapshot.status == "cancelled":

@@ -35,8 +35,13 @@ ENTRY_KEYS = ("task", "schedule", "args", "kwargs", "options", "timezone")
 class Cron:
     """A cron expression evaluated in a timezone, with croniter.
 
-    Five fields (minute hour day-of-month month day-of-week), or six with
-    seconds last, or croniter's aliases such as ``@hourly``.
+    Five fields (minute hour day-of-month month day-of-week), as in
+    crontab(5) and Celery's ``crontab``, or croniter's aliases such as
+    ``@hourly``. Six or seven fields are rejected because croniter (checked
+    with 7.0) reads a sixth field as seconds last and a seventh as the year.
+    Quartz and cron-parser, the parser of BullMQ, put seconds first, so
+    ``*/10 * * * * *`` would fire every second instead of every 10 seconds.
+    Sub-minute schedules are intervals.
 
     Daylight saving time: a local time that the clocks skip fires at the first
     time after the gap. When the clocks go back, an expression with a fixed
@@ -59,6 +64,7 @@ class Cron:
                 "pass a string such as '*/15 * * * *'."
             )
         self.expression = expression
+        _check_field_count(expression)
         try:
             fields = self._iterate(time.time()).expressions
         except (CroniterError, ValueError, KeyError) as err:
@@ -124,6 +130,23 @@ class Cron:
         return local.fold == 1 and (
             local.replace(fold=0).utcoffset() != local.utcoffset()
         )
+
+
+def _check_field_count(expression: str) -> None:
+    count = len(expression.split())
+    if expression.strip().startswith("@") or count == 5:
+        return
+    seconds = ""
+    if count > 5:
+        seconds = (
+            " For a schedule in seconds, pass an interval instead, such as 10.0 "
+            "or timedelta(seconds=10)."
+        )
+    raise InvalidSchedule(
+        f"Cron expression {expression!r} is invalid: it has {count} fields, but "
+        "Stem takes five, minute hour day-of-month month day-of-week, such as "
+        f"'*/15 * * * *'.{seconds}"
+    )
 
 
 @dataclass(frozen=True)

@@ -19,6 +19,7 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
 from stem.canvas.spec import GraphSpec
+from stem.canvas.text import printable
 from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded, ValueTooLarge
 from stem.engine.execution import Outcome, Request, execute, execute_in_child
 from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
@@ -509,13 +510,15 @@ class Worker:
             driver.replace(message, GraphSpec.from_json(outcome.payload))
         else:
             assert outcome.error is not None
+            # The message and traceback come from task code, so escape sequences
+            # in them would act on the terminal that shows the log.
             log.error(
                 "Task %s %s failed: %s: %s\n%s",
                 claim.task,
                 claim.task_id,
                 outcome.error.qualname,
-                outcome.error.message,
-                outcome.error.traceback.rstrip(),
+                printable(outcome.error.message),
+                printable(outcome.error.traceback.rstrip(), multiline=True),
             )
             driver.fail(message, outcome.error)
 

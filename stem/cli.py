@@ -35,10 +35,12 @@ from rich.progress import (
     TimeElapsedColumn,
 )
 from rich.table import Table
+from rich.text import Text
 
 from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
+from stem.canvas.text import printable, printable_json
 from stem.commands.beat import beat
 from stem.commands.common import TRACEBACK_KEY, install_stop_signals
 from stem.commands.dlq import dlq
@@ -434,8 +436,12 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
         kind = type(error).__name__
         failed = snapshot.nodes.get(snapshot.error_node or "")
         if failed is not None and failed.error is not None:
-            console.print(failed.error.traceback.rstrip(), style="dim", markup=False)
-        console.print(f"[red]Run {result.id} {snapshot.status}:[/] {kind}: {error}")
+            traceback = printable(failed.error.traceback.rstrip(), multiline=True)
+            console.print(traceback, style="dim", markup=False, highlight=False)
+        # The error text comes from task code: no markup, no control characters.
+        line = Text(f"Run {result.id} {snapshot.status}:", style="red")
+        line.append(f" {kind}: {printable(str(error))}")
+        console.print(line, highlight=False)
         return EXIT_RUN_FAILED
     _print_value(result.get(timeout=0))
     return EXIT_OK
@@ -449,9 +455,10 @@ def _print_value(value: Any) -> None:
     )
     if is_rows and value:
         for row in value:
-            click.echo(" ".join(str(cell) for cell in row))
+            click.echo(printable(" ".join(str(cell) for cell in row)))
     else:
-        click.echo(json.dumps(value, indent=2, ensure_ascii=False, default=str))
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+        click.echo(printable_json(text))
 
 
 def _summary(snapshot: RunSnapshot) -> Table:

@@ -39,6 +39,7 @@ from redis.cluster import RedisCluster
 
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
+from stem.canvas.text import printable
 from stem.canvas.values import decode, dumps
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import connect, parse_url
@@ -1368,7 +1369,7 @@ class RedisDriver(RedisOperations):
             "dead_letter", keys, args, run_id=message.run_id, node_id=message.node_id
         )
         check_reply("dead_letter", reply, message.run_id, message.node_id)
-        log.warning("Dead-lettered %s: %s", _ids(message), reason)
+        log.warning("Dead-lettered %s: %s", _ids(message), printable(reason))
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         # Partition by partition: entry ids come from each node's clock, so

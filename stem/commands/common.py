@@ -6,10 +6,12 @@ Exit codes, shared by every command:
 code  name                meaning
 ====  ==================  ==================================================
 0     EXIT_OK             the command did what was asked
-1     EXIT_FAILED         the run failed or was cancelled (``run``), or no
+1     EXIT_FAILED         the run failed or was cancelled (``run``, ``runs
+                          retry --wait``, ``graph show --watch``), or no
                           worker is alive (``inspect``)
 2     EXIT_USAGE          bad usage: a missing or invalid option, module, app
-                          or URL, or ``memory://`` for a shared-store command
+                          or URL, ``memory://`` for a shared-store command,
+                          or a purge without ``--yes`` off a terminal
 3     EXIT_TIMEOUT        the run did not end within ``--timeout``
 4     EXIT_NOT_FOUND      no run, node or dead letter has the given id
 5     EXIT_REJECTED       the store rejected the change: the run already
@@ -28,7 +30,7 @@ import json
 import os
 import re
 import signal
-import unicodedata
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any, TypeVar
 
@@ -36,6 +38,7 @@ import click
 from rich.console import Console
 
 from stem.canvas.errors import StemError
+from stem.canvas.text import printable_json
 from stem.discovery import load_app
 from stem.engine.app import App
 from stem.engine.drivers import redact
@@ -97,6 +100,45 @@ def json_option(function: F) -> F:
     return click.option(
         "--json", "as_json", is_flag=True, help="Print JSON for scripts."
     )(function)
+
+
+def yes_option(function: F) -> F:
+    """Add ``-y/--yes`` (also ``-f/--force``): go ahead without asking."""
+    return click.option(
+        "-y",
+        "--yes",
+        "-f",
+        "--force",
+        "yes",
+        is_flag=True,
+        help="Go ahead without asking; needed when stdin is not a terminal.",
+    )(function)
+
+
+def stdin_is_terminal() -> bool:
+    """Tell whether stdin is a terminal that a person can answer a question on."""
+    # A process started without stdin has None there, or a closed file.
+    try:
+        return sys.stdin is not None and sys.stdin.isatty()
+    except ValueError:
+        return False
+
+
+def confirm_or_reject(question: str, command: str) -> None:
+    """Ask ``question`` on a terminal, or reject the command without one.
+
+    Without a terminal no person can answer, and click's prompt would read
+    whatever stdin holds or end with a bare "Aborted!", so the command
+    stops with `EXIT_USAGE` and names ``--yes``. On a terminal, a "no"
+    aborts with click's exit code 1.
+    """
+    if not stdin_is_terminal():
+        raise CommandError(
+            f"{command} asks for confirmation, but stdin is not a terminal; "
+            "pass --yes to go ahead without asking.",
+            EXIT_USAGE,
+        )
+    click.confirm(question, abort=True, err=True)
 
 
 def resolve_app(app_spec: str | None, url: str | None) -> App:
@@ -193,23 +235,10 @@ def _one_line(text: str) -> str:
     return " ".join(text.split())
 
 
-def printable(text: str) -> str:
-    """Return text with control and format characters written as escapes.
-
-    Error messages and values come from task code, so they may hold escape
-    sequences or bidirectional overrides that would act on the terminal.
-    """
-    return "".join(
-        char.encode("unicode_escape").decode("ascii")
-        if unicodedata.category(char) in ("Cc", "Cf", "Cs")
-        else char
-        for char in text
-    )
-
-
 def emit_json(data: Any) -> None:
-    """Print data as indented JSON on stdout."""
-    click.echo(json.dumps(data, indent=2, ensure_ascii=False, default=str))
+    """Print data as indented JSON on stdout, with control characters escaped."""
+    text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
+    click.echo(printable_json(text))
 
 
 def console() -> Console:

@@ -6,18 +6,22 @@ from typing import Any
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from stem.canvas.text import printable
 from stem.commands.common import (
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
     CommandError,
     app_options,
+    confirm_or_reject,
     console,
     emit_json,
     format_time,
     json_option,
     reported_errors,
     shared_app,
+    yes_option,
 )
 from stem.engine.ports import TASK_HEADER, DeadLetter
 
@@ -99,13 +103,15 @@ def list_dead(
         table.add_column(column, overflow="fold")
     for dead in page:
         message = dead.message
-        table.add_row(
-            dead.id,
+        # Text cells: the task and reason come from messages, so rich must not
+        # read them as markup, and their control characters are escaped.
+        cells = (
             message.run_id,
             message.node_id,
             message.headers.get(TASK_HEADER, ""),
             _short(dead.reason),
         )
+        table.add_row(dead.id, *(Text(printable(cell)) for cell in cells))
     out.print(table)
     if next_cursor:
         out.print(f"More: stem dlq ls --cursor {next_cursor}", markup=False)
@@ -129,7 +135,8 @@ def show_dead(
         return
     out = console()
     for key, value in _json(dead).items():
-        out.print(f"{key:<9} {value}", markup=False, highlight=False)
+        line = printable(f"{key:<9} {value}")
+        out.print(line, markup=False, highlight=False)
 
 
 @dlq.command("replay", epilog=REPLAY_EXAMPLES)
@@ -179,20 +186,23 @@ def replay_dead(
 @app_options()
 @click.argument("dead_ids", nargs=-1)
 @click.option("--all", "purge_all", is_flag=True, help="Purge every dead letter.")
-@click.option("-f", "--force", is_flag=True, help="Purge without asking.")
+@yes_option
 def purge_dead(
     app_spec: str | None,
     url: str | None,
     dead_ids: tuple[str, ...],
     purge_all: bool,
-    force: bool,
+    yes: bool,
 ) -> None:
-    """Delete dead letters by id, or all of them with --all."""
+    """Delete dead letters by id, or all of them with --all.
+
+    On a terminal --all prompts for confirmation. Elsewhere it needs --yes.
+    """
     app = shared_app(app_spec, url, "stem dlq purge")
     if purge_all == bool(dead_ids):
         raise click.UsageError("Pass dead letter ids, or --all, but not both.")
-    if purge_all and not force:
-        click.confirm("Delete every dead letter?", abort=True, err=True)
+    if purge_all and not yes:
+        confirm_or_reject("Delete every dead letter?", "stem dlq purge --all")
     with reported_errors():
         count = app.driver.purge_dead_letters(None if purge_all else list(dead_ids))
     click.echo(f"Purged {count} dead letters.")

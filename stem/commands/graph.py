@@ -23,7 +23,9 @@ from stem.canvas.render import (
 )
 from stem.canvas.spec import NodeId
 from stem.canvas.svg import to_svg
+from stem.canvas.text import printable
 from stem.commands.common import (
+    EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
     CommandError,
@@ -31,7 +33,6 @@ from stem.commands.common import (
     console,
     format_span,
     format_time,
-    printable,
     reported_errors,
     shared_app,
 )
@@ -93,7 +94,11 @@ def graph() -> None:
     metavar="NODE",
     help="Explain what a node waits for, or why it ended as it did.",
 )
-@click.option("--watch", is_flag=True, help="Redraw until the run ends.")
+@click.option(
+    "--watch",
+    is_flag=True,
+    help="Redraw until the run ends; exit 1 if it failed or was cancelled.",
+)
 @click.option(
     "--interval",
     "interval_s",
@@ -119,7 +124,8 @@ def show(
     The dag format lists nodes layer by layer: a node's layer is the longest
     path to it from a root, and side branches (links, errbacks) come last.
     Each snapshot costs a fixed number of store round trips, whatever the
-    run's size.
+    run's size. With --watch the exit code is 1 when the run ends failed or
+    cancelled. Without it, drawing a failed run exits 0.
     """
     app = shared_app(app_spec, url, "stem graph show")
     if watch and output is not None:
@@ -135,9 +141,15 @@ def show(
             return
         if watch:
             try:
-                _watch(app, snapshot, output_format, collapse_over, expand, interval_s)
+                ended = _watch(
+                    app, snapshot, output_format, collapse_over, expand, interval_s
+                )
             except KeyboardInterrupt:
                 raise SystemExit(EXIT_INTERRUPTED) from None
+            # As `stem run` and `stem runs retry --wait` do, a followed run that
+            # did not succeed is the command's failure.
+            if ended.status in ("failed", "cancelled"):
+                raise SystemExit(EXIT_FAILED)
             return
     drawing = draw(snapshot, output_format, collapse_over, expand)
     if output is None:
@@ -231,7 +243,8 @@ def _watch(
     collapse_over: int,
     expand: bool,
     interval_s: float,
-) -> None:
+) -> RunSnapshot:
+    """Redraw the run until it ends, and return its last snapshot."""
     out = console()
     if not out.is_terminal:
         # Without a terminal, print a new drawing each time a state changes.
@@ -242,7 +255,7 @@ def _watch(
                 _print(out, draw(snapshot, output_format, collapse_over, expand))
                 last = states
             if snapshot.status != "running":
-                return
+                return snapshot
             time.sleep(interval_s)
             snapshot = app.driver.snapshot(snapshot.run_id)
     with Live(console=out, auto_refresh=False, transient=False) as live:
@@ -251,7 +264,7 @@ def _watch(
             live.update(Text(drawing) if isinstance(drawing, str) else drawing)
             live.refresh()
             if snapshot.status != "running":
-                return
+                return snapshot
             time.sleep(interval_s)
             snapshot = app.driver.snapshot(snapshot.run_id)
 

@@ -7,11 +7,13 @@ from rich.table import Table
 
 from stem.commands.common import (
     app_options,
+    confirm_or_reject,
     console,
     emit_json,
     json_option,
     reported_errors,
     shared_app,
+    yes_option,
 )
 
 
@@ -62,17 +64,18 @@ def list_queues(app_spec: str | None, url: str | None, as_json: bool) -> None:
 @queues.command("purge")
 @app_options()
 @click.argument("name")
-@click.option("-f", "--force", is_flag=True, help="Purge without asking.")
-def purge_queue(app_spec: str | None, url: str | None, name: str, force: bool) -> None:
+@yes_option
+def purge_queue(app_spec: str | None, url: str | None, name: str, yes: bool) -> None:
     """Delete queue NAME's messages that no worker has fetched.
 
     Their nodes stay queued, so their runs do not end until they are
-    cancelled with `stem runs cancel`.
+    cancelled with `stem runs cancel`. On a terminal it prompts for
+    confirmation. Elsewhere it needs --yes.
     """
     app = shared_app(app_spec, url, "stem queues purge")
-    if not force:
-        click.confirm(
-            f"Delete every ready message of queue {name!r}?", abort=True, err=True
+    if not yes:
+        confirm_or_reject(
+            f"Delete every ready message of queue {name!r}?", "stem queues purge"
         )
     with reported_errors():
         count = app.driver.purge_queue(name)

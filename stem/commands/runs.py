@@ -13,6 +13,7 @@ from rich.table import Table
 from rich.text import Text
 
 from stem.canvas.render import NODE_STATES, STATE_STYLES
+from stem.canvas.text import printable
 from stem.canvas.values import loads
 from stem.commands.common import (
     EXIT_REJECTED,
@@ -24,7 +25,6 @@ from stem.commands.common import (
     format_time,
     json_option,
     parse_age,
-    printable,
     reported_errors,
     shared_app,
 )
@@ -140,7 +140,10 @@ def list_runs(
 @click.argument("run_id")
 @json_option
 def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) -> None:
-    """Show a run's status, times, node counts and error."""
+    """Show a run's status, epoch, times, node counts and error.
+
+    The epoch is 1 at submit and goes up by one with each `stem runs retry`.
+    """
     app = shared_app(app_spec, url, "stem runs show")
     with reported_errors():
         snapshot = app.driver.snapshot(run_id)
@@ -153,6 +156,7 @@ def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) 
     heading = Text(f"Run {snapshot.run_id} ")
     heading.append_text(status_text(snapshot.status))
     out.print(heading)
+    out.print(f"  epoch     {snapshot.epoch}", markup=False)
     out.print(f"  created   {format_time(snapshot.created_at)}", markup=False)
     if snapshot.ended_at is not None:
         out.print(f"  ended     {format_time(snapshot.ended_at)}", markup=False)
@@ -264,6 +268,7 @@ def _snapshot_json(snapshot: RunSnapshot) -> dict[str, Any]:
     return {
         "run_id": snapshot.run_id,
         "status": snapshot.status,
+        "epoch": snapshot.epoch,
         "created_at": snapshot.created_at,
         "ended_at": snapshot.ended_at,
         "nodes": len(snapshot.nodes),

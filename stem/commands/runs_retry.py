@@ -22,6 +22,7 @@ import sys
 import click
 
 from stem.canvas.spec import NodeId
+from stem.canvas.text import printable
 from stem.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
@@ -195,6 +196,6 @@ def _print_error(result: AsyncResult, snapshot: RunSnapshot) -> None:
     where = f" in node {snapshot.error_node}" if failed is not None else ""
     click.echo(
         f"Run {snapshot.run_id} {snapshot.status}{where}: "
-        f"{type(error).__name__}: {error}",
+        f"{type(error).__name__}: {printable(str(error))}",
         err=True,
     )

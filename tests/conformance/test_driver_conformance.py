@@ -14,6 +14,7 @@ import pytest
 from stem import chain, chord, group, is_error_record
 from stem.canvas.primitives import Signature
 from stem.engine.ports import Message
+from stem.engine.records import MAX_ERROR_TEXT_BYTES
 from stem.errors import DeadLettered
 
 from .conftest import TIMEOUT_S, Kit
@@ -497,3 +498,22 @@ def _error() -> Any:
     from stem.engine.records import ErrorInfo
 
     return ErrorInfo("builtins", "ValueError", "late")
+
+
+def _raise_huge() -> None:
+    raise ValueError("start " + "x" * 5_000_000 + " end")
+
+
+def test_huge_error_stored_capped(kit: Kit) -> None:
+    huge = kit.app.task(name="raise_huge")(_raise_huge)
+    with kit.app.worker(concurrency=1):
+        result = huge.delay()
+        with pytest.raises(ValueError, match="bytes cut") as caught:
+            result.get(TIMEOUT_S)
+
+    stored = kit.app.driver.snapshot(result.id).nodes["0"].error
+    assert stored is not None
+    assert len(stored.message.encode()) <= MAX_ERROR_TEXT_BYTES
+    assert len(stored.traceback.encode()) <= MAX_ERROR_TEXT_BYTES
+    assert stored.message.endswith(" end")
+    assert str(caught.value).startswith("start xxx")

@@ -288,6 +288,10 @@ def test_task_text_reaches_terminal_escaped(
         invoke(runner, flows, "runs", "show", failed.id)[1],
         invoke(runner, flows, "runs", "show", valued.id)[1],
         invoke(runner, flows, "graph", "show", failed.id, "--why", "0")[1],
+        invoke(runner, flows, "graph", "show", failed.id)[1],
+        invoke(runner, flows, "graph", "show", failed.id, "--format", "tree")[1],
+        invoke(runner, flows, "runs", "show", failed.id, "--json")[1],
+        invoke(runner, flows, "runs", "show", valued.id, "--json")[1],
     ]
     for output in outputs:
         for char in "\x1b\x07\u202e":
@@ -315,3 +319,63 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
     assert replay_code == EXIT_NOT_FOUND
     assert "purge the dead letter" in replayed
+
+
+def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=1):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+        result.retry()
+        result.get(TIMEOUT_S, propagate=False)
+
+    code, as_json = invoke(runner, flows, "runs", "show", result.id, "--json")
+    _, human = invoke(runner, flows, "runs", "show", result.id)
+
+    assert code == 0
+    assert json.loads(as_json)["epoch"] == 2
+    assert "  epoch     2" in human
+
+
+def test_graph_watch_exit_codes(runner: CliRunner, flows: ModuleType) -> None:
+    with flows.app.worker(concurrency=2):
+        failed = flows.with_extra().apply_async()
+        failed.get(TIMEOUT_S, propagate=False)
+        succeeded = flows.pipeline(3).apply_async()
+        succeeded.get(TIMEOUT_S)
+    cancelled = flows.add.delay(1, 2)
+    cancelled.cancel()
+
+    failed_code, failed_out = invoke(
+        runner, flows, "graph", "show", failed.id, "--watch"
+    )
+    cancelled_code, _ = invoke(runner, flows, "graph", "show", cancelled.id, "--watch")
+    ok_code, _ = invoke(runner, flows, "graph", "show", succeeded.id, "--watch")
+    drawn_code, _ = invoke(runner, flows, "graph", "show", failed.id)
+
+    assert failed_code == EXIT_FAILED, failed_out
+    assert f"run {failed.id}: failed" in failed_out
+    assert cancelled_code == EXIT_FAILED
+    assert ok_code == 0
+    # Without --watch the command only draws, so the run's outcome is no error.
+    assert drawn_code == 0
+
+
+def test_dlq_reason_escaped(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    reason = "\x1b[2J[bold]gone[/bold] \u202e"
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        client.xadd(dead, {"run": "r", "node": "0", "attempt": "1", "reason": reason})
+    finally:
+        client.close()
+
+    _, listed = invoke(runner, flows, "dlq", "ls")
+    _, as_json = invoke(runner, flows, "dlq", "ls", "--json")
+    [entry] = json.loads(as_json)["dead_letters"]
+    _, shown = invoke(runner, flows, "dlq", "show", entry["id"])
+
+    for output in (listed, shown):
+        assert "\x1b" not in output
+        assert "\u202e" not in output
+        assert "[bold]gone" in " ".join(output.split())
+    assert entry["reason"] == reason

@@ -105,17 +105,42 @@ def test_cron_latest_includes_exact_time() -> None:
     )
 
 
-def test_cron_seconds_field() -> None:
-    every_ten_s = Cron("* * * * * */10")
-    start_s = at("2026-01-01T00:00:00")
+@pytest.mark.parametrize(
+    "expression",
+    [
+        # Seconds first, as Quartz and BullMQ read it: croniter reads the
+        # first field as the minute and would fire every second.
+        "*/10 * * * * *",
+        # Seconds last, croniter's own six-field form.
+        "* * * * * */10",
+        # Seven fields: croniter reads seconds and then a year.
+        "0 0 12 * * * 2030",
+    ],
+)
+def test_cron_needs_five_fields(expression: str) -> None:
+    with pytest.raises(InvalidSchedule) as caught:
+        Cron(expression)
 
-    times = fire_times(every_ten_s, start_s, start_s + 30)
+    message = str(caught.value)
+    assert repr(expression) in message
+    assert f"has {len(expression.split())} fields" in message
+    assert "minute hour day-of-month month day-of-week" in message
+    assert "timedelta(seconds=10)" in message
 
-    assert times == [
-        "2026-01-01T00:00:10Z",
-        "2026-01-01T00:00:20Z",
-        "2026-01-01T00:00:30Z",
-    ]
+
+def test_cron_field_count_names_entry(app: App) -> None:
+    with pytest.raises(InvalidSchedule, match=r"'every 10 s'.*has 6 fields"):
+        app.periodic("*/10 * * * * *", Signature("add", (1, 2)), name="every 10 s")
+    with pytest.raises(InvalidSchedule, match=r"'ticks'.*has 6 fields"):
+        App(
+            "memory://",
+            beat_schedule={"ticks": {"task": "add", "schedule": "* * * * * *"}},
+        )
+
+
+@pytest.mark.parametrize("expression", ["@hourly", "  0  7 * * mon ", "0 0 L * *"])
+def test_cron_aliases_and_spacing_accepted(expression: str) -> None:
+    Cron(expression)
 
 
 def test_cron_in_timezone_follows_local_time() -> None:

@@ -183,3 +183,49 @@ def test_help_lists_exit_codes(runner: CliRunner) -> None:
     for name in (name for name in vars(common) if name.startswith("EXIT_")):
         assert f"{getattr(common, name)} " in text, name
     assert "stem graph show $RUN --watch" in text
+
+
+PURGE_COMMANDS = [["dlq", "purge", "--all"], ["queues", "purge", "default"]]
+
+
+@pytest.mark.parametrize("command", PURGE_COMMANDS, ids=" ".join)
+def test_purge_without_tty_rejected(runner: CliRunner, command: list[str]) -> None:
+    # Nothing listens on port 1: a purge that went ahead would exit 6.
+    result = runner.invoke(main, [*command, "--url", "redis://127.0.0.1:1/0"])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "Aborted!" not in result.output
+    assert "pass --yes" in result.output
+    assert "[y/N]" not in result.output
+    assert len(result.output.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("command", PURGE_COMMANDS, ids=" ".join)
+def test_purge_on_tty_asks_first(
+    runner: CliRunner, command: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(common, "stdin_is_terminal", lambda: True)
+
+    result = runner.invoke(
+        main, [*command, "--url", "redis://127.0.0.1:1/0"], input="n\n"
+    )
+
+    assert "[y/N]" in result.output
+    assert result.exit_code == 1, result.output
+
+
+@pytest.mark.parametrize("flag", ["--yes", "-y", "--force", "-f"])
+def test_purge_yes_skips_question(runner: CliRunner, flag: str) -> None:
+    result = runner.invoke(
+        main, ["dlq", "purge", "--all", flag, "--url", "redis://127.0.0.1:1/0"]
+    )
+
+    # It went on to the broker, which is not there.
+    assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
+    assert "[y/N]" not in result.output
+
+
+def test_missing_stdin_is_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr("sys.stdin", None)
+
+    assert common.stdin_is_terminal() is False

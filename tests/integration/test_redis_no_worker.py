@@ -1,0 +1,94 @@
+"""get() on Redis with no live worker: it warns once and keeps waiting."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stem import App
+from stem.engine import result as result_module
+from stem.engine.errors import TimeoutError
+
+#: Seconds without a live worker before get() warns, shortened for the tests.
+GRACE_S = 0.5
+
+
+@pytest.fixture
+def app(redis_url: str, monkeypatch: pytest.MonkeyPatch) -> Iterator[App]:
+    monkeypatch.setattr(result_module, "NO_WORKER_GRACE_S", GRACE_S)
+    instance = App(redis_url, prefix=f"stem-test-{uuid.uuid4().hex[:8]}")
+
+    @instance.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    yield instance
+    instance.close()
+
+
+def warnings_of(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [
+        record.getMessage()
+        for record in caplog.records
+        if record.name == "stem.engine.result" and record.levelno == logging.WARNING
+    ]
+
+
+def test_get_warns_once_then_waits(app: App, caplog: pytest.LogCaptureFixture) -> None:
+    result = app.get_task("add").apply_async((1, 2), queue="reports")
+
+    with (
+        caplog.at_level(logging.WARNING, logger="stem.engine.result"),
+        pytest.raises(TimeoutError),
+    ):
+        result.get(timeout=8 * GRACE_S)
+
+    [warning] = warnings_of(caplog)
+    assert result.id in warning
+    assert "no worker is alive" in warning
+    assert "'reports'" in warning
+    assert "stem worker -A APP -Q reports" in warning
+
+
+def test_get_without_timeout_waits_for_worker(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    result = app.get_task("add").delay(2, 3)
+    outcome: dict[str, Any] = {}
+
+    def wait() -> None:
+        outcome["value"] = result.get()
+
+    with caplog.at_level(logging.WARNING, logger="stem.engine.result"):
+        waiter = threading.Thread(target=wait, daemon=True)
+        waiter.start()
+        waiter.join(6 * GRACE_S)
+        # Still waiting after the warning, as Celery's get() does.
+        assert waiter.is_alive()
+        assert len(warnings_of(caplog)) == 1
+        with app.worker(concurrency=1):
+            waiter.join(30)
+
+    assert not waiter.is_alive()
+    assert outcome["value"] == 5
+    assert len(warnings_of(caplog)) == 1
+
+
+def test_get_with_live_worker_stays_quiet(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The worker reads another queue: it is alive, so get() does not warn,
+    # even though nothing will run this task.
+    with (
+        caplog.at_level(logging.WARNING, logger="stem.engine.result"),
+        app.worker(concurrency=1, queues=["other"]),
+        pytest.raises(TimeoutError),
+    ):
+        app.get_task("add").delay(1, 1).get(timeout=6 * GRACE_S)
+
+    assert warnings_of(caplog) == []
