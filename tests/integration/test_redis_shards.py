@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from stem import App, chain, chord
+from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.drivers.redis import RedisDriver
@@ -590,3 +590,17 @@ def test_graph_show_of_sharded_run(redis_url: str) -> None:
     assert drawn.returncode == 0, drawn.stderr
     assert "401 nodes" in drawn.stdout
     assert "add \N{MULTIPLICATION SIGN}400" in drawn.stdout
+
+
+def test_nested_members_after_group(make_app: Callable[..., App]) -> None:
+    app = make_app(shard_size=2)
+    tasks = app.tasks
+    pair = app.task(name="pair")(lambda value, extra: [value, extra])
+    members = [group(pair.s(i), pair.s(10 * i)) for i in range(5)]
+    canvas = chain(
+        group(tasks["add"].s(1, 1), tasks["add"].s(2, 2)),
+        chord(members, tasks["echo"].s()),
+    )
+    with app.worker(concurrency=4):
+        value = canvas.apply_async().get(TIMEOUT_S)
+    assert value == [[[[2, 4], i], [[2, 4], 10 * i]] for i in range(5)]

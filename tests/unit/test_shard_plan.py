@@ -116,3 +116,47 @@ def test_merged_view_gives_back_the_spec() -> None:
     assert plan is not None
     shards = {shard.node: shard.spec for shard in plan.shards}
     assert merged_view(plan.home, shards) == spec
+
+
+def test_nested_group_members_stay_whole() -> None:
+    members = [group(task("a", i), task("b", i)) for i in range(5)]
+    spec = compile_canvas(chord(members, task("sum")))
+    plan = plan_shards(spec, 2)
+    assert plan is not None
+    assert [shard.members for shard in plan.shards] == [2, 2, 1]
+    first = plan.shards[0].spec
+    assert first.output == ListInput(
+        items=[
+            ListInput(items=[NodeInput(node="0"), NodeInput(node="1")]),
+            ListInput(items=[NodeInput(node="2"), NodeInput(node="3")]),
+        ]
+    )
+    shards = {shard.node: shard.spec for shard in plan.shards}
+    assert merged_view(plan.home, shards) == spec
+
+
+def test_group_predecessor_gives_placeholders() -> None:
+    header = [task("add", i) for i in range(4)]
+    canvas = chain(group(task("x"), task("y")), chord(header, task("sum")))
+    plan = plan_shards(compile_canvas(canvas), 2)
+    assert plan is not None
+    shard = plan.shards[0]
+    assert shard.inputs == ["0", "1"]
+    assert [node.task for node in shard.spec.nodes[:2]] == [
+        SHARD_INPUT_TASK,
+        SHARD_INPUT_TASK,
+    ]
+    assert shard.spec.node("2").input == ListInput(
+        items=[NodeInput(node="0"), NodeInput(node="1")]
+    )
+
+
+def test_inner_chord_in_member_stays_whole() -> None:
+    members = [chord([task("a", i), task("b", i)], task("c")) for i in range(3)]
+    spec = compile_canvas(chord(members, task("sum")))
+    plan = plan_shards(spec, 2)
+    assert plan is not None
+    assert [shard.members for shard in plan.shards] == [2, 1]
+    assert plan.shards[0].roots == ["0", "1", "3", "4"]
+    shards = {shard.node: shard.spec for shard in plan.shards}
+    assert merged_view(plan.home, shards) == spec
