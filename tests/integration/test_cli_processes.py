@@ -176,13 +176,14 @@ def _graph_show_calls(client: redis.Redis, url: str, run_id: str) -> tuple[int, 
 def test_graph_show_large_run_round_trips(tmp_path: Path, url: str) -> None:
     # redis-py 8 reads replies with a 5 s socket timeout by default, and one
     # submit.lua call that stores 100,000 nodes can take longer on a busy host.
+    url = f"{url}?socket_timeout=300"
+    client = redis.Redis.from_url(url, decode_responses=True)
     # Without shards, so the chord is one large run: a sharded chord's view
     # reads each of its shards.
-    url = f"{url}?socket_timeout=300&shard_size=0"
+    url += "&shard_size=0"
     module = load_flows(write_flows(tmp_path, url))
     small = module.app.submit(module.pipeline(3))
     large = module.app.submit(module.pipeline(100_000))
-    client = redis.Redis.from_url(url, decode_responses=True)
 
     small_calls, _ = _graph_show_calls(client, url, small.id)
     large_calls, drawn = _graph_show_calls(client, url, large.id)
