@@ -31,7 +31,7 @@ from stem.drivers.redis.shards import (
     shard_run_id,
 )
 from stem.engine import machine
-from stem.engine.errors import RunNotFound
+from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.records import ErrorInfo, NodeRecord, RunState
 
 log = logging.getLogger("stem.drivers.redis.driver")
@@ -117,7 +117,7 @@ class ShardRuns(RedisOperations):
             counts = layout.initial_counts(shard.spec.nodes)
             state = layout.initial_node_fields(shard.spec.nodes)
         ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
-        self._stage_and_seal(
+        sealed = self._stage_and_seal(
             shard_id,
             shard.spec,
             graph,
@@ -126,6 +126,18 @@ class ShardRuns(RedisOperations):
             shard.roots,
             [home, shard.node, "1", ttl_ms],
         )
+        if sealed:
+            return
+        # The shard exists: an earlier submit of this run wrote it, or a run
+        # that is not a shard has its id.
+        with self._errors(f"read shard {shard_id}"):
+            owner: Any = self._client.hget(self._keys.run(shard_id).run, "home")
+        if owner != home:
+            raise DriverError(
+                f"Run id {shard_id!r} that shard {shard.node} of run {home} "
+                "needs is taken by another run. Submit run "
+                f"{home} with another run id, or with shard_size=0."
+            )
 
     def _activate(self, home: str, node: NodeId, epoch: str) -> None:
         """Give a shard run its input and queue its roots, a slice per call.
