@@ -305,7 +305,7 @@ class ShardRuns(RedisOperations):
         for node, state in zip(shard_nodes, states, strict=True):
             shard = shard_run_id(home, node)
             if state == "cancelled":
-                self.cancel(shard)
+                self._cancel_shard(shard)
                 continue
             if state != "running":
                 continue
