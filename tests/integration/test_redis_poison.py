@@ -1,0 +1,67 @@
+"""Poison input for the Redis driver and worker: data no worker can process.
+
+Each case must fail or dead-letter one message or node with its reason, and
+leave every other message deliverable. None may stop a worker's fetches or
+make it run a task again and again.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+from redis.cluster import RedisCluster
+
+from stem import App
+from stem.canvas import NotSerializable
+from stem.drivers.redis import RedisDriver
+
+TIMEOUT_S = 10.0
+
+
+def _prefix() -> str:
+    return f"poison-{uuid.uuid4().hex[:12]}:"
+
+
+def _driver(target: Any, **settings: Any) -> RedisDriver:
+    return RedisDriver(target.url, prefix=_prefix(), **target.settings, **settings)
+
+
+@pytest.fixture
+def raw_client(redis_target: Any) -> Iterator[Any]:
+    """Yield a client of the target whose replies stay bytes, to write any bytes."""
+    client: Any
+    if redis_target.cluster:
+        plain = "redis://" + redis_target.url.removeprefix("redis+cluster://")
+        client = RedisCluster.from_url(plain)
+    else:
+        client = redis.Redis.from_url(redis_target.url)
+    yield client
+    client.close()
+
+
+def test_surrogate_return_value_fails_node(redis_target: Any) -> None:
+    app = App(redis_target.url, prefix=_prefix(), **redis_target.settings)
+    runs: list[int] = []
+
+    @app.task(name="list_files")
+    def list_files() -> list[str]:
+        runs.append(1)
+        # What os.listdir returns for a file name that is not UTF-8.
+        return [b"report-\xff.csv".decode("utf-8", "surrogateescape")]
+
+    try:
+        result = list_files.delay()
+        with (
+            app.worker(concurrency=1),
+            pytest.raises(NotSerializable, match="lone surrogate"),
+        ):
+            result.get(TIMEOUT_S)
+
+        assert result.node("0").state == "failed"
+        assert len(runs) == 1
+    finally:
+        app.close()
