@@ -60,10 +60,17 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
 
 
 def connect(target: Target) -> redis.Redis | RedisCluster:
-    """Create a client for the target; replies are decoded to str."""
+    """Create a client for the target; replies are decoded to str.
+
+    A byte that is not UTF-8 becomes a lone surrogate instead of raising, so
+    a queue entry written by another program does not fail every read of
+    its stream: the driver dead-letters a queue entry that contains one.
+    Sending such a string back writes the original bytes.
+    """
+    options = {"decode_responses": True, "encoding_errors": "surrogateescape"}
     if target.cluster:
-        return RedisCluster.from_url(target.client_url, decode_responses=True)
-    return redis.Redis.from_url(target.client_url, decode_responses=True)
+        return RedisCluster.from_url(target.client_url, **options)
+    return redis.Redis.from_url(target.client_url, **options)
 
 
 def _parse_count(text: str) -> int:

@@ -1281,12 +1281,18 @@ class RedisDriver(RedisOperations):
         """
         messages: list[Message] = []
         for entry_id, fields in entries:
-            try:
-                message = _message(queue, entry_id, fields, reclaimed=reclaimed)
-            except (KeyError, ValueError) as err:
-                self._dead_letter_malformed(partition, queue, entry_id, fields, err)
-                continue
-            messages.append(message)
+            problem = _undecodable_field(fields)
+            if problem is None:
+                try:
+                    message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+                except KeyError as err:
+                    problem = f"missing field {err.args[0]!r}"
+                except ValueError as err:
+                    problem = f"bad number ({err})"
+                else:
+                    messages.append(message)
+                    continue
+            self._dead_letter_malformed(partition, queue, entry_id, fields, problem)
         return messages
 
     def _dead_letter_malformed(
@@ -1295,20 +1301,16 @@ class RedisDriver(RedisOperations):
         queue: str,
         entry_id: str,
         fields: dict[str, Any],
-        err: Exception,
+        problem: str,
     ) -> None:
         """Move a malformed entry to its partition's dead-letter stream.
 
         No run state changes, since the entry names no node that could be
         trusted. The dead letter keeps whatever run, node and task fields the
-        entry had, with 0 for an attempt or epoch that is not a number, and
-        the reason quotes the entry's fields.
+        entry had, with U+FFFD for each byte that is not UTF-8 and 0 for an
+        attempt or epoch that is not a number, and the reason quotes the
+        entry's fields.
         """
-        problem = (
-            f"missing field {err.args[0]!r}"
-            if isinstance(err, KeyError)
-            else f"bad number ({err})"
-        )
         shown = repr(fields)
         if len(shown) > _MAX_SHOWN_FIELDS:
             shown = shown[:_MAX_SHOWN_FIELDS] + "..."
@@ -1317,9 +1319,13 @@ class RedisDriver(RedisOperations):
             f"fields {shown}. Stem writes run, node, attempt, epoch and task."
         )
 
+        def text(name: str) -> str:
+            found = str(fields.get(name, ""))
+            return found.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
         def number(name: str) -> str:
-            text = str(fields.get(name, "0"))
-            return text if text.isdigit() else "0"
+            found = str(fields.get(name, "0"))
+            return found if found.isdigit() else "0"
 
         stream = partition.queue(queue)
         with self._redis_errors(f"dead-letter malformed entry {entry_id} of {stream}"):
@@ -1329,12 +1335,12 @@ class RedisDriver(RedisOperations):
             pipe.xadd(
                 partition.dead,
                 {
-                    "run": str(fields.get("run", "")),
-                    "node": str(fields.get("node", "")),
+                    "run": text("run"),
+                    "node": text("node"),
                     "attempt": number("attempt"),
                     "epoch": number("epoch"),
                     "queue": queue,
-                    "task": str(fields.get("task", "")),
+                    "task": text("task"),
                     "reason": reason,
                 },
             )
@@ -1453,6 +1459,22 @@ def _first_call_error(url: str, err: DriverError) -> DriverError:
             "a Redis server listens at that host and port."
         )
     return err
+
+
+def _undecodable_field(fields: dict[str, Any]) -> str | None:
+    """Return the problem of an entry with a field that is not UTF-8, else None.
+
+    The client decodes such bytes to lone surrogates, which no script call
+    could send, so the entry can only be dead-lettered.
+    """
+    for name, value in fields.items():
+        for text in (name, value):
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"field {name!r} is not valid UTF-8"
+    return None
 
 
 def _message(

@@ -17,6 +17,7 @@ from redis.cluster import RedisCluster
 
 from stem import App
 from stem.canvas import NotSerializable
+from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
 
 TIMEOUT_S = 10.0
@@ -65,3 +66,38 @@ def test_surrogate_return_value_fails_node(redis_target: Any) -> None:
         assert len(runs) == 1
     finally:
         app.close()
+
+
+def test_entry_not_utf8_is_dead_lettered(redis_target: Any, raw_client: Any) -> None:
+    driver = _driver(redis_target, visibility_timeout_s=0.0)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("good", compile_canvas(add.s(1, 1)))
+        stream = driver._keys.partition_of("good").queue("default")
+        driver._ensure_groups(["default"])
+        fields = {"node": "0", "attempt": "1", "epoch": "1", "task": "add"}
+        raw_client.xadd(stream, {**fields, "run": b"bad-\xff"})
+        raw_client.xadd(stream, {**fields, "run": "stalled", "task": b"\xfe"})
+        # Another consumer read all three and died before acknowledging them,
+        # so the fetch takes them over.
+        raw_client.xreadgroup("stem", "dead-consumer", {stream: ">"}, count=3)
+        raw_client.xadd(stream, {**fields, "run": b"new-\xff"})
+
+        [taken] = driver.fetch(["default"], 5, 0.1)
+        assert driver.claim(taken) is not None
+        driver.complete(taken, "2")
+        assert driver.fetch(["default"], 5, 0.1) == []
+
+        assert taken.run_id == "good"
+        dead = sorted(driver.dead_letters(), key=lambda item: item[0].run_id)
+        runs = [message.run_id for message, _ in dead]
+        assert runs == ["bad-\ufffd", "new-\ufffd", "stalled"]
+        assert "field 'run' is not valid UTF-8" in dead[0][1]
+        assert "field 'run' is not valid UTF-8" in dead[1][1]
+        assert "field 'task' is not valid UTF-8" in dead[2][1]
+        assert dead[2][0].headers["task"] == "\ufffd"
+        assert raw_client.xpending(stream, "stem")["pending"] == 0
+        assert raw_client.xlen(stream) == 0
+    finally:
+        driver.close()
