@@ -1325,7 +1325,8 @@ class RedisDriver(RedisOperations):
 
         def number(name: str) -> str:
             found = str(fields.get(name, "0"))
-            return found if found.isdigit() else "0"
+            # isdigit() alone passes "²", which int() rejects when dlq reads it.
+            return found if found.isascii() and found.isdigit() else "0"
 
         stream = partition.queue(queue)
         with self._redis_errors(f"dead-letter malformed entry {entry_id} of {stream}"):

@@ -32,6 +32,14 @@ def _driver(target: Any, **settings: Any) -> RedisDriver:
 
 
 @pytest.fixture
+def client(redis_target: Any) -> Iterator[Any]:
+    """Yield a plain client of the target, replies decoded to str."""
+    plain = redis_target.client()
+    yield plain
+    plain.close()
+
+
+@pytest.fixture
 def raw_client(redis_target: Any) -> Iterator[Any]:
     """Yield a client of the target whose replies stay bytes, to write any bytes."""
     client: Any
@@ -99,5 +107,26 @@ def test_entry_not_utf8_is_dead_lettered(redis_target: Any, raw_client: Any) -> 
         assert dead[2][0].headers["task"] == "\ufffd"
         assert raw_client.xpending(stream, "stem")["pending"] == 0
         assert raw_client.xlen(stream) == 0
+    finally:
+        driver.close()
+
+
+def test_non_ascii_digit_attempt_dead_lettered(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target)
+    try:
+        stream = driver._keys.first.queue("default")
+        driver._ensure_groups(["default"])
+        # str.isdigit() accepts "²", but int() does not parse it.
+        client.xadd(
+            stream,
+            {"run": "r", "node": "0", "attempt": "²", "epoch": "1", "task": "add"},
+        )
+
+        assert driver.fetch(["default"], 5, 0.1) == []
+
+        [(message, reason)] = driver.dead_letters()
+        assert message.attempt == 0
+        assert message.epoch == 1
+        assert "bad number" in reason
     finally:
         driver.close()
