@@ -7,6 +7,7 @@ make it run a task again and again.
 
 from __future__ import annotations
 
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -128,5 +129,39 @@ def test_non_ascii_digit_attempt_dead_lettered(redis_target: Any, client: Any) -
         assert message.attempt == 0
         assert message.epoch == 1
         assert "bad number" in reason
+    finally:
+        driver.close()
+
+
+_BAD_DELAYED = [
+    "not json",
+    '["default", "r"]',
+    '{"queue": "default"}',
+    '["default", "r", "0", 1, "1", "add"]',
+    "[" * 2000 + "]" * 2000,
+]
+
+
+def test_malformed_delayed_member_dead_lettered(
+    redis_target: Any, client: Any
+) -> None:
+    driver = _driver(redis_target)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        spec = compile_canvas(add.s(1, 1).set(countdown=0.05))
+        assert driver.submit("later", spec)
+        delayed = driver._keys.partition_of("later").delayed
+        client.zadd(delayed, dict.fromkeys(_BAD_DELAYED, 0))
+        time.sleep(0.1)
+
+        taken = driver.fetch(["default"], 5, TIMEOUT_S)
+
+        assert [message.run_id for message in taken] == ["later"]
+        assert client.zcard(delayed) == 0
+        reasons = [reason for _, reason in driver.dead_letters()]
+        assert len(reasons) == len(_BAD_DELAYED)
+        assert all(reason.startswith("Malformed delayed message") for reason in reasons)
+        assert any("not json" in reason for reason in reasons)
     finally:
         driver.close()
