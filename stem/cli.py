@@ -42,7 +42,11 @@ from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
 from stem.canvas.text import printable, printable_json
 from stem.commands.beat import beat
-from stem.commands.common import TRACEBACK_KEY, install_stop_signals
+from stem.commands.common import (
+    TRACEBACK_KEY,
+    install_stop_signals,
+    reported_errors,
+)
 from stem.commands.dlq import dlq
 from stem.commands.graph import graph
 from stem.commands.inspect import inspect
@@ -319,6 +323,10 @@ def worker(
             "never see them; pass --url redis://host:port/db, or use stem run."
         )
     names = queues.split(",") if queues else None
+    with reported_errors():
+        # The driver connects when it is made, so an unreachable broker stops
+        # the command here instead of in the worker's first heartbeat.
+        app.driver  # noqa: B018
     running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
 
     def warm_stop(number: int) -> None:
@@ -388,11 +396,16 @@ def _build_canvas(factory: Any, name: str) -> Canvas:
 
 
 def _submit(app: App, canvas: Canvas) -> AsyncResult:
-    """Submit a canvas, turning bad input into a usage error (exit code 2)."""
-    try:
-        return app.submit(canvas)
-    except (CanvasError, DriverNotFound) as err:
-        raise click.UsageError(str(err)) from err
+    """Submit a canvas, turning bad input into a usage error (exit code 2).
+
+    A broker that fails or cannot be reached gives a one-sentence error with
+    exit code 6, as in the operator commands.
+    """
+    with reported_errors():
+        try:
+            return app.submit(canvas)
+        except (CanvasError, DriverNotFound) as err:
+            raise click.UsageError(str(err)) from err
 
 
 def _queues_of(spec: GraphSpec, default: str) -> list[str]:

@@ -135,6 +135,42 @@ def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
     assert "hunter2" not in result.output
 
 
+UNREACHABLE_FLOWS = """
+from stem import App
+
+app = App("redis://user:hunter2@127.0.0.1:1/0")
+
+
+@app.task(name="one")
+def one():
+    return 1
+
+
+def pipeline():
+    return one.s()
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "-A", "{path}"], ["run", "{path}", "--no-worker"]],
+    ids=lambda command: command[0],
+)
+def test_unreachable_broker_stops_command(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "unreachable_flows.py"
+    path.write_text(UNREACHABLE_FLOWS)
+
+    args = [part.format(path=path) for part in command]
+    result = runner.invoke(main, args)
+
+    assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
+    assert result.output.startswith("Error: Could not connect to Redis at")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "hunter2" not in result.output
+
+
 def test_traceback_flag_shows_traceback(runner: CliRunner) -> None:
     result = runner.invoke(
         main, ["--traceback", "runs", "ls", "--url", "redis://127.0.0.1:1/0"]
