@@ -34,8 +34,9 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
     """Read the scheme and the ``partitions`` option of a driver URL.
 
     Raises:
-        ValueError: if the partition count is not a whole number of 1 or
-            more, or the URL and the settings give different counts.
+        ValueError: if the database is not a number, the partition count is
+            not a whole number of 1 or more, or the URL and the settings give
+            different counts.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -51,6 +52,13 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
             )
         count = parsed
 
+    # redis-py reads a path that is not a number as database 0, silently.
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(
+            f"The database {database!r} in the URL is invalid; pass its number, "
+            "as in redis://host:6379/0."
+        )
     cluster = parts.scheme == CLUSTER_SCHEME
     scheme = "redis" if cluster else parts.scheme
     client_url = urlunsplit(

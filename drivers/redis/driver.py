@@ -35,13 +35,14 @@ from typing import Any
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, NodeSpec, template_nodes
 from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
-from stem.drivers.redis.connection import connect, parse_url
+from stem.drivers.redis.connection import Target, connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.partitions import load_tags
@@ -226,17 +227,7 @@ class RedisDriver(RedisOperations):
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
         target = parse_url(url, partitions)
-        self._client: redis.Redis | RedisCluster = connect(target)
-        self._scripts = Scripts(self._client)
-        try:
-            self._scripts.preload()
-            tags = load_tags(self._client, prefix, target.partitions)
-        except DriverError as err:
-            self._client.close()
-            raise _first_call_error(url, err) from err.__cause__
-        except BaseException:
-            self._client.close()
-            raise
+        self._client, self._scripts, tags = _open(url, target, prefix)
         self._keys = KeySpace(prefix, tags)
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
@@ -1428,6 +1419,55 @@ class RedisDriver(RedisOperations):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _open(
+    url: str, target: Target, prefix: str
+) -> tuple[redis.Redis | RedisCluster, Scripts, list[str]]:
+    """Connect, load the scripts and read the partition tags of a new driver.
+
+    Raises:
+        DriverError: if Redis cannot be reached or failed.
+        ValueError: if redis-py rejected a query option of the URL.
+    """
+    try:
+        # A Cluster client connects here, to discover the other nodes.
+        client: redis.Redis | RedisCluster = connect(target)
+    except RedisClusterException as err:
+        raise DriverError(
+            f"Could not connect to a Redis Cluster at {redact(url)}: {err}; "
+            "name a node of a running Cluster, or use redis://host:port/db "
+            "for a single Redis server."
+        ) from err
+    scripts = Scripts(client)
+    try:
+        scripts.preload()
+        tags = load_tags(client, prefix, target.partitions)
+    except DriverError as err:
+        client.close()
+        raise _first_call_error(url, err) from err.__cause__
+    except TypeError as err:
+        client.close()
+        # redis-py passes a URL query option it does not know to its
+        # connection class, which rejects it on the first connection.
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise _unknown_option_error(url, err) from err
+    except BaseException:
+        client.close()
+        raise
+    return client, scripts, tags
+
+
+def _unknown_option_error(url: str, err: TypeError) -> ValueError:
+    """Return the error for a URL query option that redis-py rejected."""
+    found = re.search(r"keyword argument '([^']*)'", str(err))
+    name = found.group(1) if found else str(err)
+    return ValueError(
+        f"The URL {redact(url)} has the query option {name!r}, which redis-py "
+        "does not accept; remove it. Driver settings such as prefix go to "
+        "App(url, prefix=...) instead."
+    )
 
 
 def _queued_at_start(node: NodeSpec) -> bool:
