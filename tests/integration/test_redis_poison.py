@@ -142,9 +142,7 @@ _BAD_DELAYED = [
 ]
 
 
-def test_malformed_delayed_member_dead_lettered(
-    redis_target: Any, client: Any
-) -> None:
+def test_malformed_delayed_member_dead_lettered(redis_target: Any, client: Any) -> None:
     driver = _driver(redis_target)
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
