@@ -78,6 +78,14 @@ class Worker:
         self.app = app
         self.concurrency = concurrency or os.cpu_count() or 1
         self.queues = list(queues or [app.default_queue])
+        for queue_name in self.queues:
+            # Submit rejects a blank queue option, so a worker reading such a
+            # queue would never receive a message.
+            if not isinstance(queue_name, str) or not queue_name.strip():
+                raise ValueError(
+                    f"Queue {queue_name!r} is invalid; pass queue names that are "
+                    "not blank, such as 'default'."
+                )
         self.pool = pool
         self.name = name or _default_name()
         self.heartbeat_s = heartbeat_s

@@ -207,6 +207,8 @@ def run(
             "memory:// runs tasks only inside this process, so --no-worker would "
             "wait forever; drop --no-worker, or pass --url for a shared broker."
         )
+    # Checked before the submit, so a bad -Q leaves no run without a worker.
+    named_queues = _queue_names(queues)
     canvas = _build_canvas(factory, f"{module.__name__}:{factory_name or 'pipeline'}")
     result = _submit(app, canvas)
     console = Console(stderr=True)
@@ -214,7 +216,7 @@ def run(
         _announce(result, console)
         sys.exit(_finish(result, _follow(result, console, timeout), console))
     spec = result.snapshot().spec
-    names = queues.split(",") if queues else _queues_of(spec, app.default_queue)
+    names = named_queues or _queues_of(spec, app.default_queue)
     worker = app.worker(concurrency=concurrency, pool=pool, queues=names)
     try:
         worker.start()
@@ -322,12 +324,12 @@ def worker(
             "memory:// keeps runs inside one process, so a separate worker would "
             "never see them; pass --url redis://host:port/db, or use stem run."
         )
-    names = queues.split(",") if queues else None
+    names = _queue_names(queues)
+    running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
     with reported_errors():
         # The driver connects when it is made, so an unreachable broker stops
         # the command here instead of in the worker's first heartbeat.
         app.driver  # noqa: B018
-    running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
 
     def warm_stop(number: int) -> None:
         logging.getLogger(__name__).warning(
@@ -365,6 +367,20 @@ main.add_command(graph)
 main.add_command(queues)
 main.add_command(dlq)
 main.add_command(inspect)
+
+
+def _queue_names(queues: str | None) -> list[str] | None:
+    """Split the value of -Q into queue names; None when it is not given."""
+    if not queues:
+        return None
+    names = queues.split(",")
+    if any(not name.strip() for name in names):
+        raise click.BadParameter(
+            f"{queues!r} names a blank queue; pass comma-separated names with "
+            "nothing between the commas, such as default,cpu.",
+            param_hint="-Q",
+        )
+    return names
 
 
 def _announce(result: AsyncResult, console: Console) -> None:

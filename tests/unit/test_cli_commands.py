@@ -171,6 +171,24 @@ def test_unreachable_broker_stops_command(
     assert "hunter2" not in result.output
 
 
+@pytest.mark.parametrize("queues", [",", "default,", " "])
+def test_worker_blank_queue_rejected(
+    runner: CliRunner, tmp_path: Path, queues: str
+) -> None:
+    path = tmp_path / "queue_flows.py"
+    path.write_text(UNREACHABLE_FLOWS)
+
+    # The flows' broker is unreachable, so a command that got past the -Q
+    # check would exit 6 instead.
+    for command in (["worker", "-A", str(path)], ["run", str(path), "--worker"]):
+        result = runner.invoke(main, [*command, "-Q", queues])
+
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "Invalid value for -Q" in result.output
+        assert "names a blank queue" in result.output
+        assert "Traceback" not in result.output
+
+
 def test_traceback_flag_shows_traceback(runner: CliRunner) -> None:
     result = runner.invoke(
         main, ["--traceback", "runs", "ls", "--url", "redis://127.0.0.1:1/0"]
