@@ -10,10 +10,15 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from stem.canvas.errors import InvalidOption
+
+#: Unicode categories rejected in queue names: control characters, format
+#: characters (bidirectional overrides) and surrogates.
+_HIDDEN = frozenset({"Cc", "Cf", "Cs"})
 
 JoinPolicy = Literal["fail_fast", "all_settled"]
 JOIN_POLICIES: tuple[JoinPolicy, ...] = ("fail_fast", "all_settled")
@@ -29,6 +34,14 @@ def _queue(value: Any, where: str) -> str:
         raise InvalidOption(
             f"{where}: queue {value!r} is invalid; pass a non-empty queue name "
             "such as 'default'."
+        )
+    # The same rule as for task names: a surrogate has no UTF-8 form for the
+    # store, and control and format characters would reach terminals.
+    hidden = [char for char in value if unicodedata.category(char) in _HIDDEN]
+    if hidden:
+        raise InvalidOption(
+            f"{where}: queue {value!r} contains the control, format or surrogate "
+            f"character {hidden[0]!r}; use printable characters only."
         )
     return value
 
