@@ -479,7 +479,8 @@ def _dead_letter(dead_id: str, entry_id: str, fields: dict[str, Any]) -> DeadLet
     # as empty and a bad number as 0, and listing the stream still works.
     def number(name: str) -> int:
         text = str(fields.get(name, ""))
-        return int(text) if text.isdigit() else 0
+        # isdigit() alone passes digits such as "²", which int() rejects.
+        return int(text) if text.isascii() and text.isdigit() else 0
 
     message = Message(
         str(fields.get("run", "")),

@@ -305,6 +305,8 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     try:
         client.xadd(dead, {"foo": "bar"})
         client.xadd(dead, {"run": "r", "node": "0", "attempt": "x", "reason": "hi"})
+        # str.isdigit() accepts "²", but int() does not parse it.
+        client.xadd(dead, {"run": "s", "node": "0", "attempt": "²", "epoch": "1"})
     finally:
         client.close()
 
@@ -315,7 +317,9 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     assert [(entry["run"], entry["attempt"]) for entry in entries] == [
         ("", 0),
         ("r", 0),
+        ("s", 0),
     ]
+    assert entries[2]["epoch"] == 1
     replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
     assert replay_code == EXIT_NOT_FOUND
     assert "purge the dead letter" in replayed
