@@ -404,7 +404,8 @@ class RedisOperations:
         None for an id that no dead letter can have.
         """
         number, slash, entry = dead_id.partition("/")
-        if not slash or not number.isdigit() or not entry:
+        valid = number.isascii() and number.isdigit()
+        if not slash or not valid or not entry:
             return None
         index = int(number)
         if index >= len(self._keys.partitions):

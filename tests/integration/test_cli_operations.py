@@ -325,6 +325,17 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     assert "purge the dead letter" in replayed
 
 
+@pytest.mark.parametrize("dead_id", ["²/1-0", "9/1-0", "0/x", "x"])
+def test_dlq_unknown_id_not_found(
+    runner: CliRunner, flows: ModuleType, dead_id: str
+) -> None:
+    for command in ("show", "replay"):
+        code, output = invoke(runner, flows, "dlq", command, dead_id)
+
+        assert code == EXIT_NOT_FOUND, output
+        assert f"No dead letter has id {dead_id}" in output
+
+
 def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
     with flows.app.worker(concurrency=1):
         result = flows.with_extra().apply_async()
