@@ -170,6 +170,9 @@ def replay_dead(
                     node=dead.message.node_id,
                     attempt=str(dead.message.attempt),
                 )
+                if outcome == "run_not_found" and not dead.message.run_id:
+                    # A malformed message that was dead-lettered has no run.
+                    template = "dead letter {id} names no run; purge the dead letter"
             failures.append((code, template.format(**values)))
     for _, text in failures:
         click.echo(f"Error: {text[0].upper()}{text[1:]}.", err=True)

@@ -322,6 +322,7 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     assert entries[2]["epoch"] == 1
     replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
     assert replay_code == EXIT_NOT_FOUND
+    assert f"Dead letter {entries[0]['id']} names no run" in replayed
     assert "purge the dead letter" in replayed
 
 
