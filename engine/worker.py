@@ -331,10 +331,21 @@ class Worker:
         driver = self.app.driver
         known: list[tuple[Task, Message]] = []
         for message in messages:
+            # One message that cannot be handled must not stop the others of
+            # the batch, or they would come back with it after every
+            # visibility timeout until all of them were dead-lettered.
             try:
                 known.append((self.app.get_task(self._task_name(message)), message))
-            except TaskNotRegistered as err:
-                driver.dead_letter(message, str(err))
+            except (TaskNotRegistered, LookupError) as err:
+                self._dead_letter(message, str(err))
+            except Exception:
+                log.error(
+                    "Reading the task of run %s node %s failed; its message is "
+                    "delivered again after the visibility timeout.",
+                    message.run_id,
+                    message.node_id,
+                    exc_info=True,
+                )
         if not known:
             return []
         claims = driver.claim_many([message for _, message in known])
@@ -347,6 +358,19 @@ class Worker:
                 self._leases[id(claim)] = (claim, now)
             claimed.append((task, claim))
         return claimed
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        """Dead-letter one message; a failure leaves it for redelivery."""
+        try:
+            self.app.driver.dead_letter(message, reason)
+        except Exception:
+            log.error(
+                "Dead-lettering run %s node %s failed; its message is delivered "
+                "again after the visibility timeout.",
+                message.run_id,
+                message.node_id,
+                exc_info=True,
+            )
 
     def _run(self, task: Task, claim: Claim) -> None:
         started = time.monotonic()
@@ -398,12 +422,24 @@ class Worker:
                         del self._leases[id(claim)]
 
     def _task_name(self, message: Message) -> str:
+        """Return the task a message runs, from its header or else its run.
+
+        Raises:
+            LookupError: if the message has no task header and its run or
+                node is not found.
+        """
         # A snapshot copies every node record of the run, so reading one per
         # message makes a wide chord quadratic. The header avoids that.
         name = message.headers.get(TASK_HEADER)
         if name:
             return name
-        return self.app.driver.snapshot(message.run_id).spec.node(message.node_id).task
+        spec = self.app.driver.snapshot(message.run_id).spec
+        if message.node_id not in spec.by_id:
+            raise LookupError(
+                f"Node {message.node_id!r} of run {message.run_id} is not found, "
+                "and the message names no task."
+            )
+        return spec.node(message.node_id).task
 
     def _execute(self, task: Task, claim: Claim) -> Outcome:
         request = _request(task, claim)

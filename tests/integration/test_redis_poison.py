@@ -189,3 +189,42 @@ def test_outbox_entry_not_utf8_deleted(redis_target: Any, raw_client: Any) -> No
         assert raw_client.xpending(outbox, "stem")["pending"] == 0
     finally:
         driver.close()
+
+
+@pytest.mark.parametrize("forged_node", ["unknown-run", "unknown-node"])
+def test_entry_without_task_spares_batch(
+    redis_target: Any, client: Any, forged_node: str
+) -> None:
+    app = App(
+        redis_target.url,
+        prefix=_prefix(),
+        visibility_timeout_s=0.5,
+        max_deliveries=2,
+        **redis_target.settings,
+    )
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        results = [add.delay(i, 1) for i in range(4)]
+        first = results[0].id
+        run_id, node_id = (
+            ("ghost", "0") if forged_node == "unknown-run" else (first, "7")
+        )
+        driver = app.driver
+        assert isinstance(driver, RedisDriver)
+        stream = driver._keys.partition_of(run_id).queue("default")
+        driver._ensure_groups(["default"])
+        # An empty task field makes the worker look the task up in the run.
+        client.xadd(
+            stream,
+            {"run": run_id, "node": node_id, "attempt": "1", "epoch": "1", "task": ""},
+        )
+
+        with app.worker(concurrency=4):
+            values = [result.get(TIMEOUT_S) for result in results]
+
+        assert values == [1, 2, 3, 4]
+        [(message, reason)] = driver.dead_letters()
+        assert (message.run_id, message.node_id) == (run_id, node_id)
+        assert "not found" in reason
+    finally:
+        app.close()
