@@ -344,10 +344,11 @@ def worker(
         click.echo(_closing_line(running, "cold stop"), err=True)
 
     signals = install_stop_signals(warm_stop, cold_stop)
+    # -n and -Q are free text, so control characters in them are escaped.
     click.echo(
-        f"Worker {running.name} started on {redact(app.url)}: queues "
-        f"{','.join(running.queues)}, concurrency {running.concurrency} "
-        f"({running.pool}).",
+        f"Worker {printable(running.name)} started on {redact(app.url)}: queues "
+        f"{printable(','.join(running.queues))}, concurrency "
+        f"{running.concurrency} ({running.pool}).",
         err=True,
     )
     running.run(shutdown_timeout_s)
@@ -356,8 +357,8 @@ def worker(
 
 def _closing_line(running: Worker, ending: str) -> str:
     return (
-        f"Worker {running.name} {ending}: {running.processed} tasks processed, "
-        f"{running.failed} failed, {running.abandoned} abandoned."
+        f"Worker {printable(running.name)} {ending}: {running.processed} tasks "
+        f"processed, {running.failed} failed, {running.abandoned} abandoned."
     )
 
 

@@ -123,7 +123,8 @@ def list_runs(
     for run in page.runs:
         end = run.ended_at if run.ended_at is not None else now
         table.add_row(
-            run.run_id,
+            # Text, not a str, so rich shows brackets in the id as they are.
+            Text(printable(run.run_id)),
             status_text(run.status),
             format_time(run.created_at),
             format_span(end - run.created_at),

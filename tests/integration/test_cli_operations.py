@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -18,6 +19,7 @@ from stem.commands.common import (
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
 )
+from stem.engine.ports import WorkerBeat
 
 from .conftest import TIMEOUT_S, database_url, load_flows, write_flows
 
@@ -395,3 +397,35 @@ def test_dlq_reason_escaped(runner: CliRunner, flows: ModuleType) -> None:
         assert "\u202e" not in output
         assert "[bold]gone" in " ".join(output.split())
     assert entry["reason"] == reason
+
+
+def test_markup_in_names_printed_as_text(runner: CliRunner, flows: ModuleType) -> None:
+    # Run ids and queue names may contain brackets, which rich reads as markup.
+    run_id = "[/]run[bold]"
+    flows.add.s(1, 2).set(queue="[/]q").apply_async(run_id=run_id)
+    beat = WorkerBeat(
+        name="[/]worker",
+        host="[red]host",
+        pid=1,
+        queues=["[/]q"],
+        concurrency=1,
+        pool="threads",
+        in_flight=0,
+        processed=0,
+        failed=0,
+        started_at=time.time(),
+        last_seen=time.time(),
+    )
+    flows.app.driver.heartbeat(beat, 60.0)
+
+    runs_code, runs_out = invoke(runner, flows, "runs", "ls")
+    queues_code, queues_out = invoke(runner, flows, "queues", "ls")
+    inspect_code, inspect_out = invoke(runner, flows, "inspect")
+
+    assert runs_code == 0, runs_out
+    assert run_id in runs_out
+    assert queues_code == 0, queues_out
+    assert "[/]q" in queues_out
+    assert inspect_code == 0, inspect_out
+    assert "[/]worker" in inspect_out
+    assert "[red]host" in inspect_out
