@@ -15,10 +15,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from stem.canvas.errors import InvalidOption
-
-#: Unicode categories rejected in queue names: control characters, format
-#: characters (bidirectional overrides) and surrogates.
-_HIDDEN = frozenset({"Cc", "Cf", "Cs"})
+from stem.canvas.text import HIDDEN_CATEGORIES
 
 JoinPolicy = Literal["fail_fast", "all_settled"]
 JOIN_POLICIES: tuple[JoinPolicy, ...] = ("fail_fast", "all_settled")
@@ -37,7 +34,7 @@ def _queue(value: Any, where: str) -> str:
         )
     # The same rule as for task names: a surrogate has no UTF-8 form for the
     # store, and control and format characters would reach terminals.
-    hidden = [char for char in value if unicodedata.category(char) in _HIDDEN]
+    hidden = [char for char in value if unicodedata.category(char) in HIDDEN_CATEGORIES]
     if hidden:
         raise InvalidOption(
             f"{where}: queue {value!r} contains the control, format or surrogate "
