@@ -121,6 +121,18 @@ def test_submit_needs_factory(runner: CliRunner, tmp_path: Path) -> None:
     assert "names no factory" in result.output
 
 
+def test_submit_deep_argument_rejected(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "deep_flows.py"
+    path.write_text(UNREACHABLE_FLOWS + "\n\ndef flow(x):\n    return one.s()\n")
+    deep = "[" * 5000 + "]" * 5000
+
+    result = runner.invoke(main, ["submit", "-A", str(path), f"{path}:flow", deep])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "nested too deep" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
     url = "redis://user:hunter2@127.0.0.1:1/0"
 
