@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -462,11 +463,15 @@ def _split_cursor(cursor: str | None) -> tuple[float, str] | None:
         return None
     score, _, run_id = cursor.partition("|")
     try:
-        return float(score), run_id
+        position = float(score)
     except ValueError:
+        position = math.nan
+    # A page's cursor holds a creation time, which is always finite.
+    if not math.isfinite(position):
         raise ValueError(
             f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."
-        ) from None
+        )
+    return position, run_id
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
