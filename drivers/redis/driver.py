@@ -24,6 +24,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -190,14 +191,17 @@ class RedisDriver(RedisOperations):
         if not events:
             self._events_max_len = 0
         self._group = group
-        if max_deliveries < 1:
+        if type(max_deliveries) is not int or max_deliveries < 1:
             raise ValueError(
-                f"max_deliveries is {max_deliveries}; pass 1 or more, because "
-                "every message is delivered at least once."
+                f"max_deliveries is {max_deliveries!r}; pass a whole number of 1 "
+                "or more, because every message is delivered at least once."
             )
+        if visibility_timeout_s is not None:
+            _check_seconds("visibility_timeout_s", visibility_timeout_s, zero=True)
         self.visibility_timeout_s: float | None = visibility_timeout_s
         self._max_deliveries = max_deliveries
         for name, size in (
+            ("promote_batch", promote_batch),
             ("submit_chunk", submit_chunk),
             ("release_slice", release_slice),
             ("inline_input_chars", inline_input_chars),
@@ -206,20 +210,15 @@ class RedisDriver(RedisOperations):
                 raise ValueError(
                     f"{name} is {size!r}; pass a whole number of 1 or more."
                 )
-        if stage_ttl_s <= 0:
-            raise ValueError(
-                f"stage_ttl_s is {stage_ttl_s!r}; pass a number of seconds above 0."
-            )
+        _check_seconds("stage_ttl_s", stage_ttl_s, zero=False)
+        _check_seconds("fire_ttl_s", fire_ttl_s, zero=False)
+        _check_seconds("poll_interval_s", poll_interval_s, zero=True)
         self._submit_chunk = submit_chunk
         self._stage_ttl_s = stage_ttl_s
         self._release_slice = release_slice
         self._inline_input_chars = inline_input_chars
-        for name, seconds in (
-            ("reconcile_interval_s", reconcile_interval_s),
-            ("reconcile_after_s", reconcile_after_s),
-        ):
-            if seconds < 0:
-                raise ValueError(f"{name} is {seconds!r}; pass 0 or more seconds.")
+        _check_seconds("reconcile_interval_s", reconcile_interval_s, zero=True)
+        _check_seconds("reconcile_after_s", reconcile_after_s, zero=True)
         self._reconcile_interval_s = reconcile_interval_s
         self._reconcile_after_s = reconcile_after_s
         self._last_reconcile = time.monotonic()
@@ -1419,6 +1418,20 @@ class RedisDriver(RedisOperations):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _check_seconds(name: str, value: Any, *, zero: bool) -> None:
+    """Reject a duration setting that is not a finite number of seconds.
+
+    Raises:
+        ValueError: naming the setting, its value and what to pass.
+    """
+    is_number = type(value) in (int, float) and math.isfinite(value)
+    if not is_number or value < 0 or (value == 0 and not zero):
+        bound = "0 or more" if zero else "above 0"
+        raise ValueError(
+            f"{name} is {value!r}; pass a finite number of seconds, {bound}."
+        )
 
 
 def _open(
