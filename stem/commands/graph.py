@@ -28,6 +28,7 @@ from stem.commands.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
+    EXIT_USAGE,
     CommandError,
     app_options,
     console,
@@ -155,11 +156,18 @@ def show(
     if output is None:
         _print(console(), drawing)
         return
-    if isinstance(drawing, str):
-        output.write_text(drawing + "\n", encoding="utf-8")
-    else:
-        with output.open("w", encoding="utf-8") as file:
-            _print(Console(file=file, width=_FILE_WIDTH, no_color=True), drawing)
+    try:
+        if isinstance(drawing, str):
+            output.write_text(drawing + "\n", encoding="utf-8")
+        else:
+            with output.open("w", encoding="utf-8") as file:
+                _print(Console(file=file, width=_FILE_WIDTH, no_color=True), drawing)
+    except OSError as err:
+        raise CommandError(
+            f"Writing {output} failed: {err.strerror or err}; check that its "
+            "folder exists and is writable.",
+            EXIT_USAGE,
+        ) from err
     click.echo(f"Wrote {output_format} of run {run_id} to {output}.", err=True)
 
 

@@ -18,6 +18,7 @@ from stem.commands.common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
+    EXIT_USAGE,
 )
 from stem.engine.ports import WorkerBeat
 
@@ -164,6 +165,21 @@ def test_graph_show_writes_svg(
     assert f"run {result.id}: failed" in texts
     assert "extra" in texts
     assert "failed" in texts
+
+
+def test_graph_show_missing_folder_rejected(
+    runner: CliRunner, flows: ModuleType, tmp_path: Path
+) -> None:
+    result = flows.add.delay(1, 2)
+    out = tmp_path / "missing" / "run.svg"
+
+    code, output = invoke(
+        runner, flows, "graph", "show", result.id, "--format", "svg", "-o", str(out)
+    )
+
+    assert code == EXIT_USAGE, output
+    assert f"Writing {out} failed" in output
+    assert "Traceback" not in output
 
 
 def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) -> None:
