@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 from stem.canvas.spec import GraphSpec
 from stem.canvas.text import printable
 from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded, ValueTooLarge
-from stem.engine.execution import Outcome, Request, execute, execute_in_child
+from stem.engine.execution import (
+    Outcome,
+    Request,
+    execute,
+    execute_in_child,
+    exit_with_parent,
+)
 from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
 from stem.engine.records import ErrorInfo
 
@@ -582,7 +588,12 @@ class _Child:
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
-        self.executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            1,
+            mp_context=context,
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
         # Starting the process now keeps its start-up out of the first task's
         # time limit, and gives the pid to kill at a time limit.
         self.pid: int = self.executor.submit(os.getpid).result()
