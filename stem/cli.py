@@ -437,7 +437,10 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
         failed = snapshot.nodes.get(snapshot.error_node or "")
         if failed is not None and failed.error is not None:
             traceback = printable(failed.error.traceback.rstrip(), multiline=True)
-            console.print(traceback, style="dim", markup=False, highlight=False)
+            # soft_wrap keeps each frame on its line, so paths stay whole in a pipe.
+            console.print(
+                traceback, style="dim", markup=False, highlight=False, soft_wrap=True
+            )
         # The error text comes from task code: no markup, no control characters.
         line = Text(f"Run {result.id} {snapshot.status}:", style="red")
         line.append(f" {kind}: {printable(str(error))}")

@@ -116,6 +116,16 @@ def test_failed_run_shows_traceback(folder: Path) -> None:
     assert 'raise ValueError("boom on purpose")' in completed.stderr
 
 
+def test_failed_run_traceback_unwrapped(folder: Path) -> None:
+    # stderr is a pipe here, where rich assumes 80 columns. The traceback
+    # after the summary table must keep each frame's path on one line.
+    completed = stem_run(folder, "flows.py:fails")
+    after_summary = completed.stderr.rpartition("\N{BOX DRAWINGS LIGHT UP AND LEFT}")[2]
+
+    assert completed.returncode == 1
+    assert f'File "{folder / "flows.py"}", line' in after_summary
+
+
 @pytest.mark.parametrize(
     ("target", "message"),
     [
