@@ -221,6 +221,10 @@ def run(
         worker.stop(abandon=True)
         sys.exit(EXIT_INTERRUPTED)
     worker.stop(abandon=snapshot.status == "running")
+    if snapshot.status != "running":
+        # Links and errbacks can still be queued or running when the run ends,
+        # and the warm stop may finish them, so the summary reads them again.
+        snapshot = result.snapshot()
     sys.exit(_finish(result, snapshot, console))
 
 
