@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
@@ -56,6 +57,7 @@ from stem.discovery import (
     load_app,
     split_target,
 )
+from stem.engine import result as result_module
 from stem.engine.app import App
 from stem.engine.drivers import redact
 from stem.engine.errors import DriverNotFound
@@ -208,7 +210,14 @@ def run(
     console = Console(stderr=True)
     if not start_worker:
         _announce(result, console)
-        sys.exit(_finish(result, _follow(result, console, timeout), console))
+        app_spec = location
+        if app_name:
+            app_spec = app_name if ":" in app_name else f"{location}:{app_name}"
+        worker_hint = ["stem", "worker", "-A", app_spec]
+        if url:
+            worker_hint += ["--url", redact(url)]
+        snapshot = _follow(result, console, timeout, worker_hint=worker_hint)
+        sys.exit(_finish(result, snapshot, console))
     spec = result.snapshot().spec
     names = queues.split(",") if queues else _queues_of(spec, app.default_queue)
     worker = app.worker(concurrency=concurrency, pool=pool, queues=names)
@@ -406,9 +415,20 @@ def _queues_of(spec: GraphSpec, default: str) -> list[str]:
 
 
 def _follow(
-    result: AsyncResult, console: Console, timeout: float | None
+    result: AsyncResult,
+    console: Console,
+    timeout: float | None,
+    *,
+    worker_hint: list[str] | None = None,
 ) -> RunSnapshot:
+    """Show a progress bar until the run ends or ``timeout`` runs out.
+
+    With ``worker_hint`` (the command has no worker of its own), it warns
+    once when no worker has been alive for `NO_WORKER_GRACE_S` seconds, and
+    names that command to start one.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    watch = _WorkerWatch(result, console, worker_hint)
     columns = (
         TextColumn("nodes"),
         BarColumn(),
@@ -427,7 +447,66 @@ def _follow(
                 return snapshot
             if deadline is not None and time.monotonic() >= deadline:
                 return snapshot
+            watch.check(snapshot)
             result.app.driver.wait(result.id, 0.1)
+
+
+class _WorkerWatch:
+    """Warn once when a run waits while no worker is alive to run it."""
+
+    def __init__(
+        self, result: AsyncResult, console: Console, hint: list[str] | None
+    ) -> None:
+        self.result = result
+        self.console = console
+        self.hint = hint
+        self.none_since: float | None = None
+        self.next_check = time.monotonic()
+        # True once the warning is printed, or from the start without a hint.
+        self.silent = hint is None
+
+    def check(self, snapshot: RunSnapshot) -> None:
+        """Read the live worker count about once a second and warn when due."""
+        now = time.monotonic()
+        if self.silent or now < self.next_check:
+            return
+        self.next_check = now + 1.0
+        if self.result.app.driver.workers_alive() != 0:
+            self.none_since = None
+            return
+        if self.none_since is None:
+            self.none_since = now
+
+        # Read at call time, so tests can shorten the grace period.
+        if now - self.none_since >= result_module.NO_WORKER_GRACE_S:
+            self.silent = True
+            self.warn(snapshot, now - self.none_since)
+
+    def warn(self, snapshot: RunSnapshot, waited_s: float) -> None:
+        """Print which queues wait and the command that starts a worker for them."""
+        app = self.result.app
+        queued = {
+            node.options.queue or app.default_queue
+            for node in snapshot.spec.nodes
+            if snapshot.nodes[node.id].state == "queued"
+        }
+        names = ", ".join(
+            repr(queue) for queue in sorted(queued or {app.default_queue})
+        )
+
+        # The worker to start reads every queue of the canvas, as --worker does,
+        # so the nodes queued later do not wait for a second worker.
+        every_queue = _queues_of(snapshot.spec, app.default_queue)
+        command = shlex.join([*(self.hint or []), "-Q", ",".join(every_queue)])
+        self.console.print(
+            f"Run {self.result.id} has waited {waited_s:.0f} s while no worker is "
+            f"alive on {redact(app.url)} to run its queued nodes (queue {names}). "
+            f"Start one with: {command}, or run again with --worker. Still waiting.",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int:
