@@ -24,6 +24,7 @@ import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -98,8 +99,57 @@ Exit codes: 0 ok, 1 run failed or no live worker, 2 bad usage, 3 timed out,
 """
 
 
+class _MainGroup(click.Group):
+    """The ``stem`` group, which explains ``-A`` given before the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The parser consumes the list it gets, so keep a copy for the message.
+        original_args = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            if err.option_name not in ("-A", "--app"):
+                raise
+            message = _app_first_message(original_args, self.commands)
+            raise click.UsageError(message, ctx) from err
+
+
+def _app_first_message(args: list[str], commands: Mapping[str, click.Command]) -> str:
+    """Explain Celery's ``-A APP COMMAND`` order, with ``-A`` moved after COMMAND."""
+    position = next((i for i, arg in enumerate(args) if arg in commands), None)
+    if position is None:
+        return "-A comes after the command in Stem, as in stem worker -A APP."
+    stem_options: list[str] = []
+    app_options: list[str] = []
+    before = iter(args[:position])
+    for arg in before:
+        if arg in ("-A", "--app"):
+            app_options += [arg, next(before, "APP")]
+        elif arg.startswith("--app="):
+            app_options.append(arg)
+        else:
+            stem_options.append(arg)
+    # In `stem runs ls`, the options follow the subcommand.
+    end = position + 1
+    group = commands[args[position]]
+    if (
+        isinstance(group, click.Group)
+        and end < len(args)
+        and args[end] in group.commands
+    ):
+        end += 1
+    command = ["stem", *stem_options, *args[position:end], *app_options]
+    fixed = shlex.join([*command, *args[end:]])
+    return (
+        "-A comes after the command in Stem, unlike Celery's -A APP COMMAND. "
+        f"Run: {fixed}"
+    )
+
+
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EXAMPLES
+    cls=_MainGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=MAIN_EXAMPLES,
 )
 @click.version_option(package_name="stem")
 @click.option(
