@@ -136,6 +136,19 @@ CHECKERS: dict[str, Callable[[Any, str], Any]] = {
     "ignore_result": _flag,
 }
 
+#: Celery options that Stem does not accept, with what to do instead. A close
+#: match would mislead here (rate_limit is not time_limit).
+CELERY_ONLY_OPTIONS = {
+    "rate_limit": "Stem has no rate limits. To cap how many of a task run at "
+    "once, route it to its own queue and read that queue with one worker of "
+    "fixed -c.",
+    "expires": "Stem has no message expiry. Cancel runs that are no longer "
+    "needed with AsyncResult.cancel() or stem runs cancel.",
+    "acks_late": "Stem acknowledges a message only after its task has ended, "
+    "as acks_late=True does, so leave it out.",
+    "serializer": "Stem's values are always JSON, so leave it out.",
+}
+
 #: Options that delay the nodes they reach, as opposed to defaults.
 DELAY_OPTIONS = ("countdown", "eta")
 
@@ -166,6 +179,11 @@ def _unknown(name: Any, path: str) -> str:
     prefix = f"{path}: " if path else ""
     if not isinstance(name, str):
         return f"{prefix}option name {name!r} is not a string; pass options by name."
+    if name in CELERY_ONLY_OPTIONS:
+        advice = CELERY_ONLY_OPTIONS[name]
+        return (
+            f"{prefix}{name!r} is a Celery option that Stem does not accept. {advice}"
+        )
     close = difflib.get_close_matches(name, CHECKERS, n=1)
     hint = (
         f"did you mean {close[0]!r}?"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ from stem.commands.common import (
     json_option,
     reported_errors,
     shared_app,
+    store_arguments,
     yes_option,
 )
 from stem.engine.ports import TASK_HEADER, DeadLetter
@@ -109,7 +111,9 @@ def list_dead(
         table.add_row(dead.id, *(Text(printable(cell)) for cell in cells))
     out.print(table)
     if next_cursor:
-        out.print(f"More: stem dlq ls --cursor {next_cursor}", markup=False)
+        command = ["stem", "dlq", "ls", *store_arguments(app_spec, url)]
+        command += ["--limit", str(limit), "--cursor", next_cursor]
+        out.print(f"More: {shlex.join(command)}", markup=False, soft_wrap=True)
 
 
 @dlq.command("show")

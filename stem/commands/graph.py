@@ -289,12 +289,17 @@ def _print_why(app: App, snapshot: RunSnapshot, node_id: NodeId) -> None:
         out.print(printable(line), markup=False, highlight=False)
 
 
+_ENDED_VERBS = frozenset({"succeeded", "failed"})
+
+
 def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
     """Say why a node is in its state: what it waits for, or how it ended."""
     node = snapshot.spec.node(node_id)
     record = snapshot.nodes[node_id]
     symbol = STATE_STYLES[record.state].symbol
-    lines = [f"{symbol} node {node_id} ({node.task}) is {record.state}."]
+    # "succeeded" and "failed" read as verbs, the other states after "is".
+    verb = record.state if record.state in _ENDED_VERBS else f"is {record.state}"
+    lines = [f"{symbol} node {node_id} ({node.task}) {verb}."]
     now = time.time()
     if record.state == "pending":
         lines += _pending_reasons(snapshot, node_id)

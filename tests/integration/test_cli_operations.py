@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -91,7 +92,41 @@ def test_runs_ls_pages_with_cursor(runner: CliRunner, flows: ModuleType) -> None
 
     assert [run["run_id"] for run in json.loads(first)["runs"]] == ids[:0:-1]
     assert ids[0] in second
-    assert "More runs: stem runs ls --cursor" in hint
+    assert f"More runs: stem runs ls -A {flows.__file__} --limit 2 --cursor" in hint
+
+
+def test_runs_ls_hint_keeps_filters(runner: CliRunner, flows: ModuleType) -> None:
+    # The next-page hint is a command to copy. Without the store and the
+    # filters it would list another set of runs.
+    finished = [flows.add.delay(i, i) for i in range(3)]
+    with flows.app.worker(concurrency=2):
+        for result in finished:
+            result.get(TIMEOUT_S)
+    waiting = flows.add.delay(1, 2)
+    filters = ["--state", "succeeded", "--since", "1h", "--limit", "2"]
+
+    _, first = invoke(runner, flows, "runs", "ls", *filters)
+    hint = first.splitlines()[-1]
+    command = shlex.split(hint.removeprefix("More runs: "))
+    second = runner.invoke(main, command[1:])
+
+    assert command[:3] == ["stem", "runs", "ls"]
+    assert "-A" in command
+    assert "--state" in command
+    assert "--limit" in command
+    assert second.exit_code == 0
+    assert finished[0].id in second.output
+    assert waiting.id not in second.output
+
+
+def test_runs_show_hint_names_store(runner: CliRunner, flows: ModuleType) -> None:
+    result = flows.add.delay(1, 2)
+
+    _, by_app = invoke(runner, flows, "runs", "show", result.id)
+    by_url = runner.invoke(main, ["runs", "show", result.id, "--url", flows.app.url])
+
+    assert f"stem graph show {result.id} -A {flows.__file__}" in by_app
+    assert f"stem graph show {result.id} --url {flows.app.url}" in by_url.output
 
 
 def test_expired_run_leaves_index(runner: CliRunner, flows: ModuleType) -> None:
@@ -353,6 +388,28 @@ def test_dlq_unknown_id_not_found(
 
         assert code == EXIT_NOT_FOUND, output
         assert f"No dead letter has id {dead_id}" in output
+
+
+def test_dlq_ls_hint_keeps_store(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        ids = [
+            client.xadd(dead, {"run": f"r{i}", "node": "0", "reason": "hi"}).decode()
+            for i in range(3)
+        ]
+    finally:
+        client.close()
+
+    _, first = invoke(runner, flows, "dlq", "ls", "--limit", "2")
+    hint = first.splitlines()[-1]
+    command = shlex.split(hint.removeprefix("More: "))
+    second = runner.invoke(main, command[1:])
+
+    assert command[:5] == ["stem", "dlq", "ls", "-A", flows.__file__]
+    assert second.exit_code == 0
+    assert f"0/{ids[2]}" in second.output
+    assert f"0/{ids[0]}" not in second.output
 
 
 def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:

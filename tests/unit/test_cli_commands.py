@@ -295,3 +295,19 @@ def test_missing_stdin_is_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", None)
 
     assert common.stdin_is_terminal() is False
+
+
+def test_app_before_command_explained(runner: CliRunner) -> None:
+    # Celery takes -A before the subcommand (celery -A proj worker), Stem after.
+    result = runner.invoke(main, ["-A", "proj.tasks", "worker", "-c", "2"])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "-A comes after the command" in result.output
+    assert "stem worker -A proj.tasks -c 2" in result.output
+
+
+def test_app_before_subcommand_moved(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["-l", "info", "-A", "proj", "runs", "ls"])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "Run: stem -l info runs ls -A proj" in result.output
