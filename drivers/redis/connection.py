@@ -34,8 +34,9 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
     """Read the scheme and the ``partitions`` option of a driver URL.
 
     Raises:
-        ValueError: if the partition count is not a whole number of 1 or
-            more, or the URL and the settings give different counts.
+        ValueError: if the database is not a number, the partition count is
+            not a whole number of 1 or more, or the URL and the settings give
+            different counts.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -51,6 +52,13 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
             )
         count = parsed
 
+    # redis-py reads a path that is not a number as database 0, silently.
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(
+            f"The database {database!r} in the URL is invalid; pass its number, "
+            "as in redis://host:6379/0."
+        )
     cluster = parts.scheme == CLUSTER_SCHEME
     scheme = "redis" if cluster else parts.scheme
     client_url = urlunsplit(
@@ -60,10 +68,17 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
 
 
 def connect(target: Target) -> redis.Redis | RedisCluster:
-    """Create a client for the target; replies are decoded to str."""
+    """Create a client for the target; replies are decoded to str.
+
+    A byte that is not UTF-8 becomes a lone surrogate instead of raising, so
+    a queue entry written by another program does not fail every read of
+    its stream: the driver dead-letters a queue entry that contains one.
+    Sending such a string back writes the original bytes.
+    """
+    options = {"decode_responses": True, "encoding_errors": "surrogateescape"}
     if target.cluster:
-        return RedisCluster.from_url(target.client_url, decode_responses=True)
-    return redis.Redis.from_url(target.client_url, decode_responses=True)
+        return RedisCluster.from_url(target.client_url, **options)
+    return redis.Redis.from_url(target.client_url, **options)
 
 
 def _parse_count(text: str) -> int:

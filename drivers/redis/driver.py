@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -39,13 +40,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
 from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
-from stem.drivers.redis.connection import connect, parse_url
+from stem.drivers.redis.connection import Target, connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply, script_error
@@ -211,14 +213,17 @@ class RedisDriver(ShardRuns):
         if not events:
             self._events_max_len = 0
         self._group = group
-        if max_deliveries < 1:
+        if type(max_deliveries) is not int or max_deliveries < 1:
             raise ValueError(
-                f"max_deliveries is {max_deliveries}; pass 1 or more, because "
-                "every message is delivered at least once."
+                f"max_deliveries is {max_deliveries!r}; pass a whole number of 1 "
+                "or more, because every message is delivered at least once."
             )
+        if visibility_timeout_s is not None:
+            _check_seconds("visibility_timeout_s", visibility_timeout_s, zero=True)
         self.visibility_timeout_s: float | None = visibility_timeout_s
         self._max_deliveries = max_deliveries
         for name, size in (
+            ("promote_batch", promote_batch),
             ("submit_chunk", submit_chunk),
             ("release_slice", release_slice),
             ("inline_input_chars", inline_input_chars),
@@ -227,20 +232,15 @@ class RedisDriver(ShardRuns):
                 raise ValueError(
                     f"{name} is {size!r}; pass a whole number of 1 or more."
                 )
-        if stage_ttl_s <= 0:
-            raise ValueError(
-                f"stage_ttl_s is {stage_ttl_s!r}; pass a number of seconds above 0."
-            )
+        _check_seconds("stage_ttl_s", stage_ttl_s, zero=False)
+        _check_seconds("fire_ttl_s", fire_ttl_s, zero=False)
+        _check_seconds("poll_interval_s", poll_interval_s, zero=True)
         self._submit_chunk = submit_chunk
         self._stage_ttl_s = stage_ttl_s
         self._release_slice = release_slice
         self._inline_input_chars = inline_input_chars
-        for name, seconds in (
-            ("reconcile_interval_s", reconcile_interval_s),
-            ("reconcile_after_s", reconcile_after_s),
-        ):
-            if seconds < 0:
-                raise ValueError(f"{name} is {seconds!r}; pass 0 or more seconds.")
+        _check_seconds("reconcile_interval_s", reconcile_interval_s, zero=True)
+        _check_seconds("reconcile_after_s", reconcile_after_s, zero=True)
         self._reconcile_interval_s = reconcile_interval_s
         self._reconcile_after_s = reconcile_after_s
         self._last_reconcile = time.monotonic()
@@ -248,17 +248,7 @@ class RedisDriver(ShardRuns):
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
         target = parse_url(url, partitions)
-        self._client: redis.Redis | RedisCluster = connect(target)
-        self._scripts = Scripts(self._client)
-        try:
-            self._scripts.preload()
-            tags = load_tags(self._client, prefix, target.partitions)
-        except DriverError as err:
-            self._client.close()
-            raise _first_call_error(url, err) from err.__cause__
-        except BaseException:
-            self._client.close()
-            raise
+        self._client, self._scripts, tags = _open(url, target, prefix)
         self._keys = KeySpace(prefix, tags)
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
@@ -1413,12 +1403,18 @@ class RedisDriver(ShardRuns):
         """
         messages: list[Message] = []
         for entry_id, fields in entries:
-            try:
-                message = _message(queue, entry_id, fields, reclaimed=reclaimed)
-            except (KeyError, ValueError) as err:
-                self._dead_letter_malformed(partition, queue, entry_id, fields, err)
-                continue
-            messages.append(message)
+            problem = _undecodable_field(fields)
+            if problem is None:
+                try:
+                    message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+                except KeyError as err:
+                    problem = f"missing field {err.args[0]!r}"
+                except ValueError as err:
+                    problem = f"bad number ({err})"
+                else:
+                    messages.append(message)
+                    continue
+            self._dead_letter_malformed(partition, queue, entry_id, fields, problem)
         return messages
 
     def _dead_letter_malformed(
@@ -1427,20 +1423,16 @@ class RedisDriver(ShardRuns):
         queue: str,
         entry_id: str,
         fields: dict[str, Any],
-        err: Exception,
+        problem: str,
     ) -> None:
         """Move a malformed entry to its partition's dead-letter stream.
 
         No run state changes, since the entry names no node that could be
         trusted. The dead letter keeps whatever run, node and task fields the
-        entry had, with 0 for an attempt or epoch that is not a number, and
-        the reason quotes the entry's fields.
+        entry had, with U+FFFD for each byte that is not UTF-8 and 0 for an
+        attempt or epoch that is not a number, and the reason quotes the
+        entry's fields.
         """
-        problem = (
-            f"missing field {err.args[0]!r}"
-            if isinstance(err, KeyError)
-            else f"bad number ({err})"
-        )
         shown = repr(fields)
         if len(shown) > _MAX_SHOWN_FIELDS:
             shown = shown[:_MAX_SHOWN_FIELDS] + "..."
@@ -1449,9 +1441,14 @@ class RedisDriver(ShardRuns):
             f"fields {shown}. Stem writes run, node, attempt, epoch and task."
         )
 
+        def text(name: str) -> str:
+            found = str(fields.get(name, ""))
+            return found.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
         def number(name: str) -> str:
-            text = str(fields.get(name, "0"))
-            return text if text.isdigit() else "0"
+            found = str(fields.get(name, "0"))
+            # isdigit() alone passes "²", which int() rejects when dlq reads it.
+            return found if found.isascii() and found.isdigit() else "0"
 
         stream = partition.queue(queue)
         with self._redis_errors(f"dead-letter malformed entry {entry_id} of {stream}"):
@@ -1461,12 +1458,12 @@ class RedisDriver(ShardRuns):
             pipe.xadd(
                 partition.dead,
                 {
-                    "run": str(fields.get("run", "")),
-                    "node": str(fields.get("node", "")),
+                    "run": text("run"),
+                    "node": text("node"),
                     "attempt": number("attempt"),
                     "epoch": number("epoch"),
                     "queue": queue,
-                    "task": str(fields.get("task", "")),
+                    "task": text("task"),
                     "reason": reason,
                 },
             )
@@ -1555,6 +1552,69 @@ class RedisDriver(ShardRuns):
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
 
 
+def _check_seconds(name: str, value: Any, *, zero: bool) -> None:
+    """Reject a duration setting that is not a finite number of seconds.
+
+    Raises:
+        ValueError: naming the setting, its value and what to pass.
+    """
+    is_number = type(value) in (int, float) and math.isfinite(value)
+    if not is_number or value < 0 or (value == 0 and not zero):
+        bound = "0 or more" if zero else "above 0"
+        raise ValueError(
+            f"{name} is {value!r}; pass a finite number of seconds, {bound}."
+        )
+
+
+def _open(
+    url: str, target: Target, prefix: str
+) -> tuple[redis.Redis | RedisCluster, Scripts, list[str]]:
+    """Connect, load the scripts and read the partition tags of a new driver.
+
+    Raises:
+        DriverError: if Redis cannot be reached or failed.
+        ValueError: if redis-py rejected a query option of the URL.
+    """
+    try:
+        # A Cluster client connects here, to discover the other nodes.
+        client: redis.Redis | RedisCluster = connect(target)
+    except RedisClusterException as err:
+        raise DriverError(
+            f"Could not connect to a Redis Cluster at {redact(url)}: {err}; "
+            "name a node of a running Cluster, or use redis://host:port/db "
+            "for a single Redis server."
+        ) from err
+    scripts = Scripts(client)
+    try:
+        scripts.preload()
+        tags = load_tags(client, prefix, target.partitions)
+    except DriverError as err:
+        client.close()
+        raise _first_call_error(url, err) from err.__cause__
+    except TypeError as err:
+        client.close()
+        # redis-py passes a URL query option it does not know to its
+        # connection class, which rejects it on the first connection.
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise _unknown_option_error(url, err) from err
+    except BaseException:
+        client.close()
+        raise
+    return client, scripts, tags
+
+
+def _unknown_option_error(url: str, err: TypeError) -> ValueError:
+    """Return the error for a URL query option that redis-py rejected."""
+    found = re.search(r"keyword argument '([^']*)'", str(err))
+    name = found.group(1) if found else str(err)
+    return ValueError(
+        f"The URL {redact(url)} has the query option {name!r}, which redis-py "
+        "does not accept; remove it. Driver settings such as prefix go to "
+        "App(url, prefix=...) instead."
+    )
+
+
 def _queued_at_start(node: NodeSpec) -> bool:
     """Tell whether a run's start queues the node, as `machine.start` does.
 
@@ -1624,6 +1684,22 @@ def _first_call_error(url: str, err: DriverError) -> DriverError:
             "a Redis server listens at that host and port."
         )
     return err
+
+
+def _undecodable_field(fields: dict[str, Any]) -> str | None:
+    """Return the problem of an entry with a field that is not UTF-8, else None.
+
+    The client decodes such bytes to lone surrogates, which no script call
+    could send, so the entry can only be dead-lettered.
+    """
+    for name, value in fields.items():
+        for text in (name, value):
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"field {name!r} is not valid UTF-8"
+    return None
 
 
 def _message(
