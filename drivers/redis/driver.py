@@ -546,16 +546,23 @@ class RedisDriver(ShardRuns):
         """
         kind = fields.get("kind")
         needed = _OUTBOX_FIELDS.get(kind, frozenset())
+        problem = ""
         if not needed <= fields.keys():
+            problem = (
+                f"a {kind} entry needs the fields {', '.join(sorted(needed))}, "
+                f"and it has {fields!r}"
+            )
+        elif not all(_is_utf8(text) for item in fields.items() for text in item):
+            # The client decodes a byte that is not UTF-8 to a lone
+            # surrogate, which no script argument can carry.
+            problem = f"a field is not UTF-8 text: {fields!r}"
+        if problem:
             # Stem did not write it, and applying it again would fail again.
             log.warning(
-                "Deleted malformed outbox entry %s of %s: a %s entry needs "
-                "the fields %s, and it has %r.",
+                "Deleted malformed outbox entry %s of %s: %s.",
                 entry_id,
                 partition.tag,
-                kind,
-                ", ".join(sorted(needed)),
-                fields,
+                problem,
             )
             self._ack_outbox(partition, entry_id)
             return
@@ -1624,6 +1631,15 @@ def _queued_at_start(node: NodeSpec) -> bool:
     if node.role == "errback":
         return not node.covers
     return not node.deps
+
+
+def _is_utf8(text: object) -> bool:
+    """Tell whether a decoded reply is text that encodes back to UTF-8."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:

@@ -165,14 +165,6 @@ def test_malformed_delayed_member_dead_lettered(redis_target: Any, client: Any) 
         driver.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="_apply_outbox passes the run field to the release script, whose "
-    "argument encoding raises UnicodeEncodeError for the lone surrogate that a "
-    "byte that is not UTF-8 decodes to. The error is not a DriverError, so "
-    "every fetch of the partition raises and the entry stays pending. The "
-    "outbox path is being rewritten elsewhere, so it is left unfixed here.",
-)
 def test_outbox_entry_not_utf8_deleted(redis_target: Any, raw_client: Any) -> None:
     driver = _driver(redis_target, visibility_timeout_s=0.0)
     app = App("memory://")
