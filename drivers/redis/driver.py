@@ -64,6 +64,12 @@ log = logging.getLogger(__name__)
 
 #: Consumer group that every worker of a deployment reads the queue streams with.
 DEFAULT_GROUP = "stem"
+#: Version of the message layout in the queue streams, the field "v" of each
+#: entry: run, node, attempt, epoch and the headers (today only task). The
+#: scripts that queue messages write it (graph.lua, promote.lua). A worker
+#: dead-letters an entry of any other version, so a newer format is never
+#: read as this one.
+ENVELOPE_VERSION = "1"
 #: Nodes, summed over runs, and runs of the parsed graph specs a driver
 #: keeps, so claiming a node or reading a result does not parse its run's
 #: spec again. Each run keeps only its latest spec version, and the newest
@@ -1274,7 +1280,10 @@ class RedisDriver(RedisOperations):
             problem = _undecodable_field(fields)
             if problem is None:
                 try:
+                    _check_envelope(fields)
                     message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+                except _UnknownEnvelope as err:
+                    problem = str(err)
                 except KeyError as err:
                     problem = f"missing field {err.args[0]!r}"
                 except ValueError as err:
@@ -1306,7 +1315,8 @@ class RedisDriver(RedisOperations):
             shown = shown[:_MAX_SHOWN_FIELDS] + "..."
         reason = (
             f"Malformed message {entry_id} on queue {queue!r}: {problem}; "
-            f"fields {shown}. Stem writes run, node, attempt, epoch and task."
+            f"fields {shown}. Stem writes v (the envelope version), run, node, "
+            "attempt, epoch and task."
         )
 
         def text(name: str) -> str:
@@ -1529,6 +1539,22 @@ def _undecodable_field(fields: dict[str, Any]) -> str | None:
                 except UnicodeEncodeError:
                     return f"field {name!r} is not valid UTF-8"
     return None
+
+
+class _UnknownEnvelope(Exception):
+    """A queue entry written in an envelope version this worker does not read."""
+
+
+def _check_envelope(fields: dict[str, Any]) -> None:
+    """Raise unless a queue entry is in the envelope version this worker reads."""
+    version = fields.get("v")
+    if version is None:
+        raise KeyError("v")
+    if version != ENVELOPE_VERSION:
+        raise _UnknownEnvelope(
+            f"envelope version {version!r}, but this worker reads only version "
+            f"{ENVELOPE_VERSION!r}; upgrade the worker, then replay the dead letter"
+        )
 
 
 def _message(

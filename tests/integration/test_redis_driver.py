@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 from stem import App, chain, chord
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.driver import ENVELOPE_VERSION
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.engine.drivers import load_driver
@@ -174,7 +175,7 @@ def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
 
 _MALFORMED = [
     {"garbage": "1"},
-    {"run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},
+    {"v": "1", "run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},
 ]
 
 
@@ -194,9 +195,60 @@ def test_malformed_entry_is_dead_lettered(redis_target: Any, client: Any) -> Non
         assert [message.run_id for message in taken] == ["good"]
         dead = driver.dead_letters()
         assert [message.run_id for message, _ in dead] == ["", "x"]
-        assert "missing field 'run'" in dead[0][1]
+        assert "missing field 'v'" in dead[0][1]
         assert "'attempt': 'one'" in dead[1][1]
         assert client.xpending(stream, "stem")["pending"] == 1
+    finally:
+        driver.close()
+
+
+def test_messages_carry_envelope_version(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        driver._ensure_groups(["default"])
+        assert driver.submit("now", compile_canvas(add.s(1, 1)))
+        assert driver.submit("later", compile_canvas(add.s(1, 2).set(countdown=0.05)))
+        time.sleep(0.1)
+
+        taken = [m for _ in range(3) for m in driver.fetch(["default"], 5, 0.2)]
+
+        assert sorted(message.run_id for message in taken) == ["later", "now"]
+        for run_id in ("now", "later"):
+            stream = driver._keys.partition_of(run_id).queue("default")
+            for _, fields in client.xrange(stream):
+                assert fields["v"] == ENVELOPE_VERSION
+    finally:
+        driver.close()
+
+
+@pytest.mark.parametrize("version", ["2", "", "one"])
+def test_unknown_envelope_version_is_dead_lettered(
+    redis_target: Any, client: Any, version: str
+) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    try:
+        stream = driver._keys.first.queue("default")
+        driver._ensure_groups(["default"])
+        client.xadd(
+            stream,
+            {
+                "v": version,
+                "run": "r",
+                "node": "0",
+                "attempt": "1",
+                "epoch": "1",
+                "task": "add",
+            },
+        )
+
+        assert driver.fetch(["default"], 5, 0.1) == []
+
+        [(message, reason)] = driver.dead_letters()
+        assert message.run_id == "r"
+        assert f"envelope version {version!r}" in reason
+        assert "upgrade" in reason
     finally:
         driver.close()
 
@@ -215,7 +267,7 @@ def test_malformed_stalled_entry_is_dead_lettered(
         assert driver.fetch(["default"], 5, 0.1) == []
 
         [(_, reason)] = driver.dead_letters()
-        assert "missing field 'run'" in reason
+        assert "missing field 'v'" in reason
         assert client.xpending(stream, "stem")["pending"] == 0
     finally:
         driver.close()
