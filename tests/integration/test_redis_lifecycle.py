@@ -163,3 +163,32 @@ def test_report_cost_independent_of_group_size(
         driver.close()
     assert small > 0
     assert small == large
+
+
+def test_events_after_clock_steps_back(redis_url: str, client: redis.Redis) -> None:
+    # An event id an hour ahead is what a clock that stepped back leaves
+    # behind, so XADD rejects the scripts' own time as too small.
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        events_key = driver._keys.partition_of("run").events
+        ahead_micros = (time.time() + 3600) * 1_000_000
+        ahead = f"{ahead_micros:.0f}-0"
+        client.xadd(events_key, {"run": "other", "event": "submitted"}, id=ahead)
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        events = driver.events(after=ahead)
+        assert [event.kind for event in events] == [
+            "submitted",
+            "started",
+            "succeeded",
+            "ended",
+        ]
+        assert all(event.id.startswith(f"{ahead_micros:.0f}-") for event in events)
+    finally:
+        driver.close()
