@@ -44,6 +44,7 @@ SCRIPT_NAMES = (
     "stale_releases",
     "purge",
     "replay",
+    "read_ended",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

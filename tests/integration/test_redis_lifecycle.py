@@ -17,6 +17,7 @@ import redis
 from stem import App, chain, group
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
+from stem.errors import RunNotFound
 
 TIMEOUT_S = 10.0
 #: A retention long enough that no key expires while a test reads it.
@@ -192,3 +193,57 @@ def test_events_after_clock_steps_back(redis_url: str, client: redis.Redis) -> N
         assert all(event.id.startswith(f"{ahead_micros:.0f}-") for event in events)
     finally:
         driver.close()
+
+
+def _commands_since(client: redis.Redis, before: dict[str, Any]) -> dict[str, int]:
+    """Return the calls of each command since ``before``, INFO left out."""
+    after: dict[str, Any] = client.info("commandstats")
+    calls = {
+        name[len("cmdstat_") :]: int(entry["calls"])
+        - int(before.get(name, {"calls": 0})["calls"])
+        for name, entry in after.items()
+        if name != "cmdstat_info"
+    }
+    return {name: count for name, count in calls.items() if count}
+
+
+def test_wait_reads_ended_run_once(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix)
+    # A second driver has no parsed spec, as when another process waits.
+    reader = RedisDriver(redis_url, prefix=prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        before = client.info("commandstats")
+        snapshot = reader.wait("run", TIMEOUT_S)
+        calls = _commands_since(client, before)
+    finally:
+        driver.close()
+        reader.close()
+    assert snapshot.status == "succeeded"
+    assert snapshot.value == "2"
+    assert snapshot.nodes["0"].state == "succeeded"
+    assert calls == {"evalsha": 1, "hmget": 1, "hgetall": 3}
+
+
+def test_wait_times_out_on_running_run(redis_url: str) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    reader = RedisDriver(redis_url, prefix=driver._keys.prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        snapshot = reader.wait("run", 0.05)
+        with pytest.raises(RunNotFound):
+            reader.wait("missing", 0.05)
+    finally:
+        driver.close()
+        reader.close()
+    assert snapshot.status == "running"
+    assert snapshot.nodes["0"].state == "queued"
