@@ -92,6 +92,11 @@ _MAX_SHOWN_FIELDS = 500
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Nodes whose state, value and error one command of a paged input read fetches.
 _READ_PAGE = 1000
+#: Log message of a success report that failed in `complete_many`.
+_REPORT_FAILED = (
+    "Reporting the value of %s failed, so its message is delivered again after "
+    "the visibility timeout."
+)
 #: Name of the lock that lets one worker at a time run the reconciler.
 _RECONCILE_LOCK = "reconciler"
 #: Most stalled runs of one partition that one reconciler pass takes up.
@@ -647,6 +652,39 @@ class RedisDriver(RedisOperations):
     def complete(self, message: Message, value: str) -> None:
         self._report("complete", message, value)
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        if len(reports) == 1:
+            # One plain EVALSHA costs less client CPU than a pipeline of one.
+            [(message, value)] = reports
+            try:
+                self.complete(message, value)
+            except Exception:
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+            return
+        calls: list[tuple[str, list[str], list[str | int | float]]] = [
+            (
+                "complete",
+                self._report_keys(message),
+                [*self._message_args(message), value],
+            )
+            for message, value in reports
+        ]
+        replies = self._scripts.call_many(calls)
+        for (message, _), reply in zip(reports, replies, strict=True):
+            try:
+                if isinstance(reply, redis.RedisError):
+                    error = script_error(
+                        "complete", reply, message.run_id, message.node_id
+                    )
+                    raise error from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                self._check_report("complete", message, reply)
+            except Exception:
+                # Its message stays pending, so it is delivered again after
+                # the visibility timeout. The other reports of the batch stand.
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         self._report("fail", message, layout.error_json(error))
 
@@ -996,6 +1034,9 @@ class RedisDriver(RedisOperations):
         reply = self._scripts.call(
             script, keys, args, run_id=message.run_id, node_id=message.node_id
         )
+        self._check_report(script, message, reply)
+
+    def _check_report(self, script: str, message: Message, reply: Any) -> None:
         result = check_reply(script, reply, message.run_id, message.node_id)
         if result is not Reply.DONE:
             log.debug(
