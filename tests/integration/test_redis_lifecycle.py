@@ -6,6 +6,7 @@ tested in tests/conformance/test_run_lifecycle.py.
 
 from __future__ import annotations
 
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -247,3 +248,38 @@ def test_wait_times_out_on_running_run(redis_url: str) -> None:
         reader.close()
     assert snapshot.status == "running"
     assert snapshot.nodes["0"].state == "queued"
+
+
+def test_wait_polls_running_run_with_hget(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix, poll_interval_s=0.01)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        completer = threading.Timer(0.2, driver.complete, (claim.message, "2"))
+        polls: list[tuple[Any, ...]] = []
+        hget = driver._client.hget
+
+        def counted_hget(*args: Any) -> Any:
+            polls.append(args)
+            return hget(*args)
+
+        driver._client.hget = counted_hget  # type: ignore[method-assign]
+        before = client.info("commandstats")
+        completer.start()
+        snapshot = driver.wait("run", TIMEOUT_S)
+        completer.join()
+        calls = _commands_since(client, before)
+    finally:
+        driver.close()
+    assert snapshot.status == "succeeded"
+    assert snapshot.value == "2"
+    # One script call before the polls, the complete, and one after them.
+    assert calls["evalsha"] == 3
+    assert len(polls) >= 2
+    assert all(args[1] == "status" for args in polls)
+    assert "multi" not in calls
