@@ -6,6 +6,7 @@ tested in tests/conformance/test_run_lifecycle.py.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 import uuid
@@ -18,6 +19,7 @@ import redis
 from stem import App, chain, group
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.errors import RunNotFound
 
 TIMEOUT_S = 10.0
@@ -283,3 +285,26 @@ def test_wait_polls_running_run_with_hget(redis_url: str, client: redis.Redis) -
     assert len(polls) >= 2
     assert all(args[1] == "status" for args in polls)
     assert "multi" not in calls
+
+
+def test_new_driver_loads_only_missing_scripts(
+    redis_url: str, client: redis.Redis
+) -> None:
+    prefix = _prefix()
+    RedisDriver(redis_url, prefix=prefix).close()
+    complete_sha = hashlib.sha1(load_source("complete").encode("utf-8")).hexdigest()
+    before = client.info("commandstats")
+    RedisDriver(redis_url, prefix=prefix).close()
+    cached = _commands_since(client, before)
+
+    # Another program may have flushed the cache, so this checks the reload
+    # of what is missing, here every script.
+    client.script_flush()
+    before = client.info("commandstats")
+    RedisDriver(redis_url, prefix=prefix).close()
+    flushed = _commands_since(client, before)
+
+    assert cached["script|exists"] == 1
+    assert "script|load" not in cached
+    assert flushed["script|load"] == len(SCRIPT_NAMES)
+    assert client.script_exists(complete_sha) == [True]
