@@ -532,14 +532,24 @@ class Worker:
         If another thread is sending reports, this one adds its report for
         that thread's next batch and returns at once. Otherwise it sends
         batches until none is left, so no report waits for a later success.
-        A worker's threads all end before `stop` returns, so each report
-        added is sent by then.
+        The sending thread is a worker thread, so a warm stop that ends
+        within its timeout has sent every report.
         """
         with self._successes_lock:
             self._successes.append((message, value))
             if self._reporting:
                 return
             self._reporting = True
+        try:
+            self._send_successes()
+        except BaseException:
+            # An interrupt: the next success sends what is left.
+            with self._successes_lock:
+                self._reporting = False
+            raise
+
+    def _send_successes(self) -> None:
+        """Send the successes added so far, in batches, until none is left."""
         driver = self.app.driver
         while True:
             with self._successes_lock:

@@ -104,3 +104,26 @@ def test_failed_batch_keeps_reporting(
         "delivered again after the visibility timeout: run/0."
     ]
     app.close()
+
+
+def test_interrupted_report_frees_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App()
+    worker = app.worker(concurrency=1)
+    sent: list[list[str]] = []
+
+    def complete_many(reports: list[tuple[Message, str]]) -> None:
+        if not sent:
+            sent.append([])
+            raise KeyboardInterrupt
+        sent.append([message.node_id for message, _ in reports])
+
+    monkeypatch.setattr(app.driver, "complete_many", complete_many)
+
+    with pytest.raises(KeyboardInterrupt):
+        worker._report_success(Message("run", "0", 1), "0")
+    assert not worker._reporting
+    worker._report_success(Message("run", "1", 1), "1")
+
+    assert sent == [[], ["1"]]
+    assert not worker._reporting
+    app.close()
