@@ -152,6 +152,46 @@ def test_report_after_run_deleted_writes_nothing(
         driver.close()
 
 
+def test_complete_many_reports_each(
+    redis_target: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        for run_id in ("a", "b", "broken"):
+            assert driver.submit(run_id, compile_canvas(add.s(1, 1)))
+        messages: list[Any] = []
+        while len(messages) < 3:
+            messages += driver.fetch(["default"], 3, TIMEOUT_S)
+        claims = {c.message.run_id: c for c in driver.claim_many(messages) if c}
+        assert set(claims) == {"a", "b", "broken"}
+        # A node-state hash of the wrong type makes that run's script fail.
+        nodes_key = driver._keys.run("broken").nodes
+        client.delete(nodes_key)
+        client.set(nodes_key, "not a hash")
+
+        driver.complete_many(
+            [
+                (claims["a"].message, "2"),
+                (claims["broken"].message, "2"),
+                (claims["b"].message, "2"),
+                # A duplicate report changes nothing.
+                (claims["a"].message, "3"),
+            ]
+        )
+
+        for run_id in ("a", "b"):
+            snapshot = driver.snapshot(run_id)
+            assert snapshot.status == "succeeded", run_id
+            assert snapshot.value == "2", run_id
+        failed = [r for r in caplog.records if "Reporting" in r.getMessage()]
+        assert len(failed) == 1
+        assert "broken" in failed[0].getMessage()
+    finally:
+        driver.close()
+
+
 def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
     prefix = _prefix()
     first = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)

@@ -70,10 +70,12 @@ local function drop(code)
   return {code}
 end
 
-local run = rcall("HMGET", run_key, "epoch", "spec_version")
+local run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
+  "events_max_len")
 if not run[1] then
   return drop(-1)
 end
+use_settings(run[3], run[4])
 local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
 if run[1] ~= epoch or current[1] ~= attempt then
   return drop(-2)
