@@ -152,6 +152,10 @@ class MemoryDriver:
     def complete(self, message: Message, value: str) -> None:
         self._report(message, "succeeded", machine.complete, value, lease=message.lease)
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        for message, value in reports:
+            self.complete(message, value)
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         self._report(message, "failed", machine.fail, error, lease=message.lease)
 

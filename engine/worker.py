@@ -121,6 +121,13 @@ class Worker:
         self._buffer: queue.SimpleQueue[tuple[Task, Claim]] = queue.SimpleQueue()
         self._slots = threading.Semaphore(2 * self.concurrency)
         self._fetcher_done = threading.Event()
+        # Values of succeeded tasks not yet reported. The first worker thread
+        # that finds no report in progress sends them, and all that other
+        # threads add meanwhile, in batches, so that concurrent successes
+        # share round trips (see `_report_success`).
+        self._successes: list[tuple[Message, str]] = []
+        self._successes_lock = threading.Lock()
+        self._reporting = False
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
@@ -545,7 +552,7 @@ class Worker:
             if outcome.kind == "failed":
                 self.failed += 1
         if outcome.kind == "succeeded":
-            driver.complete(message, outcome.payload)
+            self._report_success(message, outcome.payload)
         elif outcome.kind == "retry":
             assert outcome.error is not None
             log.warning(
@@ -571,6 +578,49 @@ class Worker:
                 printable(outcome.error.traceback.rstrip(), multiline=True),
             )
             driver.fail(message, outcome.error)
+
+    def _report_success(self, message: Message, value: str) -> None:
+        """Report a success, together with those of other threads when they overlap.
+
+        If another thread is sending reports, this one adds its report for
+        that thread's next batch and returns at once. Otherwise it sends
+        batches until none is left, so no report waits for a later success.
+        The sending thread is a worker thread, so a warm stop that ends
+        within its timeout has sent every report.
+        """
+        with self._successes_lock:
+            self._successes.append((message, value))
+            if self._reporting:
+                return
+            self._reporting = True
+        try:
+            self._send_successes()
+        except BaseException:
+            # An interrupt: the next success sends what is left.
+            with self._successes_lock:
+                self._reporting = False
+            raise
+
+    def _send_successes(self) -> None:
+        """Send the successes added so far, in batches, until none is left."""
+        driver = self.app.driver
+        while True:
+            with self._successes_lock:
+                batch = self._successes
+                if not batch:
+                    self._reporting = False
+                    return
+                self._successes = []
+            try:
+                driver.complete_many(batch)
+            except Exception:
+                log.error(
+                    "Reporting the values of %d tasks failed, so their messages "
+                    "are delivered again after the visibility timeout: %s.",
+                    len(batch),
+                    ", ".join(f"{m.run_id}/{m.node_id}" for m, _ in batch),
+                    exc_info=True,
+                )
 
 
 def _default_name() -> str:

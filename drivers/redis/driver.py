@@ -69,6 +69,12 @@ log = logging.getLogger(__name__)
 
 #: Consumer group that every worker of a deployment reads the queue streams with.
 DEFAULT_GROUP = "stem"
+#: Version of the message layout in the queue streams, the field "v" of each
+#: entry: run, node, attempt, epoch and the headers (today only task). The
+#: scripts that queue messages write it (graph.lua, promote.lua). A worker
+#: dead-letters an entry of any other version, so a newer format is never
+#: read as this one.
+ENVELOPE_VERSION = "1"
 #: Nodes, summed over runs, and runs of the parsed graph specs a driver
 #: keeps, so claiming a node or reading a result does not parse its run's
 #: spec again. Each run keeps only its latest spec version, and the newest
@@ -87,9 +93,6 @@ _SNAPSHOT_FIELDS = (
     "spec_version",
     "epoch",
 )
-#: Largest run, in nodes, that `wait` polls with whole snapshots, so that a
-#: finished small run costs one round trip instead of two.
-_SMALL_RUN_NODES = 64
 #: Nodes read by a claimed node's input above which the claim pauses the
 #: cyclic collector while it builds the input (see stem.canvas.gcpause).
 _LARGE_INPUT_READS = 100
@@ -103,6 +106,11 @@ _MAX_SHOWN_FIELDS = 500
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Nodes whose state, value and error one command of a paged input read fetches.
 _READ_PAGE = 1000
+#: Log message of a success report that failed in `complete_many`.
+_REPORT_FAILED = (
+    "Reporting the value of %s failed, so its message is delivered again after "
+    "the visibility timeout."
+)
 #: Name of the lock that lets one worker at a time run the reconciler.
 _RECONCILE_LOCK = "reconciler"
 #: Most stalled runs of one partition that one reconciler pass takes up.
@@ -754,6 +762,39 @@ class RedisDriver(ShardRuns):
     def complete(self, message: Message, value: str) -> None:
         self._report("complete", message, value)
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        if len(reports) == 1:
+            # One plain EVALSHA costs less client CPU than a pipeline of one.
+            [(message, value)] = reports
+            try:
+                self.complete(message, value)
+            except Exception:
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+            return
+        calls: list[tuple[str, list[str], list[str | int | float]]] = [
+            (
+                "complete",
+                self._report_keys(message),
+                [*self._message_args(message), value],
+            )
+            for message, value in reports
+        ]
+        replies = self._scripts.call_many(calls)
+        for (message, _), reply in zip(reports, replies, strict=True):
+            try:
+                if isinstance(reply, redis.RedisError):
+                    error = script_error(
+                        "complete", reply, message.run_id, message.node_id
+                    )
+                    raise error from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                self._check_report("complete", message, reply)
+            except Exception:
+                # Its message stays pending, so it is delivered again after
+                # the visibility timeout. The other reports of the batch stand.
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         self._report("fail", message, layout.error_json(error))
 
@@ -845,11 +886,7 @@ class RedisDriver(ShardRuns):
                 pipe.hgetall(keys.values)
                 pipe.hgetall(keys.errors)
                 found, fields, values, errors = pipe.execute()
-            run = {
-                name: value
-                for name, value in zip(fields_read, found, strict=True)
-                if value is not None
-            }
+            run = _fields_found(fields_read, found)
             if "status" not in run:
                 raise self._not_found(run_id)
             version, text = run["spec_version"], run.pop("spec", "")
@@ -861,48 +898,83 @@ class RedisDriver(ShardRuns):
                 break
             # A splice changed the spec since it was parsed: read it too.
             known = ""
+        return self._snapshot_of(run_id, run, version, text, (fields, values, errors))
+
+    def _snapshot_of(
+        self,
+        run_id: str,
+        run: dict[str, str],
+        version: str,
+        text: str,
+        hashes: tuple[dict[str, str], dict[str, str], dict[str, str]],
+    ) -> RunSnapshot:
+        """Build a snapshot from the run hash fields and the three node hashes."""
         spec = self._cached_spec(run_id, version, text)
         with paused_gc():
-            nodes = layout.node_records(spec, fields, values, errors)
+            nodes = layout.node_records(spec, *hashes)
         shard_nodes = [node.id for node in spec.nodes if node.task == SHARD_TASK]
         if shard_nodes:
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
             error_node = run.get("error_node")
             if error_node in shard_nodes:
                 # A failed shard node's cause is the member that failed in it.
-                run["error_node"] = fields.get(f"{error_node}/cause") or error_node
+                cause = hashes[0].get(f"{error_node}/cause")
+                run["error_node"] = cause or error_node
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
+
+    def _read_if_ended(self, run_id: str) -> RunSnapshot | None:
+        """Return the run's snapshot if it has ended, else None.
+
+        One script call reads the status and, if the run has ended, the node
+        hashes, unless the spec must be read too (a large run's spec is not
+        in its run hash).
+
+        Raises:
+            RunNotFound: if the run does not exist.
+        """
+        keys = self._keys.run(run_id)
+        known = self._known_version(run_id)
+        fields_read = [*_SNAPSHOT_FIELDS, "spec"] if not known else _SNAPSHOT_FIELDS
+        reply = self._scripts.call(
+            "read_ended",
+            [keys.run, keys.nodes, keys.values, keys.errors],
+            list(fields_read),
+            run_id=run_id,
+        )
+        run = _fields_found(fields_read, reply[0])
+        if "status" not in run:
+            raise self._not_found(run_id)
+        if len(reply) == 1:
+            return None
+        version, text = run["spec_version"], run.pop("spec", "")
+        if not text and version != known:
+            # A large run's spec, or a spec that a splice changed since it
+            # was parsed: snapshot reads either.
+            return self.snapshot(run_id)
+        hashes = (_pairs(reply[1]), _pairs(reply[2]), _pairs(reply[3]))
+        return self._snapshot_of(run_id, run, version, text, hashes)
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         run_key = self._keys.run(run_id).run
-        with self._lock:
-            cached = self._specs.get(run_id)
-        # A snapshot of a run with shards reads every shard, so it is polled
-        # by status only, like a large run.
-        small = (
-            cached is not None
-            and len(cached[1].nodes) <= _SMALL_RUN_NODES
-            and not any(node.task == SHARD_TASK for node in cached[1].nodes)
-        )
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if small:
-                snapshot = self.snapshot(run_id)
-                if snapshot.status != "running" or (
-                    remaining is not None and remaining <= 0
-                ):
-                    return snapshot
-            else:
+            ended = self._read_if_ended(run_id)
+            if ended is not None:
+                return ended
+            # A running run is polled with HGET, a fifth of the script call's
+            # bytes, until its status changes.
+            status: Any = "running"
+            while status == "running":
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return self.snapshot(run_id)
+                pause = self._poll_interval_s
+                time.sleep(pause if remaining is None else min(pause, remaining))
                 with self._redis_errors(f"read the status of run {run_id}"):
                     status = self._client.hget(run_key, "status")
                 if status is None:
                     raise self._not_found(run_id)
-                if status != "running" or (remaining is not None and remaining <= 0):
-                    return self.snapshot(run_id)
-            pause = self._poll_interval_s
-            time.sleep(pause if remaining is None else min(pause, remaining))
 
     def workers_alive(self) -> int | None:
         return len(self.workers())
@@ -1102,6 +1174,9 @@ class RedisDriver(ShardRuns):
         reply = self._scripts.call(
             script, keys, args, run_id=message.run_id, node_id=message.node_id
         )
+        self._check_report(script, message, reply)
+
+    def _check_report(self, script: str, message: Message, reply: Any) -> None:
         result = check_reply(script, reply, message.run_id, message.node_id)
         if result is not Reply.DONE:
             log.debug(
@@ -1413,7 +1488,10 @@ class RedisDriver(ShardRuns):
             problem = _undecodable_field(fields)
             if problem is None:
                 try:
+                    _check_envelope(fields)
                     message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+                except _UnknownEnvelope as err:
+                    problem = str(err)
                 except KeyError as err:
                     problem = f"missing field {err.args[0]!r}"
                 except ValueError as err:
@@ -1445,7 +1523,8 @@ class RedisDriver(ShardRuns):
             shown = shown[:_MAX_SHOWN_FIELDS] + "..."
         reason = (
             f"Malformed message {entry_id} on queue {queue!r}: {problem}; "
-            f"fields {shown}. Stem writes run, node, attempt, epoch and task."
+            f"fields {shown}. Stem writes v (the envelope version), run, node, "
+            "attempt, epoch and task."
         )
 
         def text(name: str) -> str:
@@ -1718,6 +1797,22 @@ def _undecodable_field(fields: dict[str, Any]) -> str | None:
     return None
 
 
+class _UnknownEnvelope(Exception):
+    """A queue entry written in an envelope version this worker does not read."""
+
+
+def _check_envelope(fields: dict[str, Any]) -> None:
+    """Raise unless a queue entry is in the envelope version this worker reads."""
+    version = fields.get("v")
+    if version is None:
+        raise KeyError("v")
+    if version != ENVELOPE_VERSION:
+        raise _UnknownEnvelope(
+            f"envelope version {version!r}, but this worker reads only version "
+            f"{ENVELOPE_VERSION!r}; upgrade the worker, then replay the dead letter"
+        )
+
+
 def _message(
     queue: str, entry_id: str, fields: dict[str, Any], *, reclaimed: bool = False
 ) -> Message:
@@ -1750,6 +1845,20 @@ def _event_position(entry_id: str) -> tuple[int, int]:
     """Return a stream entry id as numbers: write time in microseconds, sequence."""
     micros, _, sequence = entry_id.partition("-")
     return int(micros), int(sequence)
+
+
+def _fields_found(names: Sequence[str], found: Sequence[str | None]) -> dict[str, str]:
+    """Pair hash field names with the values HMGET found, leaving out missing ones."""
+    return {
+        name: value
+        for name, value in zip(names, found, strict=True)
+        if value is not None
+    }
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """Turn a flat field/value list, as a script returns HGETALL, into a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _milliseconds(seconds: float | None) -> str:

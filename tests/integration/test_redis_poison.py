@@ -85,7 +85,7 @@ def test_entry_not_utf8_is_dead_lettered(redis_target: Any, raw_client: Any) -> 
         assert driver.submit("good", compile_canvas(add.s(1, 1)))
         stream = driver._keys.partition_of("good").queue("default")
         driver._ensure_groups(["default"])
-        fields = {"node": "0", "attempt": "1", "epoch": "1", "task": "add"}
+        fields = {"v": "1", "node": "0", "attempt": "1", "epoch": "1", "task": "add"}
         raw_client.xadd(stream, {**fields, "run": b"bad-\xff"})
         raw_client.xadd(stream, {**fields, "run": "stalled", "task": b"\xfe"})
         # Another consumer read all three and died before acknowledging them,
@@ -120,7 +120,14 @@ def test_non_ascii_digit_attempt_dead_lettered(redis_target: Any, client: Any) -
         # str.isdigit() accepts "²", but int() does not parse it.
         client.xadd(
             stream,
-            {"run": "r", "node": "0", "attempt": "²", "epoch": "1", "task": "add"},
+            {
+                "v": "1",
+                "run": "r",
+                "node": "0",
+                "attempt": "²",
+                "epoch": "1",
+                "task": "add",
+            },
         )
 
         assert driver.fetch(["default"], 5, 0.1) == []
@@ -208,7 +215,14 @@ def test_entry_without_task_spares_batch(
         # An empty task field makes the worker look the task up in the run.
         client.xadd(
             stream,
-            {"run": run_id, "node": node_id, "attempt": "1", "epoch": "1", "task": ""},
+            {
+                "v": "1",
+                "run": run_id,
+                "node": node_id,
+                "attempt": "1",
+                "epoch": "1",
+                "task": "",
+            },
         )
 
         with app.worker(concurrency=4):

@@ -41,8 +41,9 @@ for _, member in ipairs(due) do
   -- The member contains ids and names written by this driver, never user values.
   local message = parse(member)
   if message then
-    rcall("XADD", base .. "q:" .. message[1], "*", "run", message[2], "node", message[3],
-      "attempt", message[4], "epoch", message[5], "task", message[6])
+    -- "v" is the envelope version, ENVELOPE_VERSION in driver.py.
+    rcall("XADD", base .. "q:" .. message[1], "*", "v", "1", "run", message[2],
+      "node", message[3], "attempt", message[4], "epoch", message[5], "task", message[6])
     moved = moved + 1
   else
     -- Bytes outside printable ASCII become "?", so the reason is valid text.
