@@ -315,10 +315,12 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     These are the nodes that failed, were cancelled or had not ended, and
     what depends on them: the nodes downstream that were cancelled or
     skipped, and every errback covering one of them, so errbacks can fire
-    again. A node that succeeded keeps its value unless it is such an errback
-    or depends on a succeeded node that is reopened (inside an errback's
-    canvas), because then its input is about to change. So a join that
-    succeeded over a failed member under ``all_settled`` is kept. A node that
+    again. A node that succeeded keeps its value unless it is such an errback,
+    depends on a succeeded node that is reopened (inside an errback's canvas),
+    because then its input is about to change, or lies downstream of a
+    reopened errback in that errback's canvas, because the errback may not
+    fire again. So a join that succeeded over a failed member under
+    ``all_settled`` is kept, unless it is part of a reopened errback's canvas. A node that
     a ``replace`` put a canvas in place of is never reopened, because
     splicing it again would add its canvas twice. When such a node would
     have been reopened (an errback, or a node inside an errback's canvas),
@@ -332,22 +334,31 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     """
     states = {node_id: record.state for node_id, record in run.nodes.items()}
     reopened: set[NodeId] = set()
+    # Reopened errbacks and the nodes downstream of them in their canvases:
+    # the errback may not fire in the new epoch, so nothing after it keeps an
+    # outcome, not even a join that succeeded over a failed member.
+    rearmed: set[NodeId] = set()
     stack: list[NodeId] = []
     for node in run.spec.nodes:
         if states[node.id] not in ("succeeded", "skipped"):
             reopened.add(node.id)
             stack.append(node.id)
+            if node.role == "errback":
+                rearmed.add(node.id)
     kept_replaced: set[NodeId] = set()
     while stack:
         current = stack.pop()
         current_succeeded = states[current] == "succeeded"
+        current_rearmed = current in rearmed
+        dependents = [
+            dependent
+            for dependent in run.spec.dependents[current]
+            if current_rearmed or current_succeeded or states[dependent] != "succeeded"
+        ]
+        errbacks = run.spec.errbacks_covering[current]
         candidates = [
-            *(
-                dependent
-                for dependent in run.spec.dependents[current]
-                if current_succeeded or states[dependent] != "succeeded"
-            ),
-            *run.spec.errbacks_covering[current],
+            *dependents,
+            *errbacks,
             *(
                 read
                 for read in dict.fromkeys(template_nodes(run.spec.node(current).input))
@@ -357,6 +368,16 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
         for candidate in candidates:
             if run.nodes[candidate].replaced:
                 kept_replaced.add(candidate)
+                continue
+            rearms = candidate in errbacks or (
+                current_rearmed and candidate in dependents
+            )
+            if rearms and candidate not in rearmed:
+                # Visit it again if it was reopened already, so its successes
+                # downstream reopen too.
+                rearmed.add(candidate)
+                reopened.add(candidate)
+                stack.append(candidate)
             elif candidate not in reopened:
                 reopened.add(candidate)
                 stack.append(candidate)

@@ -146,6 +146,23 @@ def test_errback_fires_again_each_epoch(kit: Kit) -> None:
     assert len(kit.called("fail")) == 2
 
 
+def test_settled_errback_join_skipped_on_success(kit: Kit, switch: Switch) -> None:
+    errback = chord(group(kit.fail.si()), kit.echo.s(), join="all_settled")
+    canvas = switch.task.si().on_error(errback)
+    with kit.app.worker(concurrency=2):
+        result = canvas.apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+        kit.settle(result)
+        switch.turn_on()
+        second = result.retry()
+        assert second.get(TIMEOUT_S) == "on"
+        kit.settle(second)
+    states = {node.task: node.state for node in second.nodes().values()}
+    assert states["fail"] == "skipped"
+    assert states["echo"] == "skipped"
+    assert len(kit.called("echo")) == 1
+
+
 def test_link_and_errback_in_new_epoch(kit: Kit, switch: Switch) -> None:
     canvas = chain(kit.add.s(1, 1), switch.task.s())
     canvas.link(kit.echo.s())

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from stem.canvas import Canvas, Chain, Group, Signature, compile_canvas
+from stem.canvas import Canvas, Chain, Chord, Group, Signature, compile_canvas
 from stem.canvas.values import dumps, loads
 from stem.engine import machine
 from stem.engine.errors import RunNotRetryable
@@ -165,6 +165,28 @@ def test_errback_skipped_when_retry_succeeds() -> None:
     machine.reopen(run, 5.0)
     succeed(run, "0", 1)
     assert run.nodes[errback].state == "skipped"
+    assert run.status == "succeeded"
+
+
+def test_settled_join_in_errback_reopened() -> None:
+    # The errback is a chord whose callback accepts a failed member: when the
+    # retry succeeds, the errback does not fire and the callback is skipped too.
+    header = Group([Signature("m")])
+    errback = Chord(header, Signature("cb"), "all_settled")
+    run, _ = start(Signature("a").on_error(errback))
+    member = next(node.id for node in run.spec.nodes if node.task == "m")
+    callback = next(node.id for node in run.spec.nodes if node.task == "cb")
+    fail(run, "0")
+    fail(run, member)
+    succeed(run, callback, [])
+    assert run.status == "failed"
+
+    assert machine.nodes_to_reopen(run) == {"0", member, callback}
+    machine.reopen(run, 5.0)
+    succeed(run, "0", 1)
+
+    assert run.nodes[member].state == "skipped"
+    assert run.nodes[callback].state == "skipped"
     assert run.status == "succeeded"
 
 

@@ -70,17 +70,29 @@ end
 
 -- The same closure as the Python `nodes_to_reopen`; its docstring gives the rules.
 local reopened = {}
+-- Reopened errbacks and the nodes downstream of them in their canvases keep
+-- no outcome, since the errback may not fire in the new epoch.
+local rearmed = {}
 local kept_replaced = {}
 local stack = {}
 for _, node in ipairs(nodes) do
   if states[node] ~= "succeeded" and states[node] ~= "skipped" then
     reopened[node] = true
     stack[#stack + 1] = node
+    if attr(node, "role") == "errback" then
+      rearmed[node] = true
+    end
   end
 end
-local function visit(candidate)
+local function visit(candidate, rearms)
   if rcall("HGET", nodes_key, candidate .. "/replaced") == "1" then
     kept_replaced[#kept_replaced + 1] = candidate
+  elseif rearms and not rearmed[candidate] then
+    -- Visit it again if it was reopened already, so its successes
+    -- downstream reopen too.
+    rearmed[candidate] = true
+    reopened[candidate] = true
+    stack[#stack + 1] = candidate
   elseif not reopened[candidate] then
     reopened[candidate] = true
     stack[#stack + 1] = candidate
@@ -89,19 +101,20 @@ end
 while #stack > 0 do
   local current = table.remove(stack)
   local current_succeeded = states[current] == "succeeded"
+  local current_rearmed = rearmed[current] == true
   for _, dependent in ipairs(split(attr(current, "dependents"))) do
-    if current_succeeded or states[dependent] ~= "succeeded" then
-      visit(dependent)
+    if current_rearmed or current_succeeded or states[dependent] ~= "succeeded" then
+      visit(dependent, current_rearmed)
     end
   end
   for _, errback in ipairs(split(attr(current, "errbacks"))) do
-    visit(errback)
+    visit(errback, true)
   end
   -- An ignore_result input whose value was dropped must run again.
   for _, read in ipairs(split(attr(current, "reads"))) do
     if attr(read, "ignore") == "1" and states[read] == "succeeded"
         and rcall("HEXISTS", values_key, read) == 0 then
-      visit(read)
+      visit(read, false)
     end
   end
 end
