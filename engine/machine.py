@@ -320,8 +320,8 @@ def nodes_to_reopen(run: RunState) -> set[NodeId]:
     because then its input is about to change, or lies downstream of a
     reopened errback in that errback's canvas, because the errback may not
     fire again. So a join that succeeded over a failed member under
-    ``all_settled`` is kept, unless it is part of a reopened errback's canvas. A node that
-    a ``replace`` put a canvas in place of is never reopened, because
+    ``all_settled`` is kept, unless it is part of a reopened errback's canvas.
+    A node that a ``replace`` put a canvas in place of is never reopened, because
     splicing it again would add its canvas twice. When such a node would
     have been reopened (an errback, or a node inside an errback's canvas),
     the nodes of its canvas that ended keep their outcomes too, so that part
