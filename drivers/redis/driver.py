@@ -640,7 +640,10 @@ class RedisDriver(RedisOperations):
                 )
                 self._ack_outbox(partition, entry_id)
             elif kind == "cancel":
-                self._cancel_shard(shard_run_id(fields["run"], fields["node"]))
+                # An entry written before its epoch was added has none.
+                self._cancel_shard(
+                    shard_run_id(fields["run"], fields["node"]), fields.get("epoch", "")
+                )
                 self._ack_outbox(partition, entry_id)
             else:
                 log.warning(
@@ -1076,10 +1079,18 @@ class RedisDriver(RedisOperations):
         )
 
     def cancel(self, run_id: str) -> None:
+        self._cancel(run_id, "")
+
+    def _cancel(self, run_id: str, home_epoch: str) -> None:
+        """Cancel a run; a shard run only if it is not in a later home epoch.
+
+        ``home_epoch`` is the home run's epoch that asked to cancel a shard,
+        or "" to cancel the run whatever its epoch.
+        """
         partition = self._keys.partition_of(run_id)
         run_keys = partition.run(run_id)
         keys = [*run_keys.all(), run_keys.counts, partition.events, partition.outbox]
-        reply = self._scripts.call("cancel", keys, [run_id], run_id=run_id)
+        reply = self._scripts.call("cancel", keys, [run_id, home_epoch], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         if check_reply("cancel", reply, run_id, accept=accept) is not Reply.DONE:
             return
@@ -1091,10 +1102,14 @@ class RedisDriver(RedisOperations):
             if node.task == SHARD_TASK:
                 self._cancel_shard(shard_run_id(run_id, node.id))
 
-    def _cancel_shard(self, shard: str) -> None:
-        """Cancel a shard run; one that expired already needs nothing."""
+    def _cancel_shard(self, shard: str, home_epoch: str = "") -> None:
+        """Cancel a shard run; one that expired already needs nothing.
+
+        A shard that a retry of its home run opened for an epoch later than
+        ``home_epoch`` stays running: the cancel was meant for an older one.
+        """
         try:
-            self.cancel(shard)
+            self._cancel(shard, home_epoch)
         except RunNotFound:
             log.debug("Shard %s to cancel is not found; it expired.", shard)
 
