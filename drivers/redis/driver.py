@@ -838,7 +838,8 @@ class RedisDriver(RedisOperations):
         for node, state in zip(shard_nodes, states, strict=True):
             shard = shard_run_id(home, node)
             if state == "cancelled":
-                self.cancel(shard)
+                # The shard may have ended and expired while its home runs on.
+                self._cancel_shard(shard, str(epoch))
                 continue
             if state != "running":
                 continue

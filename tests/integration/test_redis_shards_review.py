@@ -458,3 +458,28 @@ def test_no_script_grows_with_group_members(redis_url: str) -> None:
     large, large_name = _largest_call_with_group_members(redis_url, 1000)
     assert large <= small, (small, small_name, large, large_name)
 
+
+def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    header = [fail.s() if i == 3 else add.s(i, i) for i in range(12)]
+    spec = compile_canvas(group(chord(header, echo.s()), add.s(1, 1)))
+    driver = _driver(redis_target, shard_size=5, retention_s=0.3, reconcile_after_s=0)
+    try:
+        driver.submit("branch", spec)
+        skipped: list[Message] = []
+        # The other branch, node 13, keeps the home run running.
+        _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "13")
+        [message] = skipped
+        snapshot = driver.snapshot("branch")
+        assert snapshot.status == "running"
+        assert snapshot.nodes["12"].state == "cancelled"
+        # The chord's shards ended, and their retention runs out.
+        time.sleep(0.6)
+        assert driver.reconcile() == 1
+        assert _run_message(driver, message, fixed=False) == "add"
+        assert driver.snapshot("branch").status == "failed"
+    finally:
+        driver.close()
