@@ -432,10 +432,11 @@ def _largest_call_with_group_members(url: str, member_size: int) -> tuple[int, s
     try:
         counter = _LargestCall(driver)
         driver.submit("grouped", spec)
-        while driver.snapshot("grouped").status == "running":
-            for partition, entry_id, fields in _read_outbox(driver):
-                driver._apply_outbox(partition, entry_id, fields)
-            for message in driver.fetch(["default"], 1, 0.05):
+        while True:
+            messages = driver.fetch(["default"], 100, 0.05)
+            if not messages and driver.snapshot("grouped").status != "running":
+                break
+            for message in messages:
                 _run_message(driver, message, fixed=False)
         assert driver.snapshot("grouped").status == "succeeded"
         return counter.largest, counter.largest_name
@@ -447,10 +448,10 @@ def _largest_call_with_group_members(url: str, member_size: int) -> tuple[int, s
 @pytest.mark.xfail(
     strict=True,
     reason=(
-        "Shards hold whole members and shard_size counts members, not nodes: "
-        "a header of 4 groups of n tasks is cut into 2 shards of 2n tasks, "
-        "and the predecessor's complete.lua (or the shard's release) queues "
-        "or visits them all, so the largest script call grows with n."
+        "shard_size counts whole members, not nodes: a header of 4 groups of "
+        "n tasks is cut into 2 shards of 2n tasks each, and the shard's last "
+        "complete.lua checks every one of its 2n sinks (maybe_finish in "
+        "graph.lua), so the largest script call grows with n."
     ),
 )
 def test_no_script_grows_with_group_members(redis_url: str) -> None:
@@ -483,3 +484,93 @@ def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
         assert driver.snapshot("branch").status == "failed"
     finally:
         driver.close()
+
+
+# -- a worker killed between the partitions ----------------------------------
+
+#: Database of the worker-process test: the command line uses no key prefix.
+KILL_DATABASE = 14
+
+KILLED_FLOWS = """
+import os
+import signal
+
+from stem import App, chord
+from stem.drivers.redis import driver as redis_driver
+
+app = App({url!r}, partitions=3, visibility_timeout_s=1.0)
+
+
+def note(line):
+    with open({log!r}, "a", encoding="utf-8") as log:
+        log.write(line + "\\n")
+
+
+@app.task(name="add")
+def add(x, y):
+    note(f"add {{x}}")
+    return x + y
+
+
+@app.task(name="echo")
+def echo(values):
+    note("echo")
+    return values
+
+
+def header(n=11):
+    return chord([add.s(i, i) for i in range(n)], echo.s())
+
+
+# The worker dies by SIGKILL right after the first shard's activate.lua,
+# before release.lua queues any member and before the entry is acknowledged.
+original_release = redis_driver.RedisDriver._release
+
+
+def release_or_die(self, run_id, epoch, receipt):
+    if "~s" in run_id:
+        note("killed")
+        os.kill(os.getpid(), signal.SIGKILL)
+    return original_release(self, run_id, epoch, receipt)
+
+
+# Only in the doomed worker: the test process imports this module too.
+if os.environ.get("KILL_AFTER_ACTIVATE"):
+    redis_driver.RedisDriver._release = release_or_die
+"""
+
+
+@pytest.mark.slow
+def test_worker_killed_after_activate(tmp_path: Any, redis_url: str) -> None:
+    from .conftest import TIMEOUT_S as PROCESS_TIMEOUT_S
+    from .conftest import database_url, load_flows, start_stem, stop_process
+
+    url = f"{database_url(redis_url, KILL_DATABASE)}?shard_size=3"
+    log = tmp_path / "calls.log"
+    flows = tmp_path / f"killedflows_{uuid.uuid4().hex[:8]}.py"
+    flows.write_text(KILLED_FLOWS.format(url=url, log=str(log)), encoding="utf-8")
+    module = load_flows(flows)
+    app = module.app
+    args = ["worker", "-A", str(flows), "-n", "doomed", "--pool", "threads", "-c", "2"]
+    doomed = start_stem(*args, env={"KILL_AFTER_ACTIVATE": "1"})
+    try:
+        result = app.submit(module.header(11))
+        doomed.communicate(timeout=PROCESS_TIMEOUT_S)
+        assert doomed.returncode == -9
+    finally:
+        if doomed.poll() is None:
+            stop_process(doomed)
+    assert log.read_text(encoding="utf-8").splitlines() == ["killed"]
+    args[4] = "survivor"
+    survivor = start_stem(*args)
+    try:
+        value = result.get(PROCESS_TIMEOUT_S)
+    finally:
+        code, _, stderr = stop_process(survivor)
+        app.close()
+    assert code == 0, stderr
+    assert value == [2 * i for i in range(11)]
+    lines = log.read_text(encoding="utf-8").splitlines()
+    # Every member ran once and the callback once: nothing was applied twice.
+    assert sorted(lines) == sorted(["killed", "echo", *(f"add {i}" for i in range(11))])
+
