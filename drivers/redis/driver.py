@@ -325,14 +325,19 @@ class RedisDriver(RedisOperations):
             pipe.execute()
 
     def _write_shard(self, home: str, shard: Shard) -> None:
-        """Stage and seal one shard run, inactive until its home run activates it."""
+        """Stage and seal one shard run, inactive until its home run activates it.
+
+        Raises:
+            DriverError: if another run has the shard's run id, which a run
+                id given at submit can have.
+        """
         shard_id = shard_run_id(home, shard.node)
         with paused_gc():
             graph = layout.graph_fields(shard.spec, defaults=False)
             counts = layout.initial_counts(shard.spec.nodes)
             state = layout.initial_node_fields(shard.spec.nodes)
         ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
-        self._stage_and_seal(
+        written = self._stage_and_seal(
             shard_id,
             shard.spec,
             graph,
@@ -341,6 +346,21 @@ class RedisDriver(RedisOperations):
             shard.roots,
             [home, shard.node, "1", ttl_ms],
         )
+        if written:
+            return
+        with self._redis_errors(f"read the owner of run {shard_id}"):
+            owner: Any = self._client.hmget(
+                self._keys.run(shard_id).run, ["home", "home_node"]
+            )
+        # An earlier submit of this run that died before the home run wrote
+        # this shard already.
+        if owner != [home, shard.node]:
+            raise DriverError(
+                f"Run {home} cannot store its chord shard as run {shard_id}, "
+                "because another run has that id. Submit the canvas under a "
+                "run id that no other run id starts with followed by '~s', or "
+                "pass shard_size=0."
+            )
 
     def _submit_run(
         self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()

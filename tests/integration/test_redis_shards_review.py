@@ -22,6 +22,7 @@ from stem.canvas.spec import GraphSpec
 from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import plan_shards
+from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.ports import Message
 from stem.engine.records import ErrorInfo
 
@@ -574,3 +575,48 @@ def test_worker_killed_after_activate(tmp_path: Any, redis_url: str) -> None:
     # Every member ran once and the callback once: nothing was applied twice.
     assert sorted(lines) == sorted(["killed", "echo", *(f"add {i}" for i in range(11))])
 
+
+# -- shard run ids -------------------------------------------------------------
+
+
+def test_run_named_like_a_shard_kept_apart(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("taken~s0", compile_canvas(add.s(100, 100)))
+        _drain(driver)
+        assert driver.snapshot("taken~s0").value == "200"
+        with pytest.raises(DriverError, match=r"another run has that id"):
+            driver.submit("taken", _spec(12))
+        assert _drain(driver) == []
+        with pytest.raises(RunNotFound):
+            driver.snapshot("taken")
+        other = driver.snapshot("taken~s0")
+        assert other.value == "200"
+        assert driver._client.hget(driver._keys.run("taken~s0").run, "home") is None
+    finally:
+        driver.close()
+
+
+def test_resubmit_after_crash_reuses_shards(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    original = driver._scripts.call
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "submit":
+            raise KeyboardInterrupt("died after the shards, before the home run")
+        return original(name, *args, **kwargs)
+
+    try:
+        driver._scripts.call = call  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            driver.submit("again", _spec(12))
+        driver._scripts.call = original  # type: ignore[method-assign]
+        # The shards the first submit wrote are this run's, so they are kept.
+        assert driver.submit("again", _spec(12)) is True
+        ran = _drain(driver)
+        assert ran.count("add") == 12
+        assert driver.snapshot("again").value == dumps([2 * i for i in range(12)])
+    finally:
+        driver.close()
