@@ -44,7 +44,10 @@ SHARD_SEPARATOR = "~s"
 
 
 def shard_run_id(run_id: str, shard_node: NodeId) -> str:
-    """Return the id of the shard run that a home run's shard node stands for."""
+    """Return the id of the shard run of a home run's shard node."""
+    # NOTE: a user's run id may contain "~s" too. A run "a~s5" submitted
+    # after run "a" wrote its shard 5 is taken as submitted already, and
+    # run "a" submitted after it raises DriverError naming the id.
     return f"{run_id}{SHARD_SEPARATOR}{shard_node}"
 
 

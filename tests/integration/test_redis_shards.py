@@ -22,6 +22,7 @@ from stem.canvas.compiler import compile_canvas
 from stem.canvas.spec import GraphSpec
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import shard_run_id
+from stem.engine.errors import DriverError
 from stem.engine.ports import Message
 
 from .conftest import database_url, stem
@@ -604,3 +605,37 @@ def test_nested_members_after_group(make_app: Callable[..., App]) -> None:
     with app.worker(concurrency=4):
         value = canvas.apply_async().get(TIMEOUT_S)
     assert value == [[[[2, 4], i], [[2, 4], 10 * i]] for i in range(5)]
+
+
+def test_shard_id_taken_by_other_run(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        assert driver.submit("taken~s5", _spec(2))
+        with pytest.raises(DriverError, match="taken~s5"):
+            driver.submit("taken", _spec(12))
+    finally:
+        driver.close()
+
+
+def test_submit_again_after_crash(redis_target: Any, monkeypatch: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        original = driver._scripts.call
+
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "submit":
+                raise KeyboardInterrupt("died before the home run")
+            return original(name, *args, **kwargs)
+
+        with monkeypatch.context() as patch:
+            patch.setattr(driver._scripts, "call", call)
+            with pytest.raises(KeyboardInterrupt):
+                driver.submit("again-after", _spec(12))
+        # The shards written by the first try are taken over.
+        assert driver.submit("again-after", _spec(12))
+        _drain(driver)
+        snapshot = driver.snapshot("again-after")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == _json([2 * i for i in range(12)])
+    finally:
+        driver.close()

@@ -587,7 +587,7 @@ def test_run_named_like_a_shard_kept_apart(redis_target: Any) -> None:
         driver.submit("taken~s0", compile_canvas(add.s(100, 100)))
         _drain(driver)
         assert driver.snapshot("taken~s0").value == "200"
-        with pytest.raises(DriverError, match=r"another run has that id"):
+        with pytest.raises(DriverError, match=r"is taken by another run"):
             driver.submit("taken", _spec(12))
         assert _drain(driver) == []
         with pytest.raises(RunNotFound):

@@ -1,0 +1,428 @@
+"""The Redis driver's side of sharded chords: shard runs and their outbox entries.
+
+`ShardRuns` is a base of `stem.drivers.redis.RedisDriver`. It writes the
+shard runs that `stem.drivers.redis.shards.plan_shards` cuts from a chord
+header. It applies the ``activate``, ``report`` and ``cancel`` outbox
+entries that the scripts write between a home run and its shards, and sends
+them again for the reconciler. It also merges the shards back into a home
+run's views.
+Every script call touches one partition: the home run's or one shard's.
+docs/redis.md describes how a sharded chord runs.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from stem.canvas.gcpause import paused_gc
+from stem.canvas.spec import GraphSpec, NodeId, NodeSpec
+from stem.canvas.values import dumps
+from stem.drivers.redis import layout
+from stem.drivers.redis.operations import RedisOperations
+from stem.drivers.redis.scripts import Reply, check_reply
+from stem.drivers.redis.shards import (
+    SHARD_INPUT_TASK,
+    SHARD_TASK,
+    Shard,
+    ShardPlan,
+    merged_view,
+    shard_run_id,
+)
+from stem.engine import machine
+from stem.engine.errors import DriverError, RunNotFound
+from stem.engine.records import ErrorInfo, NodeRecord, RunState
+
+log = logging.getLogger("stem.drivers.redis.driver")
+
+
+class ShardRuns(RedisOperations):
+    """Shard runs of sharded chords, over the keys of every partition."""
+
+    _stage_ttl_s: float
+
+    # RedisDriver defines these, and the shard runs call them.
+
+    def _submit_run(
+        self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
+    ) -> bool:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _stage_and_seal(
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        graph: list[str],
+        state: list[str],
+        counts: list[str],
+        roots: list[NodeId],
+        home: Sequence[str] = ("", "", "", ""),
+    ) -> bool:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _release(self, run_id: str, epoch: str, receipt: str) -> None:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _cancel(self, run_id: str, home_epoch: str) -> None:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _not_found(self, run_id: str) -> RunNotFound:
+        raise NotImplementedError  # pragma: no cover - RedisDriver defines it
+
+    def _submit_sharded(self, run_id: str, plan: ShardPlan) -> bool:
+        """Write a run whose chord headers are cut into shards: shards first."""
+        with self._errors(f"check whether run {run_id} exists"):
+            exists = self._client.exists(self._keys.run(run_id).run)
+        if exists:
+            return False
+        # Every shard is written before the home run, so an activation never
+        # finds its shard missing. Shards keep a TTL of stage_ttl_s until the
+        # home run exists, so those of a submitter that died first expire.
+        for shard in plan.shards:
+            self._write_shard(run_id, shard)
+        shard_fields: list[str] = []
+        for join, nodes in plan.joins.items():
+            shard_fields += [f"{join}/shards", ",".join(nodes)]
+        created = self._submit_run(run_id, plan.home, shard_fields)
+        if created:
+            # NOTE: if this process dies before the loop ends, a shard that
+            # is activated after stage_ttl_s is gone, and its chord fails
+            # with an error that names the missing shard run.
+            for shard in plan.shards:
+                self._persist_shard(shard_run_id(run_id, shard.node))
+            log.debug(
+                "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
+            )
+        return created
+
+    def _persist_shard(self, shard_id: str) -> None:
+        """Remove the TTL that a shard run's keys got at its seal."""
+        keys = self._keys.run(shard_id)
+        with self._errors(f"persist shard {shard_id}"):
+            pipe = self._client.pipeline(transaction=False)
+            for key in (keys.run, keys.graph, keys.nodes, keys.roots, keys.spec):
+                pipe.persist(key)
+            pipe.persist(keys.counts)
+            pipe.execute()
+
+    def _write_shard(self, home: str, shard: Shard) -> None:
+        """Stage and seal one shard run, inactive until its home run activates it."""
+        shard_id = shard_run_id(home, shard.node)
+        with paused_gc():
+            graph = layout.graph_fields(shard.spec, defaults=False)
+            counts = layout.initial_counts(shard.spec.nodes)
+            state = layout.initial_node_fields(shard.spec.nodes)
+        ttl_ms = str(max(1, int(self._stage_ttl_s * 1000)))
+        sealed = self._stage_and_seal(
+            shard_id,
+            shard.spec,
+            graph,
+            state,
+            counts,
+            shard.roots,
+            [home, shard.node, "1", ttl_ms],
+        )
+        if sealed:
+            return
+        # The shard exists: an earlier submit of this run wrote it, or a run
+        # that is not a shard has its id.
+        with self._errors(f"read shard {shard_id}"):
+            owner: Any = self._client.hget(self._keys.run(shard_id).run, "home")
+        if owner != home:
+            raise DriverError(
+                f"Run id {shard_id!r} that shard {shard.node} of run {home} "
+                "needs is taken by another run. Submit run "
+                f"{home} with another run id, or with shard_size=0."
+            )
+
+    def _activate(self, home: str, node: NodeId, epoch: str) -> None:
+        """Give a shard run its input and queue its roots, a slice per call.
+
+        Idempotent: a shard activated already only gets its remaining roots
+        released, so an entry applied twice, or by the reconciler, is harmless.
+        """
+        shard = shard_run_id(home, node)
+        home_keys = self._keys.run(home)
+        with self._errors(f"read the status of run {home}"):
+            status, current = self._client.hmget(home_keys.run, ["status", "epoch"])
+        if status != "running" or current != epoch:
+            # An ended home run cancelled its shards when it ended, and an
+            # entry of an older epoch has nothing left to start.
+            log.debug("Skipped activating shard %s of run %s.", shard, home)
+            return
+        try:
+            spec = self._spec_of(shard)
+        except RunNotFound:
+            self._shard_missing(home, node, epoch, shard)
+            return
+        inputs = [n.id for n in spec.nodes if n.task == SHARD_INPUT_TASK]
+        values: list[Any] = []
+        if inputs:
+            with self._errors(f"read the input of shard {shard}"):
+                values = list(self._client.hmget(home_keys.values, inputs))
+        pairs: list[str | int | float] = []
+        for input_node, value in zip(inputs, values, strict=True):
+            pairs += [input_node, dumps(None) if value is None else value]
+        partition = self._keys.partition_of(shard)
+        keys = partition.run(shard)
+        script_keys = [
+            *keys.all(),
+            partition.delayed,
+            keys.counts,
+            partition.events,
+            partition.releasing,
+        ]
+        args: list[str | int | float] = [shard, epoch, *pairs]
+        reply = self._scripts.call("activate", script_keys, args, run_id=shard)
+        result = check_reply("activate", reply, shard)
+        if result is Reply.STALE:
+            # A retry of the home run opened this epoch after the shard ended.
+            self._renew_shard(home, node, shard, epoch)
+            reply = self._scripts.call("activate", script_keys, args, run_id=shard)
+            result = check_reply("activate", reply, shard)
+        if result is Reply.RUN_NOT_FOUND:
+            self._shard_missing(home, node, epoch, shard)
+            return
+        if result is Reply.STALE:
+            log.warning("Skipped activating shard %s for epoch %s.", shard, epoch)
+            return
+        self._release(shard, "", "")
+
+    def _renew_shard(
+        self, home: str, node: NodeId, shard: str, home_epoch: str
+    ) -> None:
+        """Open a shard run again for a new epoch of its home run.
+
+        A shard that succeeded (its home run cancelled its shard node before
+        the report came) reports its success again, in the new epoch. A
+        shard still running from the older epoch is cancelled first. One
+        that was activated is reopened (reopen.lua), which queues again what
+        failed or was cancelled, and one that never started is reset to
+        inactive (reset_shard.lua).
+        """
+        keys = self._keys.run(shard)
+        with self._errors(f"read shard {shard}"):
+            status, active = self._client.hmget(keys.run, ["status", "active"])
+        if status == "succeeded":
+            # An ended shard never changes again, so a plain write is safe.
+            with self._errors(f"write the home epoch of shard {shard}"):
+                self._client.hset(keys.run, "home_epoch", home_epoch)
+            self._report_to_home(home, node, home_epoch, "succeeded", "", "")
+            return
+        if status == "running":
+            self._cancel_shard(shard)
+        partition = self._keys.partition_of(shard)
+        if active == "1":
+            with self._errors(f"read the epoch of shard {shard}"):
+                seen: Any = self._client.hget(keys.run, "epoch")
+            script_keys = [*keys.all(), partition.delayed, keys.counts]
+            reply = self._scripts.call(
+                "reopen",
+                [*script_keys, partition.events],
+                [shard, str(seen), home_epoch],
+                run_id=shard,
+            )
+            check_reply("reopen", reply, shard)
+            log.info("Reopened shard %s for epoch %s of its run.", shard, home_epoch)
+            return
+        script_keys = [*keys.all(), keys.counts, partition.events]
+        reply = self._scripts.call(
+            "reset_shard", script_keys, [shard, home_epoch], run_id=shard
+        )
+        check_reply("reset_shard", reply, shard)
+
+    def _shard_missing(self, home: str, node: NodeId, epoch: str, shard: str) -> None:
+        """Fail a shard node whose shard run is gone, so its home run ends."""
+        reason = (
+            f"Shard run {shard} of run {home} is not found: it expired or was "
+            "never written. Submit the run again."
+        )
+        log.warning("%s", reason)
+        error = ErrorInfo("stem.engine.errors", "DriverError", reason, [reason])
+        self._report_to_home(
+            home, node, epoch, "failed", node, layout.error_json(error)
+        )
+
+    def _apply_report(
+        self,
+        home: str,
+        node: NodeId,
+        epoch: str,
+        shard: str,
+        outcome: str,
+        cause: str,
+    ) -> None:
+        """Record on the home run how a shard ended, with the failed node's error."""
+        error = ""
+        if outcome == "failed" and cause:
+            with self._errors(f"read the error of shard {shard}"):
+                found = self._client.hget(self._keys.run(shard).errors, cause)
+            error = str(found or "")
+        self._report_to_home(home, node, epoch, outcome, cause, error)
+
+    def _report_to_home(
+        self, home: str, node: NodeId, epoch: str, outcome: str, cause: str, error: str
+    ) -> None:
+        partition = self._keys.partition_of(home)
+        keys = partition.run(home)
+        script_keys = [*keys.all(), partition.delayed, keys.counts, partition.events]
+        args: list[str | int | float] = [home, node, epoch, outcome, cause, error]
+        reply = self._scripts.call("report", script_keys, args, run_id=home)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        result = check_reply("report", reply, home, node, accept=accept)
+        log.debug(
+            "Applied a %s report of shard node %s of run %s: %s.",
+            outcome,
+            node,
+            home,
+            result.name.lower(),
+        )
+
+    def _resync_shards(self, home: str) -> None:
+        """Send a home run's activations and reports again, for the reconciler.
+
+        Each running shard node is activated again, and the report of each
+        shard that ended or failed is applied again. Both are idempotent.
+        """
+        # NOTE: a run leaves the reconciler's set when it ends, so a lost
+        # "cancel" entry is not sent again. An active shard then runs its
+        # members to the end and expires, but one never activated stays.
+        try:
+            spec = self._spec_of(home)
+        except RunNotFound:
+            return
+        shard_nodes = [n.id for n in spec.nodes if n.task == SHARD_TASK]
+        home_keys = self._keys.run(home)
+        with self._errors(f"read the shard nodes of run {home}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(home_keys.run, "epoch")
+            pipe.hmget(home_keys.nodes, shard_nodes)
+            epoch, states = pipe.execute()
+        for node, state in zip(shard_nodes, states, strict=True):
+            shard = shard_run_id(home, node)
+            if state == "cancelled":
+                self._cancel_shard(shard, str(epoch))
+                continue
+            if state != "running":
+                continue
+            self._activate(home, node, str(epoch))
+            with self._errors(f"read the status of shard {shard}"):
+                found: Any = self._client.hmget(
+                    self._keys.run(shard).run, ["status", "reported", "error_node"]
+                )
+            status, reported, error_node = found
+            if reported:
+                self._apply_report(home, node, str(epoch), shard, "failed", reported)
+            elif status in ("succeeded", "failed", "cancelled"):
+                self._apply_report(
+                    home, node, str(epoch), shard, status, error_node or ""
+                )
+        with self._errors(f"note the progress of run {home}"):
+            seconds, micros = self._client.time()
+            self._client.zadd(
+                self._keys.partition_of(home).sharded,
+                {home: seconds + micros / 1_000_000},
+                xx=True,
+            )
+
+    def _spec_of(self, run_id: str) -> GraphSpec:
+        """Return a run's current spec, from the cache when it is parsed already."""
+        with self._errors(f"read the spec version of run {run_id}"):
+            version: Any = self._client.hget(self._keys.run(run_id).run, "spec_version")
+        if version is None:
+            raise self._not_found(run_id)
+        return self._cached_spec(run_id, str(version), "")
+
+    def _shard_state(self, run_id: str) -> RunState:
+        """Read a shard run's spec and node records, with plain commands."""
+        spec = self._spec_of(run_id)
+        keys = self._keys.run(run_id)
+        with self._errors(f"read shard {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(keys.nodes)
+            pipe.hgetall(keys.values)
+            pipe.hgetall(keys.errors)
+            fields, values, errors = pipe.execute()
+        with paused_gc():
+            nodes = layout.node_records(spec, fields, values, errors)
+        return RunState(run_id=run_id, spec=spec, nodes=nodes)
+
+    def _shard_input(self, home: str, shard_nodes: list[NodeId]) -> list[Any]:
+        """Build a callback's input from its shards: their values, joined in order.
+
+        Each shard's value is the list of its members' values, so the result
+        is the list that the callback would get without shards.
+        """
+        joined: list[Any] = []
+        for node in shard_nodes:
+            state = self._shard_state(shard_run_id(home, node))
+            with paused_gc():
+                joined += machine.run_value(state)
+        return joined
+
+    def _cancel_shard(self, shard: str, home_epoch: str = "") -> None:
+        """Cancel a shard run; one that expired already needs nothing.
+
+        A shard that a retry of its home run opened for an epoch later than
+        ``home_epoch`` stays running: the cancel was meant for an older one.
+        """
+        try:
+            self._cancel(shard, home_epoch)
+        except RunNotFound:
+            log.debug("Shard %s to cancel is not found; it expired.", shard)
+
+    def _merge_shards(
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        nodes: dict[NodeId, NodeRecord],
+        shard_nodes: list[NodeId],
+    ) -> tuple[GraphSpec, dict[NodeId, NodeRecord]]:
+        """Replace a home run's shard nodes by their shards' nodes and records.
+
+        The result reads like the run without shards: member nodes keep their
+        ids, and a shard that was never activated shows its members pending.
+        """
+        shard_specs: dict[NodeId, GraphSpec] = {}
+        merged = {node: record for node, record in nodes.items()}
+        for shard_node in shard_nodes:
+            del merged[shard_node]
+            try:
+                state = self._shard_state(shard_run_id(run_id, shard_node))
+            except RunNotFound:
+                # An expired shard leaves its members out of the view.
+                shard_specs[shard_node] = GraphSpec(nodes=[])
+                continue
+            shard_specs[shard_node] = state.spec
+            for node_id, record in state.nodes.items():
+                if state.spec.node(node_id).task != SHARD_INPUT_TASK:
+                    merged[node_id] = record
+        view = merged_view(spec, shard_specs)
+        return view, merged
+
+    def _add_shard_counts(
+        self, counts: dict[int | None, dict[str, int]], home: str, node: NodeSpec
+    ) -> None:
+        """Count a shard's members in place of its shard node, in ``counts``."""
+        shard = shard_run_id(home, node.id)
+        keys = self._keys.run(shard)
+        # Two commands: the home run and the shard may be in different slots.
+        with self._errors(f"read the state counts of shard {shard}"):
+            state: Any = self._client.hget(self._keys.run(home).nodes, node.id)
+            fields: Any = self._client.hgetall(keys.counts)
+        own = counts.get(node.group, {})
+        if state in own:
+            own[state] -= 1
+            if not own[state]:
+                del own[state]
+        for group, states in layout.group_counts(fields).items():
+            # Input placeholders are outside every group; they are not members.
+            if group is None:
+                continue
+            target = counts.setdefault(group, {})
+            for name, count in states.items():
+                target[name] = target.get(name, 0) + count
