@@ -620,3 +620,35 @@ def test_resubmit_after_crash_reuses_shards(redis_target: Any) -> None:
         assert driver.snapshot("again").value == dumps([2 * i for i in range(12)])
     finally:
         driver.close()
+
+
+def test_chord_in_group_views_match(redis_target: Any) -> None:
+    calls: list[str] = []
+    options = {**redis_target.settings, "reconcile_interval_s": 3600.0}
+    sharded = _counted_app(
+        redis_target.url, calls, prefix=_prefix(), shard_size=4, **options
+    )
+    plain = _counted_app(
+        redis_target.url, calls, prefix=_prefix(), shard_size=0, **options
+    )
+    try:
+        add = sharded.tasks["add"]
+        canvas = group(
+            chord([add.s(i, i) for i in range(10)], sharded.tasks["echo"].s()),
+            add.s(5, 5),
+        )
+        result = sharded.submit(canvas)
+        with sharded.worker(concurrency=4):
+            value = result.get(TIMEOUT_S)
+        unsharded = plain.submit(canvas)
+        with plain.worker(concurrency=4):
+            assert unsharded.get(TIMEOUT_S) == value
+        spec, records = result.graph()
+        expected_spec, expected_records = unsharded.graph()
+        assert spec.groups == expected_spec.groups
+        assert spec == expected_spec
+        assert sorted(records) == sorted(expected_records)
+        assert result.group_counts() == unsharded.group_counts()
+    finally:
+        sharded.close()
+        plain.close()
