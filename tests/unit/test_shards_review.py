@@ -1,9 +1,9 @@
 """Review tests of `plan_shards` and `merged_view` on nested canvases.
 
 A plan's merged view is what `get()`, `graph()` and the group counts of a
-sharded run show, so before any shard runs it must read exactly like the
-spec the run would have had without shards: same nodes, edges, inputs,
-output and groups.
+sharded run show. Before any shard runs, it must read exactly like the spec
+the run would have had without shards: same nodes, edges, inputs, output
+and groups.
 """
 
 from __future__ import annotations
@@ -62,6 +62,6 @@ def test_home_keeps_outer_groups(shape: str) -> None:
     plan = plan_shards(spec, 3)
     assert plan is not None
     cut = {group.id for shard in plan.shards for group in shard.spec.groups}
-    kept = {group.id for group in plan.home.groups}
+    home_groups = {group.id for group in plan.home.groups}
     # Every group of the spec is in the home run or in a shard.
-    assert {group.id for group in spec.groups} <= cut | kept
+    assert {group.id for group in spec.groups} <= cut | home_groups
