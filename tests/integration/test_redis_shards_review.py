@@ -652,3 +652,41 @@ def test_chord_in_group_views_match(redis_target: Any) -> None:
     finally:
         sharded.close()
         plain.close()
+
+
+def test_retry_keeps_values_of_cancelled_shards(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("keep", _spec(12, failing=3))
+        _apply(driver, _read_outbox(driver))
+        messages: list[Message] = []
+        while batch := driver.fetch(["default"], 100, 0.05):
+            messages += batch
+        by_node = {message.node_id: message for message in messages}
+        assert sorted(by_node, key=int) == [str(i) for i in range(12)]
+        # Members 0, 1, 6 and 11 succeed, 3 fails, the rest never start.
+        for node in ("0", "1", "6", "11", "3"):
+            _run_message(driver, by_node[node], fixed=False)
+        _drain(driver)
+        assert driver.snapshot("keep").status == "failed"
+        claimed: list[str] = []
+        original = driver.claim
+
+        def claim(message: Message) -> Any:
+            found = original(message)
+            if found is not None:
+                claimed.append(message.node_id)
+            return found
+
+        driver.claim = claim  # type: ignore[method-assign]
+        assert driver.retry_run("keep") > 0
+        _drain(driver, fixed=True)
+        snapshot = driver.snapshot("keep")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        # Only what failed or never ran runs again, and the callback once.
+        again = sorted(node for node in claimed if node != "12")
+        assert again == sorted(["2", "3", "4", "5", "7", "8", "9", "10"])
+        assert claimed.count("12") == 1
+    finally:
+        driver.close()
