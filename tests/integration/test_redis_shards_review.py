@@ -690,3 +690,49 @@ def test_retry_keeps_values_of_cancelled_shards(redis_target: Any) -> None:
         assert claimed.count("12") == 1
     finally:
         driver.close()
+
+
+def test_report_before_release_finishes(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5, release_slice=1)
+    original = driver._scripts.call
+    slices: list[str] = []
+
+    def call(name: str, keys: Any, args: Any, **kwargs: Any) -> Any:
+        # The worker that activates shard 0 dies after its first slice.
+        if name == "release" and args[0] == "early~s0":
+            slices.append(args[0])
+            if len(slices) == 2:
+                raise KeyboardInterrupt("died between two release slices")
+        return original(name, keys, args, **kwargs)
+
+    try:
+        driver.submit("early", _spec(12, failing=0))
+        driver._scripts.call = call  # type: ignore[method-assign]
+        with pytest.raises(KeyboardInterrupt):
+            _apply(driver, _read_outbox(driver))
+        driver._scripts.call = original  # type: ignore[method-assign]
+        # Only member 0, the failing one, is queued; it fails and reports.
+        [message] = driver.fetch(["default"], 100, 0.05)
+        assert (message.run_id, message.node_id) == ("early~s0", "0")
+        _run_message(driver, message, fixed=False)
+        ran = _drain(driver)
+        assert driver.snapshot("early").status == "failed"
+        # The activate entry is taken over after the visibility timeout.
+        driver.visibility_timeout_s = 0.0
+        driver._last_reclaim = 0.0
+        for partition in driver._keys.partitions:
+            driver._reclaim_outbox(partition, 100)
+        ran += _drain(driver)
+        shard = driver._keys.run("early~s0")
+        assert driver._client.hget(shard.run, "status") == "cancelled"
+        # No member of shard 0 after the first slice was ever queued.
+        for i in range(1, 5):
+            assert driver.snapshot("early").nodes[str(i)].state == "cancelled"
+        assert driver.retry_run("early") > 0
+        ran = _drain(driver, fixed=True)
+        snapshot = driver.snapshot("early")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        assert ran.count("echo") == 1
+    finally:
+        driver.close()
