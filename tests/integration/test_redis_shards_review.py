@@ -736,3 +736,32 @@ def test_report_before_release_finishes(redis_target: Any) -> None:
         assert ran.count("echo") == 1
     finally:
         driver.close()
+
+
+def test_dead_letter_in_shard_fails_chord(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("dropped", _spec(12))
+        _apply(driver, _read_outbox(driver))
+        messages: list[Message] = []
+        while batch := driver.fetch(["default"], 100, 0.05):
+            messages += batch
+        [message] = [m for m in messages if m.node_id == "7"]
+        driver.dead_letter(message, "no such task")
+        _drain(driver)
+        snapshot = driver.snapshot("dropped")
+        # The shard reports the dead letter's failure at once.
+        assert snapshot.status == "failed"
+        assert snapshot.error_node == "7"
+        assert snapshot.nodes["12"].state == "cancelled"
+        [dead], _ = driver.list_dead_letters()
+        assert driver.replay_dead_letter(dead.id) == "in_shard"
+        # A run retry is the way to run it again.
+        assert driver.retry_run("dropped") > 0
+        ran = _drain(driver)
+        snapshot = driver.snapshot("dropped")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        assert ran.count("echo") == 1
+    finally:
+        driver.close()
