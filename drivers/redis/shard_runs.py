@@ -386,17 +386,18 @@ class ShardRuns(RedisOperations):
 
         The result reads like the run without shards: member nodes keep their
         ids, and a shard that was never activated shows its members pending.
+        A shard run that is gone shows as its shard node.
         """
         shard_specs: dict[NodeId, GraphSpec] = {}
         merged = {node: record for node, record in nodes.items()}
         for shard_node in shard_nodes:
-            del merged[shard_node]
             try:
                 state = self._shard_state(shard_run_id(run_id, shard_node))
             except RunNotFound:
-                # An expired shard leaves its members out of the view.
+                # The shard node stays in the view, with its own record.
                 shard_specs[shard_node] = GraphSpec(nodes=[])
                 continue
+            del merged[shard_node]
             shard_specs[shard_node] = state.spec
             for node_id, record in state.nodes.items():
                 if state.spec.node(node_id).task != SHARD_INPUT_TASK:
@@ -414,6 +415,9 @@ class ShardRuns(RedisOperations):
         with self._errors(f"read the state counts of shard {shard}"):
             state: Any = self._client.hget(self._keys.run(home).nodes, node.id)
             fields: Any = self._client.hgetall(keys.counts)
+        if not fields:
+            # The shard is gone, so its shard node is counted in its place.
+            return
         own = counts.get(node.group, {})
         if state in own:
             own[state] -= 1

@@ -331,12 +331,20 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
     splice inside the shard may have grown. The callback gets back its
     dependencies on the members and its input from the shards' outputs, so
     the result reads like the spec the run would have had without shards.
+    A shard run that is gone (expired, or never written) is passed as an
+    empty spec, and its shard node stays in the view in place of its
+    members, so the error that such a node records can still be read.
     """
     nodes: list[NodeSpec] = []
     member_groups: dict[int, list[list[NodeId]]] = {}
     extra_groups: dict[int, GroupSpec] = {}
     for node in home.nodes:
         shard = shards.get(node.id)
+        if shard is not None and not shard.nodes:
+            nodes.append(node)
+            if node.group is not None:
+                member_groups.setdefault(node.group, []).append([node.id])
+            continue
         if shard is not None:
             nodes += [n for n in shard.nodes if n.task != SHARD_INPUT_TASK]
             for group in shard.groups:
@@ -351,10 +359,12 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
             deps: list[NodeId] = []
             for read in reads:
                 output = shards[read].output
-                # An expired shard is passed as an empty spec.
-                if isinstance(output, ListInput):
+                if not shards[read].nodes:
+                    items.append(NodeInput(node=read))
+                    deps.append(read)
+                elif isinstance(output, ListInput):
                     items += output.items
-                deps += shards[read].sinks
+                    deps += shards[read].sinks
             node = node.model_copy(
                 update={"deps": deps, "input": ListInput(items=items)}
             )
@@ -383,7 +393,7 @@ def _with_members(group: GroupSpec, shards: dict[NodeId, GraphSpec]) -> GroupSpe
     for member in group.members:
         nodes: list[NodeId] = []
         for node in member:
-            if node in shards:
+            if node in shards and shards[node].nodes:
                 nodes += [
                     n.id for n in shards[node].nodes if n.task != SHARD_INPUT_TASK
                 ]

@@ -765,3 +765,29 @@ def test_dead_letter_in_shard_fails_chord(redis_target: Any) -> None:
         assert ran.count("echo") == 1
     finally:
         driver.close()
+
+
+def test_missing_shard_names_itself(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("lost", _spec(12))
+        # The shard expired before its activation: the submitter died
+        # before it removed the shards' TTL, and stage_ttl_s passed.
+        keys = driver._keys.run("lost~s5")
+        for key in (keys.run, keys.graph, keys.nodes, keys.spec, keys.counts):
+            driver._client.delete(key)
+        _drain(driver)
+        snapshot = driver.snapshot("lost")
+        assert snapshot.status == "failed"
+        assert snapshot.error_node is not None
+        # The result raises the error of this node, so it must be in the view.
+        record = snapshot.nodes.get(snapshot.error_node)
+        assert record is not None, (snapshot.error_node, sorted(snapshot.nodes))
+        assert record.error is not None
+        assert "lost~s5" in record.error.message
+        # Every node of the view has a record, as AsyncResult.nodes() reads.
+        assert sorted(snapshot.nodes) == sorted(n.id for n in snapshot.spec.nodes)
+        counts = driver.group_counts("lost")
+        assert sum(counts[0].values()) == 8
+    finally:
+        driver.close()
