@@ -791,3 +791,31 @@ def test_missing_shard_names_itself(redis_target: Any) -> None:
         assert sum(counts[0].values()) == 8
     finally:
         driver.close()
+
+
+def test_retry_after_cancel_ignores_old_cancels(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("undo", _spec(12))
+        _apply(driver, _read_outbox(driver))
+        messages: list[Message] = []
+        while batch := driver.fetch(["default"], 100, 0.05):
+            messages += batch
+        for message in messages[:4]:
+            _run_message(driver, message, fixed=False)
+        driver.cancel("undo")
+        # A worker read the cancel entries of the home run and stalled.
+        held = _read_outbox(driver)
+        assert {fields["kind"] for _, _, fields in held} >= {"cancel"}
+        assert driver.snapshot("undo").status == "cancelled"
+        assert driver.retry_run("undo") > 0
+        _apply(driver, _read_outbox(driver))
+        _apply(driver, held)
+        ran = _drain(driver)
+        snapshot = driver.snapshot("undo")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        assert ran.count("add") == 8
+        assert ran.count("echo") == 1
+    finally:
+        driver.close()
