@@ -883,8 +883,11 @@ class RedisDriver(ShardRuns):
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
             error_node = run.get("error_node")
             if error_node in shard_nodes:
-                # A failed shard node's cause is the member that failed in it.
-                run["error_node"] = fields.get(f"{error_node}/cause") or error_node
+                # A failed shard node's cause is the member that failed in it,
+                # unless that member's shard is gone from the view.
+                cause = fields.get(f"{error_node}/cause")
+                if cause in nodes:
+                    run["error_node"] = cause
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
 

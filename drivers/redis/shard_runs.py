@@ -262,6 +262,19 @@ class ShardRuns(RedisOperations):
             with self._errors(f"read the error of shard {shard}"):
                 found = self._client.hget(self._keys.run(shard).errors, cause)
             error = str(found or "")
+        if outcome == "failed" and not error:
+            # The shard expired before this report, or failed without a
+            # failed node: the home run still needs an error to raise.
+            where = f"at node {cause}" if cause else "without a failed node"
+            reason = (
+                f"Shard run {shard} of run {home} failed {where}, and its "
+                "error is not found: the shard expired before its report was "
+                "applied, or it recorded no failed node. Retry the run or "
+                "submit it again."
+            )
+            log.warning("%s", reason)
+            info = ErrorInfo("stem.engine.errors", "DriverError", reason, [reason])
+            error = layout.error_json(info)
         self._report_to_home(home, node, epoch, outcome, cause, error)
 
     def _report_to_home(

@@ -819,3 +819,27 @@ def test_retry_after_cancel_ignores_old_cancels(redis_target: Any) -> None:
         assert ran.count("echo") == 1
     finally:
         driver.close()
+
+
+def test_late_failure_report_keeps_an_error(redis_target: Any) -> None:
+    driver = _driver(redis_target, shard_size=5)
+    try:
+        driver.submit("faded", _spec(12, failing=7))
+        held: Held = []
+        _drain(driver, hold=lambda fields: fields["kind"] == "report", held=held)
+        # The failed shard expired before its report was applied.
+        keys = driver._keys.run("faded~s5")
+        for key in (keys.run, keys.graph, keys.nodes, keys.values, keys.errors):
+            driver._client.delete(key)
+        _apply(driver, held)
+        _drain(driver)
+        snapshot = driver.snapshot("faded")
+        assert snapshot.status == "failed"
+        assert snapshot.error_node is not None
+        record = snapshot.nodes.get(snapshot.error_node)
+        assert record is not None, (snapshot.error_node, sorted(snapshot.nodes))
+        assert record.error is not None
+        assert "faded~s5" in record.error.message
+        assert "at node 7" in record.error.message
+    finally:
+        driver.close()
