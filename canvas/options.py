@@ -10,10 +10,12 @@ from __future__ import annotations
 import datetime as dt
 import difflib
 import sys
+import unicodedata
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
 from stem.canvas.errors import InvalidOption
+from stem.canvas.text import HIDDEN_CATEGORIES
 
 JoinPolicy = Literal["fail_fast", "all_settled"]
 JOIN_POLICIES: tuple[JoinPolicy, ...] = ("fail_fast", "all_settled")
@@ -29,6 +31,14 @@ def _queue(value: Any, where: str) -> str:
         raise InvalidOption(
             f"{where}: queue {value!r} is invalid; pass a non-empty queue name "
             "such as 'default'."
+        )
+    # The same rule as for task names: a surrogate has no UTF-8 form for the
+    # store, and control and format characters would reach terminals.
+    hidden = [char for char in value if unicodedata.category(char) in HIDDEN_CATEGORIES]
+    if hidden:
+        raise InvalidOption(
+            f"{where}: queue {value!r} contains the control, format or surrogate "
+            f"character {hidden[0]!r}; use printable characters only."
         )
     return value
 
@@ -126,6 +136,19 @@ CHECKERS: dict[str, Callable[[Any, str], Any]] = {
     "ignore_result": _flag,
 }
 
+#: Celery options that Stem does not accept, with what to do instead. A close
+#: match would mislead here (rate_limit is not time_limit).
+CELERY_ONLY_OPTIONS = {
+    "rate_limit": "Stem has no rate limits. To cap how many of a task run at "
+    "once, route it to its own queue and read that queue with one worker of "
+    "fixed -c.",
+    "expires": "Stem has no message expiry. Cancel runs that are no longer "
+    "needed with AsyncResult.cancel() or stem runs cancel.",
+    "acks_late": "Stem acknowledges a message only after its task has ended, "
+    "as acks_late=True does, so leave it out.",
+    "serializer": "Stem's values are always JSON, so leave it out.",
+}
+
 #: Options that delay the nodes they reach, as opposed to defaults.
 DELAY_OPTIONS = ("countdown", "eta")
 
@@ -156,6 +179,11 @@ def _unknown(name: Any, path: str) -> str:
     prefix = f"{path}: " if path else ""
     if not isinstance(name, str):
         return f"{prefix}option name {name!r} is not a string; pass options by name."
+    if name in CELERY_ONLY_OPTIONS:
+        advice = CELERY_ONLY_OPTIONS[name]
+        return (
+            f"{prefix}{name!r} is a Celery option that Stem does not accept. {advice}"
+        )
     close = difflib.get_close_matches(name, CHECKERS, n=1)
     hint = (
         f"did you mean {close[0]!r}?"

@@ -111,7 +111,9 @@ def _reject_constant(name: str) -> NoReturn:
 
 def _encode(value: object, path: str, active: set[int]) -> JsonValue:
     kind = type(value)
-    if value is None or kind is str or kind is bool:
+    if kind is str:
+        return _encode_text(value, path)  # type: ignore[arg-type]
+    if value is None or kind is bool:
         return value
     if kind is int:
         return _encode_int(value, path)  # type: ignore[arg-type]
@@ -128,6 +130,24 @@ def _encode(value: object, path: str, active: set[int]) -> JsonValue:
     if kind is dict:
         return _encode_dict(value, path, active)  # type: ignore[arg-type]
     return _encode_scalar(value, path)
+
+
+def _encode_text(value: str, path: str) -> str:
+    # A lone surrogate (os.listdir and os.fsdecode give one for each byte of
+    # a file name that is not UTF-8) has no UTF-8 form, so the store could
+    # not write the text.
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as err:
+            raise NotSerializable(
+                path,
+                f"the string {value[:80]!r} contains the lone surrogate "
+                f"{value[err.start]!r} at index {err.start}, which has no UTF-8 "
+                "form; pass bytes, or a string repaired with "
+                "text.encode('utf-8', 'surrogateescape').decode('utf-8', 'replace')",
+            ) from None
+    return value
 
 
 def _encode_int(value: int, path: str) -> JsonValue:
@@ -186,6 +206,7 @@ def _encode_dict(mapping: dict[Any, Any], path: str, active: set[int]) -> JsonVa
                     f"the dict key {key!r} is a {type(key).__name__}, and JSON "
                     "objects take only string keys; convert the key with str()",
                 )
+            _encode_text(key, f"{path}[{key!r}]")
             encoded[key] = _encode(item, f"{path}[{key!r}]", active)
     finally:
         active.discard(marker)

@@ -152,6 +152,10 @@ class MemoryDriver:
     def complete(self, message: Message, value: str) -> None:
         self._report(message, "succeeded", machine.complete, value, lease=message.lease)
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        for message, value in reports:
+            self.complete(message, value)
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         self._report(message, "failed", machine.fail, error, lease=message.lease)
 
@@ -298,7 +302,7 @@ class MemoryDriver:
             # Runs past their retention are dropped first, so none is listed.
             self._drop_expired()
             newest_first = list(reversed(self._runs.values()))
-        offset = int(cursor or 0)
+        offset = _page_offset(cursor)
         found: list[RunSummary] = []
         for index in range(offset, len(newest_first)):
             run = newest_first[index]
@@ -603,3 +607,14 @@ def _ids(message: Message) -> str:
         f"run {message.run_id} node {message.node_id} attempt {message.attempt} "
         f"epoch {message.epoch}"
     )
+
+
+def _page_offset(cursor: str | None) -> int:
+    """Return the offset that a run page's cursor holds, 0 for no cursor."""
+    if not cursor:
+        return 0
+    if not (cursor.isascii() and cursor.isdigit()):
+        raise ValueError(
+            f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."
+        )
+    return int(cursor)

@@ -8,9 +8,11 @@ crosses a process boundary, and the worker reports it to the store.
 from __future__ import annotations
 
 import importlib
+import os
 import random
 import sys
 import threading
+import time
 from dataclasses import dataclass, field
 from signal import ITIMER_REAL, SIGALRM, setitimer
 from signal import signal as set_signal_handler
@@ -100,6 +102,29 @@ def execute(task: Task, request: Request) -> Outcome:
         return Outcome("succeeded", dumps(value, f"return value of {task.name}"))
     except NotSerializable as exc:
         return Outcome("failed", error=ErrorInfo.from_exception(exc))
+
+
+#: Seconds between two checks by a child process that its worker still lives.
+PARENT_CHECK_S = 1.0
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Start a thread that ends this child process once its worker is gone.
+
+    The initializer of a worker's child processes. A worker killed with
+    SIGKILL cannot stop its children, which would otherwise run on as
+    orphans, waiting for tasks that never come. The child notices within
+    `PARENT_CHECK_S`, because a child whose parent died gets a new parent
+    pid. A task it was running then stops too, and another worker runs the
+    task again once the visibility timeout passes.
+    """
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="stem-parent-watch", daemon=True).start()
 
 
 def execute_in_child(

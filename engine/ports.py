@@ -169,6 +169,14 @@ class GraphStore(Protocol):
         """Record an attempt's value (JSON text) and release what it unblocks."""
         ...
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        """Record each ``(message, value)`` as `complete` does, in one step if it can.
+
+        A report that fails on its own is logged and skipped, so its message
+        is delivered again after the visibility timeout. The others stand.
+        """
+        ...
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         """Record that an attempt failed for good."""
         ...

@@ -21,7 +21,13 @@ from typing import TYPE_CHECKING, Any
 from stem.canvas.spec import GraphSpec
 from stem.canvas.text import printable
 from stem.engine.errors import TaskNotRegistered, TimeLimitExceeded, ValueTooLarge
-from stem.engine.execution import Outcome, Request, execute, execute_in_child
+from stem.engine.execution import (
+    Outcome,
+    Request,
+    execute,
+    execute_in_child,
+    exit_with_parent,
+)
 from stem.engine.ports import TASK_HEADER, Claim, Message, WorkerBeat
 from stem.engine.records import ErrorInfo
 
@@ -78,6 +84,14 @@ class Worker:
         self.app = app
         self.concurrency = concurrency or os.cpu_count() or 1
         self.queues = list(queues or [app.default_queue])
+        for queue_name in self.queues:
+            # Submit rejects a blank queue option, so a worker reading such a
+            # queue would never receive a message.
+            if not isinstance(queue_name, str) or not queue_name.strip():
+                raise ValueError(
+                    f"Queue {queue_name!r} is invalid; pass queue names that are "
+                    "not blank, such as 'default'."
+                )
         self.pool = pool
         self.name = name or _default_name()
         self.heartbeat_s = heartbeat_s
@@ -107,6 +121,13 @@ class Worker:
         self._buffer: queue.SimpleQueue[tuple[Task, Claim]] = queue.SimpleQueue()
         self._slots = threading.Semaphore(2 * self.concurrency)
         self._fetcher_done = threading.Event()
+        # Values of succeeded tasks not yet reported. The first worker thread
+        # that finds no report in progress sends them, and all that other
+        # threads add meanwhile, in batches, so that concurrent successes
+        # share round trips (see `_report_success`).
+        self._successes: list[tuple[Message, str]] = []
+        self._successes_lock = threading.Lock()
+        self._reporting = False
 
     def start(self) -> Worker:
         """Start the worker's threads and return at once."""
@@ -323,10 +344,21 @@ class Worker:
         driver = self.app.driver
         known: list[tuple[Task, Message]] = []
         for message in messages:
+            # One message that cannot be handled must not stop the others of
+            # the batch, or they would come back with it after every
+            # visibility timeout until all of them were dead-lettered.
             try:
                 known.append((self.app.get_task(self._task_name(message)), message))
-            except TaskNotRegistered as err:
-                driver.dead_letter(message, str(err))
+            except (TaskNotRegistered, LookupError) as err:
+                self._dead_letter(message, str(err))
+            except Exception:
+                log.error(
+                    "Reading the task of run %s node %s failed; its message is "
+                    "delivered again after the visibility timeout.",
+                    message.run_id,
+                    message.node_id,
+                    exc_info=True,
+                )
         if not known:
             return []
         claims = driver.claim_many([message for _, message in known])
@@ -339,6 +371,19 @@ class Worker:
                 self._leases[id(claim)] = (claim, now)
             claimed.append((task, claim))
         return claimed
+
+    def _dead_letter(self, message: Message, reason: str) -> None:
+        """Dead-letter one message; a failure leaves it for redelivery."""
+        try:
+            self.app.driver.dead_letter(message, reason)
+        except Exception:
+            log.error(
+                "Dead-lettering run %s node %s failed; its message is delivered "
+                "again after the visibility timeout.",
+                message.run_id,
+                message.node_id,
+                exc_info=True,
+            )
 
     def _run(self, task: Task, claim: Claim) -> None:
         started = time.monotonic()
@@ -390,12 +435,24 @@ class Worker:
                         del self._leases[id(claim)]
 
     def _task_name(self, message: Message) -> str:
+        """Return the task a message runs, from its header or else its run.
+
+        Raises:
+            LookupError: if the message has no task header and its run or
+                node is not found.
+        """
         # A snapshot copies every node record of the run, so reading one per
         # message makes a wide chord quadratic. The header avoids that.
         name = message.headers.get(TASK_HEADER)
         if name:
             return name
-        return self.app.driver.snapshot(message.run_id).spec.node(message.node_id).task
+        spec = self.app.driver.snapshot(message.run_id).spec
+        if message.node_id not in spec.by_id:
+            raise LookupError(
+                f"Node {message.node_id!r} of run {message.run_id} is not found, "
+                "and the message names no task."
+            )
+        return spec.node(message.node_id).task
 
     def _execute(self, task: Task, claim: Claim) -> Outcome:
         request = _request(task, claim)
@@ -495,7 +552,7 @@ class Worker:
             if outcome.kind == "failed":
                 self.failed += 1
         if outcome.kind == "succeeded":
-            driver.complete(message, outcome.payload)
+            self._report_success(message, outcome.payload)
         elif outcome.kind == "retry":
             assert outcome.error is not None
             log.warning(
@@ -522,6 +579,49 @@ class Worker:
             )
             driver.fail(message, outcome.error)
 
+    def _report_success(self, message: Message, value: str) -> None:
+        """Report a success, together with those of other threads when they overlap.
+
+        If another thread is sending reports, this one adds its report for
+        that thread's next batch and returns at once. Otherwise it sends
+        batches until none is left, so no report waits for a later success.
+        The sending thread is a worker thread, so a warm stop that ends
+        within its timeout has sent every report.
+        """
+        with self._successes_lock:
+            self._successes.append((message, value))
+            if self._reporting:
+                return
+            self._reporting = True
+        try:
+            self._send_successes()
+        except BaseException:
+            # An interrupt: the next success sends what is left.
+            with self._successes_lock:
+                self._reporting = False
+            raise
+
+    def _send_successes(self) -> None:
+        """Send the successes added so far, in batches, until none is left."""
+        driver = self.app.driver
+        while True:
+            with self._successes_lock:
+                batch = self._successes
+                if not batch:
+                    self._reporting = False
+                    return
+                self._successes = []
+            try:
+                driver.complete_many(batch)
+            except Exception:
+                log.error(
+                    "Reporting the values of %d tasks failed, so their messages "
+                    "are delivered again after the visibility timeout: %s.",
+                    len(batch),
+                    ", ".join(f"{m.run_id}/{m.node_id}" for m, _ in batch),
+                    exc_info=True,
+                )
+
 
 def _default_name() -> str:
     number = next(_worker_numbers)
@@ -538,7 +638,12 @@ class _Child:
 
     def __init__(self) -> None:
         context = multiprocessing.get_context("spawn")
-        self.executor = concurrent.futures.ProcessPoolExecutor(1, mp_context=context)
+        self.executor = concurrent.futures.ProcessPoolExecutor(
+            1,
+            mp_context=context,
+            initializer=exit_with_parent,
+            initargs=(os.getpid(),),
+        )
         # Starting the process now keeps its start-up out of the first task's
         # time limit, and gives the pid to kill at a time limit.
         self.pid: int = self.executor.submit(os.getpid).result()

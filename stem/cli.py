@@ -19,10 +19,12 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shlex
 import statistics
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from typing import Any
 
 import click
@@ -42,7 +44,11 @@ from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
 from stem.canvas.text import printable, printable_json
 from stem.commands.beat import beat
-from stem.commands.common import TRACEBACK_KEY, install_stop_signals
+from stem.commands.common import (
+    TRACEBACK_KEY,
+    install_stop_signals,
+    reported_errors,
+)
 from stem.commands.dlq import dlq
 from stem.commands.graph import graph
 from stem.commands.inspect import inspect
@@ -56,6 +62,7 @@ from stem.discovery import (
     load_app,
     split_target,
 )
+from stem.engine import result as result_module
 from stem.engine.app import App
 from stem.engine.drivers import redact
 from stem.engine.errors import DriverNotFound
@@ -96,8 +103,57 @@ Exit codes: 0 ok, 1 run failed or no live worker, 2 bad usage, 3 timed out,
 """
 
 
+class _MainGroup(click.Group):
+    """The ``stem`` group, which explains ``-A`` given before the command."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        # The parser consumes the list it gets, so keep a copy for the message.
+        original_args = list(args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as err:
+            if err.option_name not in ("-A", "--app"):
+                raise
+            message = _app_first_message(original_args, self.commands)
+            raise click.UsageError(message, ctx) from err
+
+
+def _app_first_message(args: list[str], commands: Mapping[str, click.Command]) -> str:
+    """Explain Celery's ``-A APP COMMAND`` order, with ``-A`` moved after COMMAND."""
+    position = next((i for i, arg in enumerate(args) if arg in commands), None)
+    if position is None:
+        return "-A comes after the command in Stem, as in stem worker -A APP."
+    stem_options: list[str] = []
+    app_options: list[str] = []
+    before = iter(args[:position])
+    for arg in before:
+        if arg in ("-A", "--app"):
+            app_options += [arg, next(before, "APP")]
+        elif arg.startswith("--app="):
+            app_options.append(arg)
+        else:
+            stem_options.append(arg)
+    # In `stem runs ls`, the options follow the subcommand.
+    end = position + 1
+    group = commands[args[position]]
+    if (
+        isinstance(group, click.Group)
+        and end < len(args)
+        and args[end] in group.commands
+    ):
+        end += 1
+    command = ["stem", *stem_options, *args[position:end], *app_options]
+    fixed = shlex.join([*command, *args[end:]])
+    return (
+        "-A comes after the command in Stem, unlike Celery's -A APP COMMAND. "
+        f"Run: {fixed}"
+    )
+
+
 @click.group(
-    context_settings={"help_option_names": ["-h", "--help"]}, epilog=MAIN_EXAMPLES
+    cls=_MainGroup,
+    context_settings={"help_option_names": ["-h", "--help"]},
+    epilog=MAIN_EXAMPLES,
 )
 @click.version_option(package_name="stem")
 @click.option(
@@ -203,14 +259,23 @@ def run(
             "memory:// runs tasks only inside this process, so --no-worker would "
             "wait forever; drop --no-worker, or pass --url for a shared broker."
         )
+    # Checked before the submit, so a bad -Q leaves no run without a worker.
+    named_queues = _queue_names(queues)
     canvas = _build_canvas(factory, f"{module.__name__}:{factory_name or 'pipeline'}")
     result = _submit(app, canvas)
     console = Console(stderr=True)
     if not start_worker:
         _announce(result, console)
-        sys.exit(_finish(result, _follow(result, console, timeout), console))
+        app_spec = location
+        if app_name:
+            app_spec = app_name if ":" in app_name else f"{location}:{app_name}"
+        worker_hint = ["stem", "worker", "-A", app_spec]
+        if url:
+            worker_hint += ["--url", redact(url)]
+        snapshot = _follow(result, console, timeout, worker_hint=worker_hint)
+        sys.exit(_finish(result, snapshot, console))
     spec = result.snapshot().spec
-    names = queues.split(",") if queues else _queues_of(spec, app.default_queue)
+    names = named_queues or _queues_of(spec, app.default_queue)
     worker = app.worker(concurrency=concurrency, pool=pool, queues=names)
     try:
         worker.start()
@@ -221,6 +286,10 @@ def run(
         worker.stop(abandon=True)
         sys.exit(EXIT_INTERRUPTED)
     worker.stop(abandon=snapshot.status == "running")
+    if snapshot.status != "running":
+        # Links and errbacks can still be queued or running when the run ends,
+        # and the warm stop may finish them, so the summary reads them again.
+        snapshot = result.snapshot()
     sys.exit(_finish(result, snapshot, console))
 
 
@@ -318,8 +387,12 @@ def worker(
             "memory:// keeps runs inside one process, so a separate worker would "
             "never see them; pass --url redis://host:port/db, or use stem run."
         )
-    names = queues.split(",") if queues else None
+    names = _queue_names(queues)
     running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
+    with reported_errors():
+        # The driver connects when it is made, so an unreachable broker stops
+        # the command here instead of in the worker's first heartbeat.
+        app.driver  # noqa: B018
 
     def warm_stop(number: int) -> None:
         logging.getLogger(__name__).warning(
@@ -334,10 +407,11 @@ def worker(
         click.echo(_closing_line(running, "cold stop"), err=True)
 
     signals = install_stop_signals(warm_stop, cold_stop)
+    # -n and -Q are free text, so control characters in them are escaped.
     click.echo(
-        f"Worker {running.name} started on {redact(app.url)}: queues "
-        f"{','.join(running.queues)}, concurrency {running.concurrency} "
-        f"({running.pool}).",
+        f"Worker {printable(running.name)} started on {redact(app.url)}: queues "
+        f"{printable(','.join(running.queues))}, concurrency "
+        f"{running.concurrency} ({running.pool}).",
         err=True,
     )
     running.run(shutdown_timeout_s)
@@ -346,8 +420,8 @@ def worker(
 
 def _closing_line(running: Worker, ending: str) -> str:
     return (
-        f"Worker {running.name} {ending}: {running.processed} tasks processed, "
-        f"{running.failed} failed, {running.abandoned} abandoned."
+        f"Worker {printable(running.name)} {ending}: {running.processed} tasks "
+        f"processed, {running.failed} failed, {running.abandoned} abandoned."
     )
 
 
@@ -357,6 +431,20 @@ main.add_command(graph)
 main.add_command(queues)
 main.add_command(dlq)
 main.add_command(inspect)
+
+
+def _queue_names(queues: str | None) -> list[str] | None:
+    """Split the value of -Q into queue names; None when it is not given."""
+    if not queues:
+        return None
+    names = queues.split(",")
+    if any(not name.strip() for name in names):
+        raise click.BadParameter(
+            f"{queues!r} names a blank queue; pass comma-separated names with "
+            "nothing between the commas, such as default,cpu.",
+            param_hint="-Q",
+        )
+    return names
 
 
 def _announce(result: AsyncResult, console: Console) -> None:
@@ -388,11 +476,16 @@ def _build_canvas(factory: Any, name: str) -> Canvas:
 
 
 def _submit(app: App, canvas: Canvas) -> AsyncResult:
-    """Submit a canvas, turning bad input into a usage error (exit code 2)."""
-    try:
-        return app.submit(canvas)
-    except (CanvasError, DriverNotFound) as err:
-        raise click.UsageError(str(err)) from err
+    """Submit a canvas, turning bad input into a usage error (exit code 2).
+
+    A broker that fails or cannot be reached gives a one-sentence error with
+    exit code 6, as in the operator commands.
+    """
+    with reported_errors():
+        try:
+            return app.submit(canvas)
+        except (CanvasError, DriverNotFound) as err:
+            raise click.UsageError(str(err)) from err
 
 
 def _queues_of(spec: GraphSpec, default: str) -> list[str]:
@@ -402,9 +495,20 @@ def _queues_of(spec: GraphSpec, default: str) -> list[str]:
 
 
 def _follow(
-    result: AsyncResult, console: Console, timeout: float | None
+    result: AsyncResult,
+    console: Console,
+    timeout: float | None,
+    *,
+    worker_hint: list[str] | None = None,
 ) -> RunSnapshot:
+    """Show a progress bar until the run ends or ``timeout`` runs out.
+
+    With ``worker_hint`` (the command has no worker of its own), it warns
+    once when no worker has been alive for `NO_WORKER_GRACE_S` seconds, and
+    names that command to start one.
+    """
     deadline = None if timeout is None else time.monotonic() + timeout
+    watch = _WorkerWatch(result, console, worker_hint)
     columns = (
         TextColumn("nodes"),
         BarColumn(),
@@ -423,7 +527,66 @@ def _follow(
                 return snapshot
             if deadline is not None and time.monotonic() >= deadline:
                 return snapshot
+            watch.check(snapshot)
             result.app.driver.wait(result.id, 0.1)
+
+
+class _WorkerWatch:
+    """Warn once when a run waits while no worker is alive to run it."""
+
+    def __init__(
+        self, result: AsyncResult, console: Console, hint: list[str] | None
+    ) -> None:
+        self.result = result
+        self.console = console
+        self.hint = hint
+        self.none_since: float | None = None
+        self.next_check = time.monotonic()
+        # True once the warning is printed, or from the start without a hint.
+        self.silent = hint is None
+
+    def check(self, snapshot: RunSnapshot) -> None:
+        """Read the live worker count about once a second and warn when due."""
+        now = time.monotonic()
+        if self.silent or now < self.next_check:
+            return
+        self.next_check = now + 1.0
+        if self.result.app.driver.workers_alive() != 0:
+            self.none_since = None
+            return
+        if self.none_since is None:
+            self.none_since = now
+
+        # Read at call time, so tests can shorten the grace period.
+        if now - self.none_since >= result_module.NO_WORKER_GRACE_S:
+            self.silent = True
+            self.warn(snapshot, now - self.none_since)
+
+    def warn(self, snapshot: RunSnapshot, waited_s: float) -> None:
+        """Print which queues wait and the command that starts a worker for them."""
+        app = self.result.app
+        queued = {
+            node.options.queue or app.default_queue
+            for node in snapshot.spec.nodes
+            if snapshot.nodes[node.id].state == "queued"
+        }
+        names = ", ".join(
+            repr(queue) for queue in sorted(queued or {app.default_queue})
+        )
+
+        # The worker to start reads every queue of the canvas, as --worker does,
+        # so the nodes queued later do not wait for a second worker.
+        every_queue = _queues_of(snapshot.spec, app.default_queue)
+        command = shlex.join([*(self.hint or []), "-Q", ",".join(every_queue)])
+        self.console.print(
+            f"Run {self.result.id} has waited {waited_s:.0f} s while no worker is "
+            f"alive on {redact(app.url)} to run its queued nodes (queue {names}). "
+            f"Start one with: {command}, or run again with --worker. Still waiting.",
+            style="yellow",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
 
 
 def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int:
@@ -437,7 +600,10 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
         failed = snapshot.nodes.get(snapshot.error_node or "")
         if failed is not None and failed.error is not None:
             traceback = printable(failed.error.traceback.rstrip(), multiline=True)
-            console.print(traceback, style="dim", markup=False, highlight=False)
+            # soft_wrap keeps each frame on its line, so paths stay whole in a pipe.
+            console.print(
+                traceback, style="dim", markup=False, highlight=False, soft_wrap=True
+            )
         # The error text comes from task code: no markup, no control characters.
         line = Text(f"Run {result.id} {snapshot.status}:", style="red")
         line.append(f" {kind}: {printable(str(error))}")

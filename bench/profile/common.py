@@ -77,13 +77,23 @@ def private_redis() -> Iterator[str]:
 
 def command_stats(url: str) -> dict[str, int]:
     """Return the number of calls of each Redis command so far."""
+    return {name: calls for name, (calls, _) in command_usage(url).items()}
+
+
+def command_usage(url: str) -> dict[str, tuple[int, int]]:
+    """Return the calls and microseconds of each Redis command so far.
+
+    Calls made inside scripts count too. A script call's microseconds include
+    those of the commands it calls.
+    """
     client = redis.Redis.from_url(url, decode_responses=True)
     try:
         info = client.info("commandstats")
     finally:
         client.close()
     return {
-        name[len("cmdstat_") :]: int(stats["calls"]) for name, stats in info.items()
+        name[len("cmdstat_") :]: (int(stats["calls"]), int(stats["usec"]))
+        for name, stats in info.items()
     }
 
 

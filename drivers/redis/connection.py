@@ -9,11 +9,21 @@ redis-py reads the URL; every other option goes to redis-py.
 
 from __future__ import annotations
 
+import codecs
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+
+try:
+    from hiredis import pack_command
+except ImportError:  # redis-py then packs every command itself.
+    _hiredis_pack: Callable[..., bytes] | None = None
+else:
+    _hiredis_pack = pack_command
 
 #: URL scheme of a Redis Cluster.
 CLUSTER_SCHEME = "redis+cluster"
@@ -34,8 +44,9 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
     """Read the scheme and the ``partitions`` option of a driver URL.
 
     Raises:
-        ValueError: if the partition count is not a whole number of 1 or
-            more, or the URL and the settings give different counts.
+        ValueError: if the database is not a number, the partition count is
+            not a whole number of 1 or more, or the URL and the settings give
+            different counts.
     """
     parts = urlsplit(url)
     query = parse_qsl(parts.query, keep_blank_values=True)
@@ -51,6 +62,13 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
             )
         count = parsed
 
+    # redis-py reads a path that is not a number as database 0, silently.
+    database = parts.path.strip("/")
+    if database and not (database.isascii() and database.isdigit()):
+        raise ValueError(
+            f"The database {database!r} in the URL is invalid; pass its number, "
+            "as in redis://host:6379/0."
+        )
     cluster = parts.scheme == CLUSTER_SCHEME
     scheme = "redis" if cluster else parts.scheme
     client_url = urlunsplit(
@@ -60,10 +78,74 @@ def parse_url(url: str, partitions: int | None = None) -> Target:
 
 
 def connect(target: Target) -> redis.Redis | RedisCluster:
-    """Create a client for the target; replies are decoded to str."""
+    """Create a client for the target; replies are decoded to str.
+
+    A byte that is not UTF-8 becomes a lone surrogate instead of raising, so
+    a queue entry written by another program does not fail every read of
+    its stream: the driver dead-letters a queue entry that contains one.
+    Sending such a string back writes the original bytes.
+
+    A single-node client packs script calls with `_ScriptCallPacker`. A
+    Cluster client keeps redis-py's packer, because RedisCluster passes only
+    the connection options it knows to its nodes' pools.
+    """
+    options = {"decode_responses": True, "encoding_errors": "surrogateescape"}
     if target.cluster:
-        return RedisCluster.from_url(target.client_url, decode_responses=True)
-    return redis.Redis.from_url(target.client_url, decode_responses=True)
+        return RedisCluster.from_url(target.client_url, **options)
+    client = redis.Redis.from_url(target.client_url, **options)
+    if _hiredis_pack is not None:
+        # The pool has made no connection yet, so every one gets the packer.
+        pool = client.connection_pool
+        pool.connection_class = _packing_scripts(pool.connection_class)
+    return client
+
+
+class _ScriptCallPacker:
+    """Pack EVALSHA with one hiredis call, and every other command as redis-py does.
+
+    The driver's script calls pass every key and argument as UTF-8 bytes
+    already (``scripts._encoded``), so redis-py's per-argument checks and
+    encoding in Python find nothing to do. Packing a claim call took about
+    8 us that way and 2 us with hiredis alone (redis-py 8.2, hiredis 3.5,
+    CPython 3.11). Both produce the same bytes for bytes, ASCII text and
+    numbers.
+    """
+
+    def __init__(self, default: Any, pack_command: Callable[..., bytes]) -> None:
+        self._default = default
+        self._pack_command = pack_command
+
+    def pack(self, *args: Any) -> list[bytes]:
+        if args[0] == "EVALSHA":
+            try:
+                return [self._pack_command(args)]
+            except TypeError:
+                pass  # A type hiredis does not pack: redis-py raises for it.
+        packed: list[bytes] = self._default.pack(*args)
+        return packed
+
+
+def _packing_scripts(base: type[Any]) -> type[Any]:
+    """Return a subclass of a redis-py connection class that uses `_ScriptCallPacker`.
+
+    Only for UTF-8, the encoding the driver's script arguments are in. If a
+    redis-py version builds its packer another way, the override is never
+    called and redis-py's own packer stays in place.
+    """
+    construct: Callable[[Any, Any], Any] = base._construct_command_packer
+
+    def _construct_command_packer(self: Any, packer: Any) -> Any:
+        default = construct(self, packer)
+        encoding = codecs.lookup(self.encoder.encoding).name
+        if packer is not None or encoding != "utf-8" or _hiredis_pack is None:
+            return default
+        return _ScriptCallPacker(default, _hiredis_pack)
+
+    return type(
+        f"ScriptPacking{base.__name__}",
+        (base,),
+        {"_construct_command_packer": _construct_command_packer},
+    )
 
 
 def _parse_count(text: str) -> int:

@@ -27,6 +27,7 @@ import contextlib
 import dataclasses
 import itertools
 import logging
+import math
 import os
 import re
 import socket
@@ -39,13 +40,14 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import redis
 from redis.cluster import RedisCluster
+from redis.exceptions import RedisClusterException
 
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
 from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
-from stem.drivers.redis.connection import connect, parse_url
+from stem.drivers.redis.connection import Target, connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
 from stem.drivers.redis.partitions import load_tags
 from stem.drivers.redis.scripts import Reply, Scripts, check_reply, script_error
@@ -67,6 +69,12 @@ log = logging.getLogger(__name__)
 
 #: Consumer group that every worker of a deployment reads the queue streams with.
 DEFAULT_GROUP = "stem"
+#: Version of the message layout in the queue streams, the field "v" of each
+#: entry: run, node, attempt, epoch and the headers (today only task). The
+#: scripts that queue messages write it (graph.lua, promote.lua). A worker
+#: dead-letters an entry of any other version, so a newer format is never
+#: read as this one.
+ENVELOPE_VERSION = "1"
 #: Nodes, summed over runs, and runs of the parsed graph specs a driver
 #: keeps, so claiming a node or reading a result does not parse its run's
 #: spec again. Each run keeps only its latest spec version, and the newest
@@ -85,9 +93,6 @@ _SNAPSHOT_FIELDS = (
     "spec_version",
     "epoch",
 )
-#: Largest run, in nodes, that `wait` polls with whole snapshots, so that a
-#: finished small run costs one round trip instead of two.
-_SMALL_RUN_NODES = 64
 #: Nodes read by a claimed node's input above which the claim pauses the
 #: cyclic collector while it builds the input (see stem.canvas.gcpause).
 _LARGE_INPUT_READS = 100
@@ -101,6 +106,11 @@ _MAX_SHOWN_FIELDS = 500
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
 #: Nodes whose state, value and error one command of a paged input read fetches.
 _READ_PAGE = 1000
+#: Log message of a success report that failed in `complete_many`.
+_REPORT_FAILED = (
+    "Reporting the value of %s failed, so its message is delivered again after "
+    "the visibility timeout."
+)
 #: Name of the lock that lets one worker at a time run the reconciler.
 _RECONCILE_LOCK = "reconciler"
 #: Most stalled runs of one partition that one reconciler pass takes up.
@@ -211,14 +221,17 @@ class RedisDriver(ShardRuns):
         if not events:
             self._events_max_len = 0
         self._group = group
-        if max_deliveries < 1:
+        if type(max_deliveries) is not int or max_deliveries < 1:
             raise ValueError(
-                f"max_deliveries is {max_deliveries}; pass 1 or more, because "
-                "every message is delivered at least once."
+                f"max_deliveries is {max_deliveries!r}; pass a whole number of 1 "
+                "or more, because every message is delivered at least once."
             )
+        if visibility_timeout_s is not None:
+            _check_seconds("visibility_timeout_s", visibility_timeout_s, zero=True)
         self.visibility_timeout_s: float | None = visibility_timeout_s
         self._max_deliveries = max_deliveries
         for name, size in (
+            ("promote_batch", promote_batch),
             ("submit_chunk", submit_chunk),
             ("release_slice", release_slice),
             ("inline_input_chars", inline_input_chars),
@@ -227,20 +240,15 @@ class RedisDriver(ShardRuns):
                 raise ValueError(
                     f"{name} is {size!r}; pass a whole number of 1 or more."
                 )
-        if stage_ttl_s <= 0:
-            raise ValueError(
-                f"stage_ttl_s is {stage_ttl_s!r}; pass a number of seconds above 0."
-            )
+        _check_seconds("stage_ttl_s", stage_ttl_s, zero=False)
+        _check_seconds("fire_ttl_s", fire_ttl_s, zero=False)
+        _check_seconds("poll_interval_s", poll_interval_s, zero=True)
         self._submit_chunk = submit_chunk
         self._stage_ttl_s = stage_ttl_s
         self._release_slice = release_slice
         self._inline_input_chars = inline_input_chars
-        for name, seconds in (
-            ("reconcile_interval_s", reconcile_interval_s),
-            ("reconcile_after_s", reconcile_after_s),
-        ):
-            if seconds < 0:
-                raise ValueError(f"{name} is {seconds!r}; pass 0 or more seconds.")
+        _check_seconds("reconcile_interval_s", reconcile_interval_s, zero=True)
+        _check_seconds("reconcile_after_s", reconcile_after_s, zero=True)
         self._reconcile_interval_s = reconcile_interval_s
         self._reconcile_after_s = reconcile_after_s
         self._last_reconcile = time.monotonic()
@@ -248,17 +256,7 @@ class RedisDriver(ShardRuns):
         self._fire_ttl_s = fire_ttl_s
         self._poll_interval_s = poll_interval_s
         target = parse_url(url, partitions)
-        self._client: redis.Redis | RedisCluster = connect(target)
-        self._scripts = Scripts(self._client)
-        try:
-            self._scripts.preload()
-            tags = load_tags(self._client, prefix, target.partitions)
-        except DriverError as err:
-            self._client.close()
-            raise _first_call_error(url, err) from err.__cause__
-        except BaseException:
-            self._client.close()
-            raise
+        self._client, self._scripts, tags = _open(url, target, prefix)
         self._keys = KeySpace(prefix, tags)
         self._consumer = f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         self._lock = threading.Lock()
@@ -556,16 +554,23 @@ class RedisDriver(ShardRuns):
         """
         kind = fields.get("kind")
         needed = _OUTBOX_FIELDS.get(kind, frozenset())
+        problem = ""
         if not needed <= fields.keys():
+            problem = (
+                f"a {kind} entry needs the fields {', '.join(sorted(needed))}, "
+                f"and it has {fields!r}"
+            )
+        elif not all(_is_utf8(text) for item in fields.items() for text in item):
+            # The client decodes a byte that is not UTF-8 to a lone
+            # surrogate, which no script argument can carry.
+            problem = f"a field is not UTF-8 text: {fields!r}"
+        if problem:
             # Stem did not write it, and applying it again would fail again.
             log.warning(
-                "Deleted malformed outbox entry %s of %s: a %s entry needs "
-                "the fields %s, and it has %r.",
+                "Deleted malformed outbox entry %s of %s: %s.",
                 entry_id,
                 partition.tag,
-                kind,
-                ", ".join(sorted(needed)),
-                fields,
+                problem,
             )
             self._ack_outbox(partition, entry_id)
             return
@@ -760,6 +765,39 @@ class RedisDriver(ShardRuns):
     def complete(self, message: Message, value: str) -> None:
         self._report("complete", message, value)
 
+    def complete_many(self, reports: Sequence[tuple[Message, str]]) -> None:
+        if len(reports) == 1:
+            # One plain EVALSHA costs less client CPU than a pipeline of one.
+            [(message, value)] = reports
+            try:
+                self.complete(message, value)
+            except Exception:
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+            return
+        calls: list[tuple[str, list[str], list[str | int | float]]] = [
+            (
+                "complete",
+                self._report_keys(message),
+                [*self._message_args(message), value],
+            )
+            for message, value in reports
+        ]
+        replies = self._scripts.call_many(calls)
+        for (message, _), reply in zip(reports, replies, strict=True):
+            try:
+                if isinstance(reply, redis.RedisError):
+                    error = script_error(
+                        "complete", reply, message.run_id, message.node_id
+                    )
+                    raise error from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                self._check_report("complete", message, reply)
+            except Exception:
+                # Its message stays pending, so it is delivered again after
+                # the visibility timeout. The other reports of the batch stand.
+                log.error(_REPORT_FAILED, _ids(message), exc_info=True)
+
     def fail(self, message: Message, error: ErrorInfo) -> None:
         self._report("fail", message, layout.error_json(error))
 
@@ -859,11 +897,7 @@ class RedisDriver(ShardRuns):
                 pipe.hgetall(keys.values)
                 pipe.hgetall(keys.errors)
                 found, fields, values, errors = pipe.execute()
-            run = {
-                name: value
-                for name, value in zip(fields_read, found, strict=True)
-                if value is not None
-            }
+            run = _fields_found(fields_read, found)
             if "status" not in run:
                 raise self._not_found(run_id)
             version, text = run["spec_version"], run.pop("spec", "")
@@ -875,9 +909,20 @@ class RedisDriver(ShardRuns):
                 break
             # A splice changed the spec since it was parsed: read it too.
             known = ""
+        return self._snapshot_of(run_id, run, version, text, (fields, values, errors))
+
+    def _snapshot_of(
+        self,
+        run_id: str,
+        run: dict[str, str],
+        version: str,
+        text: str,
+        hashes: tuple[dict[str, str], dict[str, str], dict[str, str]],
+    ) -> RunSnapshot:
+        """Build a snapshot from the run hash fields and the three node hashes."""
         spec = self._cached_spec(run_id, version, text)
         with paused_gc():
-            nodes = layout.node_records(spec, fields, values, errors)
+            nodes = layout.node_records(spec, *hashes)
         shard_nodes = [node.id for node in spec.nodes if node.task == SHARD_TASK]
         if shard_nodes:
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
@@ -885,41 +930,64 @@ class RedisDriver(ShardRuns):
             if error_node in shard_nodes:
                 # A failed shard node's cause is the member that failed in it,
                 # unless that member's shard is gone from the view.
-                cause = fields.get(f"{error_node}/cause")
+                cause = hashes[0].get(f"{error_node}/cause")
                 if cause in nodes:
                     run["error_node"] = cause
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
 
+    def _read_if_ended(self, run_id: str) -> RunSnapshot | None:
+        """Return the run's snapshot if it has ended, else None.
+
+        One script call reads the status and, if the run has ended, the node
+        hashes, unless the spec must be read too (a large run's spec is not
+        in its run hash).
+
+        Raises:
+            RunNotFound: if the run does not exist.
+        """
+        keys = self._keys.run(run_id)
+        known = self._known_version(run_id)
+        fields_read = [*_SNAPSHOT_FIELDS, "spec"] if not known else _SNAPSHOT_FIELDS
+        reply = self._scripts.call(
+            "read_ended",
+            [keys.run, keys.nodes, keys.values, keys.errors],
+            list(fields_read),
+            run_id=run_id,
+        )
+        run = _fields_found(fields_read, reply[0])
+        if "status" not in run:
+            raise self._not_found(run_id)
+        if len(reply) == 1:
+            return None
+        version, text = run["spec_version"], run.pop("spec", "")
+        if not text and version != known:
+            # A large run's spec, or a spec that a splice changed since it
+            # was parsed: snapshot reads either.
+            return self.snapshot(run_id)
+        hashes = (_pairs(reply[1]), _pairs(reply[2]), _pairs(reply[3]))
+        return self._snapshot_of(run_id, run, version, text, hashes)
+
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         run_key = self._keys.run(run_id).run
-        with self._lock:
-            cached = self._specs.get(run_id)
-        # A snapshot of a run with shards reads every shard, so it is polled
-        # by status only, like a large run.
-        small = (
-            cached is not None
-            and len(cached[1].nodes) <= _SMALL_RUN_NODES
-            and not any(node.task == SHARD_TASK for node in cached[1].nodes)
-        )
         while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if small:
-                snapshot = self.snapshot(run_id)
-                if snapshot.status != "running" or (
-                    remaining is not None and remaining <= 0
-                ):
-                    return snapshot
-            else:
+            ended = self._read_if_ended(run_id)
+            if ended is not None:
+                return ended
+            # A running run is polled with HGET, a fifth of the script call's
+            # bytes, until its status changes.
+            status: Any = "running"
+            while status == "running":
+                remaining = None if deadline is None else deadline - time.monotonic()
+                if remaining is not None and remaining <= 0:
+                    return self.snapshot(run_id)
+                pause = self._poll_interval_s
+                time.sleep(pause if remaining is None else min(pause, remaining))
                 with self._redis_errors(f"read the status of run {run_id}"):
                     status = self._client.hget(run_key, "status")
                 if status is None:
                     raise self._not_found(run_id)
-                if status != "running" or (remaining is not None and remaining <= 0):
-                    return self.snapshot(run_id)
-            pause = self._poll_interval_s
-            time.sleep(pause if remaining is None else min(pause, remaining))
 
     def workers_alive(self) -> int | None:
         return len(self.workers())
@@ -1119,6 +1187,9 @@ class RedisDriver(ShardRuns):
         reply = self._scripts.call(
             script, keys, args, run_id=message.run_id, node_id=message.node_id
         )
+        self._check_report(script, message, reply)
+
+    def _check_report(self, script: str, message: Message, reply: Any) -> None:
         result = check_reply(script, reply, message.run_id, message.node_id)
         if result is not Reply.DONE:
             log.debug(
@@ -1427,12 +1498,21 @@ class RedisDriver(ShardRuns):
         """
         messages: list[Message] = []
         for entry_id, fields in entries:
-            try:
-                message = _message(queue, entry_id, fields, reclaimed=reclaimed)
-            except (KeyError, ValueError) as err:
-                self._dead_letter_malformed(partition, queue, entry_id, fields, err)
-                continue
-            messages.append(message)
+            problem = _undecodable_field(fields)
+            if problem is None:
+                try:
+                    _check_envelope(fields)
+                    message = _message(queue, entry_id, fields, reclaimed=reclaimed)
+                except _UnknownEnvelope as err:
+                    problem = str(err)
+                except KeyError as err:
+                    problem = f"missing field {err.args[0]!r}"
+                except ValueError as err:
+                    problem = f"bad number ({err})"
+                else:
+                    messages.append(message)
+                    continue
+            self._dead_letter_malformed(partition, queue, entry_id, fields, problem)
         return messages
 
     def _dead_letter_malformed(
@@ -1441,31 +1521,33 @@ class RedisDriver(ShardRuns):
         queue: str,
         entry_id: str,
         fields: dict[str, Any],
-        err: Exception,
+        problem: str,
     ) -> None:
         """Move a malformed entry to its partition's dead-letter stream.
 
         No run state changes, since the entry names no node that could be
         trusted. The dead letter keeps whatever run, node and task fields the
-        entry had, with 0 for an attempt or epoch that is not a number, and
-        the reason quotes the entry's fields.
+        entry had, with U+FFFD for each byte that is not UTF-8 and 0 for an
+        attempt or epoch that is not a number, and the reason quotes the
+        entry's fields.
         """
-        problem = (
-            f"missing field {err.args[0]!r}"
-            if isinstance(err, KeyError)
-            else f"bad number ({err})"
-        )
         shown = repr(fields)
         if len(shown) > _MAX_SHOWN_FIELDS:
             shown = shown[:_MAX_SHOWN_FIELDS] + "..."
         reason = (
             f"Malformed message {entry_id} on queue {queue!r}: {problem}; "
-            f"fields {shown}. Stem writes run, node, attempt, epoch and task."
+            f"fields {shown}. Stem writes v (the envelope version), run, node, "
+            "attempt, epoch and task."
         )
 
+        def text(name: str) -> str:
+            found = str(fields.get(name, ""))
+            return found.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
         def number(name: str) -> str:
-            text = str(fields.get(name, "0"))
-            return text if text.isdigit() else "0"
+            found = str(fields.get(name, "0"))
+            # isdigit() alone passes "²", which int() rejects when dlq reads it.
+            return found if found.isascii() and found.isdigit() else "0"
 
         stream = partition.queue(queue)
         with self._redis_errors(f"dead-letter malformed entry {entry_id} of {stream}"):
@@ -1475,12 +1557,12 @@ class RedisDriver(ShardRuns):
             pipe.xadd(
                 partition.dead,
                 {
-                    "run": str(fields.get("run", "")),
-                    "node": str(fields.get("node", "")),
+                    "run": text("run"),
+                    "node": text("node"),
                     "attempt": number("attempt"),
                     "epoch": number("epoch"),
                     "queue": queue,
-                    "task": str(fields.get("task", "")),
+                    "task": text("task"),
                     "reason": reason,
                 },
             )
@@ -1569,6 +1651,69 @@ class RedisDriver(ShardRuns):
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
 
 
+def _check_seconds(name: str, value: Any, *, zero: bool) -> None:
+    """Reject a duration setting that is not a finite number of seconds.
+
+    Raises:
+        ValueError: naming the setting, its value and what to pass.
+    """
+    is_number = type(value) in (int, float) and math.isfinite(value)
+    if not is_number or value < 0 or (value == 0 and not zero):
+        bound = "0 or more" if zero else "above 0"
+        raise ValueError(
+            f"{name} is {value!r}; pass a finite number of seconds, {bound}."
+        )
+
+
+def _open(
+    url: str, target: Target, prefix: str
+) -> tuple[redis.Redis | RedisCluster, Scripts, list[str]]:
+    """Connect, load the scripts and read the partition tags of a new driver.
+
+    Raises:
+        DriverError: if Redis cannot be reached or failed.
+        ValueError: if redis-py rejected a query option of the URL.
+    """
+    try:
+        # A Cluster client connects here, to discover the other nodes.
+        client: redis.Redis | RedisCluster = connect(target)
+    except RedisClusterException as err:
+        raise DriverError(
+            f"Could not connect to a Redis Cluster at {redact(url)}: {err}; "
+            "name a node of a running Cluster, or use redis://host:port/db "
+            "for a single Redis server."
+        ) from err
+    scripts = Scripts(client)
+    try:
+        scripts.preload()
+        tags = load_tags(client, prefix, target.partitions)
+    except DriverError as err:
+        client.close()
+        raise _first_call_error(url, err) from err.__cause__
+    except TypeError as err:
+        client.close()
+        # redis-py passes a URL query option it does not know to its
+        # connection class, which rejects it on the first connection.
+        if "unexpected keyword argument" not in str(err):
+            raise
+        raise _unknown_option_error(url, err) from err
+    except BaseException:
+        client.close()
+        raise
+    return client, scripts, tags
+
+
+def _unknown_option_error(url: str, err: TypeError) -> ValueError:
+    """Return the error for a URL query option that redis-py rejected."""
+    found = re.search(r"keyword argument '([^']*)'", str(err))
+    name = found.group(1) if found else str(err)
+    return ValueError(
+        f"The URL {redact(url)} has the query option {name!r}, which redis-py "
+        "does not accept; remove it. Driver settings such as prefix go to "
+        "App(url, prefix=...) instead."
+    )
+
+
 def _queued_at_start(node: NodeSpec) -> bool:
     """Tell whether a run's start queues the node, as `machine.start` does.
 
@@ -1578,6 +1723,15 @@ def _queued_at_start(node: NodeSpec) -> bool:
     if node.role == "errback":
         return not node.covers
     return not node.deps
+
+
+def _is_utf8(text: object) -> bool:
+    """Tell whether a decoded reply is text that encodes back to UTF-8."""
+    try:
+        str(text).encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
@@ -1640,6 +1794,38 @@ def _first_call_error(url: str, err: DriverError) -> DriverError:
     return err
 
 
+def _undecodable_field(fields: dict[str, Any]) -> str | None:
+    """Return the problem of an entry with a field that is not UTF-8, else None.
+
+    The client decodes such bytes to lone surrogates, which no script call
+    could send, so the entry can only be dead-lettered.
+    """
+    for name, value in fields.items():
+        for text in (name, value):
+            if isinstance(text, str) and not text.isascii():
+                try:
+                    text.encode("utf-8")
+                except UnicodeEncodeError:
+                    return f"field {name!r} is not valid UTF-8"
+    return None
+
+
+class _UnknownEnvelope(Exception):
+    """A queue entry written in an envelope version this worker does not read."""
+
+
+def _check_envelope(fields: dict[str, Any]) -> None:
+    """Raise unless a queue entry is in the envelope version this worker reads."""
+    version = fields.get("v")
+    if version is None:
+        raise KeyError("v")
+    if version != ENVELOPE_VERSION:
+        raise _UnknownEnvelope(
+            f"envelope version {version!r}, but this worker reads only version "
+            f"{ENVELOPE_VERSION!r}; upgrade the worker, then replay the dead letter"
+        )
+
+
 def _message(
     queue: str, entry_id: str, fields: dict[str, Any], *, reclaimed: bool = False
 ) -> Message:
@@ -1672,6 +1858,20 @@ def _event_position(entry_id: str) -> tuple[int, int]:
     """Return a stream entry id as numbers: write time in microseconds, sequence."""
     micros, _, sequence = entry_id.partition("-")
     return int(micros), int(sequence)
+
+
+def _fields_found(names: Sequence[str], found: Sequence[str | None]) -> dict[str, str]:
+    """Pair hash field names with the values HMGET found, leaving out missing ones."""
+    return {
+        name: value
+        for name, value in zip(names, found, strict=True)
+        if value is not None
+    }
+
+
+def _pairs(flat: Sequence[str]) -> dict[str, str]:
+    """Turn a flat field/value list, as a script returns HGETALL, into a dict."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _milliseconds(seconds: float | None) -> str:

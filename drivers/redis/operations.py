@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict
 from typing import Any
@@ -409,7 +410,8 @@ class RedisOperations:
         None for an id that no dead letter can have.
         """
         number, slash, entry = dead_id.partition("/")
-        if not slash or not number.isdigit() or not entry:
+        valid = number.isascii() and number.isdigit()
+        if not slash or not valid or not entry:
             return None
         index = int(number)
         if index >= len(self._keys.partitions):
@@ -466,11 +468,15 @@ def _split_cursor(cursor: str | None) -> tuple[float, str] | None:
         return None
     score, _, run_id = cursor.partition("|")
     try:
-        return float(score), run_id
+        position = float(score)
     except ValueError:
+        position = math.nan
+    # A page's cursor holds a creation time, which is always finite.
+    if not math.isfinite(position):
         raise ValueError(
             f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."
-        ) from None
+        )
+    return position, run_id
 
 
 def _entry_order(entry_id: str) -> tuple[int, int]:
@@ -484,7 +490,8 @@ def _dead_letter(dead_id: str, entry_id: str, fields: dict[str, Any]) -> DeadLet
     # as empty and a bad number as 0, and listing the stream still works.
     def number(name: str) -> int:
         text = str(fields.get(name, ""))
-        return int(text) if text.isdigit() else 0
+        # isdigit() alone passes digits such as "²", which int() rejects.
+        return int(text) if text.isascii() and text.isdigit() else 0
 
     message = Message(
         str(fields.get("run", "")),

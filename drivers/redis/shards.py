@@ -89,8 +89,8 @@ def plan_shards(spec: GraphSpec, shard_size: int) -> ShardPlan | None:
     """Cut every chord header of more than ``shard_size`` members into shards.
 
     Returns None when no header is cut (``shard_size`` 0 turns sharding off).
-    The rewrite depends only on its arguments, so the driver can compute it
-    again from a run's stored spec.
+    The rewrite depends only on its arguments, so a submit that is repeated
+    after a crash writes the same shards.
     """
     if shard_size <= 0:
         return None
@@ -235,9 +235,10 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
                 task=SHARD_TASK,
                 deps=list(header.inputs),
                 join="fail_fast",
-                path=f"{group.path} shard of {len(chunk)} members",
+                path=_shard_path(group.path, len(chunk)),
                 group=group.id,
             )
+
         joins[header.join.id] = shard_nodes
         new_groups[group.id] = group.model_copy(
             update={"members": [[node] for node in shard_nodes]}
@@ -248,6 +249,7 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
                 "input": ListInput(items=[NodeInput(node=n) for n in shard_nodes]),
             }
         )
+
     nodes: list[NodeSpec] = []
     for node in spec.nodes:
         if node.id in replaced:
@@ -278,6 +280,12 @@ def _with_shard_nodes(group: GroupSpec, shard_of: dict[NodeId, NodeId]) -> Group
         for member in group.members
     ]
     return group.model_copy(update={"members": members})
+
+
+def _shard_path(group_path: str, members: int) -> str:
+    """Return a shard node's path, shown where errors and drawings name it."""
+    step = f"shard of {members} members"
+    return f"{group_path} > {step}" if group_path else step
 
 
 def _items(join: NodeSpec) -> list[Template]:

@@ -163,6 +163,22 @@ def resolve_app(app_spec: str | None, url: str | None) -> App:
     return App(chosen)
 
 
+def store_arguments(app_spec: str | None, url: str | None) -> list[str]:
+    """Return the ``-A`` and ``--url`` arguments of a command, for a hint to repeat.
+
+    A command printed as a hint must reach the same store. Without either
+    option the URL came from ``STEM_URL``, which the hinted command reads
+    too. The URL's password shows as ``***``, so a hint for such a URL needs
+    the password typed in again.
+    """
+    arguments = []
+    if app_spec:
+        arguments += ["-A", app_spec]
+    if url:
+        arguments += ["--url", redact(url)]
+    return arguments
+
+
 def require_shared_store(app: App, command: str) -> None:
     """Reject ``memory://``, whose state lives only inside one process."""
     if app.url.startswith("memory:"):

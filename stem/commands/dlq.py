@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from typing import Any
 
 import click
@@ -21,6 +22,7 @@ from stem.commands.common import (
     json_option,
     reported_errors,
     shared_app,
+    store_arguments,
     yes_option,
 )
 from stem.engine.ports import TASK_HEADER, DeadLetter
@@ -114,7 +116,9 @@ def list_dead(
         table.add_row(dead.id, *(Text(printable(cell)) for cell in cells))
     out.print(table)
     if next_cursor:
-        out.print(f"More: stem dlq ls --cursor {next_cursor}", markup=False)
+        command = ["stem", "dlq", "ls", *store_arguments(app_spec, url)]
+        command += ["--limit", str(limit), "--cursor", next_cursor]
+        out.print(f"More: {shlex.join(command)}", markup=False, soft_wrap=True)
 
 
 @dlq.command("show")
@@ -175,6 +179,9 @@ def replay_dead(
                     node=dead.message.node_id,
                     attempt=str(dead.message.attempt),
                 )
+                if outcome == "run_not_found" and not dead.message.run_id:
+                    # A malformed message that was dead-lettered has no run.
+                    template = "dead letter {id} names no run; purge the dead letter"
             failures.append((code, template.format(**values)))
     for _, text in failures:
         click.echo(f"Error: {text[0].upper()}{text[1:]}.", err=True)

@@ -28,6 +28,7 @@ from stem.commands.common import (
     EXIT_FAILED,
     EXIT_INTERRUPTED,
     EXIT_NOT_FOUND,
+    EXIT_USAGE,
     CommandError,
     app_options,
     console,
@@ -155,11 +156,18 @@ def show(
     if output is None:
         _print(console(), drawing)
         return
-    if isinstance(drawing, str):
-        output.write_text(drawing + "\n", encoding="utf-8")
-    else:
-        with output.open("w", encoding="utf-8") as file:
-            _print(Console(file=file, width=_FILE_WIDTH, no_color=True), drawing)
+    try:
+        if isinstance(drawing, str):
+            output.write_text(drawing + "\n", encoding="utf-8")
+        else:
+            with output.open("w", encoding="utf-8") as file:
+                _print(Console(file=file, width=_FILE_WIDTH, no_color=True), drawing)
+    except OSError as err:
+        raise CommandError(
+            f"Writing {output} failed: {err.strerror or err}; check that its "
+            "folder exists and is writable.",
+            EXIT_USAGE,
+        ) from err
     click.echo(f"Wrote {output_format} of run {run_id} to {output}.", err=True)
 
 
@@ -281,12 +289,17 @@ def _print_why(app: App, snapshot: RunSnapshot, node_id: NodeId) -> None:
         out.print(printable(line), markup=False, highlight=False)
 
 
+_ENDED_VERBS = frozenset({"succeeded", "failed"})
+
+
 def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
     """Say why a node is in its state: what it waits for, or how it ended."""
     node = snapshot.spec.node(node_id)
     record = snapshot.nodes[node_id]
     symbol = STATE_STYLES[record.state].symbol
-    lines = [f"{symbol} node {node_id} ({node.task}) is {record.state}."]
+    # "succeeded" and "failed" read as verbs, the other states after "is".
+    verb = record.state if record.state in _ENDED_VERBS else f"is {record.state}"
+    lines = [f"{symbol} node {node_id} ({node.task}) {verb}."]
     now = time.time()
     if record.state == "pending":
         lines += _pending_reasons(snapshot, node_id)

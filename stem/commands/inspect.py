@@ -7,7 +7,9 @@ from dataclasses import asdict
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from stem.canvas.text import printable
 from stem.commands.common import (
     EXIT_FAILED,
     CommandError,
@@ -50,10 +52,12 @@ def inspect(app_spec: str | None, url: str | None, as_json: bool) -> None:
         ):
             table.add_column(column, overflow="fold")
         for beat in beats:
+            # Text, not a str, so rich shows brackets as they are; the names
+            # come from the store, which another program may have written.
             table.add_row(
-                beat.name,
-                f"{beat.pid}@{beat.host}",
-                ",".join(beat.queues),
+                Text(printable(beat.name)),
+                Text(printable(f"{beat.pid}@{beat.host}")),
+                Text(printable(",".join(beat.queues))),
                 f"{beat.in_flight}/{beat.concurrency} {beat.pool}",
                 str(beat.processed),
                 str(beat.failed),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import click
 from rich.table import Table
+from rich.text import Text
 
+from stem.canvas.text import printable
 from stem.commands.common import (
     app_options,
     confirm_or_reject,
@@ -56,7 +58,9 @@ def list_queues(app_spec: str | None, url: str | None, as_json: bool) -> None:
         table.add_column("ready", justify="right")
         table.add_column("unacked", justify="right")
         for item in stats:
-            table.add_row(item.name, str(item.ready), str(item.unacked))
+            # Text, not a str, so rich shows brackets in the name as they are.
+            name = Text(printable(item.name))
+            table.add_row(name, str(item.ready), str(item.unacked))
         out.print(table)
     out.print(f"{delayed} delayed messages wait for a countdown, eta or retry.")
 

@@ -27,6 +27,7 @@ from stem.commands.common import (
     parse_age,
     reported_errors,
     shared_app,
+    store_arguments,
 )
 from stem.commands.runs_retry import retry
 from stem.engine.ports import RunSnapshot, RunSummary
@@ -123,16 +124,24 @@ def list_runs(
     for run in page.runs:
         end = run.ended_at if run.ended_at is not None else now
         table.add_row(
-            run.run_id,
+            # Text, not a str, so rich shows brackets in the id as they are.
+            Text(printable(run.run_id)),
             status_text(run.status),
             format_time(run.created_at),
             format_span(end - run.created_at),
         )
     out.print(table)
     if page.cursor:
-        out.print(
-            f"More runs: stem runs ls --cursor {shlex.quote(page.cursor)}", markup=False
-        )
+        command = ["stem", "runs", "ls", *store_arguments(app_spec, url)]
+        for state in states:
+            command += ["--state", state]
+        if since is not None:
+            command += ["--since", since]
+        if older_than is not None:
+            command += ["--older-than", older_than]
+        command += ["--limit", str(limit), "--cursor", page.cursor]
+        # soft_wrap keeps the hint on one line, so it can be copied at 80 columns.
+        out.print(f"More runs: {shlex.join(command)}", markup=False, soft_wrap=True)
 
 
 @runs.command("show")
@@ -172,9 +181,14 @@ def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) 
         if len(value) > _MAX_MESSAGE:
             value = value[:_MAX_MESSAGE] + "..."
         out.print(f"  value     {printable(value)}", markup=False)
-    out.print(
-        f"See the graph: stem graph show {shlex.quote(snapshot.run_id)}", markup=False
-    )
+    command = [
+        "stem",
+        "graph",
+        "show",
+        snapshot.run_id,
+        *store_arguments(app_spec, url),
+    ]
+    out.print(f"See the graph: {shlex.join(command)}", markup=False, soft_wrap=True)
 
 
 @runs.command("cancel")

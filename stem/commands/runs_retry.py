@@ -78,7 +78,11 @@ Examples:
     "[default: no limit]",
 )
 @click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON object instead of text."
+    "--json",
+    "as_json",
+    is_flag=True,
+    help="Print JSON instead of text: one object per line, a second one for "
+    "the outcome with --wait.",
 )
 def retry(
     run_id: str,

@@ -9,6 +9,7 @@ import click
 
 from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
+from stem.canvas.values import MAX_DEPTH
 from stem.commands.common import (
     EXIT_USAGE,
     CommandError,
@@ -83,6 +84,12 @@ def _decode(text: str) -> Any:
         return json.loads(text)
     except ValueError:
         return text
+    except RecursionError:
+        raise click.BadParameter(
+            f"{text[:40]!r}... is JSON nested too deep to decode; pass an "
+            f"argument nested at most {MAX_DEPTH} lists or objects deep.",
+            param_hint="ARGUMENTS",
+        ) from None
 
 
 def _build(factory: Any, target: str, arguments: list[Any]) -> Canvas:

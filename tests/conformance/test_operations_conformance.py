@@ -47,6 +47,14 @@ def test_runs_listed_newest_first_in_pages(kit: Kit) -> None:
     assert {run.status for run in first.runs} == {"running"}
 
 
+@pytest.mark.parametrize("cursor", ["x", "nan", "inf", "1e999|r"])
+def test_runs_bad_cursor_rejected(kit: Kit, cursor: str) -> None:
+    kit.add.delay(1, 1)
+
+    with pytest.raises(ValueError, match=r"Cursor .* is invalid"):
+        kit.app.driver.list_runs(limit=2, cursor=cursor)
+
+
 def test_runs_filtered_by_status_and_age(kit: Kit) -> None:
     with kit.app.worker(concurrency=1):
         done = kit.add.delay(1, 1)

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import shlex
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -17,7 +19,9 @@ from stem.commands.common import (
     EXIT_FAILED,
     EXIT_NOT_FOUND,
     EXIT_REJECTED,
+    EXIT_USAGE,
 )
+from stem.engine.ports import WorkerBeat
 
 from .conftest import TIMEOUT_S, database_url, load_flows, write_flows
 
@@ -88,7 +92,41 @@ def test_runs_ls_pages_with_cursor(runner: CliRunner, flows: ModuleType) -> None
 
     assert [run["run_id"] for run in json.loads(first)["runs"]] == ids[:0:-1]
     assert ids[0] in second
-    assert "More runs: stem runs ls --cursor" in hint
+    assert f"More runs: stem runs ls -A {flows.__file__} --limit 2 --cursor" in hint
+
+
+def test_runs_ls_hint_keeps_filters(runner: CliRunner, flows: ModuleType) -> None:
+    # The next-page hint is a command to copy. Without the store and the
+    # filters it would list another set of runs.
+    finished = [flows.add.delay(i, i) for i in range(3)]
+    with flows.app.worker(concurrency=2):
+        for result in finished:
+            result.get(TIMEOUT_S)
+    waiting = flows.add.delay(1, 2)
+    filters = ["--state", "succeeded", "--since", "1h", "--limit", "2"]
+
+    _, first = invoke(runner, flows, "runs", "ls", *filters)
+    hint = first.splitlines()[-1]
+    command = shlex.split(hint.removeprefix("More runs: "))
+    second = runner.invoke(main, command[1:])
+
+    assert command[:3] == ["stem", "runs", "ls"]
+    assert "-A" in command
+    assert "--state" in command
+    assert "--limit" in command
+    assert second.exit_code == 0
+    assert finished[0].id in second.output
+    assert waiting.id not in second.output
+
+
+def test_runs_show_hint_names_store(runner: CliRunner, flows: ModuleType) -> None:
+    result = flows.add.delay(1, 2)
+
+    _, by_app = invoke(runner, flows, "runs", "show", result.id)
+    by_url = runner.invoke(main, ["runs", "show", result.id, "--url", flows.app.url])
+
+    assert f"stem graph show {result.id} -A {flows.__file__}" in by_app
+    assert f"stem graph show {result.id} --url {flows.app.url}" in by_url.output
 
 
 def test_expired_run_leaves_index(runner: CliRunner, flows: ModuleType) -> None:
@@ -162,6 +200,21 @@ def test_graph_show_writes_svg(
     assert f"run {result.id}: failed" in texts
     assert "extra" in texts
     assert "failed" in texts
+
+
+def test_graph_show_missing_folder_rejected(
+    runner: CliRunner, flows: ModuleType, tmp_path: Path
+) -> None:
+    result = flows.add.delay(1, 2)
+    out = tmp_path / "missing" / "run.svg"
+
+    code, output = invoke(
+        runner, flows, "graph", "show", result.id, "--format", "svg", "-o", str(out)
+    )
+
+    assert code == EXIT_USAGE, output
+    assert f"Writing {out} failed" in output
+    assert "Traceback" not in output
 
 
 def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) -> None:
@@ -305,6 +358,8 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     try:
         client.xadd(dead, {"foo": "bar"})
         client.xadd(dead, {"run": "r", "node": "0", "attempt": "x", "reason": "hi"})
+        # str.isdigit() accepts "²", but int() does not parse it.
+        client.xadd(dead, {"run": "s", "node": "0", "attempt": "²", "epoch": "1"})
     finally:
         client.close()
 
@@ -315,10 +370,46 @@ def test_dlq_lists_hand_written_entry(runner: CliRunner, flows: ModuleType) -> N
     assert [(entry["run"], entry["attempt"]) for entry in entries] == [
         ("", 0),
         ("r", 0),
+        ("s", 0),
     ]
+    assert entries[2]["epoch"] == 1
     replay_code, replayed = invoke(runner, flows, "dlq", "replay", entries[0]["id"])
     assert replay_code == EXIT_NOT_FOUND
+    assert f"Dead letter {entries[0]['id']} names no run" in replayed
     assert "purge the dead letter" in replayed
+
+
+@pytest.mark.parametrize("dead_id", ["²/1-0", "9/1-0", "0/x", "x"])
+def test_dlq_unknown_id_not_found(
+    runner: CliRunner, flows: ModuleType, dead_id: str
+) -> None:
+    for command in ("show", "replay"):
+        code, output = invoke(runner, flows, "dlq", command, dead_id)
+
+        assert code == EXIT_NOT_FOUND, output
+        assert f"No dead letter has id {dead_id}" in output
+
+
+def test_dlq_ls_hint_keeps_store(runner: CliRunner, flows: ModuleType) -> None:
+    dead = flows.app.driver._keys.first.dead
+    client = redis.Redis.from_url(flows.app.url)
+    try:
+        ids = [
+            client.xadd(dead, {"run": f"r{i}", "node": "0", "reason": "hi"}).decode()
+            for i in range(3)
+        ]
+    finally:
+        client.close()
+
+    _, first = invoke(runner, flows, "dlq", "ls", "--limit", "2")
+    hint = first.splitlines()[-1]
+    command = shlex.split(hint.removeprefix("More: "))
+    second = runner.invoke(main, command[1:])
+
+    assert command[:5] == ["stem", "dlq", "ls", "-A", flows.__file__]
+    assert second.exit_code == 0
+    assert f"0/{ids[2]}" in second.output
+    assert f"0/{ids[0]}" not in second.output
 
 
 def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
@@ -379,3 +470,35 @@ def test_dlq_reason_escaped(runner: CliRunner, flows: ModuleType) -> None:
         assert "\u202e" not in output
         assert "[bold]gone" in " ".join(output.split())
     assert entry["reason"] == reason
+
+
+def test_markup_in_names_printed_as_text(runner: CliRunner, flows: ModuleType) -> None:
+    # Run ids and queue names may contain brackets, which rich reads as markup.
+    run_id = "[/]run[bold]"
+    flows.add.s(1, 2).set(queue="[/]q").apply_async(run_id=run_id)
+    beat = WorkerBeat(
+        name="[/]worker",
+        host="[red]host",
+        pid=1,
+        queues=["[/]q"],
+        concurrency=1,
+        pool="threads",
+        in_flight=0,
+        processed=0,
+        failed=0,
+        started_at=time.time(),
+        last_seen=time.time(),
+    )
+    flows.app.driver.heartbeat(beat, 60.0)
+
+    runs_code, runs_out = invoke(runner, flows, "runs", "ls")
+    queues_code, queues_out = invoke(runner, flows, "queues", "ls")
+    inspect_code, inspect_out = invoke(runner, flows, "inspect")
+
+    assert runs_code == 0, runs_out
+    assert run_id in runs_out
+    assert queues_code == 0, queues_out
+    assert "[/]q" in queues_out
+    assert inspect_code == 0, inspect_out
+    assert "[/]worker" in inspect_out
+    assert "[red]host" in inspect_out

@@ -9,6 +9,7 @@ commands as on a small one. No output contains a URL's password.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import signal
@@ -151,6 +152,59 @@ def test_sigterm_mid_run_loses_nothing(tmp_path: Path, url: str) -> None:
     app.close()
 
 
+def test_killed_worker_leaves_no_children(tmp_path: Path, url: str) -> None:
+    flows = write_flows(tmp_path, url)
+    app = load_flows(flows).app
+    args = worker_args(flows, url, "killed")
+    args[args.index("threads")] = "processes"
+    worker = start_stem(*args)
+    children: list[int] = []
+    try:
+        result = app.submit(load_flows(flows).slow_chord(2, 30.0))
+        wait_until(lambda: _running(result) >= 1, "a slow task runs")
+        children = _children(worker.pid)
+        assert children, "The processes pool started no child process."
+    finally:
+        worker.kill()
+        worker.communicate(timeout=TIMEOUT_S)
+
+    # A child blocked in its task, or waiting for the next one, must notice
+    # that its worker is gone instead of running on as an orphan.
+    try:
+        wait_until(lambda: not [pid for pid in children if _alive(pid)], "no orphan")
+    finally:
+        for pid in children:
+            if _alive(pid):
+                os.kill(pid, signal.SIGKILL)
+    app.close()
+
+
+def _children(pid: int) -> list[int]:
+    """Return the pids of a process's children, read from /proc (Linux)."""
+    found: list[int] = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # The parent pid is the second field after the command in brackets.
+        parent = int(stat.rpartition(")")[2].split()[1])
+        if parent == pid:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text()
+    except OSError:
+        return False
+    # A zombie has exited and waits only to be reaped.
+    return state.rpartition(")")[2].split()[0] != "Z"
+
+
 def _running(result: AsyncResult) -> int:
     return sum(1 for node in result.nodes().values() if node.state == "running")
 
@@ -158,10 +212,15 @@ def _running(result: AsyncResult) -> int:
 def _calls(client: redis.Redis) -> int:
     """Count the commands since the reset, but the driver's script loading.
 
-    A driver loads each of its scripts once when it is made, whatever the run.
+    A driver checks and loads its scripts once when it is made, whatever the run.
     """
     stats: dict[str, dict[str, int]] = client.info("commandstats")  # type: ignore[assignment]
-    skipped = ("cmdstat_info", "cmdstat_config|resetstat", "cmdstat_script|load")
+    skipped = (
+        "cmdstat_info",
+        "cmdstat_config|resetstat",
+        "cmdstat_script|exists",
+        "cmdstat_script|load",
+    )
     return sum(entry["calls"] for name, entry in stats.items() if name not in skipped)
 
 

@@ -13,6 +13,7 @@ import pytest
 
 FLOWS = """
 import threading
+import time
 from stem import App, group
 
 app = App()
@@ -27,6 +28,12 @@ def add(x, y):
 @app.task
 def boom(x):
     raise ValueError("boom on purpose")
+
+
+@app.task
+def slow_report(task_id):
+    time.sleep(0.5)
+    return task_id
 
 
 @app.task
@@ -48,6 +55,10 @@ def routed():
 
 def fails():
     return add.s(1, 1) | boom.s()
+
+
+def fails_with_errback():
+    return boom.s(1).on_error(slow_report.s())
 
 
 def needs_argument(n):
@@ -114,6 +125,27 @@ def test_failed_run_shows_traceback(folder: Path) -> None:
     assert completed.returncode == 1
     assert "ValueError: boom on purpose" in completed.stderr
     assert 'raise ValueError("boom on purpose")' in completed.stderr
+
+
+def test_failed_run_traceback_unwrapped(folder: Path) -> None:
+    # stderr is a pipe here, where rich assumes 80 columns. The traceback
+    # after the summary table must keep each frame's path on one line.
+    completed = stem_run(folder, "flows.py:fails")
+    after_summary = completed.stderr.rpartition("\N{BOX DRAWINGS LIGHT UP AND LEFT}")[2]
+
+    assert completed.returncode == 1
+    assert f'File "{folder / "flows.py"}", line' in after_summary
+
+
+def test_summary_shows_finished_errback(folder: Path) -> None:
+    # The errback starts once the run has failed, and the in-process worker
+    # finishes it before it stops, so the summary must show it ended.
+    completed = stem_run(folder, "flows.py:fails_with_errback")
+    rows = [line for line in completed.stderr.splitlines() if "slow_report" in line]
+
+    assert completed.returncode == 1
+    assert len(rows) == 1
+    assert "1 succeeded" in rows[0]
 
 
 @pytest.mark.parametrize(

@@ -23,6 +23,7 @@ from redis.cluster import RedisCluster
 from stem import App, chain, chord
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.driver import ENVELOPE_VERSION
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.engine.drivers import load_driver
@@ -151,6 +152,46 @@ def test_report_after_run_deleted_writes_nothing(
         driver.close()
 
 
+def test_complete_many_reports_each(
+    redis_target: Any, client: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        for run_id in ("a", "b", "broken"):
+            assert driver.submit(run_id, compile_canvas(add.s(1, 1)))
+        messages: list[Any] = []
+        while len(messages) < 3:
+            messages += driver.fetch(["default"], 3, TIMEOUT_S)
+        claims = {c.message.run_id: c for c in driver.claim_many(messages) if c}
+        assert set(claims) == {"a", "b", "broken"}
+        # A node-state hash of the wrong type makes that run's script fail.
+        nodes_key = driver._keys.run("broken").nodes
+        client.delete(nodes_key)
+        client.set(nodes_key, "not a hash")
+
+        driver.complete_many(
+            [
+                (claims["a"].message, "2"),
+                (claims["broken"].message, "2"),
+                (claims["b"].message, "2"),
+                # A duplicate report changes nothing.
+                (claims["a"].message, "3"),
+            ]
+        )
+
+        for run_id in ("a", "b"):
+            snapshot = driver.snapshot(run_id)
+            assert snapshot.status == "succeeded", run_id
+            assert snapshot.value == "2", run_id
+        failed = [r for r in caplog.records if "Reporting" in r.getMessage()]
+        assert len(failed) == 1
+        assert "broken" in failed[0].getMessage()
+    finally:
+        driver.close()
+
+
 def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
     prefix = _prefix()
     first = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
@@ -174,7 +215,7 @@ def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
 
 _MALFORMED = [
     {"garbage": "1"},
-    {"run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},
+    {"v": "1", "run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},
 ]
 
 
@@ -194,9 +235,60 @@ def test_malformed_entry_is_dead_lettered(redis_target: Any, client: Any) -> Non
         assert [message.run_id for message in taken] == ["good"]
         dead = driver.dead_letters()
         assert [message.run_id for message, _ in dead] == ["", "x"]
-        assert "missing field 'run'" in dead[0][1]
+        assert "missing field 'v'" in dead[0][1]
         assert "'attempt': 'one'" in dead[1][1]
         assert client.xpending(stream, "stem")["pending"] == 1
+    finally:
+        driver.close()
+
+
+def test_messages_carry_envelope_version(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        driver._ensure_groups(["default"])
+        assert driver.submit("now", compile_canvas(add.s(1, 1)))
+        assert driver.submit("later", compile_canvas(add.s(1, 2).set(countdown=0.05)))
+        time.sleep(0.1)
+
+        taken = [m for _ in range(3) for m in driver.fetch(["default"], 5, 0.2)]
+
+        assert sorted(message.run_id for message in taken) == ["later", "now"]
+        for run_id in ("now", "later"):
+            stream = driver._keys.partition_of(run_id).queue("default")
+            for _, fields in client.xrange(stream):
+                assert fields["v"] == ENVELOPE_VERSION
+    finally:
+        driver.close()
+
+
+@pytest.mark.parametrize("version", ["2", "", "one"])
+def test_unknown_envelope_version_is_dead_lettered(
+    redis_target: Any, client: Any, version: str
+) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    try:
+        stream = driver._keys.first.queue("default")
+        driver._ensure_groups(["default"])
+        client.xadd(
+            stream,
+            {
+                "v": version,
+                "run": "r",
+                "node": "0",
+                "attempt": "1",
+                "epoch": "1",
+                "task": "add",
+            },
+        )
+
+        assert driver.fetch(["default"], 5, 0.1) == []
+
+        [(message, reason)] = driver.dead_letters()
+        assert message.run_id == "r"
+        assert f"envelope version {version!r}" in reason
+        assert "upgrade" in reason
     finally:
         driver.close()
 
@@ -215,7 +307,7 @@ def test_malformed_stalled_entry_is_dead_lettered(
         assert driver.fetch(["default"], 5, 0.1) == []
 
         [(_, reason)] = driver.dead_letters()
-        assert "missing field 'run'" in reason
+        assert "missing field 'v'" in reason
         assert client.xpending(stream, "stem")["pending"] == 0
     finally:
         driver.close()

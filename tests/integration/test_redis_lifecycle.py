@@ -6,6 +6,8 @@ tested in tests/conformance/test_run_lifecycle.py.
 
 from __future__ import annotations
 
+import hashlib
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -17,6 +19,8 @@ import redis
 from stem import App, chain, group
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
+from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
+from stem.errors import RunNotFound
 
 TIMEOUT_S = 10.0
 #: A retention long enough that no key expires while a test reads it.
@@ -163,3 +167,144 @@ def test_report_cost_independent_of_group_size(
         driver.close()
     assert small > 0
     assert small == large
+
+
+def test_events_after_clock_steps_back(redis_url: str, client: redis.Redis) -> None:
+    # An event id an hour ahead is what a clock that stepped back leaves
+    # behind, so XADD rejects the scripts' own time as too small.
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        events_key = driver._keys.partition_of("run").events
+        ahead_micros = (time.time() + 3600) * 1_000_000
+        ahead = f"{ahead_micros:.0f}-0"
+        client.xadd(events_key, {"run": "other", "event": "submitted"}, id=ahead)
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        events = driver.events(after=ahead)
+        assert [event.kind for event in events] == [
+            "submitted",
+            "started",
+            "succeeded",
+            "ended",
+        ]
+        assert all(event.id.startswith(f"{ahead_micros:.0f}-") for event in events)
+    finally:
+        driver.close()
+
+
+def _commands_since(client: redis.Redis, before: dict[str, Any]) -> dict[str, int]:
+    """Return the calls of each command since ``before``, INFO left out."""
+    after: dict[str, Any] = client.info("commandstats")
+    calls = {
+        name[len("cmdstat_") :]: int(entry["calls"])
+        - int(before.get(name, {"calls": 0})["calls"])
+        for name, entry in after.items()
+        if name != "cmdstat_info"
+    }
+    return {name: count for name, count in calls.items() if count}
+
+
+def test_wait_reads_ended_run_once(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix)
+    # A second driver has no parsed spec, as when another process waits.
+    reader = RedisDriver(redis_url, prefix=prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        driver.complete(claim.message, "2")
+        before = client.info("commandstats")
+        snapshot = reader.wait("run", TIMEOUT_S)
+        calls = _commands_since(client, before)
+    finally:
+        driver.close()
+        reader.close()
+    assert snapshot.status == "succeeded"
+    assert snapshot.value == "2"
+    assert snapshot.nodes["0"].state == "succeeded"
+    assert calls == {"evalsha": 1, "hmget": 1, "hgetall": 3}
+
+
+def test_wait_times_out_on_running_run(redis_url: str) -> None:
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    reader = RedisDriver(redis_url, prefix=driver._keys.prefix)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        snapshot = reader.wait("run", 0.05)
+        with pytest.raises(RunNotFound):
+            reader.wait("missing", 0.05)
+    finally:
+        driver.close()
+        reader.close()
+    assert snapshot.status == "running"
+    assert snapshot.nodes["0"].state == "queued"
+
+
+def test_wait_polls_running_run_with_hget(redis_url: str, client: redis.Redis) -> None:
+    prefix = _prefix()
+    driver = RedisDriver(redis_url, prefix=prefix, poll_interval_s=0.01)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("run", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        claim = driver.claim(message)
+        assert claim is not None
+        completer = threading.Timer(0.2, driver.complete, (claim.message, "2"))
+        polls: list[tuple[Any, ...]] = []
+        hget = driver._client.hget
+
+        def counted_hget(*args: Any) -> Any:
+            polls.append(args)
+            return hget(*args)
+
+        driver._client.hget = counted_hget  # type: ignore[method-assign]
+        before = client.info("commandstats")
+        completer.start()
+        snapshot = driver.wait("run", TIMEOUT_S)
+        completer.join()
+        calls = _commands_since(client, before)
+    finally:
+        driver.close()
+    assert snapshot.status == "succeeded"
+    assert snapshot.value == "2"
+    # One script call before the polls, the complete, and one after them.
+    assert calls["evalsha"] == 3
+    assert len(polls) >= 2
+    assert all(args[1] == "status" for args in polls)
+    assert "multi" not in calls
+
+
+def test_new_driver_loads_only_missing_scripts(
+    redis_url: str, client: redis.Redis
+) -> None:
+    prefix = _prefix()
+    RedisDriver(redis_url, prefix=prefix).close()
+    complete_sha = hashlib.sha1(load_source("complete").encode("utf-8")).hexdigest()
+    before = client.info("commandstats")
+    RedisDriver(redis_url, prefix=prefix).close()
+    cached = _commands_since(client, before)
+
+    # Another program may have flushed the cache, so this checks the reload
+    # of what is missing, here every script.
+    client.script_flush()
+    before = client.info("commandstats")
+    RedisDriver(redis_url, prefix=prefix).close()
+    flushed = _commands_since(client, before)
+
+    assert cached["script|exists"] == 1
+    assert "script|load" not in cached
+    assert flushed["script|load"] == len(SCRIPT_NAMES)
+    assert client.script_exists(complete_sha) == [True]

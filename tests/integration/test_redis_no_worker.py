@@ -6,13 +6,34 @@ import logging
 import threading
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
+from click.testing import CliRunner
 
 from stem import App
+from stem.cli import main
 from stem.engine import result as result_module
 from stem.engine.errors import TimeoutError
+
+from .conftest import database_url
+
+#: A flows file for `stem run`, with a task on a queue no worker reads.
+FLOWS = """
+from stem import App
+
+app = App()
+
+
+@app.task(name="add")
+def add(x, y):
+    return x + y
+
+
+def pipeline():
+    return add.s(1, 2).set(queue="reports") | add.s(3)
+"""
 
 #: Seconds without a live worker before get() warns, shortened for the tests.
 GRACE_S = 0.5
@@ -92,3 +113,24 @@ def test_get_with_live_worker_stays_quiet(
         app.get_task("add").delay(1, 1).get(timeout=6 * GRACE_S)
 
     assert warnings_of(caplog) == []
+
+
+def test_stem_run_warns_without_worker(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    # Without --worker, stem run on Redis only waits. With no worker alive it
+    # must say so, or a new user watches a progress bar that never moves.
+    monkeypatch.setattr(result_module, "NO_WORKER_GRACE_S", GRACE_S)
+    flows = tmp_path / f"noworker_{uuid.uuid4().hex[:8]}.py"
+    flows.write_text(FLOWS, encoding="utf-8")
+    # A database of its own, so no worker of another test counts as alive.
+    url = database_url(redis_url, 13)
+    arguments = ["run", str(flows), "--url", url, "--timeout", "3"]
+
+    completed = CliRunner().invoke(main, arguments)
+
+    assert completed.exit_code == 3
+    assert "no worker is alive" in completed.output
+    assert "(queue 'reports')" in completed.output
+    assert f"stem worker -A {flows} --url {url} -Q default,reports" in completed.output
+    assert "--worker" in completed.output

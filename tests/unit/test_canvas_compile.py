@@ -819,6 +819,26 @@ def test_unknown_submit_option_suggests() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    ("name", "advice"),
+    [
+        ("rate_limit", "Stem has no rate limits"),
+        ("expires", "Stem has no message expiry"),
+        ("acks_late", "only after its task has ended"),
+        ("serializer", "always JSON"),
+    ],
+)
+def test_celery_option_explains_itself(name: str, advice: str) -> None:
+    # rate_limit used to get "did you mean 'time_limit'?", an unrelated option.
+    with pytest.raises(InvalidOption) as caught:
+        compile_canvas(task("a"), options={name: 1})
+
+    message = str(caught.value)
+    assert message.startswith(f"apply_async(): {name!r} is a Celery option")
+    assert advice in message
+    assert "did you mean" not in message
+
+
 def test_unlike_option_lists_known() -> None:
     with pytest.raises(InvalidOption, match="known options: queue, priority"):
         compile_canvas(task("a"), options={"zzz": 1})

@@ -585,6 +585,12 @@ def test_signature_checks_options() -> None:
         Signature("add", options={"queues": "q"})
 
 
+@pytest.mark.parametrize("queue", ["q\udcff", "q\nz", "q\u202ez"])
+def test_signature_rejects_hidden_queue_character(queue: str) -> None:
+    with pytest.raises(InvalidOption, match="control, format or surrogate"):
+        Signature("add", options={"queue": queue})
+
+
 def test_signature_function_by_name() -> None:
     result = signature("add", (1,), {"k": 2}, queue="q", immutable=True)
 

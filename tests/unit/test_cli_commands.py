@@ -121,6 +121,18 @@ def test_submit_needs_factory(runner: CliRunner, tmp_path: Path) -> None:
     assert "names no factory" in result.output
 
 
+def test_submit_deep_argument_rejected(runner: CliRunner, tmp_path: Path) -> None:
+    path = tmp_path / "deep_flows.py"
+    path.write_text(UNREACHABLE_FLOWS + "\n\ndef flow(x):\n    return one.s()\n")
+    deep = "[" * 5000 + "]" * 5000
+
+    result = runner.invoke(main, ["submit", "-A", str(path), f"{path}:flow", deep])
+
+    assert result.exit_code == EXIT_USAGE, result.output
+    assert "nested too deep" in result.output
+    assert "Traceback" not in result.output
+
+
 def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
     url = "redis://user:hunter2@127.0.0.1:1/0"
 
@@ -133,6 +145,60 @@ def test_unreachable_broker_is_one_sentence(runner: CliRunner) -> None:
     assert "127.0.0.1:1" in result.output
     assert len(result.output.strip().splitlines()) == 1
     assert "hunter2" not in result.output
+
+
+UNREACHABLE_FLOWS = """
+from stem import App
+
+app = App("redis://user:hunter2@127.0.0.1:1/0")
+
+
+@app.task(name="one")
+def one():
+    return 1
+
+
+def pipeline():
+    return one.s()
+"""
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["worker", "-A", "{path}"], ["run", "{path}", "--no-worker"]],
+    ids=lambda command: command[0],
+)
+def test_unreachable_broker_stops_command(
+    runner: CliRunner, tmp_path: Path, command: list[str]
+) -> None:
+    path = tmp_path / "unreachable_flows.py"
+    path.write_text(UNREACHABLE_FLOWS)
+
+    args = [part.format(path=path) for part in command]
+    result = runner.invoke(main, args)
+
+    assert result.exit_code == common.EXIT_UNAVAILABLE, result.output
+    assert result.output.startswith("Error: Could not connect to Redis at")
+    assert len(result.output.strip().splitlines()) == 1
+    assert "hunter2" not in result.output
+
+
+@pytest.mark.parametrize("queues", [",", "default,", " "])
+def test_worker_blank_queue_rejected(
+    runner: CliRunner, tmp_path: Path, queues: str
+) -> None:
+    path = tmp_path / "queue_flows.py"
+    path.write_text(UNREACHABLE_FLOWS)
+
+    # The flows' broker is unreachable, so a command that got past the -Q
+    # check would exit 6 instead.
+    for command in (["worker", "-A", str(path)], ["run", str(path), "--worker"]):
+        result = runner.invoke(main, [*command, "-Q", queues])
+
+        assert result.exit_code == EXIT_USAGE, result.output
+        assert "Invalid value for -Q" in result.output
+        assert "names a blank queue" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_traceback_flag_shows_traceback(runner: CliRunner) -> None:
@@ -229,3 +295,19 @@ def test_missing_stdin_is_no_terminal(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr("sys.stdin", None)
 
     assert common.stdin_is_terminal() is False
+
+
+def test_app_before_command_explained(runner: CliRunner) -> None:
+    # Celery takes -A before the subcommand (celery -A proj worker), Stem after.
+    result = runner.invoke(main, ["-A", "proj.tasks", "worker", "-c", "2"])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "-A comes after the command" in result.output
+    assert "stem worker -A proj.tasks -c 2" in result.output
+
+
+def test_app_before_subcommand_moved(runner: CliRunner) -> None:
+    result = runner.invoke(main, ["-l", "info", "-A", "proj", "runs", "ls"])
+
+    assert result.exit_code == EXIT_USAGE
+    assert "Run: stem -l info runs ls -A proj" in result.output

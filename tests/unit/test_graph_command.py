@@ -95,6 +95,16 @@ def test_why_names_failed_cause(app: App) -> None:
     assert lines[1].startswith("Node 21 (missing) failed: DeadLettered:")
 
 
+def test_why_ended_nodes_read_as_verbs(app: App) -> None:
+    snapshot = finished(app)
+
+    succeeded = explain(app, snapshot, "0")
+    failed = explain(app, snapshot, "21")
+
+    assert succeeded[0] == "✓ node 0 (add) succeeded."
+    assert failed[0] == "✗ node 21 (missing) failed."
+
+
 def test_why_pending_lists_dependencies(app: App) -> None:
     result = app.submit(chord([Signature("add", (1, 1))] * 12, Signature("total")))
     snapshot = app.driver.snapshot(result.id)

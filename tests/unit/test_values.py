@@ -361,6 +361,32 @@ def test_cyclic_dict_rejected() -> None:
     assert caught.value.path == "['self']['again']"
 
 
+def test_lone_surrogate_string_rejected() -> None:
+    # os.fsdecode turns the byte 0xff of a file name into the surrogate U+DCFF.
+    name = b"report-\xff.csv".decode("utf-8", "surrogateescape")
+
+    with pytest.raises(NotSerializable) as caught:
+        encode({"files": ["ok.csv", name]}, "args[0]")
+
+    assert caught.value.path == "args[0]['files'][1]"
+    assert "lone surrogate '\\udcff' at index 7" in str(caught.value)
+    assert "surrogateescape" in str(caught.value)
+
+
+def test_lone_surrogate_key_rejected() -> None:
+    with pytest.raises(NotSerializable, match="lone surrogate") as caught:
+        encode({"ok": {"\ud800": 1}}, "kwargs")
+
+    assert caught.value.path == "kwargs['ok']['\\ud800']"
+
+
+def test_surrogate_pair_text_round_trips() -> None:
+    assert loads(dumps(["\U0001f642", {"\u00e9": "\u4e2d"}])) == [
+        "\U0001f642",
+        {"\u00e9": "\u4e2d"},
+    ]
+
+
 def test_dumps_rejects_like_encode() -> None:
     with pytest.raises(NotSerializable, match=r"^x\[0\]: a set"):
         dumps([{1}], "x")

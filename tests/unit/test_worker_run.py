@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 
 from stem import App
+from stem.engine.ports import Message
 
 
 def test_interrupt_during_start_stops_warm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -27,4 +30,100 @@ def test_interrupt_during_start_stops_warm(monkeypatch: pytest.MonkeyPatch) -> N
 
     assert worker.in_flight == 0
     assert worker.abandoned == 0
+    app.close()
+
+
+def _blocking_reports(
+    monkeypatch: pytest.MonkeyPatch, app: App, *, fail_first: bool
+) -> tuple[list[list[str]], threading.Event, threading.Event]:
+    """Replace complete_many with one whose first call waits for a release.
+
+    Returns the node ids of each batch sent, an event set once the first
+    call started, and the event that releases it.
+    """
+    batches: list[list[str]] = []
+    started = threading.Event()
+    release = threading.Event()
+
+    def complete_many(reports: list[tuple[Message, str]]) -> None:
+        batches.append([message.node_id for message, _ in reports])
+        if len(batches) == 1:
+            started.set()
+            assert release.wait(5.0), "the test never released the first batch"
+            if fail_first:
+                raise ConnectionError("planned failure")
+
+    monkeypatch.setattr(app.driver, "complete_many", complete_many)
+    return batches, started, release
+
+
+def test_overlapping_successes_share_a_batch(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App()
+    worker = app.worker(concurrency=4)
+    batches, started, release = _blocking_reports(monkeypatch, app, fail_first=False)
+    reporter = threading.Thread(
+        target=worker._report_success, args=(Message("run", "0", 1), "0")
+    )
+    reporter.start()
+    assert started.wait(5.0)
+
+    # A report in progress: these return at once and join the next batch.
+    worker._report_success(Message("run", "1", 1), "1")
+    worker._report_success(Message("run", "2", 1), "2")
+    release.set()
+    reporter.join(5.0)
+
+    assert not reporter.is_alive()
+    assert batches == [["0"], ["1", "2"]]
+    assert worker._successes == []
+    assert not worker._reporting
+    app.close()
+
+
+def test_failed_batch_keeps_reporting(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    app = App()
+    worker = app.worker(concurrency=2)
+    batches, started, release = _blocking_reports(monkeypatch, app, fail_first=True)
+    reporter = threading.Thread(
+        target=worker._report_success, args=(Message("run", "0", 1), "0")
+    )
+    reporter.start()
+    assert started.wait(5.0)
+    worker._report_success(Message("run", "1", 1), "1")
+    release.set()
+    reporter.join(5.0)
+
+    assert not reporter.is_alive()
+    assert batches == [["0"], ["1"]]
+    assert not worker._reporting
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert errors == [
+        "Reporting the values of 1 tasks failed, so their messages are "
+        "delivered again after the visibility timeout: run/0."
+    ]
+    app.close()
+
+
+def test_interrupted_report_frees_reporting(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App()
+    worker = app.worker(concurrency=1)
+    sent: list[list[str]] = []
+
+    def complete_many(reports: list[tuple[Message, str]]) -> None:
+        if not sent:
+            sent.append([])
+            raise KeyboardInterrupt
+        sent.append([message.node_id for message, _ in reports])
+
+    monkeypatch.setattr(app.driver, "complete_many", complete_many)
+
+    with pytest.raises(KeyboardInterrupt):
+        worker._report_success(Message("run", "0", 1), "0")
+    assert not worker._reporting
+    worker._report_success(Message("run", "1", 1), "1")
+
+    assert sent == [[], ["1"]]
+    assert not worker._reporting
     app.close()

@@ -71,10 +71,12 @@ local function drop(code)
   return {code}
 end
 
-local run = rcall("HMGET", run_key, "epoch", "spec_version", "home")
+local run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
+  "events_max_len", "home")
 if not run[1] then
   return drop(-1)
 end
+use_settings(run[3], run[4])
 local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
 if run[1] ~= epoch or current[1] ~= attempt then
   return drop(-2)
@@ -105,7 +107,7 @@ if known_version ~= "-" and run[2] ~= known_version then
   -- A large run has no "spec" field until a splice writes one.
   spec = rcall("HGET", run_key, "spec") or ""
 end
-local reply = {1, current[3] or "", run[2], lease, spec, run[3] or ""}
+local reply = {1, current[3] or "", run[2], lease, spec, run[5] or ""}
 local reads_field = graph[1] or ""
 local reads = {}
 if not inline_chars or #reads_field <= inline_chars then

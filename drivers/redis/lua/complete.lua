@@ -60,11 +60,13 @@ local function ack()
 end
 
 -- A late report must not recreate the keys of a run that expired or was deleted.
-local run_epoch = rcall("HGET", run_key, "epoch")
+local run = rcall("HMGET", run_key, "epoch", "retention_ms", "events_max_len")
+local run_epoch = run[1]
 if not run_epoch then
   ack()
   return {-1}
 end
+use_settings(run[2], run[3])
 local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
 if run_epoch ~= epoch or current[1] ~= attempt then
   ack()
@@ -80,8 +82,13 @@ if state ~= "running" then
   return {0}
 end
 store_value(node, value)
--- An earlier attempt's error goes: a succeeded node has no error.
-rcall("HDEL", errors_key, node)
+-- An earlier attempt's error goes: a succeeded node has no error. A first
+-- attempt has none, because fail, retry and dead_letter write a node's
+-- error only after an attempt, and reopen deletes it when it resets the
+-- node's attempt to 0.
+if attempt ~= "1" then
+  rcall("HDEL", errors_key, node)
+end
 end_node(node, "succeeded")
 emit("succeeded", node, attempt)
 maybe_finish()

@@ -72,10 +72,12 @@ rcall("XADD", dead_key, "*", "run", run_id, "node", node, "attempt", attempt,
   "epoch", epoch, "queue", queue, "task", task, "reason", reason)
 
 -- A late report must not recreate the keys of a run that expired or was deleted.
-local run_epoch = rcall("HGET", run_key, "epoch")
+local run = rcall("HMGET", run_key, "epoch", "retention_ms", "events_max_len")
+local run_epoch = run[1]
 if not run_epoch then
   return {-1}
 end
+use_settings(run[2], run[3])
 if run_epoch ~= epoch or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
   return {-2}
 end

@@ -73,6 +73,7 @@ end
 local graph_last = 8 + 2 * graph_pairs
 local retention_ms = ARGV[graph_last + 1]
 local events_max_len = ARGV[graph_last + 2]
+use_settings(retention_ms, events_max_len)
 local count_pairs = tonumber(ARGV[graph_last + 3])
 local counts_last = graph_last + 3 + 2 * count_pairs
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,

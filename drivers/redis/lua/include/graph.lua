@@ -61,7 +61,8 @@ local function send(node, attempt, delay, queue, task)
     local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
     rcall("ZADD", delayed_key, string.format("%.6f", now + delay), member)
   else
-    rcall("XADD", base .. "q:" .. queue, "*", "run", run_id, "node", node,
+    -- "v" is the envelope version, ENVELOPE_VERSION in driver.py.
+    rcall("XADD", base .. "q:" .. queue, "*", "v", "1", "run", run_id, "node", node,
       "attempt", tostring(attempt), "epoch", epoch, "task", task)
   end
 end

@@ -14,6 +14,7 @@
     events_key   the partition's lifecycle event stream; an event id is
                  "<microseconds>-<sequence>"
     run_id       the run's id
+    clock        the reply of the TIME call that starts the script
   Every function does a fixed number of commands, apart from `release_reads`
   and `count_open_readers`, which visit one node's reads or readers.
 ]]
@@ -24,12 +25,19 @@ local run_settings = nil
 -- The microseconds part of this script call's event ids, read once per call.
 local event_micros = nil
 
+-- Keep the run's "retention_ms" and "events_max_len" fields for this script
+-- call. A script that reads the run hash anyway reads them with it and calls
+-- this, so `settings` needs no command of its own.
+local function use_settings(retention_ms, events_max_len)
+  run_settings = {retention_ms = tonumber(retention_ms) or 0,
+    events_max_len = tonumber(events_max_len) or 0}
+end
+
 -- The run's retention and event cap, read once per script call.
 local function settings()
   if not run_settings then
     local fields = rcall("HMGET", run_key, "retention_ms", "events_max_len")
-    run_settings = {retention_ms = tonumber(fields[1]) or 0,
-      events_max_len = tonumber(fields[2]) or 0}
+    use_settings(fields[1], fields[2])
   end
   return run_settings
 end
@@ -67,45 +75,62 @@ local function emit(kind, node, attempt, status)
     fields[#fields + 1] = "status"
     fields[#fields + 1] = status
   end
-  -- The id's first part is the time in microseconds, not the milliseconds
-  -- of an automatic id, so that events of different partitions (streams)
-  -- written on one server merge into the order they were written in. It
-  -- never goes below the stream's last id, even if the clock steps back.
-  -- Later events of the same call reuse it: the script is atomic, and the
-  -- id's sequence part keeps them in order.
+  -- The id's first part is the time in microseconds from the script's TIME
+  -- call, not the milliseconds of an automatic id, so that events of
+  -- different partitions (streams) written on one server merge into the
+  -- order they were written in. Later events of the same call reuse it: the
+  -- script is atomic, and the id's sequence part keeps them in order.
   if not event_micros then
-    local clock = rcall("TIME")
     event_micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  end
+  local added = redis.pcall("XADD", events_key, "MAXLEN", "~", max_len,
+    string.format("%.0f", event_micros) .. "-*", unpack(fields))
+  if type(added) == "table" and added.err then
+    -- XADD rejects an id below the stream's last one, which happens when
+    -- the clock steps back, so the id takes the last one's time instead.
+    -- Any other error is raised by the second XADD.
     local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)[1]
     if last then
       local last_micros = tonumber(string.match(last[1], "^(%d+)"))
       event_micros = math.max(event_micros, last_micros)
     end
+    rcall("XADD", events_key, "MAXLEN", "~", max_len,
+      string.format("%.0f", event_micros) .. "-*", unpack(fields))
   end
-  rcall("XADD", events_key, "MAXLEN", "~", max_len,
-    string.format("%.0f", event_micros) .. "-*", unpack(fields))
 end
 
 -- Every key of the run: each one expires with the run and is kept again
--- when the run is reopened. A large run also has a spec string and, until
--- its roots are all released, a roots list; their names are the run hash's
--- plus ":spec" and ":roots" (keys.py), in the run hash's slot, and a run
--- without them ignores the PEXPIRE and PERSIST of a missing key.
+-- when the run is reopened. The first list has the keys that every run
+-- writes. The second has those that many runs never write: the errors hash
+-- (no node failed or retried), a large run's spec string, and its roots
+-- list until its roots are all released. Their names are the run hash's
+-- plus ":spec" and ":roots" (keys.py), in the run hash's slot. PEXPIRE and
+-- PERSIST ignore a missing key.
 local function run_keys()
-  return {run_key, graph_key, nodes_key, values_key, errors_key, counts_key,
-    run_key .. ":spec", run_key .. ":roots"}
+  return {run_key, graph_key, nodes_key, values_key, counts_key},
+    {errors_key, run_key .. ":spec", run_key .. ":roots"}
 end
 
 local function expire_run(ttl_ms)
-  for _, key in ipairs(run_keys()) do
+  local written, optional = run_keys()
+  for _, key in ipairs(written) do
     rcall("PEXPIRE", key, ttl_ms)
+  end
+  -- One EXISTS in place of three PEXPIREs when none of them was written.
+  if rcall("EXISTS", unpack(optional)) > 0 then
+    for _, key in ipairs(optional) do
+      rcall("PEXPIRE", key, ttl_ms)
+    end
   end
 end
 
 -- The run runs again (a new epoch), so none of its keys may expire.
 local function persist_run()
-  for _, key in ipairs(run_keys()) do
-    rcall("PERSIST", key)
+  local written, optional = run_keys()
+  for _, keys in ipairs({written, optional}) do
+    for _, key in ipairs(keys) do
+      rcall("PERSIST", key)
+    end
   end
 end
 

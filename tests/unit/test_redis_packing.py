@@ -1,0 +1,73 @@
+"""The driver's packer for script calls: the bytes redis-py would send, sooner.
+
+These build connections without connecting, so they need no server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+import redis
+
+from stem.drivers.redis.connection import _ScriptCallPacker, connect, parse_url
+
+pytest.importorskip("hiredis")
+
+#: A claim call as `Scripts.call` sends it: keys and arguments already bytes.
+SCRIPT_CALL: tuple[Any, ...] = (
+    "EVALSHA",
+    "0" * 40,
+    2,
+    b"{stem:p0}:run:01M91MMM44T0RME26J4YKYMHHN",
+    b"{stem:p0}:q:default",
+    b"0",
+    "1",
+    1.5,
+    b"caf\xc3\xa9",
+)
+
+
+def _packed(connection: Any, *args: Any) -> bytes:
+    return b"".join(connection.pack_command(*args))
+
+
+def _connections(url: str) -> tuple[Any, Any]:
+    """Return a connection of the driver's client and one of a plain client."""
+    client = connect(parse_url(url))
+    plain = redis.Redis.from_url(url, decode_responses=True)
+    return (
+        client.connection_pool.make_connection(),
+        plain.connection_pool.make_connection(),
+    )
+
+
+def test_script_call_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+
+    assert isinstance(ours._command_packer, _ScriptCallPacker)
+    assert _packed(ours, *SCRIPT_CALL) == _packed(plain, *SCRIPT_CALL)
+
+
+def test_other_commands_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+
+    for command in (
+        ("HSET", "key", "field", 1.5),
+        ("CONFIG GET", "maxmemory"),
+        ("SET", "key", memoryview(b"value")),
+    ):
+        assert _packed(ours, *command) == _packed(plain, *command), command
+
+
+def test_unpackable_script_argument_rejected() -> None:
+    ours, _ = _connections("redis://127.0.0.1:1/0")
+
+    with pytest.raises(redis.DataError):
+        ours.pack_command("EVALSHA", "0" * 40, 1, None)
+
+
+def test_other_encoding_keeps_redis_py_packer() -> None:
+    ours, _ = _connections("redis://127.0.0.1:1/0?encoding=latin-1")
+
+    assert not isinstance(ours._command_packer, _ScriptCallPacker)
