@@ -591,7 +591,10 @@ class RedisDriver(ShardRuns):
                 )
                 self._ack_outbox(partition, entry_id)
             elif kind == "cancel":
-                self._cancel_shard(shard_run_id(fields["run"], fields["node"]))
+                # An entry written before its epoch was added has none.
+                self._cancel_shard(
+                    shard_run_id(fields["run"], fields["node"]), fields.get("epoch", "")
+                )
                 self._ack_outbox(partition, entry_id)
             else:
                 log.warning(
@@ -833,10 +836,18 @@ class RedisDriver(ShardRuns):
         )
 
     def cancel(self, run_id: str) -> None:
+        self._cancel(run_id, "")
+
+    def _cancel(self, run_id: str, home_epoch: str) -> None:
+        """Cancel a run; a shard run only if it is not in a later home epoch.
+
+        ``home_epoch`` is the home run's epoch that asked to cancel a shard,
+        or "" to cancel the run whatever its epoch.
+        """
         partition = self._keys.partition_of(run_id)
         run_keys = partition.run(run_id)
         keys = [*run_keys.all(), run_keys.counts, partition.events, partition.outbox]
-        reply = self._scripts.call("cancel", keys, [run_id], run_id=run_id)
+        reply = self._scripts.call("cancel", keys, [run_id, home_epoch], run_id=run_id)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         if check_reply("cancel", reply, run_id, accept=accept) is not Reply.DONE:
             return
@@ -917,9 +928,11 @@ class RedisDriver(ShardRuns):
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
             error_node = run.get("error_node")
             if error_node in shard_nodes:
-                # A failed shard node's cause is the member that failed in it.
+                # A failed shard node's cause is the member that failed in it,
+                # unless that member's shard is gone from the view.
                 cause = hashes[0].get(f"{error_node}/cause")
-                run["error_node"] = cause or error_node
+                if cause in nodes:
+                    run["error_node"] = cause
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
 

@@ -64,7 +64,7 @@ class ShardRuns(RedisOperations):
     def _release(self, run_id: str, epoch: str, receipt: str) -> None:
         raise NotImplementedError  # pragma: no cover - RedisDriver defines it
 
-    def cancel(self, run_id: str) -> None:
+    def _cancel(self, run_id: str, home_epoch: str) -> None:
         raise NotImplementedError  # pragma: no cover - RedisDriver defines it
 
     def _cached_spec(self, run_id: str, version: str, text: str) -> GraphSpec:
@@ -262,6 +262,19 @@ class ShardRuns(RedisOperations):
             with self._errors(f"read the error of shard {shard}"):
                 found = self._client.hget(self._keys.run(shard).errors, cause)
             error = str(found or "")
+        if outcome == "failed" and not error:
+            # The shard expired before this report, or failed without a
+            # failed node: the home run still needs an error to raise.
+            where = f"at node {cause}" if cause else "without a failed node"
+            reason = (
+                f"Shard run {shard} of run {home} failed {where}, and its "
+                "error is not found: the shard expired before its report was "
+                "applied, or it recorded no failed node. Retry the run or "
+                "submit it again."
+            )
+            log.warning("%s", reason)
+            info = ErrorInfo("stem.engine.errors", "DriverError", reason, [reason])
+            error = layout.error_json(info)
         self._report_to_home(home, node, epoch, outcome, cause, error)
 
     def _report_to_home(
@@ -305,7 +318,7 @@ class ShardRuns(RedisOperations):
         for node, state in zip(shard_nodes, states, strict=True):
             shard = shard_run_id(home, node)
             if state == "cancelled":
-                self._cancel_shard(shard)
+                self._cancel_shard(shard, str(epoch))
                 continue
             if state != "running":
                 continue
@@ -364,10 +377,14 @@ class ShardRuns(RedisOperations):
                 joined += machine.run_value(state)
         return joined
 
-    def _cancel_shard(self, shard: str) -> None:
-        """Cancel a shard run; one that expired already needs nothing."""
+    def _cancel_shard(self, shard: str, home_epoch: str = "") -> None:
+        """Cancel a shard run; one that expired already needs nothing.
+
+        A shard that a retry of its home run opened for an epoch later than
+        ``home_epoch`` stays running: the cancel was meant for an older one.
+        """
         try:
-            self.cancel(shard)
+            self._cancel(shard, home_epoch)
         except RunNotFound:
             log.debug("Shard %s to cancel is not found; it expired.", shard)
 
@@ -382,17 +399,18 @@ class ShardRuns(RedisOperations):
 
         The result reads like the run without shards: member nodes keep their
         ids, and a shard that was never activated shows its members pending.
+        A shard run that is gone shows as its shard node.
         """
         shard_specs: dict[NodeId, GraphSpec] = {}
         merged = {node: record for node, record in nodes.items()}
         for shard_node in shard_nodes:
-            del merged[shard_node]
             try:
                 state = self._shard_state(shard_run_id(run_id, shard_node))
             except RunNotFound:
-                # An expired shard leaves its members out of the view.
+                # The shard node stays in the view, with its own record.
                 shard_specs[shard_node] = GraphSpec(nodes=[])
                 continue
+            del merged[shard_node]
             shard_specs[shard_node] = state.spec
             for node_id, record in state.nodes.items():
                 if state.spec.node(node_id).task != SHARD_INPUT_TASK:
@@ -410,6 +428,9 @@ class ShardRuns(RedisOperations):
         with self._errors(f"read the state counts of shard {shard}"):
             state: Any = self._client.hget(self._keys.run(home).nodes, node.id)
             fields: Any = self._client.hgetall(keys.counts)
+        if not fields:
+            # The shard is gone, so its shard node is counted in its place.
+            return
         own = counts.get(node.group, {})
         if state in own:
             own[state] -= 1

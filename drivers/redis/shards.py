@@ -202,6 +202,8 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
     dropped: set[NodeId] = set()
     dropped_groups: set[int] = set()
     new_groups: dict[int, GroupSpec] = {}
+    #: The shard node that stands for each header node in the home run.
+    shard_of: dict[NodeId, NodeId] = {}
     shards: list[Shard] = []
     joins: dict[NodeId, list[NodeId]] = {}
     for header in headers:
@@ -209,11 +211,13 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
         members = group.members
         items = _items(header.join)
         header_nodes = {node for member in members for node in member}
+        # Groups inside the members move to the shards. A group around the
+        # whole chord (a chord that is a group member) stays in the home run.
         inner_groups = [
             other
             for other in spec.groups
             if other.id != group.id
-            and any(node in header_nodes for member in other.members for node in member)
+            and all(node in header_nodes for member in other.members for node in member)
         ]
         dropped_groups.update(other.id for other in inner_groups)
         shard_nodes: list[NodeId] = []
@@ -225,6 +229,7 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
             shards.append(shard)
             shard_nodes.append(shard.node)
             dropped.update(node for member in chunk for node in member)
+            shard_of.update((node, shard.node) for member in chunk for node in member)
             replaced[shard.node] = NodeSpec(
                 id=shard.node,
                 task=SHARD_TASK,
@@ -252,7 +257,7 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
         elif node.id not in dropped:
             nodes.append(node)
     groups = [
-        new_groups.get(group.id, group)
+        new_groups.get(group.id) or _with_shard_nodes(group, shard_of)
         for group in spec.groups
         if group.id not in dropped_groups
     ]
@@ -264,6 +269,17 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
         groups=groups,
     )
     return ShardPlan(home=home, shards=shards, joins=joins)
+
+
+def _with_shard_nodes(group: GroupSpec, shard_of: dict[NodeId, NodeId]) -> GroupSpec:
+    """Return a group with each header node replaced by its shard node, once."""
+    if not any(node in shard_of for member in group.members for node in member):
+        return group
+    members = [
+        list(dict.fromkeys(shard_of.get(node, node) for node in member))
+        for member in group.members
+    ]
+    return group.model_copy(update={"members": members})
 
 
 def _shard_path(group_path: str, members: int) -> str:
@@ -323,12 +339,20 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
     splice inside the shard may have grown. The callback gets back its
     dependencies on the members and its input from the shards' outputs, so
     the result reads like the spec the run would have had without shards.
+    A shard run that is gone (expired, or never written) is passed as an
+    empty spec, and its shard node stays in the view in place of its
+    members, so the error that such a node records can still be read.
     """
     nodes: list[NodeSpec] = []
     member_groups: dict[int, list[list[NodeId]]] = {}
     extra_groups: dict[int, GroupSpec] = {}
     for node in home.nodes:
         shard = shards.get(node.id)
+        if shard is not None and not shard.nodes:
+            nodes.append(node)
+            if node.group is not None:
+                member_groups.setdefault(node.group, []).append([node.id])
+            continue
         if shard is not None:
             nodes += [n for n in shard.nodes if n.task != SHARD_INPUT_TASK]
             for group in shard.groups:
@@ -343,10 +367,12 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
             deps: list[NodeId] = []
             for read in reads:
                 output = shards[read].output
-                # An expired shard is passed as an empty spec.
-                if isinstance(output, ListInput):
+                if not shards[read].nodes:
+                    items.append(NodeInput(node=read))
+                    deps.append(read)
+                elif isinstance(output, ListInput):
                     items += output.items
-                deps += shards[read].sinks
+                    deps += shards[read].sinks
             node = node.model_copy(
                 update={"deps": deps, "input": ListInput(items=items)}
             )
@@ -354,7 +380,7 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
     groups = [
         group.model_copy(update={"members": member_groups[group.id]})
         if group.id in member_groups
-        else group
+        else _with_members(group, shards)
         for group in home.groups
     ]
     groups += extra_groups.values()
@@ -365,3 +391,21 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
         settled=list(home.settled),
         groups=sorted(groups, key=lambda group: group.id),
     )
+
+
+def _with_members(group: GroupSpec, shards: dict[NodeId, GraphSpec]) -> GroupSpec:
+    """Return a home group around a chord with each shard node replaced by its nodes."""
+    if not any(node in shards for member in group.members for node in member):
+        return group
+    members: list[list[NodeId]] = []
+    for member in group.members:
+        nodes: list[NodeId] = []
+        for node in member:
+            if node in shards and shards[node].nodes:
+                nodes += [
+                    n.id for n in shards[node].nodes if n.task != SHARD_INPUT_TASK
+                ]
+            else:
+                nodes.append(node)
+        members.append(sorted(nodes, key=node_order))
+    return group.model_copy(update={"members": members})

@@ -8,9 +8,13 @@
   KEYS[7] lifecycle event stream  (partition tag)
   KEYS[8] outbox stream           (partition tag)
   ARGV[1] run id
+  ARGV[2] for a shard run (shards.py), the home epoch that the "cancel"
+          outbox entry was written in, or "" to cancel in any epoch. A shard
+          that a retry of its home run opened for a later epoch is left
+          alone, so a late entry never cancels the new epoch's work.
   Time comes from TIME inside the script.
-  Returns {1} when the run was cancelled, {0} when it had already ended,
-  {-1} for an unknown run.
+  Returns {1} when the run was cancelled, {0} when it had already ended or
+  belongs to a later home epoch than ARGV[2], {-1} for an unknown run.
   Writes no queue entries: messages already queued are dropped when claimed,
   because their nodes are no longer queued. Adds an "ended" event and starts
   the run's retention. Adds a "cancel" outbox entry per shard node that had
@@ -33,11 +37,15 @@ local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) /
 --- @include "lifecycle"
 
 local run = rcall("HMGET", run_key, "status", "nodes", "home", "home_node",
-  "home_epoch")
+  "home_epoch", "epoch")
 if not run[1] then
   return {-1}
 end
 if run[1] ~= "running" then
+  return {0}
+end
+if ARGV[2] and ARGV[2] ~= "" and run[5]
+    and tonumber(run[5]) > tonumber(ARGV[2]) then
   return {0}
 end
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -54,7 +62,8 @@ for node in string.gmatch(run[2], "[^,]+") do
     release_reads(node)
     -- shards.SHARD_TASK: the shard run, active or not, is cancelled too.
     if info[2] == "stem.shard" then
-      rcall("XADD", outbox_key, "*", "kind", "cancel", "run", run_id, "node", node)
+      rcall("XADD", outbox_key, "*", "kind", "cancel", "run", run_id, "node", node,
+        "epoch", run[6])
     end
   end
 end

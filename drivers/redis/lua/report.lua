@@ -69,7 +69,7 @@ if outcome == "failed" then
   set_terminal(node, "failed")
   -- The failed shard's other members need not run on.
   rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
-    "node", node)
+    "node", node, "epoch", epoch)
 else
   set_terminal(node, "cancelled")
 end

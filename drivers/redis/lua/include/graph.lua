@@ -16,7 +16,7 @@
   Sharded chords (shards.py): a shard node is never queued. "Queuing" it
   starts it running and adds an "activate" entry to <base>outbox, and the
   home run's id to the set <base>sharded scored by the time. A shard node
-  that is cancelled adds a "cancel" entry for its shard run. A shard run
+  that is cancelled adds a "cancel" entry for its shard run, with the epoch. A shard run
   (its run hash has "home") adds a "report" entry when its first node fails
   and when it ends.
 ]]
@@ -132,7 +132,7 @@ local function set_terminal(node, state)
   if state == "cancelled" and info[4] == SHARD_TASK then
     -- Also a shard never activated: cancelling it starts its retention.
     rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
-      "node", node)
+      "node", node, "epoch", epoch)
   elseif state == "failed" then
     report_failure(node)
   end
