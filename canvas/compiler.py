@@ -18,7 +18,7 @@ the whole semantics:
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -89,6 +89,7 @@ def compile_canvas(
     args: Sequence[Any] = (),
     kwargs: Mapping[str, Any] | None = None,
     options: Mapping[str, Any] | None = None,
+    fill_options: Callable[[str, NodeOptions], NodeOptions] | None = None,
 ) -> GraphSpec:
     """Compile a canvas and the arguments it is submitted with into a graph spec.
 
@@ -102,6 +103,10 @@ def compile_canvas(
         options: options given at submit. ``countdown`` and ``eta`` delay the
             nodes where the run starts; the others are defaults for every node
             that does not set its own.
+        fill_options: called with each node's task name and options, and
+            returns the options the node gets, such as the task's defaults
+            filled in. Filling them here rather than copying the nodes
+            afterwards keeps one node object per task call in memory.
 
     Raises:
         NotSerializable: naming the place of a value that is not JSON.
@@ -121,7 +126,7 @@ def compile_canvas(
     value: _SubmitArgs | None = None
     if args or kwargs:
         value = _SubmitArgs(tuple(args), dict(kwargs or {}))
-    compiler = _Compiler()
+    compiler = _Compiler(fill_options)
     with paused_gc():
         outflow = compiler.visit(
             canvas, _Inflow(value=value, defaults=defaults, delay=delay)
@@ -165,7 +170,10 @@ def check_nesting(canvas: Canvas) -> None:
 
 
 class _Compiler:
-    def __init__(self) -> None:
+    def __init__(
+        self, fill_options: Callable[[str, NodeOptions], NodeOptions] | None = None
+    ) -> None:
+        self.fill_options = fill_options
         self.nodes: list[NodeSpec] = []
         self.groups: list[GroupSpec] = []
         # Most nodes of a large group share their options, and NodeOptions is
@@ -219,14 +227,16 @@ class _Compiler:
             kwargs = {**kwargs, **inflow.value.kwargs}
         elif inflow.value is not None and not isinstance(inflow.value, _SubmitArgs):
             template = _NO_INPUT if sig.immutable else inflow.value
-        options = {**inflow.defaults, **inflow.delay, **own}
+        options = self.node_options({**inflow.defaults, **inflow.delay, **own})
+        if self.fill_options is not None:
+            options = self.fill_options(sig.task, options)
         self.nodes.append(
             NodeSpec(
                 id=node_id,
                 task=sig.task,
                 args=_encode_args(args, inflow.path),
                 kwargs=_encode_kwargs(kwargs, inflow.path),
-                options=self.node_options(options),
+                options=options,
                 immutable=sig.immutable,
                 deps=list(inflow.deps),
                 settled=list(inflow.settled),
