@@ -180,6 +180,7 @@ class _Compiler:
         # frozen, so one instance serves them all. The key includes each
         # value's type because True == 1 == 1.0 as dict keys.
         self._options: dict[tuple[tuple[str, type, Any], ...], NodeOptions] = {}
+        self._fields_set = set(NodeSpec.model_fields)
 
     def node_options(self, options: Mapping[str, Any]) -> NodeOptions:
         key = tuple((name, type(value), value) for name, value in options.items())
@@ -230,26 +231,31 @@ class _Compiler:
         options = self.node_options({**inflow.defaults, **inflow.delay, **own})
         if self.fill_options is not None:
             options = self.fill_options(sig.task, options)
-        self.nodes.append(
-            NodeSpec(
-                id=node_id,
-                task=sig.task,
-                args=_encode_args(args, inflow.path),
-                kwargs=_encode_kwargs(kwargs, inflow.path),
-                options=options,
-                immutable=sig.immutable,
-                deps=list(inflow.deps),
-                settled=list(inflow.settled),
-                triggers=[dep for dep in inflow.deps if dep in inflow.triggers],
-                input=template,
-                join=inflow.join,
-                role=inflow.role,
-                side=inflow.side,
-                covers=list(inflow.covers),
-                path=inflow.path,
-                group=inflow.group,
-            )
+        node = NodeSpec(
+            id=node_id,
+            task=sig.task,
+            args=_encode_args(args, inflow.path),
+            kwargs=_encode_kwargs(kwargs, inflow.path),
+            options=options,
+            immutable=sig.immutable,
+            deps=list(inflow.deps),
+            settled=list(inflow.settled),
+            triggers=[dep for dep in inflow.deps if dep in inflow.triggers],
+            input=template,
+            join=inflow.join,
+            role=inflow.role,
+            side=inflow.side,
+            covers=list(inflow.covers),
+            path=inflow.path,
+            group=inflow.group,
         )
+        # Every compiled node sets the same fields, so all share one set of
+        # field names instead of a 728-byte set each (CPython 3.11), about
+        # 0.7 GB for a million nodes. Pydantic only reads it, and model_copy
+        # copies it before adding to it (pydantic 2).
+        if node.model_fields_set == self._fields_set:
+            object.__setattr__(node, "__pydantic_fields_set__", self._fields_set)
+        self.nodes.append(node)
         return _Outflow(sinks=(node_id,), value=NodeInput(node=node_id))
 
     def visit_chain(self, chain: Chain, inflow: _Inflow) -> _Outflow:

@@ -963,3 +963,14 @@ def test_fill_options_sets_node_options() -> None:
     assert [item.options.queue for item in spec.nodes] == ["q-a", "q-a", "q-b"]
     assert spec.nodes[1].options.priority == 3
     assert spec.nodes[1].options.max_retries == 2
+
+
+def test_nodes_share_fields_set_safely() -> None:
+    spec = compile_canvas(chord([task("a", 1), task("a", 2)], task("b")))
+    first, second, _ = spec.nodes
+    assert first.model_fields_set is second.model_fields_set
+    assert first.model_fields_set == set(NodeSpec.model_fields)
+    copied = first.model_copy(update={"path": "moved"})
+    assert copied.model_fields_set is not first.model_fields_set
+    assert first.model_fields_set == set(NodeSpec.model_fields)
+    assert GraphSpec.from_json(spec.to_json()) == spec
