@@ -18,7 +18,7 @@ from stem.canvas.errors import InvalidOption
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
-from stem.canvas.spec import GraphSpec, NodeOptions, NodeSpec
+from stem.canvas.spec import GraphSpec, NodeOptions
 from stem.engine.drivers import load_driver, redact
 from stem.engine.errors import InvalidSchedule, Replace, Retry, TaskNotRegistered
 from stem.engine.execution import Request, current_request
