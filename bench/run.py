@@ -218,7 +218,7 @@ def run_scenario(
     finally:
         if worker:
             log = worker.stop()
-            match = re.search(r"Worker stopped: (\d+) tasks processed", log)
+            match = re.search(r"Worker (?:\S+ )?stopped: (\d+) tasks processed", log)
             if match:
                 record["worker_processed"] = int(match.group(1))
             if "error" in record:

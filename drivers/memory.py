@@ -186,17 +186,29 @@ class MemoryDriver:
             return _snapshot(self._run(run_id))
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
-        deadline = None if timeout_s is None else time.monotonic() + timeout_s
         with self._lock:
-            run = self._run(run_id)
-            while run.status == "running":
-                remaining = None if deadline is None else deadline - time.monotonic()
-                if remaining is not None and remaining <= 0:
-                    break
-                if self._workers == 0:
-                    break
-                self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
-            return _snapshot(run)
+            return _snapshot(self._wait_for_end(run_id, timeout_s))
+
+    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
+        with self._lock:
+            run = self._wait_for_end(run_id, timeout_s)
+            return None if run.status == "running" else _snapshot(run)
+
+    def _wait_for_end(self, run_id: str, timeout_s: float | None) -> RunState:
+        """Return the run once it ended, the timeout passed or no worker runs.
+
+        The caller holds the lock.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        run = self._run(run_id)
+        while run.status == "running":
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                break
+            if self._workers == 0:
+                break
+            self._changed.wait(0.5 if remaining is None else min(remaining, 0.5))
+        return run
 
     def workers_alive(self) -> int | None:
         with self._lock:

@@ -18,7 +18,7 @@ from stem.canvas.errors import InvalidOption
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
-from stem.canvas.spec import GraphSpec, NodeOptions, NodeSpec
+from stem.canvas.spec import GraphSpec, NodeOptions
 from stem.engine.drivers import load_driver, redact
 from stem.engine.errors import InvalidSchedule, Replace, Retry, TaskNotRegistered
 from stem.engine.execution import Request, current_request
@@ -289,7 +289,9 @@ class App:
         if links is not None or errbacks is not None:
             check_nesting(canvas)
             canvas = canvas.clone().set(link=links, link_error=errbacks)
-        spec = self.apply_task_defaults(compile_canvas(canvas, args, kwargs, extra))
+        spec = compile_canvas(
+            canvas, args, kwargs, extra, fill_options=self._options_filler()
+        )
         created = self.driver.submit(run_id, spec)
         if created:
             log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
@@ -308,26 +310,47 @@ class App:
                 key = (node.task, id(node.options))
                 options = filled.get(key)
                 if options is None:
-                    options = filled[key] = self._default_options(node)
+                    options = filled[key] = self._filled_options(
+                        node.task, node.options
+                    )
                 if options is not node.options:
                     node = node.model_copy(update={"options": options})
                 nodes.append(node)
             return spec.model_copy(update={"nodes": nodes})
 
-    def _default_options(self, node: NodeSpec) -> NodeOptions:
-        task = self.tasks.get(node.task)
+    def _options_filler(self) -> Callable[[str, NodeOptions], NodeOptions]:
+        """Return a function that fills a node's unset options from its task.
+
+        It does what `apply_task_defaults` does, for `compile_canvas` to call
+        per node, and computes each task and options object's result once.
+        The compiler keeps every options object alive while it runs, so an
+        object's id is a stable key there.
+        """
+        filled: dict[tuple[str, int], NodeOptions] = {}
+
+        def fill(task: str, options: NodeOptions) -> NodeOptions:
+            key = (task, id(options))
+            found = filled.get(key)
+            if found is None:
+                found = filled[key] = self._filled_options(task, options)
+            return found
+
+        return fill
+
+    def _filled_options(self, task_name: str, options: NodeOptions) -> NodeOptions:
+        task = self.tasks.get(task_name)
         defaults = {"queue": self.default_queue}
         if task is not None:
             defaults.update(task.options)
         unset = {
             key: value
             for key, value in defaults.items()
-            if key in NodeOptions.model_fields and getattr(node.options, key) is None
+            if key in NodeOptions.model_fields and getattr(options, key) is None
         }
         if not unset:
-            return node.options
-        checked = Signature(node.task, options=unset).options
-        return node.options.model_copy(update=checked)
+            return options
+        checked = Signature(task_name, options=unset).options
+        return options.model_copy(update=checked)
 
     def call(
         self, signature: Signature, args: Sequence[Any], kwargs: Mapping[str, Any]

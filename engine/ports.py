@@ -215,6 +215,16 @@ class GraphStore(Protocol):
         """Block until the run ends or the timeout passes, then return its state."""
         ...
 
+    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
+        """Block until the run ends or the timeout passes; None if it is running.
+
+        It may return None before the timeout when the driver can tell that
+        the run cannot end (memory:// with no worker). Unlike `wait`, it
+        builds no snapshot of a running run, which for a run of a million
+        nodes costs seconds and gigabytes.
+        """
+        ...
+
     def workers_alive(self) -> int | None:
         """Return how many workers serve this store, or None if it cannot tell."""
         ...

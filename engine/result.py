@@ -104,7 +104,7 @@ class AsyncResult:
         """
         started = time.monotonic()
         snapshot = self._wait(timeout)
-        if snapshot.status == "running":
+        if snapshot is None:
             waited = time.monotonic() - started
             if self.app.driver.workers_alive() == 0 and (
                 timeout is None or waited < timeout
@@ -122,18 +122,20 @@ class AsyncResult:
             raise error
         return error
 
-    def _wait(self, timeout: float | None) -> RunSnapshot:
-        """Wait like the driver's ``wait``, warning once while no worker is alive.
+    def _wait(self, timeout: float | None) -> RunSnapshot | None:
+        """Wait like the driver's ``wait_ended``, warning once while no worker is alive.
 
         The wait goes in slices of `NO_WORKER_GRACE_S` / 2 seconds. After
         each slice of a run still running, the driver's `workers_alive` is
         read, and once it has returned 0 for `NO_WORKER_GRACE_S` seconds one
         warning is logged. A driver that can tell no worker will ever come
-        (memory://) ends its wait early, and that snapshot is returned at once.
+        (memory://) ends its wait early, and None is returned at once.
+        A running run's snapshot is read only for the warning, because for a
+        run of a million nodes one costs seconds and gigabytes.
         """
         driver = self.app.driver
         if timeout is not None and timeout <= NO_WORKER_GRACE_S:
-            return driver.wait(self.id, timeout)
+            return driver.wait_ended(self.id, timeout)
         started = time.monotonic()
         deadline = None if timeout is None else started + timeout
         slice_s = NO_WORKER_GRACE_S / 2
@@ -143,10 +145,10 @@ class AsyncResult:
         while True:
             now = time.monotonic()
             wait_s = slice_s if deadline is None else min(slice_s, deadline - now)
-            snapshot = driver.wait(self.id, max(0.0, wait_s))
+            snapshot = driver.wait_ended(self.id, max(0.0, wait_s))
             ended_at = time.monotonic()
             done = deadline is not None and ended_at >= deadline
-            if snapshot.status != "running" or done or ended_at - now < wait_s:
+            if snapshot is not None or done or ended_at - now < wait_s:
                 return snapshot
             if warned:
                 continue
@@ -156,7 +158,8 @@ class AsyncResult:
             if none_since is None:
                 none_since = ended_at
             if ended_at - none_since >= NO_WORKER_GRACE_S:
-                self._warn_no_worker(snapshot, ended_at - none_since)
+                running = driver.snapshot(self.id)
+                self._warn_no_worker(running, ended_at - none_since)
                 warned = True
 
     def _warn_no_worker(self, snapshot: RunSnapshot, idle_s: float) -> None:

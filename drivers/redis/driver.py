@@ -969,6 +969,10 @@ class RedisDriver(ShardRuns):
         return self._snapshot_of(run_id, run, version, text, hashes)
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
+        ended = self.wait_ended(run_id, timeout_s)
+        return self.snapshot(run_id) if ended is None else ended
+
+    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         run_key = self._keys.run(run_id).run
         while True:
@@ -981,7 +985,7 @@ class RedisDriver(ShardRuns):
             while status == "running":
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return self.snapshot(run_id)
+                    return self._read_if_ended(run_id)
                 pause = self._poll_interval_s
                 time.sleep(pause if remaining is None else min(pause, remaining))
                 with self._redis_errors(f"read the status of run {run_id}"):

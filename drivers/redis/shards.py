@@ -221,10 +221,18 @@ def _rewrite(spec: GraphSpec, headers: list[_Header], shard_size: int) -> ShardP
         ]
         dropped_groups.update(other.id for other in inner_groups)
         shard_nodes: list[NodeId] = []
+        # Positions of the callback's deps, so each shard finds its sinks in
+        # the order of the deps without scanning all of them once per shard.
+        join_deps = {dep: index for index, dep in enumerate(header.join.deps)}
         for first in range(0, len(members), shard_size):
             chunk = members[first : first + shard_size]
             shard = _shard(
-                spec, header, chunk, items[first : first + shard_size], inner_groups
+                spec,
+                header,
+                chunk,
+                items[first : first + shard_size],
+                inner_groups,
+                join_deps,
             )
             shards.append(shard)
             shard_nodes.append(shard.node)
@@ -299,8 +307,12 @@ def _shard(
     chunk: list[list[NodeId]],
     items: list[Template],
     inner_groups: list[GroupSpec],
+    join_deps: dict[NodeId, int],
 ) -> Shard:
-    """Build one shard's spec from a slice of the header's members."""
+    """Build one shard's spec from a slice of the header's members.
+
+    ``join_deps`` maps each of the callback's deps to its position in them.
+    """
     chunk_nodes = {node for member in chunk for node in member}
     placeholders = [
         NodeSpec(id=node, task=SHARD_INPUT_TASK, path=spec.node(node).path)
@@ -310,7 +322,9 @@ def _shard(
     roots = [
         node.id for node in members if all(dep not in chunk_nodes for dep in node.deps)
     ]
-    sinks = [dep for dep in header.join.deps if dep in chunk_nodes]
+    sinks = sorted(
+        (node for node in chunk_nodes if node in join_deps), key=join_deps.__getitem__
+    )
     groups = [header.group.model_copy(update={"members": chunk})]
     groups += [
         other

@@ -421,6 +421,26 @@ def test_replace_twice_in_one_group(kit: Kit) -> None:
         assert canvas.apply_async().get(TIMEOUT_S) == 6
 
 
+# -- waiting ----------------------------------------------------------------------
+
+
+def test_wait_ended_none_while_running(kit: Kit) -> None:
+    header = [kit.wait_gate.s(), kit.add.s(1, 1), kit.add.s(2, 2)]
+    result = chord(header, kit.echo.s()).apply_async()
+    driver = kit.app.driver
+    with kit.app.worker(concurrency=4):
+        _wait_for_call(kit, "wait_gate")
+        assert driver.wait_ended(result.id, 0.05) is None
+        with pytest.raises(TimeoutError, match="did not end within"):
+            result.get(0.05)
+        kit.gate.set()
+        ended = driver.wait_ended(result.id, TIMEOUT_S)
+    assert ended is not None
+    assert ended.status == "succeeded"
+    assert ended.value == '["opened",2,4]'
+    assert ended.run_id == result.id
+
+
 # -- cancel and dead letters -------------------------------------------------------
 
 

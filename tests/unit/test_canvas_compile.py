@@ -23,7 +23,7 @@ from stem.canvas import (
     compile_canvas,
     group,
 )
-from stem.canvas.spec import CauseInput, ListInput, NodeInput, NoInput
+from stem.canvas.spec import CauseInput, ListInput, NodeInput, NodeOptions, NoInput
 
 
 def task(name: str, *args: Any, **kwargs: Any) -> Signature:
@@ -946,3 +946,31 @@ def test_taskless_callback_with_callbacks_rejected() -> None:
     expected = r"link\[0\]: group\(\)\.link\(c\.s\(\)\) has no task"
     with pytest.raises(InvalidCanvas, match=expected):
         compile_canvas(canvas)
+
+
+def test_fill_options_sets_node_options() -> None:
+    calls: list[tuple[str, NodeOptions]] = []
+
+    def fill(name: str, options: NodeOptions) -> NodeOptions:
+        calls.append((name, options))
+        return options.model_copy(update={"queue": f"q-{name}"})
+
+    canvas = chord([task("a", 1), task("a", 2).set(priority=3)], task("b"))
+    spec = compile_canvas(canvas, options={"max_retries": 2}, fill_options=fill)
+    assert [name for name, _ in calls] == ["a", "a", "b"]
+    assert calls[0][1].max_retries == 2
+    assert calls[1][1].priority == 3
+    assert [item.options.queue for item in spec.nodes] == ["q-a", "q-a", "q-b"]
+    assert spec.nodes[1].options.priority == 3
+    assert spec.nodes[1].options.max_retries == 2
+
+
+def test_nodes_share_fields_set_safely() -> None:
+    spec = compile_canvas(chord([task("a", 1), task("a", 2)], task("b")))
+    first, second, _ = spec.nodes
+    assert first.model_fields_set is second.model_fields_set
+    assert first.model_fields_set == set(NodeSpec.model_fields)
+    copied = first.model_copy(update={"path": "moved"})
+    assert copied.model_fields_set is not first.model_fields_set
+    assert first.model_fields_set == set(NodeSpec.model_fields)
+    assert GraphSpec.from_json(spec.to_json()) == spec
