@@ -140,7 +140,10 @@ class AsyncResult:
         deadline = None if timeout is None else started + timeout
         slice_s = NO_WORKER_GRACE_S / 2
         # When workers_alive() first returned 0 since it last returned more.
-        none_since = started if driver.workers_alive() == 0 else None
+        # It is first read after a slice, so a get() of a run that ends
+        # within one slice costs no heartbeat read.
+        none_since: float | None = None
+        checked = False
         warned = False
         while True:
             now = time.monotonic()
@@ -152,11 +155,14 @@ class AsyncResult:
                 return snapshot
             if warned:
                 continue
+            first_check = not checked
+            checked = True
             if driver.workers_alive() != 0:
                 none_since = None
                 continue
             if none_since is None:
-                none_since = ended_at
+                # None alive after the first slice: count from the start.
+                none_since = started if first_check else ended_at
             if ended_at - none_since >= NO_WORKER_GRACE_S:
                 running = driver.snapshot(self.id)
                 self._warn_no_worker(running, ended_at - none_since)

@@ -134,3 +134,24 @@ def test_stem_run_warns_without_worker(
     assert "(queue 'reports')" in completed.output
     assert f"stem worker -A {flows} --url {url} -Q default,reports" in completed.output
     assert "--worker" in completed.output
+
+
+def test_finished_run_reads_no_heartbeats(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = app.driver
+    calls: list[int | None] = []
+    alive = driver.workers_alive
+
+    def counted() -> int | None:
+        found = alive()
+        calls.append(found)
+        return found
+
+    monkeypatch.setattr(driver, "workers_alive", counted)
+    with app.worker(concurrency=1):
+        result = app.get_task("add").delay(1, 2)
+        assert result.get(30) == 3
+        assert result.get(30) == 3
+
+    assert calls == []
