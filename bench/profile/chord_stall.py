@@ -2,10 +2,10 @@
 
 The chord follows one task, so its header becomes ready in one completion:
 without shards that completion's script queues every member. The server's
-SLOWLOG records every command of 1 ms or more, and the script prints the
-longest EVALSHA, how many script calls took 1 ms and 10 ms or more, and
-the wall time of the run, once with ``--shard-size`` (default 5,000) and
-once with sharding off.
+SLOWLOG records every command of 1 ms or more. The script runs the chord
+once with ``--shard-size`` (default 5,000) and once with sharding off, and
+prints for each the longest EVALSHA, how many script calls took 1 ms and
+10 ms or more, and the wall time.
 
 Run from the repository root:
 ``python bench/profile/chord_stall.py [--members N] [--shard-size S]``.

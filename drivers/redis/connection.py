@@ -87,7 +87,7 @@ def connect(target: Target) -> redis.Redis | RedisCluster:
 
     A single-node client packs script calls with `_ScriptCallPacker`. A
     Cluster client keeps redis-py's packer, because RedisCluster passes only
-    the connection options it knows to its nodes' pools.
+    the connection options it accepts to its nodes' pools.
     """
     options = {"decode_responses": True, "encoding_errors": "surrogateescape"}
     if target.cluster:

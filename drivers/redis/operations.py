@@ -471,7 +471,7 @@ def _split_cursor(cursor: str | None) -> tuple[float, str] | None:
         position = float(score)
     except ValueError:
         position = math.nan
-    # A page's cursor holds a creation time, which is always finite.
+    # A page's cursor is a run's creation time, which is always finite.
     if not math.isfinite(position):
         raise ValueError(
             f"Cursor {cursor!r} is invalid; pass the cursor a previous page returned."

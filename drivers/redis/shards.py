@@ -354,8 +354,8 @@ def merged_view(home: GraphSpec, shards: dict[NodeId, GraphSpec]) -> GraphSpec:
     dependencies on the members and its input from the shards' outputs, so
     the result reads like the spec the run would have had without shards.
     A shard run that is gone (expired, or never written) is passed as an
-    empty spec, and its shard node stays in the view in place of its
-    members, so the error that such a node records can still be read.
+    empty spec. Its shard node then stays in the view in place of its
+    members, so the error recorded on that node can still be read.
     """
     nodes: list[NodeSpec] = []
     member_groups: dict[int, list[list[NodeId]]] = {}

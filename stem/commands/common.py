@@ -128,7 +128,7 @@ def confirm_or_reject(question: str, command: str) -> None:
     """Ask ``question`` on a terminal, or reject the command without one.
 
     Without a terminal no person can answer, and click's prompt would read
-    whatever stdin holds or end with a bare "Aborted!", so the command
+    whatever stdin contains or end with a bare "Aborted!", so the command
     stops with `EXIT_USAGE` and names ``--yes``. On a terminal, a "no"
     aborts with click's exit code 1.
     """

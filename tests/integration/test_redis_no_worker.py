@@ -119,7 +119,7 @@ def test_stem_run_warns_without_worker(
     redis_url: str, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     # Without --worker, stem run on Redis only waits. With no worker alive it
-    # must say so, or a new user watches a progress bar that never moves.
+    # must print a warning, or a new user watches a progress bar that never moves.
     monkeypatch.setattr(result_module, "NO_WORKER_GRACE_S", GRACE_S)
     flows = tmp_path / f"noworker_{uuid.uuid4().hex[:8]}.py"
     flows.write_text(FLOWS, encoding="utf-8")

@@ -1,10 +1,10 @@
 """Review of sharded chords on Redis: the promises of docs/redis.md, attacked.
 
 Each test drives a sharded chord on the three Redis configurations (one
-partition, three partitions, the Cluster) and checks one promise: the
-callback gets exactly the list that memory:// gives, once per epoch; outbox
-entries applied twice, late or out of order change nothing; a shard lives as
-long as its home run needs its values; no script call grows with the header.
+partition, three partitions, the Cluster) and checks one promise. The
+callback gets exactly the list that memory:// gives, once per epoch. Outbox
+entries applied twice, late or out of order change nothing. A shard lives as
+long as its home run needs its values. No script call grows with the header.
 """
 
 from __future__ import annotations
