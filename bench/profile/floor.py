@@ -63,8 +63,7 @@ from dataclasses import dataclass, field
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
 import redis
-import redis.connection
-from common import arguments, command_usage, private_redis, server_cpu_s
+from common import RoundTrips, arguments, command_usage, private_redis, server_cpu_s
 
 #: Milliseconds a worker blocks in XREADGROUP while it waits for tasks.
 BLOCK_MS = 100
@@ -120,21 +119,6 @@ COUNTS = "counts"
 
 def noop() -> None:
     return None
-
-
-class RoundTrips:
-    """Count the requests this process sends to Redis: a pipeline counts once."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        connection = redis.connection.AbstractConnection
-        original = connection.send_packed_command
-
-        def counted(conn: object, command: object, check_health: bool = True) -> None:
-            self.count += 1
-            original(conn, command, check_health)  # type: ignore[arg-type]
-
-        connection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 ROUND_TRIPS = RoundTrips()
