@@ -37,8 +37,8 @@ def make_driver(
     """Open a driver on ``redis_target`` with its own prefix.
 
     The reconciler waits an hour unless ``settings`` set
-    ``reconcile_interval_s``, so only the test applies outbox entries. ``url_suffix`` is appended to the URL's
-    query string.
+    ``reconcile_interval_s``, so only the test applies outbox entries.
+    ``url_suffix`` is appended to the URL's query string.
     """
     url = redis_target.url
     if url_suffix:
