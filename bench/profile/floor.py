@@ -7,7 +7,7 @@ redis-py on the same machine.
 
 Run from the repository root:
 ``python bench/profile/floor.py [--tasks N] [--batch B] [--repeat R]
-[--variants streams,scripts,calls,handoff] [--overlap]``.
+[--variants streams,scripts,calls,handoff] [--overlap [--clients K]]``.
 
 Variants:
 
@@ -19,7 +19,7 @@ Variants:
     pipelined.
 ``scripts``
     The same with each state change as one EVALSHA of a short Lua script
-    that calls the commands Stem's semantics need at minimum: ``submit``
+    that calls the commands Stem's semantics need at minimum. ``submit``
     writes the run hash, XADDs to the queue and the event stream and counts
     the state (4 commands). ``claim`` checks and writes the state, adds an
     event and moves the count (5). ``complete`` writes the state and result,
@@ -41,9 +41,11 @@ commandstats, commands called inside scripts counted) and round trips per
 task (requests this process sends: a pipeline counts once). With
 ``--overlap``, the worker of ``streams`` and ``scripts`` runs in a forked
 process while the client submits and then reads the results, as in the
-end-to-end benchmark, and the worker's CPU comes from ``wait4``. The
-summary gives min, median and max over the repeats and the ceiling that
-the CPU per task implies on 2 cores: 2e6 / (sum of CPU us per task).
+end-to-end benchmark, and the worker's CPU comes from ``wait4``.
+``--clients K`` runs K client processes there, each with its share of the
+tasks, and their CPU comes from ``wait4`` too. The summary gives min,
+median and max over the repeats and the ceiling that the CPU per task
+implies on 2 cores: 2e6 / (sum of CPU us per task).
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ import statistics
 import sys
 import threading
 import time
+import traceback
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
@@ -200,13 +203,13 @@ def send(client: redis.Redis, commands: list[tuple[object, ...]]) -> list[object
 # The streams variant.
 
 
-def streams_submit(client: redis.Redis, tasks: int, batch: int) -> None:
-    for first in range(0, tasks, batch):
+def streams_submit(client: redis.Redis, indexes: range, batch: int) -> None:
+    for first in range(indexes.start, indexes.stop, batch):
         send(
             client,
             [
                 ("XADD", QUEUE, "*", "run", run_id(index), "task", "noop", "args", "[]")
-                for index in range(first, min(first + batch, tasks))
+                for index in range(first, min(first + batch, indexes.stop))
             ],
         )
 
@@ -242,7 +245,7 @@ def streams_work(client: redis.Redis, tasks: int, batch: int) -> int:
 
 def poll_all(
     client: redis.Redis,
-    tasks: int,
+    indexes: range,
     batch: int,
     read: Callable[[str], tuple[object, ...]],
 ) -> int:
@@ -252,7 +255,7 @@ def poll_all(
     run has not ended yet.
     """
     polls = 0
-    pending = list(range(tasks))
+    pending = list(indexes)
     deadline = time.monotonic() + CAP_S
     while pending and time.monotonic() < deadline:
         missing = []
@@ -271,8 +274,8 @@ def poll_all(
     return polls
 
 
-def streams_get(client: redis.Redis, tasks: int, batch: int) -> int:
-    return poll_all(client, tasks, batch, lambda run: ("HGET", "res:" + run, "value"))
+def streams_get(client: redis.Redis, indexes: range, batch: int) -> int:
+    return poll_all(client, indexes, batch, lambda run: ("HGET", "res:" + run, "value"))
 
 
 # The scripts variant.
@@ -297,10 +300,12 @@ class Scripts:
         )
 
 
-def scripts_submit(client: redis.Redis, sha: Scripts, tasks: int, batch: int) -> None:
-    for first in range(0, tasks, batch):
+def scripts_submit(
+    client: redis.Redis, sha: Scripts, indexes: range, batch: int
+) -> None:
+    for first in range(indexes.start, indexes.stop, batch):
         commands: list[tuple[object, ...]] = []
-        for index in range(first, min(first + batch, tasks)):
+        for index in range(first, min(first + batch, indexes.stop)):
             run = run_id(index)
             keys = ("run:" + run, QUEUE, EVENTS, COUNTS)
             commands.append(("EVALSHA", sha.submit, 4, *keys, run, "noop", "[]"))
@@ -338,9 +343,9 @@ def scripts_work(client: redis.Redis, sha: Scripts, tasks: int, batch: int) -> i
     return done
 
 
-def scripts_get(client: redis.Redis, sha: Scripts, tasks: int, batch: int) -> int:
+def scripts_get(client: redis.Redis, sha: Scripts, indexes: range, batch: int) -> int:
     return poll_all(
-        client, tasks, batch, lambda run: ("EVALSHA", sha.read, 1, "run:" + run)
+        client, indexes, batch, lambda run: ("EVALSHA", sha.read, 1, "run:" + run)
     )
 
 
@@ -356,70 +361,139 @@ def queue_variant(
     phases: dict[str, Figures] = {}
     if name == "streams":
         with measured(url, tasks) as phases["submit"]:
-            streams_submit(client, tasks, client_batch)
+            streams_submit(client, range(tasks), client_batch)
         with measured(url, tasks) as phases["run"]:
             done = streams_work(client, tasks, worker_batch)
         with measured(url, tasks) as phases["get"]:
-            streams_get(client, tasks, client_batch)
+            streams_get(client, range(tasks), client_batch)
     else:
         sha = Scripts.load(client)
         with measured(url, tasks) as phases["submit"]:
-            scripts_submit(client, sha, tasks, client_batch)
+            scripts_submit(client, sha, range(tasks), client_batch)
         with measured(url, tasks) as phases["run"]:
             done = scripts_work(client, sha, tasks, worker_batch)
         with measured(url, tasks) as phases["get"]:
-            scripts_get(client, sha, tasks, client_batch)
+            scripts_get(client, sha, range(tasks), client_batch)
     client.close()
     if done != tasks:
         raise SystemExit(f"{name}: the worker ran {done} of {tasks} tasks")
     return phases
 
 
-def overlap_variant(
-    name: str, url: str, tasks: int, client_batch: int, worker_batch: int
-) -> dict[str, Figures]:
-    """Run the worker in a forked process while the client submits and gets."""
-    client = redis.Redis.from_url(url)
-    client.xgroup_create(QUEUE, GROUP, id="$", mkstream=True)
-    sha = Scripts.load(client) if name == "scripts" else None
+def client_work(
+    client: redis.Redis, sha: Scripts | None, indexes: range, batch: int
+) -> tuple[float, float, int]:
+    """Submit the runs of ``indexes``, then read their results.
+
+    Returns the CPU seconds of this process for the submit and for the
+    reads, and the polls for unfinished runs.
+    """
+    start_cpu = time.process_time()
+    if sha is None:
+        streams_submit(client, indexes, batch)
+    else:
+        scripts_submit(client, sha, indexes, batch)
+    submit_cpu_s = time.process_time() - start_cpu
+    start_cpu = time.process_time()
+    if sha is None:
+        polls = streams_get(client, indexes, batch)
+    else:
+        polls = scripts_get(client, sha, indexes, batch)
+    return submit_cpu_s, time.process_time() - start_cpu, polls
+
+
+def fork(work: Callable[[], str]) -> tuple[int, int]:
+    """Run ``work`` in a forked process; return its pid and a pipe of its output."""
     reader, writer = os.pipe()
     child = os.fork()
     if child == 0:
         os.close(reader)
+        code = 1
+        try:
+            os.write(writer, work().encode())
+            code = 0
+        except BaseException:
+            traceback.print_exc()
+        finally:
+            os._exit(code)
+    os.close(writer)
+    return child, reader
+
+
+def join(child: int, reader: int) -> tuple[list[str], float]:
+    """Wait for a forked process; return the words of its output and its CPU."""
+    _, status, usage = os.wait4(child, 0)
+    with os.fdopen(reader) as pipe:
+        words = pipe.read().split()
+    if os.waitstatus_to_exitcode(status) != 0 or not words:
+        raise SystemExit(f"forked process {child} failed with status {status}")
+    return words, usage.ru_utime + usage.ru_stime
+
+
+def overlap_variant(
+    name: str,
+    url: str,
+    tasks: int,
+    client_batch: int,
+    worker_batch: int,
+    clients: int,
+) -> dict[str, Figures]:
+    """Run the worker in a forked process while clients submit and get.
+
+    With one client, it runs in this process. With more, each runs in its
+    own forked process and submits and reads its share of the tasks.
+    """
+    client = redis.Redis.from_url(url)
+    client.xgroup_create(QUEUE, GROUP, id="$", mkstream=True)
+    sha = Scripts.load(client) if name == "scripts" else None
+
+    def work() -> str:
         worker_client = redis.Redis.from_url(url)
         sent = ROUND_TRIPS.count
         if sha is None:
             done = streams_work(worker_client, tasks, worker_batch)
         else:
             done = scripts_work(worker_client, sha, tasks, worker_batch)
-        os.write(writer, f"{done} {ROUND_TRIPS.count - sent}".encode())
-        os._exit(0)
-    os.close(writer)
-    with measured(url, tasks) as total:
-        submit = Figures(tasks)
-        start_cpu = time.process_time()
-        if sha is None:
-            streams_submit(client, tasks, client_batch)
-        else:
-            scripts_submit(client, sha, tasks, client_batch)
-        submit.cpu_s = time.process_time() - start_cpu
-        get = Figures(tasks)
-        start_cpu = time.process_time()
-        polls = (
-            streams_get(client, tasks, client_batch)
-            if sha is None
-            else scripts_get(client, sha, tasks, client_batch)
+        return f"{done} {ROUND_TRIPS.count - sent}"
+
+    def run_client(indexes: range) -> str:
+        own_client = redis.Redis.from_url(url)
+        sent = ROUND_TRIPS.count
+        submit_cpu_s, get_cpu_s, polls = client_work(
+            own_client, sha, indexes, client_batch
         )
-        get.cpu_s = time.process_time() - start_cpu
-    _, status, usage = os.wait4(child, 0)
-    with os.fdopen(reader) as pipe:
-        done, worker_round_trips = (int(part) for part in pipe.read().split())
+        return f"{submit_cpu_s} {get_cpu_s} {polls} {ROUND_TRIPS.count - sent}"
+
+    shares = [
+        range(tasks * part // clients, tasks * (part + 1) // clients)
+        for part in range(clients)
+    ]
+    worker = fork(work)
+    submit, get = Figures(tasks), Figures(tasks)
+    children_cpu_s = 0.0
+    children_round_trips = 0
+    with measured(url, tasks) as total:
+        if clients == 1:
+            submit.cpu_s, get.cpu_s, get.polls = client_work(
+                client, sha, shares[0], client_batch
+            )
+        else:
+            children = [fork(lambda share=share: run_client(share)) for share in shares]
+            for child, reader in children:
+                words, cpu_s = join(child, reader)
+                submit.cpu_s += float(words[0])
+                get.cpu_s += float(words[1])
+                get.polls += int(words[2])
+                children_round_trips += int(words[3])
+                children_cpu_s += cpu_s
+    words, worker_cpu_s = join(*worker)
     client.close()
-    if os.waitstatus_to_exitcode(status) != 0 or done != tasks:
+    done = int(words[0])
+    if done != tasks:
         raise SystemExit(f"{name}: the worker ran {done} of {tasks} tasks")
-    total.other_cpu_s = usage.ru_utime + usage.ru_stime
-    total.round_trips += worker_round_trips
-    get.polls = polls
+    total.cpu_s += children_cpu_s
+    total.other_cpu_s = worker_cpu_s
+    total.round_trips += int(words[1]) + children_round_trips
     return {"end to end": total, "client submit": submit, "client get": get}
 
 
@@ -574,6 +648,12 @@ def main() -> None:
         help="comma-separated variants to run",
     )
     parser.add_argument(
+        "--clients",
+        type=int,
+        default=1,
+        help="client processes with --overlap, each with its share of the tasks [1]",
+    )
+    parser.add_argument(
         "--overlap",
         action="store_true",
         help="run the worker in a forked process during submit and get",
@@ -585,6 +665,8 @@ def main() -> None:
     for repeat in range(options.repeat):
         for variant in options.variants.split(","):
             label = f"{variant} c={client_batch} w={worker_batch}"
+            if options.overlap and options.clients > 1:
+                label += f" clients={options.clients}"
             if variant == "handoff":
                 phases = handoff_variant(options.tasks)
             else:
@@ -593,7 +675,12 @@ def main() -> None:
                         phases = calls_variant(url, options.tasks, options.batch)
                     elif options.overlap:
                         phases = overlap_variant(
-                            variant, url, options.tasks, client_batch, worker_batch
+                            variant,
+                            url,
+                            options.tasks,
+                            client_batch,
+                            worker_batch,
+                            options.clients,
                         )
                     else:
                         phases = queue_variant(
