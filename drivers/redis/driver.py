@@ -319,14 +319,8 @@ class RedisDriver(ShardRuns):
                     *counts,
                     *state,
                 ]
-                partition = self._keys.partition_of(run_id)
-                run_keys = partition.run(run_id)
-                keys = [
-                    *run_keys.all(),
-                    partition.delayed,
-                    run_keys.counts,
-                    partition.events,
-                ]
+                # The script builds the run's other keys from the run hash's.
+                keys = [self._keys.run(run_id).run]
                 reply = self._scripts.call("submit", keys, args, run_id=run_id)
         if large:
             return self._submit_large(run_id, spec, graph, state, counts)
@@ -663,13 +657,7 @@ class RedisDriver(ShardRuns):
         self, message: Message, known_version: str
     ) -> tuple[list[str], list[str | int | float]]:
         partition = self._keys.partition_of(message.run_id)
-        run_keys = partition.run(message.run_id)
-        keys = [
-            *run_keys.all(),
-            partition.queue(message.queue),
-            run_keys.counts,
-            partition.events,
-        ]
+        keys = [partition.run(message.run_id).run, partition.queue(message.queue)]
         args: list[str | int | float] = [
             message.node_id,
             str(message.attempt),
@@ -1204,16 +1192,12 @@ class RedisDriver(ShardRuns):
             )
 
     def _report_keys(self, message: Message) -> list[str]:
-        """Return the keys of complete, fail, retry and splice, in script order."""
+        """Return the keys of complete, fail, retry and splice, in script order.
+
+        The scripts build the run's other keys from the run hash's name.
+        """
         partition = self._keys.partition_of(message.run_id)
-        run_keys = partition.run(message.run_id)
-        return [
-            *run_keys.all(),
-            partition.delayed,
-            partition.queue(message.queue),
-            run_keys.counts,
-            partition.events,
-        ]
+        return [partition.run(message.run_id).run, partition.queue(message.queue)]
 
     def _not_found(self, run_id: str) -> RunNotFound:
         return RunNotFound(

@@ -1,13 +1,8 @@
 --[[ splice: put a compiled canvas in place of a running node, release what it unblocks, ack its message.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] queue stream the message came from (partition tag)
-  KEYS[8] run state-count hash    (partition tag)
-  KEYS[9] lifecycle event stream  (partition tag)
+  KEYS[1] run hash                (partition tag); the run's other keys and
+          the partition's delayed set and event stream are built from its
+          name (include/run.lua)
+  KEYS[2] queue stream the message came from (partition tag)
   ARGV[1] run id
   ARGV[2] node id of the replaced node
   ARGV[3] attempt number
@@ -44,23 +39,8 @@
   event, and an "ended" event if the run ended.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local stream_key = KEYS[7]
-local counts_key = KEYS[8]
-local events_key = KEYS[9]
-local run_id = ARGV[1]
-local node = ARGV[2]
-local attempt = ARGV[3]
-local epoch = ARGV[4]
-local receipt = ARGV[5]
-local group = ARGV[6]
-local lease = ARGV[7]
+--- @include "run"
+--- @include "attempt_report"
 local expected_version = ARGV[8]
 local spec = ARGV[9]
 local node_list = ARGV[10]
@@ -73,39 +53,13 @@ local added = ARGV[16]
 local replaced_value = ARGV[17]
 local graph_pairs = tonumber(ARGV[18])
 local state_pairs = tonumber(ARGV[19])
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
 
 --- @include "lifecycle"
 --- @include "graph"
 
-local function ack()
-  if receipt ~= "" then
-    rcall("XACK", stream_key, group, receipt)
-    rcall("XDEL", stream_key, receipt)
-  end
-end
-
--- A late report must not recreate the keys of a run that expired or was deleted.
-local run = rcall("HMGET", run_key, "epoch", "spec_version")
-if not run[1] then
-  ack()
-  return {-1}
-end
-local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
-if run[1] ~= epoch or current[1] ~= attempt then
-  ack()
-  return {-2}
-end
-local state = current[2]
--- A fenced worker must not acknowledge the entry that the new holder runs.
-if state == "running" and current[3] ~= lease then
-  return {-2}
-end
-if state ~= "running" then
-  ack()
-  return {0}
+local run, reply = check_report("spec_version")
+if not run then
+  return reply
 end
 -- The caller rewrote the spec it read. A splice of another node in between
 -- would be lost, so the caller must read the spec again.

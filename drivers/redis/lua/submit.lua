@@ -1,12 +1,7 @@
 --[[ submit: store a whole run and queue its roots, or do nothing if it exists.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
+  KEYS[1] run hash                (partition tag); the run's other keys and
+          the partition's delayed set, event stream and runs index are
+          built from its name (include/run.lua)
   ARGV[1] run id
   ARGV[2] epoch
   ARGV[3] graph spec, JSON text kept opaque
@@ -30,15 +25,7 @@
   "ended" if the run has no main-path node).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
+--- @include "run"
 local run_id = ARGV[1]
 local epoch = ARGV[2]
 local spec = ARGV[3]
@@ -47,9 +34,6 @@ local sinks = ARGV[5]
 local reaching = ARGV[6]
 local open_main = ARGV[7]
 local graph_pairs = tonumber(ARGV[8])
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
 
 --- @include "lifecycle"
 --- @include "graph"
@@ -91,6 +75,7 @@ if #ARGV > counts_last then
   hset_range(nodes_key, counts_last + 1, #ARGV)
 end
 emit("submitted")
+open_main_left = tonumber(open_main)
 
 -- The same pass as the Python `start`: errbacks that cover nothing are
 -- skipped, and nodes without dependencies are queued.
@@ -104,5 +89,5 @@ for _, node in ipairs(split(node_list)) do
     enqueue(node)
   end
 end
-maybe_finish()
+maybe_finish("running")
 return {1}

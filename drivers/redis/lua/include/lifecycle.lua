@@ -153,8 +153,13 @@ local function keep_expiry()
 end
 
 -- Store a node's value, unless it is an ignore_result node with no open reader.
-local function store_value(node, value)
-  if rcall("HGET", graph_key, node .. "/ignore") == "1" then
+-- `ignore` is the node's /ignore field when the caller read it already
+-- (false when missing), or nil to read it here.
+local function store_value(node, value, ignore)
+  if ignore == nil then
+    ignore = rcall("HGET", graph_key, node .. "/ignore")
+  end
+  if ignore == "1" then
     local open = tonumber(rcall("HGET", nodes_key, node .. "/open_readers")) or 0
     if open <= 0 then
       return
