@@ -665,7 +665,6 @@ class RedisDriver(ShardRuns):
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
-            message.run_id,
             known_version,
             str(self._inline_input_chars),
         ]
@@ -1092,6 +1091,7 @@ class RedisDriver(ShardRuns):
             partition.events,
         ]
         args: list[str | int | float] = [
+            message.run_id,
             *self._message_args(message),
             layout.error_json(error),
             reason,
@@ -1207,8 +1207,12 @@ class RedisDriver(ShardRuns):
         )
 
     def _message_args(self, message: Message) -> list[str | int | float]:
+        """Return the first arguments of the report scripts.
+
+        complete, fail, retry and splice take the run id from their run key,
+        and dead_letter takes it as its first argument, before these.
+        """
         return [
-            message.run_id,
             message.node_id,
             str(message.attempt),
             str(message.epoch),

@@ -1,7 +1,7 @@
 --[[ claim: start an attempt, or acknowledge and drop a duplicate or stale message.
-  KEYS[1] run hash                (partition tag); the run's other keys and
-          the partition's event stream are built from its name
-          (include/run.lua)
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's event stream are built from its
+          name (include/run.lua)
   KEYS[2] queue stream the message came from (partition tag)
   ARGV[1] node id
   ARGV[2] attempt number
@@ -10,19 +10,18 @@
   ARGV[5] consumer group name
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
-  ARGV[7] run id
-  ARGV[8] spec_version of the run's spec that the caller has parsed already,
+  ARGV[7] spec_version of the run's spec that the caller has parsed already,
           "" when it has none, or "-" when an earlier claim of the same batch
           requests the spec
-  ARGV[9] longest <node>/reads field, in characters, whose values the reply
+  ARGV[8] longest <node>/reads field, in characters, whose values the reply
           carries; a node that reads more (a large chord's callback) gets no
           triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, spec, home, state, value, error,
   state, value, error, ...} with one state/value/error triple ("" when missing) per
   node the input reads, in the order of the graph's <node>/reads field, or no
-  triples when the field is longer than ARGV[9]. The
-  spec is the run's graph spec JSON when its version differs from ARGV[8],
+  triples when the field is longer than ARGV[8]. The
+  spec is the run's graph spec JSON when its version differs from ARGV[7],
   else "", so a worker reads each spec once and a one-node run needs no
   second round trip. A large run's spec, which is not in the run hash, is
   always "": the driver reads it with a plain GET. ``home`` is the home
@@ -44,9 +43,9 @@ local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
-local run_id = ARGV[7]
-local known_version = ARGV[8]
-local inline_chars = tonumber(ARGV[9])
+local run_id = key_run_id
+local known_version = ARGV[7]
+local inline_chars = tonumber(ARGV[8])
 
 --- @include "lifecycle"
 

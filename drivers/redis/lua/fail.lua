@@ -1,16 +1,15 @@
 --[[ fail: record that a node failed for good, cancel what it decides, ack its message.
-  KEYS[1] run hash                (partition tag); the run's other keys and
-          the partition's delayed set and event stream are built from its
-          name (include/run.lua)
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's delayed set and event stream are
+          built from its name (include/run.lua)
   KEYS[2] queue stream the message came from (partition tag)
-  ARGV[1] run id
-  ARGV[2] node id
-  ARGV[3] attempt number
-  ARGV[4] epoch
-  ARGV[5] stream entry id to acknowledge, or "" when there is none
-  ARGV[6] consumer group name
-  ARGV[7] lease (fencing token) the claim granted
-  ARGV[8] error, JSON text kept opaque
+  ARGV[1] node id
+  ARGV[2] attempt number
+  ARGV[3] epoch
+  ARGV[4] stream entry id to acknowledge, or "" when there is none
+  ARGV[5] consumer group name
+  ARGV[6] lease (fencing token) the claim granted
+  ARGV[7] error, JSON text kept opaque
   Time comes from TIME inside the script.
   Returns {1} when the outcome was recorded, {0} for a duplicate or late report
   (nothing changed), {-1} for an unknown run, {-2} for a stale attempt, epoch
@@ -24,7 +23,7 @@
 -- luacheck: globals KEYS ARGV redis cjson
 --- @include "run"
 --- @include "attempt_report"
-local error_text = ARGV[8]
+local error_text = ARGV[7]
 
 --- @include "lifecycle"
 --- @include "graph"

@@ -1,19 +1,20 @@
 --[[ attempt_report: the checks that a worker's report of an attempt starts with.
   Included by complete, fail, retry and splice, after "run". It expects
   KEYS[2] to be the queue stream the message came from, and ARGV[1] to
-  ARGV[7] to be the run id, node id, attempt number, epoch, stream entry id
-  to acknowledge ("" when there is none), consumer group name and the lease
-  (fencing token) that the claim granted.
+  ARGV[6] to be the node id, attempt number, epoch, stream entry id to
+  acknowledge ("" when there is none), consumer group name and the lease
+  (fencing token) that the claim granted. The run id comes from the run
+  hash's name.
 ]]
 
 local stream_key = KEYS[2]
-local run_id = ARGV[1]
-local node = ARGV[2]
-local attempt = ARGV[3]
-local epoch = ARGV[4]
-local receipt = ARGV[5]
-local group = ARGV[6]
-local lease = ARGV[7]
+local run_id = key_run_id
+local node = ARGV[1]
+local attempt = ARGV[2]
+local epoch = ARGV[3]
+local receipt = ARGV[4]
+local group = ARGV[5]
+local lease = ARGV[6]
 
 local function ack()
   if receipt ~= "" then

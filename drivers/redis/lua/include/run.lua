@@ -9,8 +9,9 @@
   built here shares the run hash's hash tag, so it is in the run hash's
   slot, as Redis Cluster requires of every key a script touches.
   Defines rcall, run_key, graph_key, nodes_key, values_key, errors_key,
-  counts_key, base, delayed_key, events_key, and clock (the reply of TIME),
-  now (seconds, number) and now_text (now with six decimals).
+  counts_key, base, delayed_key, events_key, key_run_id (the run id in the
+  run hash's name, <base>run:<run>), and clock (the reply of TIME), now
+  (seconds, number) and now_text (now with six decimals).
 ]]
 
 local rcall = redis.call
@@ -25,6 +26,7 @@ if not base then
   error("STEM_INTERNAL run hash key " .. run_key .. " has no hash tag followed "
     .. "by ':'. This is a bug in Stem.")
 end
+local key_run_id = string.sub(run_key, #base + #"run:" + 1)
 local delayed_key = base .. "delayed"
 local events_key = base .. "events"
 local clock = rcall("TIME")
