@@ -852,14 +852,9 @@ class RedisDriver(ShardRuns):
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        partition = self._keys.partition_of(run_id)
-        keys = [
-            *run_keys.all(),
-            partition.delayed,
-            run_keys.counts,
-            partition.events,
-        ]
-        reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
+        reply = self._scripts.call(
+            "reopen", [run_keys.run], [run_id, seen], run_id=run_id
+        )
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
         result = check_reply("reopen", reply, run_id, accept=accept)
         if result is Reply.NOT_RETRYABLE:

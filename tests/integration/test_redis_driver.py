@@ -126,6 +126,37 @@ def test_countdown_waits_in_delayed_set(app: App, client: Any) -> None:
     assert client.zcard(delayed) == 0
 
 
+def test_scripts_build_keys_from_run_key(redis_target: Any, client: Any) -> None:
+    # The scripts build a run's keys and its id from the run hash's name, so
+    # "run:" in the prefix and "}:" in the run id must not mislead them.
+    app = App(redis_target.url, prefix=f"{_prefix()}run:x:", **redis_target.settings)
+    add = app.task(name="add")(lambda x, y: x + y)
+    run_id = "a}:run:b"
+    try:
+        result = app.submit(chain(add.s(1, 1), add.s(2)), options={"run_id": run_id})
+        assert result.id == run_id
+        with app.worker(concurrency=1):
+            assert result.get(TIMEOUT_S) == 4
+        driver = app.driver
+        assert isinstance(driver, RedisDriver)
+        run_keys = driver._keys.run(run_id)
+        written = [run_keys.run, run_keys.graph, run_keys.nodes, run_keys.values]
+        assert client.exists(*written, run_keys.counts) == 5
+        assert driver.group_counts(run_id) == {None: {"succeeded": 2}}
+        events = client.xrange(driver._keys.partition_of(run_id).events)
+        assert [fields["event"] for _, fields in events] == [
+            "submitted",
+            "started",
+            "succeeded",
+            "started",
+            "succeeded",
+            "ended",
+        ]
+        assert {fields["run"] for _, fields in events} == {run_id}
+    finally:
+        app.close()
+
+
 def test_report_after_run_deleted_writes_nothing(
     redis_target: Any, client: Any
 ) -> None:
