@@ -68,9 +68,6 @@ rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)
 end
-if count_pairs > 0 then
-  hset_range(counts_key, graph_last + 4, counts_last)
-end
 if #ARGV > counts_last then
   hset_range(nodes_key, counts_last + 1, #ARGV)
 end
@@ -78,7 +75,9 @@ emit("submitted")
 open_main_left = tonumber(open_main)
 
 -- The same pass as the Python `start`: errbacks that cover nothing are
--- skipped, and nodes without dependencies are queued.
+-- skipped, and nodes without dependencies are queued. Its state-count
+-- changes are added to the initial counts, which one HSET then writes.
+count_deltas = {}
 for _, node in ipairs(split(node_list)) do
   local info = rcall("HMGET", graph_key, node .. "/role", node .. "/ncovers",
     node .. "/ndeps")
@@ -86,8 +85,27 @@ for _, node in ipairs(split(node_list)) do
   if role == "errback" and (tonumber(info[2]) or 0) == 0 then
     end_node(node, "skipped")
   elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
-    enqueue(node)
+    -- A new node has no attempt yet.
+    enqueue(node, 0)
   end
 end
+local counts = {}
+for index = graph_last + 4, counts_last, 2 do
+  counts[ARGV[index]] = tonumber(ARGV[index + 1])
+end
+for field, delta in pairs(count_deltas) do
+  counts[field] = (counts[field] or 0) + delta
+end
+count_deltas = nil
+local count_fields = {}
+for field, count in pairs(counts) do
+  count_fields[#count_fields + 1] = field
+  count_fields[#count_fields + 1] = count
+end
+for first = 1, #count_fields, SLICE do
+  rcall("HSET", counts_key, unpack(count_fields, first,
+    math.min(first + SLICE - 1, #count_fields)))
+end
+-- The counts hash exists before maybe_finish, which may set its TTL.
 maybe_finish("running")
 return {1}

@@ -129,14 +129,23 @@ local function report_failure(node)
 end
 
 -- Queue a pending node: every caller releases a node from "pending".
-local function enqueue(node)
-  local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
+-- `last_attempt` is the node's /attempt field when the caller knows it
+-- (submit: 0 for every node), or nil to raise it with HINCRBY.
+local function enqueue(node, last_attempt)
+  local attempt
+  if last_attempt then
+    -- The HSET below writes it with the state.
+    attempt = last_attempt + 1
+  else
+    attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
+  end
+  local attempt_field = node .. "/attempt"
   local info = info_of(node)
   if info.task == SHARD_TASK then
     -- The shard's members run in their own run, maybe in another partition,
     -- so a worker activates it from the outbox (driver.py, _activate).
     rcall("HSET", nodes_key, node, "running", node .. "/queued_at", now_text,
-      node .. "/started_at", now_text)
+      node .. "/started_at", now_text, attempt_field, attempt)
     written_states[node] = "running"
     count_move(node, "pending", "running", info.group)
     rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
@@ -144,7 +153,8 @@ local function enqueue(node)
     rcall("ZADD", base .. "sharded", now_text, run_id)
     return
   end
-  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
+  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text,
+    attempt_field, attempt)
   written_states[node] = "queued"
   count_move(node, "pending", "queued", info.group)
   local delay = tonumber(info.countdown) or 0
