@@ -20,12 +20,14 @@
   (its run hash has "home") adds a "report" entry when its first node fails
   and when it ends.
   To save commands, a script call keeps the graph fields it read of each
-  node (`info_of`), the node states that these functions wrote, and the
-  run's "open_main" count after this call's last change to it. So a script
-  must write the graph hash before it calls any of these functions, must
-  set a node's state only through them once it has called one of them,
-  unless it updates `written_states` too, and must set `open_main_left`
-  if it changes "open_main" itself.
+  node (`info_of`), the node states that these functions wrote
+  (`written_states`), and the run's "open_main" count after their last
+  change to it (`open_main_left`). So a script must write the graph hash
+  before it calls any of these functions, and once it has called one, it
+  must set node states only through them or update `written_states` too.
+  `maybe_finish` uses `open_main_left` only when the caller passes the
+  run's status, so a script that writes "open_main" itself passes none or
+  sets `open_main_left` (submit).
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -133,19 +135,20 @@ end
 -- (submit: 0 for every node), or nil to raise it with HINCRBY.
 local function enqueue(node, last_attempt)
   local attempt
+  -- The /attempt field and its value when the state's HSET writes it.
+  local attempt_pair = {}
   if last_attempt then
-    -- The HSET below writes it with the state.
     attempt = last_attempt + 1
+    attempt_pair = {node .. "/attempt", attempt}
   else
     attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
   end
-  local attempt_field = node .. "/attempt"
   local info = info_of(node)
   if info.task == SHARD_TASK then
     -- The shard's members run in their own run, maybe in another partition,
     -- so a worker activates it from the outbox (driver.py, _activate).
     rcall("HSET", nodes_key, node, "running", node .. "/queued_at", now_text,
-      node .. "/started_at", now_text, attempt_field, attempt)
+      node .. "/started_at", now_text, unpack(attempt_pair))
     written_states[node] = "running"
     count_move(node, "pending", "running", info.group)
     rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
@@ -154,7 +157,7 @@ local function enqueue(node, last_attempt)
     return
   end
   rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text,
-    attempt_field, attempt)
+    unpack(attempt_pair))
   written_states[node] = "queued"
   count_move(node, "pending", "queued", info.group)
   local delay = tonumber(info.countdown) or 0
