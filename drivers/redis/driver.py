@@ -303,8 +303,9 @@ class RedisDriver(ShardRuns):
             ]
             large = (len(graph) + len(state)) // 2 > self._submit_chunk
             if not large:
+                roots = (node.id for node in spec.nodes if _queued_at_start(node))
                 args: list[str | int | float] = [
-                    run_id,
+                    ",".join(roots),
                     "1",
                     spec.to_json(),
                     ",".join(node.id for node in spec.nodes),

@@ -1,8 +1,10 @@
 --[[ submit: store a whole run and queue its roots, or do nothing if it exists.
-  KEYS[1] run hash                (partition tag); the run's other keys and
-          the partition's delayed set, event stream and runs index are
-          built from its name (include/run.lua)
-  ARGV[1] run id
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's delayed set, event stream and runs
+          index are built from its name (include/run.lua)
+  ARGV[1] the run's roots, comma-separated in node order: errbacks that
+          cover nothing, which start skipped, and the other nodes without
+          dependencies, which start queued (driver.py, _queued_at_start)
   ARGV[2] epoch
   ARGV[3] graph spec, JSON text kept opaque
   ARGV[4] node ids in spec order, comma-separated
@@ -26,7 +28,8 @@
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 --- @include "run"
-local run_id = ARGV[1]
+local run_id = key_run_id
+local roots = ARGV[1]
 local epoch = ARGV[2]
 local spec = ARGV[3]
 local node_list = ARGV[4]
@@ -74,17 +77,14 @@ end
 emit("submitted")
 open_main_left = tonumber(open_main)
 
--- The same pass as the Python `start`: errbacks that cover nothing are
--- skipped, and nodes without dependencies are queued. Its state-count
--- changes are added to the initial counts, which one HSET then writes.
+-- The same pass as the Python `start` over the roots that the caller
+-- found. Its state-count changes are added to the initial counts, which
+-- one HSET then writes.
 count_deltas = {}
-for _, node in ipairs(split(node_list)) do
-  local info = rcall("HMGET", graph_key, node .. "/role", node .. "/ncovers",
-    node .. "/ndeps")
-  local role = info[1]
-  if role == "errback" and (tonumber(info[2]) or 0) == 0 then
+for _, node in ipairs(split(roots)) do
+  if info_of(node).role == "errback" then
     end_node(node, "skipped")
-  elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
+  else
     -- A new node has no attempt yet.
     enqueue(node, 0)
   end
