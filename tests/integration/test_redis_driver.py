@@ -189,7 +189,7 @@ def test_one_node_run_script_commands(redis_url: str) -> None:
         observer.close()
     assert submitted == 12
     assert claimed == 8
-    assert completed == 22
+    assert completed == 21
 
 
 def test_report_after_run_deleted_writes_nothing(

@@ -28,12 +28,17 @@ local value = ARGV[7]
 --- @include "lifecycle"
 --- @include "graph"
 
-local run, reply = check_report("retention_ms", "events_max_len", "status")
+local run, reply = check_report("retention_ms", "events_max_len", "status",
+  "open_main")
 if not run then
   return reply
 end
 ack()
 use_settings(run[2], run[3])
+-- maybe_finish below writes the count of open main-path nodes, with the
+-- run's status when the run ends.
+open_main_left = tonumber(run[5]) or 0
+defer_open_main = true
 store_value(node, value, info_of(node).ignore)
 -- An earlier attempt's error goes: a succeeded node has no error. A first
 -- attempt has none, because fail, retry and dead_letter write a node's

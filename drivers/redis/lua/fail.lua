@@ -28,12 +28,17 @@ local error_text = ARGV[7]
 --- @include "lifecycle"
 --- @include "graph"
 
-local run, reply = check_report("retention_ms", "events_max_len", "status")
+local run, reply = check_report("retention_ms", "events_max_len", "status",
+  "open_main")
 if not run then
   return reply
 end
 ack()
 use_settings(run[2], run[3])
+-- maybe_finish below writes the count of open main-path nodes, with the
+-- run's status when the run ends.
+open_main_left = tonumber(run[5]) or 0
+defer_open_main = true
 rcall("HSET", errors_key, node, error_text)
 end_node(node, "failed", "running")
 emit("failed", node, attempt)

@@ -79,6 +79,12 @@ end
 local written_states = {}
 -- The run's "open_main" field after this call's last change of it, or nil.
 local open_main_left = nil
+-- When true, `set_terminal` lowers `open_main_left` in Lua only and
+-- `maybe_finish` writes it, with the run's status when the run ends. A
+-- script that sets it has read "open_main" into `open_main_left` and
+-- calls `maybe_finish` with the run's status before it returns.
+local defer_open_main = false
+local open_main_changed = false
 
 local function state_of(node)
   local state = written_states[node]
@@ -181,7 +187,12 @@ local function set_terminal(node, state, current)
   local info = info_of(node)
   count_move(node, current, state, info.group)
   if info.side ~= "1" then
-    open_main_left = rcall("HINCRBY", run_key, "open_main", -1)
+    if defer_open_main then
+      open_main_left = open_main_left - 1
+      open_main_changed = true
+    else
+      open_main_left = rcall("HINCRBY", run_key, "open_main", -1)
+    end
   end
   release_reads(node, info.drops)
   if state == "cancelled" and info.task == SHARD_TASK then
@@ -297,18 +308,28 @@ local function maybe_finish(status)
   -- names every header member, and copying it on each completion would make
   -- a chord's run quadratic in its size.
   local open_main = open_main_left
+  -- Run hash fields to write with the status, or at once if the run goes on.
+  local changed = {}
+  if open_main_changed then
+    changed = {"open_main", open_main_left}
+    open_main_changed = false
+  end
   if not status then
     local run = rcall("HMGET", run_key, "status", "open_main")
-    status, open_main = run[1], run[2]
-  end
-  if status ~= "running" then
-    keep_expiry()
-    return
-  end
-  if not open_main then
+    status = run[1]
+    if #changed == 0 then
+      open_main = run[2]
+    end
+  elseif not open_main then
     open_main = rcall("HGET", run_key, "open_main")
   end
-  if tonumber(open_main) > 0 then
+  if status ~= "running" or tonumber(open_main) > 0 then
+    if #changed > 0 then
+      rcall("HSET", run_key, unpack(changed))
+    end
+    if status ~= "running" then
+      keep_expiry()
+    end
     return
   end
   local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported")
@@ -321,23 +342,25 @@ local function maybe_finish(status)
     end
   end
   if succeeded then
-    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text)
+    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
+      unpack(changed))
     run_ended("succeeded")
     if lists[3] then
       report_shard("succeeded")
     end
     return
   end
-  rcall("HSET", run_key, "status", "failed", "ended_at", now_text)
   -- `reaching` is sorted by node order, so the first failed node is the lowest.
   local error_node = nil
   for _, node in ipairs(split(lists[2])) do
     if state_of(node) == "failed" then
       error_node = node
-      rcall("HSET", run_key, "error_node", node)
+      changed[#changed + 1] = "error_node"
+      changed[#changed + 1] = node
       break
     end
   end
+  rcall("HSET", run_key, "status", "failed", "ended_at", now_text, unpack(changed))
   run_ended("failed")
   if lists[3] and not lists[4] then
     report_shard("failed", error_node)
