@@ -303,8 +303,9 @@ class RedisDriver(ShardRuns):
             ]
             large = (len(graph) + len(state)) // 2 > self._submit_chunk
             if not large:
+                roots = (node.id for node in spec.nodes if _queued_at_start(node))
                 args: list[str | int | float] = [
-                    run_id,
+                    ",".join(roots),
                     "1",
                     spec.to_json(),
                     ",".join(node.id for node in spec.nodes),
@@ -319,14 +320,8 @@ class RedisDriver(ShardRuns):
                     *counts,
                     *state,
                 ]
-                partition = self._keys.partition_of(run_id)
-                run_keys = partition.run(run_id)
-                keys = [
-                    *run_keys.all(),
-                    partition.delayed,
-                    run_keys.counts,
-                    partition.events,
-                ]
+                # The script builds the run's other keys from the run hash's.
+                keys = [self._keys.run(run_id).run]
                 reply = self._scripts.call("submit", keys, args, run_id=run_id)
         if large:
             return self._submit_large(run_id, spec, graph, state, counts)
@@ -663,13 +658,7 @@ class RedisDriver(ShardRuns):
         self, message: Message, known_version: str
     ) -> tuple[list[str], list[str | int | float]]:
         partition = self._keys.partition_of(message.run_id)
-        run_keys = partition.run(message.run_id)
-        keys = [
-            *run_keys.all(),
-            partition.queue(message.queue),
-            run_keys.counts,
-            partition.events,
-        ]
+        keys = [partition.run(message.run_id).run, partition.queue(message.queue)]
         args: list[str | int | float] = [
             message.node_id,
             str(message.attempt),
@@ -677,7 +666,6 @@ class RedisDriver(ShardRuns):
             message.receipt,
             self._group,
             "1" if message.reclaimed else "0",
-            message.run_id,
             known_version,
             str(self._inline_input_chars),
         ]
@@ -865,14 +853,9 @@ class RedisDriver(ShardRuns):
             seen: Any = self._client.hget(run_keys.run, "epoch")
         if seen is None:
             raise RunNotFound(f"Run {run_id!r} is not found in {self}.")
-        partition = self._keys.partition_of(run_id)
-        keys = [
-            *run_keys.all(),
-            partition.delayed,
-            run_keys.counts,
-            partition.events,
-        ]
-        reply = self._scripts.call("reopen", keys, [run_id, seen], run_id=run_id)
+        reply = self._scripts.call(
+            "reopen", [run_keys.run], [run_id, seen], run_id=run_id
+        )
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.NOT_RETRYABLE})
         result = check_reply("reopen", reply, run_id, accept=accept)
         if result is Reply.NOT_RETRYABLE:
@@ -1104,6 +1087,7 @@ class RedisDriver(ShardRuns):
             partition.events,
         ]
         args: list[str | int | float] = [
+            message.run_id,
             *self._message_args(message),
             layout.error_json(error),
             reason,
@@ -1204,16 +1188,12 @@ class RedisDriver(ShardRuns):
             )
 
     def _report_keys(self, message: Message) -> list[str]:
-        """Return the keys of complete, fail, retry and splice, in script order."""
+        """Return the keys of complete, fail, retry and splice, in script order.
+
+        The scripts build the run's other keys from the run hash's name.
+        """
         partition = self._keys.partition_of(message.run_id)
-        run_keys = partition.run(message.run_id)
-        return [
-            *run_keys.all(),
-            partition.delayed,
-            partition.queue(message.queue),
-            run_keys.counts,
-            partition.events,
-        ]
+        return [partition.run(message.run_id).run, partition.queue(message.queue)]
 
     def _not_found(self, run_id: str) -> RunNotFound:
         return RunNotFound(
@@ -1223,8 +1203,12 @@ class RedisDriver(ShardRuns):
         )
 
     def _message_args(self, message: Message) -> list[str | int | float]:
+        """Return the first arguments of the report scripts.
+
+        complete, fail, retry and splice take the run id from their run key,
+        and dead_letter takes it as its first argument, before these.
+        """
         return [
-            message.run_id,
             message.node_id,
             str(message.attempt),
             str(message.epoch),

@@ -125,6 +125,10 @@ outbox. A large run's graph, node-state and state-count hashes and its roots
 list are written in chunks with a TTL before the run hash exists, so an
 unsealed run is never seen and expires. Worker heartbeats, beat fire times
 and locks belong to no run and live in the first partition.
+
+Scripts build the names too: lua/include/run.lua builds a run's keys and
+its partition's keys from the run hash's name with the suffixes used here,
+so a change of a name here needs the same change there.
 """
 
 from __future__ import annotations

@@ -177,7 +177,7 @@ def group_counts(fields: dict[str, str]) -> dict[int | None, dict[str, int]]:
 def splice_args(
     old: GraphSpec, node_id: NodeId, sub: GraphSpec, version: str
 ) -> list[str | int | float]:
-    """Return the arguments of splice.lua after the message's own, from ARGV[8] on.
+    """Return the arguments of splice.lua after the message's own, from ARGV[7] on.
 
     The new spec comes from the engine's own rewrite, so both drivers splice
     the same way. The node-state counters of older nodes change by the

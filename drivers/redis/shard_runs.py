@@ -167,15 +167,8 @@ class ShardRuns(RedisOperations):
         pairs: list[str | int | float] = []
         for input_node, value in zip(inputs, values, strict=True):
             pairs += [input_node, dumps(None) if value is None else value]
-        partition = self._keys.partition_of(shard)
-        keys = partition.run(shard)
-        script_keys = [
-            *keys.all(),
-            partition.delayed,
-            keys.counts,
-            partition.events,
-            partition.releasing,
-        ]
+        # The script builds the shard's other keys from its run hash's name.
+        script_keys = [self._keys.run(shard).run]
         args: list[str | int | float] = [shard, epoch, *pairs]
         reply = self._scripts.call("activate", script_keys, args, run_id=shard)
         result = check_reply("activate", reply, shard)
@@ -219,10 +212,9 @@ class ShardRuns(RedisOperations):
         if active == "1":
             with self._errors(f"read the epoch of shard {shard}"):
                 seen: Any = self._client.hget(keys.run, "epoch")
-            script_keys = [*keys.all(), partition.delayed, keys.counts]
             reply = self._scripts.call(
                 "reopen",
-                [*script_keys, partition.events],
+                [keys.run],
                 [shard, str(seen), home_epoch],
                 run_id=shard,
             )
@@ -280,9 +272,7 @@ class ShardRuns(RedisOperations):
     def _report_to_home(
         self, home: str, node: NodeId, epoch: str, outcome: str, cause: str, error: str
     ) -> None:
-        partition = self._keys.partition_of(home)
-        keys = partition.run(home)
-        script_keys = [*keys.all(), partition.delayed, keys.counts, partition.events]
+        script_keys = [self._keys.run(home).run]
         args: list[str | int | float] = [home, node, epoch, outcome, cause, error]
         reply = self._scripts.call("report", script_keys, args, run_id=home)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})

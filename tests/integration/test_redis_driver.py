@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis.cluster import RedisCluster
 
 from stem import App, chain, chord
@@ -124,6 +125,71 @@ def test_countdown_waits_in_delayed_set(app: App, client: Any) -> None:
         assert result.get(TIMEOUT_S) == 3
     assert time.monotonic() - started >= 0.25
     assert client.zcard(delayed) == 0
+
+
+def test_scripts_build_keys_from_run_key(redis_target: Any, client: Any) -> None:
+    # The scripts build a run's keys and its id from the run hash's name, so
+    # "run:" in the prefix and "}:" in the run id must not mislead them.
+    app = App(redis_target.url, prefix=f"{_prefix()}run:x:", **redis_target.settings)
+    add = app.task(name="add")(lambda x, y: x + y)
+    run_id = "a}:run:b"
+    try:
+        result = app.submit(chain(add.s(1, 1), add.s(2)), options={"run_id": run_id})
+        assert result.id == run_id
+        with app.worker(concurrency=1):
+            assert result.get(TIMEOUT_S) == 4
+        driver = app.driver
+        assert isinstance(driver, RedisDriver)
+        run_keys = driver._keys.run(run_id)
+        written = [run_keys.run, run_keys.graph, run_keys.nodes, run_keys.values]
+        assert client.exists(*written, run_keys.counts) == 5
+        assert driver.group_counts(run_id) == {None: {"succeeded": 2}}
+        events = client.xrange(driver._keys.partition_of(run_id).events)
+        assert [fields["event"] for _, fields in events] == [
+            "submitted",
+            "started",
+            "succeeded",
+            "started",
+            "succeeded",
+            "ended",
+        ]
+        assert {fields["run"] for _, fields in events} == {run_id}
+    finally:
+        app.close()
+
+
+def _commands_run(client: Any) -> int:
+    """Return the number of commands the server ran, the INFO calls included."""
+    stats: dict[str, Any] = client.info("commandstats")
+    return sum(int(entry["calls"]) for entry in stats.values())
+
+
+def test_one_node_run_script_commands(redis_url: str) -> None:
+    # Every command a script calls costs Redis CPU, so the commands of a
+    # one-node run's scripts are pinned, with events and state counts on.
+    # Each step also runs its EVALSHA and the INFO that reads the stats.
+    driver = RedisDriver(redis_url, prefix=_prefix())
+    observer = redis.Redis.from_url(redis_url)
+    add = App("memory://").task(name="add")(lambda x, y: x + y)
+    spec = compile_canvas(add.s(1, 1))
+    try:
+        before = _commands_run(observer)
+        assert driver.submit("one", spec)
+        submitted = _commands_run(observer) - before - 2
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        before = _commands_run(observer)
+        assert driver.claim(message) is not None
+        claimed = _commands_run(observer) - before - 2
+        before = _commands_run(observer)
+        driver.complete(message, "2")
+        completed = _commands_run(observer) - before - 2
+        assert driver.snapshot("one").status == "succeeded"
+    finally:
+        driver.close()
+        observer.close()
+    assert submitted == 12
+    assert claimed == 8
+    assert completed == 21
 
 
 def test_report_after_run_deleted_writes_nothing(

@@ -5,15 +5,9 @@
   script on the shard's partition. Then it queues the roots with release.lua,
   a slice per call, and only then acknowledges the home outbox entry, so a
   crash in between leaves the entry pending and the next try is harmless.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
-  KEYS[9] sorted set of runs whose roots are being released (partition tag)
+  KEYS[1] run hash                (partition tag); the run's other keys and
+          the partition's delayed set, event stream and set of runs whose
+          roots are being released are built from its name (include/run.lua)
   ARGV[1] shard run id
   ARGV[2] the home run's epoch that the activation is for
   ARGV[3 ..] input placeholder node ids and their values (opaque JSON text),
@@ -26,20 +20,9 @@
   entries: release.lua queues the roots.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
-local releasing_key = KEYS[9]
+--- @include "run"
 local run_id = ARGV[1]
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
+local releasing_key = base .. "releasing"
 
 local run = rcall("HMGET", run_key, "status", "active", "home_epoch", "epoch")
 if not run[1] then

@@ -1,12 +1,8 @@
 --[[ claim: start an attempt, or acknowledge and drop a duplicate or stale message.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] queue stream the message came from (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's event stream are built from its
+          name (include/run.lua)
+  KEYS[2] queue stream the message came from (partition tag)
   ARGV[1] node id
   ARGV[2] attempt number
   ARGV[3] epoch
@@ -14,19 +10,18 @@
   ARGV[5] consumer group name
   ARGV[6] "1" when the message was reclaimed from a consumer that held it past
           the visibility timeout, so a running attempt is taken over; else "0"
-  ARGV[7] run id
-  ARGV[8] spec_version of the run's spec that the caller has parsed already,
+  ARGV[7] spec_version of the run's spec that the caller has parsed already,
           "" when it has none, or "-" when an earlier claim of the same batch
           requests the spec
-  ARGV[9] longest <node>/reads field, in characters, whose values the reply
+  ARGV[8] longest <node>/reads field, in characters, whose values the reply
           carries; a node that reads more (a large chord's callback) gets no
           triples, and the driver reads its inputs in pages
   Time comes from TIME inside the script.
   Returns {1, cause, spec_version, lease, spec, home, state, value, error,
   state, value, error, ...} with one state/value/error triple ("" when missing) per
   node the input reads, in the order of the graph's <node>/reads field, or no
-  triples when the field is longer than ARGV[9]. The
-  spec is the run's graph spec JSON when its version differs from ARGV[8],
+  triples when the field is longer than ARGV[8]. The
+  spec is the run's graph spec JSON when its version differs from ARGV[7],
   else "", so a worker reads each spec once and a one-node run needs no
   second round trip. A large run's spec, which is not in the run hash, is
   always "": the driver reads it with a plain GET. ``home`` is the home
@@ -40,26 +35,17 @@
   Adds a "started" event when it returns {1}.
 ]]
 -- luacheck: globals KEYS ARGV redis
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local stream_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
+--- @include "run"
+local stream_key = KEYS[2]
 local node = ARGV[1]
 local attempt = ARGV[2]
 local epoch = ARGV[3]
 local receipt = ARGV[4]
 local group = ARGV[5]
 local takeover = ARGV[6] == "1"
-local run_id = ARGV[7]
-local known_version = ARGV[8]
-local inline_chars = tonumber(ARGV[9])
-local clock = rcall("TIME")
-local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
+local run_id = key_run_id
+local known_version = ARGV[7]
+local inline_chars = tonumber(ARGV[8])
 
 --- @include "lifecycle"
 
@@ -71,8 +57,16 @@ local function drop(code)
   return {code}
 end
 
-local run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
-  "events_max_len", "home")
+-- A caller that has parsed no spec of the run gets the "spec" field with
+-- the run's other fields, which saves an HGET for a run's first claim.
+local run
+if known_version == "" then
+  run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
+    "events_max_len", "home", "spec")
+else
+  run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
+    "events_max_len", "home")
+end
 if not run[1] then
   return drop(-1)
 end
@@ -103,8 +97,10 @@ end
 emit("started", node, attempt)
 
 local spec = ""
-if known_version ~= "-" and run[2] ~= known_version then
+if known_version == "" then
   -- A large run has no "spec" field until a splice writes one.
+  spec = run[6] or ""
+elseif known_version ~= "-" and run[2] ~= known_version then
   spec = rcall("HGET", run_key, "spec") or ""
 end
 local reply = {1, current[3] or "", run[2], lease, spec, run[5] or ""}

@@ -1,12 +1,7 @@
 --[[ reopen: open the next epoch of a failed or cancelled run (a run retry).
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
+  KEYS[1] run hash                (partition tag); the run's other keys and
+          the partition's delayed set and event stream are built from its
+          name (include/run.lua)
   ARGV[1] run id
   ARGV[2] the epoch the caller read; the run is reopened only from this epoch,
           so a re-sent call changes nothing
@@ -30,23 +25,12 @@
   "reopened" event (then "ended" if the run ends at once).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
+--- @include "run"
 local run_id = ARGV[1]
 local seen_epoch = ARGV[2]
 -- The included transitions stamp queued messages with `epoch`, which becomes
 -- the new epoch before anything is queued.
 local epoch = seen_epoch
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
 
 --- @include "lifecycle"
 --- @include "graph"

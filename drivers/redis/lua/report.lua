@@ -3,14 +3,9 @@
   first node fails and when it ends. A worker drains it and calls this
   script on the home run's partition. It is idempotent: only a shard node
   that is still running in the same epoch changes, once.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
+  KEYS[1] run hash                (partition tag); the run's other keys and
+          the partition's delayed set and event stream are built from its
+          name (include/run.lua)
   ARGV[1] home run id
   ARGV[2] shard node id
   ARGV[3] home epoch the shard was activated in
@@ -27,23 +22,12 @@
   still going, this shard's included. Adds an "ended" event if the run ended.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
+--- @include "run"
 local run_id = ARGV[1]
 local node = ARGV[2]
 local epoch = ARGV[3]
 local outcome = ARGV[4]
 local cause = ARGV[5]
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
 
 --- @include "lifecycle"
 --- @include "graph"

@@ -1,41 +1,35 @@
 --[[ splice: put a compiled canvas in place of a running node, release what it unblocks, ack its message.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] queue stream the message came from (partition tag)
-  KEYS[8] run state-count hash    (partition tag)
-  KEYS[9] lifecycle event stream  (partition tag)
-  ARGV[1] run id
-  ARGV[2] node id of the replaced node
-  ARGV[3] attempt number
-  ARGV[4] epoch
-  ARGV[5] stream entry id to acknowledge, or "" when there is none
-  ARGV[6] consumer group name
-  ARGV[7] lease (fencing token) the claim granted
-  ARGV[8] spec_version the new spec was computed from
-  ARGV[9] new graph spec, JSON text kept opaque
-  ARGV[10] node ids of the new spec in spec order, comma-separated
-  ARGV[11] sink node ids of the new spec, comma-separated
-  ARGV[12] nodes of the new spec whose failure reaches a sink, in node order
-  ARGV[13] number of main-path nodes added
-  ARGV[14] nodes that depended on the replaced node before, comma-separated
-  ARGV[15] errbacks that covered the replaced node before, comma-separated
-  ARGV[16] added node ids in spec order, comma-separated
-  ARGV[17] value recorded for the replaced node, JSON text kept opaque, or ""
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's delayed set and event stream are
+          built from its name (include/run.lua)
+  KEYS[2] queue stream the message came from (partition tag)
+  ARGV[1] node id of the replaced node
+  ARGV[2] attempt number
+  ARGV[3] epoch
+  ARGV[4] stream entry id to acknowledge, or "" when there is none
+  ARGV[5] consumer group name
+  ARGV[6] lease (fencing token) the claim granted
+  ARGV[7] spec_version the new spec was computed from
+  ARGV[8] new graph spec, JSON text kept opaque
+  ARGV[9] node ids of the new spec in spec order, comma-separated
+  ARGV[10] sink node ids of the new spec, comma-separated
+  ARGV[11] nodes of the new spec whose failure reaches a sink, in node order
+  ARGV[12] number of main-path nodes added
+  ARGV[13] nodes that depended on the replaced node before, comma-separated
+  ARGV[14] errbacks that covered the replaced node before, comma-separated
+  ARGV[15] added node ids in spec order, comma-separated
+  ARGV[16] value recorded for the replaced node, JSON text kept opaque, or ""
           to record none (an ignore_result node, which nothing reads now)
-  ARGV[18] g, the number of graph hash field/value pairs that follow
-  ARGV[19] s, the number of node-state field/value pairs after them
-  ARGV[20 .. 19+2g] graph hash fields and values for every node of the new spec
-  ARGV[20+2g .. 19+2g+2s] node-state fields and values of the added nodes
-  ARGV[20+2g+2s ..] triples: node id, change of /waiting, change of /open_covers
+  ARGV[17] g, the number of graph hash field/value pairs that follow
+  ARGV[18] s, the number of node-state field/value pairs after them
+  ARGV[19 .. 18+2g] graph hash fields and values for every node of the new spec
+  ARGV[19+2g .. 18+2g+2s] node-state fields and values of the added nodes
+  ARGV[19+2g+2s ..] triples: node id, change of /waiting, change of /open_covers
           for each older node whose dependencies or covered nodes changed
   Time comes from TIME inside the script.
   Returns {1} when the canvas was spliced in, {0} for a duplicate or late report
   (nothing changed), {-1} for an unknown run, {-2} for a stale attempt, epoch
-  or lease, {-3} when the run's spec changed since ARGV[8] (nothing changed,
+  or lease, {-3} when the run's spec changed since ARGV[7] (nothing changed,
   so recompute and call again). The message is acknowledged and deleted on
   every reply but {-3} and a stale lease, whose message the worker that took
   the lease over now holds.
@@ -44,68 +38,27 @@
   event, and an "ended" event if the run ended.
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local stream_key = KEYS[7]
-local counts_key = KEYS[8]
-local events_key = KEYS[9]
-local run_id = ARGV[1]
-local node = ARGV[2]
-local attempt = ARGV[3]
-local epoch = ARGV[4]
-local receipt = ARGV[5]
-local group = ARGV[6]
-local lease = ARGV[7]
-local expected_version = ARGV[8]
-local spec = ARGV[9]
-local node_list = ARGV[10]
-local sinks = ARGV[11]
-local reaching = ARGV[12]
-local added_main = tonumber(ARGV[13])
-local old_dependents = ARGV[14]
-local old_errbacks = ARGV[15]
-local added = ARGV[16]
-local replaced_value = ARGV[17]
-local graph_pairs = tonumber(ARGV[18])
-local state_pairs = tonumber(ARGV[19])
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
+--- @include "run"
+--- @include "attempt_report"
+local expected_version = ARGV[7]
+local spec = ARGV[8]
+local node_list = ARGV[9]
+local sinks = ARGV[10]
+local reaching = ARGV[11]
+local added_main = tonumber(ARGV[12])
+local old_dependents = ARGV[13]
+local old_errbacks = ARGV[14]
+local added = ARGV[15]
+local replaced_value = ARGV[16]
+local graph_pairs = tonumber(ARGV[17])
+local state_pairs = tonumber(ARGV[18])
 
 --- @include "lifecycle"
 --- @include "graph"
 
-local function ack()
-  if receipt ~= "" then
-    rcall("XACK", stream_key, group, receipt)
-    rcall("XDEL", stream_key, receipt)
-  end
-end
-
--- A late report must not recreate the keys of a run that expired or was deleted.
-local run = rcall("HMGET", run_key, "epoch", "spec_version")
-if not run[1] then
-  ack()
-  return {-1}
-end
-local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
-if run[1] ~= epoch or current[1] ~= attempt then
-  ack()
-  return {-2}
-end
-local state = current[2]
--- A fenced worker must not acknowledge the entry that the new holder runs.
-if state == "running" and current[3] ~= lease then
-  return {-2}
-end
-if state ~= "running" then
-  ack()
-  return {0}
+local run, reply = check_report("spec_version")
+if not run then
+  return reply
 end
 -- The caller rewrote the spec it read. A splice of another node in between
 -- would be lost, so the caller must read the spec again.
@@ -129,10 +82,10 @@ rcall("HSET", run_key, "spec", spec, "nodes", node_list, "sinks", sinks,
   "reaching", reaching)
 rcall("HINCRBY", run_key, "spec_version", 1)
 rcall("HINCRBY", run_key, "open_main", added_main)
-local graph_last = 19 + 2 * graph_pairs
+local graph_last = 18 + 2 * graph_pairs
 local state_last = graph_last + 2 * state_pairs
 if graph_pairs > 0 then
-  hset_range(graph_key, 20, graph_last)
+  hset_range(graph_key, 19, graph_last)
 end
 if state_pairs > 0 then
   hset_range(nodes_key, graph_last + 1, state_last)

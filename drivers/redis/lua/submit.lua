@@ -1,13 +1,10 @@
 --[[ submit: store a whole run and queue its roots, or do nothing if it exists.
-  KEYS[1] run hash                (partition tag)
-  KEYS[2] run graph hash          (partition tag)
-  KEYS[3] run node-state hash     (partition tag)
-  KEYS[4] run values hash         (partition tag)
-  KEYS[5] run errors hash         (partition tag)
-  KEYS[6] delayed sorted set      (partition tag)
-  KEYS[7] run state-count hash    (partition tag)
-  KEYS[8] lifecycle event stream  (partition tag)
-  ARGV[1] run id
+  KEYS[1] run hash                (partition tag); the run id, the run's
+          other keys and the partition's delayed set, event stream and runs
+          index are built from its name (include/run.lua)
+  ARGV[1] the run's roots, comma-separated in node order: errbacks that
+          cover nothing, which start skipped, and the other nodes without
+          dependencies, which start queued (driver.py, _queued_at_start)
   ARGV[2] epoch
   ARGV[3] graph spec, JSON text kept opaque
   ARGV[4] node ids in spec order, comma-separated
@@ -30,16 +27,9 @@
   "ended" if the run has no main-path node).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
-local rcall = redis.call
-local run_key = KEYS[1]
-local graph_key = KEYS[2]
-local nodes_key = KEYS[3]
-local values_key = KEYS[4]
-local errors_key = KEYS[5]
-local delayed_key = KEYS[6]
-local counts_key = KEYS[7]
-local events_key = KEYS[8]
-local run_id = ARGV[1]
+--- @include "run"
+local run_id = key_run_id
+local roots = ARGV[1]
 local epoch = ARGV[2]
 local spec = ARGV[3]
 local node_list = ARGV[4]
@@ -47,9 +37,6 @@ local sinks = ARGV[5]
 local reaching = ARGV[6]
 local open_main = ARGV[7]
 local graph_pairs = tonumber(ARGV[8])
-local clock = rcall("TIME")
-local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
 
 --- @include "lifecycle"
 --- @include "graph"
@@ -84,25 +71,41 @@ rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)
 end
-if count_pairs > 0 then
-  hset_range(counts_key, graph_last + 4, counts_last)
-end
 if #ARGV > counts_last then
   hset_range(nodes_key, counts_last + 1, #ARGV)
 end
 emit("submitted")
+open_main_left = tonumber(open_main)
 
--- The same pass as the Python `start`: errbacks that cover nothing are
--- skipped, and nodes without dependencies are queued.
-for _, node in ipairs(split(node_list)) do
-  local info = rcall("HMGET", graph_key, node .. "/role", node .. "/ncovers",
-    node .. "/ndeps")
-  local role = info[1]
-  if role == "errback" and (tonumber(info[2]) or 0) == 0 then
+-- The same pass as the Python `start` over the roots that the caller
+-- found. Its state-count changes are added to the initial counts, which
+-- one HSET then writes.
+count_deltas = {}
+for _, node in ipairs(split(roots)) do
+  if info_of(node).role == "errback" then
     end_node(node, "skipped")
-  elseif (tonumber(info[3]) or 0) == 0 and role ~= "errback" then
-    enqueue(node)
+  else
+    -- A new node has no attempt yet.
+    enqueue(node, 0)
   end
 end
-maybe_finish()
+local counts = {}
+for index = graph_last + 4, counts_last, 2 do
+  counts[ARGV[index]] = tonumber(ARGV[index + 1])
+end
+for field, delta in pairs(count_deltas) do
+  counts[field] = (counts[field] or 0) + delta
+end
+count_deltas = nil
+local count_fields = {}
+for field, count in pairs(counts) do
+  count_fields[#count_fields + 1] = field
+  count_fields[#count_fields + 1] = count
+end
+for first = 1, #count_fields, SLICE do
+  rcall("HSET", counts_key, unpack(count_fields, first,
+    math.min(first + SLICE - 1, #count_fields)))
+end
+-- The counts hash exists before maybe_finish, which may set its TTL.
+maybe_finish("running")
 return {1}

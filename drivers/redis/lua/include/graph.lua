@@ -2,7 +2,7 @@
   Included by scripts.py in place of a `--- @include "graph"` line. It mirrors
   the Python state machine (`start`, `_end`, `_settle`, `_react`,
   `_react_errback`, `_release`, `_maybe_finish`) and expects these locals in
-  the including script:
+  the including script (include/run.lua defines them all):
     rcall        redis.call
     run_key      run hash
     graph_key    run graph hash
@@ -19,6 +19,15 @@
   that is cancelled adds a "cancel" entry for its shard run, with the epoch. A shard run
   (its run hash has "home") adds a "report" entry when its first node fails
   and when it ends.
+  To save commands, a script call keeps the graph fields it read of each
+  node (`info_of`), the node states that these functions wrote
+  (`written_states`), and the run's "open_main" count after their last
+  change to it (`open_main_left`). So a script must write the graph hash
+  before it calls any of these functions, and once it has called one, it
+  must set node states only through them or update `written_states` too.
+  `maybe_finish` uses `open_main_left` only when the caller passes the
+  run's status, so a script that writes "open_main" itself passes none or
+  sets `open_main_left` (submit).
 ]]
 
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
@@ -43,7 +52,45 @@ local function attr(node, name)
   return rcall("HGET", graph_key, node .. "/" .. name)
 end
 
+-- The graph fields that a node's transitions read, fetched with one HMGET.
+local INFO_FIELDS = {"side", "group", "drops", "task", "ignore", "dependents",
+  "errbacks", "settled", "triggers", "join", "role", "countdown", "eta", "queue"}
+local infos = {}
+
+-- Return a table of the node's INFO_FIELDS, each false when missing.
+local function info_of(node)
+  local info = infos[node]
+  if not info then
+    local fields = {}
+    for index, name in ipairs(INFO_FIELDS) do
+      fields[index] = node .. "/" .. name
+    end
+    local found = rcall("HMGET", graph_key, unpack(fields))
+    info = {}
+    for index, name in ipairs(INFO_FIELDS) do
+      info[name] = found[index]
+    end
+    infos[node] = info
+  end
+  return info
+end
+
+-- Node states that this script call wrote, by node id.
+local written_states = {}
+-- The run's "open_main" field after this call's last change of it, or nil.
+local open_main_left = nil
+-- When true, `set_terminal` lowers `open_main_left` in Lua only and
+-- `maybe_finish` writes it, with the run's status when the run ends. A
+-- script that sets it has read "open_main" into `open_main_left` and
+-- calls `maybe_finish` with the run's status before it returns.
+local defer_open_main = false
+local open_main_changed = false
+
 local function state_of(node)
+  local state = written_states[node]
+  if state then
+    return state
+  end
   return rcall("HGET", nodes_key, node)
 end
 
@@ -90,46 +137,65 @@ local function report_failure(node)
 end
 
 -- Queue a pending node: every caller releases a node from "pending".
-local function enqueue(node)
-  local attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
-  local info = rcall("HMGET", graph_key, node .. "/countdown", node .. "/eta",
-    node .. "/queue", node .. "/task", node .. "/group")
-  if info[4] == SHARD_TASK then
+-- `last_attempt` is the node's /attempt field when the caller knows it
+-- (submit: 0 for every node), or nil to raise it with HINCRBY.
+local function enqueue(node, last_attempt)
+  local attempt
+  -- The /attempt field and its value when the state's HSET writes it.
+  local attempt_pair = {}
+  if last_attempt then
+    attempt = last_attempt + 1
+    attempt_pair = {node .. "/attempt", attempt}
+  else
+    attempt = rcall("HINCRBY", nodes_key, node .. "/attempt", 1)
+  end
+  local info = info_of(node)
+  if info.task == SHARD_TASK then
     -- The shard's members run in their own run, maybe in another partition,
     -- so a worker activates it from the outbox (driver.py, _activate).
     rcall("HSET", nodes_key, node, "running", node .. "/queued_at", now_text,
-      node .. "/started_at", now_text)
-    count_move(node, "pending", "running", info[5])
+      node .. "/started_at", now_text, unpack(attempt_pair))
+    written_states[node] = "running"
+    count_move(node, "pending", "running", info.group)
     rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
       "node", node, "epoch", epoch)
     rcall("ZADD", base .. "sharded", now_text, run_id)
     return
   end
-  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text)
-  count_move(node, "pending", "queued", info[5])
-  local delay = tonumber(info[1]) or 0
-  local eta = tonumber(info[2])
+  rcall("HSET", nodes_key, node, "queued", node .. "/queued_at", now_text,
+    unpack(attempt_pair))
+  written_states[node] = "queued"
+  count_move(node, "pending", "queued", info.group)
+  local delay = tonumber(info.countdown) or 0
+  local eta = tonumber(info.eta)
   if eta and eta - now > delay then
     delay = eta - now
   end
-  send(node, attempt, delay, info[3], info[4])
+  send(node, attempt, delay, info.queue, info.task)
 end
 
-local function set_terminal(node, state)
-  local current = state_of(node)
+-- End a node. `current` is its state when the caller read it already, or
+-- nil to read it here.
+local function set_terminal(node, state, current)
+  current = current or state_of(node)
   if TERMINAL[current] then
     error("STEM_INTERNAL run " .. run_id .. ": node " .. node .. " is already "
       .. current .. " and cannot become " .. state .. ". This is a bug in Stem.")
   end
   rcall("HSET", nodes_key, node, state, node .. "/ended_at", now_text)
-  local info = rcall("HMGET", graph_key, node .. "/side", node .. "/group",
-    node .. "/drops", node .. "/task")
-  count_move(node, current, state, info[2])
-  if info[1] ~= "1" then
-    rcall("HINCRBY", run_key, "open_main", -1)
+  written_states[node] = state
+  local info = info_of(node)
+  count_move(node, current, state, info.group)
+  if info.side ~= "1" then
+    if defer_open_main then
+      open_main_left = open_main_left - 1
+      open_main_changed = true
+    else
+      open_main_left = rcall("HINCRBY", run_key, "open_main", -1)
+    end
   end
-  release_reads(node, info[3])
-  if state == "cancelled" and info[4] == SHARD_TASK then
+  release_reads(node, info.drops)
+  if state == "cancelled" and info.task == SHARD_TASK then
     -- Also a shard never activated: cancelling it starts its retention.
     rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
       "node", node, "epoch", epoch)
@@ -139,23 +205,22 @@ local function set_terminal(node, state)
 end
 
 local function listed(node, name, dep)
-  local items = "," .. (attr(node, name) or "") .. ","
+  local items = "," .. (info_of(node)[name] or "") .. ","
   return string.find(items, "," .. dep .. ",", 1, true) ~= nil
 end
 
 local function accepted(node, dep)
-  local info = rcall("HMGET", graph_key, node .. "/settled", node .. "/triggers",
-    node .. "/join", node .. "/role")
-  local settled = "," .. (info[1] or "") .. ","
+  local info = info_of(node)
+  local settled = "," .. (info.settled or "") .. ","
   if string.find(settled, "," .. dep .. ",", 1, true) then
     return SETTLED
   end
-  local triggers = "," .. (info[2] or "") .. ","
+  local triggers = "," .. (info.triggers or "") .. ","
   if string.find(triggers, "," .. dep .. ",", 1, true) then
     -- A link runs only after its canvas succeeded.
     return SUCCEEDED
   end
-  if info[3] == "all_settled" and info[4] ~= "link" then
+  if info.join == "all_settled" and info.role ~= "link" then
     return SETTLED
   end
   return SUCCEEDED
@@ -167,7 +232,7 @@ local function cause_of(node)
     return node
   end
   -- A failed shard node names the failed member of its shard as its cause.
-  if state_of(node) == "failed" and attr(node, "task") ~= SHARD_TASK then
+  if state_of(node) == "failed" and info_of(node).task ~= SHARD_TASK then
     return node
   end
   return cause
@@ -186,7 +251,7 @@ local function react(dep, outcome, node, work)
     end
     return
   end
-  if outcome == "skipped" or attr(node, "role") == "link"
+  if outcome == "skipped" or info_of(node).role == "link"
       or listed(node, "triggers", dep) then
     set_terminal(node, "skipped")
   else
@@ -219,33 +284,52 @@ local function settle(work)
   while #work > 0 do
     local current = table.remove(work)
     local outcome = state_of(current)
-    local edges = rcall("HMGET", graph_key, current .. "/dependents",
-      current .. "/errbacks")
-    for _, dependent in ipairs(split(edges[1])) do
+    local info = info_of(current)
+    for _, dependent in ipairs(split(info.dependents)) do
       react(current, outcome, dependent, work)
     end
-    for _, errback in ipairs(split(edges[2])) do
+    for _, errback in ipairs(split(info.errbacks)) do
       react_errback(current, outcome, errback, work)
     end
   end
 end
 
 -- Move a node to a terminal state and settle everything it decides.
-local function end_node(node, state)
-  set_terminal(node, state)
+-- `current` is the node's state when the caller read it already, or nil.
+local function end_node(node, state, current)
+  set_terminal(node, state, current)
   settle({node})
 end
 
-local function maybe_finish()
+-- End the run when no main-path node is open. `status` is the run's status
+-- when the caller read it in this call, or nil to read it here.
+local function maybe_finish(status)
   -- The node lists are read only once the run ends: a chord's "reaching" list
   -- names every header member, and copying it on each completion would make
   -- a chord's run quadratic in its size.
-  local run = rcall("HMGET", run_key, "status", "open_main")
-  if run[1] ~= "running" then
-    keep_expiry()
-    return
+  local open_main = open_main_left
+  -- Run hash fields to write with the status, or at once if the run goes on.
+  local changed = {}
+  if open_main_changed then
+    changed = {"open_main", open_main_left}
+    open_main_changed = false
   end
-  if tonumber(run[2]) > 0 then
+  if not status then
+    local run = rcall("HMGET", run_key, "status", "open_main")
+    status = run[1]
+    if #changed == 0 then
+      open_main = run[2]
+    end
+  elseif not open_main then
+    open_main = rcall("HGET", run_key, "open_main")
+  end
+  if status ~= "running" or tonumber(open_main) > 0 then
+    if #changed > 0 then
+      rcall("HSET", run_key, unpack(changed))
+    end
+    if status ~= "running" then
+      keep_expiry()
+    end
     return
   end
   local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported")
@@ -258,23 +342,25 @@ local function maybe_finish()
     end
   end
   if succeeded then
-    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text)
+    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
+      unpack(changed))
     run_ended("succeeded")
     if lists[3] then
       report_shard("succeeded")
     end
     return
   end
-  rcall("HSET", run_key, "status", "failed", "ended_at", now_text)
   -- `reaching` is sorted by node order, so the first failed node is the lowest.
   local error_node = nil
   for _, node in ipairs(split(lists[2])) do
     if state_of(node) == "failed" then
       error_node = node
-      rcall("HSET", run_key, "error_node", node)
+      changed[#changed + 1] = "error_node"
+      changed[#changed + 1] = node
       break
     end
   end
+  rcall("HSET", run_key, "status", "failed", "ended_at", now_text, unpack(changed))
   run_ended("failed")
   if lists[3] and not lists[4] then
     report_shard("failed", error_node)

@@ -42,6 +42,19 @@ local function settings()
   return run_settings
 end
 
+-- State-count changes kept back in this script call, by field, or nil to
+-- write each change at once. submit sets it to a table, because it writes
+-- the whole state-count hash after its start pass.
+local count_deltas = nil
+
+local function count_add(field, delta)
+  if count_deltas then
+    count_deltas[field] = (count_deltas[field] or 0) + delta
+  else
+    rcall("HINCRBY", counts_key, field, delta)
+  end
+end
+
 -- Move one node from state `from` (nil for a new node) to state `to` in the
 -- counts of its innermost group. `group` is the node's /group field when the
 -- caller read it already (false when missing), or nil to read it here.
@@ -53,9 +66,9 @@ local function count_move(node, from, to, group)
     group = "-"
   end
   if from then
-    rcall("HINCRBY", counts_key, group .. "/" .. from, -1)
+    count_add(group .. "/" .. from, -1)
   end
-  rcall("HINCRBY", counts_key, group .. "/" .. to, 1)
+  count_add(group .. "/" .. to, 1)
 end
 
 -- Append one event to the partition's stream, trimmed to about the run's cap.
@@ -153,8 +166,13 @@ local function keep_expiry()
 end
 
 -- Store a node's value, unless it is an ignore_result node with no open reader.
-local function store_value(node, value)
-  if rcall("HGET", graph_key, node .. "/ignore") == "1" then
+-- `ignore` is the node's /ignore field when the caller read it already
+-- (false when missing), or nil to read it here.
+local function store_value(node, value, ignore)
+  if ignore == nil then
+    ignore = rcall("HGET", graph_key, node .. "/ignore")
+  end
+  if ignore == "1" then
     local open = tonumber(rcall("HGET", nodes_key, node .. "/open_readers")) or 0
     if open <= 0 then
       return
