@@ -11,15 +11,13 @@ does the same for the calls of a pipeline that failed with NOSCRIPT, which
 redis-py's Cluster pipeline does not do.
 
 On a single node each thread keeps one connection of the client's pool
-for its script calls and sends them on it directly (`_ThreadConnections`).
+for its script calls and sends them on it directly
+(`stem.drivers.redis.connection.ThreadConnections`).
 """
 
 from __future__ import annotations
 
-import contextlib
-import os
 import re
-import threading
 from enum import IntEnum
 from importlib import resources
 from typing import Any
@@ -29,6 +27,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from stem.canvas.errors import StemInternalError
+from stem.drivers.redis.connection import ThreadConnections
 from stem.engine.errors import DriverError, RunNotFound
 
 SCRIPT_NAMES = (
@@ -124,9 +123,9 @@ class Scripts:
         self._scripts: dict[str, Script] = {
             name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
         }
-        self._connections: _ThreadConnections | None = None
+        self.connections: ThreadConnections | None = None
         if isinstance(client, redis.Redis):
-            self._connections = _ThreadConnections(client.connection_pool)
+            self.connections = ThreadConnections(client.connection_pool)
 
     def preload(self) -> None:
         """Load each script that the node, or any primary, does not have cached.
@@ -177,7 +176,7 @@ class Scripts:
     def _pipeline(
         self, calls: list[tuple[str, list[str], list[str | int | float]]]
     ) -> list[Any]:
-        if self._connections is not None:
+        if self.connections is not None:
             commands = [
                 (
                     "EVALSHA",
@@ -188,12 +187,11 @@ class Scripts:
                 for name, keys, args in calls
             ]
             try:
-                return self._connections.send(commands)
+                return self.connections.send(commands)
             except (redis.ConnectionError, redis.TimeoutError):
                 # Some calls may have run. redis-py's own retry sends a whole
-                # pipeline again too, and the run scripts reply DUPLICATE or
-                # STALE to a repeated call, so the pipeline is sent again
-                # through redis-py, which reconnects and follows its retry policy.
+                # pipeline again too, so sending it again through redis-py,
+                # which reconnects and follows its retry policy, keeps that.
                 pass
         try:
             pipe = self._client.pipeline(transaction=False)
@@ -235,11 +233,9 @@ class Scripts:
 
     def _evalsha(self, sha: str, key_count: int, encoded: list[bytes]) -> Any:
         """Send one EVALSHA; on a single node, on this thread's connection."""
-        if self._connections is not None:
+        if self.connections is not None:
             try:
-                [reply] = self._connections.send(
-                    [("EVALSHA", sha, key_count, *encoded)]
-                )
+                [reply] = self.connections.send([("EVALSHA", sha, key_count, *encoded)])
             except (redis.ConnectionError, redis.TimeoutError):
                 # Sent again through redis-py, as in `_pipeline`.
                 return self._client.evalsha(sha, key_count, *encoded)
@@ -247,83 +243,6 @@ class Scripts:
                 raise reply
             return reply
         return self._client.evalsha(sha, key_count, *encoded)
-
-
-class _ThreadConnections:
-    """One connection of a pool per thread, held between commands.
-
-    redis-py checks a connection out of its pool and back in for every
-    command and pipeline, and wraps each in its retry and observability
-    layers: about 35 us of client CPU per EVALSHA, against about 20 us when
-    the commands go straight to a held connection (redis-py 8.2, hiredis
-    3.5, CPython 3.11, measured with a loaded 2-core machine). A thread's
-    connection goes back to the pool when the thread ends.
-
-    Only the commands' own replies are parsed, with no response callbacks,
-    which suits EVALSHA: redis-py has none for it.
-    """
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self._pool = pool
-        self._local = threading.local()
-
-    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
-        """Send commands in one write and return their replies in order.
-
-        An error reply takes its command's place as a `redis.ResponseError`.
-
-        Raises:
-            redis.ConnectionError: if the connection failed; it is closed,
-                and the next call opens it again. Some of the commands may
-                have run.
-            redis.TimeoutError: if a reply did not come within the socket
-                timeout, as for ConnectionError.
-        """
-        held: _HeldConnection | None = getattr(self._local, "held", None)
-        if held is None or held.pid != os.getpid():
-            # A forked child must not share its parent's socket.
-            held = _HeldConnection(self._pool)
-            self._local.held = held
-        connection = held.connection
-        try:
-            if len(commands) == 1:
-                connection.send_packed_command(connection.pack_command(*commands[0]))
-            else:
-                connection.send_packed_command(connection.pack_commands(commands))
-            replies: list[Any] = []
-            for _ in commands:
-                try:
-                    replies.append(connection.read_response())
-                except redis.ResponseError as err:
-                    replies.append(err)
-        except BaseException:
-            # Replies may be left unread (an interrupt between reads), and
-            # they would be taken for the next command's.
-            connection.disconnect()
-            raise
-        if held.should_reconnect is not None and held.should_reconnect():
-            # A maintenance notification asked for a new connection (redis-py
-            # 8.2 has these), so the next call connects again, as at check-in.
-            connection.disconnect()
-        return replies
-
-
-class _HeldConnection:
-    """A connection checked out of a pool by one thread, returned when freed."""
-
-    def __init__(self, pool: redis.ConnectionPool) -> None:
-        self.pool = pool
-        self.pid = os.getpid()
-        self.connection: Any = pool.get_connection()
-        self.should_reconnect: Any = getattr(self.connection, "should_reconnect", None)
-
-    def __del__(self) -> None:
-        # Runs when the thread that kept it ends. The pool of a forked child
-        # does not own the parent's connection.
-        # At interpreter exit the pool's modules may be gone already.
-        if self.pid == os.getpid():
-            with contextlib.suppress(Exception):
-                self.pool.release(self.connection)
 
 
 def _encoded(items: list[str | int | float]) -> list[bytes]:

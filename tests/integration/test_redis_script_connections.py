@@ -17,6 +17,8 @@ from typing import Any
 import pytest
 import redis
 
+from stem import App
+from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
 from stem.engine.errors import DriverError
 
@@ -181,3 +183,35 @@ def test_concurrent_threads_get_own_replies(
     assert sorted(moved) == list(range(6))
     for index, counts in moved.items():
         assert counts == [index + 1] * 30, index
+
+
+def test_fetch_reuses_thread_connection(redis_url: str) -> None:
+    driver, _ = _named_driver(redis_url)
+    pool = driver._client.connection_pool
+    add = App("memory://").task(name="add")(lambda x, y: x + y)
+    spec = compile_canvas(add.s(1, 1))
+    checkouts: list[object] = []
+    get_connection = pool.get_connection
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        checkouts.append(args)
+        return get_connection(*args, **kwargs)
+
+    try:
+        # The first fetch creates the consumer groups and sweeps for stalled
+        # messages through redis-py; later ones only read and promote.
+        assert driver.fetch(["default"], 10, 0.0) == []
+        driver.submit("run-1", spec)
+        driver.submit("run-2", spec)
+        pool.get_connection = counted  # type: ignore[method-assign]
+        messages = driver.fetch(["default"], 10, 1.0)
+        empty = driver.fetch(["default"], 10, 0.01)
+    finally:
+        pool.get_connection = get_connection  # type: ignore[method-assign]
+        driver.close()
+
+    assert sorted(message.run_id for message in messages) == ["run-1", "run-2"]
+    assert all(message.headers == {"task": "add"} for message in messages)
+    assert all(message.attempt == 1 for message in messages)
+    assert empty == []
+    assert checkouts == []
