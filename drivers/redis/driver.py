@@ -734,7 +734,7 @@ class RedisDriver(ShardRuns):
         leased = dataclasses.replace(message, lease=int(lease), reclaimed=False)
         if message.reclaimed and leased.lease > 1:
             log.warning("Took over %s with lease %d.", _ids(message), leased.lease)
-        else:
+        elif log.isEnabledFor(logging.DEBUG):
             log.debug("Claimed %s.", _ids(message))
         return Claim(
             leased, node.task, task_id(owner, node.id), args_out, kwargs, node.options
@@ -1837,6 +1837,12 @@ def _undecodable_field(fields: dict[str, Any]) -> str | None:
     The client decodes such bytes to lone surrogates, which no script call
     could send, so the entry can only be dead-lettered.
     """
+    try:
+        # Most entries are ASCII, which two joins check in C.
+        if "".join(fields).isascii() and "".join(fields.values()).isascii():
+            return None
+    except TypeError:
+        pass  # A value that is not text: checked one by one below.
     for name, value in fields.items():
         for text in (name, value):
             if isinstance(text, str) and not text.isascii():
