@@ -696,6 +696,9 @@ class RedisDriver(ShardRuns):
         triples = reply[6:]
         spec = self._cached_spec(message.run_id, version, text)
         node = spec.node(message.node_id)
+        if node.input.kind == "none":
+            # No upstream value to build, as for a run's first node.
+            return self._claim_result(message, node, lease, owner)
         reads = list(template_nodes(node.input))
         if reads and all(spec.node(read).task == SHARD_TASK for read in reads):
             # A callback that joins shards: its input is built from them.
