@@ -5,11 +5,17 @@
 `redis.cluster.RedisCluster`, which finds the other nodes from the one named.
 The query option ``partitions`` belongs to the driver and is removed before
 redis-py reads the URL; every other option goes to redis-py.
+
+`ThreadConnections` keeps one connection of a single-node client's pool per
+thread, for the driver's hot commands (script calls and XREADGROUP).
 """
 
 from __future__ import annotations
 
 import codecs
+import contextlib
+import os
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -146,6 +152,83 @@ def _packing_scripts(base: type[Any]) -> type[Any]:
         (base,),
         {"_construct_command_packer": _construct_command_packer},
     )
+
+
+class ThreadConnections:
+    """One connection of a pool per thread, held between commands.
+
+    redis-py checks a connection out of its pool and back in for every
+    command and pipeline, and wraps each in its retry and observability
+    layers. An EVALSHA of a script that returns 1 took 59 us of process CPU
+    through ``Redis.evalsha`` and 23 us sent straight to a held connection
+    (redis-py 8.2, hiredis 3.5, CPython 3.11, a loaded 2-core machine). A
+    thread's connection goes back to the pool when the thread ends.
+
+    Replies come back as the parser reads them, without redis-py's response
+    callbacks, so a caller parses them itself. EVALSHA has no callback.
+    """
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self._pool = pool
+        self._local = threading.local()
+
+    def send(self, commands: list[tuple[Any, ...]]) -> list[Any]:
+        """Send commands in one write and return their replies in order.
+
+        An error reply takes its command's place as a `redis.ResponseError`.
+
+        Raises:
+            redis.ConnectionError: if the connection failed; it is closed,
+                and the next call opens it again. Some of the commands may
+                have run.
+            redis.TimeoutError: if a reply did not come within the socket
+                timeout, as for ConnectionError.
+        """
+        held: _HeldConnection | None = getattr(self._local, "held", None)
+        if held is None or held.pid != os.getpid():
+            # A forked child must not share its parent's socket.
+            held = _HeldConnection(self._pool)
+            self._local.held = held
+        connection = held.connection
+        try:
+            if len(commands) == 1:
+                connection.send_packed_command(connection.pack_command(*commands[0]))
+            else:
+                connection.send_packed_command(connection.pack_commands(commands))
+            replies: list[Any] = []
+            for _ in commands:
+                try:
+                    replies.append(connection.read_response())
+                except redis.ResponseError as err:
+                    replies.append(err)
+        except BaseException:
+            # Replies may be left unread (an interrupt between reads), and
+            # they would be taken for the next command's.
+            connection.disconnect()
+            raise
+        if held.should_reconnect is not None and held.should_reconnect():
+            # A maintenance notification asked for a new connection (redis-py
+            # 8.2 has these), so the next call connects again, as at check-in.
+            connection.disconnect()
+        return replies
+
+
+class _HeldConnection:
+    """A connection checked out of a pool by one thread, returned when freed."""
+
+    def __init__(self, pool: redis.ConnectionPool) -> None:
+        self.pool = pool
+        self.pid = os.getpid()
+        self.connection: Any = pool.get_connection()
+        self.should_reconnect: Any = getattr(self.connection, "should_reconnect", None)
+
+    def __del__(self) -> None:
+        # Runs when the thread that kept it ends. The pool of a forked child
+        # does not own the parent's connection.
+        # At interpreter exit the pool's modules may be gone already.
+        if self.pid == os.getpid():
+            with contextlib.suppress(Exception):
+                self.pool.release(self.connection)
 
 
 def _parse_count(text: str) -> int:

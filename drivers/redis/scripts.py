@@ -9,6 +9,10 @@ again, so a flushed script cache costs one round trip per script. In a
 Cluster redis-py sends ``SCRIPT LOAD`` to every primary. `Scripts.call_many`
 does the same for the calls of a pipeline that failed with NOSCRIPT, which
 redis-py's Cluster pipeline does not do.
+
+On a single node each thread keeps one connection of the client's pool
+for its script calls and sends them on it directly
+(`stem.drivers.redis.connection.ThreadConnections`).
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from redis.cluster import RedisCluster
 from redis.commands.core import Script
 
 from stem.canvas.errors import StemInternalError
+from stem.drivers.redis.connection import ThreadConnections
 from stem.engine.errors import DriverError, RunNotFound
 
 SCRIPT_NAMES = (
@@ -118,6 +123,9 @@ class Scripts:
         self._scripts: dict[str, Script] = {
             name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
         }
+        self.connections: ThreadConnections | None = None
+        if isinstance(client, redis.Redis):
+            self.connections = ThreadConnections(client.connection_pool)
 
     def preload(self) -> None:
         """Load each script that the node, or any primary, does not have cached.
@@ -168,6 +176,23 @@ class Scripts:
     def _pipeline(
         self, calls: list[tuple[str, list[str], list[str | int | float]]]
     ) -> list[Any]:
+        if self.connections is not None:
+            commands = [
+                (
+                    "EVALSHA",
+                    self._scripts[name].sha,
+                    len(keys),
+                    *_encoded([*keys, *args]),
+                )
+                for name, keys, args in calls
+            ]
+            try:
+                return self.connections.send(commands)
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Some calls may have run. redis-py's own retry sends a whole
+                # pipeline again too, so sending it again through redis-py,
+                # which reconnects and follows its retry policy, keeps that.
+                pass
         try:
             pipe = self._client.pipeline(transaction=False)
             for name, keys, args in calls:
@@ -198,13 +223,26 @@ class Scripts:
         try:
             script = self._scripts[name]
             try:
-                return self._client.evalsha(script.sha, len(keys), *encoded)
+                return self._evalsha(script.sha, len(keys), encoded)
             except redis.exceptions.NoScriptError:
                 # SCRIPT FLUSH or a restart emptied the cache; the call did not run.
                 self._client.script_load(script.script)
                 return self._client.evalsha(script.sha, len(keys), *encoded)
         except redis.RedisError as err:
             raise script_error(name, err, run_id, node_id) from err
+
+    def _evalsha(self, sha: str, key_count: int, encoded: list[bytes]) -> Any:
+        """Send one EVALSHA; on a single node, on this thread's connection."""
+        if self.connections is not None:
+            try:
+                [reply] = self.connections.send([("EVALSHA", sha, key_count, *encoded)])
+            except (redis.ConnectionError, redis.TimeoutError):
+                # Sent again through redis-py, as in `_pipeline`.
+                return self._client.evalsha(sha, key_count, *encoded)
+            if isinstance(reply, redis.ResponseError):
+                raise reply
+            return reply
+        return self._client.evalsha(sha, key_count, *encoded)
 
 
 def _encoded(items: list[str | int | float]) -> list[bytes]:

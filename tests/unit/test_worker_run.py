@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import threading
+from typing import Any
 
 import pytest
 
+import stem.engine.worker as worker_module
 from stem import App
 from stem.engine.ports import Message
 
@@ -126,4 +128,63 @@ def test_interrupted_report_frees_reporting(monkeypatch: pytest.MonkeyPatch) -> 
 
     assert sent == [[], ["1"]]
     assert not worker._reporting
+    app.close()
+
+
+def _hold_slots(worker: Any, count: int) -> None:
+    for _ in range(count):
+        assert worker._slots.acquire(blocking=False)
+
+
+def test_take_slots_takes_all_free() -> None:
+    app = App()
+    worker = app.worker(concurrency=4)
+
+    assert worker._take_slots() == 8
+    assert not worker._slots.acquire(blocking=False)
+    app.close()
+
+
+def test_take_slots_waits_for_half_concurrency() -> None:
+    app = App()
+    worker = app.worker(concurrency=4)
+    # Seven claimed tasks hold their slots, so at least three are buffered.
+    _hold_slots(worker, 7)
+    releaser = threading.Timer(0.05, worker._slots.release)
+    releaser.start()
+
+    free = worker._take_slots()
+    releaser.join()
+
+    assert free == 2
+    assert not worker._slots.acquire(blocking=False)
+    app.close()
+
+
+def test_take_slots_fetches_after_timeout(monkeypatch: pytest.MonkeyPatch) -> None:
+    app = App()
+    worker = app.worker(concurrency=4)
+    monkeypatch.setattr(worker_module, "FETCH_TIMEOUT_S", 0.05)
+    _hold_slots(worker, 7)
+
+    assert worker._take_slots() == 1
+    app.close()
+
+
+def test_take_slots_returns_when_stopping() -> None:
+    app = App()
+    worker = app.worker(concurrency=4)
+    _hold_slots(worker, 7)
+    worker._stop.set()
+
+    assert worker._take_slots() == 1
+    app.close()
+
+
+def test_take_slots_single_thread_takes_one() -> None:
+    app = App()
+    worker = app.worker(concurrency=1)
+    _hold_slots(worker, 1)
+
+    assert worker._take_slots() == 1
     app.close()
