@@ -9,7 +9,7 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -33,6 +33,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Entries of an app's filled-options cache; it is emptied when full.
+_FILLED_DEFAULTS_MAX = 1024
 
 
 def new_run_id() -> str:
@@ -201,6 +203,8 @@ class App:
         self.beat_entries: dict[str, Entry] = {}
         self._driver: Driver | None = None
         self._driver_lock = threading.Lock()
+        #: Filled options of calls that set no option, by task and defaults.
+        self._filled_defaults: dict[tuple[str, Hashable], NodeOptions] = {}
         self._register_builtins()
         for entry_name, fields in (beat_schedule or {}).items():
             self._add_entry(entry_from_mapping(entry_name, fields))
@@ -342,6 +346,23 @@ class App:
         defaults = {"queue": self.default_queue}
         if task is not None:
             defaults.update(task.options)
+        defaults_key = _options_key(defaults)
+        if not options.model_fields_set and defaults_key is not None:
+            # Most calls set no option of their own, so the filled options
+            # of a task are computed once while its defaults stay the same.
+            key = (task_name, defaults_key)
+            filled = self._filled_defaults.get(key)
+            if filled is None:
+                filled = self._fill_unset(task_name, options, defaults)
+                if len(self._filled_defaults) >= _FILLED_DEFAULTS_MAX:
+                    self._filled_defaults.clear()
+                self._filled_defaults[key] = filled
+            return filled
+        return self._fill_unset(task_name, options, defaults)
+
+    def _fill_unset(
+        self, task_name: str, options: NodeOptions, defaults: Mapping[str, Any]
+    ) -> NodeOptions:
         unset = {
             key: value
             for key, value in defaults.items()
@@ -488,6 +509,19 @@ def _check_run_id(run_id: Any) -> str:
             "characters only."
         )
     return run_id
+
+
+def _options_key(options: Mapping[str, Any]) -> Hashable | None:
+    """Return a hashable key of option values that tells True, 1 and 1.0 apart.
+
+    Returns None when a value cannot be hashed.
+    """
+    key = tuple((name, type(value), value) for name, value in options.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def task_name_of(function: Callable[..., Any]) -> str:
