@@ -25,7 +25,6 @@ from stem_tasks import app, collect, member, noop, step
 
 from stem import chain, chord
 
-
 #: Tasks per `apply_many` call in the noop scenario, as BullMQ's client
 #: passes them to ``Queue.addBulk`` (bench/bullmq/bench.js).
 NOOP_BATCH = 1000

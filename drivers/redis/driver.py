@@ -322,27 +322,26 @@ class RedisDriver(ShardRuns):
     ) -> list[bool | Exception]:
         """Store each run with its own submit script call, pipelined per batch.
 
-        Runs that `submit` would shard or write in chunks are stored one at
-        a time after the others. A Cluster pipeline sends each node its
-        calls in one round trip.
+        A run that `submit` would shard or write in chunks is stored on its
+        own as it comes, before the pipeline of its batch. A Cluster
+        pipeline sends each node its share of the calls in one round trip.
         """
         results: list[bool | Exception | None] = [None] * len(runs)
-        alone: list[int] = []
         for first in range(0, len(runs), _PIPELINE_BATCH):
-            batch = range(first, min(first + _PIPELINE_BATCH, len(runs)))
             calls: list[tuple[str, list[str], list[str | int | float]]] = []
             piped: list[int] = []
-            with paused_gc():
-                for index in batch:
-                    run_id, spec = runs[index]
-                    call = None
-                    if plan_shards(spec, self._shard_size) is None:
-                        call = self._submit_call(run_id, spec)
-                    if call is None or isinstance(call, _LargeRun):
-                        alone.append(index)
-                        continue
-                    calls.append(("submit", *call))
-                    piped.append(index)
+            for index in range(first, min(first + _PIPELINE_BATCH, len(runs))):
+                run_id, spec = runs[index]
+                try:
+                    call = self._submit_call_or_store(run_id, spec)
+                except StemError as err:
+                    results[index] = err
+                    continue
+                if isinstance(call, bool):
+                    results[index] = call
+                    continue
+                calls.append(("submit", *call))
+                piped.append(index)
             try:
                 replies = self._scripts.call_many(calls) if calls else []
             except DriverError as err:
@@ -354,17 +353,28 @@ class RedisDriver(ShardRuns):
             for index, reply in zip(piped, replies, strict=True):
                 run_id, spec = runs[index]
                 results[index] = self._submitted_or_error(run_id, spec, reply)
-        for index in alone:
-            run_id, spec = runs[index]
-            try:
-                results[index] = self.submit(run_id, spec)
-            except StemError as err:
-                results[index] = err
         done: list[bool | Exception] = []
         for result in results:
             assert result is not None, "every run of submit_many has a result"
             done.append(result)
         return done
+
+    def _submit_call_or_store(
+        self, run_id: str, spec: GraphSpec
+    ) -> tuple[list[str], list[str | int | float]] | bool:
+        """Return the submit script call of a run, or store a run too large for one.
+
+        A sharded or large run is stored at once, and what `submit` returns
+        for it is returned instead of a call.
+        """
+        plan = plan_shards(spec, self._shard_size)
+        if plan is not None:
+            return self._submit_sharded(run_id, plan)
+        with paused_gc():
+            call = self._submit_call(run_id, spec)
+        if isinstance(call, _LargeRun):
+            return self._submit_large(run_id, spec, call.graph, call.state, call.counts)
+        return call
 
     def _submitted_or_error(
         self, run_id: str, spec: GraphSpec, reply: Any
