@@ -19,6 +19,7 @@ import time
 from collections.abc import Iterator
 
 import redis
+import redis.connection
 
 #: Seconds to wait for the private server to reply to PING.
 START_TIMEOUT_S = 10.0
@@ -73,6 +74,24 @@ def private_redis() -> Iterator[str]:
         server.terminate()
         server.wait(10)
         shutil.rmtree(workdir, ignore_errors=True)
+
+
+class RoundTrips:
+    """Count the requests this process sends to Redis: a pipeline counts once.
+
+    Creating one patches redis-py's connection class for the whole process.
+    """
+
+    def __init__(self) -> None:
+        self.count = 0
+        connection = redis.connection.AbstractConnection
+        original = connection.send_packed_command
+
+        def counted(conn: object, command: object, check_health: bool = True) -> None:
+            self.count += 1
+            original(conn, command, check_health)  # type: ignore[arg-type]
+
+        connection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 def command_stats(url: str) -> dict[str, int]:

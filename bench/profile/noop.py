@@ -20,25 +20,16 @@ from collections.abc import Iterator
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 
-import redis.connection
-from common import Phase, arguments, command_usage, private_redis, server_cpu_s
+from common import (
+    Phase,
+    RoundTrips,
+    arguments,
+    command_usage,
+    private_redis,
+    server_cpu_s,
+)
 
 from stem import App, ResultSet
-
-
-class RoundTrips:
-    """Count the requests this process sends to Redis: a pipeline counts once."""
-
-    def __init__(self) -> None:
-        self.count = 0
-        connection = redis.connection.AbstractConnection
-        original = connection.send_packed_command
-
-        def counted(conn: object, command: object, check_health: bool = True) -> None:
-            self.count += 1
-            original(conn, command, check_health)  # type: ignore[arg-type]
-
-        connection.send_packed_command = counted  # type: ignore[method-assign,assignment]
 
 
 class Census:

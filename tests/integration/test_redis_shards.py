@@ -11,7 +11,6 @@ runs to show that none grows with the chord.
 from __future__ import annotations
 
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -19,19 +18,24 @@ import pytest
 
 from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
-from stem.canvas.spec import GraphSpec
+from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import shard_run_id
 from stem.engine.errors import DriverError
 from stem.engine.ports import Message
 
 from .conftest import database_url, stem
-
-TIMEOUT_S = 30.0
-
-
-def _prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}:"
+from .shard_helpers import (
+    TIMEOUT_S,
+    ScriptCommandCounter,
+    apply_entries,
+    chord_spec,
+    make_driver,
+    new_prefix,
+    planned_error,
+    read_outbox,
+    run_message,
+)
 
 
 @pytest.fixture
@@ -44,7 +48,7 @@ def client(redis_target: Any) -> Iterator[Any]:
 @pytest.fixture
 def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
     """Yield a factory of apps with ``add``, ``total``, ``echo`` and ``fail``."""
-    prefix = _prefix()
+    prefix = new_prefix()
     apps: list[App] = []
 
     def make(**settings: Any) -> App:
@@ -65,15 +69,6 @@ def make_app(redis_target: Any) -> Iterator[Callable[..., App]]:
     yield make
     for instance in apps:
         instance.close()
-
-
-def _spec(members: int, *, failing: int | None = None) -> GraphSpec:
-    app = App("memory://")
-    add = app.task(name="add")(lambda x, y: x + y)
-    fail = app.task(name="fail")(lambda *args: None)
-    echo = app.task(name="echo")(lambda value: value)
-    header = [fail.s() if i == failing else add.s(i, i) for i in range(members)]
-    return compile_canvas(chord(header, echo.s()))
 
 
 def test_large_chord_gives_same_input(make_app: Callable[..., App]) -> None:
@@ -97,7 +92,7 @@ def test_shards_spread_over_partitions(
     app = make_app(shard_size=100)
     driver = app.driver
     assert isinstance(driver, RedisDriver)
-    driver.submit("spread", _spec(2000))
+    driver.submit("spread", chord_spec(2000))
     tags = {
         driver._keys.partition_of(shard_run_id("spread", str(first))).tag
         for first in range(0, 2000, 100)
@@ -135,63 +130,23 @@ def _drain(
     ran: list[tuple[str, str]] = []
     while True:
         progressed = False
-        for partition in driver._keys.partitions:
-            driver._ensure_group(partition.outbox)
-            reply: Any = driver._client.xreadgroup(
-                driver._group, "test", {partition.outbox: ">"}, count=100
-            )
-            for _, entries in reply or []:
-                for entry_id, fields in entries:
-                    progressed = True
-                    if skip(fields["kind"]):
-                        driver._ack_outbox(partition, entry_id)
-                        continue
-                    driver._apply_outbox(partition, entry_id, fields)
-        messages = driver.fetch(["default"], 100, 0.05)
-        for message in messages:
+        for partition, entry_id, fields in read_outbox(driver):
             progressed = True
-            claim = driver.claim(message)
-            if claim is None:
-                continue
-            ran.append((claim.task, claim.task_id))
-            if claim.task == "fail" and fixed:
-                driver.complete(message, str(2 * int(message.node_id)))
-            elif claim.task == "fail":
-                driver.fail(message, _error())
-            elif claim.task == "echo":
-                driver.complete(message, _json(claim.args[0]))
+            if skip(fields["kind"]):
+                driver._ack_outbox(partition, entry_id)
             else:
-                driver.complete(message, str(sum(claim.args)))
+                driver._apply_outbox(partition, entry_id, fields)
+        for message in driver.fetch(["default"], 100, 0.05):
+            progressed = True
+            claim = run_message(driver, message, fixed=fixed)
+            if claim is not None:
+                ran.append((claim.task, claim.task_id))
         if not progressed:
             return ran
 
 
-def _error() -> Any:
-    from stem.engine.records import ErrorInfo
-
-    return ErrorInfo("builtins", "ValueError", "planned failure", ["planned failure"])
-
-
-def _json(value: Any) -> str:
-    from stem.canvas.values import dumps
-
-    return dumps(value)
-
-
-def _driver(redis_target: Any, *, url_suffix: str = "", **settings: Any) -> RedisDriver:
-    url = redis_target.url
-    if url_suffix:
-        url += ("&" if "?" in url else "?") + url_suffix
-    return RedisDriver(
-        url,
-        prefix=_prefix(),
-        **redis_target.settings,
-        **{"reconcile_interval_s": 3600.0, **settings},
-    )
-
-
 def test_callback_once_with_repeated_entries(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     original = driver._apply_outbox
 
     def twice(partition: Any, entry_id: str, fields: Any) -> None:
@@ -202,21 +157,21 @@ def test_callback_once_with_repeated_entries(redis_target: Any) -> None:
 
     driver._apply_outbox = twice  # type: ignore[method-assign]
     try:
-        driver.submit("repeat", _spec(23))
+        driver.submit("repeat", chord_spec(23))
         ran = _drain(driver)
         assert [task for task, _ in ran].count("echo") == 1
         assert [task for task, _ in ran].count("add") == 23
         snapshot = driver.snapshot("repeat")
         assert snapshot.status == "succeeded"
-        assert snapshot.value == _json([2 * i for i in range(23)])
+        assert snapshot.value == dumps([2 * i for i in range(23)])
     finally:
         driver.close()
 
 
 def test_reconciler_recovers_dropped_entries(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5, reconcile_after_s=0.0)
+    driver = make_driver(redis_target, shard_size=5, reconcile_after_s=0.0)
     try:
-        driver.submit("dropped", _spec(12))
+        driver.submit("dropped", chord_spec(12))
         _drain(driver, skip=lambda kind: kind in ("activate", "report"))
         assert driver.snapshot("dropped").status == "running"
         for _ in range(4):
@@ -224,15 +179,15 @@ def test_reconciler_recovers_dropped_entries(redis_target: Any) -> None:
             _drain(driver, skip=lambda kind: kind in ("activate", "report"))
         snapshot = driver.snapshot("dropped")
         assert snapshot.status == "succeeded"
-        assert snapshot.value == _json([2 * i for i in range(12)])
+        assert snapshot.value == dumps([2 * i for i in range(12)])
     finally:
         driver.close()
 
 
 def test_member_task_ids_are_home_ids(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("ids", _spec(12))
+        driver.submit("ids", chord_spec(12))
         ran = _drain(driver)
         ids = sorted(task_id for task, task_id in ran if task == "add")
         assert ids == sorted(f"ids-{i}" for i in range(12))
@@ -241,9 +196,9 @@ def test_member_task_ids_are_home_ids(redis_target: Any) -> None:
 
 
 def test_fail_fast_cancels_other_shards(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("fails", _spec(20, failing=7))
+        driver.submit("fails", chord_spec(20, failing=7))
         # Activate every shard, then run only the failing member.
         for partition in driver._keys.partitions:
             driver._ensure_group(partition.outbox)
@@ -253,7 +208,7 @@ def test_fail_fast_cancels_other_shards(redis_target: Any) -> None:
         assert len(failing) == 1
         claim = driver.claim(failing[0])
         assert claim is not None
-        driver.fail(failing[0], _error())
+        driver.fail(failing[0], planned_error())
         # The failing shard reports at once, before its other members end.
         _apply_outbox_once(driver)
         home = driver.snapshot("fails")
@@ -280,23 +235,16 @@ def _fetch_all(driver: RedisDriver) -> list[Message]:
 
 def _apply_outbox_once(driver: RedisDriver) -> int:
     """Apply every outbox entry now pending, once; return how many."""
-    applied = 0
     driver._ensure_groups(["default"])
-    for partition in driver._keys.partitions:
-        reply: Any = driver._client.xreadgroup(
-            driver._group, "test", {partition.outbox: ">"}, count=1000
-        )
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                driver._apply_outbox(partition, entry_id, fields)
-                applied += 1
-    return applied
+    entries = read_outbox(driver)
+    apply_entries(driver, entries)
+    return len(entries)
 
 
 def test_cancel_reaches_shards(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("stop", _spec(12))
+        driver.submit("stop", chord_spec(12))
         for partition in driver._keys.partitions:
             driver._ensure_group(partition.outbox)
         _apply_outbox_once(driver)
@@ -311,9 +259,9 @@ def test_cancel_reaches_shards(redis_target: Any) -> None:
 
 
 def test_run_retry_reopens_shards(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("again", _spec(12, failing=3))
+        driver.submit("again", chord_spec(12, failing=3))
         first = _drain(driver)
         assert driver.snapshot("again").status == "failed"
         assert driver.retry_run("again") == 2
@@ -321,7 +269,7 @@ def test_run_retry_reopens_shards(redis_target: Any) -> None:
         second = _drain(driver, fixed=True)
         snapshot = driver.snapshot("again")
         assert snapshot.status == "succeeded"
-        assert snapshot.value == _json([2 * i for i in range(12)])
+        assert snapshot.value == dumps([2 * i for i in range(12)])
         ran_first = {task_id for task, task_id in first if task == "add"}
         ran_second = {task_id for task, task_id in second if task == "add"}
         assert not ran_first & ran_second
@@ -336,7 +284,7 @@ def test_run_retry_resets_unstarted_shards(redis_target: Any) -> None:
     fail = app.task(name="fail")(lambda *args: None)
     echo = app.task(name="echo")(lambda value: value)
     canvas = chain(fail.s(), chord([add.s(i) for i in range(12)], echo.s()))
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
         driver.submit("unstarted", compile_canvas(canvas))
         _drain(driver)
@@ -351,7 +299,7 @@ def test_run_retry_resets_unstarted_shards(redis_target: Any) -> None:
         second = _drain(driver, fixed=True)
         snapshot = driver.snapshot("unstarted")
         assert snapshot.status == "succeeded"
-        assert snapshot.value == _json(list(range(12)))
+        assert snapshot.value == dumps(list(range(12)))
         assert [task for task, _ in second].count("add") == 12
     finally:
         driver.close()
@@ -359,50 +307,7 @@ def test_run_retry_resets_unstarted_shards(redis_target: Any) -> None:
 
 def test_shard_size_option_is_checked(redis_target: Any) -> None:
     with pytest.raises(ValueError, match="shard_size"):
-        _driver(redis_target, shard_size=-1)
-
-
-class _CommandCounter:
-    """Counts the Redis commands each script call of a driver runs.
-
-    It reads INFO commandstats before and after every call, so calls must
-    run one at a time. The script's own EVALSHA and the INFO calls are left
-    out, so the count is what the script did inside Redis.
-    """
-
-    def __init__(self, driver: RedisDriver, client: Any) -> None:
-        self.largest: dict[str, int] = {}
-        self._client = client
-        scripts = driver._scripts
-        original_call = scripts.call
-        original_many = scripts.call_many
-
-        def call(name: str, *args: Any, **kwargs: Any) -> Any:
-            before = self._total()
-            reply = original_call(name, *args, **kwargs)
-            self._note(name, self._total() - before)
-            return reply
-
-        def call_many(calls: list[Any]) -> list[Any]:
-            before = self._total()
-            replies = original_many(calls)
-            self._note(calls[0][0] if calls else "", self._total() - before)
-            return replies
-
-        scripts.call = call  # type: ignore[method-assign]
-        scripts.call_many = call_many  # type: ignore[method-assign]
-
-    def _total(self) -> int:
-        stats = self._client.info("commandstats")
-        return sum(
-            int(entry["calls"])
-            for name, entry in stats.items()
-            if name not in ("cmdstat_info", "cmdstat_evalsha")
-            and not name.startswith("cmdstat_script")
-        )
-
-    def _note(self, name: str, commands: int) -> None:
-        self.largest[name] = max(self.largest.get(name, 0), commands)
+        make_driver(redis_target, shard_size=-1)
 
 
 def _largest_script_call(url: str, members: int, shard_size: int) -> int:
@@ -414,15 +319,14 @@ def _largest_script_call(url: str, members: int, shard_size: int) -> int:
     spec = compile_canvas(canvas)
     driver = RedisDriver(
         url,
-        prefix=_prefix(),
+        prefix=new_prefix(),
         partitions=3,
         shard_size=shard_size,
         release_slice=50,
         reconcile_interval_s=3600.0,
     )
-    client = driver._client
     try:
-        counter = _CommandCounter(driver, client)
+        counter = ScriptCommandCounter(driver, pipelines=True)
         driver.submit("measured", spec)
         while True:
             messages = driver.fetch(["default"], 1, 0.05)
@@ -436,7 +340,7 @@ def _largest_script_call(url: str, members: int, shard_size: int) -> int:
                 continue
             if claim.task == "echo":
                 assert claim.args[0] == [3 + i for i in range(members)]
-                driver.complete(message, _json(claim.args[0]))
+                driver.complete(message, dumps(claim.args[0]))
             else:
                 driver.complete(message, str(sum(claim.args)))
         assert driver.snapshot("measured").status == "succeeded"
@@ -459,9 +363,9 @@ def test_no_script_grows_with_chord(redis_url: str) -> None:
 def test_crash_after_activate_is_applied_again(
     redis_target: Any, monkeypatch: Any
 ) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("crash", _spec(12))
+        driver.submit("crash", chord_spec(12))
         original = driver._scripts.call
         crashed: list[str] = []
 
@@ -493,7 +397,7 @@ def test_crash_after_activate_is_applied_again(
 def test_unwritten_home_lets_shards_expire(
     redis_target: Any, client: Any, monkeypatch: Any
 ) -> None:
-    driver = _driver(redis_target, shard_size=5, stage_ttl_s=0.2)
+    driver = make_driver(redis_target, shard_size=5, stage_ttl_s=0.2)
     try:
         original = driver._scripts.call
 
@@ -504,7 +408,7 @@ def test_unwritten_home_lets_shards_expire(
 
         monkeypatch.setattr(driver._scripts, "call", call)
         with pytest.raises(KeyboardInterrupt):
-            driver.submit("orphan", _spec(12))
+            driver.submit("orphan", chord_spec(12))
         shard = driver._keys.run(shard_run_id("orphan", "0"))
         assert client.exists(shard.run) == 1
         time.sleep(0.4)
@@ -514,9 +418,9 @@ def test_unwritten_home_lets_shards_expire(
 
 
 def test_written_home_keeps_its_shards(redis_target: Any, client: Any) -> None:
-    driver = _driver(redis_target, shard_size=5, stage_ttl_s=0.2)
+    driver = make_driver(redis_target, shard_size=5, stage_ttl_s=0.2)
     try:
-        driver.submit("kept", _spec(12))
+        driver.submit("kept", chord_spec(12))
         time.sleep(0.4)
         for first in (0, 5, 10):
             shard = driver._keys.run(shard_run_id("kept", str(first)))
@@ -548,9 +452,9 @@ def test_views_merge_the_shards(make_app: Callable[..., App]) -> None:
 
 
 def test_dead_letter_in_shard_not_replayed(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("dead", _spec(12))
+        driver.submit("dead", chord_spec(12))
         _apply_outbox_once(driver)
         [message] = [m for m in _fetch_all(driver) if m.node_id == "6"]
         driver.dead_letter(message, "no such task")
@@ -566,7 +470,7 @@ def test_shard_size_in_url(redis_target: Any) -> None:
     separator = "&" if "?" in redis_target.url else "?"
     driver = RedisDriver(
         f"{redis_target.url}{separator}shard_size=7",
-        prefix=_prefix(),
+        prefix=new_prefix(),
         **redis_target.settings,
     )
     try:
@@ -574,7 +478,7 @@ def test_shard_size_in_url(redis_target: Any) -> None:
     finally:
         driver.close()
     with pytest.raises(ValueError, match="shard_size='x' is invalid"):
-        _driver(redis_target, url_suffix="shard_size=x")
+        make_driver(redis_target, url_suffix="shard_size=x")
 
 
 def test_graph_show_of_sharded_run(redis_url: str) -> None:
@@ -582,7 +486,7 @@ def test_graph_show_of_sharded_run(redis_url: str) -> None:
     url = f"{database_url(redis_url, 13)}?shard_size=50"
     driver = RedisDriver(url, reconcile_interval_s=3600.0)
     try:
-        driver.submit("drawn", _spec(400))
+        driver.submit("drawn", chord_spec(400))
         _drain(driver)
         assert driver.snapshot("drawn").status == "succeeded"
     finally:
@@ -608,17 +512,17 @@ def test_nested_members_after_group(make_app: Callable[..., App]) -> None:
 
 
 def test_shard_id_taken_by_other_run(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        assert driver.submit("taken~s5", _spec(2))
+        assert driver.submit("taken~s5", chord_spec(2))
         with pytest.raises(DriverError, match="taken~s5"):
-            driver.submit("taken", _spec(12))
+            driver.submit("taken", chord_spec(12))
     finally:
         driver.close()
 
 
 def test_submit_again_after_crash(redis_target: Any, monkeypatch: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
         original = driver._scripts.call
 
@@ -630,12 +534,12 @@ def test_submit_again_after_crash(redis_target: Any, monkeypatch: Any) -> None:
         with monkeypatch.context() as patch:
             patch.setattr(driver._scripts, "call", call)
             with pytest.raises(KeyboardInterrupt):
-                driver.submit("again-after", _spec(12))
+                driver.submit("again-after", chord_spec(12))
         # The shards written by the first try are taken over.
-        assert driver.submit("again-after", _spec(12))
+        assert driver.submit("again-after", chord_spec(12))
         _drain(driver)
         snapshot = driver.snapshot("again-after")
         assert snapshot.status == "succeeded"
-        assert snapshot.value == _json([2 * i for i in range(12)])
+        assert snapshot.value == dumps([2 * i for i in range(12)])
     finally:
         driver.close()

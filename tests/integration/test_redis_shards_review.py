@@ -18,80 +18,23 @@ import pytest
 
 from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
-from stem.canvas.spec import GraphSpec
 from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import plan_shards
 from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.ports import Message
-from stem.engine.records import ErrorInfo
 
-TIMEOUT_S = 30.0
-
-#: Outbox entries read and held back, not acknowledged: (partition, id, fields).
-Held = list[tuple[Any, str, dict[str, str]]]
-
-
-def _prefix() -> str:
-    return f"test-{uuid.uuid4().hex[:12]}:"
-
-
-def _driver(redis_target: Any, **settings: Any) -> RedisDriver:
-    return RedisDriver(
-        redis_target.url,
-        prefix=_prefix(),
-        **redis_target.settings,
-        **{"reconcile_interval_s": 3600.0, **settings},
-    )
-
-
-def _error() -> ErrorInfo:
-    return ErrorInfo("builtins", "ValueError", "planned failure", ["planned failure"])
-
-
-def _spec(members: int, *, failing: int | None = None) -> GraphSpec:
-    """Compile chord([add(i, i)], echo), with ``fail`` as member ``failing``."""
-    app = App("memory://")
-    add = app.task(name="add")(lambda x, y: x + y)
-    fail = app.task(name="fail")(lambda *args: None)
-    echo = app.task(name="echo")(lambda value: value)
-    header = [fail.s() if i == failing else add.s(i, i) for i in range(members)]
-    return compile_canvas(chord(header, echo.s()))
-
-
-def _read_outbox(driver: RedisDriver) -> Held:
-    """Read every new outbox entry of every partition, without applying it."""
-    found: Held = []
-    for partition in driver._keys.partitions:
-        driver._ensure_group(partition.outbox)
-        reply: Any = driver._client.xreadgroup(
-            driver._group, "review", {partition.outbox: ">"}, count=1000
-        )
-        for _, entries in reply or []:
-            for entry_id, fields in entries:
-                found.append((partition, entry_id, fields))
-    return found
-
-
-def _apply(driver: RedisDriver, entries: Held) -> None:
-    for partition, entry_id, fields in entries:
-        driver._apply_outbox(partition, entry_id, fields)
-
-
-def _run_message(driver: RedisDriver, message: Message, *, fixed: bool) -> str | None:
-    """Claim and finish one message as the test tasks would; return its task."""
-    claim = driver.claim(message)
-    if claim is None:
-        return None
-    if claim.task == "fail" and not fixed:
-        driver.fail(message, _error())
-    elif claim.task == "fail":
-        driver.complete(message, str(2 * int(message.node_id)))
-    elif claim.task == "echo":
-        driver.complete(message, dumps(claim.args[0]))
-    else:
-        driver.complete(message, str(sum(claim.args)))
-    return claim.task
+from .shard_helpers import (
+    TIMEOUT_S,
+    Held,
+    ScriptCommandCounter,
+    apply_entries,
+    chord_spec,
+    make_driver,
+    new_prefix,
+    read_outbox,
+    run_message,
+)
 
 
 def _drain(
@@ -125,7 +68,7 @@ def _drain(
     try:
         while True:
             progressed = False
-            for partition, entry_id, fields in _read_outbox(driver):
+            for partition, entry_id, fields in read_outbox(driver):
                 progressed = True
                 apply(partition, entry_id, fields)
             for message in driver.fetch(["default"], 100, 0.05):
@@ -134,9 +77,9 @@ def _drain(
                     assert skipped is not None
                     skipped.append(message)
                     continue
-                task = _run_message(driver, message, fixed=fixed)
-                if task is not None:
-                    ran.append(task)
+                claim = run_message(driver, message, fixed=fixed)
+                if claim is not None:
+                    ran.append(claim.task)
             if not progressed:
                 return ran
     finally:
@@ -234,7 +177,7 @@ def test_sharded_value_matches_memory(redis_target: Any, shape: str) -> None:
     app = _counted_app(
         redis_target.url,
         calls,
-        prefix=_prefix(),
+        prefix=new_prefix(),
         **{**redis_target.settings, "release_slice": 2, "shard_size": 3},
     )
     try:
@@ -271,16 +214,16 @@ def _fail_member_and_hold_cancels(driver: RedisDriver, run_id: str) -> Held:
 
 
 def test_stale_cancel_spares_new_epoch(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("late", _spec(12, failing=3))
+        driver.submit("late", chord_spec(12, failing=3))
         held = _fail_member_and_hold_cancels(driver, "late")
         assert driver.retry_run("late") > 0
         # The new epoch's activations reopen the shards.
-        for partition, entry_id, fields in _read_outbox(driver):
+        for partition, entry_id, fields in read_outbox(driver):
             driver._apply_outbox(partition, entry_id, fields)
         # A worker that stalled on the first epoch's cancel entries wakes up.
-        _apply(driver, held)
+        apply_entries(driver, held)
         _drain(driver, fixed=True)
         snapshot = driver.snapshot("late")
         assert snapshot.status == "succeeded"
@@ -290,19 +233,19 @@ def test_stale_cancel_spares_new_epoch(redis_target: Any) -> None:
 
 
 def test_stale_report_ignored_in_new_epoch(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("old", _spec(12, failing=3))
+        driver.submit("old", chord_spec(12, failing=3))
         held: Held = []
         _drain(driver, hold=lambda fields: fields["kind"] == "report", held=held)
         # Nothing reached the home run: apply the reports now, twice.
-        _apply(driver, held)
-        _apply(driver, held)
+        apply_entries(driver, held)
+        apply_entries(driver, held)
         _drain(driver)
         assert driver.snapshot("old").status == "failed"
         assert driver.retry_run("old") > 0
         # The first epoch's reports arrive again after the retry.
-        _apply(driver, held)
+        apply_entries(driver, held)
         ran = _drain(driver, fixed=True)
         snapshot = driver.snapshot("old")
         assert snapshot.status == "succeeded"
@@ -313,14 +256,14 @@ def test_stale_report_ignored_in_new_epoch(redis_target: Any) -> None:
 
 
 def test_report_after_home_cancel_ignored(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("gone", _spec(12))
+        driver.submit("gone", chord_spec(12))
         held: Held = []
         _drain(driver, hold=lambda fields: fields["kind"] == "report", held=held)
         assert len(held) == 3
         driver.cancel("gone")
-        _apply(driver, held)
+        apply_entries(driver, held)
         ran = _drain(driver)
         assert "echo" not in ran
         snapshot = driver.snapshot("gone")
@@ -331,13 +274,13 @@ def test_report_after_home_cancel_ignored(redis_target: Any) -> None:
 
 
 def test_activate_applied_twice_runs_once(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5, release_slice=2)
+    driver = make_driver(redis_target, shard_size=5, release_slice=2)
     try:
-        driver.submit("twice", _spec(12))
-        entries = _read_outbox(driver)
+        driver.submit("twice", chord_spec(12))
+        entries = read_outbox(driver)
         assert {fields["kind"] for _, _, fields in entries} == {"activate"}
-        _apply(driver, entries)
-        _apply(driver, entries)
+        apply_entries(driver, entries)
+        apply_entries(driver, entries)
         # The reconciler sends the same activations a third time.
         driver._resync_shards("twice")
         ran = _drain(driver)
@@ -362,16 +305,18 @@ def test_activate_applied_twice_runs_once(redis_target: Any) -> None:
     ),
 )
 def test_shards_outlive_a_late_callback(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5, retention_s=0.5)
+    driver = make_driver(redis_target, shard_size=5, retention_s=0.5)
     try:
-        driver.submit("late_callback", _spec(12))
+        driver.submit("late_callback", chord_spec(12))
         skipped: list[Message] = []
         # The callback, node 12, waits in its queue.
         _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "12")
         [message] = skipped
         time.sleep(1.0)
         assert driver.snapshot("late_callback").status == "running"
-        assert _run_message(driver, message, fixed=False) == "echo"
+        claim = run_message(driver, message, fixed=False)
+        assert claim is not None
+        assert claim.task == "echo"
         snapshot = driver.snapshot("late_callback")
         assert snapshot.status == "succeeded"
         assert snapshot.value == dumps([2 * i for i in range(12)])
@@ -380,40 +325,6 @@ def test_shards_outlive_a_late_callback(redis_target: Any) -> None:
 
 
 # -- no script call grows with the header ------------------------------------
-
-
-class _LargestCall:
-    """Record the most Redis commands that one script call of a driver ran.
-
-    Reads INFO commandstats around each call, so calls must run one at a
-    time; the EVALSHA itself and the INFO calls are not counted.
-    """
-
-    def __init__(self, driver: RedisDriver) -> None:
-        self.largest = 0
-        self.largest_name = ""
-        self._client = driver._client
-        scripts = driver._scripts
-        original = scripts.call
-
-        def call(name: str, *args: Any, **kwargs: Any) -> Any:
-            before = self._total()
-            reply = original(name, *args, **kwargs)
-            commands = self._total() - before
-            if commands > self.largest:
-                self.largest, self.largest_name = commands, name
-            return reply
-
-        scripts.call = call  # type: ignore[method-assign]
-
-    def _total(self) -> int:
-        stats = self._client.info("commandstats")
-        return sum(
-            int(entry["calls"])
-            for name, entry in stats.items()
-            if name not in ("cmdstat_info", "cmdstat_evalsha")
-            and not name.startswith("cmdstat_script")
-        )
 
 
 def _largest_call_with_group_members(url: str, member_size: int) -> tuple[int, str]:
@@ -425,22 +336,22 @@ def _largest_call_with_group_members(url: str, member_size: int) -> tuple[int, s
     spec = compile_canvas(chain(add.s(1, 2), chord(members, echo.s())))
     driver = RedisDriver(
         url,
-        prefix=_prefix(),
+        prefix=new_prefix(),
         shard_size=2,
         release_slice=50,
         reconcile_interval_s=3600.0,
     )
     try:
-        counter = _LargestCall(driver)
+        counter = ScriptCommandCounter(driver, pipelines=False)
         driver.submit("grouped", spec)
         while True:
             messages = driver.fetch(["default"], 100, 0.05)
             if not messages and driver.snapshot("grouped").status != "running":
                 break
             for message in messages:
-                _run_message(driver, message, fixed=False)
+                run_message(driver, message, fixed=False)
         assert driver.snapshot("grouped").status == "succeeded"
-        return counter.largest, counter.largest_name
+        return counter.largest_call()
     finally:
         driver.close()
 
@@ -468,7 +379,9 @@ def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
     echo = app.task(name="echo")(lambda value: value)
     header = [fail.s() if i == 3 else add.s(i, i) for i in range(12)]
     spec = compile_canvas(group(chord(header, echo.s()), add.s(1, 1)))
-    driver = _driver(redis_target, shard_size=5, retention_s=0.3, reconcile_after_s=0)
+    driver = make_driver(
+        redis_target, shard_size=5, retention_s=0.3, reconcile_after_s=0
+    )
     try:
         driver.submit("branch", spec)
         skipped: list[Message] = []
@@ -481,7 +394,9 @@ def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
         # The chord's shards ended, and their retention runs out.
         time.sleep(0.6)
         assert driver.reconcile() == 1
-        assert _run_message(driver, message, fixed=False) == "add"
+        claim = run_message(driver, message, fixed=False)
+        assert claim is not None
+        assert claim.task == "add"
         assert driver.snapshot("branch").status == "failed"
     finally:
         driver.close()
@@ -582,13 +497,13 @@ def test_worker_killed_after_activate(tmp_path: Any, redis_url: str) -> None:
 def test_run_named_like_a_shard_kept_apart(redis_target: Any) -> None:
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
         driver.submit("taken~s0", compile_canvas(add.s(100, 100)))
         _drain(driver)
         assert driver.snapshot("taken~s0").value == "200"
         with pytest.raises(DriverError, match=r"is taken by another run"):
-            driver.submit("taken", _spec(12))
+            driver.submit("taken", chord_spec(12))
         assert _drain(driver) == []
         with pytest.raises(RunNotFound):
             driver.snapshot("taken")
@@ -600,7 +515,7 @@ def test_run_named_like_a_shard_kept_apart(redis_target: Any) -> None:
 
 
 def test_resubmit_after_crash_reuses_shards(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     original = driver._scripts.call
 
     def call(name: str, *args: Any, **kwargs: Any) -> Any:
@@ -611,10 +526,10 @@ def test_resubmit_after_crash_reuses_shards(redis_target: Any) -> None:
     try:
         driver._scripts.call = call  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
-            driver.submit("again", _spec(12))
+            driver.submit("again", chord_spec(12))
         driver._scripts.call = original  # type: ignore[method-assign]
         # The shards the first submit wrote are this run's, so they are kept.
-        assert driver.submit("again", _spec(12)) is True
+        assert driver.submit("again", chord_spec(12)) is True
         ran = _drain(driver)
         assert ran.count("add") == 12
         assert driver.snapshot("again").value == dumps([2 * i for i in range(12)])
@@ -626,10 +541,10 @@ def test_chord_in_group_views_match(redis_target: Any) -> None:
     calls: list[str] = []
     options = {**redis_target.settings, "reconcile_interval_s": 3600.0}
     sharded = _counted_app(
-        redis_target.url, calls, prefix=_prefix(), shard_size=4, **options
+        redis_target.url, calls, prefix=new_prefix(), shard_size=4, **options
     )
     plain = _counted_app(
-        redis_target.url, calls, prefix=_prefix(), shard_size=0, **options
+        redis_target.url, calls, prefix=new_prefix(), shard_size=0, **options
     )
     try:
         add = sharded.tasks["add"]
@@ -655,10 +570,10 @@ def test_chord_in_group_views_match(redis_target: Any) -> None:
 
 
 def test_retry_keeps_values_of_cancelled_shards(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("keep", _spec(12, failing=3))
-        _apply(driver, _read_outbox(driver))
+        driver.submit("keep", chord_spec(12, failing=3))
+        apply_entries(driver, read_outbox(driver))
         messages: list[Message] = []
         while batch := driver.fetch(["default"], 100, 0.05):
             messages += batch
@@ -666,7 +581,7 @@ def test_retry_keeps_values_of_cancelled_shards(redis_target: Any) -> None:
         assert sorted(by_node, key=int) == [str(i) for i in range(12)]
         # Members 0, 1, 6 and 11 succeed, 3 fails, the rest never start.
         for node in ("0", "1", "6", "11", "3"):
-            _run_message(driver, by_node[node], fixed=False)
+            run_message(driver, by_node[node], fixed=False)
         _drain(driver)
         assert driver.snapshot("keep").status == "failed"
         claimed: list[str] = []
@@ -693,7 +608,7 @@ def test_retry_keeps_values_of_cancelled_shards(redis_target: Any) -> None:
 
 
 def test_report_before_release_finishes(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5, release_slice=1)
+    driver = make_driver(redis_target, shard_size=5, release_slice=1)
     original = driver._scripts.call
     slices: list[str] = []
 
@@ -706,15 +621,15 @@ def test_report_before_release_finishes(redis_target: Any) -> None:
         return original(name, keys, args, **kwargs)
 
     try:
-        driver.submit("early", _spec(12, failing=0))
+        driver.submit("early", chord_spec(12, failing=0))
         driver._scripts.call = call  # type: ignore[method-assign]
         with pytest.raises(KeyboardInterrupt):
-            _apply(driver, _read_outbox(driver))
+            apply_entries(driver, read_outbox(driver))
         driver._scripts.call = original  # type: ignore[method-assign]
         # Only member 0, the failing one, is queued; it fails and reports.
         [message] = driver.fetch(["default"], 100, 0.05)
         assert (message.run_id, message.node_id) == ("early~s0", "0")
-        _run_message(driver, message, fixed=False)
+        run_message(driver, message, fixed=False)
         ran = _drain(driver)
         assert driver.snapshot("early").status == "failed"
         # The activate entry is taken over after the visibility timeout.
@@ -739,10 +654,10 @@ def test_report_before_release_finishes(redis_target: Any) -> None:
 
 
 def test_dead_letter_in_shard_fails_chord(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("dropped", _spec(12))
-        _apply(driver, _read_outbox(driver))
+        driver.submit("dropped", chord_spec(12))
+        apply_entries(driver, read_outbox(driver))
         messages: list[Message] = []
         while batch := driver.fetch(["default"], 100, 0.05):
             messages += batch
@@ -768,9 +683,9 @@ def test_dead_letter_in_shard_fails_chord(redis_target: Any) -> None:
 
 
 def test_missing_shard_names_itself(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("lost", _spec(12))
+        driver.submit("lost", chord_spec(12))
         # The shard expired before its activation: the submitter died
         # before it removed the shards' TTL, and stage_ttl_s passed.
         keys = driver._keys.run("lost~s5")
@@ -794,23 +709,23 @@ def test_missing_shard_names_itself(redis_target: Any) -> None:
 
 
 def test_retry_after_cancel_ignores_old_cancels(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("undo", _spec(12))
-        _apply(driver, _read_outbox(driver))
+        driver.submit("undo", chord_spec(12))
+        apply_entries(driver, read_outbox(driver))
         messages: list[Message] = []
         while batch := driver.fetch(["default"], 100, 0.05):
             messages += batch
         for message in messages[:4]:
-            _run_message(driver, message, fixed=False)
+            run_message(driver, message, fixed=False)
         driver.cancel("undo")
         # A worker read the cancel entries of the home run and stalled.
-        held = _read_outbox(driver)
+        held = read_outbox(driver)
         assert {fields["kind"] for _, _, fields in held} >= {"cancel"}
         assert driver.snapshot("undo").status == "cancelled"
         assert driver.retry_run("undo") > 0
-        _apply(driver, _read_outbox(driver))
-        _apply(driver, held)
+        apply_entries(driver, read_outbox(driver))
+        apply_entries(driver, held)
         ran = _drain(driver)
         snapshot = driver.snapshot("undo")
         assert snapshot.status == "succeeded"
@@ -822,16 +737,16 @@ def test_retry_after_cancel_ignores_old_cancels(redis_target: Any) -> None:
 
 
 def test_late_failure_report_keeps_an_error(redis_target: Any) -> None:
-    driver = _driver(redis_target, shard_size=5)
+    driver = make_driver(redis_target, shard_size=5)
     try:
-        driver.submit("faded", _spec(12, failing=7))
+        driver.submit("faded", chord_spec(12, failing=7))
         held: Held = []
         _drain(driver, hold=lambda fields: fields["kind"] == "report", held=held)
         # The failed shard expired before its report was applied.
         keys = driver._keys.run("faded~s5")
         for key in (keys.run, keys.graph, keys.nodes, keys.values, keys.errors):
             driver._client.delete(key)
-        _apply(driver, held)
+        apply_entries(driver, held)
         _drain(driver)
         snapshot = driver.snapshot("faded")
         assert snapshot.status == "failed"

@@ -8,19 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from ..task_kit import Kit
+
 # The process pool imports task modules by name in child processes, so this
 # folder must be importable as a top-level location, not only as test files.
 _HERE = str(Path(__file__).resolve().parent)
 if _HERE not in sys.path:
     sys.path.insert(0, _HERE)
 
-from tasks_fixture import Toolkit  # noqa: E402
-
 
 @pytest.fixture
-def kit() -> Iterator[Toolkit]:
-    """Yield a fresh app with the fixture tasks, and close it after the test."""
-    made = Toolkit()
+def kit() -> Iterator[Kit]:
+    """Yield a fresh app on memory:// with the test tasks, closed after the test."""
+    made = Kit()
     yield made
     made.gate.set()
     made.app.close()

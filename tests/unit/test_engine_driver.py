@@ -13,17 +13,19 @@ from typing import Any
 
 import pytest
 import tasks_fixture
-from tasks_fixture import FixtureError, Toolkit
+from tasks_fixture import FixtureError
 
 from stem import Signature, chain, chord, group
 from stem.canvas.values import dumps
 from stem.engine.records import ErrorInfo
 from stem.errors import DeadLettered, NotSerializable, TaskError
 
+from ..task_kit import Kit
+
 TIMEOUT_S = 5.0
 
 
-def raise_in_task(kit: Toolkit, exc: BaseException) -> Exception:
+def raise_in_task(kit: Kit, exc: BaseException) -> Exception:
     """Run a task that raises ``exc`` and return the error ``get()`` rebuilds."""
 
     @kit.app.task(name="raiser")
@@ -39,19 +41,19 @@ def raise_in_task(kit: Toolkit, exc: BaseException) -> Exception:
 # -- rebuilding errors -----------------------------------------------------------
 
 
-def test_builtin_error_keeps_class(kit: Toolkit) -> None:
+def test_builtin_error_keeps_class(kit: Kit) -> None:
     error = raise_in_task(kit, KeyError("missing-key"))
     assert type(error) is KeyError
     assert error.args == ("missing-key",)
 
 
-def test_imported_error_class_rebuilt(kit: Toolkit) -> None:
+def test_imported_error_class_rebuilt(kit: Kit) -> None:
     error = raise_in_task(kit, FixtureError("detail", 7))
     assert type(error) is FixtureError
     assert error.args == ("detail", 7)
 
 
-def test_rebuilt_error_notes_task_id(kit: Toolkit) -> None:
+def test_rebuilt_error_notes_task_id(kit: Kit) -> None:
     @kit.app.task(name="raiser")
     def raiser() -> None:
         raise FixtureError("detail")
@@ -65,7 +67,7 @@ def test_rebuilt_error_notes_task_id(kit: Toolkit) -> None:
     assert "Traceback" in notes[0]
 
 
-def test_error_propagates_from_get(kit: Toolkit) -> None:
+def test_error_propagates_from_get(kit: Kit) -> None:
     @kit.app.task(name="raiser")
     def raiser() -> None:
         raise FixtureError("propagated")
@@ -74,7 +76,7 @@ def test_error_propagates_from_get(kit: Toolkit) -> None:
         raiser.delay().get(TIMEOUT_S)
 
 
-def test_unimported_module_gives_task_error(kit: Toolkit) -> None:
+def test_unimported_module_gives_task_error(kit: Kit) -> None:
     module_name = "stem_tests_never_imported_module"
     ghost = type("GhostError", (Exception,), {"__module__": module_name})
     assert module_name not in sys.modules
@@ -87,7 +89,7 @@ def test_unimported_module_gives_task_error(kit: Toolkit) -> None:
     assert "boo" in str(error)
 
 
-def test_stored_module_never_imported(kit: Toolkit) -> None:
+def test_stored_module_never_imported(kit: Kit) -> None:
     # Importing the standard library's antigravity opens a web browser.
     ghost = type("Gravity", (Exception,), {"__module__": "antigravity"})
     assert "antigravity" not in sys.modules
@@ -96,14 +98,14 @@ def test_stored_module_never_imported(kit: Toolkit) -> None:
     assert isinstance(error, TaskError)
 
 
-def test_non_class_name_gives_task_error(kit: Toolkit) -> None:
+def test_non_class_name_gives_task_error(kit: Kit) -> None:
     fake = type("system", (Exception,), {"__module__": "os"})
     error = raise_in_task(kit, fake("echo not run"))
     assert isinstance(error, TaskError)
     assert error.exc_type == "system"
 
 
-def test_unbuildable_class_gives_task_error(kit: Toolkit) -> None:
+def test_unbuildable_class_gives_task_error(kit: Kit) -> None:
     class NeedsKeyword(Exception):
         def __init__(self, *, code: int) -> None:
             super().__init__(f"code {code}")
@@ -119,7 +121,7 @@ def test_unbuildable_class_gives_task_error(kit: Toolkit) -> None:
     assert "code 5" in str(error)
 
 
-def test_unserialisable_error_args_kept_as_text(kit: Toolkit) -> None:
+def test_unserialisable_error_args_kept_as_text(kit: Kit) -> None:
     error = raise_in_task(kit, ValueError(object()))
     assert "object object" in str(error)
 
@@ -127,7 +129,7 @@ def test_unserialisable_error_args_kept_as_text(kit: Toolkit) -> None:
 # -- values that are not JSON ----------------------------------------------------
 
 
-def test_unserialisable_return_fails_node(kit: Toolkit) -> None:
+def test_unserialisable_return_fails_node(kit: Kit) -> None:
     @kit.app.task(name="returns_object")
     def returns_object() -> object:
         return object()
@@ -141,7 +143,7 @@ def test_unserialisable_return_fails_node(kit: Toolkit) -> None:
     assert result.node("1").state == "cancelled"
 
 
-def test_nan_return_fails_node(kit: Toolkit) -> None:
+def test_nan_return_fails_node(kit: Kit) -> None:
     @kit.app.task(name="returns_nan")
     def returns_nan() -> float:
         return float("nan")
@@ -151,7 +153,7 @@ def test_nan_return_fails_node(kit: Toolkit) -> None:
     assert "not finite" in str(error)
 
 
-def test_not_serializable_rebuilt_as_itself(kit: Toolkit) -> None:
+def test_not_serializable_rebuilt_as_itself(kit: Kit) -> None:
     @kit.app.task(name="returns_object")
     def returns_object() -> object:
         return object()
@@ -162,7 +164,7 @@ def test_not_serializable_rebuilt_as_itself(kit: Toolkit) -> None:
     assert "return value of returns_object" in str(error)
 
 
-def test_tagged_values_round_trip(kit: Toolkit) -> None:
+def test_tagged_values_round_trip(kit: Kit) -> None:
     import datetime as dt
     import decimal
     import uuid
@@ -186,14 +188,14 @@ def test_tagged_values_round_trip(kit: Toolkit) -> None:
     [object(), float("nan"), {1: "int key"}, {"a", "set"}],
     ids=["object", "nan", "int-key", "set"],
 )
-def test_bad_argument_rejected_at_submit(kit: Toolkit, bad: Any) -> None:
+def test_bad_argument_rejected_at_submit(kit: Kit, bad: Any) -> None:
     before = kit.app.driver.runs()
     with pytest.raises(NotSerializable):
         kit.add.delay(bad, 1)
     assert kit.app.driver.runs() == before
 
 
-def test_bad_nested_argument_names_place(kit: Toolkit) -> None:
+def test_bad_nested_argument_names_place(kit: Kit) -> None:
     header = [kit.add.s(1, 1), chain(kit.add.s(1, 1), kit.add.s(object()))]
     canvas = chord(header, kit.total.s())
     with pytest.raises(NotSerializable) as caught:
@@ -202,13 +204,13 @@ def test_bad_nested_argument_names_place(kit: Toolkit) -> None:
     assert "args[0]" in str(caught.value)
 
 
-def test_bad_kwarg_rejected_at_submit(kit: Toolkit) -> None:
+def test_bad_kwarg_rejected_at_submit(kit: Kit) -> None:
     with pytest.raises(NotSerializable):
         group(kit.echo.s(1), kit.echo.s(value=object())).apply_async()
     assert kit.app.driver.runs() == []
 
 
-def test_bad_submit_arg_rejected(kit: Toolkit) -> None:
+def test_bad_submit_arg_rejected(kit: Kit) -> None:
     with pytest.raises(NotSerializable):
         group(kit.echo.s(), kit.echo.s()).apply_async((object(),))
     assert kit.app.driver.runs() == []
@@ -217,7 +219,7 @@ def test_bad_submit_arg_rejected(kit: Toolkit) -> None:
 # -- unknown tasks ---------------------------------------------------------------
 
 
-def test_unknown_task_dead_lettered(kit: Toolkit) -> None:
+def test_unknown_task_dead_lettered(kit: Kit) -> None:
     canvas = chain(Signature("no.such.task"), kit.add.s(1))
     result = kit.app.submit(canvas, options={"link_error": kit.record.s()})
     with kit.app.worker(concurrency=2):
@@ -237,13 +239,13 @@ def test_unknown_task_dead_lettered(kit: Toolkit) -> None:
 # -- duplicate and late reports --------------------------------------------------
 
 
-def fetch_one(kit: Toolkit) -> Any:
+def fetch_one(kit: Kit) -> Any:
     messages = kit.app.driver.fetch(["default"], 1, 0.5)
     assert len(messages) == 1
     return messages[0]
 
 
-def test_duplicate_complete_changes_nothing(kit: Toolkit) -> None:
+def test_duplicate_complete_changes_nothing(kit: Kit) -> None:
     driver = kit.app.driver
     result = chain(kit.add.s(1, 1), kit.add.s(1)).apply_async()
     first = fetch_one(kit)
@@ -256,14 +258,14 @@ def test_duplicate_complete_changes_nothing(kit: Toolkit) -> None:
     assert driver.fetch(["default"], 10, 0.1) == []
 
 
-def test_message_names_its_task(kit: Toolkit) -> None:
+def test_message_names_its_task(kit: Kit) -> None:
     # Workers read the task name from this header instead of a full snapshot,
     # which made wide chords quadratic.
     kit.add.delay(1, 1)
     assert fetch_one(kit).headers["task"] == "add"
 
 
-def test_duplicate_claim_is_dropped(kit: Toolkit) -> None:
+def test_duplicate_claim_is_dropped(kit: Kit) -> None:
     driver = kit.app.driver
     kit.add.delay(1, 1)
     message = fetch_one(kit)
@@ -271,7 +273,7 @@ def test_duplicate_claim_is_dropped(kit: Toolkit) -> None:
     assert driver.claim(message) is None
 
 
-def test_late_report_after_end(kit: Toolkit) -> None:
+def test_late_report_after_end(kit: Kit) -> None:
     driver = kit.app.driver
     result = kit.add.delay(1, 1)
     message = fetch_one(kit)
@@ -284,7 +286,7 @@ def test_late_report_after_end(kit: Toolkit) -> None:
     assert driver.fetch(["default"], 10, 0.1) == []
 
 
-def test_report_after_cancel_ignored(kit: Toolkit) -> None:
+def test_report_after_cancel_ignored(kit: Kit) -> None:
     driver = kit.app.driver
     result = chain(kit.add.s(1, 1), kit.add.s(1)).apply_async()
     message = fetch_one(kit)
@@ -296,7 +298,7 @@ def test_report_after_cancel_ignored(kit: Toolkit) -> None:
     assert driver.fetch(["default"], 10, 0.1) == []
 
 
-def test_stale_attempt_report_ignored(kit: Toolkit) -> None:
+def test_stale_attempt_report_ignored(kit: Kit) -> None:
     driver = kit.app.driver
     result = kit.add.delay(1, 1)
     first = fetch_one(kit)
@@ -311,7 +313,7 @@ def test_stale_attempt_report_ignored(kit: Toolkit) -> None:
     assert result.node("0").value == 2
 
 
-def test_duplicate_report_keeps_idle_accurate(kit: Toolkit) -> None:
+def test_duplicate_report_keeps_idle_accurate(kit: Kit) -> None:
     driver = kit.app.driver
     group(kit.add.s(1, 1), kit.add.s(2, 2)).apply_async()
     messages = driver.fetch(["default"], 2, 0.5)

@@ -7,7 +7,6 @@ import datetime as dt
 import time
 
 import pytest
-from tasks_fixture import Toolkit
 
 from stem import chain, chord, group
 from stem.errors import (
@@ -17,13 +16,15 @@ from stem.errors import (
     TimeoutError,
 )
 
+from ..task_kit import Kit
+
 TIMEOUT_S = 5.0
 
 
 # -- retries ---------------------------------------------------------------------
 
 
-def test_retry_then_succeed(kit: Toolkit) -> None:
+def test_retry_then_succeed(kit: Kit) -> None:
     result = kit.flaky.delay("done", 2)
     with kit.app.worker(concurrency=2):
         assert result.get(TIMEOUT_S) == "done"
@@ -32,7 +33,7 @@ def test_retry_then_succeed(kit: Toolkit) -> None:
     assert node.attempts == 3
 
 
-def test_retry_in_header_keeps_value(kit: Toolkit) -> None:
+def test_retry_in_header_keeps_value(kit: Kit) -> None:
     header = [kit.flaky.s("a", 2), kit.add.s(1, 1), kit.flaky.s("b", 1)]
     result = chord(header, kit.echo.s()).apply_async()
     with kit.app.worker(concurrency=4):
@@ -42,7 +43,7 @@ def test_retry_in_header_keeps_value(kit: Toolkit) -> None:
     assert len(kit.called("flaky")) == 5
 
 
-def test_retry_exhaustion_fails_node(kit: Toolkit) -> None:
+def test_retry_exhaustion_fails_node(kit: Kit) -> None:
     result = chain(kit.always_retry.s(), kit.add.s(1, 1)).apply_async()
     with kit.app.worker(concurrency=2), pytest.raises(KeyError, match="still missing"):
         result.get(TIMEOUT_S)
@@ -52,7 +53,7 @@ def test_retry_exhaustion_fails_node(kit: Toolkit) -> None:
     assert kit.app.driver.dead_letters() == []
 
 
-def test_autoretry_with_backoff_succeeds(kit: Toolkit) -> None:
+def test_autoretry_with_backoff_succeeds(kit: Kit) -> None:
     result = kit.autoretry.delay("value", 3)
     with kit.app.worker(concurrency=2):
         assert result.get(TIMEOUT_S) == "value"
@@ -60,7 +61,7 @@ def test_autoretry_with_backoff_succeeds(kit: Toolkit) -> None:
     assert result.node("0").attempts == 4
 
 
-def test_autoretry_exhaustion_raises_last(kit: Toolkit) -> None:
+def test_autoretry_exhaustion_raises_last(kit: Kit) -> None:
     result = kit.autoretry.delay("value", 100)
     with (
         kit.app.worker(concurrency=2),
@@ -70,7 +71,7 @@ def test_autoretry_exhaustion_raises_last(kit: Toolkit) -> None:
     assert kit.attempts["autoretry"] == 5
 
 
-def test_autoretry_ignores_other_errors(kit: Toolkit) -> None:
+def test_autoretry_ignores_other_errors(kit: Kit) -> None:
     @kit.app.task(name="wrong_error", autoretry_for=(ConnectionError,))
     def wrong_error() -> None:
         raise ValueError("not retried")
@@ -84,7 +85,7 @@ def test_autoretry_ignores_other_errors(kit: Toolkit) -> None:
 # -- replace ---------------------------------------------------------------------
 
 
-def test_replace_in_chain_feeds_downstream(kit: Toolkit) -> None:
+def test_replace_in_chain_feeds_downstream(kit: Kit) -> None:
     kit.replacement = chain(kit.add.si(1, 1), kit.add.s(10))
     result = chain(kit.replace_with.s(), kit.add.s(100)).apply_async()
     with kit.app.worker(concurrency=4):
@@ -92,14 +93,14 @@ def test_replace_in_chain_feeds_downstream(kit: Toolkit) -> None:
     assert result.node("0.0").state == "succeeded"
 
 
-def test_replace_with_group_gives_list(kit: Toolkit) -> None:
+def test_replace_with_group_gives_list(kit: Kit) -> None:
     kit.replacement = group(kit.add.si(1, 1), kit.add.si(2, 2))
     result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
     with kit.app.worker(concurrency=4):
         assert result.get(TIMEOUT_S) == [2, 4]
 
 
-def test_replace_in_chord_header(kit: Toolkit) -> None:
+def test_replace_in_chord_header(kit: Kit) -> None:
     kit.replacement = chain(kit.add.si(5, 5), kit.add.s(1))
     header = [kit.add.s(1, 1), kit.replace_with.s(), kit.add.s(2, 2)]
     result = chord(header, kit.echo.s()).apply_async()
@@ -108,20 +109,20 @@ def test_replace_in_chord_header(kit: Toolkit) -> None:
     assert len(kit.called("echo")) == 1
 
 
-def test_replace_as_last_step(kit: Toolkit) -> None:
+def test_replace_as_last_step(kit: Kit) -> None:
     kit.replacement = kit.add.si(20, 22)
     with kit.app.worker(concurrency=4):
         assert kit.replace_with.delay().get(TIMEOUT_S) == 42
 
 
-def test_replace_with_empty_group(kit: Toolkit) -> None:
+def test_replace_with_empty_group(kit: Kit) -> None:
     kit.replacement = group()
     result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
     with kit.app.worker(concurrency=4):
         assert result.get(TIMEOUT_S) == []
 
 
-def test_replaced_task_link_follows(kit: Toolkit) -> None:
+def test_replaced_task_link_follows(kit: Kit) -> None:
     kit.replacement = chain(kit.add.si(1, 1), kit.add.s(1))
     result = kit.replace_with.apply_async(link=kit.record.s())
     with kit.app.worker(concurrency=4):
@@ -130,7 +131,7 @@ def test_replaced_task_link_follows(kit: Toolkit) -> None:
     assert kit.called("record") == [(3,)]
 
 
-def test_replaced_task_errback_follows(kit: Toolkit) -> None:
+def test_replaced_task_errback_follows(kit: Kit) -> None:
     kit.replacement = chain(kit.add.si(1, 1), kit.fail.s())
     result = kit.replace_with.apply_async(link_error=kit.record.s())
     with kit.app.worker(concurrency=4):
@@ -140,7 +141,7 @@ def test_replaced_task_errback_follows(kit: Toolkit) -> None:
     assert kit.called("record") == [(f"{result.id}-0.1",)]
 
 
-def test_replace_failure_cancels_downstream(kit: Toolkit) -> None:
+def test_replace_failure_cancels_downstream(kit: Kit) -> None:
     kit.replacement = kit.fail.si()
     result = chain(kit.replace_with.s(), kit.add.s(1)).apply_async()
     with (
@@ -154,7 +155,7 @@ def test_replace_failure_cancels_downstream(kit: Toolkit) -> None:
 # -- countdown and eta -----------------------------------------------------------
 
 
-def test_countdown_member_runs_after_others(kit: Toolkit) -> None:
+def test_countdown_member_runs_after_others(kit: Kit) -> None:
     late = kit.record.s("late").set(countdown=0.5)
     canvas = group(late, kit.record.s("early"))
     with kit.app.worker(concurrency=4):
@@ -162,7 +163,7 @@ def test_countdown_member_runs_after_others(kit: Toolkit) -> None:
     assert kit.called("record") == [("early",), ("late",)]
 
 
-def test_submit_countdown_delays_roots(kit: Toolkit) -> None:
+def test_submit_countdown_delays_roots(kit: Kit) -> None:
     with kit.app.worker(concurrency=4):
         delayed = kit.record.apply_async(("late",), countdown=0.5)
         kit.record.delay("early").get(TIMEOUT_S)
@@ -170,7 +171,7 @@ def test_submit_countdown_delays_roots(kit: Toolkit) -> None:
     assert kit.called("record") == [("early",), ("late",)]
 
 
-def test_eta_delays_task(kit: Toolkit) -> None:
+def test_eta_delays_task(kit: Kit) -> None:
     eta = dt.datetime.now(dt.UTC) + dt.timedelta(seconds=0.5)
     with kit.app.worker(concurrency=4):
         delayed = kit.record.apply_async(("late",), eta=eta)
@@ -183,7 +184,7 @@ def test_eta_delays_task(kit: Toolkit) -> None:
     assert kit.called("record") == [("late",)]
 
 
-def test_eta_in_past_runs_now(kit: Toolkit) -> None:
+def test_eta_in_past_runs_now(kit: Kit) -> None:
     eta = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
     with kit.app.worker(concurrency=4):
         assert kit.add.apply_async((1, 2), eta=eta).get(TIMEOUT_S) == 3
@@ -192,7 +193,7 @@ def test_eta_in_past_runs_now(kit: Toolkit) -> None:
 # -- submission and waiting ------------------------------------------------------
 
 
-def test_same_run_id_makes_one_run(kit: Toolkit) -> None:
+def test_same_run_id_makes_one_run(kit: Kit) -> None:
     first = kit.add.apply_async((1, 2), run_id="fixed-run")
     second = kit.add.apply_async((5, 5), run_id="fixed-run")
     with kit.app.worker(concurrency=4):
@@ -203,7 +204,7 @@ def test_same_run_id_makes_one_run(kit: Toolkit) -> None:
     assert kit.called("add") == [(1, 2)]
 
 
-def test_same_run_id_canvas_once(kit: Toolkit) -> None:
+def test_same_run_id_canvas_once(kit: Kit) -> None:
     canvas = chord([kit.add.s(1, 1), kit.add.s(2, 2)], kit.total.s())
     with kit.app.worker(concurrency=4):
         first = canvas.apply_async(run_id="canvas-run").get(TIMEOUT_S)
@@ -212,7 +213,7 @@ def test_same_run_id_canvas_once(kit: Toolkit) -> None:
     assert len(kit.called("total")) == 1
 
 
-def test_get_without_worker_raises_at_once(kit: Toolkit) -> None:
+def test_get_without_worker_raises_at_once(kit: Kit) -> None:
     result = kit.add.delay(1, 1)
     started = time.monotonic()
     with pytest.raises(NoWorkerRunning):
@@ -220,7 +221,7 @@ def test_get_without_worker_raises_at_once(kit: Toolkit) -> None:
     assert time.monotonic() - started < 5
 
 
-def test_get_timeout_raises_timeout_error(kit: Toolkit) -> None:
+def test_get_timeout_raises_timeout_error(kit: Kit) -> None:
     with kit.app.worker(concurrency=2):
         result = kit.wait_gate.delay()
         with pytest.raises(TimeoutError) as caught:
@@ -233,7 +234,7 @@ def test_get_timeout_raises_timeout_error(kit: Toolkit) -> None:
 # -- cancel ----------------------------------------------------------------------
 
 
-def test_cancel_stops_downstream(kit: Toolkit) -> None:
+def test_cancel_stops_downstream(kit: Kit) -> None:
     result = chain(kit.wait_gate.s(), kit.add.s(1, 1), kit.add.s(1)).apply_async()
     with kit.app.worker(concurrency=2):
         result.cancel()
@@ -247,7 +248,7 @@ def test_cancel_stops_downstream(kit: Toolkit) -> None:
     assert states == {"cancelled"}
 
 
-def test_cancel_after_end_changes_nothing(kit: Toolkit) -> None:
+def test_cancel_after_end_changes_nothing(kit: Kit) -> None:
     with kit.app.worker(concurrency=2):
         result = kit.add.delay(1, 1)
         assert result.get(TIMEOUT_S) == 2
@@ -256,7 +257,7 @@ def test_cancel_after_end_changes_nothing(kit: Toolkit) -> None:
     assert result.get(TIMEOUT_S) == 2
 
 
-def test_cancel_leaves_link_skipped(kit: Toolkit) -> None:
+def test_cancel_leaves_link_skipped(kit: Kit) -> None:
     result = kit.wait_gate.apply_async(link=kit.record.s())
     with kit.app.worker(concurrency=2):
         result.cancel()
@@ -267,7 +268,7 @@ def test_cancel_leaves_link_skipped(kit: Toolkit) -> None:
     assert kit.called("record") == []
 
 
-def test_replace_with_settled_chord(kit: Toolkit) -> None:
+def test_replace_with_settled_chord(kit: Kit) -> None:
     kit.replacement = chord([kit.fail.si()], group(), join="all_settled")
     result = chain(kit.replace_with.s(), kit.echo.s()).apply_async()
 
@@ -279,7 +280,7 @@ def test_replace_with_settled_chord(kit: Toolkit) -> None:
     assert len(kit.called("echo")) == 1
 
 
-def test_retry_without_exc_exhausts(kit: Toolkit) -> None:
+def test_retry_without_exc_exhausts(kit: Kit) -> None:
     @kit.app.task(name="retry_bare", bind=True, max_retries=1)
     def retry_bare(task: object) -> None:
         task.retry(countdown=0.01)  # type: ignore[attr-defined]

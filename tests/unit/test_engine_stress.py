@@ -6,14 +6,15 @@ Every wait has a timeout, so a hang fails the test instead of the suite.
 from __future__ import annotations
 
 import pytest
-from tasks_fixture import Toolkit
 
 from stem import chain, chord, group
+
+from ..task_kit import Kit
 
 TIMEOUT_S = 10.0
 
 
-def test_many_runs_at_once(kit: Toolkit) -> None:
+def test_many_runs_at_once(kit: Kit) -> None:
     results = []
     with kit.app.worker(concurrency=8):
         for index in range(60):
@@ -27,7 +28,7 @@ def test_many_runs_at_once(kit: Toolkit) -> None:
     assert len(kit.called("total")) == 60
 
 
-def test_concurrent_retries_and_failures(kit: Toolkit) -> None:
+def test_concurrent_retries_and_failures(kit: Kit) -> None:
     results = []
     with kit.app.worker(concurrency=8):
         for index in range(30):
@@ -43,13 +44,13 @@ def test_concurrent_retries_and_failures(kit: Toolkit) -> None:
     assert kit.called("record") == []
 
 
-def test_deep_chain_of_200(kit: Toolkit) -> None:
+def test_deep_chain_of_200(kit: Kit) -> None:
     canvas = chain(kit.add.s(0, 0), *(kit.add.s(1) for _ in range(199)))
     with kit.app.worker(concurrency=8):
         assert canvas.apply_async().get(TIMEOUT_S) == 199
 
 
-def test_deep_chain_failure_cancels_rest(kit: Toolkit) -> None:
+def test_deep_chain_failure_cancels_rest(kit: Kit) -> None:
     steps = [kit.add.s(1) for _ in range(150)]
     canvas = chain(kit.add.s(0, 0), kit.fail.s(), *steps)
     result = canvas.apply_async(link_error=kit.record.s())
@@ -61,20 +62,20 @@ def test_deep_chain_failure_cancels_rest(kit: Toolkit) -> None:
     assert len(kit.called("add")) == 1
 
 
-def test_wide_chord_of_2000(kit: Toolkit) -> None:
+def test_wide_chord_of_2000(kit: Kit) -> None:
     canvas = chord([kit.add.s(i, 0) for i in range(2000)], kit.total.s())
     with kit.app.worker(concurrency=8):
         assert canvas.apply_async().get(TIMEOUT_S) == sum(range(2000))
     assert len(kit.called("total")) == 1
 
 
-def test_wide_group_keeps_order(kit: Toolkit) -> None:
+def test_wide_group_keeps_order(kit: Kit) -> None:
     canvas = group(kit.add.s(i, 0) for i in range(1000))
     with kit.app.worker(concurrency=8):
         assert canvas.apply_async().get(TIMEOUT_S) == list(range(1000))
 
 
-def test_cancel_races_running_runs(kit: Toolkit) -> None:
+def test_cancel_races_running_runs(kit: Kit) -> None:
     with kit.app.worker(concurrency=8):
         results = []
         for _ in range(40):
@@ -89,7 +90,7 @@ def test_cancel_races_running_runs(kit: Toolkit) -> None:
     assert kit.called("record") == []
 
 
-def test_errback_once_under_many_failures(kit: Toolkit) -> None:
+def test_errback_once_under_many_failures(kit: Kit) -> None:
     canvas = group(kit.fail.s() for _ in range(40))
     with kit.app.worker(concurrency=8):
         results = [canvas.apply_async(link_error=kit.record.s()) for _ in range(10)]
@@ -100,7 +101,7 @@ def test_errback_once_under_many_failures(kit: Toolkit) -> None:
     assert fired == sorted(result.id for result in results)
 
 
-def test_error_is_lowest_failed_member(kit: Toolkit) -> None:
+def test_error_is_lowest_failed_member(kit: Kit) -> None:
     canvas = group(kit.add.s(1, 1), *(kit.fail.s() for _ in range(20)))
     with kit.app.worker(concurrency=8):
         result = canvas.apply_async()
