@@ -2,8 +2,9 @@
 
 Run by bench/run.py with the Stem venv's Python, while ``stem worker`` runs
 in another process. Everything goes through Stem's public API: tasks,
-canvases, ``apply_async`` and ``AsyncResult.get``; per-node times come
-from ``AsyncResult.graph()`` after the timed part.
+canvases, ``apply_async``, ``apply_many``, ``AsyncResult.get`` and
+``ResultSet.get``; per-node times come from ``AsyncResult.graph()`` after
+the timed part.
 """
 
 from __future__ import annotations
@@ -24,17 +25,24 @@ from stem_tasks import app, collect, member, noop, step
 
 from stem import chain, chord
 
+#: Tasks per `apply_many` call in the noop scenario, as BullMQ's client
+#: passes them to ``Queue.addBulk`` (bench/bullmq/bench.js).
+NOOP_BATCH = 1000
+
 
 def run_noop(count: int, cap_s: float) -> dict[str, Any]:
     deadline = time.monotonic() + cap_s
     started = time.monotonic()
-    results = [noop.delay() for _ in range(count)]
+    batches = [
+        noop.apply_many([()] * min(NOOP_BATCH, count - first))
+        for first in range(0, count, NOOP_BATCH)
+    ]
     submitted = time.monotonic()
     done = 0
     try:
-        for result in results:
-            result.get(timeout=max(0.001, deadline - time.monotonic()))
-            done += 1
+        for batch in batches:
+            batch.get(timeout=max(0.001, deadline - time.monotonic()))
+            done += len(batch)
     except TimeoutError:
         return {"capped": True, "done": done, "submit_s": submitted - started}
     ended = time.monotonic()

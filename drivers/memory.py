@@ -118,6 +118,11 @@ class MemoryDriver:
             log.debug("Run %s submitted with %d nodes.", run_id, len(spec.nodes))
             return True
 
+    def submit_many(
+        self, runs: Sequence[tuple[str, GraphSpec]]
+    ) -> list[bool | Exception]:
+        return [self.submit(run_id, spec) for run_id, spec in runs]
+
     def claim(self, message: Message) -> Claim | None:
         with self._lock:
             self._drop_expired()
@@ -193,6 +198,18 @@ class MemoryDriver:
         with self._lock:
             run = self._wait_for_end(run_id, timeout_s)
             return None if run.status == "running" else _snapshot(run)
+
+    def wait_ended_many(
+        self, run_ids: Sequence[str], timeout_s: float | None
+    ) -> list[RunSnapshot | None]:
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        snapshots: list[RunSnapshot | None] = []
+        for run_id in run_ids:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None:
+                remaining = max(0.0, remaining)
+            snapshots.append(self.wait_ended(run_id, remaining))
+        return snapshots
 
     def _wait_for_end(self, run_id: str, timeout_s: float | None) -> RunState:
         """Return the run once it ended, the timeout passed or no worker runs.

@@ -9,21 +9,32 @@ import sys
 import threading
 import time
 import unicodedata
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
 from stem.canvas.compiler import check_nesting, compile_canvas
-from stem.canvas.errors import InvalidOption
+from stem.canvas.errors import (
+    CanvasError,
+    InvalidCanvas,
+    InvalidOption,
+    NotSerializable,
+)
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Group, Signature, chunks, starmap, xmap
 from stem.canvas.spec import GraphSpec, NodeOptions
 from stem.engine.drivers import load_driver, redact
-from stem.engine.errors import InvalidSchedule, Replace, Retry, TaskNotRegistered
+from stem.engine.errors import (
+    InvalidSchedule,
+    PartialSubmitError,
+    Replace,
+    Retry,
+    TaskNotRegistered,
+)
 from stem.engine.execution import Request, current_request
 from stem.engine.ports import Driver
-from stem.engine.result import AsyncResult
+from stem.engine.result import AsyncResult, ResultSet
 from stem.engine.schedules import Entry, entry_from_mapping, make_entry
 
 if TYPE_CHECKING:
@@ -33,6 +44,8 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+#: Entries of an app's filled-options cache; it is emptied when full.
+_FILLED_DEFAULTS_MAX = 1024
 
 
 def new_run_id() -> str:
@@ -150,6 +163,26 @@ class Task:
         """Submit one call with options (queue, countdown, eta, run_id, link...)."""
         return self.app.submit(self.signature(args, kwargs), (), {}, options)
 
+    def apply_many(
+        self, args_list: Iterable[Sequence[Any]], **options: Any
+    ) -> ResultSet:
+        """Submit one run per item of ``args_list``, in few round trips.
+
+        Each item is a tuple or list of positional arguments, as for
+        `starmap`, and every run gets ``options``. See `App.submit_many`.
+        Unlike `map`, `starmap` and `chunks`, which run all calls in one
+        run, each call here is its own run with its own result.
+        """
+        signatures: list[Signature] = []
+        for index, args in enumerate(args_list):
+            if not isinstance(args, (list, tuple)):
+                raise InvalidCanvas(
+                    f"apply_many(): item {index} is {args!r}, not a tuple or list "
+                    f"of arguments; pass ({args!r},) for a single argument."
+                )
+            signatures.append(self.signature(args))
+        return self.app.submit_many(signatures, **options)
+
     def map(self, items: Iterable[Any]) -> Signature:
         """Call the task on each item in one worker: Celery's ``task.map``."""
         return xmap(self.s(), items).bind(self.app)
@@ -201,6 +234,8 @@ class App:
         self.beat_entries: dict[str, Entry] = {}
         self._driver: Driver | None = None
         self._driver_lock = threading.Lock()
+        #: Filled options of calls that set no option, by task and defaults.
+        self._filled_defaults: dict[tuple[str, Hashable], NodeOptions] = {}
         self._register_builtins()
         for entry_name, fields in (beat_schedule or {}).items():
             self._add_entry(entry_from_mapping(entry_name, fields))
@@ -282,6 +317,98 @@ class App:
         submit with the same id returns the existing run. ``link`` and
         ``link_error`` attach to the canvas as a whole.
         """
+        run_id, spec = self._compile_run(canvas, args, kwargs, options)
+        created = self.driver.submit(run_id, spec)
+        if created:
+            log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
+        return AsyncResult(run_id, self)
+
+    def submit_many(
+        self,
+        canvases: Iterable[Canvas],
+        *,
+        run_ids: Sequence[str] | None = None,
+        **options: Any,
+    ) -> ResultSet:
+        """Submit each canvas as its own run, in few round trips to the store.
+
+        The bulk form of `submit`, like BullMQ's ``Queue.addBulk``: every
+        canvas is compiled and every value serialised before anything is
+        written, so one invalid canvas rejects the whole call. Each run is
+        still stored in its own atomic step; on Redis the steps go in one
+        pipeline per batch of runs.
+
+        Args:
+            canvases: the signatures, chains, groups or chords to submit.
+            run_ids: one id per canvas, to make the submit idempotent as
+                ``run_id`` does for `submit`; new ids by default.
+            options: submit options for every run (``queue``, ``countdown``,
+                ``link``...), as `submit` takes them; ``run_id`` is not one.
+
+        Returns:
+            A `ResultSet` of the runs, in the order of ``canvases``.
+
+        Raises:
+            NotSerializable, InvalidOption, InvalidCanvas: for the first
+                invalid canvas, naming its index; nothing was written.
+            PartialSubmitError: if the store failed for some runs; the
+                others were stored. Its ``submitted`` and ``failed`` list
+                them.
+        """
+        if "run_id" in options:
+            raise InvalidOption(
+                "submit_many(): run_id is not an option here; pass run_ids=[...] "
+                "with one id per canvas."
+            )
+        items = list(canvases)
+        ids: list[Any] = [None] * len(items)
+        if run_ids is not None:
+            ids = list(run_ids)
+            if len(ids) != len(items):
+                raise InvalidOption(
+                    f"submit_many(): {len(ids)} run_ids for {len(items)} canvases; "
+                    "pass one run id per canvas."
+                )
+        runs: list[tuple[str, GraphSpec]] = []
+        with paused_gc():
+            for index, (canvas, run_id) in enumerate(zip(items, ids, strict=True)):
+                try:
+                    runs.append(
+                        self._compile_run(
+                            canvas, (), None, {**options, "run_id": run_id}
+                        )
+                    )
+                except CanvasError as err:
+                    raise _at_index(err, index) from err
+        outcomes = self.driver.submit_many(runs) if runs else []
+        failed = {
+            run_id: outcome
+            for (run_id, _), outcome in zip(runs, outcomes, strict=True)
+            if isinstance(outcome, Exception)
+        }
+        if failed:
+            submitted = [run_id for run_id, _ in runs if run_id not in failed]
+            first_id, first_error = next(iter(failed.items()))
+            raise PartialSubmitError(
+                f"submit_many(): {len(failed)} of {len(runs)} runs failed to "
+                f"submit; the first, run {first_id}, with: {first_error}. The "
+                f"other {len(submitted)} runs were submitted. Submit the failed "
+                "ones again with the same run ids (see .failed); a run stored "
+                "after all is not stored twice.",
+                submitted,
+                failed,
+            )
+        log.debug("Submitted %d runs.", len(runs))
+        return ResultSet([AsyncResult(run_id, self) for run_id, _ in runs], self)
+
+    def _compile_run(
+        self,
+        canvas: Canvas,
+        args: Sequence[Any],
+        kwargs: Mapping[str, Any] | None,
+        options: Mapping[str, Any] | None,
+    ) -> tuple[str, GraphSpec]:
+        """Return the run id and the compiled spec of one run to submit."""
         extra = dict(options or {})
         run_id = _check_run_id(extra.pop("run_id", None))
         links = extra.pop("link", None)
@@ -292,10 +419,7 @@ class App:
         spec = compile_canvas(
             canvas, args, kwargs, extra, fill_options=self._options_filler()
         )
-        created = self.driver.submit(run_id, spec)
-        if created:
-            log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
-        return AsyncResult(run_id, self)
+        return run_id, spec
 
     def apply_task_defaults(self, spec: GraphSpec) -> GraphSpec:
         """Fill node options that the canvas left unset from the task's defaults."""
@@ -342,6 +466,23 @@ class App:
         defaults = {"queue": self.default_queue}
         if task is not None:
             defaults.update(task.options)
+        defaults_key = _options_key(defaults)
+        if not options.model_fields_set and defaults_key is not None:
+            # Most calls set no option of their own, so the filled options
+            # of a task are computed once while its defaults stay the same.
+            key = (task_name, defaults_key)
+            filled = self._filled_defaults.get(key)
+            if filled is None:
+                filled = self._fill_unset(task_name, options, defaults)
+                if len(self._filled_defaults) >= _FILLED_DEFAULTS_MAX:
+                    self._filled_defaults.clear()
+                self._filled_defaults[key] = filled
+            return filled
+        return self._fill_unset(task_name, options, defaults)
+
+    def _fill_unset(
+        self, task_name: str, options: NodeOptions, defaults: Mapping[str, Any]
+    ) -> NodeOptions:
         unset = {
             key: value
             for key, value in defaults.items()
@@ -472,6 +613,16 @@ class App:
         self.task(run_starmap, name="stem.starmap")
 
 
+def _at_index(error: CanvasError, index: int) -> CanvasError:
+    """Return a copy of a canvas error that names the canvas's index in the call."""
+    suffix = " Nothing of this submit_many() call was submitted."
+    if isinstance(error, NotSerializable):
+        return NotSerializable(
+            f"canvases[{index}] > {error.path}", f"{error.problem}.{suffix}"
+        )
+    return type(error)(f"canvases[{index}]: {error}{suffix}")
+
+
 def _check_run_id(run_id: Any) -> str:
     """Return the run id given at submit, or a new one when none was given."""
     if run_id is None:
@@ -488,6 +639,19 @@ def _check_run_id(run_id: Any) -> str:
             "characters only."
         )
     return run_id
+
+
+def _options_key(options: Mapping[str, Any]) -> Hashable | None:
+    """Return a hashable key of option values that distinguishes True, 1 and 1.0.
+
+    Returns None when a value cannot be hashed.
+    """
+    key = tuple((name, type(value), value) for name, value in options.items())
+    try:
+        hash(key)
+    except TypeError:
+        return None
+    return key
 
 
 def task_name_of(function: Callable[..., Any]) -> str:

@@ -16,7 +16,8 @@ These extend the tree rooted at `stem.canvas.errors.StemError`::
     │   ├── ValueTooLarge           a task returned more than max_value_bytes
     │   └── TaskError               a task failed with a class Stem would not rebuild
     ├── DriverError                 the store or broker underneath failed
-    │   └── DriverNotFound          no driver for a URL scheme
+    │   ├── DriverNotFound          no driver for a URL scheme
+    │   └── PartialSubmitError      submit_many() stored some runs but not others
     ├── InvalidSchedule             a beat entry is declared wrongly (ValueError)
     └── Retry, Replace              raised inside tasks to steer the engine
 """
@@ -140,6 +141,24 @@ class DriverError(StemError):
 
 class DriverNotFound(DriverError, LookupError):
     """Raised when no installed driver handles a URL's scheme."""
+
+
+class PartialSubmitError(DriverError):
+    """Raised by ``submit_many()`` when the store failed for some of the runs.
+
+    The other runs were stored and run as usual. Submitting a failed run
+    again with the same run id is safe: a run that was stored after all is
+    not stored twice.
+    """
+
+    def __init__(
+        self, message: str, submitted: list[str], failed: dict[str, Exception]
+    ) -> None:
+        super().__init__(message)
+        #: Ids of the runs that were stored, in the order they were given.
+        self.submitted = submitted
+        #: The error of each run that failed, by run id.
+        self.failed = failed
 
 
 class InvalidSchedule(StemError, ValueError):

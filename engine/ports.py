@@ -149,6 +149,17 @@ class GraphStore(Protocol):
         """Store a new run and enqueue its roots; False if the id already exists."""
         ...
 
+    def submit_many(
+        self, runs: Sequence[tuple[str, GraphSpec]]
+    ) -> list[bool | Exception]:
+        """Store each ``(run_id, spec)`` as `submit` does, in few round trips if it can.
+
+        Each run is still stored in its own atomic step. Returns, in order,
+        True for a run created, False for an id that already exists, or the
+        exception of a run whose write failed. The other runs stand.
+        """
+        ...
+
     def claim(self, message: Message) -> Claim | None:
         """Start an attempt; None for a duplicate, stale or cancelled message.
 
@@ -222,6 +233,17 @@ class GraphStore(Protocol):
         the run cannot end (memory:// with no worker). Unlike `wait`, it
         builds no snapshot of a running run, which for a run of a million
         nodes costs seconds and gigabytes.
+        """
+        ...
+
+    def wait_ended_many(
+        self, run_ids: Sequence[str], timeout_s: float | None
+    ) -> list[RunSnapshot | None]:
+        """Block until every run ends or the timeout passes, as `wait_ended` does.
+
+        Returns, in order, each run's snapshot, or None for a run still
+        running. It may return before the timeout for the same reason as
+        `wait_ended`. Raises `RunNotFound` for the first unknown run.
         """
         ...
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
 from stem.canvas.render import NodeView
 from stem.canvas.spec import GraphSpec, NodeId
@@ -125,48 +125,19 @@ class AsyncResult:
     def _wait(self, timeout: float | None) -> RunSnapshot | None:
         """Wait like the driver's ``wait_ended``, warning once while no worker is alive.
 
-        The wait goes in slices of `NO_WORKER_GRACE_S` / 2 seconds. After
-        each slice of a run still running, the driver's `workers_alive` is
-        read, and once it has returned 0 for `NO_WORKER_GRACE_S` seconds one
-        warning is logged. A driver that can tell no worker will ever come
-        (memory://) ends its wait early, and None is returned at once.
-        A running run's snapshot is read only for the warning, because for a
-        run of a million nodes one costs seconds and gigabytes.
+        See `wait_warning_once` for the slices and the warning. A running
+        run's snapshot is read only for the warning, because for a run of a
+        million nodes one costs seconds and gigabytes.
         """
         driver = self.app.driver
-        if timeout is not None and timeout <= NO_WORKER_GRACE_S:
-            return driver.wait_ended(self.id, timeout)
-        started = time.monotonic()
-        deadline = None if timeout is None else started + timeout
-        slice_s = NO_WORKER_GRACE_S / 2
-        # When workers_alive() first returned 0 since it last returned more.
-        # It is first read after a slice, so a get() of a run that ends
-        # within one slice costs no heartbeat read.
-        none_since: float | None = None
-        checked = False
-        warned = False
-        while True:
-            now = time.monotonic()
-            wait_s = slice_s if deadline is None else min(slice_s, deadline - now)
-            snapshot = driver.wait_ended(self.id, max(0.0, wait_s))
-            ended_at = time.monotonic()
-            done = deadline is not None and ended_at >= deadline
-            if snapshot is not None or done or ended_at - now < wait_s:
-                return snapshot
-            if warned:
-                continue
-            first_check = not checked
-            checked = True
-            if driver.workers_alive() != 0:
-                none_since = None
-                continue
-            if none_since is None:
-                # None alive after the first slice: count from the start.
-                none_since = started if first_check else ended_at
-            if ended_at - none_since >= NO_WORKER_GRACE_S:
-                running = driver.snapshot(self.id)
-                self._warn_no_worker(running, ended_at - none_since)
-                warned = True
+
+        def wait_slice(seconds: float) -> RunSnapshot | None:
+            return driver.wait_ended(self.id, seconds)
+
+        def warn(idle_s: float) -> None:
+            self._warn_no_worker(driver.snapshot(self.id), idle_s)
+
+        return wait_warning_once(self.app, timeout, wait_slice, warn)
 
     def _warn_no_worker(self, snapshot: RunSnapshot, idle_s: float) -> None:
         queued = [
@@ -276,6 +247,190 @@ class AsyncResult:
         """
         self.app.driver.retry_run(self.id)
         return AsyncResult(self.id, self.app)
+
+
+class ResultSet:
+    """Handles on many runs of one app, whose results are read together.
+
+    Like Celery's ``ResultSet``: `get` returns every run's value in order.
+    On Redis, it reads all runs in one pipelined round trip per poll rather
+    than one round trip per run.
+    """
+
+    def __init__(self, results: Iterable[AsyncResult], app: App | None = None) -> None:
+        self.results = list(results)
+        apps = {id(result.app) for result in self.results}
+        if len(apps) > 1:
+            raise ValueError(
+                "ResultSet(): the results belong to different apps; make one "
+                "ResultSet per app."
+            )
+        if app is None and self.results:
+            app = self.results[0].app
+        self.app = app
+
+    def __repr__(self) -> str:
+        return f"<ResultSet of {len(self.results)} runs>"
+
+    def __len__(self) -> int:
+        return len(self.results)
+
+    def __iter__(self) -> Iterator[AsyncResult]:
+        return iter(self.results)
+
+    def __getitem__(self, index: int) -> AsyncResult:
+        return self.results[index]
+
+    @property
+    def ids(self) -> list[str]:
+        """The run ids, in order."""
+        return [result.id for result in self.results]
+
+    def ready(self) -> bool:
+        """Tell whether every run has ended, with one read of all of them."""
+        if self.app is None:
+            return True
+        found = self.app.driver.wait_ended_many(self.ids, 0.0)
+        return all(snapshot is not None for snapshot in found)
+
+    def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
+        """Wait for every run to end and return their values, in order.
+
+        Args:
+            timeout: seconds to wait for all runs together; None waits as
+                long as it takes.
+            propagate: when False, a failed or cancelled run's error takes
+                its value's place in the list instead of being raised.
+
+        Raises:
+            TimeoutError: if a run has not ended within ``timeout`` and no
+                run before it in the set failed.
+            NoWorkerRunning: as `AsyncResult.get` does.
+            Exception: with ``propagate``, the error of the first run in the
+                set's order that failed, as `AsyncResult.get` raises it.
+                Unlike Celery's ``ResultSet.get``, it is raised once every
+                run has ended or the timeout has passed, not as soon as that
+                run ends.
+        """
+        app = self.app
+        if app is None:
+            return []
+        started = time.monotonic()
+        snapshots = self._wait(app, timeout)
+        values: list[Any] = []
+        for result, snapshot in zip(self.results, snapshots, strict=True):
+            if snapshot is None:
+                self._raise_not_ended(app, result, snapshots, started, timeout)
+            if snapshot.status == "succeeded":
+                values.append(
+                    loads(snapshot.value) if snapshot.value is not None else None
+                )
+                continue
+            error = result._error(snapshot)
+            if propagate:
+                raise error
+            values.append(error)
+        return values
+
+    join = get
+
+    def _wait(self, app: App, timeout: float | None) -> list[RunSnapshot | None]:
+        """Wait for every run, each slice reading only the runs still running."""
+        driver = app.driver
+        run_ids = self.ids
+        snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
+
+        def wait_slice(seconds: float) -> bool | None:
+            pending = [index for index, found in enumerate(snapshots) if found is None]
+            found = driver.wait_ended_many(
+                [run_ids[index] for index in pending], seconds
+            )
+            for index, snapshot in zip(pending, found, strict=True):
+                snapshots[index] = snapshot
+            return True if all(found is not None for found in snapshots) else None
+
+        def warn(idle_s: float) -> None:
+            first = next(
+                index for index, found in enumerate(snapshots) if found is None
+            )
+            result = self.results[first]
+            result._warn_no_worker(driver.snapshot(result.id), idle_s)
+
+        wait_warning_once(app, timeout, wait_slice, warn)
+        return snapshots
+
+    def _raise_not_ended(
+        self,
+        app: App,
+        result: AsyncResult,
+        snapshots: Sequence[RunSnapshot | None],
+        started: float,
+        timeout: float | None,
+    ) -> NoReturn:
+        pending = sum(1 for snapshot in snapshots if snapshot is None)
+        waited = time.monotonic() - started
+        if app.driver.workers_alive() == 0 and (timeout is None or waited < timeout):
+            raise NoWorkerRunning(
+                f"Run {result.id} and {pending - 1} other runs of the set cannot "
+                f"finish: no worker is running on {redact(app.url)}. Wrap the call "
+                "in 'with app.worker():' or start 'stem worker' for a shared broker."
+            )
+        raise TimeoutError(
+            f"{pending} of {len(snapshots)} runs did not end within {timeout} s; "
+            f"the first is run {result.id}."
+        )
+
+
+T = TypeVar("T")
+
+
+def wait_warning_once(
+    app: App,
+    timeout: float | None,
+    wait_slice: Callable[[float], T | None],
+    warn: Callable[[float], None],
+) -> T | None:
+    """Call ``wait_slice`` until it returns a result; warn once if no worker is alive.
+
+    The wait goes in slices of `NO_WORKER_GRACE_S` / 2 seconds. After each
+    slice that returned None, the driver's `workers_alive` is read, and once
+    it has returned 0 for `NO_WORKER_GRACE_S` seconds ``warn`` is called
+    once with that time. A slice that returns early with None (memory://
+    with no worker) ends the wait, and None is returned at once.
+    """
+    driver = app.driver
+    if timeout is not None and timeout <= NO_WORKER_GRACE_S:
+        return wait_slice(timeout)
+    started = time.monotonic()
+    deadline = None if timeout is None else started + timeout
+    slice_s = NO_WORKER_GRACE_S / 2
+    # When workers_alive() first returned 0 since it last returned more.
+    # It is first read after a slice, so a get() of a run that ends
+    # within one slice costs no heartbeat read.
+    none_since: float | None = None
+    checked = False
+    warned = False
+    while True:
+        now = time.monotonic()
+        wait_s = slice_s if deadline is None else min(slice_s, deadline - now)
+        found = wait_slice(max(0.0, wait_s))
+        ended_at = time.monotonic()
+        done = deadline is not None and ended_at >= deadline
+        if found is not None or done or ended_at - now < wait_s:
+            return found
+        if warned:
+            continue
+        first_check = not checked
+        checked = True
+        if driver.workers_alive() != 0:
+            none_since = None
+            continue
+        if none_since is None:
+            # None alive after the first slice: count from the start.
+            none_since = started if first_check else ended_at
+        if ended_at - none_since >= NO_WORKER_GRACE_S:
+            warn(ended_at - none_since)
+            warned = True
 
 
 def node_views(

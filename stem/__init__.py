@@ -27,4 +27,5 @@ from stem.engine.app import App as App
 from stem.engine.app import Task as Task
 from stem.engine.records import is_error_record as is_error_record
 from stem.engine.result import AsyncResult as AsyncResult
+from stem.engine.result import ResultSet as ResultSet
 from stem.engine.worker import Worker as Worker

@@ -18,6 +18,7 @@ from stem.engine.errors import EngineError as EngineError
 from stem.engine.errors import InvalidSchedule as InvalidSchedule
 from stem.engine.errors import MaxRetriesExceededError as MaxRetriesExceededError
 from stem.engine.errors import NoWorkerRunning as NoWorkerRunning
+from stem.engine.errors import PartialSubmitError as PartialSubmitError
 from stem.engine.errors import Replace as Replace
 from stem.engine.errors import Retry as Retry
 from stem.engine.errors import RunNotFound as RunNotFound

@@ -1,9 +1,12 @@
 """Time 10,000 no-op tasks through App, a thread worker and the Redis driver.
 
 Run from the repository root:
-``python bench/profile/noop.py [--tasks N] [--concurrency C] [--profile FILE]``.
+``python bench/profile/noop.py [--tasks N] [--concurrency C] [--bulk]``
+``[--profile FILE]``.
 It submits every task with ``delay()`` first, then starts the worker and
-times until the last run has ended, then calls ``get()`` on each result. For
+times until the last run has ended, then calls ``get()`` on each result.
+With ``--bulk`` it submits with one ``noop.apply_many()`` call and reads
+with one ``ResultSet.get()`` call instead. For
 each of the three phases it prints Redis commands, round trips and Redis CPU
 per task. ``--commands`` lists every command with its microseconds.
 """
@@ -26,7 +29,7 @@ from common import (
     server_cpu_s,
 )
 
-from stem import App
+from stem import App, ResultSet
 
 
 class Census:
@@ -91,6 +94,11 @@ def main() -> None:
         action="store_true",
         help="print every Redis command per task, with its microseconds",
     )
+    parser.add_argument(
+        "--bulk",
+        action="store_true",
+        help="submit with apply_many() and read with ResultSet.get()",
+    )
     options = parser.parse_args()
     phase = Phase(options.profile)
     tasks = options.tasks
@@ -103,7 +111,10 @@ def main() -> None:
 
         census = Census(url, RoundTrips())
         with census("submit", tasks, options.commands), phase("submit"):
-            results = [noop.delay() for _ in range(tasks)]
+            if options.bulk:
+                results = list(noop.apply_many([()] * tasks))
+            else:
+                results = [noop.delay() for _ in range(tasks)]
         worker = app.worker(concurrency=options.concurrency)
         with census("run", tasks, options.commands), phase("run"):
             worker.start()
@@ -112,8 +123,11 @@ def main() -> None:
                 time.sleep(0.005)
         worker.stop()
         with census("get all", tasks, options.commands), phase("get all"):
-            for result in results:
-                result.get(timeout=10)
+            if options.bulk:
+                ResultSet(results).get(timeout=60)
+            else:
+                for result in results:
+                    result.get(timeout=10)
         phase.save()
         rate = tasks / phase.times["run"]
         print(f"{'tasks/s (run)':>28}: {rate:8.0f}")

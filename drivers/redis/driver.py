@@ -42,6 +42,7 @@ import redis
 from redis.cluster import RedisCluster
 from redis.exceptions import RedisClusterException
 
+from stem.canvas.errors import StemError
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
 from stem.canvas.text import printable
@@ -125,9 +126,21 @@ _OUTBOX_FIELDS: dict[str, frozenset[str]] = {
     "report": frozenset({"run", "node", "epoch", "shard", "outcome", "cause"}),
     "cancel": frozenset({"run", "node"}),
 }
+#: Runs whose script calls or status reads `submit_many` and
+#: `wait_ended_many` send in one pipeline.
+_PIPELINE_BATCH = 500
 #: Minimum seconds between two XAUTOCLAIM sweeps of one driver. Sweeps run every
 #: quarter of the visibility timeout, but no more often than this.
 _MIN_RECLAIM_INTERVAL_S = 0.05
+
+
+@dataclasses.dataclass(frozen=True)
+class _LargeRun:
+    """The fields of a run too large for one submit call, for `_submit_large`."""
+
+    graph: list[str]
+    state: list[str]
+    counts: list[str]
 
 
 class RedisDriver(ShardRuns):
@@ -295,36 +308,129 @@ class RedisDriver(ShardRuns):
         not give, such as a callback's ``/shards`` field.
         """
         with paused_gc():
-            graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
-            counts = layout.initial_counts(spec.nodes)
-            state = [
-                *layout.initial_node_fields(spec.nodes),
-                *layout.open_reader_fields(spec),
-            ]
-            large = (len(graph) + len(state)) // 2 > self._submit_chunk
-            if not large:
-                roots = (node.id for node in spec.nodes if _queued_at_start(node))
-                args: list[str | int | float] = [
-                    ",".join(roots),
-                    "1",
-                    spec.to_json(),
-                    ",".join(node.id for node in spec.nodes),
-                    ",".join(spec.sinks),
-                    ",".join(layout.nodes_reaching_sinks(spec)),
-                    str(sum(1 for node in spec.nodes if not node.side)),
-                    str(len(graph) // 2),
-                    *graph,
-                    _milliseconds(self.retention_s),
-                    str(self._events_max_len),
-                    str(len(counts) // 2),
-                    *counts,
-                    *state,
-                ]
-                # The script builds the run's other keys from the run hash's.
-                keys = [self._keys.run(run_id).run]
-                reply = self._scripts.call("submit", keys, args, run_id=run_id)
-        if large:
-            return self._submit_large(run_id, spec, graph, state, counts)
+            call = self._submit_call(run_id, spec, extra_graph)
+            if isinstance(call, _LargeRun):
+                reply = None
+            else:
+                reply = self._scripts.call("submit", *call, run_id=run_id)
+        if isinstance(call, _LargeRun):
+            return self._submit_large(run_id, spec, call.graph, call.state, call.counts)
+        return self._submitted(run_id, spec, reply)
+
+    def submit_many(
+        self, runs: Sequence[tuple[str, GraphSpec]]
+    ) -> list[bool | Exception]:
+        """Store each run with its own submit script call, pipelined per batch.
+
+        A run that `submit` would shard or write in chunks is stored on its
+        own as it comes, before the pipeline of its batch. A Cluster
+        pipeline sends each node its share of the calls in one round trip.
+        """
+        results: list[bool | Exception | None] = [None] * len(runs)
+        for first in range(0, len(runs), _PIPELINE_BATCH):
+            calls: list[tuple[str, list[str], list[str | int | float]]] = []
+            piped: list[int] = []
+            for index in range(first, min(first + _PIPELINE_BATCH, len(runs))):
+                run_id, spec = runs[index]
+                try:
+                    call = self._submit_call_or_store(run_id, spec)
+                except StemError as err:
+                    results[index] = err
+                    continue
+                if isinstance(call, bool):
+                    results[index] = call
+                    continue
+                calls.append(("submit", *call))
+                piped.append(index)
+            try:
+                replies = self._scripts.call_many(calls) if calls else []
+            except DriverError as err:
+                # The pipeline as a whole failed: some of its runs may have
+                # been stored anyway, and submitting them again is a no-op.
+                for index in piped:
+                    results[index] = err
+                continue
+            for index, reply in zip(piped, replies, strict=True):
+                run_id, spec = runs[index]
+                results[index] = self._submitted_or_error(run_id, spec, reply)
+        done: list[bool | Exception] = []
+        for result in results:
+            assert result is not None, "every run of submit_many has a result"
+            done.append(result)
+        return done
+
+    def _submit_call_or_store(
+        self, run_id: str, spec: GraphSpec
+    ) -> tuple[list[str], list[str | int | float]] | bool:
+        """Return the submit script call of a run, or store a run too large for one.
+
+        A sharded or large run is stored at once, and what `submit` returns
+        for it is returned instead of a call.
+        """
+        plan = plan_shards(spec, self._shard_size)
+        if plan is not None:
+            return self._submit_sharded(run_id, plan)
+        with paused_gc():
+            call = self._submit_call(run_id, spec)
+        if isinstance(call, _LargeRun):
+            return self._submit_large(run_id, spec, call.graph, call.state, call.counts)
+        return call
+
+    def _submitted_or_error(
+        self, run_id: str, spec: GraphSpec, reply: Any
+    ) -> bool | Exception:
+        """Check one submit reply of a pipeline; return its error instead of raising."""
+        if isinstance(reply, redis.RedisError):
+            error = script_error("submit", reply, run_id, "")
+            error.__cause__ = reply
+            return error
+        if isinstance(reply, Exception):
+            return reply
+        try:
+            return self._submitted(run_id, spec, reply)
+        except StemError as err:
+            return err
+
+    def _submit_call(
+        self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
+    ) -> tuple[list[str], list[str | int | float]] | _LargeRun:
+        """Return the keys and arguments of the submit script for a run.
+
+        A run with more fields than ``submit_chunk`` gets the fields that
+        `_submit_large` writes in chunks instead. The caller pauses the
+        cyclic collector.
+        """
+        graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
+        counts = layout.initial_counts(spec.nodes)
+        state = [
+            *layout.initial_node_fields(spec.nodes),
+            *layout.open_reader_fields(spec),
+        ]
+        if (len(graph) + len(state)) // 2 > self._submit_chunk:
+            return _LargeRun(graph, state, counts)
+        roots = (node.id for node in spec.nodes if _queued_at_start(node))
+        args: list[str | int | float] = [
+            ",".join(roots),
+            "1",
+            spec.to_json(),
+            ",".join(node.id for node in spec.nodes),
+            ",".join(spec.sinks),
+            ",".join(layout.nodes_reaching_sinks(spec)),
+            str(sum(1 for node in spec.nodes if not node.side)),
+            str(len(graph) // 2),
+            *graph,
+            _milliseconds(self.retention_s),
+            str(self._events_max_len),
+            str(len(counts) // 2),
+            *counts,
+            *state,
+        ]
+        # The script builds the run's other keys from the run hash's.
+        keys = [self._keys.run(run_id).run]
+        return keys, args
+
+    def _submitted(self, run_id: str, spec: GraphSpec, reply: Any) -> bool:
+        """Check a submit script's reply; True if it created the run."""
         accept = frozenset({Reply.DONE, Reply.DUPLICATE})
         created = check_reply("submit", reply, run_id, accept=accept) is Reply.DONE
         if created:
@@ -932,22 +1038,52 @@ class RedisDriver(ShardRuns):
         Raises:
             RunNotFound: if the run does not exist.
         """
+        keys, fields_read = self._read_ended_call(run_id)
+        reply = self._scripts.call("read_ended", keys, fields_read, run_id=run_id)
+        return self._ended_from_reply(run_id, fields_read, reply)
+
+    def _read_ended_many(self, run_ids: Sequence[str]) -> list[RunSnapshot | None]:
+        """Do what `_read_if_ended` does for each run, pipelined per batch."""
+        snapshots: list[RunSnapshot | None] = []
+        for first in range(0, len(run_ids), _PIPELINE_BATCH):
+            batch = run_ids[first : first + _PIPELINE_BATCH]
+            reads = [self._read_ended_call(run_id) for run_id in batch]
+            calls: list[tuple[str, list[str], list[str | int | float]]] = [
+                ("read_ended", keys, list(fields)) for keys, fields in reads
+            ]
+            replies = self._scripts.call_many(calls)
+            for run_id, (_, fields), reply in zip(batch, reads, replies, strict=True):
+                if isinstance(reply, redis.RedisError):
+                    raise script_error("read_ended", reply, run_id, "") from reply
+                if isinstance(reply, Exception):
+                    raise reply
+                snapshots.append(self._ended_from_reply(run_id, fields, reply))
+        return snapshots
+
+    def _read_ended_call(
+        self, run_id: str
+    ) -> tuple[list[str], list[str | int | float]]:
+        """Return the keys and arguments of the read_ended script for a run."""
         keys = self._keys.run(run_id)
         known = self._known_version(run_id)
         fields_read = [*_SNAPSHOT_FIELDS, "spec"] if not known else _SNAPSHOT_FIELDS
-        reply = self._scripts.call(
-            "read_ended",
-            [keys.run, keys.nodes, keys.values, keys.errors],
-            list(fields_read),
-            run_id=run_id,
-        )
-        run = _fields_found(fields_read, reply[0])
+        return [keys.run, keys.nodes, keys.values, keys.errors], list(fields_read)
+
+    def _ended_from_reply(
+        self, run_id: str, fields_read: Sequence[Any], reply: Any
+    ) -> RunSnapshot | None:
+        """Build the snapshot of an ended run from a read_ended reply; None if running.
+
+        Raises:
+            RunNotFound: if the run does not exist.
+        """
+        run = _fields_found([str(name) for name in fields_read], reply[0])
         if "status" not in run:
             raise self._not_found(run_id)
         if len(reply) == 1:
             return None
         version, text = run["spec_version"], run.pop("spec", "")
-        if not text and version != known:
+        if not text and version != self._known_version(run_id):
             # A large run's spec, or a spec that a splice changed since it
             # was parsed: snapshot reads either.
             return self.snapshot(run_id)
@@ -978,6 +1114,66 @@ class RedisDriver(ShardRuns):
                     status = self._client.hget(run_key, "status")
                 if status is None:
                     raise self._not_found(run_id)
+
+    def wait_ended_many(
+        self, run_ids: Sequence[str], timeout_s: float | None
+    ) -> list[RunSnapshot | None]:
+        """Wait as `wait_ended` does, for many runs in one round trip per poll.
+
+        The first read is one pipeline of read_ended calls. Runs still
+        running are then polled with one pipeline of HGETs of their status,
+        and only the runs whose status changed are read again.
+        """
+        deadline = None if timeout_s is None else time.monotonic() + timeout_s
+        snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
+        reading = list(range(len(run_ids)))
+        while True:
+            found = self._read_ended_many([run_ids[index] for index in reading])
+            for index, snapshot in zip(reading, found, strict=True):
+                snapshots[index] = snapshot
+            pending = [
+                index for index in range(len(run_ids)) if snapshots[index] is None
+            ]
+            if not pending:
+                return snapshots
+            reading = self._poll_changed(run_ids, pending, deadline)
+            if not reading:
+                return snapshots
+
+    def _poll_changed(
+        self, run_ids: Sequence[str], pending: list[int], deadline: float | None
+    ) -> list[int]:
+        """Poll the status of the pending runs until one changes; return their indexes.
+
+        At the deadline, returns every pending index to read once more, or
+        an empty list when nothing changed since that last read.
+
+        Raises:
+            RunNotFound: if a pending run no longer exists.
+        """
+        last_read = True
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                return [] if last_read else pending
+            pause = self._poll_interval_s
+            time.sleep(pause if remaining is None else min(pause, remaining))
+            last_read = False
+            changed: list[int] = []
+            for first in range(0, len(pending), _PIPELINE_BATCH):
+                batch = pending[first : first + _PIPELINE_BATCH]
+                with self._redis_errors(f"read the status of {len(batch)} runs"):
+                    pipe = self._client.pipeline(transaction=False)
+                    for index in batch:
+                        pipe.hget(self._keys.run(run_ids[index]).run, "status")
+                    statuses: list[Any] = pipe.execute()
+                for index, status in zip(batch, statuses, strict=True):
+                    if status is None:
+                        raise self._not_found(run_ids[index])
+                    if status != "running":
+                        changed.append(index)
+            if changed:
+                return changed
 
     def workers_alive(self) -> int | None:
         return len(self.workers())

@@ -1,0 +1,189 @@
+"""Bulk submit (`App.submit_many`, `Task.apply_many`) and bulk reads (`ResultSet`).
+
+Each test runs on every driver of the conformance suite. On Redis the small
+limits of the suite make a chord of five a large run, written in chunks, and
+``redis-shards`` cuts it into shard runs. A bulk submit there mixes
+pipelined runs with runs that are stored one at a time.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from stem import ResultSet, chain, chord
+from stem.engine.result import RunCancelled
+from stem.errors import (
+    InvalidCanvas,
+    InvalidOption,
+    NotSerializable,
+    NoWorkerRunning,
+    RunNotFound,
+    TimeoutError,
+)
+
+from .conftest import TIMEOUT_S, Kit
+
+
+def test_apply_many_values_in_order(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.add.apply_many([(i, i) for i in range(50)])
+        assert len(results) == 50
+        assert results.get(TIMEOUT_S) == [2 * i for i in range(50)]
+    assert len(kit.called("add")) == 50
+
+
+def test_apply_many_gives_own_runs(kit: Kit) -> None:
+    results = kit.add.apply_many([(1, 2), (3, 4)])
+    ids = results.ids
+    assert len(set(ids)) == 2
+    assert [result.id for result in results] == ids
+    assert results[1].id == ids[1]
+
+
+def test_submit_many_mixed_canvases(kit: Kit) -> None:
+    canvases = [
+        kit.add.s(1, 1),
+        chain(kit.add.s(1, 2), kit.add.s(3)),
+        chord([kit.add.s(i, 1) for i in range(5)], kit.total.s()),
+        kit.echo.s("text"),
+    ]
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(canvases)
+        assert results.get(TIMEOUT_S) == [2, 6, 15, "text"]
+
+
+def test_submit_many_shared_options(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)], priority=3)
+        assert results.get(TIMEOUT_S) == [2, 4]
+    for result in results:
+        spec, _ = result.graph()
+        assert spec.nodes[0].options.priority == 3
+
+
+def test_unserialisable_value_rejects_all(kit: Kit) -> None:
+    with pytest.raises(NotSerializable) as caught:
+        kit.add.apply_many([(1, 1), (2, 2), (object(), 1), (3, 3)])
+    message = str(caught.value)
+    assert message.startswith("canvases[2] > args[0]: ")
+    assert "builtins.object is not JSON-serialisable" in message
+    assert "Nothing of this submit_many() call was submitted." in message
+    assert kit.app.driver.list_runs().runs == []
+
+
+def test_invalid_canvas_rejects_all(kit: Kit) -> None:
+    with pytest.raises(InvalidCanvas) as caught:
+        kit.app.submit_many([kit.add.s(1, 1), chain()])
+    assert str(caught.value).startswith("canvases[1]: ")
+    assert kit.app.driver.list_runs().runs == []
+
+
+def test_apply_many_item_not_tuple(kit: Kit) -> None:
+    with pytest.raises(InvalidCanvas) as caught:
+        kit.echo.apply_many([("a",), "b"])
+    assert "item 1 is 'b'" in str(caught.value)
+    assert "('b',)" in str(caught.value)
+    assert kit.app.driver.list_runs().runs == []
+
+
+def test_submit_many_run_ids_idempotent(kit: Kit) -> None:
+    ids = ["bulk-a", "bulk-b"]
+    first = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)], run_ids=ids)
+    again = kit.app.submit_many([kit.add.s(5, 5), kit.add.s(6, 6)], run_ids=ids)
+    assert first.ids == ids
+    assert again.ids == ids
+    with kit.app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [2, 4]
+    assert len(kit.called("add")) == 2
+
+
+def test_submit_many_rejects_bad_ids(kit: Kit) -> None:
+    with pytest.raises(InvalidOption, match="2 run_ids for 1 canvases"):
+        kit.app.submit_many([kit.add.s(1, 1)], run_ids=["a", "b"])
+    with pytest.raises(InvalidOption, match="pass run_ids="):
+        kit.app.submit_many([kit.add.s(1, 1)], run_id="a")
+    with pytest.raises(
+        InvalidOption, match="canvases\\[1\\]: apply_async\\(\\): run_id"
+    ):
+        kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)], run_ids=["a", ""])
+    assert kit.app.driver.list_runs().runs == []
+
+
+def test_empty_bulk_submit(kit: Kit) -> None:
+    results = kit.add.apply_many([])
+    assert len(results) == 0
+    assert results.get(TIMEOUT_S) == []
+    assert results.ready()
+
+
+def test_result_set_raises_first_failure(kit: Kit) -> None:
+    canvases = [kit.add.s(1, 1), kit.fail.s(1), kit.fail.s(2), kit.add.s(2, 2)]
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(canvases)
+        with pytest.raises(ValueError, match="planned failure") as caught:
+            results.get(TIMEOUT_S)
+        notes = "\n".join(getattr(caught.value, "__notes__", []))
+        assert results[1].id in notes
+        values = results.get(TIMEOUT_S, propagate=False)
+    assert values[0] == 2
+    assert isinstance(values[1], ValueError)
+    assert isinstance(values[2], ValueError)
+    assert values[3] == 4
+
+
+def test_result_set_cancelled_run(kit: Kit) -> None:
+    results = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)])
+    results[1].cancel()
+    with kit.app.worker(concurrency=2):
+        with pytest.raises(RunCancelled):
+            results.get(TIMEOUT_S)
+        values = results.join(TIMEOUT_S, propagate=False)
+    assert values[0] == 2
+    assert isinstance(values[1], RunCancelled)
+
+
+def test_result_set_timeout(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.add.s(1, 1), kit.wait_gate.s()])
+        assert results[0].get(TIMEOUT_S) == 2
+        assert not results.ready()
+        with pytest.raises(
+            TimeoutError, match=r"1 of 2 runs did not end within 0\.3 s"
+        ):
+            results.get(timeout=0.3)
+        kit.gate.set()
+        assert results.get(TIMEOUT_S) == [2, "opened"]
+        assert results.ready()
+
+
+def test_result_set_failure_before_pending(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.fail.s(), kit.wait_gate.s()])
+        # The failed run comes first in the set, so its error wins over the
+        # timeout of the run that is still waiting.
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(timeout=0.5)
+        kit.gate.set()
+
+
+def test_result_set_without_worker(kit: Kit, driver_name: str) -> None:
+    results = kit.app.submit_many([kit.add.s(1, 1)])
+    if driver_name == "memory":
+        with pytest.raises(NoWorkerRunning, match="no worker is running"):
+            results.get(timeout=5)
+    else:
+        with pytest.raises(TimeoutError):
+            results.get(timeout=0.2)
+
+
+def test_result_set_unknown_run(kit: Kit) -> None:
+    known = kit.app.submit_many([kit.add.s(1, 1)])
+    results = ResultSet([known[0], kit.app.AsyncResult("no-such-run")])
+    with pytest.raises(RunNotFound):
+        results.get(TIMEOUT_S)
+
+
+def test_result_set_of_async_results(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        handles = [kit.add.delay(i, 1) for i in range(5)]
+        assert ResultSet(handles).get(TIMEOUT_S) == [1, 2, 3, 4, 5]

@@ -1,0 +1,132 @@
+"""Bulk submit and bulk reads on Redis: pipelines per batch and partial failures.
+
+What every driver does is tested in tests/conformance/test_bulk_runs.py.
+These tests run on each Redis configuration of the session (`redis_target`).
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from stem import App, ResultSet
+from stem.drivers.redis import RedisDriver
+from stem.drivers.redis import driver as driver_module
+from stem.errors import DriverError, PartialSubmitError
+
+TIMEOUT_S = 10.0
+
+
+@pytest.fixture
+def app(redis_target: Any) -> Iterator[App]:
+    bulk_app = App(
+        redis_target.url,
+        prefix=f"test-{uuid.uuid4().hex[:12]}:",
+        **redis_target.settings,
+    )
+
+    @bulk_app.task(name="add")
+    def add(x: int, y: int) -> int:
+        return x + y
+
+    yield bulk_app
+    bulk_app.close()
+
+
+def _driver(app: App) -> RedisDriver:
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    return driver
+
+
+class _CountedPipelines:
+    """Count the script pipelines a driver sends, and fail chosen calls in them."""
+
+    def __init__(self, driver: RedisDriver) -> None:
+        self.pipelines = 0
+        self.fail_calls: set[int] = set()
+        self.raise_error: Exception | None = None
+        self._call_many = driver._scripts.call_many
+        self._sent = 0
+
+    def __call__(self, calls: list[Any]) -> list[Any]:
+        self.pipelines += 1
+        if self.raise_error is not None:
+            raise self.raise_error
+        replies = self._call_many(calls)
+        for index in range(len(replies)):
+            if self._sent + index in self.fail_calls:
+                replies[index] = redis.ResponseError("planned failure")
+        self._sent += len(calls)
+        return replies
+
+
+def _count_pipelines(app: App, monkeypatch: pytest.MonkeyPatch) -> _CountedPipelines:
+    driver = _driver(app)
+    counted = _CountedPipelines(driver)
+    monkeypatch.setattr(driver._scripts, "call_many", counted)
+    return counted
+
+
+def test_submit_many_pipelines_per_batch(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(driver_module, "_PIPELINE_BATCH", 4)
+    counted = _count_pipelines(app, monkeypatch)
+    results = app.tasks["add"].apply_many([(i, 1) for i in range(10)])
+    assert counted.pipelines == 3
+    with app.worker(concurrency=4):
+        assert results.get(TIMEOUT_S) == [i + 1 for i in range(10)]
+
+
+def test_result_set_reads_ended_runs_in_batches(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = app.tasks["add"].apply_many([(i, 1) for i in range(10)])
+    with app.worker(concurrency=4):
+        for result in results:
+            result.get(TIMEOUT_S)
+    monkeypatch.setattr(driver_module, "_PIPELINE_BATCH", 4)
+    counted = _count_pipelines(app, monkeypatch)
+    # A new set, so no handle has cached anything: every run is read again.
+    again = ResultSet([app.AsyncResult(run_id) for run_id in results.ids])
+    assert again.get(TIMEOUT_S) == [i + 1 for i in range(10)]
+    assert counted.pipelines == 3
+
+
+def test_partial_submit_failure(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    counted = _count_pipelines(app, monkeypatch)
+    counted.fail_calls = {1}
+    ids = ["bulk-0", "bulk-1", "bulk-2"]
+    add = app.tasks["add"]
+    with pytest.raises(PartialSubmitError) as caught:
+        app.submit_many([add.s(i, 1) for i in range(3)], run_ids=ids)
+    error = caught.value
+    assert error.submitted == ["bulk-0", "bulk-2"]
+    assert list(error.failed) == ["bulk-1"]
+    assert isinstance(error.failed["bulk-1"], DriverError)
+    assert "1 of 3 runs failed to submit" in str(error)
+    assert "run bulk-1" in str(error)
+    # The failure was injected after the script ran, so the run exists: a
+    # second submit with the same ids stores nothing twice.
+    counted.fail_calls = set()
+    again = app.submit_many([add.s(i, 1) for i in range(3)], run_ids=ids)
+    with app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+
+
+def test_failed_pipeline_fails_its_runs(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    counted = _count_pipelines(app, monkeypatch)
+    counted.raise_error = DriverError("Running a pipeline of scripts failed: down")
+    add = app.tasks["add"]
+    with pytest.raises(PartialSubmitError) as caught:
+        app.submit_many([add.s(1, 1), add.s(2, 2)], run_ids=["down-0", "down-1"])
+    assert caught.value.submitted == []
+    assert sorted(caught.value.failed) == ["down-0", "down-1"]
+    assert "2 of 2 runs failed to submit" in str(caught.value)

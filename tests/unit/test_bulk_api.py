@@ -1,0 +1,136 @@
+"""The client-side pieces of bulk submit on memory://: option caching, ResultSet, gc.
+
+The bulk calls themselves run on every driver in
+tests/conformance/test_bulk_runs.py.
+"""
+
+from __future__ import annotations
+
+import gc
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from stem import App, ResultSet
+from stem.canvas.gcpause import paused_gc
+from stem.canvas.spec import NodeOptions
+
+
+@pytest.fixture
+def app() -> Iterator[App]:
+    memory_app = App("memory://")
+    yield memory_app
+    memory_app.close()
+
+
+def _options(app: App, run_id: str) -> NodeOptions:
+    return app.driver.snapshot(run_id).spec.nodes[0].options
+
+
+def test_filled_options_follow_task_changes(app: App) -> None:
+    @app.task(name="job", queue="first")
+    def job() -> None:
+        return None
+
+    before = job.delay()
+    job.options["queue"] = "second"
+    after = job.delay()
+    assert _options(app, before.id).queue == "first"
+    assert _options(app, after.id).queue == "second"
+
+
+def test_filled_options_follow_default_queue(app: App) -> None:
+    @app.task(name="job")
+    def job() -> None:
+        return None
+
+    before = job.delay()
+    app.default_queue = "other"
+    after = job.delay()
+    assert _options(app, before.id).queue == "default"
+    assert _options(app, after.id).queue == "other"
+
+
+def test_filled_options_keep_value_types(app: App) -> None:
+    @app.task(name="job", retry_backoff=True)
+    def job() -> None:
+        return None
+
+    flag = job.delay()
+    job.options["retry_backoff"] = 1.0
+    seconds = job.delay()
+    assert _options(app, flag.id).retry_backoff is True
+    backoff = _options(app, seconds.id).retry_backoff
+    assert type(backoff) is float
+    assert backoff == 1.0
+
+
+def test_filled_options_unhashable_default(app: App) -> None:
+    @app.task(name="job")
+    def job() -> None:
+        return None
+
+    # An option Stem does not store, with a value that cannot be hashed,
+    # must not break the cache.
+    job.options["note"] = ["not", "hashable"]
+    result = job.delay()
+    assert _options(app, result.id).queue == "default"
+
+
+def test_result_set_rejects_mixed_apps(app: App) -> None:
+    other = App("memory://")
+    try:
+        with pytest.raises(ValueError, match="different apps"):
+            ResultSet([app.AsyncResult("a"), other.AsyncResult("b")])
+    finally:
+        other.close()
+
+
+def test_result_set_sequence_protocol(app: App) -> None:
+    handles = [app.AsyncResult(run_id) for run_id in ("a", "b", "c")]
+    results = ResultSet(handles)
+    assert len(results) == 3
+    assert list(results) == handles
+    assert results[2] is handles[2]
+    assert results.ids == ["a", "b", "c"]
+    assert results.app is app
+    assert repr(results) == "<ResultSet of 3 runs>"
+
+
+def test_empty_result_set_has_no_app() -> None:
+    results = ResultSet([])
+    assert results.app is None
+    assert results.get() == []
+    assert results.ready()
+
+
+def _gc_enabled_after(setup: Any) -> bool:
+    was = gc.isenabled()
+    try:
+        setup()
+        with paused_gc():
+            with paused_gc():
+                assert not gc.isenabled()
+            assert not gc.isenabled()
+        return gc.isenabled()
+    finally:
+        if was:
+            gc.enable()
+        else:
+            gc.disable()
+
+
+def test_paused_gc_resumes_when_enabled() -> None:
+    assert _gc_enabled_after(gc.enable)
+
+
+def test_paused_gc_keeps_disabled_gc() -> None:
+    assert not _gc_enabled_after(gc.disable)
+
+
+def test_paused_gc_resumes_after_error() -> None:
+    gc.enable()
+    with pytest.raises(KeyError), paused_gc():
+        raise KeyError("planned")
+    assert gc.isenabled()
