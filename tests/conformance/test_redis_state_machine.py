@@ -33,7 +33,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from hypothesis import HealthCheck, settings
+from hypothesis import settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
     Bundle,
@@ -368,7 +368,7 @@ class RedisScriptsMachine(RuleBasedStateMachine):
             seconds, micros = self.client.time(target_nodes=node)
         else:
             seconds, micros = self.client.time()
-        return float(seconds) + micros / 1_000_000
+        return float(seconds) + float(micros) / 1_000_000
 
     def _delayed_score(self, run: _Run, claimed: _Claimed) -> float:
         """Return the delayed-set score of the attempt after ``claimed``."""
@@ -387,17 +387,17 @@ class RedisScriptsMachine(RuleBasedStateMachine):
         )
 
 
+#: The profile that tests/conftest.py loaded.
+_PROFILE = settings()
+
 #: A tenth of the profile's examples (5 with ``dev``, 50 with ``ci``), with
 #: 40 steps each, on each Redis configuration. With ``ci`` the three
 #: configurations took about 48 s together on a shared two-core machine,
-#: the Cluster about half of it. The Redis calls of a step make
-#: hypothesis's too_slow health check fire on a loaded machine.
+#: the Cluster about half of it.
 MACHINE_SETTINGS = settings(
-    settings.default,
-    max_examples=max(5, settings.default.max_examples // 10),
+    _PROFILE,
+    max_examples=max(5, _PROFILE.max_examples // 10),
     stateful_step_count=40,
-    deadline=None,
-    suppress_health_check=[HealthCheck.too_slow],
 )
 
 
