@@ -18,6 +18,7 @@ events of the steps that were applied.
 
 from __future__ import annotations
 
+import json
 import random
 import uuid
 from collections import Counter
@@ -57,6 +58,8 @@ class _Report:
     late: bool = False
     lease: int = 1
     epoch: int = 1
+    #: Countdown of a retry report before the next attempt, in seconds.
+    countdown: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -65,6 +68,35 @@ class _Delivery:
     attempt: int
     takeover: bool = False
     epoch: int = 1
+
+
+@dataclass(frozen=True)
+class _Claimed:
+    """One attempt that both sides let a worker run, with the lease they granted."""
+
+    node: NodeId
+    attempt: int
+    lease: int
+    epoch: int
+    task: str
+    args: list[Any]
+    kwargs: dict[str, Any]
+
+    def value(self) -> str:
+        """Return the encoded value that a planned success of the attempt returns."""
+        return dumps(echo_value(self.task, self.args, self.kwargs))
+
+    def report(self, kind: str, payload: Any, countdown: float = 0.0) -> _Report:
+        """Return the attempt's report of ``kind``, carrying its lease and epoch."""
+        return _Report(
+            kind,
+            self.node,
+            self.attempt,
+            payload,
+            lease=self.lease,
+            epoch=self.epoch,
+            countdown=countdown,
+        )
 
 
 class _Pair:
@@ -85,6 +117,8 @@ class _Pair:
         self.run_id = f"run-{uuid.uuid4().hex[:8]}"
         self.now = 0.0
         self.messages: list[_Delivery] = []
+        #: Retried attempts waiting out their countdown, not yet deliverable.
+        self.delayed: list[_Delivery] = []
         self.reports: list[_Report] = []
         #: Times each ``(node, attempt, epoch)`` was enqueued.
         self.enqueued: Counter[tuple[NodeId, int, int]] = Counter()
@@ -161,7 +195,12 @@ class _Pair:
             reclaimed=reclaimed,
         )
 
-    def _deliver(self, delivery: _Delivery, rng: random.Random) -> None:
+    def claim(self, delivery: _Delivery) -> _Claimed | None:
+        """Claim a delivery on both sides and return the claim, or None if rejected.
+
+        Both sides must accept or reject it alike, grant the same lease and
+        hand the task the same arguments.
+        """
         node_id, attempt, takeover = delivery.node, delivery.attempt, delivery.takeover
         epoch = delivery.epoch
         accepted = machine.claim(
@@ -174,15 +213,12 @@ class _Pair:
             f"machine accepted {accepted}, Redis returned {claim}."
         )
         if claim is None:
-            return
+            return None
         self.events.append(("started", node_id, attempt))
         lease = self.run.nodes[node_id].lease
         self.leases[(node_id, attempt, epoch)] = lease
         assert claim.message.lease == lease
         assert not claim.message.reclaimed
-        node_plan = self.plan.get(node_id, NodePlan())
-        if node_plan.takeover and lease == 1 and not takeover:
-            self.messages.append(_Delivery(node_id, attempt, True, epoch))
         node = self.run.spec.node(node_id)
         has_value, value = machine.resolve_input(self.run, node)
         args = [decode(item) for item in node.args]
@@ -190,6 +226,16 @@ class _Pair:
             args.insert(0, value)
         assert loads(dumps(claim.args)) == loads(dumps(args))
         assert claim.kwargs == {key: decode(v) for key, v in node.kwargs.items()}
+        return _Claimed(node_id, attempt, lease, epoch, node.task, args, claim.kwargs)
+
+    def _deliver(self, delivery: _Delivery, rng: random.Random) -> None:
+        claimed = self.claim(delivery)
+        if claimed is None:
+            return
+        node_id, attempt, epoch = claimed.node, claimed.attempt, claimed.epoch
+        node_plan = self.plan.get(node_id, NodePlan())
+        if node_plan.takeover and claimed.lease == 1 and not delivery.takeover:
+            self.messages.append(_Delivery(node_id, attempt, True, epoch))
         if self.replacements and rng.random() < 0.5:
             kind, payload = "replace", self.replacements.pop()
         elif attempt <= node_plan.retries:
@@ -200,10 +246,8 @@ class _Pair:
             payload = ErrorInfo.from_exception(PlannedFailure(f"node {node_id}"))
         else:
             kind = "complete"
-            payload = dumps(echo_value(node.task, args, claim.kwargs))
-        self.reports.append(
-            _Report(kind, node_id, attempt, payload, lease=lease, epoch=epoch)
-        )
+            payload = claimed.value()
+        self.reports.append(claimed.report(kind, payload))
 
     def _apply(self, report: _Report) -> None:
         run, now = self.run, self.now
@@ -228,8 +272,9 @@ class _Pair:
             effects = machine.splice(run, node, attempt, payload, now, **fence)
             self.driver.replace(message, payload)
         else:
-            effects = machine.retry(run, node, attempt, payload, 0.0, now, **fence)
-            self.driver.retry(message, payload, 0.0)
+            delay = report.countdown
+            effects = machine.retry(run, node, attempt, payload, delay, now, **fence)
+            self.driver.retry(message, payload, delay)
         if old_epoch:
             assert effects is None
             return
@@ -251,6 +296,11 @@ class _Pair:
             if isinstance(effect, machine.Enqueue):
                 self.enqueued[(effect.node, effect.attempt, self.run.epoch)] += 1
                 delivery = _Delivery(effect.node, effect.attempt, epoch=self.run.epoch)
+                if effect.delay_s > 0:
+                    # Delivered once its countdown elapses, and only once,
+                    # because a plan's ``duplicate`` does not apply to it.
+                    self.delayed.append(delivery)
+                    continue
                 self.messages.append(delivery)
                 if self.plan.get(effect.node, NodePlan()).duplicate:
                     self.messages.append(delivery)
@@ -277,16 +327,31 @@ def _with_ignored(spec: GraphSpec, ignored: set[NodeId]) -> GraphSpec:
     return spec.model_copy(update={"nodes": nodes})
 
 
-def _stream_attempts(target: Any, pair: _Pair, queues: set[str]) -> Counter[Any]:
+def _queued_attempts(
+    target: Any, pair: _Pair, queues: set[str]
+) -> tuple[Counter[Any], Counter[Any]]:
+    """Return the run's attempts on its queue streams and in the delayed set.
+
+    Each attempt is ``(node, attempt, epoch)``. Other runs of the driver may
+    share the streams and the delayed set, so their entries are left out.
+    """
     client = target.client()
     partition = pair.driver._keys.partition_of(pair.run_id)
     try:
-        found: Counter[tuple[str, int, int]] = Counter()
+        on_streams: Counter[tuple[str, int, int]] = Counter()
         for queue in queues:
             for _entry, fields in client.xrange(partition.queue(queue)):
+                if fields["run"] != pair.run_id:
+                    continue
                 key = (fields["node"], int(fields["attempt"]), int(fields["epoch"]))
-                found[key] += 1
-        return found
+                on_streams[key] += 1
+        delayed: Counter[tuple[str, int, int]] = Counter()
+        for member in client.zrange(partition.delayed, 0, -1):
+            # The member is the JSON array [queue, run, node, attempt, epoch, task].
+            _queue, run_id, node, attempt, epoch, _task = json.loads(member)
+            if run_id == pair.run_id:
+                delayed[(node, int(attempt), int(epoch))] += 1
+        return on_streams, delayed
     finally:
         client.close()
 
@@ -340,9 +405,10 @@ def _check_same_state(pair: _Pair, target: Any) -> None:
     assert written == pair.events
     _check_expiry(pair, target)
     queues = {node.options.queue or "default" for node in run.spec.nodes}
-    assert _stream_attempts(target, pair, queues) == +Counter(
-        {key: 1 for key in pair.enqueued}
-    )
+    on_streams, delayed = _queued_attempts(target, pair, queues)
+    waiting = Counter((item.node, item.attempt, item.epoch) for item in pair.delayed)
+    assert delayed == waiting
+    assert on_streams == Counter({key: 1 for key in pair.enqueued}) - waiting
     assert all(count == 1 for count in pair.enqueued.values())
 
 
