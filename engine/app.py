@@ -369,6 +369,17 @@ class App:
                     f"submit_many(): {len(ids)} run_ids for {len(items)} canvases; "
                     "pass one run id per canvas."
                 )
+            first_index: dict[str, int] = {}
+            for index, run_id in enumerate(ids):
+                if not isinstance(run_id, str):
+                    continue  # _compile_run rejects it, naming its index
+                if run_id in first_index:
+                    raise InvalidOption(
+                        f"submit_many(): run_ids[{index}] {run_id!r} repeats "
+                        f"run_ids[{first_index[run_id]}]; each canvas needs a run "
+                        "id of its own, or the later one is taken as submitted."
+                    )
+                first_index.setdefault(run_id, index)
         runs: list[tuple[str, GraphSpec]] = []
         with paused_gc():
             for index, (canvas, run_id) in enumerate(zip(items, ids, strict=True)):

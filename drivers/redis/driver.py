@@ -1118,11 +1118,11 @@ class RedisDriver(ShardRuns):
     def wait_ended_many(
         self, run_ids: Sequence[str], timeout_s: float | None
     ) -> list[RunSnapshot | None]:
-        """Wait as `wait_ended` does, for many runs in one round trip per poll.
+        """Wait as `wait_ended` does, for many runs, with one HGET per poll.
 
         The first read is one pipeline of read_ended calls. Runs still
-        running are then polled with one pipeline of HGETs of their status,
-        and only the runs whose status changed are read again.
+        running are then polled by `_poll_changed`, and only the runs whose
+        status changed are read again.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
@@ -1145,6 +1145,11 @@ class RedisDriver(ShardRuns):
     ) -> list[int]:
         """Poll the status of the pending runs until one changes; return their indexes.
 
+        The caller waits for every run, so each poll reads the status of the
+        first pending run alone. Once that run has left "running", one pass
+        reads every pending run's status, and the runs that ended meanwhile
+        are returned together. A poll costs one HGET however many runs wait.
+
         At the deadline, returns every pending index to read once more, or
         an empty list when nothing changed since that last read.
 
@@ -1159,21 +1164,38 @@ class RedisDriver(ShardRuns):
             pause = self._poll_interval_s
             time.sleep(pause if remaining is None else min(pause, remaining))
             last_read = False
-            changed: list[int] = []
-            for first in range(0, len(pending), _PIPELINE_BATCH):
-                batch = pending[first : first + _PIPELINE_BATCH]
-                with self._redis_errors(f"read the status of {len(batch)} runs"):
-                    pipe = self._client.pipeline(transaction=False)
-                    for index in batch:
-                        pipe.hget(self._keys.run(run_ids[index]).run, "status")
-                    statuses: list[Any] = pipe.execute()
-                for index, status in zip(batch, statuses, strict=True):
-                    if status is None:
-                        raise self._not_found(run_ids[index])
-                    if status != "running":
-                        changed.append(index)
+            if self._read_status(run_ids[pending[0]]) == "running":
+                continue
+            changed = self._read_changed(run_ids, pending)
             if changed:
                 return changed
+
+    def _read_status(self, run_id: str) -> str | None:
+        """Return a run's status field, or None when the run does not exist."""
+        with self._redis_errors(f"read the status of run {run_id}"):
+            status: Any = self._client.hget(self._keys.run(run_id).run, "status")
+        return None if status is None else str(status)
+
+    def _read_changed(self, run_ids: Sequence[str], pending: list[int]) -> list[int]:
+        """Return the indexes of the pending runs no longer running, in pipelines.
+
+        Raises:
+            RunNotFound: if a pending run no longer exists.
+        """
+        changed: list[int] = []
+        for first in range(0, len(pending), _PIPELINE_BATCH):
+            batch = pending[first : first + _PIPELINE_BATCH]
+            with self._redis_errors(f"read the status of {len(batch)} runs"):
+                pipe = self._client.pipeline(transaction=False)
+                for index in batch:
+                    pipe.hget(self._keys.run(run_ids[index]).run, "status")
+                statuses: list[Any] = pipe.execute()
+            for index, status in zip(batch, statuses, strict=True):
+                if status is None:
+                    raise self._not_found(run_ids[index])
+                if status != "running":
+                    changed.append(index)
+        return changed
 
     def workers_alive(self) -> int | None:
         return len(self.workers())

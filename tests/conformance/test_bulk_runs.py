@@ -106,6 +106,13 @@ def test_submit_many_rejects_bad_ids(kit: Kit) -> None:
         InvalidOption, match="canvases\\[1\\]: apply_async\\(\\): run_id"
     ):
         kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)], run_ids=["a", ""])
+    # Two canvases under one id would store only the first and hand back
+    # its result twice.
+    with pytest.raises(InvalidOption, match="run_ids\\[2\\] 'a' repeats"):
+        kit.app.submit_many(
+            [kit.add.s(1, 1), kit.add.s(2, 2), kit.add.s(3, 3)],
+            run_ids=["a", "b", "a"],
+        )
     assert kit.app.driver.list_runs().runs == []
 
 

@@ -130,3 +130,34 @@ def test_failed_pipeline_fails_its_runs(
     assert caught.value.submitted == []
     assert sorted(caught.value.failed) == ["down-0", "down-1"]
     assert "2 of 2 runs failed to submit" in str(caught.value)
+
+
+def test_waiting_set_reads_one_status_per_poll(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = _driver(app)
+    monkeypatch.setattr(driver, "_poll_interval_s", 0.005)
+    single: list[str] = []
+    passes: list[int] = []
+    read_status = driver._read_status
+    read_changed = driver._read_changed
+
+    def counted_status(run_id: str) -> str | None:
+        single.append(run_id)
+        return read_status(run_id)
+
+    def counted_changed(run_ids: Any, pending: list[int]) -> list[int]:
+        passes.append(len(pending))
+        return read_changed(run_ids, pending)
+
+    monkeypatch.setattr(driver, "_read_status", counted_status)
+    monkeypatch.setattr(driver, "_read_changed", counted_changed)
+    results = app.tasks["add"].apply_many([(i, 1) for i in range(40)])
+    # No worker runs, so nothing ends: every poll reads the first run only.
+    with pytest.raises(TimeoutError):
+        results.get(0.3)
+    assert single, "the set never polled"
+    assert set(single) == {results.ids[0]}
+    assert passes == []
+    with app.worker(concurrency=4):
+        assert results.get(TIMEOUT_S) == [i + 1 for i in range(40)]
