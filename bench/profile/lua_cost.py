@@ -64,8 +64,8 @@ CALLS_20 = 'for i = 1, 20 do redis.call("EXISTS", KEYS[1]) end\nreturn 1'
 CUTS = (
     ("ack()", "check_report: HMGET run, HMGET node"),
     ("use_settings(run[2], run[3])", "ack: XACK, XDEL"),
-    ("store_value(node, value, info_of(node).ignore)", "use_settings, counters"),
-    ('end_node(node, "succeeded", "running")', "store_value, HDEL errors"),
+    ("store_value(node, value, info_of(node).ignore)", "use_settings: no command"),
+    ('end_node(node, "succeeded", "running")', "info_of, store_value: HMGET, HSET"),
     ('emit("succeeded", node, attempt)', "end_node: state, counts, dependents"),
     ("maybe_finish(run[4])", "emit: XADD event"),
     ("return {1}", "maybe_finish: run end, expiry"),
