@@ -181,7 +181,14 @@ class Task:
                     f"of arguments; pass ({args!r},) for a single argument."
                 )
             signatures.append(self.signature(args))
-        return self.app.submit_many(signatures, **options)
+        if "run_id" in options:
+            raise InvalidOption(
+                "apply_many(): run_id is not an option here; pass the signatures "
+                "to App.submit_many() with run_ids=[...] to choose the ids."
+            )
+        return self.app._submit_many(
+            signatures, None, options, call="apply_many()", items_name="args_list"
+        )
 
     def map(self, items: Iterable[Any]) -> Signature:
         """Call the task on each item in one worker: Celery's ``task.map``."""
@@ -360,13 +367,27 @@ class App:
                 "submit_many(): run_id is not an option here; pass run_ids=[...] "
                 "with one id per canvas."
             )
+        return self._submit_many(
+            canvases, run_ids, options, call="submit_many()", items_name="canvases"
+        )
+
+    def _submit_many(
+        self,
+        canvases: Iterable[Canvas],
+        run_ids: Sequence[str] | None,
+        options: dict[str, Any],
+        *,
+        call: str,
+        items_name: str,
+    ) -> ResultSet:
+        """Submit the runs of `submit_many`; errors name ``call`` and ``items_name``."""
         items = list(canvases)
         ids: list[Any] = [None] * len(items)
         if run_ids is not None:
             ids = list(run_ids)
             if len(ids) != len(items):
                 raise InvalidOption(
-                    f"submit_many(): {len(ids)} run_ids for {len(items)} canvases; "
+                    f"{call}: {len(ids)} run_ids for {len(items)} {items_name}; "
                     "pass one run id per canvas."
                 )
             first_index: dict[str, int] = {}
@@ -375,7 +396,7 @@ class App:
                     continue  # _compile_run rejects it, naming its index
                 if run_id in first_index:
                     raise InvalidOption(
-                        f"submit_many(): run_ids[{index}] {run_id!r} repeats "
+                        f"{call}: run_ids[{index}] {run_id!r} repeats "
                         f"run_ids[{first_index[run_id]}]; each canvas needs a run "
                         "id of its own, or the later one is taken as submitted."
                     )
@@ -390,7 +411,7 @@ class App:
                         )
                     )
                 except CanvasError as err:
-                    raise _at_index(err, index) from err
+                    raise _at_index(err, f"{items_name}[{index}]", call) from err
         outcomes = self.driver.submit_many(runs) if runs else []
         failed = {
             run_id: outcome
@@ -401,7 +422,7 @@ class App:
             submitted = [run_id for run_id, _ in runs if run_id not in failed]
             first_id, first_error = next(iter(failed.items()))
             raise PartialSubmitError(
-                f"submit_many(): {len(failed)} of {len(runs)} runs failed to "
+                f"{call}: {len(failed)} of {len(runs)} runs failed to "
                 f"submit; the first, run {first_id}, with: {first_error}. The "
                 f"other {len(submitted)} runs were submitted. Submit the failed "
                 "ones again with the same run ids (see .failed); a run stored "
@@ -624,14 +645,12 @@ class App:
         self.task(run_starmap, name="stem.starmap")
 
 
-def _at_index(error: CanvasError, index: int) -> CanvasError:
-    """Return a copy of a canvas error that names the canvas's index in the call."""
-    suffix = " Nothing of this submit_many() call was submitted."
+def _at_index(error: CanvasError, item: str, call: str) -> CanvasError:
+    """Return a copy of a canvas error that names the item of the bulk call."""
+    suffix = f" Nothing of this {call} call was submitted."
     if isinstance(error, NotSerializable):
-        return NotSerializable(
-            f"canvases[{index}] > {error.path}", f"{error.problem}.{suffix}"
-        )
-    return type(error)(f"canvases[{index}]: {error}{suffix}")
+        return NotSerializable(f"{item} > {error.path}", f"{error.problem}.{suffix}")
+    return type(error)(f"{item}: {error}{suffix}")
 
 
 def _check_run_id(run_id: Any) -> str:

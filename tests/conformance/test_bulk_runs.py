@@ -65,9 +65,16 @@ def test_unserialisable_value_rejects_all(kit: Kit) -> None:
     with pytest.raises(NotSerializable) as caught:
         kit.add.apply_many([(1, 1), (2, 2), (object(), 1), (3, 3)])
     message = str(caught.value)
-    assert message.startswith("canvases[2] > args[0]: ")
+    assert message.startswith("args_list[2] > args[0]: ")
     assert "builtins.object is not JSON-serialisable" in message
+    assert "Nothing of this apply_many() call was submitted." in message
+    with pytest.raises(NotSerializable) as caught:
+        kit.app.submit_many([kit.add.s(1, 1), kit.add.s(object(), 1)])
+    message = str(caught.value)
+    assert message.startswith("canvases[1] > args[0]: ")
     assert "Nothing of this submit_many() call was submitted." in message
+    with pytest.raises(InvalidOption, match="apply_many\\(\\): run_id is not"):
+        kit.add.apply_many([(1, 1)], run_id="mine")
     assert kit.app.driver.list_runs().runs == []
 
 
