@@ -120,8 +120,8 @@ class Worker:
         # waits for at most one task of each thread before it starts.
         self._buffer: queue.SimpleQueue[tuple[Task, Claim]] = queue.SimpleQueue()
         self._slots = threading.Semaphore(2 * self.concurrency)
-        # Fewest slots a fetch waits to take while tasks are buffered (see
-        # `_take_slots`).
+        # Minimum number of slots a fetch waits for while tasks are buffered
+        # (see `_take_slots`).
         self._min_fetch = max(1, self.concurrency // 2)
         self._fetcher_done = threading.Event()
         # Values of succeeded tasks not yet reported. The first worker thread

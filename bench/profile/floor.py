@@ -35,10 +35,11 @@ Variants:
     ``ThreadPoolExecutor`` of 4 threads, and a ``queue.Queue`` pair to one
     worker thread and back.
 
-For each phase it prints tasks/s (wall time), this process's CPU per task,
-Redis's CPU per task (INFO cpu), Redis commands per task (INFO
-commandstats, commands called inside scripts counted) and round trips per
-task (requests this process sends: a pipeline counts once). With
+For each phase it prints tasks/s (wall time), this process's CPU per task
+and Redis's CPU per task (INFO cpu). It also prints Redis commands per task
+(INFO commandstats, which counts the commands called inside scripts) and
+round trips per task (requests this process sends, a pipeline counting
+once). With
 ``--overlap``, the worker of ``streams`` and ``scripts`` runs in a forked
 process while the client submits and then reads the results, as in the
 end-to-end benchmark, and the worker's CPU comes from ``wait4``.

@@ -192,6 +192,8 @@ class Scripts:
                 # Some calls may have run. redis-py's own retry sends a whole
                 # pipeline again too, so sending it again through redis-py,
                 # which reconnects and follows its retry policy, keeps that.
+                # NOTE: this resend happens even when the client's retries are
+                # off; the scripts are idempotent, so it applies nothing twice.
                 pass
         try:
             pipe = self._client.pipeline(transaction=False)

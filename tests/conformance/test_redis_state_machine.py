@@ -11,12 +11,13 @@ driver side by side:
   was taken over or whose run was retried;
 - take a lease over, cancel a run, retry a run, and let countdowns elapse.
 
-After every step the invariant checks that both sides hold the same state
-for every run: node states, values, errors, attempts and leases, run status
-and epoch, state counts per group, the lifecycle events written, the
-attempts on the queue streams and in the delayed set, and the keys' expiry.
-Timestamps are left out. Claims must be accepted or rejected alike, and
-every rejected report must change nothing on either side.
+After every step the invariant checks that both sides contain the same
+state for every run. It compares node states, values, errors, attempts and
+leases, run status and epoch, and state counts per group. On Redis it also
+checks the lifecycle events written, the attempts on the queue streams and
+in the delayed set, and the keys' expiry. Timestamps are left out. Claims
+must be accepted or rejected alike, and every rejected report must change
+nothing on either side.
 
 No worker threads run and nothing sleeps. A countdown is waited out by the
 ``elapse_countdowns`` rule, which makes every delayed message of the driver
