@@ -396,6 +396,9 @@ local function maybe_finish(status)
     "home", "reported")
   rcall("ZREM", base .. "sharded", run_id)
   -- Every sink is a main-path node, so every sink has ended here.
+  -- NOTE: a run submitted by a driver without /end_role has no "sink" nodes
+  -- to count, so if it is still running after an upgrade it ends succeeded
+  -- even when a sink failed.
   if (tonumber(lists[1]) or 0) == 0 then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
       unpack(changed))
