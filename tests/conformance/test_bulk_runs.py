@@ -201,3 +201,75 @@ def test_result_set_of_async_results(kit: Kit) -> None:
     with kit.app.worker(concurrency=4):
         handles = [kit.add.delay(i, 1) for i in range(5)]
         assert ResultSet(handles).get(TIMEOUT_S) == [1, 2, 3, 4, 5]
+
+
+def test_result_set_raises_before_later_runs_end(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(
+            [kit.add.s(1, 1), kit.fail.s(), kit.wait_gate.s()]
+        )
+        # The gate stays shut, so the last run cannot end before get()
+        # raises the failure that it reached first.
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(timeout=3 * TIMEOUT_S)
+        assert not results[2].ready()
+        kit.gate.set()
+        assert results[2].get(TIMEOUT_S) == "opened"
+
+
+def test_result_set_waits_for_runs_before_failure(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.wait_gate.s(), kit.fail.s()])
+        assert isinstance(results[1].get(TIMEOUT_S, propagate=False), ValueError)
+        # The run before the failure is still running, so the failure is not
+        # reached, as in Celery's ResultSet.join.
+        with pytest.raises(TimeoutError, match="1 of 2 runs did not end"):
+            results.get(timeout=0.3)
+        kit.gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.join(TIMEOUT_S)
+
+
+def test_result_set_state_counts(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(
+            [kit.add.s(1, 1), kit.fail.s(), kit.wait_gate.s()]
+        )
+        results[0].get(TIMEOUT_S)
+        results[1].get(TIMEOUT_S, propagate=False)
+        assert results.completed_count() == 1
+        assert results.failed()
+        assert not results.successful()
+        assert results.waiting()
+        assert not results.ready()
+        kit.gate.set()
+        results[2].get(TIMEOUT_S)
+        assert results.completed_count() == 2
+        assert not results.waiting()
+        assert results.ready()
+        assert not results.successful()
+        succeeded = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)])
+        succeeded.get(TIMEOUT_S)
+    assert succeeded.completed_count() == 2
+    assert succeeded.successful()
+    assert not succeeded.failed()
+    assert succeeded.results == list(succeeded)
+
+
+def test_result_set_revoke(kit: Kit) -> None:
+    with kit.app.worker(concurrency=2):
+        results = kit.app.submit_many([kit.add.s(1, 1), kit.wait_gate.s()])
+        results[0].get(TIMEOUT_S)
+        results.revoke()
+        kit.gate.set()
+        values = results.get(TIMEOUT_S, propagate=False)
+    # The run that had ended keeps its value, and the running one is cancelled.
+    assert values[0] == 2
+    assert isinstance(values[1], RunCancelled)
+    assert results[1].state == "cancelled"
+    assert not results.failed()
+    assert not results.waiting()
+    queued = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)])
+    queued.cancel()
+    assert [result.state for result in queued] == ["cancelled", "cancelled"]
+    assert kit.called("add") == [(1, 1)]

@@ -6,6 +6,7 @@ These tests run on each Redis configuration of the session (`redis_target`).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -161,3 +162,49 @@ def test_waiting_set_reads_one_status_per_poll(
     assert passes == []
     with app.worker(concurrency=4):
         assert results.get(TIMEOUT_S) == [i + 1 for i in range(40)]
+
+
+def test_set_before_failure_reads_one_status(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = _driver(app)
+    monkeypatch.setattr(driver, "_poll_interval_s", 0.005)
+    gate = threading.Event()
+
+    @app.task(name="wait_gate")
+    def wait_gate() -> str:
+        gate.wait(TIMEOUT_S)
+        return "opened"
+
+    @app.task(name="fail")
+    def fail() -> None:
+        raise ValueError("planned failure")
+
+    single: list[str] = []
+    passes: list[int] = []
+    read_status = driver._read_status
+    read_changed = driver._read_changed
+
+    def counted_status(run_id: str) -> str | None:
+        single.append(run_id)
+        return read_status(run_id)
+
+    def counted_changed(run_ids: Any, pending: list[int]) -> list[int]:
+        passes.append(len(pending))
+        return read_changed(run_ids, pending)
+
+    with app.worker(concurrency=2):
+        results = app.submit_many([wait_gate.s(), fail.s()])
+        results[1].get(TIMEOUT_S, propagate=False)
+        monkeypatch.setattr(driver, "_read_status", counted_status)
+        monkeypatch.setattr(driver, "_read_changed", counted_changed)
+        # The failure waits for the run before it, which is the only run
+        # each poll reads.
+        with pytest.raises(TimeoutError):
+            results.get(0.3)
+        assert single, "the set never polled"
+        assert set(single) == {results.ids[0]}
+        assert passes == []
+        gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(TIMEOUT_S)
