@@ -8,15 +8,21 @@ pipelined runs with runs that are stored one at a time.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from stem import ResultSet, chain, chord
+from stem.canvas.spec import GraphSpec
 from stem.engine.result import RunCancelled
 from stem.errors import (
+    DriverError,
     InvalidCanvas,
     InvalidOption,
     NotSerializable,
     NoWorkerRunning,
+    PartialSubmitError,
     RunNotFound,
     TimeoutError,
 )
@@ -273,3 +279,82 @@ def test_result_set_revoke(kit: Kit) -> None:
     queued.cancel()
     assert [result.state for result in queued] == ["cancelled", "cancelled"]
     assert kit.called("add") == [(1, 1)]
+
+
+def _fail_second_run(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, *, stored: bool
+) -> None:
+    """Make the driver report a failure for the second run of each bulk submit.
+
+    With ``stored``, that run is written anyway, as when a pipeline's reply
+    is lost after its scripts ran.
+    """
+    driver = kit.app.driver
+    submit_many = driver.submit_many
+
+    def submit_failing(runs: Sequence[tuple[str, GraphSpec]]) -> list[Any]:
+        if stored:
+            outcomes: list[Any] = submit_many(runs)
+        else:
+            outcomes = [*submit_many(runs[:1]), None, *submit_many(runs[2:])]
+        outcomes[1] = DriverError("planned store failure")
+        return outcomes
+
+    monkeypatch.setattr(driver, "submit_many", submit_failing)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_partial_submit_retry_generated_ids(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, stored: bool
+) -> None:
+    _fail_second_run(kit, monkeypatch, stored=stored)
+    canvases = [kit.add.s(i, 1) for i in range(3)]
+    with pytest.raises(PartialSubmitError) as caught:
+        kit.app.submit_many(canvases)
+    error = caught.value
+    assert len(error.run_ids) == 3
+    assert error.submitted == [error.run_ids[0], error.run_ids[2]]
+    assert list(error.failed) == [error.run_ids[1]]
+    assert "run_ids set to this error's .run_ids" in str(error)
+    monkeypatch.undo()
+    again = kit.app.submit_many(canvases, run_ids=error.run_ids)
+    assert again.ids == error.run_ids
+    with kit.app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+    # Each run ran once: the retry stored only the run that was missing.
+    assert sorted(kit.called("add")) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_partial_apply_many_retry(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_second_run(kit, monkeypatch, stored=False)
+    args_list = [(i, 1) for i in range(3)]
+    with pytest.raises(PartialSubmitError) as caught:
+        kit.add.apply_many(args_list)
+    monkeypatch.undo()
+    again = kit.add.apply_many(args_list, run_ids=caught.value.run_ids)
+    assert again.ids == caught.value.run_ids
+    with kit.app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+    assert sorted(kit.called("add")) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_shared_invalid_option_blames_call(kit: Kit) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        kit.add.apply_many([(1, 1), (2, 2)], queue=5)
+    message = str(caught.value)
+    assert message.startswith("apply_many() > options['queue']: ")
+    assert "args_list[" not in message
+    assert "Nothing of this apply_many() call was submitted." in message
+    with pytest.raises(InvalidOption) as caught:
+        kit.app.submit_many([kit.add.s(1, 1)], bogus=1)
+    message = str(caught.value)
+    assert message.startswith("submit_many(): unknown option 'bogus'")
+    assert "canvases[" not in message
+    with pytest.raises(InvalidCanvas) as caught:
+        kit.app.submit_many([kit.add.s(1, 1)], link=5)
+    message = str(caught.value)
+    assert message.startswith("submit_many(): The link is 5")
+    assert "canvases[" not in message
+    with pytest.raises(InvalidOption, match="apply_many\\(\\): 1 run_ids for 2"):
+        kit.add.apply_many([(1, 1), (2, 2)], run_ids=["only-one"])
+    assert kit.app.driver.list_runs().runs == []
