@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from stem.engine.worker import Worker
 
 log = logging.getLogger(__name__)
+
+#: The environment variable with the broker URL of an `App` made without one.
+URL_VARIABLE = "STEM_URL"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: Entries of an app's filled-options cache; it is emptied when full.
@@ -215,8 +219,10 @@ class App:
     """A Stem application: a task registry bound to a broker URL.
 
     Args:
-        url: the driver URL; ``memory://`` (the default) runs everything in
-            this process, ``redis://host:port/db`` uses Redis.
+        url: the driver URL; ``memory://`` runs everything in this process,
+            ``redis://host:port/db`` uses Redis. Without it, the app takes
+            the ``STEM_URL`` environment variable, and ``memory://`` when
+            that is unset or empty.
         name: a label for logs.
         default_queue: the queue of tasks and nodes that name none.
         beat_schedule: schedule entries for beat, as in Celery: each name
@@ -230,14 +236,14 @@ class App:
 
     def __init__(
         self,
-        url: str = "memory://",
+        url: str | None = None,
         *,
         name: str = "stem",
         default_queue: str = "default",
         beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
         **settings: Any,
     ) -> None:
-        self.url = url
+        self.url = url or os.environ.get(URL_VARIABLE) or "memory://"
         self.name = name
         self.default_queue = default_queue
         self.settings = settings
