@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -382,27 +383,29 @@ class ResultSet:
     ) -> list[RunSnapshot | None]:
         """Wait for every run, each slice reading only the runs still running.
 
-        With ``stop_at_failure`` the wait ends once `failure_reached` is true,
-        and the runs after that failure may be left unread (None).
+        With ``stop_at_failure`` a slice also reads the first failed or
+        cancelled run again, and the wait ends once `failure_reached` is
+        true. The runs after that failure may then be left unread (None).
         """
         driver = app.driver
         run_ids = self.ids
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
 
         def wait_slice(seconds: float) -> bool | None:
-            # A run that failed in an earlier slice is reached once the runs
-            # before it end, so the runs after it need no wait.
-            end = len(snapshots)
+            pending = [index for index, found in enumerate(snapshots) if found is None]
             if stop_at_failure:
-                end = next(
+                # The driver stops at this failure once the runs before it
+                # end, but only if the failure is among the runs it reads.
+                failure = next(
                     (
                         index
                         for index, found in enumerate(snapshots)
                         if found is not None and found.status != "succeeded"
                     ),
-                    end,
+                    None,
                 )
-            pending = [index for index in range(end) if snapshots[index] is None]
+                if failure is not None:
+                    bisect.insort(pending, failure)
             found = driver.wait_ended_many(
                 [run_ids[index] for index in pending],
                 seconds,

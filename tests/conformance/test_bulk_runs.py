@@ -8,6 +8,7 @@ pipelined runs with runs that are stored one at a time.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 
 from stem import ResultSet, chain, chord
 from stem.canvas.spec import GraphSpec
+from stem.engine import result as result_module
 from stem.engine.result import RunCancelled
 from stem.errors import (
     DriverError,
@@ -234,6 +236,28 @@ def test_result_set_waits_for_runs_before_failure(kit: Kit) -> None:
         kit.gate.set()
         with pytest.raises(ValueError, match="planned failure"):
             results.join(TIMEOUT_S)
+
+
+def test_result_set_slices_read_later_runs(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of 0.1 s, so a wait of 1.5 s takes many of them.
+    monkeypatch.setattr(result_module, "NO_WORKER_GRACE_S", 0.2)
+
+    @kit.app.task(name="sleep")
+    def sleep(seconds: float) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.wait_gate.s(), kit.fail.s(), sleep.s(0.4)])
+        # The last run ends in a later slice than the first one, and is
+        # still read: only the gated run did not end.
+        with pytest.raises(TimeoutError, match="1 of 3 runs did not end"):
+            results.get(timeout=1.5)
+        kit.gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(TIMEOUT_S)
 
 
 def test_result_set_state_counts(kit: Kit) -> None:
