@@ -678,6 +678,8 @@ def _check_shared_options(options: Mapping[str, Any], call: str) -> None:
         check_options(plain, call)
     except InvalidOption as err:
         raise InvalidOption(f"{err}{suffix}") from err
+    # NOTE: a link whose own arguments cannot be serialised, or that nests
+    # too deep, is still found per item, so the error names item 0.
     try:
         # Signature.set checks that each link and errback is a canvas.
         Signature("stem.check").set(
