@@ -213,15 +213,27 @@ class MemoryDriver:
             return None if run.status == "running" else _snapshot(run)
 
     def wait_ended_many(
-        self, run_ids: Sequence[str], timeout_s: float | None
+        self,
+        run_ids: Sequence[str],
+        timeout_s: float | None,
+        *,
+        stop_at_failure: bool = False,
     ) -> list[RunSnapshot | None]:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         snapshots: list[RunSnapshot | None] = []
+        all_ended = True
         for run_id in run_ids:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None:
                 remaining = max(0.0, remaining)
-            snapshots.append(self.wait_ended(run_id, remaining))
+            snapshot = self.wait_ended(run_id, remaining)
+            snapshots.append(snapshot)
+            if snapshot is None:
+                all_ended = False
+            elif stop_at_failure and all_ended and snapshot.status != "succeeded":
+                # Every run before this one succeeded, so `failure_reached` is true.
+                snapshots.extend([None] * (len(run_ids) - len(snapshots)))
+                break
         return snapshots
 
     def _wait_for_end(self, run_id: str, timeout_s: float | None) -> RunState:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import os
 import secrets
 import sys
 import threading
@@ -42,6 +43,9 @@ if TYPE_CHECKING:
     from stem.engine.worker import Worker
 
 log = logging.getLogger(__name__)
+
+#: The environment variable with the broker URL of an `App` made without one.
+URL_VARIABLE = "STEM_URL"
 
 _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 #: Entries of an app's filled-options cache; it is emptied when full.
@@ -164,12 +168,17 @@ class Task:
         return self.app.submit(self.signature(args, kwargs), (), {}, options)
 
     def apply_many(
-        self, args_list: Iterable[Sequence[Any]], **options: Any
+        self,
+        args_list: Iterable[Sequence[Any]],
+        *,
+        run_ids: Sequence[str] | None = None,
+        **options: Any,
     ) -> ResultSet:
         """Submit one run per item of ``args_list``, in few round trips.
 
         Each item is a tuple or list of positional arguments, as for
-        `starmap`, and every run gets ``options``. See `App.submit_many`.
+        `starmap`, and every run gets ``options``. ``run_ids``, one per
+        item, makes the call idempotent. See `App.submit_many`.
         Unlike `map`, `starmap` and `chunks`, which run all calls in one
         run, each call here is its own run with its own result.
         """
@@ -183,11 +192,11 @@ class Task:
             signatures.append(self.signature(args))
         if "run_id" in options:
             raise InvalidOption(
-                "apply_many(): run_id is not an option here; pass the signatures "
-                "to App.submit_many() with run_ids=[...] to choose the ids."
+                "apply_many(): run_id is not an option here; pass run_ids=[...] "
+                "with one id per item of args_list."
             )
         return self.app._submit_many(
-            signatures, None, options, call="apply_many()", items_name="args_list"
+            signatures, run_ids, options, call="apply_many()", items_name="args_list"
         )
 
     def map(self, items: Iterable[Any]) -> Signature:
@@ -210,8 +219,10 @@ class App:
     """A Stem application: a task registry bound to a broker URL.
 
     Args:
-        url: the driver URL; ``memory://`` (the default) runs everything in
-            this process, ``redis://host:port/db`` uses Redis.
+        url: the driver URL; ``memory://`` runs everything in this process,
+            ``redis://host:port/db`` uses Redis. Without it, the app takes
+            the ``STEM_URL`` environment variable, and ``memory://`` when
+            that is unset or empty.
         name: a label for logs.
         default_queue: the queue of tasks and nodes that name none.
         beat_schedule: schedule entries for beat, as in Celery: each name
@@ -225,14 +236,14 @@ class App:
 
     def __init__(
         self,
-        url: str = "memory://",
+        url: str | None = None,
         *,
         name: str = "stem",
         default_queue: str = "default",
         beat_schedule: Mapping[str, Mapping[str, Any]] | None = None,
         **settings: Any,
     ) -> None:
-        self.url = url
+        self.url = url or os.environ.get(URL_VARIABLE) or "memory://"
         self.name = name
         self.default_queue = default_queue
         self.settings = settings
@@ -356,11 +367,13 @@ class App:
             A `ResultSet` of the runs, in the order of ``canvases``.
 
         Raises:
-            NotSerializable, InvalidOption, InvalidCanvas: for the first
-                invalid canvas, naming its index; nothing was written.
+            NotSerializable, InvalidOption, InvalidCanvas: for an invalid
+                shared option, or for the first invalid canvas, naming its
+                index; nothing was written.
             PartialSubmitError: if the store failed for some runs; the
                 others were stored. Its ``submitted`` and ``failed`` list
-                them.
+                them. Its ``run_ids`` has every run's id, generated ones
+                included, for the same call again with ``run_ids=``.
         """
         if "run_id" in options:
             raise InvalidOption(
@@ -388,7 +401,7 @@ class App:
             if len(ids) != len(items):
                 raise InvalidOption(
                     f"{call}: {len(ids)} run_ids for {len(items)} {items_name}; "
-                    "pass one run id per canvas."
+                    f"pass one run id per item of {items_name}."
                 )
             first_index: dict[str, int] = {}
             for index, run_id in enumerate(ids):
@@ -401,6 +414,7 @@ class App:
                         "id of its own, or the later one is taken as submitted."
                     )
                 first_index.setdefault(run_id, index)
+        _check_shared_options(options, call)
         runs: list[tuple[str, GraphSpec]] = []
         with paused_gc():
             for index, (canvas, run_id) in enumerate(zip(items, ids, strict=True)):
@@ -424,11 +438,12 @@ class App:
             raise PartialSubmitError(
                 f"{call}: {len(failed)} of {len(runs)} runs failed to "
                 f"submit; the first, run {first_id}, with: {first_error}. The "
-                f"other {len(submitted)} runs were submitted. Submit the failed "
-                "ones again with the same run ids (see .failed); a run stored "
-                "after all is not stored twice.",
+                f"other {len(submitted)} runs were submitted. Make the same "
+                "call again with run_ids set to this error's .run_ids, and the "
+                "runs already stored are not stored twice.",
                 submitted,
                 failed,
+                [run_id for run_id, _ in runs],
             )
         log.debug("Submitted %d runs.", len(runs))
         return ResultSet([AsyncResult(run_id, self) for run_id, _ in runs], self)
@@ -643,6 +658,35 @@ class App:
 
         self.task(run_map, name="stem.map")
         self.task(run_starmap, name="stem.starmap")
+
+
+def _check_shared_options(options: Mapping[str, Any], call: str) -> None:
+    """Check once the submit options that every run of a bulk call gets.
+
+    Raises:
+        InvalidOption, InvalidCanvas: for the first invalid option, naming
+            ``call`` rather than an item, such as
+            ``apply_many() > options['queue']``.
+    """
+    suffix = f" Nothing of this {call} call was submitted."
+    plain = {
+        name: value
+        for name, value in options.items()
+        if name not in ("link", "link_error")
+    }
+    try:
+        check_options(plain, call)
+    except InvalidOption as err:
+        raise InvalidOption(f"{err}{suffix}") from err
+    # NOTE: a link whose own arguments cannot be serialised, or that nests
+    # too deep, is still found per item, so the error names item 0.
+    try:
+        # Signature.set checks that each link and errback is a canvas.
+        Signature("stem.check").set(
+            link=options.get("link"), link_error=options.get("link_error")
+        )
+    except CanvasError as err:
+        raise type(err)(f"{call}: {err}{suffix}") from err
 
 
 def _at_index(error: CanvasError, item: str, call: str) -> CanvasError:

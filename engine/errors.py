@@ -146,19 +146,26 @@ class DriverNotFound(DriverError, LookupError):
 class PartialSubmitError(DriverError):
     """Raised by ``submit_many()`` when the store failed for some of the runs.
 
-    The other runs were stored and run as usual. Submitting a failed run
-    again with the same run id is safe: a run that was stored after all is
-    not stored twice.
+    The other runs were stored and run as usual. Making the same call
+    again with ``run_ids=error.run_ids`` is safe: a run that was stored,
+    even one reported as failed, is not stored twice.
     """
 
     def __init__(
-        self, message: str, submitted: list[str], failed: dict[str, Exception]
+        self,
+        message: str,
+        submitted: list[str],
+        failed: dict[str, Exception],
+        run_ids: list[str],
     ) -> None:
         super().__init__(message)
         #: Ids of the runs that were stored, in the order they were given.
         self.submitted = submitted
         #: The error of each run that failed, by run id.
         self.failed = failed
+        #: The id of every run of the call, in the order of its canvases,
+        #: including the ids the call generated.
+        self.run_ids = run_ids
 
 
 class InvalidSchedule(StemError, ValueError):

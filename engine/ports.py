@@ -77,6 +77,20 @@ class RunSnapshot:
     epoch: int = 1
 
 
+def failure_reached(snapshots: Sequence[RunSnapshot | None]) -> bool:
+    """Tell whether a run that did not succeed has ended after all runs before it.
+
+    Walking ``snapshots`` in order, this is true at the first run that
+    failed or was cancelled, and false at the first run still running (None).
+    """
+    for snapshot in snapshots:
+        if snapshot is None:
+            return False
+        if snapshot.status != "succeeded":
+            return True
+    return False
+
+
 #: Kinds of `LifecycleEvent`. A run was submitted, reopened (retried as a new
 #: epoch) or ended, or an attempt of a node started, succeeded, failed,
 #: retried, or put a canvas in its place.
@@ -237,13 +251,20 @@ class GraphStore(Protocol):
         ...
 
     def wait_ended_many(
-        self, run_ids: Sequence[str], timeout_s: float | None
+        self,
+        run_ids: Sequence[str],
+        timeout_s: float | None,
+        *,
+        stop_at_failure: bool = False,
     ) -> list[RunSnapshot | None]:
         """Block until every run ends or the timeout passes, as `wait_ended` does.
 
         Returns, in order, each run's snapshot, or None for a run still
         running. It may return before the timeout for the same reason as
-        `wait_ended`. Raises `RunNotFound` for the first unknown run.
+        `wait_ended`. With ``stop_at_failure`` it also returns once
+        `failure_reached` is true of the snapshots, and the runs after that
+        failure may then be None although they ended. Raises `RunNotFound`
+        for the first unknown run.
         """
         ...
 

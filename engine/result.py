@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import bisect
 import logging
 import time
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
@@ -19,7 +20,7 @@ from stem.engine.errors import (
     TaskError,
     TimeoutError,
 )
-from stem.engine.ports import RunSnapshot
+from stem.engine.ports import RunSnapshot, failure_reached
 from stem.engine.records import ErrorInfo, NodeRecord, task_id
 
 if TYPE_CHECKING:
@@ -286,12 +287,55 @@ class ResultSet:
         """The run ids, in order."""
         return [result.id for result in self.results]
 
+    def _read_ended(self) -> list[RunSnapshot | None]:
+        """Read every run once: the snapshot of each run that ended, else None.
+
+        On Redis this is one pipeline per 500 runs, and an ended run's
+        snapshot carries its value.
+        """
+        if self.app is None:
+            return []
+        return self.app.driver.wait_ended_many(self.ids, 0.0)
+
     def ready(self) -> bool:
         """Tell whether every run has ended, with one read of all of them."""
-        if self.app is None:
-            return True
-        found = self.app.driver.wait_ended_many(self.ids, 0.0)
-        return all(snapshot is not None for snapshot in found)
+        return all(snapshot is not None for snapshot in self._read_ended())
+
+    def waiting(self) -> bool:
+        """Tell whether any run is still running, with one read of all of them."""
+        return not self.ready()
+
+    def completed_count(self) -> int:
+        """Return how many runs succeeded. As in Celery, failed runs do not count."""
+        return sum(
+            1
+            for snapshot in self._read_ended()
+            if snapshot is not None and snapshot.status == "succeeded"
+        )
+
+    def successful(self) -> bool:
+        """Tell whether every run ended with a value (True for an empty set)."""
+        return all(
+            snapshot is not None and snapshot.status == "succeeded"
+            for snapshot in self._read_ended()
+        )
+
+    def failed(self) -> bool:
+        """Tell whether any run ended with an error. A cancelled run does not count."""
+        return any(
+            snapshot is not None and snapshot.status == "failed"
+            for snapshot in self._read_ended()
+        )
+
+    def cancel(self) -> None:
+        """Cancel every run as `AsyncResult.cancel` does, one store call per run.
+
+        A run that has already ended keeps its outcome.
+        """
+        for result in self.results:
+            result.cancel()
+
+    revoke = cancel
 
     def get(self, timeout: float | None = None, propagate: bool = True) -> list[Any]:
         """Wait for every run to end and return their values, in order.
@@ -307,16 +351,16 @@ class ResultSet:
                 run before it in the set failed.
             NoWorkerRunning: as `AsyncResult.get` does.
             Exception: with ``propagate``, the error of the first run in the
-                set's order that failed, as `AsyncResult.get` raises it.
-                Unlike Celery's ``ResultSet.get``, it is raised once every
-                run has ended or the timeout has passed, not as soon as that
-                run ends.
+                set's order that failed or was cancelled, as
+                `AsyncResult.get` raises it. It is raised as soon as that run
+                and every run before it have ended, as Celery's
+                ``ResultSet.join`` does, without waiting for the runs after it.
         """
         app = self.app
         if app is None:
             return []
         started = time.monotonic()
-        snapshots = self._wait(app, timeout)
+        snapshots = self._wait(app, timeout, stop_at_failure=propagate)
         values: list[Any] = []
         for result, snapshot in zip(self.results, snapshots, strict=True):
             if snapshot is None:
@@ -334,19 +378,43 @@ class ResultSet:
 
     join = get
 
-    def _wait(self, app: App, timeout: float | None) -> list[RunSnapshot | None]:
-        """Wait for every run, each slice reading only the runs still running."""
+    def _wait(
+        self, app: App, timeout: float | None, *, stop_at_failure: bool = False
+    ) -> list[RunSnapshot | None]:
+        """Wait for every run, each slice reading only the runs still running.
+
+        With ``stop_at_failure`` a slice also reads the first failed or
+        cancelled run again, and the wait ends once `failure_reached` is
+        true. The runs after that failure may then be left unread (None).
+        """
         driver = app.driver
         run_ids = self.ids
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
 
         def wait_slice(seconds: float) -> bool | None:
             pending = [index for index, found in enumerate(snapshots) if found is None]
+            if stop_at_failure:
+                # The driver stops at this failure once the runs before it
+                # end, but only if the failure is among the runs it reads.
+                failure = next(
+                    (
+                        index
+                        for index, found in enumerate(snapshots)
+                        if found is not None and found.status != "succeeded"
+                    ),
+                    None,
+                )
+                if failure is not None:
+                    bisect.insort(pending, failure)
             found = driver.wait_ended_many(
-                [run_ids[index] for index in pending], seconds
+                [run_ids[index] for index in pending],
+                seconds,
+                stop_at_failure=stop_at_failure,
             )
             for index, snapshot in zip(pending, found, strict=True):
                 snapshots[index] = snapshot
+            if stop_at_failure and failure_reached(snapshots):
+                return True
             return True if all(found is not None for found in snapshots) else None
 
         def warn(idle_s: float) -> None:

@@ -63,6 +63,7 @@ from stem.engine.ports import (
     LifecycleEvent,
     Message,
     RunSnapshot,
+    failure_reached,
 )
 from stem.engine.records import ErrorInfo, NodeRecord, RunState, task_id
 
@@ -1116,13 +1117,19 @@ class RedisDriver(ShardRuns):
                     raise self._not_found(run_id)
 
     def wait_ended_many(
-        self, run_ids: Sequence[str], timeout_s: float | None
+        self,
+        run_ids: Sequence[str],
+        timeout_s: float | None,
+        *,
+        stop_at_failure: bool = False,
     ) -> list[RunSnapshot | None]:
         """Wait as `wait_ended` does, for many runs, with one HGET per poll.
 
         The first read is one pipeline of read_ended calls. Runs still
         running are then polled by `_poll_changed`, and only the runs whose
-        status changed are read again.
+        status changed are read again. The run it polls is the first one
+        still running, the only one whose end can make `failure_reached`
+        true for ``stop_at_failure``.
         """
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
@@ -1131,6 +1138,8 @@ class RedisDriver(ShardRuns):
             found = self._read_ended_many([run_ids[index] for index in reading])
             for index, snapshot in zip(reading, found, strict=True):
                 snapshots[index] = snapshot
+            if stop_at_failure and failure_reached(snapshots):
+                return snapshots
             pending = [
                 index for index in range(len(run_ids)) if snapshots[index] is None
             ]

@@ -40,7 +40,7 @@ from rich.console import Console
 from stem.canvas.errors import StemError
 from stem.canvas.text import printable_json
 from stem.discovery import load_app
-from stem.engine.app import App
+from stem.engine.app import URL_VARIABLE, App
 from stem.engine.drivers import redact
 from stem.engine.errors import DriverError, DriverNotFound, RunNotFound
 
@@ -54,8 +54,6 @@ EXIT_UNAVAILABLE = 6
 EXIT_INTERRUPTED = 130
 EXIT_COLD_STOP = 143
 
-#: Environment variable with the broker URL, below ``--url`` and above the app's.
-URL_VARIABLE = "STEM_URL"
 #: Key in the root click context's ``meta`` that ``--traceback`` sets.
 TRACEBACK_KEY = "stem.traceback"
 

@@ -8,15 +8,23 @@ pipelined runs with runs that are stored one at a time.
 
 from __future__ import annotations
 
+import time
+from collections.abc import Sequence
+from typing import Any
+
 import pytest
 
 from stem import ResultSet, chain, chord
+from stem.canvas.spec import GraphSpec
+from stem.engine import result as result_module
 from stem.engine.result import RunCancelled
 from stem.errors import (
+    DriverError,
     InvalidCanvas,
     InvalidOption,
     NotSerializable,
     NoWorkerRunning,
+    PartialSubmitError,
     RunNotFound,
     TimeoutError,
 )
@@ -201,3 +209,176 @@ def test_result_set_of_async_results(kit: Kit) -> None:
     with kit.app.worker(concurrency=4):
         handles = [kit.add.delay(i, 1) for i in range(5)]
         assert ResultSet(handles).get(TIMEOUT_S) == [1, 2, 3, 4, 5]
+
+
+def test_result_set_raises_before_later_runs_end(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(
+            [kit.add.s(1, 1), kit.fail.s(), kit.wait_gate.s()]
+        )
+        # The gate stays shut, so the last run cannot end before get()
+        # raises the failure that it reached first.
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(timeout=3 * TIMEOUT_S)
+        assert not results[2].ready()
+        kit.gate.set()
+        assert results[2].get(TIMEOUT_S) == "opened"
+
+
+def test_result_set_waits_for_runs_before_failure(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.wait_gate.s(), kit.fail.s()])
+        assert isinstance(results[1].get(TIMEOUT_S, propagate=False), ValueError)
+        # The run before the failure is still running, so the failure is not
+        # reached, as in Celery's ResultSet.join.
+        with pytest.raises(TimeoutError, match="1 of 2 runs did not end"):
+            results.get(timeout=0.3)
+        kit.gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.join(TIMEOUT_S)
+
+
+def test_result_set_slices_read_later_runs(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Slices of 0.1 s, so a wait of 1.5 s takes many of them.
+    monkeypatch.setattr(result_module, "NO_WORKER_GRACE_S", 0.2)
+
+    @kit.app.task(name="sleep")
+    def sleep(seconds: float) -> str:
+        time.sleep(seconds)
+        return "slept"
+
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many([kit.wait_gate.s(), kit.fail.s(), sleep.s(0.4)])
+        # The last run ends in a later slice than the first one, and is
+        # still read: only the gated run did not end.
+        with pytest.raises(TimeoutError, match="1 of 3 runs did not end"):
+            results.get(timeout=1.5)
+        kit.gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(TIMEOUT_S)
+
+
+def test_result_set_state_counts(kit: Kit) -> None:
+    with kit.app.worker(concurrency=4):
+        results = kit.app.submit_many(
+            [kit.add.s(1, 1), kit.fail.s(), kit.wait_gate.s()]
+        )
+        results[0].get(TIMEOUT_S)
+        results[1].get(TIMEOUT_S, propagate=False)
+        assert results.completed_count() == 1
+        assert results.failed()
+        assert not results.successful()
+        assert results.waiting()
+        assert not results.ready()
+        kit.gate.set()
+        results[2].get(TIMEOUT_S)
+        assert results.completed_count() == 2
+        assert not results.waiting()
+        assert results.ready()
+        assert not results.successful()
+        succeeded = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)])
+        succeeded.get(TIMEOUT_S)
+    assert succeeded.completed_count() == 2
+    assert succeeded.successful()
+    assert not succeeded.failed()
+    assert succeeded.results == list(succeeded)
+
+
+def test_result_set_revoke(kit: Kit) -> None:
+    with kit.app.worker(concurrency=2):
+        results = kit.app.submit_many([kit.add.s(1, 1), kit.wait_gate.s()])
+        results[0].get(TIMEOUT_S)
+        results.revoke()
+        kit.gate.set()
+        values = results.get(TIMEOUT_S, propagate=False)
+    # The run that had ended keeps its value, and the running one is cancelled.
+    assert values[0] == 2
+    assert isinstance(values[1], RunCancelled)
+    assert results[1].state == "cancelled"
+    assert not results.failed()
+    assert not results.waiting()
+    queued = kit.app.submit_many([kit.add.s(1, 1), kit.add.s(2, 2)])
+    queued.cancel()
+    assert [result.state for result in queued] == ["cancelled", "cancelled"]
+    assert kit.called("add") == [(1, 1)]
+
+
+def _fail_second_run(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, *, stored: bool
+) -> None:
+    """Make the driver report a failure for the second run of each bulk submit.
+
+    With ``stored``, that run is written anyway, as when a pipeline's reply
+    is lost after its scripts ran.
+    """
+    driver = kit.app.driver
+    submit_many = driver.submit_many
+
+    def submit_failing(runs: Sequence[tuple[str, GraphSpec]]) -> list[Any]:
+        if stored:
+            outcomes: list[Any] = submit_many(runs)
+        else:
+            outcomes = [*submit_many(runs[:1]), None, *submit_many(runs[2:])]
+        outcomes[1] = DriverError("planned store failure")
+        return outcomes
+
+    monkeypatch.setattr(driver, "submit_many", submit_failing)
+
+
+@pytest.mark.parametrize("stored", [False, True])
+def test_partial_submit_retry_generated_ids(
+    kit: Kit, monkeypatch: pytest.MonkeyPatch, stored: bool
+) -> None:
+    _fail_second_run(kit, monkeypatch, stored=stored)
+    canvases = [kit.add.s(i, 1) for i in range(3)]
+    with pytest.raises(PartialSubmitError) as caught:
+        kit.app.submit_many(canvases)
+    error = caught.value
+    assert len(error.run_ids) == 3
+    assert error.submitted == [error.run_ids[0], error.run_ids[2]]
+    assert list(error.failed) == [error.run_ids[1]]
+    assert "run_ids set to this error's .run_ids" in str(error)
+    monkeypatch.undo()
+    again = kit.app.submit_many(canvases, run_ids=error.run_ids)
+    assert again.ids == error.run_ids
+    with kit.app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+    # Each run ran once: the retry stored only the run that was missing.
+    assert sorted(kit.called("add")) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_partial_apply_many_retry(kit: Kit, monkeypatch: pytest.MonkeyPatch) -> None:
+    _fail_second_run(kit, monkeypatch, stored=False)
+    args_list = [(i, 1) for i in range(3)]
+    with pytest.raises(PartialSubmitError) as caught:
+        kit.add.apply_many(args_list)
+    monkeypatch.undo()
+    again = kit.add.apply_many(args_list, run_ids=caught.value.run_ids)
+    assert again.ids == caught.value.run_ids
+    with kit.app.worker(concurrency=2):
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+    assert sorted(kit.called("add")) == [(0, 1), (1, 1), (2, 1)]
+
+
+def test_shared_invalid_option_blames_call(kit: Kit) -> None:
+    with pytest.raises(InvalidOption) as caught:
+        kit.add.apply_many([(1, 1), (2, 2)], queue=5)
+    message = str(caught.value)
+    assert message.startswith("apply_many() > options['queue']: ")
+    assert "args_list[" not in message
+    assert "Nothing of this apply_many() call was submitted." in message
+    with pytest.raises(InvalidOption) as caught:
+        kit.app.submit_many([kit.add.s(1, 1)], bogus=1)
+    message = str(caught.value)
+    assert message.startswith("submit_many(): unknown option 'bogus'")
+    assert "canvases[" not in message
+    with pytest.raises(InvalidCanvas) as caught:
+        kit.app.submit_many([kit.add.s(1, 1)], link=5)
+    message = str(caught.value)
+    assert message.startswith("submit_many(): The link is 5")
+    assert "canvases[" not in message
+    with pytest.raises(InvalidOption, match="apply_many\\(\\): 1 run_ids for 2"):
+        kit.add.apply_many([(1, 1), (2, 2)], run_ids=["only-one"])
+    assert kit.app.driver.list_runs().runs == []

@@ -6,6 +6,7 @@ These tests run on each Redis configuration of the session (`redis_target`).
 
 from __future__ import annotations
 
+import threading
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -132,32 +133,79 @@ def test_failed_pipeline_fails_its_runs(
     assert "2 of 2 runs failed to submit" in str(caught.value)
 
 
+class _StatusReads:
+    """Record the status reads of a waiting set: single HGETs and full passes."""
+
+    def __init__(self, driver: RedisDriver) -> None:
+        #: The run id of each single status read, in order.
+        self.single: list[str] = []
+        #: The number of runs of each pass over every pending run.
+        self.passes: list[int] = []
+        self._read_status = driver._read_status
+        self._read_changed = driver._read_changed
+
+    def read_status(self, run_id: str) -> str | None:
+        self.single.append(run_id)
+        return self._read_status(run_id)
+
+    def read_changed(self, run_ids: Any, pending: list[int]) -> list[int]:
+        self.passes.append(len(pending))
+        return self._read_changed(run_ids, pending)
+
+
+def _count_status_reads(
+    driver: RedisDriver, monkeypatch: pytest.MonkeyPatch
+) -> _StatusReads:
+    reads = _StatusReads(driver)
+    monkeypatch.setattr(driver, "_read_status", reads.read_status)
+    monkeypatch.setattr(driver, "_read_changed", reads.read_changed)
+    return reads
+
+
 def test_waiting_set_reads_one_status_per_poll(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     driver = _driver(app)
     monkeypatch.setattr(driver, "_poll_interval_s", 0.005)
-    single: list[str] = []
-    passes: list[int] = []
-    read_status = driver._read_status
-    read_changed = driver._read_changed
-
-    def counted_status(run_id: str) -> str | None:
-        single.append(run_id)
-        return read_status(run_id)
-
-    def counted_changed(run_ids: Any, pending: list[int]) -> list[int]:
-        passes.append(len(pending))
-        return read_changed(run_ids, pending)
-
-    monkeypatch.setattr(driver, "_read_status", counted_status)
-    monkeypatch.setattr(driver, "_read_changed", counted_changed)
+    reads = _count_status_reads(driver, monkeypatch)
     results = app.tasks["add"].apply_many([(i, 1) for i in range(40)])
     # No worker runs, so nothing ends: every poll reads the first run only.
     with pytest.raises(TimeoutError):
         results.get(0.3)
-    assert single, "the set never polled"
-    assert set(single) == {results.ids[0]}
-    assert passes == []
+    assert reads.single, "the set never polled"
+    assert set(reads.single) == {results.ids[0]}
+    assert reads.passes == []
     with app.worker(concurrency=4):
         assert results.get(TIMEOUT_S) == [i + 1 for i in range(40)]
+
+
+def test_set_before_failure_reads_one_status(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    driver = _driver(app)
+    monkeypatch.setattr(driver, "_poll_interval_s", 0.005)
+    gate = threading.Event()
+
+    @app.task(name="wait_gate")
+    def wait_gate() -> str:
+        gate.wait(TIMEOUT_S)
+        return "opened"
+
+    @app.task(name="fail")
+    def fail() -> None:
+        raise ValueError("planned failure")
+
+    with app.worker(concurrency=2):
+        results = app.submit_many([wait_gate.s(), fail.s()])
+        results[1].get(TIMEOUT_S, propagate=False)
+        reads = _count_status_reads(driver, monkeypatch)
+        # The failure waits for the run before it, which is the only run
+        # each poll reads.
+        with pytest.raises(TimeoutError):
+            results.get(0.3)
+        assert reads.single, "the set never polled"
+        assert set(reads.single) == {results.ids[0]}
+        assert reads.passes == []
+        gate.set()
+        with pytest.raises(ValueError, match="planned failure"):
+            results.get(TIMEOUT_S)
