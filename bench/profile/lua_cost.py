@@ -46,7 +46,12 @@ from common import arguments, command_usage, private_redis, server_cpu_s
 from stem import App
 from stem.canvas import compile_canvas
 from stem.drivers.redis import RedisDriver
-from stem.drivers.redis.scripts import _INCLUDE, load_source
+from stem.drivers.redis.scripts import (
+    _INCLUDE,
+    drop_unused_locals,
+    expand_includes,
+    load_source,
+)
 from stem.engine.ports import Message
 
 #: The scripts of a one-node run's life, in order.
@@ -81,13 +86,7 @@ def source_with_return(name: str, *, after_includes: bool) -> str:
     includes = list(_INCLUDE.finditer(text))
     cut = includes[-1].end() if after_includes else includes[0].start()
     text = f"{text[:cut]}\n{EARLY_RETURN}\n{text[cut:]}"
-
-    def expand(match: re.Match[str]) -> str:
-        return (folder / "include" / f"{match.group(1)}.lua").read_text(
-            encoding="utf-8"
-        )
-
-    return _INCLUDE.sub(expand, text)
+    return drop_unused_locals(expand_includes(text))
 
 
 def source_cut_before(name: str, statement: str) -> str:
