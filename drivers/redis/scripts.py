@@ -113,11 +113,22 @@ def load_source(name: str) -> str:
 
 
 def expand_includes(text: str) -> str:
-    """Replace each ``--- @include "<name>"`` line by ``lua/include/<name>.lua``."""
+    """Replace each ``--- @include "<name>"`` line by ``lua/include/<name>.lua``.
+
+    An include may include others. Each one is expanded once, where it
+    first occurs, and a later line that includes it again is left empty.
+    """
     folder = resources.files("stem.drivers.redis") / "lua" / "include"
+    expanded: set[str] = set()
 
     def expand(match: re.Match[str]) -> str:
-        return (folder / f"{match.group(1)}.lua").read_text(encoding="utf-8")
+        name = match.group(1)
+        if name in expanded:
+            return ""
+        expanded.add(name)
+        return _INCLUDE.sub(
+            expand, (folder / f"{name}.lua").read_text(encoding="utf-8")
+        )
 
     return _INCLUDE.sub(expand, text)
 

@@ -108,3 +108,15 @@ def test_complete_leaves_out_unused_functions() -> None:
     assert "count_open_readers" not in kept
     assert "persist_run" not in kept
     assert "end_node" in kept
+
+
+@pytest.mark.parametrize("name", ["complete", "submit", "retry"])
+def test_nested_include_expanded_once(name: str) -> None:
+    # "graph" includes "queue", which complete and submit include earlier.
+    source = expand_includes(
+        (resources.files("stem.drivers.redis") / "lua" / f"{name}.lua").read_text(
+            encoding="utf-8"
+        )
+    )
+    assert source.count("\nlocal function send(") == 1
+    assert not re.search(r'^--- @include "', source, re.MULTILINE)
