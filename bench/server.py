@@ -3,25 +3,16 @@
 from __future__ import annotations
 
 import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from dataclasses import dataclass, field
 from typing import Any
 
 import redis
 
+from stem.local_redis import LocalRedis, LocalRedisError
+
 #: Redis commands that run a script; the commands they call are counted apart.
 SCRIPT_COMMANDS = ("evalsha", "eval", "evalsha_ro", "eval_ro", "fcall", "fcall_ro")
-
-
-def free_port() -> int:
-    """Return a loopback TCP port that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class RedisServer:
@@ -32,55 +23,28 @@ class RedisServer:
     """
 
     def __init__(self, slowlog_us: int = 100) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise SystemExit(
-                "redis-server is not on PATH; install it (apt-get install "
-                "redis-server) and run the benchmark again."
-            )
-        self._binary = binary
-        self._slowlog_us = slowlog_us
-        self.restarts = 0
-        self.port = free_port()
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self._dir = tempfile.mkdtemp(prefix="stem-bench-redis-")
-        self._log = open(os.path.join(self._dir, "redis.log"), "a")  # noqa: SIM115
-        self._start()
-
-    def _start(self) -> None:
-        binary, slowlog_us = self._binary, self._slowlog_us
-        command = [
-            binary,
-            "--port", str(self.port),
-            "--bind", "127.0.0.1",
-            "--save", "",
-            "--appendonly", "no",
-            "--dir", self._dir,
+        options = [
             "--slowlog-log-slower-than", str(slowlog_us),
             "--slowlog-max-len", "100000",
             "--latency-tracking", "yes",
             "--latency-tracking-info-percentiles", "50 99 99.9",
         ]  # fmt: skip
-        self.process = subprocess.Popen(
-            command, stdout=self._log, stderr=subprocess.STDOUT
-        )
+        self._server = LocalRedis(options=options)
+        self.restarts = 0
+        self.port = self._server.port
+        self.url = self._server.url
+        try:
+            self._server.start()
+        except LocalRedisError as err:
+            raise SystemExit(str(err)) from None
+        self._connect()
+
+    def _connect(self) -> None:
         # redis-py's default 5 s socket timeout is shorter than the longest
         # scripts measured here; a wedged server still ends the run.
         self.client = redis.Redis(
             port=self.port, decode_responses=True, socket_timeout=120
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                self.client.ping()
-                break
-            except redis.ConnectionError:
-                if self.process.poll() is not None or time.monotonic() > deadline:
-                    raise SystemExit(
-                        f"redis-server did not start on port {self.port}; see "
-                        f"{self._dir}/redis.log."
-                    ) from None
-                time.sleep(0.05)
         self.version = self.client.info("server")["redis_version"]
 
     def wait_while_busy(self, timeout_s: float = 180.0) -> float:
@@ -114,10 +78,10 @@ class RedisServer:
 
     def restart(self) -> None:
         """Kill the server and start a new one on the same port."""
-        self.process.kill()
-        self.process.wait()
+        self.client.close()
+        self._server.restart()
         self.restarts += 1
-        self._start()
+        self._connect()
 
     def reset(self) -> None:
         """Empty the server and zero its statistics between two scenarios."""
@@ -137,18 +101,12 @@ class RedisServer:
             time.sleep(0.02)
 
     def pid(self) -> int:
-        return self.process.pid
+        return self._server.pid
 
     def stop(self) -> None:
+        """Stop the server by its pid and remove its folder."""
         self.client.close()
-        self.process.terminate()
-        try:
-            self.process.wait(10)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-        self._log.close()
-        shutil.rmtree(self._dir, ignore_errors=True)
+        self._server.stop()
 
 
 @dataclass

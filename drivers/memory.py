@@ -176,6 +176,19 @@ class MemoryDriver:
         with self._lock:
             run = self._run(run_id)
             self._apply(run, machine.cancel(run, self._clock()))
+            if run.status == "cancelled":
+                self._drop_delayed(run)
+
+    def _drop_delayed(self, run: RunState) -> None:
+        """Remove the delayed messages of ``run``'s epoch, which can no longer run."""
+        remaining = [
+            entry
+            for entry in self._delayed
+            if entry[2].run_id != run.run_id or entry[2].epoch != run.epoch
+        ]
+        if len(remaining) != len(self._delayed):
+            heapq.heapify(remaining)
+            self._delayed = remaining
 
     def retry_run(self, run_id: str) -> int:
         with self._lock:

@@ -2,7 +2,11 @@
 
 - ``stem_app``: an `App` on ``memory://``, closed after the test;
 - ``stem_worker``: a running thread worker on ``stem_app``, stopped after
-  the test.
+  the test;
+- ``stem_redis_url``: the URL of a private ``redis-server`` on a free
+  loopback port, started once per session (`stem.local_redis.LocalRedis`);
+- ``stem_redis_cluster_url``: the ``redis+cluster://`` URL of a private
+  3-primary Redis Cluster on loopback, started once per session.
 
 Register tasks on ``stem_app`` inside the test (or in a fixture of your own),
 then submit canvases while ``stem_worker`` runs them. This module imports
@@ -18,6 +22,7 @@ import pytest
 
 from stem.engine.app import App
 from stem.engine.worker import Worker
+from stem.local_redis import LocalRedis, LocalRedisCluster, LocalRedisError
 
 #: Threads of the ``stem_worker`` fixture's pool.
 WORKER_CONCURRENCY = 4
@@ -42,3 +47,39 @@ def stem_worker(stem_app: App) -> Iterator[Worker]:
         yield worker
     finally:
         worker.stop()
+
+
+@pytest.fixture(scope="session")
+def stem_redis_url() -> Iterator[str]:
+    """Start a private redis-server for the session and provide its URL.
+
+    The test fails, and never skips, when the server cannot start, so a suite
+    without ``redis-server`` on PATH does not pass without testing Redis.
+    """
+    server = LocalRedis()
+    try:
+        server.start()
+    except LocalRedisError as err:
+        server.stop()
+        pytest.fail(str(err))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def stem_redis_cluster_url() -> Iterator[str]:
+    """Start a private 3-primary Redis Cluster for the session and provide its URL.
+
+    Like ``stem_redis_url``, it fails the test when the Cluster cannot start.
+    """
+    cluster = LocalRedisCluster()
+    try:
+        cluster.start()
+    except LocalRedisError as err:
+        pytest.fail(str(err))
+    try:
+        yield cluster.url
+    finally:
+        cluster.stop()

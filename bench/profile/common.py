@@ -10,70 +10,28 @@ from __future__ import annotations
 import argparse
 import contextlib
 import cProfile
-import os
-import shutil
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 
 import redis
 import redis.connection
 
-#: Seconds to wait for the private server to reply to PING.
-START_TIMEOUT_S = 10.0
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
+from stem.local_redis import LocalRedis, LocalRedisError
 
 
 @contextlib.contextmanager
 def private_redis() -> Iterator[str]:
     """Start a redis-server on a free loopback port and yield its URL."""
-    binary = shutil.which("redis-server")
-    if binary is None:
-        raise SystemExit("redis-server is not found on PATH; install Redis 7.")
-    workdir = tempfile.mkdtemp(prefix="stem-profile-")
-    port = free_port()
-    command = [
-        binary,
-        "--port",
-        str(port),
-        "--bind",
-        "127.0.0.1",
-        "--save",
-        "",
-        "--appendonly",
-        "no",
-        "--dir",
-        workdir,
-    ]
-    with open(os.path.join(workdir, "redis.log"), "wb") as log:
-        server = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
-    url = f"redis://127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
+    server = LocalRedis()
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError as err:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    message = f"redis-server on port {port} did not start."
-                    raise SystemExit(message) from err
-                time.sleep(0.05)
-        yield url
+        server.start()
+    except LocalRedisError as err:
+        server.stop()
+        raise SystemExit(str(err)) from None
+    try:
+        yield server.url
     finally:
-        client.close()
-        server.terminate()
-        server.wait(10)
-        shutil.rmtree(workdir, ignore_errors=True)
+        server.stop()
 
 
 class RoundTrips:

@@ -25,6 +25,11 @@ key                      type       contents
                                     and ``release_entry`` (its outbox entry),
                                     and the comma-separated
                                     node lists ``nodes``, ``sinks``, ``reaching``;
+                                    ``sinks_not_succeeded`` (sinks that ended
+                                    in another state than succeeded) and
+                                    ``lowest_failed`` (the failed node lowest
+                                    in node order whose failure reaches a
+                                    sink), which decide how the run ends;
                                     ``retention_ms`` and ``events_max_len``, the
                                     run's settings (``0`` is off); for a
                                     shard run (see `shards`) ``home``,
@@ -40,7 +45,10 @@ key                      type       contents
                                     or empty), ``/ignore`` (``1`` for
                                     ignore_result), ``/drops`` (the
                                     ignore_result nodes it reads) and, for an
-                                    ignore_result node, ``/readers``; for a
+                                    ignore_result node, ``/readers``;
+                                    ``/end_role`` (``sink``, ``reaching``
+                                    when its failure reaches a sink, or
+                                    ``none``); for a
                                     callback that joins shards, ``/shards``
                                     (its shard nodes); a new
                                     run leaves out the fields equal to

@@ -57,6 +57,8 @@ GRAPH_DEFAULTS: dict[str, str] = {
     "ignore": "0",
     "drops": "",
     "readers": "",
+    # Most main-path nodes, such as a fail_fast chord's members, reach a sink.
+    "end_role": "reaching",
 }
 
 
@@ -71,6 +73,8 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
     dependents = spec.dependents
     errbacks = spec.errbacks_covering
     readers = spec.readers
+    sinks = set(spec.sinks)
+    reaching = _reaching_sinks(spec)
     # Nodes of a large group share one NodeOptions object, so its fields are
     # converted once. The spec keeps every key's object alive.
     option_fields: dict[int, tuple[str, str, str]] = {}
@@ -105,11 +109,25 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
                 read for read in reads if spec.node(read).options.ignore_result
             ),
             "readers": ",".join(readers[node.id]) if ignore else "",
+            "end_role": _end_role(node.id, sinks, reaching),
         }
         for name, value in fields.items():
             if defaults or GRAPH_DEFAULTS.get(name) != value:
                 flat += [f"{node.id}/{name}", value]
     return flat
+
+
+def _end_role(node_id: NodeId, sinks: set[NodeId], reaching: set[NodeId]) -> str:
+    """Return what a node's outcome means for the run's end, as graph.lua reads it.
+
+    "sink" for a sink, "reaching" for another node whose failure reaches a
+    sink (a candidate for the run's error node), else "none".
+    """
+    if node_id in sinks:
+        return "sink"
+    if node_id in reaching:
+        return "reaching"
+    return "none"
 
 
 def _option_fields(node: NodeSpec) -> tuple[str, str, str]:
@@ -225,6 +243,11 @@ def nodes_reaching_sinks(spec: GraphSpec) -> list[NodeId]:
     The walk is the engine's run-end rule: from each sink back through the
     dependencies of ``fail_fast`` joins, leaving out settled dependencies.
     """
+    return sorted(_reaching_sinks(spec), key=node_order)
+
+
+def _reaching_sinks(spec: GraphSpec) -> set[NodeId]:
+    """Return the nodes whose failure reaches a sink, in no order."""
     reaching = set(spec.sinks)
     stack = list(spec.sinks)
     while stack:
@@ -235,7 +258,7 @@ def nodes_reaching_sinks(spec: GraphSpec) -> list[NodeId]:
             if dep not in reaching and dep not in node.settled:
                 reaching.add(dep)
                 stack.append(dep)
-    return sorted(reaching, key=node_order)
+    return reaching
 
 
 def error_json(error: ErrorInfo) -> str:

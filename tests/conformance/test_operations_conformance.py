@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import time
 from collections.abc import Callable
+from typing import Any
 
 import pytest
 
@@ -300,3 +301,34 @@ def test_default_worker_names_unique(kit: Kit) -> None:
     assert names == sorted([first.name, second.name])
     assert first.name != second.name
     assert alive == 2
+
+
+def test_cancel_drops_delayed_messages(kit: Kit) -> None:
+    driver = kit.app.driver
+    cancelled = kit.app.submit(
+        group(kit.add.s(1, 1).set(countdown=3600), kit.add.s(2, 2).set(countdown=7200))
+    )
+    other = kit.app.submit(kit.add.s(3, 3).set(countdown=3600))
+    assert driver.delayed_count() == 3
+
+    cancelled.cancel()
+
+    assert cancelled.state == "cancelled"
+    assert driver.delayed_count() == 1
+    assert other.state == "running"
+
+
+def test_cancel_drops_retry_backoff(kit: Kit) -> None:
+    @kit.app.task(name="retry_later", bind=True, max_retries=1)
+    def retry_later(task: Any) -> None:
+        task.retry(countdown=3600, exc=ValueError("not yet"))
+
+    driver = kit.app.driver
+    result = kit.app.submit(retry_later.s())
+    with kit.app.worker(concurrency=1):
+        _wait(lambda: driver.delayed_count() == 1, "the retry to wait its backoff")
+
+    result.cancel()
+
+    assert result.state == "cancelled"
+    assert driver.delayed_count() == 0

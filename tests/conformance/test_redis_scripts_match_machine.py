@@ -144,8 +144,17 @@ class _Pair:
 
     def cancel(self) -> None:
         self.now += 1.0
+        was_running = self.run.status == "running"
         self._enqueue(machine.cancel(self.run, self.now))
         self.driver.cancel(self.run_id)
+        if was_running and self.run.status == "cancelled":
+            # Cancelling removes the run's messages of its epoch from the
+            # delayed set.
+            dropped = [item for item in self.delayed if item.epoch == self.run.epoch]
+            for item in dropped:
+                self.enqueued[(item.node, item.attempt, item.epoch)] -= 1
+            self.enqueued = +self.enqueued
+            self.delayed = [item for item in self.delayed if item not in dropped]
 
     def retry_run(self) -> bool:
         """Retry the run on both sides; return whether they reopened it."""

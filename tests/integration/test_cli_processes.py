@@ -11,11 +11,7 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import signal
-import socket
-import subprocess
-import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -26,6 +22,7 @@ import redis
 from stem.drivers.redis.driver import RedisDriver
 from stem.engine.errors import DriverError
 from stem.engine.result import AsyncResult
+from stem.local_redis import LocalRedis
 
 from .conftest import (
     TIMEOUT_S,
@@ -263,37 +260,8 @@ def test_graph_show_large_run_round_trips(tmp_path: Path, url: str) -> None:
 @pytest.fixture
 def secret_url() -> Iterator[str]:
     """Start a private redis-server that requires a password; yield a URL with it."""
-    binary = shutil.which("redis-server")
-    assert binary is not None, "redis-server is not found on PATH."
-    workdir = tempfile.mkdtemp(prefix="stem-redis-auth-")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--dir", workdir, "--requirepass", PASSWORD,
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )  # fmt: skip
-    url = f"redis://:{PASSWORD}@127.0.0.1:{port}/0"
-    client = redis.Redis.from_url(url)
-    try:
-        wait_until(lambda: _pings(client), "the password-protected server answers")
-        yield url
-    finally:
-        client.close()
-        server.terminate()
-        server.wait(TIMEOUT_S)
-        shutil.rmtree(workdir, ignore_errors=True)
-
-
-def _pings(client: redis.Redis) -> bool:
-    try:
-        return bool(client.ping())
-    except redis.ConnectionError:
-        return False
+    with LocalRedis(password=PASSWORD) as server:
+        yield server.url
 
 
 def test_no_command_prints_password(tmp_path: Path, secret_url: str) -> None:

@@ -21,14 +21,17 @@ import pytest
 import redis
 from redis.cluster import RedisCluster
 
-from stem import App, chain, chord
+from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
+from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.driver import ENVELOPE_VERSION
 from stem.drivers.redis.keys import Keys
 from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.engine.drivers import load_driver
 from stem.engine.errors import RunNotFound
+from stem.engine.ports import Message
+from stem.engine.records import ErrorInfo
 
 TIMEOUT_S = 10.0
 
@@ -216,6 +219,54 @@ def test_report_after_run_deleted_writes_nothing(
             driver.cancel("gone")
     finally:
         driver.close()
+
+
+def test_error_node_is_lowest_failed_sink(redis_target: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda: None)
+    echo = app.task(name="echo")(lambda value: value)
+    # Node 0 fails inside an all_settled chord (callback 2), which absorbs
+    # the failure. Of the group's members, nodes 9 and 11 fail.
+    members = [fail.s() if i in (6, 8) else add.s(i, i) for i in range(10)]
+    absorbed = chord([fail.s(), add.s(1, 1)], echo.s(), join="all_settled")
+    spec = compile_canvas(group(absorbed, *members))
+    assert [node.id for node in spec.nodes if node.task == "fail"] == ["0", "9", "11"]
+    error = ErrorInfo("builtins", "ValueError", "boom", [])
+
+    try:
+        assert driver.submit("lowest", spec)
+        queued = {message.node_id: message for message in _fetch_all(driver)}
+        # Node 9 fails before 11, which is lower as a string but not in node
+        # order, and the absorbed node 0 fails after both.
+        for node_id in ("9", "11", "0"):
+            message = queued.pop(node_id)
+            assert driver.claim(message) is not None
+            driver.fail(message, error)
+        assert driver.snapshot("lowest").status == "running"
+
+        # The callback is queued once the last of the others succeeds.
+        while queued:
+            for message in queued.values():
+                assert driver.claim(message) is not None
+                driver.complete(message, dumps(None))
+            queued = {message.node_id: message for message in _fetch_all(driver)}
+
+        snapshot = driver.snapshot("lowest")
+        assert snapshot.status == "failed"
+        assert snapshot.nodes["2"].state == "succeeded"
+        assert snapshot.error_node == "9"
+    finally:
+        driver.close()
+
+
+def _fetch_all(driver: RedisDriver) -> list[Message]:
+    """Fetch every message queued now, waiting a short time for the first."""
+    fetched: list[Message] = []
+    while messages := driver.fetch(["default"], 100, 0.2):
+        fetched += messages
+    return fetched
 
 
 def test_complete_many_reports_each(

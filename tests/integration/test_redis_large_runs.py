@@ -30,6 +30,8 @@ from stem.engine.ports import Message
 from stem.engine.records import ErrorInfo
 from stem.engine.result import AsyncResult
 
+from .shard_helpers import ScriptCommandCounter
+
 TIMEOUT_S = 10.0
 #: Time allowed for a chord of a few thousand members with default settings.
 LARGE_TIMEOUT_S = 60.0
@@ -221,6 +223,42 @@ def test_commands_per_script_call_do_not_grow_with_the_chord(
     assert set(small) == {"stage", "seal", "release"}
     assert small == large, (small, large)
     assert all(count > 0 for count in small.values())
+
+
+def _run_end_commands(url: str, members: int, fail: str) -> dict[str, int]:
+    """Run a group of ``members`` sinks, failing node ``fail`` ("" for none).
+
+    Returns the largest command count of one call of each script, so of the
+    call that ends the run too.
+    """
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    spec = compile_canvas(group(add.s(i, i) for i in range(members)))
+    # Without shards, so that the group's members are the run's own sinks.
+    driver = RedisDriver(
+        url, prefix=_prefix(), submit_chunk=100, release_slice=100, shard_size=0
+    )
+    try:
+        counter = ScriptCommandCounter(driver, pipelines=False)
+        driver.submit("sinks", spec)
+        _run_queued(driver, fail)
+        assert driver.snapshot("sinks").status == ("failed" if fail else "succeeded")
+        assert driver.snapshot("sinks").error_node == (fail or None)
+        return counter.largest
+    finally:
+        driver.close()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("outcome", ["succeeded", "failed"])
+def test_run_end_commands_do_not_grow_with_sinks(redis_url: str, outcome: str) -> None:
+    # The last member fails: the error node is the last node of the run.
+    small = _run_end_commands(redis_url, 100, "99" if outcome == "failed" else "")
+    large = _run_end_commands(redis_url, 1000, "999" if outcome == "failed" else "")
+    assert large["complete"] <= small["complete"], (small, large)
+    if outcome == "failed":
+        assert large["fail"] <= small["fail"], (small, large)
+    assert max(large.values()) <= max(small.values()), (small, large)
 
 
 def _seal_without_release(driver: RedisDriver, run_id: str, monkeypatch: Any) -> None:

@@ -16,8 +16,10 @@
   Returns {1} when the run was cancelled, {0} when it had already ended or
   belongs to a later home epoch than ARGV[2], {-1} for an unknown run.
   Writes no queue entries: messages already queued are dropped when claimed,
-  because their nodes are no longer queued. Adds an "ended" event and starts
-  the run's retention. Adds a "cancel" outbox entry per shard node that had
+  because their nodes are no longer queued. A queued or retrying node's
+  message that waits in the delayed set (countdown, eta or retry backoff) is
+  removed from it, so a far-off one does not stay until it is due. Adds an
+  "ended" event and starts the run's retention. Adds a "cancel" outbox entry per shard node that had
   not ended, and a "report" outbox entry when the run is a shard run.
 ]]
 -- luacheck: globals KEYS ARGV redis
@@ -30,6 +32,9 @@ local errors_key = KEYS[5]
 local counts_key = KEYS[6]
 local events_key = KEYS[7]
 local outbox_key = KEYS[8]
+-- The partition's key base (keys.py): the outbox key less "outbox".
+local base = string.sub(outbox_key, 1, -7)
+local delayed_key = base .. "delayed"
 local run_id = ARGV[1]
 local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
@@ -53,8 +58,17 @@ local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = t
 for node in string.gmatch(run[2], "[^,]+") do
   local state = rcall("HGET", nodes_key, node)
   if not TERMINAL[state] then
-    local info = rcall("HMGET", graph_key, node .. "/role", node .. "/task")
+    local info = rcall("HMGET", graph_key, node .. "/role", node .. "/task",
+      node .. "/queue")
     local role = info[1]
+    if state == "queued" or state == "retrying" then
+      -- The member that `send` in graph.lua writes for this attempt; ZREM of
+      -- a member that was never delayed, or was already moved, does nothing.
+      local attempt = rcall("HGET", nodes_key, node .. "/attempt")
+      local member = cjson.encode({info[3] or "default", run_id, node, attempt,
+        run[6], info[2]})
+      rcall("ZREM", delayed_key, member)
+    end
     local pending_side = (role == "link" or role == "errback") and state == "pending"
     local ended = pending_side and "skipped" or "cancelled"
     rcall("HSET", nodes_key, node, ended, node .. "/ended_at", now_text)
@@ -68,7 +82,7 @@ for node in string.gmatch(run[2], "[^,]+") do
   end
 end
 rcall("HSET", run_key, "status", "cancelled", "open_main", "0", "ended_at", now_text)
-rcall("ZREM", string.sub(outbox_key, 1, -7) .. "sharded", run_id)
+rcall("ZREM", base .. "sharded", run_id)
 run_ended("cancelled")
 if run[3] then
   rcall("XADD", outbox_key, "*", "kind", "report", "run", run[3], "node", run[4],

@@ -138,6 +138,7 @@ for _, node in ipairs(nodes) do
     rcall("HDEL", errors_key, node)
   end
 end
+recount_run_end()
 
 -- As the Python `reopen` does after its resets: reopened readers keep the
 -- values of their ignore_result inputs until they end again.

@@ -173,6 +173,7 @@ for index, item in ipairs(reopened) do
     main_reopened = true
   end
 end
+recount_run_end()
 if main_reopened and run[1] ~= "running" then
   rcall("HSET", run_key, "status", "running")
   rcall("HDEL", run_key, "ended_at", "error_node")

@@ -58,6 +58,7 @@ for node in string.gmatch(run[4], "[^,]+") do
 end
 rcall("HSET", run_key, "status", "running", "open_main", open_main,
   "home_epoch", ARGV[2])
-rcall("HDEL", run_key, "ended_at", "error_node", "reported")
+rcall("HDEL", run_key, "ended_at", "error_node", "reported", "sinks_not_succeeded",
+  "lowest_failed")
 persist_run()
 return {1}

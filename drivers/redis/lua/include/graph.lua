@@ -54,7 +54,8 @@ end
 
 -- The graph fields that a node's transitions read, fetched with one HMGET.
 local INFO_FIELDS = {"side", "group", "drops", "task", "ignore", "dependents",
-  "errbacks", "settled", "triggers", "join", "role", "countdown", "eta", "queue"}
+  "errbacks", "settled", "triggers", "join", "role", "countdown", "eta", "queue",
+  "end_role"}
 local infos = {}
 
 -- Return a table of the node's INFO_FIELDS, each false when missing.
@@ -149,6 +150,36 @@ local function enqueue(node, last_attempt)
   send(node, attempt, delay_of(info.countdown, info.eta), info.queue, info.task)
 end
 
+-- Tell whether node id `a` comes before `b` in node order: the ids are
+-- dot-separated integers, compared part by part as canvas.spec.node_order does.
+local function sorts_before(a, b)
+  local left, right = {}, {}
+  for part in string.gmatch(a, "%d+") do
+    left[#left + 1] = tonumber(part)
+  end
+  for part in string.gmatch(b, "%d+") do
+    right[#right + 1] = tonumber(part)
+  end
+  for index = 1, math.min(#left, #right) do
+    if left[index] ~= right[index] then
+      return left[index] < right[index]
+    end
+  end
+  return #left < #right
+end
+
+-- Keep the run's "lowest_failed" field, the failed node lowest in node order
+-- whose failure reaches a sink, so `maybe_finish` reads the error node at once.
+local function note_failed(node, info)
+  if info.end_role == "none" then
+    return
+  end
+  local lowest = rcall("HGET", run_key, "lowest_failed")
+  if not lowest or sorts_before(node, lowest) then
+    rcall("HSET", run_key, "lowest_failed", node)
+  end
+end
+
 -- End a node. `current` is its state when the caller read it already, or
 -- nil to read it here.
 local function set_terminal(node, state, current)
@@ -161,6 +192,9 @@ local function set_terminal(node, state, current)
   written_states[node] = state
   local info = info_of(node)
   count_move(node, current, state, info.group)
+  if info.end_role == "sink" and state ~= "succeeded" then
+    rcall("HINCRBY", run_key, "sinks_not_succeeded", 1)
+  end
   if info.side ~= "1" then
     if defer_open_main then
       open_main_left = open_main_left - 1
@@ -175,6 +209,7 @@ local function set_terminal(node, state, current)
     rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
       "node", node, "epoch", epoch)
   elseif state == "failed" then
+    note_failed(node, info)
     report_failure(node)
   end
 end
@@ -276,12 +311,37 @@ local function end_node(node, state, current)
   settle({node})
 end
 
+-- Set the run's "sinks_not_succeeded" and "lowest_failed" from the states of
+-- the nodes on its "sinks" and "reaching" lists, after a script moved nodes
+-- back to pending. It reads every sink, so only scripts that visit every node
+-- anyway call it. cancel.lua leaves both fields stale, because it ends the
+-- run and only reopen.lua or reset_shard.lua start a cancelled run again.
+local function recount_run_end()
+  local lists = rcall("HMGET", run_key, "sinks", "reaching")
+  local not_succeeded = 0
+  for _, sink in ipairs(split(lists[1])) do
+    local state = state_of(sink)
+    if TERMINAL[state] and state ~= "succeeded" then
+      not_succeeded = not_succeeded + 1
+    end
+  end
+  rcall("HSET", run_key, "sinks_not_succeeded", not_succeeded)
+  -- `reaching` is sorted by node order, so the first failed node is the lowest.
+  for _, node in ipairs(split(lists[2])) do
+    if state_of(node) == "failed" then
+      rcall("HSET", run_key, "lowest_failed", node)
+      return
+    end
+  end
+  rcall("HDEL", run_key, "lowest_failed")
+end
+
 -- End the run when no main-path node is open. `status` is the run's status
 -- when the caller read it in this call, or nil to read it here.
 local function maybe_finish(status)
-  -- The node lists are read only once the run ends: a chord's "reaching" list
-  -- names every header member, and copying it on each completion would make
-  -- a chord's run quadratic in its size.
+  -- The run's end reads two counters that `set_terminal` keeps, not the
+  -- node lists: a chord's "reaching" list names every header member, and
+  -- checking each sink would make the last completion as large as the run.
   local open_main = open_main_left
   -- Run hash fields to write with the status, or at once if the run goes on.
   local changed = {}
@@ -307,16 +367,14 @@ local function maybe_finish(status)
     end
     return
   end
-  local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported")
+  local lists = rcall("HMGET", run_key, "sinks_not_succeeded", "lowest_failed",
+    "home", "reported")
   rcall("ZREM", base .. "sharded", run_id)
-  local succeeded = true
-  for _, sink in ipairs(split(lists[1])) do
-    if state_of(sink) ~= "succeeded" then
-      succeeded = false
-      break
-    end
-  end
-  if succeeded then
+  -- Every sink is a main-path node, so every sink has ended here.
+  -- NOTE: a run submitted by a driver without /end_role has no "sink" nodes
+  -- to count, so if it is still running after an upgrade it ends succeeded
+  -- even when a sink failed.
+  if (tonumber(lists[1]) or 0) == 0 then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
       unpack(changed))
     run_ended("succeeded")
@@ -325,15 +383,11 @@ local function maybe_finish(status)
     end
     return
   end
-  -- `reaching` is sorted by node order, so the first failed node is the lowest.
   local error_node = nil
-  for _, node in ipairs(split(lists[2])) do
-    if state_of(node) == "failed" then
-      error_node = node
-      changed[#changed + 1] = "error_node"
-      changed[#changed + 1] = node
-      break
-    end
+  if lists[2] then
+    error_node = lists[2]
+    changed[#changed + 1] = "error_node"
+    changed[#changed + 1] = error_node
   end
   rcall("HSET", run_key, "status", "failed", "ended_at", now_text, unpack(changed))
   run_ended("failed")

@@ -1,0 +1,90 @@
+"""Private Redis servers on loopback (stem.local_redis)."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from stem.local_redis import LocalRedis, LocalRedisCluster, LocalRedisError
+
+#: redis-py retries refused and refused-auth connections with backoff by default.
+NO_RETRY = Retry(NoBackoff(), 0)
+
+
+def test_server_answers_and_stops_by_pid() -> None:
+    server = LocalRedis()
+    url = server.start()
+    pid, workdir = server.pid, server.workdir
+    client = redis.Redis.from_url(url, decode_responses=True)
+    try:
+        assert workdir is not None
+        assert os.path.isdir(workdir)
+        assert client.ping()
+        assert client.config_get("save") == {"save": ""}
+        assert client.config_get("appendonly") == {"appendonly": "no"}
+        assert client.info("server")["process_id"] == pid
+    finally:
+        client.close()
+        server.stop()
+    assert not os.path.exists(workdir)
+    with pytest.raises(redis.ConnectionError):
+        redis.Redis.from_url(url, retry=NO_RETRY).ping()
+
+
+def test_password_is_required_and_in_the_url() -> None:
+    with LocalRedis(password="p@ss:word/1") as server:
+        assert server.url.startswith("redis://:p%40ss%3Aword%2F1@127.0.0.1:")
+        with pytest.raises(redis.AuthenticationError):
+            redis.Redis(port=server.port, retry=NO_RETRY).ping()
+        client = redis.Redis.from_url(server.url)
+        assert client.ping()
+        client.close()
+
+
+def test_restart_gives_an_empty_server_on_the_same_port() -> None:
+    with LocalRedis() as server:
+        client = redis.Redis.from_url(server.url)
+        client.set("kept", "no")
+        first_pid = server.pid
+        client.close()
+        server.restart()
+        assert server.pid != first_pid
+        client = redis.Redis.from_url(server.url)
+        assert client.get("kept") is None
+        client.close()
+
+
+def test_a_bad_option_fails_with_the_servers_log() -> None:
+    server = LocalRedis(options=["--no-such-option", "1"])
+    try:
+        with pytest.raises(LocalRedisError) as raised:
+            server.start()
+    finally:
+        server.stop()
+    message = str(raised.value)
+    assert "exited with code 1 before it replied to PING" in message
+    assert "no-such-option" in message
+
+
+def test_missing_binary_names_it_and_the_fix(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PATH", "")
+    with pytest.raises(
+        LocalRedisError, match="redis-server is not found on PATH; install"
+    ):
+        LocalRedis().start()
+
+
+def test_cluster_needs_three_primaries() -> None:
+    with pytest.raises(LocalRedisError, match="at least 3 primaries, not 2"):
+        LocalRedisCluster(2)
+
+
+def test_unstarted_objects_say_so() -> None:
+    with pytest.raises(LocalRedisError, match=r"call start\(\)"):
+        _ = LocalRedis().pid
+    with pytest.raises(LocalRedisError, match=r"call start\(\)"):
+        _ = LocalRedisCluster().url
