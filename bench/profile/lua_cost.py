@@ -12,8 +12,8 @@ wall time, so it grows whenever Redis waits for a core on a loaded machine.
 Part 1 times the fixed cost of a script call. The cases are PING, a
 one-line script with 0, 10 and 50 arguments, a script that only calls TIME,
 and 20 redis.call of EXISTS. The last two cases are complete.lua with ``do
-return {1} end`` before its includes (its size alone) and right after them
-(defining the include functions on every call).
+return {1} end`` before its includes (its size alone) and right after the
+includes of a one-node run's path (defining their functions on every call).
 
 Part 2 drives the submit, claim and complete scripts of N one-node runs
 through the driver, as scripts.py does. It replays each script's recorded
