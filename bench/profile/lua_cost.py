@@ -12,15 +12,17 @@ wall time, so it grows whenever Redis waits for a core on a loaded machine.
 Part 1 times the fixed cost of a script call. The cases are PING, a
 one-line script with 0, 10 and 50 arguments, a script that only calls TIME,
 and 20 redis.call of EXISTS. The last two cases are complete.lua with ``do
-return {1} end`` before its includes (its size alone) and right after them
-(defining the include functions on every call).
+return {1} end`` before its includes (its size alone) and right after the
+includes of a one-node run's path (defining their functions on every call).
 
 Part 2 drives the submit, claim and complete scripts of N one-node runs
 through the driver, as scripts.py does. It replays each script's recorded
-calls against a one-line script and against the script cut after its
-includes. That splits each call into the call with its arguments, the
-includes, the commands called inside and the rest (the script's own Lua).
-A last table cuts complete.lua before each of its top-level statements.
+calls against a one-line script and against the script cut after the
+includes that a one-node run's path uses (the "graph" include of submit
+and complete comes after that path). That splits each call into the call
+with its arguments, the includes, the commands called inside and the rest
+(the script's own Lua). A last table cuts complete.lua before each
+statement of a one-node run's path.
 
 Part 3 runs parts 1 and 2 again with each script loaded as a Redis
 Functions library (FUNCTION LOAD, FCALL). ``to_library`` moves every
@@ -46,7 +48,12 @@ from common import arguments, command_usage, private_redis, server_cpu_s
 from stem import App
 from stem.canvas import compile_canvas
 from stem.drivers.redis import RedisDriver
-from stem.drivers.redis.scripts import _INCLUDE, load_source
+from stem.drivers.redis.scripts import (
+    _INCLUDE,
+    drop_unused_locals,
+    expand_includes,
+    load_source,
+)
 from stem.engine.ports import Message
 
 #: The scripts of a one-node run's life, in order.
@@ -64,11 +71,22 @@ CALLS_20 = 'for i = 1, 20 do redis.call("EXISTS", KEYS[1]) end\nreturn 1'
 CUTS = (
     ("ack()", "check_report: HMGET run, HMGET node"),
     ("use_settings(run[2], run[3])", "ack: XACK, XDEL"),
-    ("store_value(node, value, info_of(node).ignore)", "use_settings: no command"),
-    ('end_node(node, "succeeded", "running")', "info_of, store_value: HMGET, HSET"),
-    ('emit("succeeded", node, attempt)', "end_node: state, counts, dependents"),
-    ("maybe_finish(run[4])", "emit: XADD event"),
-    ("return {1}", "maybe_finish: run end, expiry"),
+    (
+        'if run[4] == "running" and run[5] == "1" and not run[6]',
+        "use_settings: no command",
+    ),
+    ("    store_value(node, value, info[2])", "one-node test: HSTRLEN, HMGET"),
+    (
+        '    rcall("HSET", nodes_key, node, "succeeded", '
+        'node .. "/ended_at", now_text)',
+        "store_value: HSET",
+    ),
+    ('    emit("succeeded", node, attempt)', "node state, counts: HSET, HSET"),
+    (
+        '    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,',
+        "emit: XADD event",
+    ),
+    ("    return {1}", "run end: HSET, XADD event, expiry"),
 )
 
 Command = tuple[Any, ...]
@@ -78,16 +96,14 @@ def source_with_return(name: str, *, after_includes: bool) -> str:
     """Return a script's source with an early return before or after its includes."""
     folder = resources.files("stem.drivers.redis") / "lua"
     text = (folder / f"{name}.lua").read_text(encoding="utf-8")
-    includes = list(_INCLUDE.finditer(text))
+    # The includes before the first top-level `if`: those of a one-node run's
+    # path. complete and submit include "graph" after that path.
+    first_if = re.search(r"^if ", text, re.MULTILINE)
+    end = first_if.start() if first_if else len(text)
+    includes = [found for found in _INCLUDE.finditer(text) if found.start() < end]
     cut = includes[-1].end() if after_includes else includes[0].start()
     text = f"{text[:cut]}\n{EARLY_RETURN}\n{text[cut:]}"
-
-    def expand(match: re.Match[str]) -> str:
-        return (folder / "include" / f"{match.group(1)}.lua").read_text(
-            encoding="utf-8"
-        )
-
-    return _INCLUDE.sub(expand, text)
+    return drop_unused_locals(expand_includes(text))
 
 
 def source_cut_before(name: str, statement: str) -> str:

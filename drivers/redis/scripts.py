@@ -2,7 +2,10 @@
 
 Each ``lua/<name>.lua`` file is one state change. A line
 ``--- @include "<name>"`` is replaced at load time by ``lua/include/<name>.lua``,
-so the node transitions that several scripts share are written once.
+so the node transitions that several scripts share are written once. Redis
+runs a script's top level on every call, so the assembled source keeps only
+the top-level local functions and constants that the script reaches
+(`drop_unused_locals`).
 `Scripts.call` sends EVALSHA and, on a NOSCRIPT reply (after ``SCRIPT
 FLUSH``, a restart or a failover), loads the script and sends the call
 again, so a flushed script cache costs one round trip per script. In a
@@ -99,16 +102,159 @@ class ScriptRunNotFound(RunNotFound):
 
 
 def load_source(name: str) -> str:
-    """Read one script from package data, with its includes expanded."""
+    """Read one script from package data, with its includes expanded.
+
+    The top-level local functions and constants that the script does not
+    reach are left out (`drop_unused_locals`).
+    """
     folder = resources.files("stem.drivers.redis") / "lua"
     text = (folder / f"{name}.lua").read_text(encoding="utf-8")
+    return drop_unused_locals(expand_includes(text))
+
+
+def expand_includes(text: str) -> str:
+    """Replace each ``--- @include "<name>"`` line by ``lua/include/<name>.lua``.
+
+    An include may include others. Each one is expanded once, where it
+    first occurs, and a later line that includes it again is left empty.
+    """
+    folder = resources.files("stem.drivers.redis") / "lua" / "include"
+    expanded: set[str] = set()
 
     def expand(match: re.Match[str]) -> str:
-        return (folder / "include" / f"{match.group(1)}.lua").read_text(
-            encoding="utf-8"
+        name = match.group(1)
+        if name in expanded:
+            return ""
+        expanded.add(name)
+        return _INCLUDE.sub(
+            expand, (folder / f"{name}.lua").read_text(encoding="utf-8")
         )
 
     return _INCLUDE.sub(expand, text)
+
+
+#: The first line of a top-level local function, which ends at the next
+#: line that is ``end`` at column 0.
+_LOCAL_FUNCTION = re.compile(r"^local function ([A-Za-z_][A-Za-z0-9_]*)\(")
+#: A top-level local that is a literal or starts a table constructor.
+_LOCAL_CONSTANT = re.compile(
+    r'^local ([A-Za-z_][A-Za-z0-9_]*) = (nil|true|false|-?[0-9]+|"[^"\\]*"|\{.*)$'
+)
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def drop_unused_locals(source: str) -> str:
+    """Blank the top-level local functions and constants that nothing reaches.
+
+    Redis runs a script's top level on every call, so each included
+    function is defined again on every call, used or not. A definition is
+    kept when its name occurs, as a whole word, in the rest of the top
+    level or in a kept definition, outside the lines that are wholly
+    comments. So a name in a string or after code on its line keeps it too.
+    Only definitions without side effects are candidates: a ``local
+    function`` block (to the next ``end`` at column 0), and a local set to
+    a literal or to a table constructor with no call in it. The dropped
+    lines become empty lines, so line numbers in Redis's errors match the
+    assembled source before the drop.
+    """
+    lines = source.split("\n")
+    blocks = _definitions(lines)
+    owner: dict[int, str] = {}
+    for name, (first, last) in blocks.items():
+        for number in range(first, last + 1):
+            owner[number] = name
+    # The words of each block, and of the rest of the top level under None.
+    words_of: dict[str | None, set[str]] = {}
+    for number, is_code in enumerate(_code_flags(lines)):
+        if is_code:
+            words = _NAME.findall(lines[number])
+            words_of.setdefault(owner.get(number), set()).update(words)
+    kept: set[str] = set()
+    pending: list[str | None] = [None]
+    while pending:
+        block = pending.pop()
+        for word in words_of.get(block, set()):
+            if word in blocks and word != block and word not in kept:
+                kept.add(word)
+                pending.append(word)
+    for name, (first, last) in blocks.items():
+        if name not in kept:
+            for number in range(first, last + 1):
+                lines[number] = ""
+    return "\n".join(lines)
+
+
+def _definitions(lines: list[str]) -> dict[str, tuple[int, int]]:
+    """Return the droppable definitions by name: their first and last line."""
+    blocks: dict[str, tuple[int, int]] = {}
+    # A name defined twice keeps both definitions rather than guess which
+    # one a use refers to.
+    defined_twice: set[str] = set()
+    index = 0
+    while index < len(lines):
+        span = _definition_span(lines, index)
+        if span is None:
+            index += 1
+            continue
+        name, last = span
+        if name in blocks or name in defined_twice:
+            blocks.pop(name, None)
+            defined_twice.add(name)
+        else:
+            blocks[name] = (index, last)
+        index = last + 1
+    return blocks
+
+
+def _code_flags(lines: list[str]) -> list[bool]:
+    """Flag each line that is code, not wholly a comment.
+
+    A line is a comment when it starts with ``--`` after its indent, and a
+    block comment runs from a line that starts with ``--[[`` to the line
+    that contains ``]]``. A comment after code on its line counts as code.
+    """
+    flags: list[bool] = []
+    in_block = False
+    for line in lines:
+        text = line.lstrip()
+        if in_block:
+            flags.append(False)
+            in_block = "]]" not in line
+        elif text.startswith("--[["):
+            flags.append(False)
+            in_block = "]]" not in text
+        else:
+            flags.append(not text.startswith("--"))
+    return flags
+
+
+def _definition_span(lines: list[str], first: int) -> tuple[str, int] | None:
+    """Return the name and last line of a droppable definition at ``first``, or None."""
+    line = lines[first]
+    function = _LOCAL_FUNCTION.match(line)
+    if function:
+        for number in range(first + 1, len(lines)):
+            if lines[number] == "end":
+                return function.group(1), number
+        return None
+    constant = _LOCAL_CONSTANT.match(line)
+    if not constant:
+        return None
+    if not constant.group(2).startswith("{"):
+        return constant.group(1), first
+    # A table constructor, to the line where its braces balance. One with a
+    # call, a comment or an odd quote in it is kept.
+    depth = 0
+    for number in range(first, len(lines)):
+        text = re.sub(r'"[^"\\]*"', "", lines[number])
+        if "(" in text or "--" in text or '"' in text or "'" in text:
+            return None
+        depth += text.count("{") - text.count("}")
+        if depth == 0:
+            if not text.rstrip().endswith("}"):
+                return None
+            return constant.group(1), number
+    return None
 
 
 class Scripts:

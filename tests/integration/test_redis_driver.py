@@ -190,9 +190,9 @@ def test_one_node_run_script_commands(redis_url: str) -> None:
     finally:
         driver.close()
         observer.close()
-    assert submitted == 12
+    assert submitted == 10
     assert claimed == 8
-    assert completed == 21
+    assert completed == 19
 
 
 def test_report_after_run_deleted_writes_nothing(

@@ -26,15 +26,50 @@
 local value = ARGV[7]
 
 --- @include "lifecycle"
---- @include "graph"
+--- @include "queue"
 
 local run, reply = check_report("retention_ms", "events_max_len", "status",
-  "open_main")
+  "open_main", "home")
 if not run then
   return reply
 end
 ack()
 use_settings(run[2], run[3])
+
+-- A run of one node (a single task, the shape of most delay() calls) ends
+-- here, so it takes a shorter path that writes the same state and defines
+-- no graph function. Its "nodes" field is this node's id alone. It has no
+-- other node to release or read, its only possible sink is this node, and
+-- it is never in the sharded set, because its node is no shard node. A
+-- shard run ("home") takes the long path, which reports to its home run.
+if run[4] == "running" and run[5] == "1" and not run[6]
+    and rcall("HSTRLEN", run_key, "nodes") == #node then
+  local info = rcall("HMGET", graph_key, node .. "/group", node .. "/ignore",
+    node .. "/task")
+  if info[3] ~= SHARD_TASK then
+    store_value(node, value, info[2])
+    -- See the long path below for why a first attempt has no error to delete.
+    if attempt ~= "1" then
+      rcall("HDEL", errors_key, node)
+    end
+    rcall("HSET", nodes_key, node, "succeeded", node .. "/ended_at", now_text)
+    -- The node was the run's only running node and none had succeeded, so
+    -- the two counts of its group become 0 and 1.
+    local group = info[1]
+    if not group or group == "" then
+      group = "-"
+    end
+    rcall("HSET", counts_key, group .. "/running", 0, group .. "/succeeded", 1)
+    emit("succeeded", node, attempt)
+    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
+      "open_main", 0)
+    run_ended("succeeded")
+    return {1}
+  end
+end
+
+--- @include "graph"
+
 -- maybe_finish below writes the count of open main-path nodes, with the
 -- run's status when the run ends.
 open_main_left = tonumber(run[5]) or 0

@@ -39,7 +39,7 @@ local open_main = ARGV[7]
 local graph_pairs = tonumber(ARGV[8])
 
 --- @include "lifecycle"
---- @include "graph"
+--- @include "queue"
 
 -- Idempotent on the run id: a re-sent call finds the run and changes nothing.
 if rcall("EXISTS", run_key) == 1 then
@@ -63,6 +63,47 @@ local events_max_len = ARGV[graph_last + 2]
 use_settings(retention_ms, events_max_len)
 local count_pairs = tonumber(ARGV[graph_last + 3])
 local counts_last = graph_last + 3 + 2 * count_pairs
+
+-- Write the state-count hash: the initial counts in ARGV plus the changes
+-- that the start pass kept in `count_deltas`.
+local function write_counts()
+  local counts = {}
+  for index = graph_last + 4, counts_last, 2 do
+    counts[ARGV[index]] = tonumber(ARGV[index + 1])
+  end
+  for field, delta in pairs(count_deltas) do
+    counts[field] = (counts[field] or 0) + delta
+  end
+  count_deltas = nil
+  local count_fields = {}
+  for field, count in pairs(counts) do
+    count_fields[#count_fields + 1] = field
+    count_fields[#count_fields + 1] = count
+  end
+  for first = 1, #count_fields, SLICE do
+    rcall("HSET", counts_key, unpack(count_fields, first,
+      math.min(first + SLICE - 1, #count_fields)))
+  end
+end
+
+-- A run of one main-path node that starts queued (a single task, the shape
+-- of most delay() calls) takes a shorter path that writes the same state.
+-- Its graph fields come from ARGV, not an HMGET. Its node-state HSET
+-- writes the queued state at once, and the graph functions are not defined.
+local single = nil
+if roots ~= "" and roots == node_list and open_main == "1"
+    and not string.find(roots, ",", 1, true) then
+  single = {}
+  for index = 9, graph_last, 2 do
+    single[ARGV[index]] = ARGV[index + 1]
+  end
+  local prefix = roots .. "/"
+  if single[prefix .. "role"] == "errback"
+      or single[prefix .. "task"] == SHARD_TASK then
+    single = nil
+  end
+end
+
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
   "sinks", sinks, "reaching", reaching, "retention_ms", retention_ms,
@@ -71,6 +112,31 @@ rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)
 end
+
+if single then
+  local node = roots
+  local prefix = node .. "/"
+  -- The node's initial fields, then its queued state (graph's `enqueue`
+  -- for a first attempt): a later pair of one HSET overwrites an earlier one.
+  local fields = {unpack(ARGV, counts_last + 1, #ARGV)}
+  for _, item in ipairs({node, "queued", prefix .. "queued_at", now_text,
+      prefix .. "attempt", 1}) do
+    fields[#fields + 1] = item
+  end
+  rcall("HSET", nodes_key, unpack(fields))
+  emit("submitted")
+  count_deltas = {}
+  count_move(node, "pending", "queued", single[prefix .. "group"] or false)
+  send(node, 1, delay_of(single[prefix .. "countdown"], single[prefix .. "eta"]),
+    single[prefix .. "queue"], single[prefix .. "task"])
+  write_counts()
+  -- The run's open main-path node keeps it running, so graph's
+  -- `maybe_finish` would change nothing.
+  return {1}
+end
+
+--- @include "graph"
+
 if #ARGV > counts_last then
   hset_range(nodes_key, counts_last + 1, #ARGV)
 end
@@ -89,23 +155,7 @@ for _, node in ipairs(split(roots)) do
     enqueue(node, 0)
   end
 end
-local counts = {}
-for index = graph_last + 4, counts_last, 2 do
-  counts[ARGV[index]] = tonumber(ARGV[index + 1])
-end
-for field, delta in pairs(count_deltas) do
-  counts[field] = (counts[field] or 0) + delta
-end
-count_deltas = nil
-local count_fields = {}
-for field, count in pairs(counts) do
-  count_fields[#count_fields + 1] = field
-  count_fields[#count_fields + 1] = count
-end
-for first = 1, #count_fields, SLICE do
-  rcall("HSET", counts_key, unpack(count_fields, first,
-    math.min(first + SLICE - 1, #count_fields)))
-end
+write_counts()
 -- The counts hash exists before maybe_finish, which may set its TTL.
 maybe_finish("running")
 return {1}

@@ -11,7 +11,8 @@
     run_id, epoch (strings), now (seconds, number), now_text (now as a string)
   Writes stream entries to <base>q:<queue> for every node it queues without
   delay, and members of the delayed set for the others, and adds each
-  queue's name to the set <base>queues. The including script includes
+  queue's name to the set <base>queues ("queue", which this includes
+  unless the script did before). The including script includes
   "lifecycle" first, whose state counts, events and expiry this uses.
   Sharded chords (shards.py): a shard node is never queued. "Queuing" it
   starts it running and adds an "activate" entry to <base>outbox, and the
@@ -34,8 +35,7 @@ local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = t
 local SETTLED = {succeeded = true, failed = true, cancelled = true}
 local SUCCEEDED = {succeeded = true}
 local base = string.sub(delayed_key, 1, -8)
--- Task name of a shard node, shards.SHARD_TASK in Python.
-local SHARD_TASK = "stem.shard"
+--- @include "queue"
 
 local function split(text)
   local items = {}
@@ -95,26 +95,6 @@ local function state_of(node)
   return rcall("HGET", nodes_key, node)
 end
 
--- Put one attempt of a node on its queue, or in the delayed set. The caller
--- may pass the node's queue and task when it has read them already.
-local function send(node, attempt, delay, queue, task)
-  if not task then
-    local found = rcall("HMGET", graph_key, node .. "/queue", node .. "/task")
-    queue, task = found[1], found[2]
-  end
-  queue = queue or "default"
-  -- The queue names set lets `stem queues ls` find queues without SCAN.
-  rcall("SADD", base .. "queues", queue)
-  if delay > 0 then
-    local member = cjson.encode({queue, run_id, node, tostring(attempt), epoch, task})
-    rcall("ZADD", delayed_key, string.format("%.6f", now + delay), member)
-  else
-    -- "v" is the envelope version, ENVELOPE_VERSION in driver.py.
-    rcall("XADD", base .. "q:" .. queue, "*", "v", "1", "run", run_id, "node", node,
-      "attempt", tostring(attempt), "epoch", epoch, "task", task)
-  end
-end
-
 -- Tell the home run of a shard run how the shard ended. Reports are keyed
 -- by home node, kind and home epoch, so the home applies each one once.
 local function report_shard(outcome, cause)
@@ -167,12 +147,7 @@ local function enqueue(node, last_attempt)
     unpack(attempt_pair))
   written_states[node] = "queued"
   count_move(node, "pending", "queued", info.group)
-  local delay = tonumber(info.countdown) or 0
-  local eta = tonumber(info.eta)
-  if eta and eta - now > delay then
-    delay = eta - now
-  end
-  send(node, attempt, delay, info.queue, info.task)
+  send(node, attempt, delay_of(info.countdown, info.eta), info.queue, info.task)
 end
 
 -- Tell whether node id `a` comes before `b` in node order: the ids are

@@ -1,0 +1,141 @@
+"""A one-node run's short script paths write the same state as the long paths.
+
+submit.lua and complete.lua take a shorter path for a run of one node. Each
+case runs the same steps on a driver with the scripts as shipped and on a
+driver whose scripts have that path switched off, and compares every key
+that each one wrote after every step. Timestamps, stream entry ids and
+sorted-set scores are left out, and expiry is compared as set or not.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import pytest
+import redis
+
+from stem import App, group
+from stem.canvas import Canvas
+from stem.canvas.compiler import compile_canvas
+from stem.drivers.redis import RedisDriver
+from stem.drivers.redis import scripts as scripts_module
+from stem.engine.records import ErrorInfo
+
+TIMEOUT_S = 5.0
+ERROR = ErrorInfo("builtins", "RuntimeError", "planned failure")
+#: Per script, the text that starts its one-node path and a replacement that
+#: switches the path off.
+SHORT_PATHS = {
+    "submit": ("\nif single then\n", "\nif false then\n"),
+    "complete": (
+        '\nif run[4] == "running" and run[5] == "1"',
+        '\nif false and run[4] == "running" and run[5] == "1"',
+    ),
+}
+TIME_FIELDS = ("created_at", "queued_at", "started_at", "ended_at")
+
+_shipped_source = scripts_module.load_source
+_app = App("memory://")
+_add = _app.task(name="add")(lambda x, y: x + y)
+
+
+def _long_path_source(name: str) -> str:
+    source = _shipped_source(name)
+    if name in SHORT_PATHS:
+        start, switched_off = SHORT_PATHS[name]
+        assert source.count(start) == 1, f"{name}.lua changed; update SHORT_PATHS"
+        source = source.replace(start, switched_off)
+    return source
+
+
+def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
+    """Return every key of ``prefix``, its value without times, and its expiry."""
+    state: dict[str, Any] = {}
+    for key in sorted(client.scan_iter(match=f"*{prefix}*")):
+        kind = client.type(key)
+        value: Any
+        if kind == "hash":
+            value = {
+                field: "<time>" if field.endswith(TIME_FIELDS) else text
+                for field, text in client.hgetall(key).items()
+            }
+        elif kind == "stream":
+            value = [fields for _, fields in client.xrange(key)]
+        elif kind == "zset":
+            value = client.zrange(key, 0, -1)
+        elif kind == "set":
+            value = sorted(client.smembers(key))
+        else:
+            value = client.get(key)
+        expires = client.pttl(key) > 0
+        state[key.replace(prefix, "<prefix>")] = (kind, value, expires)
+    return state
+
+
+def _next_message(driver: RedisDriver) -> Any:
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    return message
+
+
+def _run_once(driver: RedisDriver, run_id: str) -> None:
+    claim = driver.claim(_next_message(driver))
+    assert claim is not None
+    driver.complete(claim.message, "2")
+
+
+def _retry_attempt(driver: RedisDriver, run_id: str) -> None:
+    claim = driver.claim(_next_message(driver))
+    assert claim is not None
+    driver.retry(claim.message, ERROR, 0.0)
+    _run_once(driver, run_id)
+
+
+def _retry_run(driver: RedisDriver, run_id: str) -> None:
+    claim = driver.claim(_next_message(driver))
+    assert claim is not None
+    driver.fail(claim.message, ERROR)
+    driver.retry_run(run_id)
+    _run_once(driver, run_id)
+
+
+def _submit_only(driver: RedisDriver, run_id: str) -> None:
+    return None
+
+
+Steps = Callable[[RedisDriver, str], None]
+CASES: dict[str, tuple[Canvas, Steps]] = {
+    "task": (_add.s(1, 1), _run_once),
+    "ignore_result": (_add.s(1, 1).set(ignore_result=True), _run_once),
+    "group of one": (group(_add.s(1, 1)), _run_once),
+    "second attempt": (_add.s(1, 1), _retry_attempt),
+    "failed run retried": (_add.s(1, 1), _retry_run),
+    "countdown": (_add.s(1, 1).set(countdown=60), _submit_only),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_one_node_paths_match_long_paths(
+    redis_url: str, monkeypatch: pytest.MonkeyPatch, case: str
+) -> None:
+    canvas, steps = CASES[case]
+    spec = compile_canvas(canvas)
+    assert len(spec.nodes) == 1
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    short_prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    long_prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    short = RedisDriver(redis_url, prefix=short_prefix)
+    monkeypatch.setattr(scripts_module, "load_source", _long_path_source)
+    long = RedisDriver(redis_url, prefix=long_prefix)
+    try:
+        for driver in (short, long):
+            assert driver.submit("one", spec)
+        assert _state(client, short_prefix) == _state(client, long_prefix)
+        for driver in (short, long):
+            steps(driver, "one")
+        assert _state(client, short_prefix) == _state(client, long_prefix)
+    finally:
+        short.close()
+        long.close()
+        client.close()
