@@ -222,6 +222,27 @@ def test_report_after_run_deleted_writes_nothing(
 
 
 def test_error_node_is_lowest_failed_sink(redis_target: Any) -> None:
+    snapshot = _run_with_failed_sinks(redis_target, before_counters=False)
+
+    assert snapshot.status == "failed"
+    assert snapshot.nodes["2"].state == "succeeded"
+    assert snapshot.error_node == "9"
+
+
+def test_run_from_before_end_counters_fails(redis_target: Any) -> None:
+    snapshot = _run_with_failed_sinks(redis_target, before_counters=True)
+
+    assert snapshot.status == "failed"
+    assert snapshot.nodes["2"].state == "succeeded"
+    assert snapshot.error_node == "9"
+
+
+def _run_with_failed_sinks(redis_target: Any, *, before_counters: bool) -> Any:
+    """Fail nodes 9, 11 and 0 of a run, succeed the rest; return its snapshot.
+
+    With ``before_counters`` the run looks as an older driver wrote it: no
+    "sinks_not_succeeded" field and no /end_role graph fields.
+    """
     driver = _driver(redis_target, prefix=_prefix())
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
@@ -237,6 +258,15 @@ def test_error_node_is_lowest_failed_sink(redis_target: Any) -> None:
 
     try:
         assert driver.submit("lowest", spec)
+        if before_counters:
+            run_keys = driver._keys.run("lowest")
+            client = redis_target.client()
+            client.hdel(run_keys.run, "sinks_not_succeeded")
+            roles = [field for field in client.hkeys(run_keys.graph)
+                     if field.endswith("/end_role")]  # fmt: skip
+            assert roles
+            client.hdel(run_keys.graph, *roles)
+            client.close()
         queued = {message.node_id: message for message in _fetch_all(driver)}
         # Node 9 fails before 11, which is lower as a string but not in node
         # order, and the absorbed node 0 fails after both.
@@ -253,10 +283,7 @@ def test_error_node_is_lowest_failed_sink(redis_target: Any) -> None:
                 driver.complete(message, dumps(None))
             queued = {message.node_id: message for message in _fetch_all(driver)}
 
-        snapshot = driver.snapshot("lowest")
-        assert snapshot.status == "failed"
-        assert snapshot.nodes["2"].state == "succeeded"
-        assert snapshot.error_node == "9"
+        return driver.snapshot("lowest")
     finally:
         driver.close()
 

@@ -57,8 +57,7 @@ for node in string.gmatch(run[4], "[^,]+") do
   end
 end
 rcall("HSET", run_key, "status", "running", "open_main", open_main,
-  "home_epoch", ARGV[2])
-rcall("HDEL", run_key, "ended_at", "error_node", "reported", "sinks_not_succeeded",
-  "lowest_failed")
+  "home_epoch", ARGV[2], "sinks_not_succeeded", "0")
+rcall("HDEL", run_key, "ended_at", "error_node", "reported", "lowest_failed")
 persist_run()
 return {1}

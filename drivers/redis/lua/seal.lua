@@ -81,7 +81,8 @@ rcall("PERSIST", counts_key)
 if ARGV[13] ~= "" then
   rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
     "open_main", ARGV[6], "spec_version", "1", "nodes", ARGV[3],
-    "sinks", ARGV[4], "reaching", ARGV[5], "retention_ms", ARGV[10],
+    "sinks", ARGV[4], "reaching", ARGV[5], "sinks_not_succeeded", "0",
+    "retention_ms", ARGV[10],
     "events_max_len", ARGV[11], "home", ARGV[13], "home_node", ARGV[14],
     "home_epoch", ARGV[15], "active", "0")
   for _, key in ipairs({run_key, graph_key, nodes_key, roots_key, spec_key,
@@ -97,7 +98,8 @@ local entry = rcall("XADD", outbox_key, "*", "kind", "release", "run", run_id,
   "epoch", epoch)
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", ARGV[6], "spec_version", "1", "nodes", ARGV[3],
-  "sinks", ARGV[4], "reaching", ARGV[5], "released", "0", "release_entry", entry,
+  "sinks", ARGV[4], "reaching", ARGV[5], "sinks_not_succeeded", "0",
+  "released", "0", "release_entry", entry,
   "retention_ms", ARGV[10], "events_max_len", ARGV[11])
 rcall("ZADD", base .. "runs", now_text, run_id)
 emit("submitted")

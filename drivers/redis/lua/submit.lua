@@ -106,8 +106,8 @@ end
 
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
-  "sinks", sinks, "reaching", reaching, "retention_ms", retention_ms,
-  "events_max_len", events_max_len)
+  "sinks", sinks, "reaching", reaching, "sinks_not_succeeded", "0",
+  "retention_ms", retention_ms, "events_max_len", events_max_len)
 rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)

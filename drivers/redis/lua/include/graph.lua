@@ -370,11 +370,16 @@ local function maybe_finish(status)
   local lists = rcall("HMGET", run_key, "sinks_not_succeeded", "lowest_failed",
     "home", "reported")
   rcall("ZREM", base .. "sharded", run_id)
+  -- A run submitted before these counters existed has no
+  -- "sinks_not_succeeded" field and no /end_role graph fields: count its
+  -- sinks and failures once, the way a run retry does.
+  if not lists[1] then
+    recount_run_end()
+    lists = rcall("HMGET", run_key, "sinks_not_succeeded", "lowest_failed",
+      "home", "reported")
+  end
   -- Every sink is a main-path node, so every sink has ended here.
-  -- NOTE: a run submitted by a driver without /end_role has no "sink" nodes
-  -- to count, so if it is still running after an upgrade it ends succeeded
-  -- even when a sink failed.
-  if (tonumber(lists[1]) or 0) == 0 then
+  if tonumber(lists[1]) == 0 then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
       unpack(changed))
     run_ended("succeeded")
