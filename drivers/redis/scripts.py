@@ -52,6 +52,7 @@ SCRIPT_NAMES = (
     "activate",
     "report",
     "reset_shard",
+    "shard_retention",
     "read_ended",
 )
 

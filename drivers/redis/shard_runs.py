@@ -84,7 +84,9 @@ class ShardRuns(RedisOperations):
         # home run exists, so those of a submitter that died first expire.
         for shard in plan.shards:
             self._write_shard(run_id, shard)
-        shard_fields: list[str] = []
+        # "shard_nodes" lets the script that ends the home run pass its
+        # retention on to the shards (send_shard_retention in lifecycle.lua).
+        shard_fields = ["shard_nodes", ",".join(shard.node for shard in plan.shards)]
         for join, nodes in plan.joins.items():
             shard_fields += [f"{join}/shards", ",".join(nodes)]
         created = self._submit_run(run_id, plan.home, shard_fields)
@@ -331,6 +333,42 @@ class ShardRuns(RedisOperations):
                 {home: seconds + micros / 1_000_000},
                 xx=True,
             )
+
+    def _follow_home_retention(
+        self, home: str, shard_nodes: list[NodeId], version: str, *, ended: bool
+    ) -> None:
+        """Apply a home run's "retain" or "keep" outbox entry to each of its shards.
+
+        With ``ended`` (a "retain" entry) each shard's retention starts: now
+        for a shard that ended, at its end for one still running. Otherwise
+        (a "keep" entry) the home run runs again, so the shards' keys lose
+        their expiry. A shard ignores an entry older than the last it applied.
+        """
+        # NOTE: the reconciler does not send this entry again, as it does not
+        # send a "cancel" entry again. After a failover that lost a "retain"
+        # entry the shards never expire, and after one that lost a "keep"
+        # entry they may expire while the home run runs again.
+        calls: list[tuple[str, list[str], list[str | int | float]]] = []
+        for node in shard_nodes:
+            shard = shard_run_id(home, node)
+            args: list[str | int | float] = [shard, version, "1" if ended else "0"]
+            calls.append(("shard_retention", [self._keys.run(shard).run], args))
+        replies = self._scripts.call_many(calls)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        for (_, _, args), reply in zip(calls, replies, strict=True):
+            shard = str(args[0])
+            if isinstance(reply, Exception):
+                raise DriverError(
+                    f"Setting the expiry of shard {shard} of run {home} failed: {reply}"
+                ) from reply
+            check_reply("shard_retention", reply, shard, accept=accept)
+        log.debug(
+            "Applied the %s entry of run %s, version %s, to its %d shards.",
+            "retain" if ended else "keep",
+            home,
+            version,
+            len(shard_nodes),
+        )
 
     def _spec_of(self, run_id: str) -> GraphSpec:
         """Return a run's current spec, from the cache when it is parsed already."""

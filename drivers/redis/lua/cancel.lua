@@ -18,7 +18,8 @@
   Writes no queue entries: messages already queued are dropped when claimed,
   because their nodes are no longer queued. Adds an "ended" event and starts
   the run's retention. Adds a "cancel" outbox entry per shard node that had
-  not ended, and a "report" outbox entry when the run is a shard run.
+  not ended, a "retain" outbox entry for a home run of shards, and a
+  "report" outbox entry when the run is a shard run.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -37,7 +38,7 @@ local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) /
 --- @include "lifecycle"
 
 local run = rcall("HMGET", run_key, "status", "nodes", "home", "home_node",
-  "home_epoch", "epoch")
+  "home_epoch", "epoch", "shards_version")
 if not run[1] then
   return {-1}
 end
@@ -64,12 +65,14 @@ for node in string.gmatch(run[2], "[^,]+") do
     if info[2] == "stem.shard" then
       rcall("XADD", outbox_key, "*", "kind", "cancel", "run", run_id, "node", node,
         "epoch", run[6])
+      mark_shard_home()
+      run[7] = run[7] or "0"
     end
   end
 end
 rcall("HSET", run_key, "status", "cancelled", "open_main", "0", "ended_at", now_text)
 rcall("ZREM", string.sub(outbox_key, 1, -7) .. "sharded", run_id)
-run_ended("cancelled")
+run_ended("cancelled", run[3], run[7])
 if run[3] then
   rcall("XADD", outbox_key, "*", "kind", "report", "run", run[3], "node", run[4],
     "epoch", run[5], "shard", run_id, "outcome", "cancelled", "cause", "")

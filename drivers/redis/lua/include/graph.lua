@@ -18,7 +18,8 @@
   home run's id to the set <base>sharded scored by the time. A shard node
   that is cancelled adds a "cancel" entry for its shard run, with the epoch. A shard run
   (its run hash has "home") adds a "report" entry when its first node fails
-  and when it ends.
+  and when it ends. A home run that activated or cancelled a shard node adds
+  a "retain" entry for its shards when it ends.
   To save commands, a script call keeps the graph fields it read of each
   node (`info_of`), the node states that these functions wrote
   (`written_states`), and the run's "open_main" count after their last
@@ -159,6 +160,7 @@ local function enqueue(node, last_attempt)
     count_move(node, "pending", "running", info.group)
     rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
       "node", node, "epoch", epoch)
+    mark_shard_home()
     rcall("ZADD", base .. "sharded", now_text, run_id)
     return
   end
@@ -196,9 +198,11 @@ local function set_terminal(node, state, current)
   end
   release_reads(node, info.drops)
   if state == "cancelled" and info.task == SHARD_TASK then
-    -- Also a shard never activated: cancelling it starts its retention.
+    -- Also a shard never activated: cancelling it ends it, so it expires
+    -- with the home run.
     rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
       "node", node, "epoch", epoch)
+    mark_shard_home()
   elseif state == "failed" then
     report_failure(node)
   end
@@ -332,7 +336,8 @@ local function maybe_finish(status)
     end
     return
   end
-  local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported")
+  local lists = rcall("HMGET", run_key, "sinks", "reaching", "home", "reported",
+    "shards_version")
   rcall("ZREM", base .. "sharded", run_id)
   local succeeded = true
   for _, sink in ipairs(split(lists[1])) do
@@ -344,7 +349,7 @@ local function maybe_finish(status)
   if succeeded then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
       unpack(changed))
-    run_ended("succeeded")
+    run_ended("succeeded", lists[3], lists[5])
     if lists[3] then
       report_shard("succeeded")
     end
@@ -361,7 +366,7 @@ local function maybe_finish(status)
     end
   end
   rcall("HSET", run_key, "status", "failed", "ended_at", now_text, unpack(changed))
-  run_ended("failed")
+  run_ended("failed", lists[3], lists[5])
   if lists[3] and not lists[4] then
     report_shard("failed", error_node)
   end
