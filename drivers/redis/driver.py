@@ -700,11 +700,8 @@ class RedisDriver(ShardRuns):
                 )
                 self._ack_outbox(partition, entry_id)
             elif kind in ("retain", "keep"):
-                self._follow_home_retention(
-                    fields["run"],
-                    fields["shards"].split(","),
-                    fields["version"],
-                    ended=kind == "retain",
+                self._apply_shard_retention(
+                    fields["run"], fields["shards"].split(","), fields["version"], kind
                 )
                 self._ack_outbox(partition, entry_id)
             else:

@@ -91,25 +91,16 @@ class ShardRuns(RedisOperations):
             shard_fields += [f"{join}/shards", ",".join(nodes)]
         created = self._submit_run(run_id, plan.home, shard_fields)
         if created:
-            # NOTE: if this process dies before the loop ends, a shard that
-            # is activated after stage_ttl_s is gone, and its chord fails
-            # with an error that names the missing shard run.
-            for shard in plan.shards:
-                self._persist_shard(shard_run_id(run_id, shard.node))
+            # NOTE: if this process dies before this call, a shard that is
+            # activated after stage_ttl_s is gone, and its chord fails with
+            # an error that names the missing shard run.
+            self._apply_shard_retention(
+                run_id, [shard.node for shard in plan.shards], "0", "submitted"
+            )
             log.debug(
                 "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
             )
         return created
-
-    def _persist_shard(self, shard_id: str) -> None:
-        """Remove the TTL that a shard run's keys got at its seal."""
-        keys = self._keys.run(shard_id)
-        with self._errors(f"persist shard {shard_id}"):
-            pipe = self._client.pipeline(transaction=False)
-            for key in (keys.run, keys.graph, keys.nodes, keys.roots, keys.spec):
-                pipe.persist(key)
-            pipe.persist(keys.counts)
-            pipe.execute()
 
     def _write_shard(self, home: str, shard: Shard) -> None:
         """Stage and seal one shard run, inactive until its home run activates it."""
@@ -334,24 +325,25 @@ class ShardRuns(RedisOperations):
                 xx=True,
             )
 
-    def _follow_home_retention(
-        self, home: str, shard_nodes: list[NodeId], version: str, *, ended: bool
+    def _apply_shard_retention(
+        self, home: str, shard_nodes: list[NodeId], version: str, kind: str
     ) -> None:
-        """Apply a home run's "retain" or "keep" outbox entry to each of its shards.
+        """Make a home run's shards follow its retention, with one pipeline.
 
-        With ``ended`` (a "retain" entry) each shard's retention starts: now
-        for a shard that ended, at its end for one still running. Otherwise
-        (a "keep" entry) the home run runs again, so the shards' keys lose
-        their expiry. A shard ignores an entry older than the last it applied.
+        ``kind`` is "retain" or "keep", the kind of the home run's outbox
+        entry that ``version`` comes from, or "submitted" when the home run
+        was just written. shard_retention.lua describes what each does. A shard
+        ignores an entry older than the last it applied.
         """
-        # NOTE: the reconciler does not send this entry again, as it does not
-        # send a "cancel" entry again. After a failover that lost a "retain"
-        # entry the shards never expire, and after one that lost a "keep"
-        # entry they may expire while the home run runs again.
+        # NOTE: the reconciler does not send a "retain" or "keep" entry
+        # again, as it does not send a "cancel" entry again. After a
+        # failover that lost a "retain" entry the shards never expire, and
+        # after one that lost a "keep" entry they may expire while the home
+        # run runs again.
         calls: list[tuple[str, list[str], list[str | int | float]]] = []
         for node in shard_nodes:
             shard = shard_run_id(home, node)
-            args: list[str | int | float] = [shard, version, "1" if ended else "0"]
+            args: list[str | int | float] = [shard, version, kind]
             calls.append(("shard_retention", [self._keys.run(shard).run], args))
         replies = self._scripts.call_many(calls)
         accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
@@ -363,11 +355,11 @@ class ShardRuns(RedisOperations):
                 ) from reply
             check_reply("shard_retention", reply, shard, accept=accept)
         log.debug(
-            "Applied the %s entry of run %s, version %s, to its %d shards.",
-            "retain" if ended else "keep",
-            home,
+            "Applied %s, version %s, to the %d shards of run %s.",
+            kind,
             version,
             len(shard_nodes),
+            home,
         )
 
     def _spec_of(self, run_id: str) -> GraphSpec:

@@ -461,6 +461,38 @@ def test_unstarted_shards_expire_with_home(redis_target: Any) -> None:
         driver.close()
 
 
+def test_late_submitter_keeps_shard_expiry(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    members = [add.s(i) for i in range(12)]
+    spec = compile_canvas(chain(fail.s(), chord(members, echo.s())))
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    original = driver._apply_shard_retention
+    late: list[tuple[Any, ...]] = []
+
+    def apply(*args: Any) -> None:
+        # The submitter stalls after it wrote the home run.
+        if args[-1] == "submitted":
+            late.append(args)
+        else:
+            original(*args)
+
+    try:
+        driver._apply_shard_retention = apply  # type: ignore[method-assign]
+        driver.submit("stalled", spec)
+        _drain(driver)
+        assert driver.snapshot("stalled").status == "failed"
+        _assert_shards_expiring(driver, "stalled", spec)
+        # The submitter wakes up after the home run ended.
+        [args] = late
+        original(*args)
+        _assert_shards_expiring(driver, "stalled", spec)
+    finally:
+        driver.close()
+
+
 def test_home_retry_keeps_expiring_shards(redis_target: Any) -> None:
     driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
     spec = chord_spec(12, failing=3)
