@@ -126,6 +126,8 @@ _OUTBOX_FIELDS: dict[str, frozenset[str]] = {
     "activate": frozenset({"run", "node", "epoch"}),
     "report": frozenset({"run", "node", "epoch", "shard", "outcome", "cause"}),
     "cancel": frozenset({"run", "node"}),
+    "retain": frozenset({"run", "shards", "version"}),
+    "keep": frozenset({"run", "shards", "version"}),
 }
 #: Runs whose script calls or status reads `submit_many` and
 #: `wait_ended_many` send in one pipeline.
@@ -696,6 +698,11 @@ class RedisDriver(ShardRuns):
                 # An entry written before its epoch was added has none.
                 self._cancel_shard(
                     shard_run_id(fields["run"], fields["node"]), fields.get("epoch", "")
+                )
+                self._ack_outbox(partition, entry_id)
+            elif kind in ("retain", "keep"):
+                self._apply_shard_retention(
+                    fields["run"], fields["shards"].split(","), fields["version"], kind
                 )
                 self._ack_outbox(partition, entry_id)
             else:

@@ -9,7 +9,8 @@ fixed list of partition tags, stored once under ``<prefix>stem:partitions``
 ``<prefix><tag>:`` for one partition's tag, such as ``<prefix>{stem:p0}:``.
 
 The ``run:<run>`` keys expire together, ``retention_ms`` after the run
-ends, and have no TTL while it runs.
+ends, and have no TTL while it runs. A shard run's keys expire only once its
+home run ended too.
 
 ======================== ========== =============================================
 key                      type       contents
@@ -32,9 +33,17 @@ key                      type       contents
                                     sink), which decide how the run ends;
                                     ``retention_ms`` and ``events_max_len``, the
                                     run's settings (``0`` is off); for a
-                                    shard run (see `shards`) ``home``,
-                                    ``home_node``, ``home_epoch``, ``active``
-                                    and ``reported`` (its first failed node)
+                                    home run of shards ``shards_version``
+                                    (``0`` once a shard node was activated
+                                    or cancelled, raised by each ``retain``
+                                    or ``keep`` entry); for a shard run (see
+                                    `shards`)
+                                    ``home``, ``home_node``, ``home_epoch``,
+                                    ``active``, ``reported`` (its first
+                                    failed node), ``home_version`` (of the
+                                    last ``retain`` or ``keep`` entry it
+                                    applied) and ``home_ended`` (``1`` after a
+                                    ``retain`` entry)
 <base>run:<run>:graph    hash       the graph's structure for Lua, one field per
                                     node and attribute: ``<node>/role``,
                                     ``/join``, ``/side``, ``/queue``, ``/task``,
@@ -50,7 +59,8 @@ key                      type       contents
                                     when its failure reaches a sink, or
                                     ``none``); for a
                                     callback that joins shards, ``/shards``
-                                    (its shard nodes); a new
+                                    (its shard nodes); for a home run of
+                                    shards, ``shard_nodes`` (all of them); a new
                                     run leaves out the fields equal to
                                     ``layout.GRAPH_DEFAULTS``
 <base>run:<run>:nodes    hash       ``<node>`` is the node's state, with
@@ -83,10 +93,11 @@ key                      type       contents
                                     and renamed by the seal
 <base>outbox             stream     work for workers to apply, read with the
                                     queues: ``kind`` (``release``,
-                                    ``activate``, ``report``, ``cancel``),
-                                    ``run``, and per kind ``epoch``,
-                                    ``node``, ``shard``, ``outcome``,
-                                    ``cause`` (docs/redis.md lists them)
+                                    ``activate``, ``report``, ``cancel``,
+                                    ``retain``, ``keep``), ``run``, and per
+                                    kind ``epoch``, ``node``, ``shard``,
+                                    ``outcome``, ``cause``, ``shards``,
+                                    ``version`` (docs/redis.md lists them)
 <base>releasing          sorted set large runs whose roots are not all queued,
                                     scored by the time of their latest
                                     progress in seconds, for the reconciler

@@ -55,6 +55,7 @@ SCRIPT_NAMES = (
     "activate",
     "report",
     "reset_shard",
+    "shard_retention",
     "read_ended",
 )
 

@@ -84,30 +84,23 @@ class ShardRuns(RedisOperations):
         # home run exists, so those of a submitter that died first expire.
         for shard in plan.shards:
             self._write_shard(run_id, shard)
-        shard_fields: list[str] = []
+        # "shard_nodes" lets the script that ends the home run pass its
+        # retention on to the shards (send_shard_retention in lifecycle.lua).
+        shard_fields = ["shard_nodes", ",".join(shard.node for shard in plan.shards)]
         for join, nodes in plan.joins.items():
             shard_fields += [f"{join}/shards", ",".join(nodes)]
         created = self._submit_run(run_id, plan.home, shard_fields)
         if created:
-            # NOTE: if this process dies before the loop ends, a shard that
-            # is activated after stage_ttl_s is gone, and its chord fails
-            # with an error that names the missing shard run.
-            for shard in plan.shards:
-                self._persist_shard(shard_run_id(run_id, shard.node))
+            # NOTE: if this process dies before this call, a shard that is
+            # activated after stage_ttl_s is gone, and its chord fails with
+            # an error that names the missing shard run.
+            self._apply_shard_retention(
+                run_id, [shard.node for shard in plan.shards], "0", "submitted"
+            )
             log.debug(
                 "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
             )
         return created
-
-    def _persist_shard(self, shard_id: str) -> None:
-        """Remove the TTL that a shard run's keys got at its seal."""
-        keys = self._keys.run(shard_id)
-        with self._errors(f"persist shard {shard_id}"):
-            pipe = self._client.pipeline(transaction=False)
-            for key in (keys.run, keys.graph, keys.nodes, keys.roots, keys.spec):
-                pipe.persist(key)
-            pipe.persist(keys.counts)
-            pipe.execute()
 
     def _write_shard(self, home: str, shard: Shard) -> None:
         """Stage and seal one shard run, inactive until its home run activates it."""
@@ -331,6 +324,43 @@ class ShardRuns(RedisOperations):
                 {home: seconds + micros / 1_000_000},
                 xx=True,
             )
+
+    def _apply_shard_retention(
+        self, home: str, shard_nodes: list[NodeId], version: str, kind: str
+    ) -> None:
+        """Make a home run's shards follow its retention, with one pipeline.
+
+        ``kind`` is "retain" or "keep", the kind of the home run's outbox
+        entry that ``version`` comes from, or "submitted" when the home run
+        was just written. shard_retention.lua describes what each does. A shard
+        ignores an entry older than the last it applied.
+        """
+        # NOTE: the reconciler does not send a "retain" or "keep" entry
+        # again, as it does not send a "cancel" entry again. After a
+        # failover that lost a "retain" entry the shards never expire, and
+        # after one that lost a "keep" entry they may expire while the home
+        # run runs again.
+        calls: list[tuple[str, list[str], list[str | int | float]]] = []
+        for node in shard_nodes:
+            shard = shard_run_id(home, node)
+            args: list[str | int | float] = [shard, version, kind]
+            calls.append(("shard_retention", [self._keys.run(shard).run], args))
+        replies = self._scripts.call_many(calls)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.RUN_NOT_FOUND})
+        for (_, _, args), reply in zip(calls, replies, strict=True):
+            shard = str(args[0])
+            if isinstance(reply, Exception):
+                raise DriverError(
+                    f"Setting the expiry of shard {shard} of run {home} failed: {reply}"
+                ) from reply
+            check_reply("shard_retention", reply, shard, accept=accept)
+        log.debug(
+            "Applied %s, version %s, to the %d shards of run %s.",
+            kind,
+            version,
+            len(shard_nodes),
+            home,
+        )
 
     def _spec_of(self, run_id: str) -> GraphSpec:
         """Return a run's current spec, from the cache when it is parsed already."""

@@ -18,9 +18,10 @@ import pytest
 
 from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
+from stem.canvas.spec import GraphSpec
 from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
-from stem.drivers.redis.shards import plan_shards
+from stem.drivers.redis.shards import plan_shards, shard_run_id
 from stem.engine.errors import DriverError, RunNotFound
 from stem.engine.ports import Message
 
@@ -293,31 +294,285 @@ def test_activate_applied_twice_runs_once(redis_target: Any) -> None:
 
 # -- a shard lives as long as its home run reads it --------------------------
 
+#: Retention of the runs in the tests below, in seconds.
+RETENTION_S = 0.5
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "A shard run starts its own retention when it ends (run_ended in "
-        "lifecycle.lua), while its home run is still running: a callback "
-        "claimed more than retention_s after the last shard ended (a "
-        "countdown, a retry backoff, a busy queue) finds its shards expired "
-        "and cannot build its input."
-    ),
-)
+
+def _shard_ttls(driver: RedisDriver, home: str, spec: GraphSpec) -> dict[str, int]:
+    """Return the PTTL in ms of each key that exists of a home run's shards.
+
+    Every shard's run hash is in the result, with -2 when it is missing.
+    """
+    plan = plan_shards(spec, 5)
+    assert plan is not None
+    ttls: dict[str, int] = {}
+    for shard in plan.shards:
+        keys = driver._keys.run(shard_run_id(home, shard.node))
+        ttls[keys.run] = driver._client.pttl(keys.run)
+        for key in (keys.graph, keys.nodes, keys.values, keys.errors, keys.counts):
+            ttl = driver._client.pttl(key)
+            if ttl != -2:
+                ttls[key] = ttl
+    return ttls
+
+
+def _assert_shards_kept(driver: RedisDriver, home: str, spec: GraphSpec) -> None:
+    ttls = _shard_ttls(driver, home, spec)
+    assert -2 not in ttls.values(), ttls
+    assert set(ttls.values()) == {-1}, ttls
+
+
+def _assert_shards_expiring(driver: RedisDriver, home: str, spec: GraphSpec) -> None:
+    ttls = _shard_ttls(driver, home, spec)
+    assert -2 not in ttls.values(), ttls
+    assert all(0 < ttl <= RETENTION_S * 1000 for ttl in ttls.values()), ttls
+
+
+def _assert_shards_gone(driver: RedisDriver, home: str, spec: GraphSpec) -> None:
+    ttls = _shard_ttls(driver, home, spec)
+    assert set(ttls.values()) == {-2}, ttls
+
+
+def _is_retain(fields: dict[str, str]) -> bool:
+    return fields["kind"] == "retain"
+
+
 def test_shards_outlive_a_late_callback(redis_target: Any) -> None:
-    driver = make_driver(redis_target, shard_size=5, retention_s=0.5)
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = chord_spec(12)
     try:
-        driver.submit("late_callback", chord_spec(12))
+        driver.submit("late_callback", spec)
         skipped: list[Message] = []
         # The callback, node 12, waits in its queue.
         _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "12")
         [message] = skipped
-        time.sleep(1.0)
+        time.sleep(2 * RETENTION_S)
         assert driver.snapshot("late_callback").status == "running"
         claim = run_message(driver, message, fixed=False)
         assert claim is not None
         assert claim.task == "echo"
         snapshot = driver.snapshot("late_callback")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        # The home run ended, so its retention passes on to the shards.
+        _drain(driver)
+        _assert_shards_expiring(driver, "late_callback", spec)
+        time.sleep(RETENTION_S + 0.3)
+        _assert_shards_gone(driver, "late_callback", spec)
+    finally:
+        driver.close()
+
+
+def _chord_beside_a_task() -> GraphSpec:
+    """Compile group(chord([add(i, i)] with fail as member 3, echo), add(1, 1))."""
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    header = [fail.s() if i == 3 else add.s(i, i) for i in range(12)]
+    return compile_canvas(group(chord(header, echo.s()), add.s(1, 1)))
+
+
+def test_shards_expire_after_failed_home(redis_target: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = _chord_beside_a_task()
+    try:
+        driver.submit("failed_home", spec)
+        skipped: list[Message] = []
+        # The other branch, node 13, keeps the home run running.
+        _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "13")
+        [message] = skipped
+        snapshot = driver.snapshot("failed_home")
+        assert snapshot.status == "running"
+        assert snapshot.nodes["12"].state == "cancelled"
+        # The chord's shards ended, and the home run still shows them.
+        time.sleep(RETENTION_S + 0.3)
+        _assert_shards_kept(driver, "failed_home", spec)
+        run_message(driver, message, fixed=False)
+        held: Held = []
+        _drain(driver, hold=_is_retain, held=held)
+        assert driver.snapshot("failed_home").status == "failed"
+        assert len(held) == 1
+        # The shards expire only once the home run's entry is applied.
+        _assert_shards_kept(driver, "failed_home", spec)
+        apply_entries(driver, held)
+        _assert_shards_expiring(driver, "failed_home", spec)
+        time.sleep(RETENTION_S + 0.3)
+        _assert_shards_gone(driver, "failed_home", spec)
+        with pytest.raises(RunNotFound):
+            driver.snapshot("failed_home")
+    finally:
+        driver.close()
+
+
+def test_shards_expire_after_cancelled_home(redis_target: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = chord_spec(12)
+    try:
+        driver.submit("cancelled_home", spec)
+        apply_entries(driver, read_outbox(driver))
+        messages: list[Message] = []
+        while batch := driver.fetch(["default"], 100, 0.05):
+            messages += batch
+        for message in messages[:4]:
+            run_message(driver, message, fixed=False)
+        driver.cancel("cancelled_home")
+        held: Held = []
+        _drain(driver, hold=_is_retain, held=held)
+        assert driver.snapshot("cancelled_home").status == "cancelled"
+        assert len(held) == 1
+        # The cancelled shards ended, but the home run's entry is not applied.
+        _assert_shards_kept(driver, "cancelled_home", spec)
+        apply_entries(driver, held)
+        _assert_shards_expiring(driver, "cancelled_home", spec)
+        time.sleep(RETENTION_S + 0.3)
+        _assert_shards_gone(driver, "cancelled_home", spec)
+    finally:
+        driver.close()
+
+
+def test_unstarted_shards_expire_with_home(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    members = [add.s(i) for i in range(12)]
+    spec = compile_canvas(chain(fail.s(), chord(members, echo.s())))
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    try:
+        driver.submit("unstarted", spec)
+        held: Held = []
+        # Node 0 fails, so the shard nodes are cancelled before they start.
+        _drain(driver, hold=_is_retain, held=held)
+        assert driver.snapshot("unstarted").status == "failed"
+        assert len(held) == 1
+        _assert_shards_kept(driver, "unstarted", spec)
+        apply_entries(driver, held)
+        _assert_shards_expiring(driver, "unstarted", spec)
+        # The retry resets the shards that never started, and finds them.
+        assert driver.retry_run("unstarted") > 0
+        ran = _drain(driver, fixed=True)
+        snapshot = driver.snapshot("unstarted")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps(list(range(12)))
+        assert ran.count("echo") == 1
+        _assert_shards_expiring(driver, "unstarted", spec)
+    finally:
+        driver.close()
+
+
+def test_late_submitter_keeps_shard_expiry(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    fail = app.task(name="fail")(lambda *args: None)
+    echo = app.task(name="echo")(lambda value: value)
+    members = [add.s(i) for i in range(12)]
+    spec = compile_canvas(chain(fail.s(), chord(members, echo.s())))
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    original = driver._apply_shard_retention
+    late: list[tuple[Any, ...]] = []
+
+    def apply(*args: Any) -> None:
+        # The submitter stalls after it wrote the home run.
+        if args[-1] == "submitted":
+            late.append(args)
+        else:
+            original(*args)
+
+    try:
+        driver._apply_shard_retention = apply  # type: ignore[method-assign]
+        driver.submit("stalled", spec)
+        _drain(driver)
+        assert driver.snapshot("stalled").status == "failed"
+        _assert_shards_expiring(driver, "stalled", spec)
+        # The submitter wakes up after the home run ended.
+        [args] = late
+        original(*args)
+        _assert_shards_expiring(driver, "stalled", spec)
+    finally:
+        driver.close()
+
+
+def test_home_retry_keeps_expiring_shards(redis_target: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = chord_spec(12, failing=3)
+    try:
+        driver.submit("retried", spec)
+        _drain(driver)
+        assert driver.snapshot("retried").status == "failed"
+        _assert_shards_expiring(driver, "retried", spec)
+        assert driver.retry_run("retried") > 0
+        apply_entries(driver, read_outbox(driver))
+        # The home run runs again, so every shard loses its expiry, also
+        # those whose shard nodes succeeded and are not activated again.
+        _assert_shards_kept(driver, "retried", spec)
+        time.sleep(RETENTION_S + 0.3)
+        ran = _drain(driver, fixed=True)
+        snapshot = driver.snapshot("retried")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+        assert ran.count("echo") == 1
+    finally:
+        driver.close()
+
+
+def test_late_retain_ignored_after_retry(redis_target: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = chord_spec(12, failing=3)
+    try:
+        driver.submit("late_retain", spec)
+        held: Held = []
+        _drain(driver, hold=_is_retain, held=held)
+        assert driver.snapshot("late_retain").status == "failed"
+        assert len(held) == 1
+        assert driver.retry_run("late_retain") > 0
+        apply_entries(driver, read_outbox(driver))
+        # A worker that stalled on the first epoch's entry wakes up.
+        apply_entries(driver, held)
+        _assert_shards_kept(driver, "late_retain", spec)
+        skipped: list[Message] = []
+        # The shards end again, and the callback, node 12, waits in its queue.
+        _drain(
+            driver,
+            fixed=True,
+            skipped=skipped,
+            skip=lambda message: message.node_id == "12",
+        )
+        [message] = skipped
+        _assert_shards_kept(driver, "late_retain", spec)
+        time.sleep(RETENTION_S + 0.3)
+        claim = run_message(driver, message, fixed=False)
+        assert claim is not None
+        snapshot = driver.snapshot("late_retain")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+    finally:
+        driver.close()
+
+
+def test_replay_of_callback_keeps_shards(redis_target: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, retention_s=RETENTION_S)
+    spec = chord_spec(12)
+    try:
+        driver.submit("replayed", spec)
+        skipped: list[Message] = []
+        _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "12")
+        [message] = skipped
+        driver.dead_letter(message, "no such task")
+        _drain(driver)
+        assert driver.snapshot("replayed").status == "failed"
+        _assert_shards_expiring(driver, "replayed", spec)
+        # The replay keeps the run's epoch, and the run runs again.
+        [dead], _ = driver.list_dead_letters()
+        assert driver.replay_dead_letter(dead.id) == "replayed"
+        skipped = []
+        _drain(driver, skipped=skipped, skip=lambda message: message.node_id == "12")
+        [message] = skipped
+        _assert_shards_kept(driver, "replayed", spec)
+        time.sleep(RETENTION_S + 0.3)
+        claim = run_message(driver, message, fixed=False)
+        assert claim is not None
+        snapshot = driver.snapshot("replayed")
         assert snapshot.status == "succeeded"
         assert snapshot.value == dumps([2 * i for i in range(12)])
     finally:
@@ -372,9 +627,7 @@ def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
     echo = app.task(name="echo")(lambda value: value)
     header = [fail.s() if i == 3 else add.s(i, i) for i in range(12)]
     spec = compile_canvas(group(chord(header, echo.s()), add.s(1, 1)))
-    driver = make_driver(
-        redis_target, shard_size=5, retention_s=0.3, reconcile_after_s=0
-    )
+    driver = make_driver(redis_target, shard_size=5, reconcile_after_s=0)
     try:
         driver.submit("branch", spec)
         skipped: list[Message] = []
@@ -384,8 +637,11 @@ def test_reconciler_skips_expired_shards(redis_target: Any) -> None:
         snapshot = driver.snapshot("branch")
         assert snapshot.status == "running"
         assert snapshot.nodes["12"].state == "cancelled"
-        # The chord's shards ended, and their retention runs out.
-        time.sleep(0.6)
+        # The chord's shards are gone, as after a failover that lost them.
+        for shard in ("branch~s0", "branch~s5", "branch~s10"):
+            keys = driver._keys.run(shard)
+            for key in (*keys.all(), keys.counts, keys.spec):
+                driver._client.delete(key)
         assert driver.reconcile() == 1
         claim = run_message(driver, message, fixed=False)
         assert claim is not None

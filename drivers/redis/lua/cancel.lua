@@ -19,8 +19,9 @@
   because their nodes are no longer queued. A queued or retrying node's
   message that waits in the delayed set (countdown, eta or retry backoff) is
   removed from it, so a far-off one does not stay until it is due. Adds an
-  "ended" event and starts the run's retention. Adds a "cancel" outbox entry per shard node that had
-  not ended, and a "report" outbox entry when the run is a shard run.
+  "ended" event and starts the run's retention. Adds a "cancel" outbox entry
+  per shard node that had not ended, a "retain" outbox entry for a home run
+  of shards, and a "report" outbox entry when the run is a shard run.
 ]]
 -- luacheck: globals KEYS ARGV redis
 local rcall = redis.call
@@ -42,7 +43,7 @@ local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) /
 --- @include "lifecycle"
 
 local run = rcall("HMGET", run_key, "status", "nodes", "home", "home_node",
-  "home_epoch", "epoch")
+  "home_epoch", "epoch", "shards_version")
 if not run[1] then
   return {-1}
 end
@@ -78,12 +79,14 @@ for node in string.gmatch(run[2], "[^,]+") do
     if info[2] == "stem.shard" then
       rcall("XADD", outbox_key, "*", "kind", "cancel", "run", run_id, "node", node,
         "epoch", run[6])
+      mark_shard_home()
+      run[7] = run[7] or "0"
     end
   end
 end
 rcall("HSET", run_key, "status", "cancelled", "open_main", "0", "ended_at", now_text)
 rcall("ZREM", base .. "sharded", run_id)
-run_ended("cancelled")
+run_ended("cancelled", run[3], run[7])
 if run[3] then
   rcall("XADD", outbox_key, "*", "kind", "report", "run", run[3], "node", run[4],
     "epoch", run[5], "shard", run_id, "outcome", "cancelled", "cause", "")

@@ -123,6 +123,7 @@ if ARGV[3] then
 end
 -- A running run never expires; its retention starts again when it ends.
 persist_run()
+send_shard_retention("keep")
 -- NOTE: this visits every node of the run, as the Python `reopen` does.
 for _, node in ipairs(nodes) do
   if reopened[node] then

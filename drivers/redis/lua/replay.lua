@@ -179,6 +179,7 @@ if main_reopened and run[1] ~= "running" then
   rcall("HDEL", run_key, "ended_at", "error_node")
   -- A running run never expires; its retention starts again when it ends.
   persist_run()
+  send_shard_retention("keep")
 end
 
 enqueue(node)

@@ -19,7 +19,8 @@
   home run's id to the set <base>sharded scored by the time. A shard node
   that is cancelled adds a "cancel" entry for its shard run, with the epoch. A shard run
   (its run hash has "home") adds a "report" entry when its first node fails
-  and when it ends.
+  and when it ends. A home run that activated or cancelled a shard node adds
+  a "retain" entry for its shards when it ends.
   To save commands, a script call keeps the graph fields it read of each
   node (`info_of`), the node states that these functions wrote
   (`written_states`), and the run's "open_main" count after their last
@@ -140,6 +141,7 @@ local function enqueue(node, last_attempt)
     count_move(node, "pending", "running", info.group)
     rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
       "node", node, "epoch", epoch)
+    mark_shard_home()
     rcall("ZADD", base .. "sharded", now_text, run_id)
     return
   end
@@ -205,9 +207,11 @@ local function set_terminal(node, state, current)
   end
   release_reads(node, info.drops)
   if state == "cancelled" and info.task == SHARD_TASK then
-    -- Also a shard never activated: cancelling it starts its retention.
+    -- Also a shard never activated: cancelling it ends it, so it expires
+    -- with the home run.
     rcall("XADD", base .. "outbox", "*", "kind", "cancel", "run", run_id,
       "node", node, "epoch", epoch)
+    mark_shard_home()
   elseif state == "failed" then
     note_failed(node, info)
     report_failure(node)
@@ -368,7 +372,7 @@ local function maybe_finish(status)
     return
   end
   local lists = rcall("HMGET", run_key, "sinks_not_succeeded", "lowest_failed",
-    "home", "reported")
+    "home", "reported", "shards_version")
   rcall("ZREM", base .. "sharded", run_id)
   -- A run submitted before these counters existed has no
   -- "sinks_not_succeeded" field and no /end_role graph fields: count its
@@ -376,13 +380,13 @@ local function maybe_finish(status)
   if not lists[1] then
     recount_run_end()
     lists = rcall("HMGET", run_key, "sinks_not_succeeded", "lowest_failed",
-      "home", "reported")
+      "home", "reported", "shards_version")
   end
   -- Every sink is a main-path node, so every sink has ended here.
   if tonumber(lists[1]) == 0 then
     rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
       unpack(changed))
-    run_ended("succeeded")
+    run_ended("succeeded", lists[3], lists[5])
     if lists[3] then
       report_shard("succeeded")
     end
@@ -395,7 +399,7 @@ local function maybe_finish(status)
     changed[#changed + 1] = error_node
   end
   rcall("HSET", run_key, "status", "failed", "ended_at", now_text, unpack(changed))
-  run_ended("failed")
+  run_ended("failed", lists[3], lists[5])
   if lists[3] and not lists[4] then
     report_shard("failed", error_node)
   end

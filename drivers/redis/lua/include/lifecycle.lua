@@ -11,8 +11,9 @@
     errors_key   run errors hash
     counts_key   run state-count hash: "<group>/<state>" to a number of nodes,
                  where the group "-" counts nodes outside every group
-    events_key   the partition's lifecycle event stream; an event id is
-                 "<microseconds>-<sequence>"
+    events_key   the partition's lifecycle event stream, "<base>events"; an
+                 event id is "<microseconds>-<sequence>".
+                 `send_shard_retention` writes to "<base>outbox"
     run_id       the run's id
     clock        the reply of the TIME call that starts the script
   Every function does a fixed number of commands, apart from `release_reads`
@@ -147,12 +148,58 @@ local function persist_run()
   end
 end
 
--- The run just ended: note it, and start its retention.
-local function run_ended(status)
+-- Mark a home run whose shard node leaves "pending" (it is activated or
+-- cancelled), so its end hands its retention on to the shards (`run_ended`).
+-- The mark is the run hash field "shards_version", which the scripts that
+-- end a run read anyway, so a run without shards pays no command for it.
+local function mark_shard_home()
+  rcall("HSETNX", run_key, "shards_version", 0)
+end
+
+-- A home run of sharded chords has the graph field "shard_nodes", its shard
+-- nodes comma-separated (shards.py). Add one outbox entry that hands the
+-- home run's retention on to all of its shard runs: kind "retain" when the
+-- home run ended, or "keep" when it runs again. A worker applies it to each
+-- shard with shard_retention.lua, so this does not grow with the shards.
+-- The home run's "shards_version", raised by each entry, orders them, so a
+-- late entry never undoes a later one. Nothing is sent when the run never
+-- expires, because its shards never expire either.
+local function send_shard_retention(kind)
+  if settings().retention_ms <= 0 then
+    return
+  end
+  local shard_nodes = rcall("HGET", graph_key, "shard_nodes")
+  if not shard_nodes then
+    return
+  end
+  local version = rcall("HINCRBY", run_key, "shards_version", 1)
+  -- The partition's keys share the event stream's <base>.
+  local outbox_key = string.sub(events_key, 1, -#"events" - 1) .. "outbox"
+  rcall("XADD", outbox_key, "*", "kind", kind, "run", run_id,
+    "shards", shard_nodes, "version", version)
+end
+
+-- The run just ended: note it, and start its retention. `home` and
+-- `shards_version` are the run hash's fields of those names, false when
+-- missing: `home` is set for a shard run, and `shards_version` for a home
+-- run that marked itself (`mark_shard_home`). A shard run's keys do not
+-- expire while its home run runs, whose callback reads them: they expire
+-- only once shard_retention.lua marked the home run as ended ("home_ended").
+local function run_ended(status, home, shards_version)
   emit("ended", nil, nil, status)
   local retention_ms = settings().retention_ms
-  if retention_ms > 0 then
-    expire_run(retention_ms)
+  if retention_ms <= 0 then
+    return
+  end
+  if home then
+    if rcall("HGET", run_key, "home_ended") == "1" then
+      expire_run(retention_ms)
+    end
+    return
+  end
+  expire_run(retention_ms)
+  if shards_version then
+    send_shard_retention("retain")
   end
 end
 
