@@ -39,6 +39,8 @@ SPEC_VERSION: Literal[1] = 1
 # parsing a one-node spec takes, and a worker parses one spec per run.
 _SMALL_SPEC_CHARS = 4096
 _SMALL_SPEC_NODES = 64
+# Up to this many nodes, `GraphSpec.node` scans the list instead of indexing it.
+_SCANNED_NODES = 8
 
 
 def node_order(node_id: NodeId) -> tuple[int, ...]:
@@ -209,6 +211,13 @@ class GraphSpec(_Frozen):
 
     def node(self, node_id: NodeId) -> NodeSpec:
         """Return one node by id; raises `KeyError` if it is not in the spec."""
+        if len(self.nodes) <= _SCANNED_NODES:
+            # A worker reads one node of each one-node run once, and a scan
+            # costs 0.2 us where building `by_id` costs 1.2 us (CPython 3.11).
+            for node in self.nodes:
+                if node.id == node_id:
+                    return node
+            raise KeyError(node_id)
         return self.by_id[node_id]
 
     @cached_property
