@@ -386,14 +386,15 @@ class Worker:
         if not known:
             return []
         claims = driver.claim_many([message for _, message in known])
-        claimed: list[tuple[Task, Claim]] = []
+        claimed = [
+            (task, claim)
+            for (task, _), claim in zip(known, claims, strict=True)
+            if claim is not None
+        ]
         now = time.monotonic()
-        for (task, _), claim in zip(known, claims, strict=True):
-            if claim is None:
-                continue
-            with self._leases_lock:
+        with self._leases_lock:
+            for _, claim in claimed:
                 self._leases[id(claim)] = (claim, now)
-            claimed.append((task, claim))
         return claimed
 
     def _dead_letter(self, message: Message, reason: str) -> None:
@@ -410,20 +411,22 @@ class Worker:
             )
 
     def _run(self, task: Task, claim: Claim) -> None:
-        started = time.monotonic()
+        debug = log.isEnabledFor(logging.DEBUG)
+        started = time.monotonic() if debug else 0.0
         try:
             outcome = self._execute(task, claim)
         finally:
             with self._leases_lock:
                 self._leases.pop(id(claim), None)
         self._report(claim, outcome)
-        log.debug(
-            "Task %s %s %s in %.3f s.",
-            claim.task,
-            claim.task_id,
-            outcome.kind,
-            time.monotonic() - started,
-        )
+        if debug:
+            log.debug(
+                "Task %s %s %s in %.3f s.",
+                claim.task,
+                claim.task_id,
+                outcome.kind,
+                time.monotonic() - started,
+            )
 
     def _renew_loop(self, renew_after_s: float) -> None:
         """Renew each running task's lease ``renew_after_s`` after the last one."""

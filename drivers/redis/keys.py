@@ -212,7 +212,7 @@ class Keys:
 
     def run(self, run_id: str) -> RunKeys:
         """Return the keys of one run."""
-        head = f"{self.base}run:{run_id}"
+        head = self.run_hash(run_id)
         return RunKeys(
             run=head,
             graph=f"{head}:graph",
@@ -225,9 +225,17 @@ class Keys:
             staged_spec=f"{head}:staged_spec",
         )
 
+    def run_hash(self, run_id: str) -> str:
+        """Return the key of a run's hash, the same as ``run(run_id).run``.
+
+        The worker's claim and report calls take only this key, and building
+        it alone skips the eight other keys that `run` builds.
+        """
+        return f"{self.prefix}{self.tag}:run:{run_id}"
+
     def queue(self, name: str) -> str:
         """Return the stream of a queue. Scripts build the same name from ``base``."""
-        return f"{self.base}q:{name}"
+        return f"{self.prefix}{self.tag}:q:{name}"
 
     @property
     def delayed(self) -> str:

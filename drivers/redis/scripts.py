@@ -79,6 +79,10 @@ class Reply(IntEnum):
     INCOMPLETE = -5
 
 
+_REPLY_OF_CODE: dict[int, Reply] = {int(reply): reply for reply in Reply}
+_ANY_REPLY = frozenset(Reply)
+
+
 class ScriptError(DriverError):
     """Raised when a script returns a reply the driver does not expect.
 
@@ -437,7 +441,7 @@ def check_reply(
     run_id: str,
     node_id: str = "",
     *,
-    accept: frozenset[Reply] = frozenset(Reply),
+    accept: frozenset[Reply] = _ANY_REPLY,
 ) -> Reply:
     """Map a run script's result code to a `Reply`, or raise for one not accepted.
 
@@ -446,6 +450,10 @@ def check_reply(
         ScriptError: for any other code that is not accepted or not known.
     """
     code = reply[0] if isinstance(reply, list) and reply else reply
+    # Scripts return integers, which a dict maps without Enum's slower call.
+    known = _REPLY_OF_CODE.get(code) if type(code) is int else None
+    if known is not None and (accept is _ANY_REPLY or known in accept):
+        return known
     try:
         result = Reply(int(code))
     except (TypeError, ValueError):

@@ -974,3 +974,14 @@ def test_nodes_share_fields_set_safely() -> None:
     assert copied.model_fields_set is not first.model_fields_set
     assert first.model_fields_set == set(NodeSpec.model_fields)
     assert GraphSpec.from_json(spec.to_json()) == spec
+
+
+@pytest.mark.parametrize("size", [1, 8, 9, 40])
+def test_spec_node_lookup(size: int) -> None:
+    # Small specs are scanned and larger ones indexed, and both find every node.
+    spec = compile_canvas(group(task(f"t{index}") for index in range(size)))
+
+    for item in spec.nodes:
+        assert spec.node(item.id) is item
+    with pytest.raises(KeyError):
+        spec.node("999")
