@@ -234,7 +234,7 @@ class _Compiler:
         node = NodeSpec(
             id=node_id,
             task=sig.task,
-            args=_encode_args(args, inflow.path),
+            args=encode_args(args, inflow.path),
             kwargs=_encode_kwargs(kwargs, inflow.path),
             options=options,
             immutable=sig.immutable,
@@ -422,7 +422,13 @@ def _with_own_options(inflow: _Inflow, own: Mapping[str, Any]) -> _Inflow:
     )
 
 
-def _encode_args(args: Sequence[Any], path: str) -> list[Any]:
+def encode_args(args: Sequence[Any], path: str = "") -> list[Any]:
+    """Encode a node's positional arguments as compilation stores them.
+
+    Raises:
+        NotSerializable: naming ``path > args[i]`` of the first value that
+            is not JSON.
+    """
     prefix = f"{path} > " if path else ""
     return [encode(value, f"{prefix}args[{i}]") for i, value in enumerate(args)]
 

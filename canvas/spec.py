@@ -232,6 +232,22 @@ class GraphSpec(_Frozen):
                     result[covered].append(node.id)
             return result
 
+    def with_root_args(self, args: list[Any]) -> GraphSpec:
+        """Return a copy of this spec whose first node has ``args`` instead.
+
+        ``args`` must be in the value codec's JSON form already: the copy is
+        not validated. Every field and node other than the first node and
+        the node list is the same object as in this spec, which lets
+        `same_layout` tell that two specs share their layout.
+        """
+        root = self.nodes[0].model_copy(update={"args": args})
+        copy = self.model_copy(update={"nodes": [root, *self.nodes[1:]]})
+        # The cached properties were copied with the fields, but they hold
+        # the first node of this spec, not of the copy.
+        for name in _CACHED_PROPERTIES:
+            copy.__dict__.pop(name, None)
+        return copy
+
     def to_json(self) -> str:
         """Serialise to compact JSON; `from_json` gives back an equal spec."""
         with paused_gc():
@@ -264,3 +280,37 @@ class GraphSpec(_Frozen):
             for covered in node.covers:
                 graph.add_edge(covered, node.id, kind="covers")
         return graph
+
+
+_CACHED_PROPERTIES = tuple(
+    name
+    for name, value in vars(GraphSpec).items()
+    if isinstance(value, cached_property)
+)
+_ROOT_FIELDS = tuple(
+    name for name in NodeSpec.model_fields if name not in ("args", "kwargs")
+)
+_SPEC_FIELDS = tuple(name for name in GraphSpec.model_fields if name != "nodes")
+
+
+def same_layout(first: GraphSpec, second: GraphSpec) -> bool:
+    """Tell whether two specs can differ only in their first node's arguments.
+
+    True when every other field of the specs and of the first node, and
+    every other node, is the same object in both, as in the copies that
+    `GraphSpec.with_root_args` makes. Specs compiled apart give False even
+    when equal, so the test costs a few identity checks, never a walk of the
+    graph.
+    """
+    if first is second:
+        return True
+    spec_a, spec_b = first.__dict__, second.__dict__
+    if any(spec_a[name] is not spec_b[name] for name in _SPEC_FIELDS):
+        return False
+    nodes_a, nodes_b = first.nodes, second.nodes
+    if len(nodes_a) != len(nodes_b) or not nodes_a:
+        return False
+    root_a, root_b = nodes_a[0].__dict__, nodes_b[0].__dict__
+    if any(root_a[name] is not root_b[name] for name in _ROOT_FIELDS):
+        return False
+    return all(a is b for a, b in zip(nodes_a[1:], nodes_b[1:], strict=True))

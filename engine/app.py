@@ -14,7 +14,7 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stem.canvas.compiler import check_nesting, compile_canvas
+from stem.canvas.compiler import check_nesting, compile_canvas, encode_args
 from stem.canvas.errors import (
     CanvasError,
     InvalidCanvas,
@@ -182,22 +182,40 @@ class Task:
         Unlike `map`, `starmap` and `chunks`, which run all calls in one
         run, each call here is its own run with its own result.
         """
-        signatures: list[Signature] = []
-        for index, args in enumerate(args_list):
+        items = list(args_list)
+        for index, args in enumerate(items):
             if not isinstance(args, (list, tuple)):
                 raise InvalidCanvas(
                     f"apply_many(): item {index} is {args!r}, not a tuple or list "
                     f"of arguments; pass ({args!r},) for a single argument."
                 )
-            signatures.append(self.signature(args))
         if "run_id" in options:
             raise InvalidOption(
                 "apply_many(): run_id is not an option here; pass run_ids=[...] "
                 "with one id per item of args_list."
             )
-        return self.app._submit_many(
-            signatures, run_ids, options, call="apply_many()", items_name="args_list"
-        )
+        call = "apply_many()"
+        ids = self.app._bulk_run_ids(run_ids, len(items), call, "args_list")
+        _check_shared_options(options, call)
+        if not items:
+            return ResultSet([], self.app)
+        # Every run is the same canvas with other arguments, so it is
+        # compiled once, and each run's spec is a copy with its own
+        # arguments in the task's node, which compiles first ("0").
+        try:
+            _, template = self.app._compile_run(self.signature(()), (), None, options)
+        except CanvasError as err:
+            raise _at_index(err, "args_list[0]", call) from err
+        runs: list[tuple[str, GraphSpec]] = []
+        with paused_gc():
+            for index, (args, run_id) in enumerate(zip(items, ids, strict=True)):
+                try:
+                    checked_id = _check_run_id(run_id)
+                    encoded = encode_args(args)
+                except CanvasError as err:
+                    raise _at_index(err, f"args_list[{index}]", call) from err
+                runs.append((checked_id, template.with_root_args(encoded)))
+        return self.app._store_runs(runs, call)
 
     def map(self, items: Iterable[Any]) -> Signature:
         """Call the task on each item in one worker: Celery's ``task.map``."""
@@ -395,25 +413,7 @@ class App:
     ) -> ResultSet:
         """Submit the runs of `submit_many`; errors name ``call`` and ``items_name``."""
         items = list(canvases)
-        ids: list[Any] = [None] * len(items)
-        if run_ids is not None:
-            ids = list(run_ids)
-            if len(ids) != len(items):
-                raise InvalidOption(
-                    f"{call}: {len(ids)} run_ids for {len(items)} {items_name}; "
-                    f"pass one run id per item of {items_name}."
-                )
-            first_index: dict[str, int] = {}
-            for index, run_id in enumerate(ids):
-                if not isinstance(run_id, str):
-                    continue  # _compile_run rejects it, naming its index
-                if run_id in first_index:
-                    raise InvalidOption(
-                        f"{call}: run_ids[{index}] {run_id!r} repeats "
-                        f"run_ids[{first_index[run_id]}]; each canvas needs a run "
-                        "id of its own, or the later one is taken as submitted."
-                    )
-                first_index.setdefault(run_id, index)
+        ids = self._bulk_run_ids(run_ids, len(items), call, items_name)
         _check_shared_options(options, call)
         runs: list[tuple[str, GraphSpec]] = []
         with paused_gc():
@@ -426,6 +426,44 @@ class App:
                     )
                 except CanvasError as err:
                     raise _at_index(err, f"{items_name}[{index}]", call) from err
+        return self._store_runs(runs, call)
+
+    def _bulk_run_ids(
+        self, run_ids: Sequence[str] | None, count: int, call: str, items_name: str
+    ) -> list[Any]:
+        """Return the run id of each item of a bulk call, None where none was given.
+
+        Raises:
+            InvalidOption: if the number of ids is not ``count``, or an id
+                repeats. Other invalid ids are rejected per item.
+        """
+        if run_ids is None:
+            return [None] * count
+        ids: list[Any] = list(run_ids)
+        if len(ids) != count:
+            raise InvalidOption(
+                f"{call}: {len(ids)} run_ids for {count} {items_name}; "
+                f"pass one run id per item of {items_name}."
+            )
+        first_index: dict[str, int] = {}
+        for index, run_id in enumerate(ids):
+            if not isinstance(run_id, str):
+                continue  # _check_run_id rejects it, naming its index
+            if run_id in first_index:
+                raise InvalidOption(
+                    f"{call}: run_ids[{index}] {run_id!r} repeats "
+                    f"run_ids[{first_index[run_id]}]; each canvas needs a run "
+                    "id of its own, or the later one is taken as submitted."
+                )
+            first_index.setdefault(run_id, index)
+        return ids
+
+    def _store_runs(self, runs: list[tuple[str, GraphSpec]], call: str) -> ResultSet:
+        """Store compiled runs with one `submit_many` of the driver.
+
+        Raises:
+            PartialSubmitError: if the store failed for some runs.
+        """
         outcomes = self.driver.submit_many(runs) if runs else []
         failed = {
             run_id: outcome

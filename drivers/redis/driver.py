@@ -44,7 +44,13 @@ from redis.exceptions import RedisClusterException
 
 from stem.canvas.errors import StemError
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
+from stem.canvas.spec import (
+    GraphSpec,
+    NodeId,
+    NodeSpec,
+    same_layout,
+    template_nodes,
+)
 from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
@@ -144,6 +150,26 @@ class _LargeRun:
     graph: list[str]
     state: list[str]
     counts: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SubmitLayout:
+    """The submit script arguments of a run, less its key and spec JSON.
+
+    They depend only on the spec's layout, so runs whose specs differ only
+    in arguments (see `same_layout`) share one.
+    """
+
+    #: The arguments before the spec JSON: the root nodes and the version.
+    head: tuple[str, ...]
+    #: The arguments after it.
+    tail: tuple[str, ...]
+
+    def call(
+        self, run_key: str, spec: GraphSpec
+    ) -> tuple[list[str], list[str | int | float]]:
+        """Return the keys and arguments of the submit script for one run."""
+        return [run_key], [*self.head, spec.to_json(), *self.tail]
 
 
 class RedisDriver(ShardRuns):
@@ -330,20 +356,26 @@ class RedisDriver(ShardRuns):
         pipeline sends each node its share of the calls in one round trip.
         """
         results: list[bool | Exception | None] = [None] * len(runs)
+        # The layout of the last piped run, reused while the next specs
+        # share it, as the copies that Task.apply_many() makes do.
+        shared: tuple[GraphSpec, _SubmitLayout] | None = None
         for first in range(0, len(runs), _PIPELINE_BATCH):
             calls: list[tuple[str, list[str], list[str | int | float]]] = []
             piped: list[int] = []
             for index in range(first, min(first + _PIPELINE_BATCH, len(runs))):
                 run_id, spec = runs[index]
-                try:
-                    call = self._submit_call_or_store(run_id, spec)
-                except StemError as err:
-                    results[index] = err
-                    continue
-                if isinstance(call, bool):
-                    results[index] = call
-                    continue
-                calls.append(("submit", *call))
+                if shared is None or not same_layout(shared[0], spec):
+                    try:
+                        found = self._layout_or_store(run_id, spec)
+                    except StemError as err:
+                        results[index] = err
+                        continue
+                    if isinstance(found, bool):
+                        results[index] = found
+                        continue
+                    shared = (spec, found)
+                run_key = self._keys.run(run_id).run
+                calls.append(("submit", *shared[1].call(run_key, spec)))
                 piped.append(index)
             try:
                 replies = self._scripts.call_many(calls) if calls else []
@@ -362,22 +394,22 @@ class RedisDriver(ShardRuns):
             done.append(result)
         return done
 
-    def _submit_call_or_store(
-        self, run_id: str, spec: GraphSpec
-    ) -> tuple[list[str], list[str | int | float]] | bool:
-        """Return the submit script call of a run, or store a run too large for one.
+    def _layout_or_store(self, run_id: str, spec: GraphSpec) -> _SubmitLayout | bool:
+        """Return the submit layout of a run, or store a run too large for one call.
 
         A sharded or large run is stored at once, and what `submit` returns
-        for it is returned instead of a call.
+        for it is returned instead of a layout.
         """
         plan = plan_shards(spec, self._shard_size)
         if plan is not None:
             return self._submit_sharded(run_id, plan)
         with paused_gc():
-            call = self._submit_call(run_id, spec)
-        if isinstance(call, _LargeRun):
-            return self._submit_large(run_id, spec, call.graph, call.state, call.counts)
-        return call
+            found = self._submit_layout(spec)
+        if isinstance(found, _LargeRun):
+            return self._submit_large(
+                run_id, spec, found.graph, found.state, found.counts
+            )
+        return found
 
     def _submitted_or_error(
         self, run_id: str, spec: GraphSpec, reply: Any
@@ -403,6 +435,19 @@ class RedisDriver(ShardRuns):
         `_submit_large` writes in chunks instead. The caller pauses the
         cyclic collector.
         """
+        found = self._submit_layout(spec, extra_graph)
+        if isinstance(found, _LargeRun):
+            return found
+        # The script builds the run's other keys from the run hash's.
+        return found.call(self._keys.run(run_id).run, spec)
+
+    def _submit_layout(
+        self, spec: GraphSpec, extra_graph: Sequence[str] = ()
+    ) -> _SubmitLayout | _LargeRun:
+        """Return the submit script arguments that the spec's layout decides.
+
+        See `_submit_call`, which adds the run's key and spec JSON.
+        """
         graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
         counts = layout.initial_counts(spec.nodes)
         state = [
@@ -412,10 +457,7 @@ class RedisDriver(ShardRuns):
         if (len(graph) + len(state)) // 2 > self._submit_chunk:
             return _LargeRun(graph, state, counts)
         roots = (node.id for node in spec.nodes if _queued_at_start(node))
-        args: list[str | int | float] = [
-            ",".join(roots),
-            "1",
-            spec.to_json(),
+        tail = (
             ",".join(node.id for node in spec.nodes),
             ",".join(spec.sinks),
             ",".join(layout.nodes_reaching_sinks(spec)),
@@ -427,10 +469,8 @@ class RedisDriver(ShardRuns):
             str(len(counts) // 2),
             *counts,
             *state,
-        ]
-        # The script builds the run's other keys from the run hash's.
-        keys = [self._keys.run(run_id).run]
-        return keys, args
+        )
+        return _SubmitLayout(head=(",".join(roots), "1"), tail=tail)
 
     def _submitted(self, run_id: str, spec: GraphSpec, reply: Any) -> bool:
         """Check a submit script's reply; True if it created the run."""

@@ -14,7 +14,7 @@ import pytest
 
 from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import NodeOptions
+from stem.canvas.spec import NodeOptions, same_layout
 
 
 @pytest.fixture
@@ -134,3 +134,53 @@ def test_paused_gc_resumes_after_error() -> None:
     with pytest.raises(KeyError), paused_gc():
         raise KeyError("planned")
     assert gc.isenabled()
+
+
+def test_apply_many_specs_match_compiled(app: App) -> None:
+    @app.task(name="pair", queue="pairs")
+    def pair(x: Any, y: Any = None) -> list[Any]:
+        return [x, y]
+
+    @app.task(name="after")
+    def after(value: Any) -> Any:
+        return value
+
+    items: list[tuple[Any, ...]] = [(1,), (2.5, "b"), ([1, {"k": None}],), ()]
+    options = {"priority": 4, "link": after.s()}
+    bulk = pair.apply_many(items, **options)
+    for result, args in zip(bulk, items, strict=True):
+        one = pair.apply_async(args, **options)
+        got = app.driver.snapshot(result.id).spec
+        expected = app.driver.snapshot(one.id).spec
+        assert got == expected
+        assert got.node("0").args == list(args)
+
+
+def test_with_root_args_drops_cached_nodes(app: App) -> None:
+    @app.task(name="one")
+    def one(x: int) -> int:
+        return x
+
+    spec = app._compile_run(one.s(1), (), None, None)[1]
+    assert spec.node("0").args == [1]  # fills the by_id cache
+    copy = spec.with_root_args([2])
+    assert copy.node("0").args == [2]
+    assert copy.nodes[0].args == [2]
+    assert spec.node("0").args == [1]
+
+
+def test_same_layout_only_for_copies(app: App) -> None:
+    @app.task(name="one")
+    def one(x: int) -> int:
+        return x
+
+    spec = app._compile_run(one.s(1), (), None, None)[1]
+    twin = app._compile_run(one.s(1), (), None, None)[1]
+    assert same_layout(spec, spec)
+    assert same_layout(spec, spec.with_root_args([2]))
+    assert same_layout(spec.with_root_args([3]), spec.with_root_args([4]))
+    # Equal, but compiled apart: nothing shows they share a layout.
+    assert twin == spec
+    assert not same_layout(spec, twin)
+    moved = spec.model_copy(update={"sinks": ["0"]})
+    assert not same_layout(spec, moved)
