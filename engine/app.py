@@ -14,7 +14,12 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stem.canvas.compiler import check_nesting, compile_canvas, encode_args
+from stem.canvas.compiler import (
+    check_nesting,
+    compile_canvas,
+    encode_args,
+    encode_kwargs,
+)
 from stem.canvas.errors import (
     CanvasError,
     InvalidCanvas,
@@ -156,7 +161,7 @@ class Task:
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submit one call of this task as a run of one node."""
-        return self.apply_async(args, kwargs)
+        return self.app._submit_call(self, args, kwargs)
 
     def apply_async(
         self,
@@ -272,6 +277,8 @@ class App:
         self._driver_lock = threading.Lock()
         #: Filled options of calls that set no option, by task and defaults.
         self._filled_defaults: dict[tuple[str, Hashable], NodeOptions] = {}
+        #: Compiled runs of calls with no arguments or options, by task and defaults.
+        self._call_templates: dict[tuple[str, Hashable], GraphSpec] = {}
         self._register_builtins()
         for entry_name, fields in (beat_schedule or {}).items():
             self._add_entry(entry_from_mapping(entry_name, fields))
@@ -485,6 +492,42 @@ class App:
             )
         log.debug("Submitted %d runs.", len(runs))
         return ResultSet([AsyncResult(run_id, self) for run_id, _ in runs], self)
+
+    def _submit_call(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncResult:
+        """Submit one call of a task with no options, as `Task.delay` does.
+
+        The task's run is compiled once while its defaults stay the same,
+        and each call's spec is a copy with the call's arguments.
+        """
+        template = self._call_template(task)
+        if template is None:
+            return self.submit(task.signature(args, kwargs))
+        with paused_gc():
+            spec = template.with_root_args(encode_args(args), encode_kwargs(kwargs))
+        run_id = new_run_id()
+        if self.driver.submit(run_id, spec):
+            log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
+        return AsyncResult(run_id, self)
+
+    def _call_template(self, task: Task) -> GraphSpec | None:
+        """Return the compiled run of a task called with no arguments or options.
+
+        It is computed again when the task's options or the app's default
+        queue change. None when an option value cannot be hashed.
+        """
+        defaults_key = _options_key({"queue": self.default_queue, **task.options})
+        if defaults_key is None:
+            return None
+        key = (task.name, defaults_key)
+        template = self._call_templates.get(key)
+        if template is None:
+            template = self._compile_run(task.signature(()), (), None, None)[1]
+            if len(self._call_templates) >= _FILLED_DEFAULTS_MAX:
+                self._call_templates.clear()
+            self._call_templates[key] = template
+        return template
 
     def _compile_run(
         self,

@@ -48,6 +48,7 @@ from stem.canvas.spec import (
     GraphSpec,
     NodeId,
     NodeSpec,
+    SpecText,
     same_layout,
     template_nodes,
 )
@@ -154,22 +155,29 @@ class _LargeRun:
 
 @dataclasses.dataclass(frozen=True)
 class _SubmitLayout:
-    """The submit script arguments of a run, less its key and spec JSON.
+    """The submit script arguments of a spec, less the run's key and spec JSON.
 
     They depend only on the spec's layout, so runs whose specs differ only
     in arguments (see `same_layout`) share one.
     """
 
+    #: The spec the arguments were computed for.
+    spec: GraphSpec
     #: The arguments before the spec JSON: the root nodes and the version.
     head: tuple[str, ...]
     #: The arguments after it.
     tail: tuple[str, ...]
+    #: The cut JSON text of this layout, which writes its specs; None until cut.
+    text: SpecText | None = None
+    #: Whether cutting the text was tried.
+    cut: bool = False
 
     def call(
         self, run_key: str, spec: GraphSpec
     ) -> tuple[list[str], list[str | int | float]]:
         """Return the keys and arguments of the submit script for one run."""
-        return [run_key], [*self.head, spec.to_json(), *self.tail]
+        spec_json = spec.to_json() if self.text is None else self.text.write(spec)
+        return [run_key], [*self.head, spec_json, *self.tail]
 
 
 class RedisDriver(ShardRuns):
@@ -306,6 +314,9 @@ class RedisDriver(ShardRuns):
         self._specs: collections.OrderedDict[str, tuple[str, GraphSpec]] = (
             collections.OrderedDict()
         )
+        self._spec_parser = layout.SpecParser()
+        #: The submit layout of the last run stored with one script call.
+        self._shared_layout: _SubmitLayout | None = None
         self._cached_nodes = 0
         self._last_reclaim = 0.0
         self._last_promote = 0.0
@@ -323,10 +334,12 @@ class RedisDriver(ShardRuns):
     # -- graph store --------------------------------------------------------
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
-        plan = plan_shards(spec, self._shard_size)
-        if plan is None:
-            return self._submit_run(run_id, spec)
-        return self._submit_sharded(run_id, plan)
+        found = self._layout_or_store(run_id, spec)
+        if isinstance(found, bool):
+            return found
+        keys, args = found.call(self._keys.run(run_id).run, spec)
+        reply = self._scripts.call("submit", keys, args, run_id=run_id)
+        return self._submitted(run_id, spec, reply)
 
     def _submit_run(
         self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
@@ -356,26 +369,21 @@ class RedisDriver(ShardRuns):
         pipeline sends each node its share of the calls in one round trip.
         """
         results: list[bool | Exception | None] = [None] * len(runs)
-        # The layout of the last piped run, reused while the next specs
-        # share it, as the copies that Task.apply_many() makes do.
-        shared: tuple[GraphSpec, _SubmitLayout] | None = None
         for first in range(0, len(runs), _PIPELINE_BATCH):
             calls: list[tuple[str, list[str], list[str | int | float]]] = []
             piped: list[int] = []
             for index in range(first, min(first + _PIPELINE_BATCH, len(runs))):
                 run_id, spec = runs[index]
-                if shared is None or not same_layout(shared[0], spec):
-                    try:
-                        found = self._layout_or_store(run_id, spec)
-                    except StemError as err:
-                        results[index] = err
-                        continue
-                    if isinstance(found, bool):
-                        results[index] = found
-                        continue
-                    shared = (spec, found)
+                try:
+                    found = self._layout_or_store(run_id, spec)
+                except StemError as err:
+                    results[index] = err
+                    continue
+                if isinstance(found, bool):
+                    results[index] = found
+                    continue
                 run_key = self._keys.run(run_id).run
-                calls.append(("submit", *shared[1].call(run_key, spec)))
+                calls.append(("submit", *found.call(run_key, spec)))
                 piped.append(index)
             try:
                 replies = self._scripts.call_many(calls) if calls else []
@@ -398,8 +406,19 @@ class RedisDriver(ShardRuns):
         """Return the submit layout of a run, or store a run too large for one call.
 
         A sharded or large run is stored at once, and what `submit` returns
-        for it is returned instead of a layout.
+        for it is returned instead of a layout. The last layout is reused
+        while the next specs share it (`same_layout`), as the copies that
+        ``Task.apply_many()`` and ``Task.delay()`` make do, and its spec
+        text is cut (`SpecText`) once a second spec shares it.
         """
+        shared = self._shared_layout
+        if shared is not None and same_layout(shared.spec, spec):
+            if shared.text is None and not shared.cut:
+                shared = dataclasses.replace(
+                    shared, text=_cut_text(shared.spec), cut=True
+                )
+                self._shared_layout = shared
+            return shared
         plan = plan_shards(spec, self._shard_size)
         if plan is not None:
             return self._submit_sharded(run_id, plan)
@@ -409,6 +428,7 @@ class RedisDriver(ShardRuns):
             return self._submit_large(
                 run_id, spec, found.graph, found.state, found.counts
             )
+        self._shared_layout = found
         return found
 
     def _submitted_or_error(
@@ -470,7 +490,7 @@ class RedisDriver(ShardRuns):
             *counts,
             *state,
         )
-        return _SubmitLayout(head=(",".join(roots), "1"), tail=tail)
+        return _SubmitLayout(spec=spec, head=(",".join(roots), "1"), tail=tail)
 
     def _submitted(self, run_id: str, spec: GraphSpec, reply: Any) -> bool:
         """Check a submit script's reply; True if it created the run."""
@@ -1538,7 +1558,7 @@ class RedisDriver(ShardRuns):
             text = found[1] if found[1] is not None else self._large_spec(run_id)
         # Parsed outside the lock: a large spec takes seconds to parse, and
         # other runs' claims must not wait for it.
-        spec = GraphSpec.from_json(text)
+        spec = self._spec_parser.parse(text)
         self._store_spec(run_id, version, spec)
         return spec
 
@@ -1947,6 +1967,14 @@ class RedisDriver(ShardRuns):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _cut_text(spec: GraphSpec) -> SpecText | None:
+    """Return the cut text of a spec's layout, or None when it cannot be cut."""
+    try:
+        return SpecText(spec)
+    except ValueError:
+        return None
 
 
 def _check_seconds(name: str, value: Any, *, zero: bool) -> None:

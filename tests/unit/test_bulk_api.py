@@ -15,6 +15,7 @@ import pytest
 from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import NodeOptions, same_layout
+from stem.errors import InvalidOption, NotSerializable
 
 
 @pytest.fixture
@@ -184,3 +185,56 @@ def test_same_layout_only_for_copies(app: App) -> None:
     assert not same_layout(spec, twin)
     moved = spec.model_copy(update={"sinks": ["0"]})
     assert not same_layout(spec, moved)
+
+
+def test_delay_spec_matches_compiled(app: App) -> None:
+    @app.task(name="call")
+    def call(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        ((1, "two"), {}),
+        ((), {"key": [1, {"a": None}]}),
+        ((2.5,), {"flag": True}),
+    ]
+    for args, kwargs in cases:
+        fast = call.delay(*args, **kwargs)
+        compiled = app.submit(call.signature(args, kwargs))
+        got = app.driver.snapshot(fast.id).spec
+        assert got == app.driver.snapshot(compiled.id).spec
+        assert got.node("0").args == list(args)
+        assert got.node("0").kwargs == kwargs
+
+
+def test_delay_rejects_bad_arguments(app: App) -> None:
+    @app.task(name="call")
+    def call(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(1, object())
+    assert str(caught.value).startswith("args[1]: ")
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(value={1, 2})
+    assert str(caught.value).startswith("kwargs['value']: ")
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(**{"not valid": 1})
+    assert str(caught.value).startswith("kwargs: ")
+    assert app.driver.list_runs().runs == []
+
+
+def test_delay_follows_task_options(app: App) -> None:
+    @app.task(name="call", queue="first")
+    def call() -> None:
+        return None
+
+    assert _options(app, call.delay().id).queue == "first"
+    call.options["queue"] = "second"
+    assert _options(app, call.delay().id).queue == "second"
+    app.default_queue = "fallback"
+    del call.options["queue"]
+    assert _options(app, call.delay().id).queue == "fallback"
+    call.options["priority"] = [1]  # unhashable: compiled per call
+    with pytest.raises(InvalidOption):
+        call.delay()
