@@ -11,6 +11,7 @@ sorts ``"R.k"`` right after ``R``.
 from __future__ import annotations
 
 import json
+import operator
 from collections.abc import Iterator
 from functools import cached_property
 from typing import TYPE_CHECKING, Annotated, Any, Literal, NoReturn, TypeVar
@@ -316,10 +317,12 @@ _CACHED_PROPERTIES = tuple(
     for name, value in vars(GraphSpec).items()
     if isinstance(value, cached_property)
 )
-_ROOT_FIELDS = tuple(
-    name for name in NodeSpec.model_fields if name not in ("args", "kwargs")
+_ROOT_FIELDS = operator.itemgetter(
+    *(name for name in NodeSpec.model_fields if name not in ("args", "kwargs"))
 )
-_SPEC_FIELDS = tuple(name for name in GraphSpec.model_fields if name != "nodes")
+_SPEC_FIELDS = operator.itemgetter(
+    *(name for name in GraphSpec.model_fields if name != "nodes")
+)
 
 
 def same_layout(first: GraphSpec, second: GraphSpec) -> bool:
@@ -328,21 +331,22 @@ def same_layout(first: GraphSpec, second: GraphSpec) -> bool:
     True when every other field of the specs and of the first node, and
     every other node, is the same object in both, as in the copies that
     `GraphSpec.with_root_args` makes. Specs compiled apart give False even
-    when equal, so the test costs a few identity checks, never a walk of the
-    graph.
+    when equal, so the test costs one identity check per field and node,
+    never a comparison of values.
     """
     if first is second:
         return True
-    spec_a, spec_b = first.__dict__, second.__dict__
-    if any(spec_a[name] is not spec_b[name] for name in _SPEC_FIELDS):
+    if not all(
+        map(operator.is_, _SPEC_FIELDS(first.__dict__), _SPEC_FIELDS(second.__dict__))
+    ):
         return False
     nodes_a, nodes_b = first.nodes, second.nodes
     if len(nodes_a) != len(nodes_b) or not nodes_a:
         return False
     root_a, root_b = nodes_a[0].__dict__, nodes_b[0].__dict__
-    if any(root_a[name] is not root_b[name] for name in _ROOT_FIELDS):
+    if not all(map(operator.is_, _ROOT_FIELDS(root_a), _ROOT_FIELDS(root_b))):
         return False
-    return all(a is b for a, b in zip(nodes_a[1:], nodes_b[1:], strict=True))
+    return all(map(operator.is_, nodes_a[1:], nodes_b[1:]))
 
 
 #: Stand-ins for the first node's arguments while `SpecText` cuts a spec's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
@@ -57,10 +58,26 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _FILLED_DEFAULTS_MAX = 1024
 
 
+#: Maps base32 (RFC 4648) digits to the Crockford digits of the same value.
+_BASE32_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode()
+)
+
+
 def new_run_id() -> str:
     """Return a new ULID: 26 characters that sort by creation time."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return ulid_text(value)
+
+
+def ulid_text(value: int) -> str:
+    """Return a 128-bit value as a ULID's 26 Crockford base32 digits.
+
+    160 bits are 32 base32 digits, so the last 26 digits of the 20-byte
+    value are its low 130 bits, which base64.b32encode computes in C.
+    """
+    digits = base64.b32encode(value.to_bytes(20, "big"))[6:]
+    return digits.translate(_BASE32_TO_CROCKFORD).decode()
 
 
 class Task:

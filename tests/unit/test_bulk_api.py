@@ -7,6 +7,7 @@ tests/conformance/test_bulk_runs.py.
 from __future__ import annotations
 
 import gc
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,7 @@ import pytest
 from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import NodeOptions, same_layout
+from stem.engine.app import new_run_id, ulid_text
 from stem.errors import InvalidOption, NotSerializable
 
 
@@ -238,3 +240,16 @@ def test_delay_follows_task_options(app: App) -> None:
     call.options["priority"] = [1]  # unhashable: compiled per call
     with pytest.raises(InvalidOption):
         call.delay()
+
+
+def _ulid_digits(value: int) -> str:
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def test_ulid_text_matches_digits() -> None:
+    values = [0, 1, 31, 32, (1 << 128) - 1, 1 << 127, 0x0123456789ABCDEF << 64]
+    values += [random.getrandbits(128) for _ in range(1000)]
+    for value in values:
+        assert ulid_text(value) == _ulid_digits(value)
+    assert len(new_run_id()) == 26
