@@ -1164,11 +1164,11 @@ class RedisDriver(ShardRuns):
 
     def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        run_key = self._keys.run(run_id).run
         while True:
             ended = self._read_if_ended(run_id)
             if ended is not None:
                 return ended
+            run_key = self._keys.run(run_id).run
             # A running run is polled with HGET, a fifth of the script call's
             # bytes, until its status changes.
             status: Any = "running"
