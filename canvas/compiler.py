@@ -234,8 +234,8 @@ class _Compiler:
         node = NodeSpec(
             id=node_id,
             task=sig.task,
-            args=_encode_args(args, inflow.path),
-            kwargs=_encode_kwargs(kwargs, inflow.path),
+            args=encode_args(args, inflow.path),
+            kwargs=encode_kwargs(kwargs, inflow.path),
             options=options,
             immutable=sig.immutable,
             deps=list(inflow.deps),
@@ -422,12 +422,25 @@ def _with_own_options(inflow: _Inflow, own: Mapping[str, Any]) -> _Inflow:
     )
 
 
-def _encode_args(args: Sequence[Any], path: str) -> list[Any]:
+def encode_args(args: Sequence[Any], path: str = "") -> list[Any]:
+    """Encode a node's positional arguments as compilation stores them.
+
+    Raises:
+        NotSerializable: naming ``path > args[i]`` of the first value that
+            is not JSON.
+    """
     prefix = f"{path} > " if path else ""
     return [encode(value, f"{prefix}args[{i}]") for i, value in enumerate(args)]
 
 
-def _encode_kwargs(kwargs: Mapping[str, Any], path: str) -> dict[str, Any]:
+def encode_kwargs(kwargs: Mapping[str, Any], path: str = "") -> dict[str, Any]:
+    """Encode a node's keyword arguments as compilation stores them.
+
+    Raises:
+        NotSerializable: naming ``path > kwargs`` for a keyword that is not
+            an identifier, or ``path > kwargs['name']`` for a value that is
+            not JSON.
+    """
     prefix = f"{path} > " if path else ""
     encoded: dict[str, Any] = {}
     for key, value in kwargs.items():

@@ -106,7 +106,11 @@ def loads(text: str | bytes) -> Any:
         UndecodableValue: if the text is not JSON or contains a bad tag.
     """
     try:
-        data = json.loads(text, parse_constant=_reject_constant)
+        if type(text) is str:
+            data = _JSON_DECODER.decode(text)
+        else:
+            # json.loads detects the encoding of bytes: UTF-8, -16 or -32.
+            data = json.loads(text, parse_constant=_reject_constant)
     except (json.JSONDecodeError, UnicodeDecodeError) as err:
         raise UndecodableValue(f"Stored value is not valid JSON: {err}.") from err
     return decode(data)
@@ -116,6 +120,11 @@ def _reject_constant(name: str) -> NoReturn:
     # Python's json module reads NaN and Infinity by default, but strict JSON
     # has neither, and `dumps` never writes them.
     raise UndecodableValue(f"Stored value contains {name}, which is not valid JSON.")
+
+
+#: The decoder of `loads` for text. json.loads builds a new decoder for
+#: every call with a ``parse_constant``. A decoder keeps no state between calls.
+_JSON_DECODER = json.JSONDecoder(parse_constant=_reject_constant)
 
 
 def _encode(value: object, path: str, active: set[int]) -> JsonValue:

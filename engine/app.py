@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import base64
 import functools
 import logging
 import os
@@ -14,7 +15,12 @@ from collections.abc import Callable, Hashable, Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
-from stem.canvas.compiler import check_nesting, compile_canvas
+from stem.canvas.compiler import (
+    check_nesting,
+    compile_canvas,
+    encode_args,
+    encode_kwargs,
+)
 from stem.canvas.errors import (
     CanvasError,
     InvalidCanvas,
@@ -52,10 +58,26 @@ _CROCKFORD = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _FILLED_DEFAULTS_MAX = 1024
 
 
+#: Maps base32 (RFC 4648) digits to the Crockford digits of the same value.
+_BASE32_TO_CROCKFORD = bytes.maketrans(
+    b"ABCDEFGHIJKLMNOPQRSTUVWXYZ234567", _CROCKFORD.encode()
+)
+
+
 def new_run_id() -> str:
     """Return a new ULID: 26 characters that sort by creation time."""
     value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
-    return "".join(_CROCKFORD[(value >> shift) & 31] for shift in range(125, -1, -5))
+    return ulid_text(value)
+
+
+def ulid_text(value: int) -> str:
+    """Return a 128-bit value as a ULID's 26 Crockford base32 digits.
+
+    160 bits are 32 base32 digits, so the last 26 digits of the 20-byte
+    value are its low 130 bits, which base64.b32encode computes in C.
+    """
+    digits = base64.b32encode(value.to_bytes(20, "big"))[6:]
+    return digits.translate(_BASE32_TO_CROCKFORD).decode()
 
 
 class Task:
@@ -156,7 +178,7 @@ class Task:
 
     def delay(self, *args: Any, **kwargs: Any) -> AsyncResult:
         """Submit one call of this task as a run of one node."""
-        return self.apply_async(args, kwargs)
+        return self.app._submit_call(self, args, kwargs)
 
     def apply_async(
         self,
@@ -182,22 +204,40 @@ class Task:
         Unlike `map`, `starmap` and `chunks`, which run all calls in one
         run, each call here is its own run with its own result.
         """
-        signatures: list[Signature] = []
-        for index, args in enumerate(args_list):
+        items = list(args_list)
+        for index, args in enumerate(items):
             if not isinstance(args, (list, tuple)):
                 raise InvalidCanvas(
                     f"apply_many(): item {index} is {args!r}, not a tuple or list "
                     f"of arguments; pass ({args!r},) for a single argument."
                 )
-            signatures.append(self.signature(args))
         if "run_id" in options:
             raise InvalidOption(
                 "apply_many(): run_id is not an option here; pass run_ids=[...] "
                 "with one id per item of args_list."
             )
-        return self.app._submit_many(
-            signatures, run_ids, options, call="apply_many()", items_name="args_list"
-        )
+        call = "apply_many()"
+        ids = self.app._bulk_run_ids(run_ids, len(items), call, "args_list")
+        _check_shared_options(options, call)
+        if not items:
+            return ResultSet([], self.app)
+        # Every run is the same canvas with other arguments, so it is
+        # compiled once, and each run's spec is a copy with its own
+        # arguments in the task's node, which compiles first ("0").
+        try:
+            _, template = self.app._compile_run(self.signature(()), (), None, options)
+        except CanvasError as err:
+            raise _at_index(err, "args_list[0]", call) from err
+        runs: list[tuple[str, GraphSpec]] = []
+        with paused_gc():
+            for index, (args, run_id) in enumerate(zip(items, ids, strict=True)):
+                try:
+                    checked_id = _check_run_id(run_id)
+                    encoded = encode_args(args)
+                except CanvasError as err:
+                    raise _at_index(err, f"args_list[{index}]", call) from err
+                runs.append((checked_id, template.with_root_args(encoded)))
+        return self.app._store_runs(runs, call)
 
     def map(self, items: Iterable[Any]) -> Signature:
         """Call the task on each item in one worker: Celery's ``task.map``."""
@@ -254,6 +294,8 @@ class App:
         self._driver_lock = threading.Lock()
         #: Filled options of calls that set no option, by task and defaults.
         self._filled_defaults: dict[tuple[str, Hashable], NodeOptions] = {}
+        #: Compiled runs of calls with no arguments or options, by task and defaults.
+        self._call_templates: dict[tuple[str, Hashable], GraphSpec] = {}
         self._register_builtins()
         for entry_name, fields in (beat_schedule or {}).items():
             self._add_entry(entry_from_mapping(entry_name, fields))
@@ -395,25 +437,7 @@ class App:
     ) -> ResultSet:
         """Submit the runs of `submit_many`; errors name ``call`` and ``items_name``."""
         items = list(canvases)
-        ids: list[Any] = [None] * len(items)
-        if run_ids is not None:
-            ids = list(run_ids)
-            if len(ids) != len(items):
-                raise InvalidOption(
-                    f"{call}: {len(ids)} run_ids for {len(items)} {items_name}; "
-                    f"pass one run id per item of {items_name}."
-                )
-            first_index: dict[str, int] = {}
-            for index, run_id in enumerate(ids):
-                if not isinstance(run_id, str):
-                    continue  # _compile_run rejects it, naming its index
-                if run_id in first_index:
-                    raise InvalidOption(
-                        f"{call}: run_ids[{index}] {run_id!r} repeats "
-                        f"run_ids[{first_index[run_id]}]; each canvas needs a run "
-                        "id of its own, or the later one is taken as submitted."
-                    )
-                first_index.setdefault(run_id, index)
+        ids = self._bulk_run_ids(run_ids, len(items), call, items_name)
         _check_shared_options(options, call)
         runs: list[tuple[str, GraphSpec]] = []
         with paused_gc():
@@ -426,6 +450,44 @@ class App:
                     )
                 except CanvasError as err:
                     raise _at_index(err, f"{items_name}[{index}]", call) from err
+        return self._store_runs(runs, call)
+
+    def _bulk_run_ids(
+        self, run_ids: Sequence[str] | None, count: int, call: str, items_name: str
+    ) -> list[Any]:
+        """Return the run id of each item of a bulk call, None where none was given.
+
+        Raises:
+            InvalidOption: if the number of ids is not ``count``, or an id
+                repeats. Other invalid ids are rejected per item.
+        """
+        if run_ids is None:
+            return [None] * count
+        ids: list[Any] = list(run_ids)
+        if len(ids) != count:
+            raise InvalidOption(
+                f"{call}: {len(ids)} run_ids for {count} {items_name}; "
+                f"pass one run id per item of {items_name}."
+            )
+        first_index: dict[str, int] = {}
+        for index, run_id in enumerate(ids):
+            if not isinstance(run_id, str):
+                continue  # _check_run_id rejects it, naming its index
+            if run_id in first_index:
+                raise InvalidOption(
+                    f"{call}: run_ids[{index}] {run_id!r} repeats "
+                    f"run_ids[{first_index[run_id]}]; each canvas needs a run "
+                    "id of its own, or the later one is taken as submitted."
+                )
+            first_index.setdefault(run_id, index)
+        return ids
+
+    def _store_runs(self, runs: list[tuple[str, GraphSpec]], call: str) -> ResultSet:
+        """Store compiled runs with one `submit_many` of the driver.
+
+        Raises:
+            PartialSubmitError: if the store failed for some runs.
+        """
         outcomes = self.driver.submit_many(runs) if runs else []
         failed = {
             run_id: outcome
@@ -447,6 +509,42 @@ class App:
             )
         log.debug("Submitted %d runs.", len(runs))
         return ResultSet([AsyncResult(run_id, self) for run_id, _ in runs], self)
+
+    def _submit_call(
+        self, task: Task, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncResult:
+        """Submit one call of a task with no options, as `Task.delay` does.
+
+        The task's run is compiled once while its defaults stay the same,
+        and each call's spec is a copy with the call's arguments.
+        """
+        template = self._call_template(task)
+        if template is None:
+            return self.submit(task.signature(args, kwargs))
+        with paused_gc():
+            spec = template.with_root_args(encode_args(args), encode_kwargs(kwargs))
+        run_id = new_run_id()
+        if self.driver.submit(run_id, spec):
+            log.debug("Submitted run %s with %d nodes.", run_id, len(spec.nodes))
+        return AsyncResult(run_id, self)
+
+    def _call_template(self, task: Task) -> GraphSpec | None:
+        """Return the compiled run of a task called with no arguments or options.
+
+        It is computed again when the task's options or the app's default
+        queue change. None when an option value cannot be hashed.
+        """
+        defaults_key = _options_key({"queue": self.default_queue, **task.options})
+        if defaults_key is None:
+            return None
+        key = (task.name, defaults_key)
+        template = self._call_templates.get(key)
+        if template is None:
+            template = self._compile_run(task.signature(()), (), None, None)[1]
+            if len(self._call_templates) >= _FILLED_DEFAULTS_MAX:
+                self._call_templates.clear()
+            self._call_templates[key] = template
+        return template
 
     def _compile_run(
         self,

@@ -44,7 +44,14 @@ from redis.exceptions import RedisClusterException
 
 from stem.canvas.errors import StemError
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, NodeId, NodeSpec, template_nodes
+from stem.canvas.spec import (
+    GraphSpec,
+    NodeId,
+    NodeSpec,
+    SpecText,
+    same_layout,
+    template_nodes,
+)
 from stem.canvas.text import printable
 from stem.canvas.values import decode
 from stem.drivers.redis import layout
@@ -144,6 +151,33 @@ class _LargeRun:
     graph: list[str]
     state: list[str]
     counts: list[str]
+
+
+@dataclasses.dataclass(frozen=True)
+class _SubmitLayout:
+    """The submit script arguments of a spec, less the run's key and spec JSON.
+
+    They depend only on the spec's layout, so runs whose specs differ only
+    in arguments (see `same_layout`) share one.
+    """
+
+    #: The spec the arguments were computed for.
+    spec: GraphSpec
+    #: The arguments before the spec JSON: the root nodes and the version.
+    head: tuple[str, ...]
+    #: The arguments after it.
+    tail: tuple[str, ...]
+    #: The cut JSON text of this layout, which writes its specs; None until cut.
+    text: SpecText | None = None
+    #: Whether cutting the text was tried.
+    cut: bool = False
+
+    def call(
+        self, run_key: str, spec: GraphSpec
+    ) -> tuple[list[str], list[str | int | float]]:
+        """Return the keys and arguments of the submit script for one run."""
+        spec_json = spec.to_json() if self.text is None else self.text.write(spec)
+        return [run_key], [*self.head, spec_json, *self.tail]
 
 
 class RedisDriver(ShardRuns):
@@ -280,6 +314,9 @@ class RedisDriver(ShardRuns):
         self._specs: collections.OrderedDict[str, tuple[str, GraphSpec]] = (
             collections.OrderedDict()
         )
+        self._spec_parser = layout.SpecParser()
+        #: The submit layout of the last run stored with one script call.
+        self._shared_layout: _SubmitLayout | None = None
         self._cached_nodes = 0
         self._last_reclaim = 0.0
         self._last_promote = 0.0
@@ -297,10 +334,12 @@ class RedisDriver(ShardRuns):
     # -- graph store --------------------------------------------------------
 
     def submit(self, run_id: str, spec: GraphSpec) -> bool:
-        plan = plan_shards(spec, self._shard_size)
-        if plan is None:
-            return self._submit_run(run_id, spec)
-        return self._submit_sharded(run_id, plan)
+        found = self._layout_or_store(run_id, spec)
+        if isinstance(found, bool):
+            return found
+        keys, args = found.call(self._keys.run(run_id).run, spec)
+        reply = self._scripts.call("submit", keys, args, run_id=run_id)
+        return self._submitted(run_id, spec, reply)
 
     def _submit_run(
         self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
@@ -336,14 +375,15 @@ class RedisDriver(ShardRuns):
             for index in range(first, min(first + _PIPELINE_BATCH, len(runs))):
                 run_id, spec = runs[index]
                 try:
-                    call = self._submit_call_or_store(run_id, spec)
+                    found = self._layout_or_store(run_id, spec)
                 except StemError as err:
                     results[index] = err
                     continue
-                if isinstance(call, bool):
-                    results[index] = call
+                if isinstance(found, bool):
+                    results[index] = found
                     continue
-                calls.append(("submit", *call))
+                run_key = self._keys.run(run_id).run
+                calls.append(("submit", *found.call(run_key, spec)))
                 piped.append(index)
             try:
                 replies = self._scripts.call_many(calls) if calls else []
@@ -362,22 +402,34 @@ class RedisDriver(ShardRuns):
             done.append(result)
         return done
 
-    def _submit_call_or_store(
-        self, run_id: str, spec: GraphSpec
-    ) -> tuple[list[str], list[str | int | float]] | bool:
-        """Return the submit script call of a run, or store a run too large for one.
+    def _layout_or_store(self, run_id: str, spec: GraphSpec) -> _SubmitLayout | bool:
+        """Return the submit layout of a run, or store a run too large for one call.
 
         A sharded or large run is stored at once, and what `submit` returns
-        for it is returned instead of a call.
+        for it is returned instead of a layout. The last layout is reused
+        while the next specs share it (`same_layout`), as the copies that
+        ``Task.apply_many()`` and ``Task.delay()`` make do, and its spec
+        text is cut (`SpecText`) once a second spec shares it.
         """
+        shared = self._shared_layout
+        if shared is not None and same_layout(shared.spec, spec):
+            if shared.text is None and not shared.cut:
+                shared = dataclasses.replace(
+                    shared, text=_cut_text(shared.spec), cut=True
+                )
+                self._shared_layout = shared
+            return shared
         plan = plan_shards(spec, self._shard_size)
         if plan is not None:
             return self._submit_sharded(run_id, plan)
         with paused_gc():
-            call = self._submit_call(run_id, spec)
-        if isinstance(call, _LargeRun):
-            return self._submit_large(run_id, spec, call.graph, call.state, call.counts)
-        return call
+            found = self._submit_layout(spec)
+        if isinstance(found, _LargeRun):
+            return self._submit_large(
+                run_id, spec, found.graph, found.state, found.counts
+            )
+        self._shared_layout = found
+        return found
 
     def _submitted_or_error(
         self, run_id: str, spec: GraphSpec, reply: Any
@@ -403,6 +455,19 @@ class RedisDriver(ShardRuns):
         `_submit_large` writes in chunks instead. The caller pauses the
         cyclic collector.
         """
+        found = self._submit_layout(spec, extra_graph)
+        if isinstance(found, _LargeRun):
+            return found
+        # The script builds the run's other keys from the run hash's.
+        return found.call(self._keys.run(run_id).run, spec)
+
+    def _submit_layout(
+        self, spec: GraphSpec, extra_graph: Sequence[str] = ()
+    ) -> _SubmitLayout | _LargeRun:
+        """Return the submit script arguments that the spec's layout decides.
+
+        See `_submit_call`, which adds the run's key and spec JSON.
+        """
         graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
         counts = layout.initial_counts(spec.nodes)
         state = [
@@ -412,10 +477,7 @@ class RedisDriver(ShardRuns):
         if (len(graph) + len(state)) // 2 > self._submit_chunk:
             return _LargeRun(graph, state, counts)
         roots = (node.id for node in spec.nodes if _queued_at_start(node))
-        args: list[str | int | float] = [
-            ",".join(roots),
-            "1",
-            spec.to_json(),
+        tail = (
             ",".join(node.id for node in spec.nodes),
             ",".join(spec.sinks),
             ",".join(layout.nodes_reaching_sinks(spec)),
@@ -427,10 +489,8 @@ class RedisDriver(ShardRuns):
             str(len(counts) // 2),
             *counts,
             *state,
-        ]
-        # The script builds the run's other keys from the run hash's.
-        keys = [self._keys.run(run_id).run]
-        return keys, args
+        )
+        return _SubmitLayout(spec=spec, head=(",".join(roots), "1"), tail=tail)
 
     def _submitted(self, run_id: str, spec: GraphSpec, reply: Any) -> bool:
         """Check a submit script's reply; True if it created the run."""
@@ -1104,11 +1164,11 @@ class RedisDriver(ShardRuns):
 
     def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
-        run_key = self._keys.run(run_id).run
         while True:
             ended = self._read_if_ended(run_id)
             if ended is not None:
                 return ended
+            run_key = self._keys.run(run_id).run
             # A running run is polled with HGET, a fifth of the script call's
             # bytes, until its status changes.
             status: Any = "running"
@@ -1498,7 +1558,7 @@ class RedisDriver(ShardRuns):
             text = found[1] if found[1] is not None else self._large_spec(run_id)
         # Parsed outside the lock: a large spec takes seconds to parse, and
         # other runs' claims must not wait for it.
-        spec = GraphSpec.from_json(text)
+        spec = self._spec_parser.parse(text)
         self._store_spec(run_id, version, spec)
         return spec
 
@@ -1907,6 +1967,14 @@ class RedisDriver(ShardRuns):
             yield
         except redis.RedisError as err:
             raise DriverError(f"Redis failed to {action} at {self}: {err}") from err
+
+
+def _cut_text(spec: GraphSpec) -> SpecText | None:
+    """Return the cut text of a spec's layout, or None when it cannot be cut."""
+    try:
+        return SpecText(spec)
+    except ValueError:
+        return None
 
 
 def _check_seconds(name: str, value: Any, *, zero: bool) -> None:

@@ -19,7 +19,9 @@ from stem.canvas.errors import StemInternalError
 from stem.canvas.spec import (
     GraphSpec,
     NodeId,
+    NodeInput,
     NodeSpec,
+    SpecText,
     node_order,
     template_nodes,
 )
@@ -324,8 +326,10 @@ def snapshot_of(
     typed_status: RunStatus = status  # type: ignore[assignment]  # checked above
     value: str | None = None
     if typed_status == "succeeded":
-        state = RunState(run_id=run_id, spec=spec, nodes=nodes)
-        value = dumps(machine.run_value(state))
+        value = _stored_run_value(spec, nodes)
+        if value is None:
+            state = RunState(run_id=run_id, spec=spec, nodes=nodes)
+            value = dumps(machine.run_value(state))
     return RunSnapshot(
         run_id=run_id,
         status=typed_status,
@@ -337,6 +341,27 @@ def snapshot_of(
         error_node=run.get("error_node") or None,
         epoch=int(run.get("epoch", "1")),
     )
+
+
+def _stored_run_value(spec: GraphSpec, nodes: dict[NodeId, NodeRecord]) -> str | None:
+    """Return the run's value text when it is one node's stored value as it is.
+
+    That is so when the output is one succeeded node that keeps its value,
+    as for a run of one task. The worker stored that text with ``dumps``,
+    so it is what ``dumps(machine.run_value(...))`` would give, without
+    parsing and writing it again. None means the value must be built.
+    """
+    output = spec.output
+    if not isinstance(output, NodeInput):
+        return None
+    record = nodes[output.node]
+    if record.state != "succeeded":
+        return None
+    first = spec.nodes[0]
+    node = first if first.id == output.node else spec.node(output.node)
+    if node.options.ignore_result:
+        return None
+    return dumps(None) if record.value is None else record.value
 
 
 def replay_args(run: RunState, node_id: NodeId) -> list[str | int | float]:
@@ -384,4 +409,77 @@ def _deps_text(node: NodeSpec) -> str:
     return ",".join(
         f"{dep}={'S' if settled_join or dep in node.settled else 's'}"
         for dep in node.deps
+    )
+
+
+#: Full parses after which `SpecParser` cuts a new layout's text even though
+#: its last cut matched no text.
+_CUT_RETRY_PARSES = 16
+#: Layouts whose cut texts a `SpecParser` keeps, the latest first.
+_CUTS_KEPT = 4
+
+
+class SpecParser:
+    """Parse run specs, reading only the arguments of texts of known layouts.
+
+    Runs that ``Task.apply_many()`` submits, or that repeat one task with
+    other arguments, have texts that differ only in the first node's
+    arguments. After two full parses in a row of specs whose first node has
+    the same task and whose node counts match, the parser cuts the last
+    text's layout (`SpecText`), and parses each following text of a cut
+    layout from its arguments alone. It keeps the cuts of `_CUTS_KEPT`
+    layouts. While the latest cut has matched no text, a new one is made
+    only after `_CUT_RETRY_PARSES` more full parses, which bounds the cost
+    of cutting for runs that never share a layout.
+
+    Threads may share a parser: a race costs a redundant parse or cut only.
+    """
+
+    def __init__(self) -> None:
+        self._cuts: tuple[SpecText, ...] = ()
+        self._latest_hits = 0
+        self._last: GraphSpec | None = None
+        self._parses_since_cut = 0
+
+    def parse(self, text: str) -> GraphSpec:
+        """Parse a spec's JSON text, as `GraphSpec.from_json` does."""
+        cuts = self._cuts
+        for position, cut in enumerate(cuts):
+            spec = cut.read(text)
+            if spec is not None:
+                if position == 0:
+                    self._latest_hits += 1
+                return spec
+        spec = GraphSpec.from_json(text)
+        last, self._last = self._last, spec
+        self._parses_since_cut += 1
+        if last is not None and _alike(last, spec) and self._may_cut():
+            self._cut_text(spec, text)
+        return spec
+
+    def _may_cut(self) -> bool:
+        return (
+            not self._cuts
+            or self._latest_hits > 0
+            or self._parses_since_cut >= _CUT_RETRY_PARSES
+        )
+
+    def _cut_text(self, spec: GraphSpec, text: str) -> None:
+        self._parses_since_cut = 0
+        try:
+            cut = SpecText(spec)
+        except ValueError:
+            return
+        # Keep the cut only if it reads the form this text was written in.
+        if cut.read(text) is not None:
+            self._cuts = (cut, *self._cuts[: _CUTS_KEPT - 1])
+            self._latest_hits = 0
+
+
+def _alike(first: GraphSpec, second: GraphSpec) -> bool:
+    """Tell whether two specs may share a layout: a cheap test, not a proof."""
+    return (
+        len(first.nodes) == len(second.nodes)
+        and bool(first.nodes)
+        and first.nodes[0].task == second.nodes[0].task
     )

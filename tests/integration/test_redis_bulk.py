@@ -84,6 +84,27 @@ def test_submit_many_pipelines_per_batch(
         assert results.get(TIMEOUT_S) == [i + 1 for i in range(10)]
 
 
+def test_apply_many_lays_out_once(app: App, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(driver_module, "_PIPELINE_BATCH", 4)
+    laid_out: list[int] = []
+    graph_fields = driver_module.layout.graph_fields
+
+    def counted(spec: Any, *, defaults: bool = True) -> list[str]:
+        laid_out.append(len(spec.nodes))
+        return graph_fields(spec, defaults=defaults)
+
+    monkeypatch.setattr(driver_module.layout, "graph_fields", counted)
+    add = app.tasks["add"]
+    results = add.apply_many([(i, 1) for i in range(10)])
+    # The copies of one compiled spec share its layout, across batches.
+    assert laid_out == [1]
+    compiled = app.submit_many([add.s(i, 2) for i in range(3)])
+    assert laid_out == [1, 1, 1, 1]
+    with app.worker(concurrency=4):
+        assert results.get(TIMEOUT_S) == [i + 1 for i in range(10)]
+        assert compiled.get(TIMEOUT_S) == [i + 2 for i in range(3)]
+
+
 def test_result_set_reads_ended_runs_in_batches(
     app: App, monkeypatch: pytest.MonkeyPatch
 ) -> None:

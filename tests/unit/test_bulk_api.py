@@ -7,6 +7,7 @@ tests/conformance/test_bulk_runs.py.
 from __future__ import annotations
 
 import gc
+import random
 from collections.abc import Iterator
 from typing import Any
 
@@ -14,7 +15,9 @@ import pytest
 
 from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import NodeOptions
+from stem.canvas.spec import NodeOptions, same_layout
+from stem.engine.app import new_run_id, ulid_text
+from stem.errors import InvalidOption, NotSerializable
 
 
 @pytest.fixture
@@ -134,3 +137,119 @@ def test_paused_gc_resumes_after_error() -> None:
     with pytest.raises(KeyError), paused_gc():
         raise KeyError("planned")
     assert gc.isenabled()
+
+
+def test_apply_many_specs_match_compiled(app: App) -> None:
+    @app.task(name="pair", queue="pairs")
+    def pair(x: Any, y: Any = None) -> list[Any]:
+        return [x, y]
+
+    @app.task(name="after")
+    def after(value: Any) -> Any:
+        return value
+
+    items: list[tuple[Any, ...]] = [(1,), (2.5, "b"), ([1, {"k": None}],), ()]
+    options = {"priority": 4, "link": after.s()}
+    bulk = pair.apply_many(items, **options)
+    for result, args in zip(bulk, items, strict=True):
+        one = pair.apply_async(args, **options)
+        got = app.driver.snapshot(result.id).spec
+        expected = app.driver.snapshot(one.id).spec
+        assert got == expected
+        assert got.node("0").args == list(args)
+
+
+def test_with_root_args_drops_cached_nodes(app: App) -> None:
+    @app.task(name="one")
+    def one(x: int) -> int:
+        return x
+
+    spec = app._compile_run(one.s(1), (), None, None)[1]
+    assert spec.node("0").args == [1]  # fills the by_id cache
+    copy = spec.with_root_args([2])
+    assert copy.node("0").args == [2]
+    assert copy.nodes[0].args == [2]
+    assert spec.node("0").args == [1]
+
+
+def test_same_layout_only_for_copies(app: App) -> None:
+    @app.task(name="one")
+    def one(x: int) -> int:
+        return x
+
+    spec = app._compile_run(one.s(1), (), None, None)[1]
+    twin = app._compile_run(one.s(1), (), None, None)[1]
+    assert same_layout(spec, spec)
+    assert same_layout(spec, spec.with_root_args([2]))
+    assert same_layout(spec.with_root_args([3]), spec.with_root_args([4]))
+    # Equal, but compiled apart: nothing shows they share a layout.
+    assert twin == spec
+    assert not same_layout(spec, twin)
+    moved = spec.model_copy(update={"sinks": ["0"]})
+    assert not same_layout(spec, moved)
+
+
+def test_delay_spec_matches_compiled(app: App) -> None:
+    @app.task(name="call")
+    def call(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    cases: list[tuple[tuple[Any, ...], dict[str, Any]]] = [
+        ((), {}),
+        ((1, "two"), {}),
+        ((), {"key": [1, {"a": None}]}),
+        ((2.5,), {"flag": True}),
+    ]
+    for args, kwargs in cases:
+        fast = call.delay(*args, **kwargs)
+        compiled = app.submit(call.signature(args, kwargs))
+        got = app.driver.snapshot(fast.id).spec
+        assert got == app.driver.snapshot(compiled.id).spec
+        assert got.node("0").args == list(args)
+        assert got.node("0").kwargs == kwargs
+
+
+def test_delay_rejects_bad_arguments(app: App) -> None:
+    @app.task(name="call")
+    def call(*args: Any, **kwargs: Any) -> None:
+        return None
+
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(1, object())
+    assert str(caught.value).startswith("args[1]: ")
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(value={1, 2})
+    assert str(caught.value).startswith("kwargs['value']: ")
+    with pytest.raises(NotSerializable) as caught:
+        call.delay(**{"not valid": 1})
+    assert str(caught.value).startswith("kwargs: ")
+    assert app.driver.list_runs().runs == []
+
+
+def test_delay_follows_task_options(app: App) -> None:
+    @app.task(name="call", queue="first")
+    def call() -> None:
+        return None
+
+    assert _options(app, call.delay().id).queue == "first"
+    call.options["queue"] = "second"
+    assert _options(app, call.delay().id).queue == "second"
+    app.default_queue = "fallback"
+    del call.options["queue"]
+    assert _options(app, call.delay().id).queue == "fallback"
+    call.options["priority"] = [1]  # unhashable: compiled per call
+    with pytest.raises(InvalidOption):
+        call.delay()
+
+
+def _ulid_digits(value: int) -> str:
+    alphabet = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
+    return "".join(alphabet[(value >> shift) & 31] for shift in range(125, -1, -5))
+
+
+def test_ulid_text_matches_digits() -> None:
+    values = [0, 1, 31, 32, (1 << 128) - 1, 1 << 127, 0x0123456789ABCDEF << 64]
+    values += [random.getrandbits(128) for _ in range(1000)]
+    for value in values:
+        assert ulid_text(value) == _ulid_digits(value)
+    assert len(new_run_id()) == 26
