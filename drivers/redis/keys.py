@@ -57,7 +57,9 @@ key                      type       contents
                                     ignore_result node, ``/readers``;
                                     ``/end_role`` (``sink``, ``reaching``
                                     when its failure reaches a sink, or
-                                    ``none``); for a
+                                    ``none``; a node without it takes the
+                                    run-level ``end_role`` field, or
+                                    ``reaching``); for a
                                     callback that joins shards, ``/shards``
                                     (its shard nodes); for a home run of
                                     shards, ``shard_nodes`` (all of them); a new

@@ -68,19 +68,27 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
     """Return the run graph hash as a flat field/value list, one entry per attribute.
 
     With ``defaults=False`` an attribute equal to its `GRAPH_DEFAULTS` value is
-    left out, which keeps a chord member to two or three fields. Only a new
-    run may leave fields out: a splice rewrites the fields of existing nodes,
-    so it must write every one to replace an older value.
+    left out, which keeps a chord member to two or three fields. When most
+    nodes are sinks (a shard run's members, a group), a run-level
+    ``end_role`` field says so once and only the other nodes get
+    ``/end_role``. Only a new run may leave fields out: a splice rewrites the
+    fields of existing nodes, so it must write every one to replace an older
+    value.
     """
     dependents = spec.dependents
     errbacks = spec.errbacks_covering
     readers = spec.readers
     sinks = set(spec.sinks)
     reaching = _reaching_sinks(spec)
+    run_end_role = GRAPH_DEFAULTS["end_role"]
+    if not defaults and 2 * len(sinks) > len(spec.nodes):
+        run_end_role = "sink"
     # Nodes of a large group share one NodeOptions object, so its fields are
     # converted once. The spec keeps every key's object alive.
     option_fields: dict[int, tuple[str, str, str]] = {}
     flat: list[str] = []
+    if run_end_role != GRAPH_DEFAULTS["end_role"]:
+        flat += ["end_role", run_end_role]
     for node in spec.nodes:
         ignore = bool(node.options.ignore_result)
         reads = list(dict.fromkeys(template_nodes(node.input)))
@@ -114,7 +122,8 @@ def graph_fields(spec: GraphSpec, *, defaults: bool = True) -> list[str]:
             "end_role": _end_role(node.id, sinks, reaching),
         }
         for name, value in fields.items():
-            if defaults or GRAPH_DEFAULTS.get(name) != value:
+            default = run_end_role if name == "end_role" else GRAPH_DEFAULTS.get(name)
+            if defaults or default != value:
                 flat += [f"{node.id}/{name}", value]
     return flat
 

@@ -241,7 +241,7 @@ def _run_with_failed_sinks(redis_target: Any, *, before_counters: bool) -> Any:
     """Fail nodes 9, 11 and 0 of a run, succeed the rest; return its snapshot.
 
     With ``before_counters`` the run looks as an older driver wrote it: no
-    "sinks_not_succeeded" field and no /end_role graph fields.
+    "sinks_not_succeeded" field and no "end_role" or /end_role graph fields.
     """
     driver = _driver(redis_target, prefix=_prefix())
     app = App("memory://")
@@ -263,7 +263,7 @@ def _run_with_failed_sinks(redis_target: Any, *, before_counters: bool) -> Any:
             client = redis_target.client()
             client.hdel(run_keys.run, "sinks_not_succeeded")
             roles = [field for field in client.hkeys(run_keys.graph)
-                     if field.endswith("/end_role")]  # fmt: skip
+                     if field.endswith("end_role")]  # fmt: skip
             assert roles
             client.hdel(run_keys.graph, *roles)
             client.close()

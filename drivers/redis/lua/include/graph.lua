@@ -59,7 +59,9 @@ local INFO_FIELDS = {"side", "group", "drops", "task", "ignore", "dependents",
   "end_role"}
 local infos = {}
 
--- Return a table of the node's INFO_FIELDS, each false when missing.
+-- Return a table of the node's INFO_FIELDS, each false when missing. A node
+-- without "/end_role" takes the run's "end_role" field (layout.py writes it
+-- when most nodes are sinks, as in a shard run), else "reaching".
 local function info_of(node)
   local info = infos[node]
   if not info then
@@ -67,11 +69,13 @@ local function info_of(node)
     for index, name in ipairs(INFO_FIELDS) do
       fields[index] = node .. "/" .. name
     end
+    fields[#fields + 1] = "end_role"
     local found = rcall("HMGET", graph_key, unpack(fields))
     info = {}
     for index, name in ipairs(INFO_FIELDS) do
       info[name] = found[index]
     end
+    info.end_role = info.end_role or found[#fields]
     infos[node] = info
   end
   return info

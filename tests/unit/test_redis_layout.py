@@ -1,0 +1,48 @@
+"""The graph hash fields that layout.graph_fields writes for a new run."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from stem import App, chord, group
+from stem.canvas.compiler import compile_canvas
+from stem.drivers.redis.layout import graph_fields
+
+
+def _fields(canvas: Any) -> dict[str, str]:
+    flat = graph_fields(compile_canvas(canvas), defaults=False)
+    return dict(zip(flat[::2], flat[1::2], strict=True))
+
+
+def test_group_of_sinks_names_the_role_once() -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+
+    fields = _fields(group(add.s(i, i) for i in range(50)))
+
+    assert fields["end_role"] == "sink"
+    assert not [name for name in fields if name.endswith("/end_role")]
+
+
+def test_chord_members_take_the_reaching_default() -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    total = app.task(name="total")(lambda values: sum(values))
+
+    fields = _fields(chord([add.s(i, i) for i in range(50)], total.s()))
+
+    assert "end_role" not in fields
+    assert [name for name in fields if name.endswith("/end_role")] == ["50/end_role"]
+    assert fields["50/end_role"] == "sink"
+
+
+def test_full_fields_name_every_role() -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    spec = compile_canvas(group(add.s(i, i) for i in range(3)))
+
+    flat = graph_fields(spec)
+    fields = dict(zip(flat[::2], flat[1::2], strict=True))
+
+    assert "end_role" not in fields
+    assert [fields[f"{i}/end_role"] for i in range(3)] == ["sink"] * 3
