@@ -207,7 +207,9 @@ class MemoryDriver:
         with self._lock:
             return _snapshot(self._wait_for_end(run_id, timeout_s))
 
-    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
+    def wait_ended(
+        self, run_id: str, timeout_s: float | None, *, full: bool = True
+    ) -> RunSnapshot | None:
         with self._lock:
             run = self._wait_for_end(run_id, timeout_s)
             return None if run.status == "running" else _snapshot(run)

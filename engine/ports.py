@@ -240,13 +240,18 @@ class GraphStore(Protocol):
         """Block until the run ends or the timeout passes, then return its state."""
         ...
 
-    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
+    def wait_ended(
+        self, run_id: str, timeout_s: float | None, *, full: bool = True
+    ) -> RunSnapshot | None:
         """Block until the run ends or the timeout passes; None if it is running.
 
         It may return None before the timeout when the driver can tell that
         the run cannot end (memory:// with no worker). Unlike `wait`, it
         builds no snapshot of a running run, which for a run of a million
-        nodes costs seconds and gigabytes.
+        nodes costs seconds and gigabytes. With ``full=False`` the snapshot
+        of a succeeded run needs only its status and value to be right: a
+        driver may leave parts of its graph as they are stored (the Redis
+        driver's shard nodes) instead of expanding them.
         """
         ...
 

@@ -133,7 +133,8 @@ class AsyncResult:
         driver = self.app.driver
 
         def wait_slice(seconds: float) -> RunSnapshot | None:
-            return driver.wait_ended(self.id, seconds)
+            # get() reads only the value of a succeeded run.
+            return driver.wait_ended(self.id, seconds, full=False)
 
         def warn(idle_s: float) -> None:
             self._warn_no_worker(driver.snapshot(self.id), idle_s)

@@ -1078,12 +1078,23 @@ class RedisDriver(ShardRuns):
         version: str,
         text: str,
         hashes: tuple[dict[str, str], dict[str, str], dict[str, str]],
+        *,
+        full: bool = True,
     ) -> RunSnapshot:
-        """Build a snapshot from the run hash fields and the three node hashes."""
+        """Build a snapshot from the run hash fields and the three node hashes.
+
+        A home run's shard nodes are replaced by their shards' nodes, which
+        reads every shard. With ``full=False`` a succeeded run whose value
+        reads no shard node keeps its shard nodes, since its value does not
+        change.
+        """
         spec = self._cached_spec(run_id, version, text)
         with paused_gc():
             nodes = layout.node_records(spec, *hashes)
         shard_nodes = [node.id for node in spec.nodes if node.task == SHARD_TASK]
+        value_only = not full and run.get("status") == "succeeded"
+        if value_only and not set(template_nodes(spec.output)) & set(shard_nodes):
+            shard_nodes = []
         if shard_nodes:
             spec, nodes = self._merge_shards(run_id, spec, nodes, shard_nodes)
             error_node = run.get("error_node")
@@ -1096,19 +1107,19 @@ class RedisDriver(ShardRuns):
         with paused_gc():
             return layout.snapshot_of(run_id, spec, run, nodes)
 
-    def _read_if_ended(self, run_id: str) -> RunSnapshot | None:
+    def _read_if_ended(self, run_id: str, *, full: bool = True) -> RunSnapshot | None:
         """Return the run's snapshot if it has ended, else None.
 
         One script call reads the status and, if the run has ended, the node
         hashes, unless the spec must be read too (a large run's spec is not
-        in its run hash).
+        in its run hash). ``full`` is `wait_ended`'s.
 
         Raises:
             RunNotFound: if the run does not exist.
         """
         keys, fields_read = self._read_ended_call(run_id)
         reply = self._scripts.call("read_ended", keys, fields_read, run_id=run_id)
-        return self._ended_from_reply(run_id, fields_read, reply)
+        return self._ended_from_reply(run_id, fields_read, reply, full=full)
 
     def _read_ended_many(self, run_ids: Sequence[str]) -> list[RunSnapshot | None]:
         """Do what `_read_if_ended` does for each run, pipelined per batch."""
@@ -1138,7 +1149,12 @@ class RedisDriver(ShardRuns):
         return [keys.run, keys.nodes, keys.values, keys.errors], list(fields_read)
 
     def _ended_from_reply(
-        self, run_id: str, fields_read: Sequence[Any], reply: Any
+        self,
+        run_id: str,
+        fields_read: Sequence[Any],
+        reply: Any,
+        *,
+        full: bool = True,
     ) -> RunSnapshot | None:
         """Build the snapshot of an ended run from a read_ended reply; None if running.
 
@@ -1156,16 +1172,18 @@ class RedisDriver(ShardRuns):
             # was parsed: snapshot reads either.
             return self.snapshot(run_id)
         hashes = (_pairs(reply[1]), _pairs(reply[2]), _pairs(reply[3]))
-        return self._snapshot_of(run_id, run, version, text, hashes)
+        return self._snapshot_of(run_id, run, version, text, hashes, full=full)
 
     def wait(self, run_id: str, timeout_s: float | None) -> RunSnapshot:
         ended = self.wait_ended(run_id, timeout_s)
         return self.snapshot(run_id) if ended is None else ended
 
-    def wait_ended(self, run_id: str, timeout_s: float | None) -> RunSnapshot | None:
+    def wait_ended(
+        self, run_id: str, timeout_s: float | None, *, full: bool = True
+    ) -> RunSnapshot | None:
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         while True:
-            ended = self._read_if_ended(run_id)
+            ended = self._read_if_ended(run_id, full=full)
             if ended is not None:
                 return ended
             run_key = self._keys.run(run_id).run
@@ -1175,7 +1193,7 @@ class RedisDriver(ShardRuns):
             while status == "running":
                 remaining = None if deadline is None else deadline - time.monotonic()
                 if remaining is not None and remaining <= 0:
-                    return self._read_if_ended(run_id)
+                    return self._read_if_ended(run_id, full=full)
                 pause = self._poll_interval_s
                 time.sleep(pause if remaining is None else min(pause, remaining))
                 with self._redis_errors(f"read the status of run {run_id}"):

@@ -103,6 +103,35 @@ def test_shards_spread_over_partitions(
     assert len(tags) == len(driver._keys.partitions)
 
 
+def test_get_reads_no_shard_of_succeeded_run(
+    make_app: Callable[..., App], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    app = make_app(shard_size=3)
+    tasks = app.tasks
+    canvas = chord([tasks["add"].s(i, i) for i in range(10)], tasks["total"].s())
+    with app.worker(concurrency=4):
+        result = canvas.apply_async()
+        result.get(TIMEOUT_S)
+    merged = result.snapshot()
+    shard_reads: list[str] = []
+    driver = app.driver
+    assert isinstance(driver, RedisDriver)
+    read_shard = driver._shard_state
+
+    def counted(run_id: str) -> Any:
+        shard_reads.append(run_id)
+        return read_shard(run_id)
+
+    monkeypatch.setattr(driver, "_shard_state", counted)
+
+    assert result.get(TIMEOUT_S) == 90
+    assert shard_reads == []
+    # A snapshot still shows the members in place of the shard nodes.
+    assert sorted(merged.nodes, key=int) == [str(i) for i in range(11)]
+    assert result.snapshot().nodes.keys() == merged.nodes.keys()
+    assert len(shard_reads) == 4
+
+
 def test_chain_input_reaches_every_member(make_app: Callable[..., App]) -> None:
     app = make_app(shard_size=3)
     tasks = app.tasks
