@@ -263,6 +263,7 @@ class RedisDriver(ShardRuns):
     ) -> None:
         self.url = url
         url, self._shard_size = _shard_size_option(url, shard_size)
+        url, prefix = _prefix_option(url, prefix)
         Keys(prefix)  # Rejects a prefix with braces before anything connects.
         self.retention_s = settings.check_retention_s(retention_s)
         self.max_value_bytes = settings.check_max_value_bytes(max_value_bytes)
@@ -2053,8 +2054,9 @@ def _unknown_option_error(url: str, err: TypeError) -> ValueError:
     name = found.group(1) if found else str(err)
     return ValueError(
         f"The URL {redact(url)} has the query option {name!r}, which redis-py "
-        "does not accept; remove it. Driver settings such as prefix go to "
-        "App(url, prefix=...) instead."
+        "does not accept; remove it. Driver settings other than prefix and "
+        "shard_size go to App(url, ...) instead, for example "
+        "App(url, visibility_timeout_s=60)."
     )
 
 
@@ -2078,6 +2080,44 @@ def _is_utf8(text: object) -> bool:
     return True
 
 
+def _pop_query_option(url: str, option: str) -> tuple[str, list[str]]:
+    """Return the URL without the query option ``option``, and its values."""
+    parts = urlsplit(url)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    found = [value for name, value in query if name == option]
+    if not found:
+        return url, []
+    rest = [(name, value) for name, value in query if name != option]
+    stripped = urlunsplit(
+        (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)
+    )
+    return stripped, found
+
+
+def _prefix_option(url: str, setting: str) -> tuple[str, str]:
+    """Return the URL without its ``prefix`` option, and the key prefix.
+
+    The URL's ``?prefix=P`` lets the ``stem`` commands and ``STEM_URL``
+    reach a deployment that uses a prefix.
+
+    Raises:
+        ValueError: if the URL and the settings give different prefixes.
+    """
+    stripped, found = _pop_query_option(url, "prefix")
+    if not found:
+        return url, setting
+    given = set(found)
+    if setting:
+        given.add(setting)
+    if len(given) > 1:
+        raise ValueError(
+            f"The URL {redact(url)} and the settings give the prefixes "
+            f"{', '.join(repr(value) for value in sorted(given))}; give the "
+            "prefix in one place."
+        )
+    return stripped, found[0]
+
+
 def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
     """Return the URL without its ``shard_size`` option, and the shard size.
 
@@ -2085,10 +2125,7 @@ def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
         ValueError: if a shard size is not a whole number of 0 or more, or
             the URL and the settings give different sizes.
     """
-    parts = urlsplit(url)
-    query = parse_qsl(parts.query, keep_blank_values=True)
-    found = [value for name, value in query if name == "shard_size"]
-    rest = [(name, value) for name, value in query if name != "shard_size"]
+    stripped, found = _pop_query_option(url, "shard_size")
     size = setting
     if size is not None and (
         isinstance(size, bool) or not isinstance(size, int) or size < 0
@@ -2109,11 +2146,6 @@ def _shard_size_option(url: str, setting: int | None) -> tuple[str, int]:
                 "give the size in one place."
             )
         size = int(text)
-    if not found:
-        return url, DEFAULT_SHARD_SIZE if size is None else size
-    stripped = urlunsplit(
-        (parts.scheme, parts.netloc, parts.path, urlencode(rest), parts.fragment)
-    )
     return stripped, DEFAULT_SHARD_SIZE if size is None else size
 
 

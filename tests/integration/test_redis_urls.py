@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from stem import App
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.connection import parse_url
 from stem.engine.errors import DriverError
@@ -21,11 +22,36 @@ def test_database_number_accepted(path: str) -> None:
 
 
 def test_unknown_url_option_rejected(redis_url: str) -> None:
-    with pytest.raises(ValueError, match="option 'prefix'") as caught:
-        RedisDriver(f"{redis_url}?prefix=x&password=hunter2")
+    with pytest.raises(ValueError, match="option 'prefx'") as caught:
+        RedisDriver(f"{redis_url}?prefx=x&password=hunter2")
 
-    assert "App(url, prefix=...)" in str(caught.value)
+    assert "App(url, visibility_timeout_s=60)" in str(caught.value)
     assert "hunter2" not in str(caught.value)
+
+
+def test_url_prefix_reaches_prefixed_runs(redis_url: str) -> None:
+    app = App(redis_url, prefix="urlprefix:")
+    add = app.task(name="add")(lambda x, y: x + y)
+    result = add.apply_async((1, 2), countdown=3600)
+
+    by_url = RedisDriver(f"{redis_url}?prefix=urlprefix:")
+    plain = RedisDriver(redis_url)
+    try:
+        assert by_url.snapshot(result.id).status == "running"
+        assert by_url.delayed_count() == 1
+        assert plain.delayed_count() == 0
+    finally:
+        by_url.close()
+        plain.close()
+        app.close()
+
+
+def test_url_and_setting_prefixes_must_agree(redis_url: str) -> None:
+    with pytest.raises(ValueError, match="'a:', 'b:'; give the prefix in one place"):
+        RedisDriver(f"{redis_url}?prefix=a:", prefix="b:")
+
+    same = RedisDriver(f"{redis_url}?prefix=a:", prefix="a:")
+    same.close()
 
 
 def test_cluster_scheme_on_single_node(redis_url: str) -> None:
