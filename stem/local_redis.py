@@ -17,6 +17,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Sequence
@@ -72,7 +73,12 @@ class LocalRedis:
 
     ``options`` are more ``redis-server`` arguments, such as
     ``["--slowlog-log-slower-than", "100"]``. With ``password`` the server
-    requires it (``--requirepass``) and `url` carries it. The server keeps nothing on
+    requires it (``--requirepass``) and `url` carries it. On Linux, with
+    ``stop_with_parent`` (the default) and util-linux's ``setpriv`` on PATH,
+    the kernel sends the server SIGTERM when the thread that started it
+    ends, so a process killed by SIGKILL or SIGTERM leaves no server behind;
+    start it from a thread that lives as long as the server is needed. The
+    server keeps nothing on
     disk (``--save ''``, ``--appendonly no``), but a cluster node writes its
     cluster configuration into its folder.
     """
@@ -84,11 +90,13 @@ class LocalRedis:
         port: int | None = None,
         password: str | None = None,
         start_timeout_s: float = START_TIMEOUT_S,
+        stop_with_parent: bool = True,
     ) -> None:
         self.port = port if port is not None else free_loopback_port()
         self.options = list(options)
         self.password = password
         self.start_timeout_s = start_timeout_s
+        self.stop_with_parent = stop_with_parent
         credentials = f":{quote(password, safe='')}@" if password else ""
         self.url = f"redis://{credentials}127.0.0.1:{self.port}/0"
         self.workdir: str | None = None
@@ -130,6 +138,11 @@ class LocalRedis:
             *(["--requirepass", self.password] if self.password else []),
             *self.options,
         ]  # fmt: skip
+        setpriv = shutil.which("setpriv") if self.stop_with_parent else None
+        if setpriv is not None and sys.platform.startswith("linux"):
+            # setpriv sets the parent-death signal, then execs the server
+            # under the same pid.
+            command = [setpriv, "--pdeathsig", "TERM", "--", *command]
         with open(self.log_path, "ab") as log_file:
             self.process = subprocess.Popen(
                 command, cwd=self.workdir, stdout=log_file, stderr=subprocess.STDOUT

@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
+import sys
+import time
 
 import pytest
 import redis
@@ -88,3 +92,43 @@ def test_unstarted_objects_say_so() -> None:
         _ = LocalRedis().pid
     with pytest.raises(LocalRedisError, match=r"call start\(\)"):
         _ = LocalRedisCluster().url
+
+
+@pytest.mark.skipif(
+    not sys.platform.startswith("linux") or shutil.which("setpriv") is None,
+    reason="the parent-death signal needs Linux and util-linux's setpriv",
+)
+def test_server_stops_when_its_process_is_killed() -> None:
+    script = (
+        "import time\n"
+        "from stem.local_redis import LocalRedis\n"
+        "server = LocalRedis()\n"
+        "server.start()\n"
+        "print(server.pid, flush=True)\n"
+        "time.sleep(60)\n"
+    )
+    owner = subprocess.Popen(
+        [sys.executable, "-c", script], stdout=subprocess.PIPE, text=True
+    )
+    assert owner.stdout is not None
+    server_pid = int(owner.stdout.readline())
+    os.kill(server_pid, 0)  # the server runs
+
+    owner.kill()
+    owner.wait()
+    owner.stdout.close()
+
+    deadline = time.monotonic() + 10
+    while _alive(server_pid):
+        assert time.monotonic() < deadline, f"redis-server {server_pid} still runs"
+        time.sleep(0.05)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    # A server that exited but is not yet reaped by init counts as gone.
+    with open(f"/proc/{pid}/stat", encoding="ascii") as stat:
+        return stat.read().split(") ", 1)[1][0] != "Z"
