@@ -272,7 +272,8 @@ class ResultSet:
         self.app = app
 
     def __repr__(self) -> str:
-        return f"<ResultSet of {len(self.results)} runs>"
+        count = len(self.results)
+        return f"<ResultSet of {count} run{'' if count == 1 else 's'}>"
 
     def __len__(self) -> int:
         return len(self.results)
@@ -439,10 +440,15 @@ class ResultSet:
         pending = sum(1 for snapshot in snapshots if snapshot is None)
         waited = time.monotonic() - started
         if app.driver.workers_alive() == 0 and (timeout is None or waited < timeout):
+            others = pending - 1
+            runs = f"Run {result.id}"
+            if others:
+                plural = "run" if others == 1 else "runs"
+                runs += f" and {others} other {plural} of the set"
             raise NoWorkerRunning(
-                f"Run {result.id} and {pending - 1} other runs of the set cannot "
-                f"finish: no worker is running on {redact(app.url)}. Wrap the call "
-                "in 'with app.worker():' or start 'stem worker' for a shared broker."
+                f"{runs} cannot finish: no worker is running on "
+                f"{redact(app.url)}. Wrap the call in 'with app.worker():' or "
+                "start 'stem worker' for a shared broker."
             )
         raise TimeoutError(
             f"{pending} of {len(snapshots)} runs did not end within {timeout} s; "

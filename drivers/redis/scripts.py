@@ -419,19 +419,17 @@ def script_error(
     """Wrap a redis-py error of one script call in Stem's exception for it.
 
     A `StemInternalError` when the script found a broken invariant, else a
-    `DriverError`.
+    `DriverError`. A call about no one node (a submit) names the run only.
     """
+    target = f"run {run_id} node {node_id}" if node_id else f"run {run_id}"
+    # Redis ends some error texts with a period of its own.
+    detail = str(err).rstrip(".")
     if isinstance(err, redis.ResponseError):
-        if _INTERNAL_MARKER in str(err):
-            return StemInternalError(
-                f"Script {name} failed for run {run_id} node {node_id}: {err}"
-            )
-        return DriverError(
-            f"Script {name} failed for run {run_id} node {node_id}: {err}"
-        )
+        if _INTERNAL_MARKER in detail:
+            return StemInternalError(f"Script {name} failed for {target}: {detail}")
+        return DriverError(f"Script {name} failed for {target}: {detail}")
     return DriverError(
-        f"Redis failed while running script {name} for run {run_id} "
-        f"node {node_id}: {err}"
+        f"Redis failed while running script {name} for {target}: {detail}"
     )
 
 

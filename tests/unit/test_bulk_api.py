@@ -17,7 +17,7 @@ from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import NodeOptions, same_layout
 from stem.engine.app import new_run_id, ulid_text
-from stem.errors import InvalidOption, NotSerializable
+from stem.errors import InvalidOption, NotSerializable, NoWorkerRunning
 
 
 @pytest.fixture
@@ -99,6 +99,19 @@ def test_result_set_sequence_protocol(app: App) -> None:
     assert results.ids == ["a", "b", "c"]
     assert results.app is app
     assert repr(results) == "<ResultSet of 3 runs>"
+    assert repr(ResultSet(handles[:1])) == "<ResultSet of 1 run>"
+
+
+def test_result_set_of_one_without_worker(app: App) -> None:
+    add = app.task(name="add_one")(lambda x, y: x + y)
+    results = add.apply_many([(1, 1)])
+    with pytest.raises(NoWorkerRunning) as raised:
+        results.get(timeout=5)
+    assert str(raised.value).startswith(f"Run {results.ids[0]} cannot finish:")
+
+    both = add.apply_many([(1, 1), (2, 2)])
+    with pytest.raises(NoWorkerRunning, match="and 1 other run of the set cannot"):
+        both.get(timeout=5)
 
 
 def test_empty_result_set_has_no_app() -> None:
