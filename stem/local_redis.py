@@ -22,7 +22,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from types import TracebackType
-from typing import Any
+from typing import Any, Self
 from urllib.parse import quote
 
 from stem.canvas.errors import StemError
@@ -68,16 +68,38 @@ def _binary(name: str) -> str:
     return path
 
 
-class LocalRedis:
+class _StartStop:
+    """A context manager that calls ``start`` on entry and ``stop`` on exit."""
+
+    def start(self) -> str:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+class LocalRedis(_StartStop):
     """One redis-server of this process on a free loopback port.
 
     ``options`` are more ``redis-server`` arguments, such as
     ``["--slowlog-log-slower-than", "100"]``. With ``password`` the server
     requires it (``--requirepass``) and `url` carries it. On Linux, with
     ``stop_with_parent`` (the default) and util-linux's ``setpriv`` on PATH,
-    the kernel sends the server SIGTERM when the thread that started it
-    ends, so a process killed by SIGKILL or SIGTERM leaves no server behind;
-    start it from a thread that lives as long as the server is needed. The
+    the kernel sends the server SIGTERM when the thread that started it ends.
+    So a process killed by SIGKILL or SIGTERM leaves no server behind. Start
+    it from a thread that lives as long as the server is needed. The
     server keeps nothing on
     disk (``--save ''``, ``--appendonly no``), but a cluster node writes its
     cluster configuration into its folder.
@@ -153,7 +175,7 @@ class LocalRedis:
 
         Raises:
             LocalRedisError: the server exited, or did not reply within
-                ``start_timeout_s``; the message holds its log.
+                ``start_timeout_s``; the message contains its log.
         """
         import redis
         from redis.backoff import NoBackoff
@@ -226,18 +248,6 @@ class LocalRedis:
         except OSError as err:
             return f"(unreadable: {err})"
 
-    def __enter__(self) -> LocalRedis:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()
-
 
 def _cluster_state(client: Any) -> str:
     """Return the ``cluster_state`` field of CLUSTER INFO, which redis-py parses."""
@@ -246,7 +256,7 @@ def _cluster_state(client: Any) -> str:
     return state.decode() if isinstance(state, bytes) else str(state)
 
 
-class LocalRedisCluster:
+class LocalRedisCluster(_StartStop):
     """A Redis Cluster of ``primaries`` private nodes on loopback, no replicas.
 
     Each node is a `LocalRedis` with cluster mode on, on a port whose
@@ -366,15 +376,3 @@ class LocalRedisCluster:
                     time.sleep(0.05)
             finally:
                 client.close()
-
-    def __enter__(self) -> LocalRedisCluster:
-        self.start()
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        traceback: TracebackType | None,
-    ) -> None:
-        self.stop()

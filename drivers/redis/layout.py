@@ -435,7 +435,7 @@ class SpecParser:
     other arguments, have texts that differ only in the first node's
     arguments. After two full parses in a row of specs whose first node has
     the same task and whose node counts match, the parser cuts the last
-    text's layout (`SpecText`), and parses each following text of a cut
+    text's layout (`SpecText`). It then parses each following text of a cut
     layout from its arguments alone. It keeps the cuts of `_CUTS_KEPT`
     layouts. While the latest cut has matched no text, a new one is made
     only after `_CUT_RETRY_PARSES` more full parses, which bounds the cost

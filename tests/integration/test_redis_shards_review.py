@@ -613,7 +613,7 @@ def _largest_call_with_group_members(url: str, member_size: int) -> tuple[int, s
 
 @pytest.mark.slow
 def test_no_script_grows_with_group_members(redis_url: str) -> None:
-    # Each shard holds 2 members, so 2n tasks that are all sinks of the shard
+    # Each shard contains 2 members, so 2n tasks that are all sinks of the shard
     # run: its last completion must not check each of them.
     small, small_name = _largest_call_with_group_members(redis_url, 100)
     large, large_name = _largest_call_with_group_members(redis_url, 1000)

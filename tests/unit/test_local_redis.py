@@ -49,7 +49,7 @@ def test_password_is_required_and_in_the_url() -> None:
         client.close()
 
 
-def test_restart_gives_an_empty_server_on_the_same_port() -> None:
+def test_restart_empties_server_same_port() -> None:
     with LocalRedis() as server:
         client = redis.Redis.from_url(server.url)
         client.set("kept", "no")
@@ -62,7 +62,7 @@ def test_restart_gives_an_empty_server_on_the_same_port() -> None:
         client.close()
 
 
-def test_a_bad_option_fails_with_the_servers_log() -> None:
+def test_bad_option_fails_with_log() -> None:
     server = LocalRedis(options=["--no-such-option", "1"])
     try:
         with pytest.raises(LocalRedisError) as raised:
