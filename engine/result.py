@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from stem.canvas.render import NodeView
 from stem.canvas.spec import GraphSpec, NodeId
-from stem.canvas.svg import to_svg
 from stem.canvas.values import decode, loads
 from stem.engine.drivers import redact
 from stem.engine.errors import (
@@ -24,6 +22,7 @@ from stem.engine.ports import RunSnapshot, failure_reached
 from stem.engine.records import ErrorInfo, NodeRecord, task_id
 
 if TYPE_CHECKING:
+    from stem.canvas.render import NodeView
     from stem.engine.app import App
 
 log = logging.getLogger(__name__)
@@ -208,6 +207,10 @@ class AsyncResult:
                 node of the same task, shows as one counted box.
             expand: show every member of every group, whatever its size.
         """
+        # The drawing modules import rich; a client that never draws a run
+        # does not pay for that import.
+        from stem.canvas.svg import to_svg
+
         snapshot = self.snapshot()
         return to_svg(
             snapshot.spec,
@@ -521,6 +524,8 @@ def node_views(
         now_s: the time the picture shows, on the clock the store stamps
             records with (``time.time()``, the default).
     """
+    from stem.canvas.render import NodeView
+
     now = time.time() if now_s is None else now_s
     views: dict[NodeId, NodeView] = {}
     for node_id, record in nodes.items():
