@@ -16,9 +16,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from stem.canvas.errors import UndecodableValue
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, NodeId, NodeSpec
-from stem.canvas.values import dumps
+from stem.canvas.spec import GraphSpec, ListInput, NodeId, NodeInput, NodeSpec
+from stem.canvas.values import dumps, loads
 from stem.drivers.redis import layout
 from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.scripts import Reply, check_reply
@@ -392,10 +393,53 @@ class ShardRuns(RedisOperations):
         """
         joined: list[Any] = []
         for node in shard_nodes:
-            state = self._shard_state(shard_run_id(home, node))
-            with paused_gc():
-                joined += machine.run_value(state)
+            shard = shard_run_id(home, node)
+            values = self._succeeded_shard_value(shard)
+            if values is None:
+                state = self._shard_state(shard)
+                with paused_gc():
+                    values = machine.run_value(state)
+            joined += values
         return joined
+
+    def _succeeded_shard_value(self, shard: str) -> list[Any] | None:
+        """Read a succeeded shard's value from its stored member values alone.
+
+        This is the value `machine.run_value` builds, with one decode of the
+        joined values in place of a record per member. It returns None when
+        the shard has not succeeded or its output is not a list of member
+        values, so the caller builds the value from the node records.
+        """
+        spec = self._spec_of(shard)
+        output = spec.output
+        if not isinstance(output, ListInput):
+            return None
+        members: list[NodeId] = []
+        for item in output.items:
+            if not isinstance(item, NodeInput):
+                return None
+            members.append(item.node)
+        keys = self._keys.run(shard)
+        with self._errors(f"read shard {shard}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(keys.run, "status")
+            pipe.hmget(keys.values, members)
+            status, stored = pipe.execute()
+        if status != "succeeded":
+            return None
+        with paused_gc():
+            parts = [
+                "null"
+                if text is None or spec.node(node).options.ignore_result
+                else text
+                for node, text in zip(members, stored, strict=True)
+            ]
+            try:
+                value: list[Any] = loads("[" + ",".join(parts) + "]")
+            except UndecodableValue:
+                # The record path names the member whose value is broken.
+                return None
+        return value
 
     def _cancel_shard(self, shard: str, home_epoch: str = "") -> None:
         """Cancel a shard run; one that expired already needs nothing.
