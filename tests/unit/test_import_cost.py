@@ -13,7 +13,7 @@ from stem.engine.schedules import Cron
 
 
 def modules_after(code: str) -> set[str]:
-    """Return the top-level modules that a fresh interpreter has loaded after ``code``."""
+    """Return the top-level modules a fresh interpreter has loaded after ``code``."""
     script = f"{code}\nimport sys\nprint('\\n'.join(sorted(sys.modules)))"
     out = subprocess.run(
         [sys.executable, "-c", script],
