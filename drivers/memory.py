@@ -220,7 +220,9 @@ class MemoryDriver:
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
+        # Every snapshot here is full: building one costs no store read.
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         snapshots: list[RunSnapshot | None] = []
         all_ended = True

@@ -251,7 +251,8 @@ class GraphStore(Protocol):
         nodes costs seconds and gigabytes. With ``full=False`` the snapshot
         of a succeeded run needs only its status and value to be right: a
         driver may leave parts of its graph as they are stored (the Redis
-        driver's shard nodes) instead of expanding them.
+        driver's shard nodes) instead of expanding them, or leave its node
+        records out.
         """
         ...
 
@@ -261,6 +262,7 @@ class GraphStore(Protocol):
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Block until every run ends or the timeout passes, as `wait_ended` does.
 
@@ -268,8 +270,8 @@ class GraphStore(Protocol):
         running. It may return before the timeout for the same reason as
         `wait_ended`. With ``stop_at_failure`` it also returns once
         `failure_reached` is true of the snapshots, and the runs after that
-        failure may then be None although they ended. Raises `RunNotFound`
-        for the first unknown run.
+        failure may then be None although they ended. ``full`` is
+        `wait_ended`'s. Raises `RunNotFound` for the first unknown run.
         """
         ...
 

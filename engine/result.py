@@ -365,7 +365,8 @@ class ResultSet:
         if app is None:
             return []
         started = time.monotonic()
-        snapshots = self._wait(app, timeout, stop_at_failure=propagate)
+        # get() reads only the values of succeeded runs.
+        snapshots = self._wait(app, timeout, stop_at_failure=propagate, full=False)
         values: list[Any] = []
         for result, snapshot in zip(self.results, snapshots, strict=True):
             if snapshot is None:
@@ -384,7 +385,12 @@ class ResultSet:
     join = get
 
     def _wait(
-        self, app: App, timeout: float | None, *, stop_at_failure: bool = False
+        self,
+        app: App,
+        timeout: float | None,
+        *,
+        stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Wait for every run, each slice reading only the runs still running.
 
@@ -415,6 +421,7 @@ class ResultSet:
                 [run_ids[index] for index in pending],
                 seconds,
                 stop_at_failure=stop_at_failure,
+                full=full,
             )
             for index, snapshot in zip(pending, found, strict=True):
                 snapshots[index] = snapshot

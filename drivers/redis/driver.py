@@ -47,13 +47,14 @@ from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import (
     GraphSpec,
     NodeId,
+    NodeInput,
     NodeSpec,
     SpecText,
     same_layout,
     template_nodes,
 )
 from stem.canvas.text import printable
-from stem.canvas.values import decode
+from stem.canvas.values import decode, dumps
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import Target, connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
@@ -87,11 +88,14 @@ ENVELOPE_VERSION = "1"
 #: Nodes, summed over runs, and runs of the parsed graph specs a driver
 #: keeps, so claiming a node or reading a result does not parse its run's
 #: spec again. Each run keeps only its latest spec version, and the newest
-#: spec is kept whatever its size. Every cached object is one more for the
-#: cyclic collector to walk: with 10,000 one-node specs cached, submitting a
-#: task cost about 50 us more CPU (bench/profile/noop.py, CPython 3.11).
+#: spec is kept whatever its size. A cached spec also lets `get()` read only
+#: the value of a run that succeeded (read_value.lua), so the runs bound
+#: covers a bulk call of 10,000 tasks. A one-node spec copied from its task's
+#: layout costs about 1.1 KB and 7 objects for the cyclic collector. With
+#: 16,384 of them cached, delay() and apply_many() took the same CPU per task
+#: as with 1,024 (within the noise of 3 runs each, CPython 3.11).
 _SPEC_CACHE_NODES = 200_000
-_SPEC_CACHE_RUNS = 1024
+_SPEC_CACHE_RUNS = 16_384
 #: Fields of the run hash that a snapshot reads; the spec is read only when
 #: the driver has not parsed that version of it yet.
 _SNAPSHOT_FIELDS = (
@@ -1118,27 +1122,112 @@ class RedisDriver(ShardRuns):
         Raises:
             RunNotFound: if the run does not exist.
         """
+        if not full:
+            return self._read_ended_many([run_id], full=False)[0]
         keys, fields_read = self._read_ended_call(run_id)
         reply = self._scripts.call("read_ended", keys, fields_read, run_id=run_id)
         return self._ended_from_reply(run_id, fields_read, reply, full=full)
 
-    def _read_ended_many(self, run_ids: Sequence[str]) -> list[RunSnapshot | None]:
-        """Do what `_read_if_ended` does for each run, pipelined per batch."""
+    def _read_ended_many(
+        self, run_ids: Sequence[str], *, full: bool = True
+    ) -> list[RunSnapshot | None]:
+        """Do what `_read_if_ended` does for each run, pipelined per batch.
+
+        With ``full=False``, a run whose value is one node's stored value, by
+        the spec this client has parsed, is read with read_value: its run
+        fields and that value only. Such a run's snapshot, when it
+        succeeded, has no node records. The runs that ended otherwise are
+        read again with read_ended.
+        """
         snapshots: list[RunSnapshot | None] = []
         for first in range(0, len(run_ids), _PIPELINE_BATCH):
             batch = run_ids[first : first + _PIPELINE_BATCH]
-            reads = [self._read_ended_call(run_id) for run_id in batch]
-            calls: list[tuple[str, list[str], list[str | int | float]]] = [
-                ("read_ended", keys, list(fields)) for keys, fields in reads
-            ]
+            calls: list[tuple[str, list[str], list[str | int | float]]] = []
+            outputs: list[tuple[str, GraphSpec, NodeId] | None] = []
+            for run_id in batch:
+                output = None if full else self._value_node(run_id)
+                outputs.append(output)
+                keys = self._keys.run(run_id)
+                if output is None:
+                    run_keys, fields = self._read_ended_call(run_id)
+                    calls.append(("read_ended", run_keys, fields))
+                else:
+                    arguments: list[str | int | float] = [output[2], *_SNAPSHOT_FIELDS]
+                    calls.append(("read_value", [keys.run, keys.values], arguments))
             replies = self._scripts.call_many(calls)
-            for run_id, (_, fields), reply in zip(batch, reads, replies, strict=True):
+            again: list[int] = []
+            for run_id, (name, _, fields), output, reply in zip(
+                batch, calls, outputs, replies, strict=True
+            ):
                 if isinstance(reply, redis.RedisError):
-                    raise script_error("read_ended", reply, run_id, "") from reply
+                    raise script_error(name, reply, run_id, "") from reply
                 if isinstance(reply, Exception):
                     raise reply
-                snapshots.append(self._ended_from_reply(run_id, fields, reply))
+                if output is None:
+                    snapshots.append(self._ended_from_reply(run_id, fields, reply))
+                    continue
+                snapshot, ended = self._value_from_reply(run_id, output, reply)
+                if ended and snapshot is None:
+                    again.append(len(snapshots))
+                snapshots.append(snapshot)
+            if again:
+                found = self._read_ended_many([run_ids[index] for index in again])
+                for index, snapshot in zip(again, found, strict=True):
+                    snapshots[index] = snapshot
         return snapshots
+
+    def _value_node(self, run_id: str) -> tuple[str, GraphSpec, NodeId] | None:
+        """Return the cached spec version, spec and node whose value is the run's.
+
+        None when this client has no spec of the run cached, or the run's
+        value is not one node's stored value (a list, a shard, ignore_result).
+        """
+        with self._lock:
+            cached = self._specs.get(run_id)
+        if cached is None:
+            return None
+        version, spec = cached
+        output = spec.output
+        if not isinstance(output, NodeInput):
+            return None
+        first = spec.nodes[0]
+        node = first if first.id == output.node else spec.node(output.node)
+        if node.task == SHARD_TASK or node.options.ignore_result:
+            return None
+        return version, spec, node.id
+
+    def _value_from_reply(
+        self, run_id: str, output: tuple[str, GraphSpec, NodeId], reply: Any
+    ) -> tuple[RunSnapshot | None, bool]:
+        """Build a succeeded run's snapshot from a read_value reply.
+
+        Returns the snapshot, or None, and whether the run has ended: None
+        with True means the run ended some other way, or its spec changed,
+        and must be read with read_ended.
+
+        Raises:
+            RunNotFound: if the run does not exist.
+        """
+        run = _fields_found(_SNAPSHOT_FIELDS, reply[0])
+        status = run.get("status")
+        if status is None:
+            raise self._not_found(run_id)
+        version, spec, _ = output
+        if status != "succeeded" or run.get("spec_version") != version:
+            return None, status != "running"
+        value = reply[1]
+        snapshot = RunSnapshot(
+            run_id=run_id,
+            status="succeeded",
+            spec=spec,
+            nodes={},
+            created_at=float(run.get("created_at", "0")),
+            ended_at=float(run["ended_at"]) if "ended_at" in run else None,
+            value=dumps(None) if value is None else str(value),
+            error_node=None,
+            epoch=int(run.get("epoch", "1")),
+        )
+        return snapshot, True
 
     def _read_ended_call(
         self, run_id: str
@@ -1208,6 +1297,7 @@ class RedisDriver(ShardRuns):
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Wait as `wait_ended` does, for many runs, with one HGET per poll.
 
@@ -1221,7 +1311,9 @@ class RedisDriver(ShardRuns):
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
         reading = list(range(len(run_ids)))
         while True:
-            found = self._read_ended_many([run_ids[index] for index in reading])
+            found = self._read_ended_many(
+                [run_ids[index] for index in reading], full=full
+            )
             for index, snapshot in zip(reading, found, strict=True):
                 snapshots[index] = snapshot
             if stop_at_failure and failure_reached(snapshots):

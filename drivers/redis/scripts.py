@@ -57,6 +57,7 @@ SCRIPT_NAMES = (
     "reset_shard",
     "shard_retention",
     "read_ended",
+    "read_value",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)
