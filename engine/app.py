@@ -200,7 +200,9 @@ class Task:
 
         Each item is a tuple or list of positional arguments, as for
         `starmap`, and every run gets ``options``. ``run_ids``, one per
-        item, makes the call idempotent. See `App.submit_many`.
+        item, makes the call idempotent. See `App.submit_many`. Items take
+        no keyword arguments. To pass those, submit signatures with
+        ``app.submit_many([task.s(**kwargs) for kwargs in args_list])``.
         Unlike `map`, `starmap` and `chunks`, which run all calls in one
         run, each call here is its own run with its own result.
         """
@@ -826,6 +828,15 @@ def _check_args_item(args: Any, index: int) -> None:
         InvalidCanvas: naming the item and how to pass it instead.
     """
     suffix = _nothing_submitted("apply_many()")
+    if isinstance(args, Mapping):
+        # Celery users pass keyword arguments as a dict, but apply_many()
+        # items carry positional arguments only.
+        raise InvalidCanvas(
+            f"apply_many(): item {index} is {args!r}, a mapping, but each item "
+            "is a tuple or list of positional arguments. To pass keyword "
+            "arguments, submit signatures instead: "
+            f"app.submit_many([task.s(**kwargs) for kwargs in args_list]).{suffix}"
+        )
     if not isinstance(args, (list, tuple)):
         raise InvalidCanvas(
             f"apply_many(): item {index} is {args!r}, not a tuple or list of "

@@ -312,3 +312,18 @@ def test_submit_many_single_canvas_hint(app: App) -> None:
     with pytest.raises(InvalidCanvas) as caught:
         app.submit_many(add.s(1, 1))
     assert "Pass a list of canvases, such as [canvas]" in str(caught.value)
+
+
+def test_apply_many_dict_item_hint(app: App) -> None:
+    add = app.task(name="add")(lambda x, y: x + y)
+    with pytest.raises(InvalidCanvas) as caught:
+        add.apply_many([(1, 1), {"x": 1, "y": 2}])
+    message = str(caught.value)
+    assert message.startswith("apply_many(): item 1 is {'x': 1, 'y': 2}, a mapping")
+    assert "app.submit_many([task.s(**kwargs) for kwargs in args_list])" in message
+    assert "({'x': 1, 'y': 2},)" not in message
+    assert message.endswith(NOTHING_APPLIED)
+    # The hint's own call works: it submits the keyword arguments.
+    results = app.submit_many([add.s(**kwargs) for kwargs in [{"x": 1, "y": 2}]])
+    with app.worker(concurrency=1):
+        assert results.get(timeout=30) == [3]
