@@ -90,6 +90,20 @@ def test_result_set_rejects_mixed_apps(app: App) -> None:
         other.close()
 
 
+def test_result_set_rejects_run_ids(app: App) -> None:
+    handle = app.AsyncResult("a")
+    with pytest.raises(TypeError) as caught:
+        ResultSet([handle, "b"])
+    message = str(caught.value)
+    assert message.startswith("ResultSet(): results[1] is 'b', a str,")
+    assert "ResultSet([app.AsyncResult(run_id) for run_id in run_ids])" in message
+    with pytest.raises(TypeError) as caught:
+        ResultSet("ab")
+    assert str(caught.value).startswith("ResultSet(): results is 'ab', a str,")
+    with pytest.raises(TypeError, match="results is 5, an int,"):
+        ResultSet(5)  # type: ignore[arg-type]
+
+
 def test_result_set_sequence_protocol(app: App) -> None:
     handles = [app.AsyncResult(run_id) for run_id in ("a", "b", "c")]
     results = ResultSet(handles)
