@@ -254,6 +254,38 @@ class AsyncResult:
         return AsyncResult(self.id, self.app)
 
 
+_FROM_IDS = "ResultSet([app.AsyncResult(run_id) for run_id in run_ids])"
+
+
+def _a_type(value: object) -> str:
+    """Return the type name of ``value`` with its article, such as "an int"."""
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}"
+
+
+def _async_results(results: object) -> list[AsyncResult]:
+    """Return the handles given to `ResultSet` as a list.
+
+    Raises:
+        TypeError: if ``results`` is not an iterable of `AsyncResult`,
+            such as a list of run ids, naming the first wrong value.
+    """
+    if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
+        raise TypeError(
+            f"ResultSet(): results is {results!r}, {_a_type(results)}, not a "
+            f"list of AsyncResult handles. For run ids, pass {_FROM_IDS}."
+        )
+    handles = list(results)
+    for index, handle in enumerate(handles):
+        if not isinstance(handle, AsyncResult):
+            raise TypeError(
+                f"ResultSet(): results[{index}] is {handle!r}, {_a_type(handle)}, "
+                f"not an AsyncResult. For run ids, pass {_FROM_IDS}."
+            )
+    return handles
+
+
 class ResultSet:
     """Handles on many runs of one app, whose results are read together.
 
@@ -263,7 +295,7 @@ class ResultSet:
     """
 
     def __init__(self, results: Iterable[AsyncResult], app: App | None = None) -> None:
-        self.results = list(results)
+        self.results = _async_results(results)
         apps = {id(result.app) for result in self.results}
         if len(apps) > 1:
             raise ValueError(

@@ -651,7 +651,10 @@ class RedisDriver(ShardRuns):
         without progress for ``reconcile_after_s`` and releases them again,
         which is idempotent. In the same way it sends again the shard
         activations and reports of a run whose chord shards have not all
-        reported. One process at a time runs it, under a lock.
+        reported, and cancels again the shards of its cancelled shard
+        nodes. One process at a time runs it, under a lock. It leaves
+        alone an entry that a worker read and did not apply, because
+        another worker's fetch reclaims and applies it (`_reclaim_outbox`).
 
         Returns:
             The number of runs it took up, or None when another process

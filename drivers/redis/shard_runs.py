@@ -280,14 +280,20 @@ class ShardRuns(RedisOperations):
         )
 
     def _resync_shards(self, home: str) -> None:
-        """Send a home run's activations and reports again, for the reconciler.
+        """Resend a home run's activations, reports and cancels, for the reconciler.
 
-        Each running shard node is activated again, and the report of each
-        shard that ended or failed is applied again. Both are idempotent.
+        Each running shard node is activated again, the report of each
+        shard that ended or failed is applied again, and the shard of each
+        cancelled shard node is cancelled again. All three are idempotent.
         """
-        # NOTE: a run leaves the reconciler's set when it ends, so a lost
-        # "cancel" entry is not sent again. An active shard then runs its
-        # members to the end and expires, but one never activated stays.
+        # A worker that dies while it applies an outbox entry leaves it
+        # pending, and another worker's fetch reclaims and applies it after
+        # visibility_timeout_s (_reclaim_outbox), so this covers only lost
+        # entries. NOTE: a run leaves the reconciler's set when it ends, so
+        # a "cancel" lost after that stays lost: on a Redis Cluster, a
+        # failover of a shard's primary that undoes the cancel after the
+        # home run's primary deleted the entry. An active shard then runs
+        # its members to the end, and one never activated stays.
         try:
             spec = self._spec_of(home)
         except RunNotFound:
@@ -336,11 +342,15 @@ class ShardRuns(RedisOperations):
         was just written. shard_retention.lua describes what each does. A shard
         ignores an entry older than the last it applied.
         """
-        # NOTE: the reconciler does not send a "retain" or "keep" entry
-        # again, as it does not send a "cancel" entry again. After a
-        # failover that lost a "retain" entry the shards never expire, and
-        # after one that lost a "keep" entry they may expire while the home
-        # run runs again.
+        # A worker that dies in this call leaves the entry pending, and
+        # another worker's fetch reclaims and applies it again after
+        # visibility_timeout_s (_reclaim_outbox). The version makes that
+        # harmless. NOTE: the reconciler does not send a "retain" or "keep"
+        # entry again. So an entry stays lost when, on a Redis Cluster, a
+        # failover of a shard's primary undoes its change after the home
+        # run's primary deleted it. Without a "retain" the shard never
+        # expires, and without a "keep" it may expire while the home run
+        # runs again.
         calls: list[tuple[str, list[str], list[str | int | float]]] = []
         for node in shard_nodes:
             shard = shard_run_id(home, node)
