@@ -783,13 +783,17 @@ def _check_shared_options(options: Mapping[str, Any], call: str) -> None:
         check_options(plain, call)
     except InvalidOption as err:
         raise InvalidOption(f"{err}{suffix}") from err
-    # NOTE: a link whose own arguments cannot be serialised, or that nests
-    # too deep, is still found per item, so the error names item 0.
     try:
-        # Signature.set checks that each link and errback is a canvas.
-        Signature("stem.check").set(
-            link=options.get("link"), link_error=options.get("link_error")
+        # Signature.set checks that each link and errback is a canvas, and
+        # compiling encodes their arguments, as each item's compile would.
+        compile_canvas(
+            Signature("stem.check").set(
+                link=options.get("link"), link_error=options.get("link_error")
+            )
         )
+    except NotSerializable as err:
+        where = f"{call} > {err.path}" if err.path else call
+        raise NotSerializable(where, f"{err.problem}.{suffix}") from err
     except CanvasError as err:
         raise type(err)(f"{call}: {err}{suffix}") from err
 
