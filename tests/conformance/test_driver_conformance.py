@@ -474,6 +474,50 @@ def test_unknown_task_dead_lettered(kit: Kit) -> None:
     assert result.node("1").state == "cancelled"
 
 
+def test_defer_keeps_attempt_and_enqueue_time(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [first] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+    assert driver.defer(first, 0.05) is True
+    assert driver.snapshot(result.id).nodes["0"].state == "queued"
+    [again] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+    assert again.node_id == first.node_id
+    assert again.attempt == first.attempt
+    assert again.epoch == first.epoch
+    assert first.enqueued_at > 0
+    assert again.enqueued_at == first.enqueued_at
+    claim = driver.claim(again)
+    assert claim is not None
+    driver.complete(claim.message, "5")
+    assert result.get(TIMEOUT_S) == 5
+
+
+def test_defer_drops_message_of_cancelled_run(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    result.cancel()
+
+    assert driver.defer(message, 0.0) is False
+    assert driver.delayed_count() == 0
+    assert driver.fetch(["default"], 1, 0.2) == []
+
+
+def test_cancel_drops_deferred_message(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    assert driver.defer(message, 3600.0) is True
+    assert driver.delayed_count() == 1
+
+    result.cancel()
+
+    assert driver.delayed_count() == 0
+    assert result.state == "cancelled"
+
+
 def test_dead_letter_spares_running_node(kit: Kit) -> None:
     driver = kit.app.driver
     result = kit.add.apply_async((2, 3))
