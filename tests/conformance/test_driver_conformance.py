@@ -7,6 +7,7 @@ errors, node states and how often side branches ran.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -462,7 +463,7 @@ def test_cancel_stops_run(kit: Kit) -> None:
 def test_unknown_task_dead_lettered(kit: Kit) -> None:
     canvas = chain(Signature("tasks.not_registered"), kit.add.s(1))
     result = kit.app.submit(canvas)
-    with kit.app.worker(concurrency=2):
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=0):
         error = result.get(TIMEOUT_S, propagate=False)
     assert result.state == "failed"
     assert isinstance(error, DeadLettered)
@@ -471,6 +472,35 @@ def test_unknown_task_dead_lettered(kit: Kit) -> None:
     assert message.run_id == result.id
     assert message.node_id == "0"
     assert "tasks.not_registered" in reason
+    assert result.node("1").state == "cancelled"
+
+
+def test_unknown_task_runs_once_registered(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.app.submit(chain(Signature("tasks.late"), kit.add.s(1)))
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=3 * TIMEOUT_S):
+        _wait_until(lambda: driver.delayed_count() == 1, "the message is deferred")
+        kit.app.task(name="tasks.late")(lambda: 41)
+        value = result.get(TIMEOUT_S)
+    assert value == 42
+    assert driver.dead_letters() == []
+    assert result.node("0").attempts == 1
+
+
+def test_unknown_task_dead_lettered_after_grace(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.app.submit(chain(Signature("tasks.never"), kit.add.s(1)))
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=2.0):
+        _wait_until(lambda: driver.delayed_count() == 1, "the message is deferred")
+        error = result.get(TIMEOUT_S, propagate=False)
+    assert isinstance(error, DeadLettered)
+    [(message, reason)] = driver.dead_letters()
+    assert message.node_id == "0"
+    assert message.attempt == 1
+    assert "'tasks.never' is not registered" in reason
+    assert "unknown_task_grace_s (2 s)" in reason
+    assert "import the module that defines it in the worker" in reason
+    assert result.node("0").attempts == 1
     assert result.node("1").state == "cancelled"
 
 
@@ -547,6 +577,15 @@ def test_dead_letter_fails_queued_node(kit: Kit) -> None:
     assert error is not None
     assert error.qualname == "DeadLettered"
     assert isinstance(result.get(TIMEOUT_S, propagate=False), DeadLettered)
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"Timed out waiting until {what}."
+        time.sleep(0.01)
 
 
 def _wait_for_call(kit: Kit, name: str) -> None:
