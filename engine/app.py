@@ -661,12 +661,24 @@ class App:
         queues: Sequence[str] | None = None,
         pool: str = "threads",
         name: str | None = None,
+        unknown_task_grace_s: float | None = None,
     ) -> Worker:
-        """Make a worker; ``with app.worker():`` runs it in the background."""
-        from stem.engine.worker import Worker
+        """Make a worker; ``with app.worker():`` runs it in the background.
 
+        ``unknown_task_grace_s`` defaults to `DEFAULT_UNKNOWN_TASK_GRACE_S`
+        (see `Worker`).
+        """
+        from stem.engine.worker import DEFAULT_UNKNOWN_TASK_GRACE_S, Worker
+
+        if unknown_task_grace_s is None:
+            unknown_task_grace_s = DEFAULT_UNKNOWN_TASK_GRACE_S
         return Worker(
-            self, concurrency=concurrency, queues=queues, pool=pool, name=name
+            self,
+            concurrency=concurrency,
+            queues=queues,
+            pool=pool,
+            name=name,
+            unknown_task_grace_s=unknown_task_grace_s,
         )
 
     # -- beat -----------------------------------------------------------------

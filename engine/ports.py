@@ -44,6 +44,11 @@ class Message:
     #: it past the visibility timeout. Its claim may then take over the
     #: attempt if it is still running.
     reclaimed: bool = False
+    #: When this message first entered a queue, in seconds since the epoch
+    #: by the broker's clock. Redeliveries and `Broker.defer` keep it. 0.0
+    #: means unknown, and then the worker's grace period for an unknown
+    #: task counts as over.
+    enqueued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -149,6 +154,19 @@ class Broker(Protocol):
 
     def dead_letter(self, message: Message, reason: str) -> None:
         """Move a message that cannot be processed aside; its node fails."""
+        ...
+
+    def defer(self, message: Message, delay_s: float) -> bool:
+        """Hand back a fetched message that was not claimed, due in ``delay_s`` seconds.
+
+        In one atomic step the message is acknowledged and put in the delayed
+        set with the same attempt, epoch and ``enqueued_at``, so any worker
+        may fetch it when it is due and no attempt is used up. Returns True
+        when it was deferred, and False in two cases. When its attempt can no
+        longer be claimed (its run ended, expired or moved to another epoch,
+        or a worker runs or ended the attempt), the message is dropped. When
+        another worker took the message over, nothing changes.
+        """
         ...
 
     def dead_letters(self) -> list[tuple[Message, str]]:

@@ -1512,6 +1512,38 @@ class RedisDriver(ShardRuns):
         check_reply("dead_letter", reply, message.run_id, message.node_id)
         log.warning("Dead-lettered %s: %s", _ids(message), printable(reason))
 
+    def defer(self, message: Message, delay_s: float) -> bool:
+        if not message.receipt:
+            return False
+        partition = self._keys.partition_of(message.run_id)
+        keys = [partition.run_hash(message.run_id), partition.queue(message.queue)]
+        args: list[str | int | float] = [
+            message.node_id,
+            str(message.attempt),
+            str(message.epoch),
+            message.receipt,
+            self._group,
+            self._consumer,
+            message.queue,
+            message.headers.get(TASK_HEADER, ""),
+            str(round(message.enqueued_at * 1000)),
+            repr(max(0.0, float(delay_s))),
+        ]
+        reply = self._scripts.call(
+            "defer", keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        result = check_reply("defer", reply, message.run_id, message.node_id)
+        if result is Reply.DONE:
+            return True
+        if result is Reply.DUPLICATE:
+            log.warning(
+                "Deferring %s changed nothing: another worker took it over.",
+                _ids(message),
+            )
+        else:
+            log.debug("Dropped a stale deferred message for %s.", _ids(message))
+        return False
+
     def dead_letters(self) -> list[tuple[Message, str]]:
         # Partition by partition: entry ids come from each node's clock, so
         # they do not order entries across partitions.
@@ -2328,6 +2360,9 @@ def _check_envelope(fields: dict[str, Any]) -> None:
 def _message(
     queue: str, entry_id: str, fields: dict[str, Any], *, reclaimed: bool = False
 ) -> Message:
+    # A deferred message carries the time it first entered a queue. Any
+    # other entry entered its queue when it was added, at its id's time.
+    enqueued_ms = fields.get("enqueued_ms") or entry_id.partition("-")[0]
     return Message(
         fields["run"],
         fields["node"],
@@ -2336,7 +2371,11 @@ def _message(
         int(fields["epoch"]),
         entry_id,
         {TASK_HEADER: fields["task"]},
-        reclaimed=reclaimed,
+        # Positional, because keywords cost more on this per-message path:
+        # lease 1 (the default), reclaimed and enqueued_at.
+        1,
+        reclaimed,
+        int(enqueued_ms) / 1000,
     )
 
 
@@ -2358,6 +2397,7 @@ def _leased(message: Message, lease: int) -> Message:
         message.headers,
         lease,
         False,
+        message.enqueued_at,
     )
 
 

@@ -40,6 +40,7 @@ SCRIPT_NAMES = (
     "fail",
     "retry",
     "dead_letter",
+    "defer",
     "splice",
     "cancel",
     "promote",
