@@ -343,15 +343,24 @@ class RedisDriver(ShardRuns):
         return self._submitted(run_id, spec, reply)
 
     def _submit_run(
-        self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
-    ) -> bool:
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        extra_graph: Sequence[str] = (),
+        *,
+        one_call: bool = False,
+    ) -> bool | None:
         """Store one run, in one script call or in chunks, and queue its roots.
 
         ``extra_graph`` are graph hash fields and values that the spec does
-        not give, such as a callback's ``/shards`` field.
+        not give, such as a callback's ``/shards`` field. With ``one_call``
+        a run too large for one submit call is not stored, and None is
+        returned.
         """
         with paused_gc():
             call = self._submit_call(run_id, spec, extra_graph)
+            if one_call and isinstance(call, _LargeRun):
+                return None
             if isinstance(call, _LargeRun):
                 reply = None
             else:
@@ -469,7 +478,9 @@ class RedisDriver(ShardRuns):
 
         See `_submit_call`, which adds the run's key and spec JSON.
         """
-        graph = [*layout.graph_fields(spec, defaults=False), *extra_graph]
+        # The extra pairs go first: submit.lua looks for "submitter_activates"
+        # in the first pair only.
+        graph = [*extra_graph, *layout.graph_fields(spec, defaults=False)]
         counts = layout.initial_counts(spec.nodes)
         state = [
             *layout.initial_node_fields(spec.nodes),
