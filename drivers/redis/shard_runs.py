@@ -42,12 +42,21 @@ class ShardRuns(RedisOperations):
     """Shard runs of sharded chords, over the keys of every partition."""
 
     _stage_ttl_s: float
+    #: Whether `_submit_sharded` activates the shards whose header is ready
+    #: at submit itself. The tests of activation entries turn it off, so
+    #: every shard is activated from the home run's outbox.
+    _submitter_starts_shards: bool = True
 
     # RedisDriver defines these, and the shard runs call them.
 
     def _submit_run(
-        self, run_id: str, spec: GraphSpec, extra_graph: Sequence[str] = ()
-    ) -> bool:
+        self,
+        run_id: str,
+        spec: GraphSpec,
+        extra_graph: Sequence[str] = (),
+        *,
+        one_call: bool = False,
+    ) -> bool | None:
         raise NotImplementedError  # pragma: no cover - RedisDriver defines it
 
     def _stage_and_seal(
@@ -75,33 +84,128 @@ class ShardRuns(RedisOperations):
         raise NotImplementedError  # pragma: no cover - RedisDriver defines it
 
     def _submit_sharded(self, run_id: str, plan: ShardPlan) -> bool:
-        """Write a run whose chord headers are cut into shards: shards first."""
+        """Write a run whose chord headers are cut into shards.
+
+        A shard whose header waits for other nodes is written inactive
+        before the home run, so its activation never finds it missing. A
+        shard whose header is ready at submit (its shard node is a root of
+        the home run) is written after the home run. The home run starts
+        its shard node without an activation entry, and the shard is
+        activated as soon as it is sealed. So its members run while later
+        shards are still being written.
+        """
         with self._errors(f"check whether run {run_id} exists"):
             exists = self._client.exists(self._keys.run(run_id).run)
         if exists:
             return False
-        # Every shard is written before the home run, so an activation never
-        # finds its shard missing. Shards keep a TTL of stage_ttl_s until the
-        # home run exists, so those of a submitter that died first expire.
+        ready: list[Shard] = []
+        waiting: list[Shard] = []
         for shard in plan.shards:
-            self._write_shard(run_id, shard)
+            if self._submitter_starts_shards and not shard.inputs:
+                ready.append(shard)
+            else:
+                waiting.append(shard)
+        # A taken shard run id is found before the home run is written, so
+        # that the submit writes nothing.
+        for shard in ready:
+            self._check_shard_owner(run_id, shard)
         # "shard_nodes" lets the script that ends the home run pass its
         # retention on to the shards (send_shard_retention in lifecycle.lua).
         shard_fields = ["shard_nodes", ",".join(shard.node for shard in plan.shards)]
         for join, nodes in plan.joins.items():
             shard_fields += [f"{join}/shards", ",".join(nodes)]
-        created = self._submit_run(run_id, plan.home, shard_fields)
-        if created:
-            # NOTE: if this process dies before this call, a shard that is
-            # activated after stage_ttl_s is gone, and its chord fails with
-            # an error that names the missing shard run.
-            self._apply_shard_retention(
-                run_id, [shard.node for shard in plan.shards], "0", "submitted"
+        # Shards keep a TTL of stage_ttl_s until the home run exists, so
+        # those of a submitter that died first expire.
+        for shard in waiting:
+            self._write_shard(run_id, shard)
+        created: bool | None = None
+        if ready:
+            started = ",".join(shard.node for shard in ready)
+            created = self._submit_run(
+                run_id,
+                plan.home,
+                ["submitter_activates", started, *shard_fields],
+                one_call=True,
             )
-            log.debug(
-                "Run %s submitted with %d chord shards.", run_id, len(plan.shards)
+        if created is None:
+            # A home run too large for one submit call queues its roots
+            # from release.lua, which writes an activation entry for every
+            # shard node, so every shard is written before it.
+            for shard in ready:
+                self._write_shard(run_id, shard)
+            ready = []
+            created = bool(self._submit_run(run_id, plan.home, shard_fields))
+        if not created:
+            return False
+        # NOTE: if this process dies from here on, a shard node whose shard
+        # is not written yet stays running with no activation entry until
+        # the reconciler resyncs the home run, reconcile_after_s after its
+        # last progress. It then fails the chord with an error that names
+        # the missing shard run (_shard_missing). So does a shard that is
+        # activated after its stage_ttl_s ran out.
+        self._write_started_shards(run_id, ready)
+        self._apply_shard_retention(
+            run_id, [shard.node for shard in plan.shards], "0", "submitted"
+        )
+        log.debug("Run %s submitted with %d chord shards.", run_id, len(plan.shards))
+        return True
+
+    def _write_started_shards(self, home: str, shards: list[Shard]) -> None:
+        """Write and activate, one by one, the shards that the home run started."""
+        for shard in shards:
+            if not self._home_running(home):
+                log.info(
+                    "Run %s ended or ran again while its chord shards were "
+                    "written; the rest of them are not written.",
+                    home,
+                )
+                return
+            self._write_shard(home, shard)
+            self._start_shard(home, shard)
+            self._note_progress(home)
+
+    def _home_running(self, home: str) -> bool:
+        """Tell whether a home run still runs in its first epoch."""
+        with self._errors(f"read the status of run {home}"):
+            status, epoch = self._client.hmget(
+                self._keys.run(home).run, ["status", "epoch"]
             )
-        return created
+        return bool(status == "running" and epoch == "1")
+
+    def _start_shard(self, home: str, shard: Shard) -> None:
+        """Activate a shard whose header is ready at submit; a worker queues its roots.
+
+        The shard reads no home node, so it needs no input. Its roots are
+        queued by the worker that drains the "release" entry that this adds
+        to the shard's partition outbox, so the submitter writes the next
+        shard meanwhile. A release applied twice, or by the reconciler
+        (activate.lua adds the shard to the releasing set), is harmless.
+        """
+        shard_id = shard_run_id(home, shard.node)
+        script_keys = [self._keys.run(shard_id).run]
+        args: list[str | int | float] = [shard_id, "1"]
+        reply = self._scripts.call("activate", script_keys, args, run_id=shard_id)
+        accept = frozenset({Reply.DONE, Reply.DUPLICATE, Reply.STALE})
+        result = check_reply("activate", reply, shard_id, accept=accept)
+        if result is Reply.STALE:
+            # The home run was retried meanwhile. Its reconciler renews and
+            # activates the shard for the new epoch.
+            log.info("Skipped starting shard %s of an older epoch.", shard_id)
+            return
+        outbox = self._keys.partition_of(shard_id).outbox
+        entry = {"kind": "release", "run": shard_id, "epoch": "1"}
+        with self._errors(f"ask a worker to release the roots of shard {shard_id}"):
+            self._client.xadd(outbox, entry)  # type: ignore[arg-type]
+
+    def _note_progress(self, home: str) -> None:
+        """Score a home run's progress now, so the reconciler leaves it alone."""
+        with self._errors(f"note the progress of run {home}"):
+            seconds, micros = self._client.time()
+            self._client.zadd(
+                self._keys.partition_of(home).sharded,
+                {home: seconds + micros / 1_000_000},
+                xx=True,
+            )
 
     def _write_shard(self, home: str, shard: Shard) -> None:
         """Stage and seal one shard run, inactive until its home run activates it."""
@@ -124,9 +228,16 @@ class ShardRuns(RedisOperations):
             return
         # The shard exists: an earlier submit of this run wrote it, or a run
         # that is not a shard has its id.
+        self._check_shard_owner(home, shard)
+
+    def _check_shard_owner(self, home: str, shard: Shard) -> None:
+        """Raise if a run that is not this home run's shard has the shard's id."""
+        shard_id = shard_run_id(home, shard.node)
+        keys = self._keys.run(shard_id)
         with self._errors(f"read shard {shard_id}"):
-            owner: Any = self._client.hget(self._keys.run(shard_id).run, "home")
-        if owner != home:
+            found: Any = self._client.hmget(keys.run, ["status", "home"])
+        status, owner = found
+        if status is not None and owner != home:
             raise DriverError(
                 f"Run id {shard_id!r} that shard {shard.node} of run {home} "
                 "needs is taken by another run. Submit run "
@@ -324,13 +435,7 @@ class ShardRuns(RedisOperations):
                 self._apply_report(
                     home, node, str(epoch), shard, status, error_node or ""
                 )
-        with self._errors(f"note the progress of run {home}"):
-            seconds, micros = self._client.time()
-            self._client.zadd(
-                self._keys.partition_of(home).sharded,
-                {home: seconds + micros / 1_000_000},
-                xx=True,
-            )
+        self._note_progress(home)
 
     def _apply_shard_retention(
         self, home: str, shard_nodes: list[NodeId], version: str, kind: str

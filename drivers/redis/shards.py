@@ -28,6 +28,7 @@ from stem.canvas.spec import (
     NodeId,
     NodeInput,
     NodeSpec,
+    NoInput,
     Template,
     node_order,
     template_nodes,
@@ -124,15 +125,18 @@ def _header_of(spec: GraphSpec, group: GroupSpec) -> _Header | None:
     joins: set[NodeId] = set()
     inputs: set[NodeId] = set()
     ends = {*spec.sinks, *spec.settled, *template_nodes(spec.output)}
+    by_id = spec.by_id
+    errbacks = spec.errbacks_covering
+    dependents = spec.dependents
     for node_id, index in member_of.items():
-        node = spec.node(node_id)
-        if not _plain(node) or node_id in ends or spec.errbacks_covering[node_id]:
+        node = by_id[node_id]
+        if not _plain(node) or node_id in ends or errbacks[node_id]:
             return None
         outside = _outside_deps(spec, node, index, member_of)
         if outside is None:
             return None
         inputs.update(outside)
-        for dependent in spec.dependents[node_id]:
+        for dependent in dependents[node_id]:
             if member_of.get(dependent) != index:
                 joins.add(dependent)
     if len(joins) != 1:
@@ -154,6 +158,9 @@ def _outside_deps(
     another member, or it waits for both the header's input and its own
     member, which activation alone could not queue.
     """
+    if not node.deps and isinstance(node.input, NoInput):
+        # A member of a chord at the canvas's start: nothing to walk.
+        return []
     outside = [dep for dep in node.deps if member_of.get(dep) != index]
     if any(dep in member_of for dep in outside):
         return None
@@ -318,9 +325,12 @@ def _shard(
         NodeSpec(id=node, task=SHARD_INPUT_TASK, path=spec.node(node).path)
         for node in header.inputs
     ]
-    members = [spec.node(node) for member in chunk for node in member]
+    by_id = spec.by_id
+    members = [by_id[node] for member in chunk for node in member]
     roots = [
-        node.id for node in members if all(dep not in chunk_nodes for dep in node.deps)
+        node.id
+        for node in members
+        if not node.deps or all(dep not in chunk_nodes for dep in node.deps)
     ]
     sinks = sorted(
         (node for node in chunk_nodes if node in join_deps), key=join_deps.__getitem__

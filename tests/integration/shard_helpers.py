@@ -32,23 +32,31 @@ def new_prefix() -> str:
 
 
 def make_driver(
-    redis_target: Any, *, url_suffix: str = "", **settings: Any
+    redis_target: Any,
+    *,
+    url_suffix: str = "",
+    submitter_starts: bool = False,
+    **settings: Any,
 ) -> RedisDriver:
     """Open a driver on ``redis_target`` with its own prefix.
 
     The reconciler waits an hour unless ``settings`` set
     ``reconcile_interval_s``, so only the test applies outbox entries.
-    ``url_suffix`` is appended to the URL's query string.
+    ``url_suffix`` is appended to the URL's query string. Unless
+    ``submitter_starts`` is set, every shard is activated from the home
+    run's outbox, also one whose header is ready at submit.
     """
     url = redis_target.url
     if url_suffix:
         url += ("&" if "?" in url else "?") + url_suffix
-    return RedisDriver(
+    driver = RedisDriver(
         url,
         prefix=new_prefix(),
         **redis_target.settings,
         **{"reconcile_interval_s": 3600.0, **settings},
     )
+    driver._submitter_starts_shards = submitter_starts
+    return driver
 
 
 def planned_error() -> ErrorInfo:

@@ -117,6 +117,7 @@ def test_shards_spread_over_partitions(
     app = make_app(shard_size=100)
     driver = app.driver
     assert isinstance(driver, RedisDriver)
+    driver._submitter_starts_shards = False
     driver.submit("spread", chord_spec(2000))
     tags = {
         driver._keys.partition_of(shard_run_id("spread", str(first))).tag
@@ -595,5 +596,149 @@ def test_submit_again_after_crash(redis_target: Any, monkeypatch: Any) -> None:
         snapshot = driver.snapshot("again-after")
         assert snapshot.status == "succeeded"
         assert snapshot.value == dumps([2 * i for i in range(12)])
+    finally:
+        driver.close()
+
+
+# -- shards started by the submitter -------------------------------------------
+
+
+def _stage_calls_fail_after(
+    driver: RedisDriver, monkeypatch: Any, shards_written: int
+) -> None:
+    """Make the submitter die when it stages the next shard after ``shards_written``."""
+    original = driver._scripts.call
+    sealed: list[str] = []
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "seal":
+            sealed.append(kwargs["run_id"])
+        if name == "stage" and len(sealed) == shards_written:
+            raise KeyboardInterrupt("died while writing the shards")
+        return original(name, *args, **kwargs)
+
+    monkeypatch.setattr(driver._scripts, "call", call)
+
+
+def test_ready_shards_start_during_submit(
+    redis_target: Any, client: Any, monkeypatch: Any
+) -> None:
+    driver = make_driver(redis_target, shard_size=5, submitter_starts=True)
+    try:
+        original = driver._scripts.call
+        seen: list[str | None] = []
+
+        def call(name: str, *args: Any, **kwargs: Any) -> Any:
+            if name == "stage" and kwargs["run_id"] == shard_run_id("early", "10"):
+                # The last shard is being written: the first one runs already.
+                first = driver._keys.run(shard_run_id("early", "0"))
+                seen.append(client.hget(first.run, "active"))
+            return original(name, *args, **kwargs)
+
+        monkeypatch.setattr(driver._scripts, "call", call)
+        assert driver.submit("early", chord_spec(12))
+        monkeypatch.setattr(driver._scripts, "call", original)
+        assert seen
+        assert seen[0] == "1"
+        # The home run wrote no activation entry: the submitter activated
+        # every shard and left a release entry for each.
+        entries = read_outbox(driver)
+        kinds = [fields["kind"] for _, _, fields in entries]
+        assert kinds == ["release"] * 3
+        apply_entries(driver, entries)
+        ran = _drain(driver)
+        assert [task for task, _ in ran].count("add") == 12
+        assert [task for task, _ in ran].count("echo") == 1
+        snapshot = driver.snapshot("early")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
+    finally:
+        driver.close()
+
+
+def test_waiting_shards_written_before_home(redis_target: Any) -> None:
+    # A chord after a task: its shards cannot start at submit, so they are
+    # written inactive before the home run and activated from its outbox.
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    echo = app.task(name="echo")(lambda value: value)
+    canvas = chain(add.s(1, 1), chord([add.s(i) for i in range(12)], echo.s()))
+    driver = make_driver(redis_target, shard_size=5, submitter_starts=True)
+    try:
+        assert driver.submit("later", compile_canvas(canvas))
+        shard = driver._keys.run(shard_run_id("later", "1"))
+        assert driver._client.hget(shard.run, "active") == "0"
+        _drain(driver)
+        snapshot = driver.snapshot("later")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 + i for i in range(12)])
+    finally:
+        driver.close()
+
+
+def test_crash_before_shards_fails_chord(redis_target: Any, monkeypatch: Any) -> None:
+    driver = make_driver(
+        redis_target, shard_size=5, submitter_starts=True, reconcile_after_s=0.0
+    )
+    try:
+        with monkeypatch.context() as patch:
+            _stage_calls_fail_after(driver, patch, 0)
+            with pytest.raises(KeyboardInterrupt):
+                driver.submit("cut", chord_spec(12))
+        # The home run exists, so the same run id is not submitted again.
+        assert not driver.submit("cut", chord_spec(12))
+        assert _drain(driver) == []
+        assert driver.snapshot("cut").status == "running"
+        # The reconciler finds the home run's shards missing.
+        assert driver.reconcile() == 1
+        _drain(driver)
+        snapshot = driver.snapshot("cut")
+        assert snapshot.status == "failed"
+        assert snapshot.error_node == "0"
+        record = snapshot.nodes["0"]
+        assert record.error is not None
+        assert shard_run_id("cut", "0") in record.error.message
+        assert "not found" in record.error.message
+    finally:
+        driver.close()
+
+
+def test_crash_between_shards_fails_chord(redis_target: Any, monkeypatch: Any) -> None:
+    driver = make_driver(
+        redis_target, shard_size=5, submitter_starts=True, reconcile_after_s=0.0
+    )
+    try:
+        with monkeypatch.context() as patch:
+            _stage_calls_fail_after(driver, patch, 1)
+            with pytest.raises(KeyboardInterrupt):
+                driver.submit("half", chord_spec(12))
+        # The first shard was written and started before the crash.
+        first = driver._keys.run(shard_run_id("half", "0"))
+        assert driver._client.hget(first.run, "active") == "1"
+        second = driver._keys.run(shard_run_id("half", "5"))
+        assert driver._client.exists(second.run) == 0
+        ran = _drain(driver)
+        assert [task for task, _ in ran].count("add") == 5
+        assert driver.reconcile() == 1
+        _drain(driver)
+        snapshot = driver.snapshot("half")
+        assert snapshot.status == "failed"
+        assert snapshot.error_node == "5"
+        record = snapshot.nodes["5"]
+        assert record.error is not None
+        assert shard_run_id("half", "5") in record.error.message
+    finally:
+        driver.close()
+
+
+def test_taken_shard_id_writes_no_home(redis_target: Any) -> None:
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    driver = make_driver(redis_target, shard_size=5, submitter_starts=True)
+    try:
+        driver.submit("owned~s5", compile_canvas(add.s(1, 1)))
+        with pytest.raises(DriverError, match=r"is taken by another run"):
+            driver.submit("owned", chord_spec(12))
+        assert driver._client.exists(driver._keys.run("owned").run) == 0
     finally:
         driver.close()

@@ -830,6 +830,8 @@ from stem import App, chord
 from stem.drivers.redis import driver as redis_driver
 
 app = App({url!r}, partitions=3, visibility_timeout_s=1.0)
+# The worker, not the submitter, must activate the shards.
+app.driver._submitter_starts_shards = False
 
 
 def note(line):

@@ -985,3 +985,25 @@ def test_spec_node_lookup(size: int) -> None:
         assert spec.node(item.id) is item
     with pytest.raises(KeyError):
         spec.node("999")
+
+
+def test_compiled_nodes_equal_validated_nodes() -> None:
+    # The compiler builds nodes without pydantic's validation, so each must
+    # equal the node that validating its own fields gives.
+    body = task("body").set(queue="slow", countdown=2)
+    body.link(task("linked"))
+    body.link_error(task("on_error"))
+    canvas = chain(
+        task("first", 1, key="v"),
+        chord([task("member", i) for i in range(3)], body),
+        group(task("a"), task("b").set(ignore_result=True)),
+    )
+
+    spec = compile_canvas(canvas)
+
+    for compiled in spec.nodes:
+        validated = NodeSpec.model_validate(compiled.model_dump())
+        assert compiled == validated, compiled.id
+        assert compiled.model_fields_set == validated.model_fields_set, compiled.id
+        assert compiled.input == validated.input, compiled.id
+    assert GraphSpec.from_json(spec.to_json()) == spec

@@ -12,7 +12,10 @@
   ARGV[6] nodes whose failure reaches a sink through fail_fast edges, in node order
   ARGV[7] number of main-path nodes
   ARGV[8] n, the number of graph hash field/value pairs that follow
-  ARGV[9 .. 8+2n] graph hash fields and values
+  ARGV[9 .. 8+2n] graph hash fields and values. When the first field is
+          "submitter_activates", its value lists the shard nodes that start
+          running without an "activate" outbox entry, because the submitter
+          writes their shard runs active after this call (shard_runs.py)
   ARGV[9+2n] retention after the run ends, in milliseconds; "0" keeps it
   ARGV[10+2n] lifecycle events kept in the stream, about; "0" writes none
   ARGV[11+2n] c, the number of state-count field/value pairs that follow
@@ -137,6 +140,11 @@ end
 
 --- @include "graph"
 
+if graph_pairs > 0 and ARGV[9] == "submitter_activates" then
+  for _, node in ipairs(split(ARGV[10])) do
+    submitter_activates[node] = true
+  end
+end
 if #ARGV > counts_last then
   hset_range(nodes_key, counts_last + 1, #ARGV)
 end

@@ -83,6 +83,10 @@ end
 
 -- Node states that this script call wrote, by node id.
 local written_states = {}
+-- Shard nodes whose shard runs the submitter writes active itself, after
+-- the home run (submit.lua fills it, shard_runs.py): starting one at submit
+-- adds no "activate" outbox entry, because its shard may not exist yet.
+local submitter_activates = {}
 -- The run's "open_main" field after this call's last change of it, or nil.
 local open_main_left = nil
 -- When true, `set_terminal` lowers `open_main_left` in Lua only and
@@ -143,8 +147,10 @@ local function enqueue(node, last_attempt)
       node .. "/started_at", now_text, unpack(attempt_pair))
     written_states[node] = "running"
     count_move(node, "pending", "running", info.group)
-    rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
-      "node", node, "epoch", epoch)
+    if not submitter_activates[node] then
+      rcall("XADD", base .. "outbox", "*", "kind", "activate", "run", run_id,
+        "node", node, "epoch", epoch)
+    end
     mark_shard_home()
     rcall("ZADD", base .. "sharded", now_text, run_id)
     return
