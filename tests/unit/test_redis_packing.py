@@ -71,3 +71,47 @@ def test_other_encoding_keeps_redis_py_packer() -> None:
     ours, _ = _connections("redis://127.0.0.1:1/0?encoding=latin-1")
 
     assert not isinstance(ours._command_packer, _ScriptCallPacker)
+
+
+#: A fetch as the driver sends it on a thread's connection.
+READ_CALL: tuple[Any, ...] = (
+    "XREADGROUP",
+    "GROUP",
+    "stem-workers",
+    "host-1-2",
+    "COUNT",
+    8,
+    "BLOCK",
+    100,
+    "STREAMS",
+    "{stem:p0}:q:café",
+    "{stem:p0}:outbox",
+    ">",
+    ">",
+)
+
+
+def test_read_call_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+
+    assert _packed(ours, *READ_CALL) == _packed(plain, *READ_CALL)
+
+
+def test_surrogate_argument_packed_like_redis_py() -> None:
+    # The client decodes a byte that is not UTF-8 to a lone surrogate, which
+    # hiredis cannot encode, and redis-py encodes back to the byte.
+    ours, plain = _connections("redis://127.0.0.1:1/0?encoding_errors=surrogateescape")
+    command = (*READ_CALL[:9], "{stem:p0}:q:\udcff", ">")
+
+    assert _packed(ours, *command) == _packed(plain, *command)
+    assert b"\xff" in _packed(ours, *command)
+
+
+def test_pipeline_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+    commands = [SCRIPT_CALL, READ_CALL, ("HSET", "key", "field", 1.5), SCRIPT_CALL]
+
+    packed = ours._command_packer.pack_many(commands)
+
+    assert len(packed) == 1
+    assert packed[0] == b"".join(plain.pack_commands(commands))
