@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from stem.drivers.redis import scripts
 from stem.drivers.redis.connection import _ScriptCallPacker, connect, parse_url
 
 pytest.importorskip("hiredis")
@@ -115,3 +116,16 @@ def test_pipeline_packed_like_redis_py() -> None:
 
     assert len(packed) == 1
     assert packed[0] == b"".join(plain.pack_commands(commands))
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        (["key", "0", ""], [b"key", b"0", b""]),
+        (["caf\u00e9", 2, 1.5], [b"caf\xc3\xa9", b"2", b"1.5"]),
+        (["a\0b", "c"], [b"a\0b", b"c"]),
+        (["a\0b", 3], [b"a\0b", b"3"]),
+    ],
+)
+def test_script_arguments_encoded(items: list[Any], expected: list[bytes]) -> None:
+    assert scripts._encoded(items) == expected
