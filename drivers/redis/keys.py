@@ -357,7 +357,11 @@ class KeySpace:
 
     def partition_of(self, run_id: str) -> Keys:
         """Return the keys of the partition that a run lives in."""
-        return self.partitions[partition_index(run_id, len(self.partitions))]
+        partitions = self.partitions
+        if len(partitions) == 1:
+            # The CRC of the run id would pick the one partition anyway.
+            return partitions[0]
+        return partitions[partition_index(run_id, len(partitions))]
 
     def run(self, run_id: str) -> RunKeys:
         """Return the keys of one run, in its partition."""

@@ -408,10 +408,18 @@ def _encoded(items: list[str | int | float]) -> list[bytes]:
     Joining with NUL and splitting again encodes in C. If an item contains
     NUL itself, the split finds more items, so each item is encoded alone.
     """
-    texts = [item if type(item) is str else repr(item) for item in items]
-    parts = "\0".join(texts).encode().split(b"\0")
-    if len(parts) == len(texts):
+    try:
+        # The worker's claim and report calls pass text only.
+        joined = "\0".join(items)  # type: ignore[arg-type]
+        texts: list[str] | None = None
+    except TypeError:
+        texts = [item if type(item) is str else repr(item) for item in items]
+        joined = "\0".join(texts)
+    parts = joined.encode().split(b"\0")
+    if len(parts) == len(items):
         return parts
+    if texts is None:
+        texts = [item if type(item) is str else repr(item) for item in items]
     return [text.encode() for text in texts]
 
 

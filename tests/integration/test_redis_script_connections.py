@@ -215,3 +215,37 @@ def test_fetch_reuses_thread_connection(redis_url: str) -> None:
     assert all(message.attempt == 1 for message in messages)
     assert empty == []
     assert checkouts == []
+
+
+def test_pipelined_replies_kept_in_order(redis_url: str, client: redis.Redis) -> None:
+    driver, name = _named_driver(redis_url)
+    connections = driver._scripts.connections
+    assert connections is not None
+    text_key, missing_key = f"{name}:text", f"{name}:missing"
+    client.set(text_key, "x")
+    # About 2 MB of replies, more than one socket read returns, so some
+    # replies are read before later ones have arrived.
+    big = "y" * 20_000
+    commands: list[tuple[Any, ...]] = []
+    for index in range(100):
+        commands += [
+            ("EVAL", "return ARGV[1] .. ARGV[2]", 0, big, str(index)),
+            ("GET", missing_key),
+            ("INCR", text_key),
+            ("EVAL", "return {tonumber(ARGV[1]), false}", 0, str(index)),
+        ]
+    try:
+        replies = connections.send(commands)
+        after = connections.send([("GET", text_key)])
+    finally:
+        client.delete(text_key)
+        driver.close()
+
+    assert len(replies) == 400
+    for index in range(100):
+        value, nothing, error, pair = replies[4 * index : 4 * index + 4]
+        assert value == big + str(index)
+        assert nothing is None
+        assert isinstance(error, redis.ResponseError)
+        assert pair == [index, None]
+    assert after == ["x"]

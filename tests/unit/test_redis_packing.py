@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 import redis
 
+from stem.drivers.redis import scripts
 from stem.drivers.redis.connection import _ScriptCallPacker, connect, parse_url
 
 pytest.importorskip("hiredis")
@@ -71,3 +72,60 @@ def test_other_encoding_keeps_redis_py_packer() -> None:
     ours, _ = _connections("redis://127.0.0.1:1/0?encoding=latin-1")
 
     assert not isinstance(ours._command_packer, _ScriptCallPacker)
+
+
+#: A fetch as the driver sends it on a thread's connection.
+READ_CALL: tuple[Any, ...] = (
+    "XREADGROUP",
+    "GROUP",
+    "stem-workers",
+    "host-1-2",
+    "COUNT",
+    8,
+    "BLOCK",
+    100,
+    "STREAMS",
+    "{stem:p0}:q:café",
+    "{stem:p0}:outbox",
+    ">",
+    ">",
+)
+
+
+def test_read_call_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+
+    assert _packed(ours, *READ_CALL) == _packed(plain, *READ_CALL)
+
+
+def test_surrogate_argument_packed_like_redis_py() -> None:
+    # The client decodes a byte that is not UTF-8 to a lone surrogate, which
+    # hiredis cannot encode, and redis-py encodes back to the byte.
+    ours, plain = _connections("redis://127.0.0.1:1/0?encoding_errors=surrogateescape")
+    command = (*READ_CALL[:9], "{stem:p0}:q:\udcff", ">")
+
+    assert _packed(ours, *command) == _packed(plain, *command)
+    assert b"\xff" in _packed(ours, *command)
+
+
+def test_pipeline_packed_like_redis_py() -> None:
+    ours, plain = _connections("redis://127.0.0.1:1/0")
+    commands = [SCRIPT_CALL, READ_CALL, ("HSET", "key", "field", 1.5), SCRIPT_CALL]
+
+    packed = ours._command_packer.pack_many(commands)
+
+    assert len(packed) == 1
+    assert packed[0] == b"".join(plain.pack_commands(commands))
+
+
+@pytest.mark.parametrize(
+    ("items", "expected"),
+    [
+        (["key", "0", ""], [b"key", b"0", b""]),
+        (["caf\u00e9", 2, 1.5], [b"caf\xc3\xa9", b"2", b"1.5"]),
+        (["a\0b", "c"], [b"a\0b", b"c"]),
+        (["a\0b", 3], [b"a\0b", b"3"]),
+    ],
+)
+def test_script_arguments_encoded(items: list[Any], expected: list[bytes]) -> None:
+    assert scripts._encoded(items) == expected

@@ -72,6 +72,20 @@ def test_spec_text_rejects_other_texts(spec: GraphSpec) -> None:
     assert cut.read(written.replace('{"a":2}', "[2]")) is None
 
 
+def test_spec_text_shares_spec_without_arguments(spec: GraphSpec) -> None:
+    cut = SpecText(spec)
+    bare = spec.with_root_args([], {})
+    written = cut.write(bare)
+
+    first = cut.read(written)
+    second = cut.read(bare.to_json())
+
+    assert first == bare
+    assert second is first
+    assert cut.read(written) is first
+    assert cut.read(cut.write(spec.with_root_args([1], {}))) is not first
+
+
 def test_spec_parser_cuts_alike_texts(
     spec: GraphSpec, monkeypatch: pytest.MonkeyPatch
 ) -> None:

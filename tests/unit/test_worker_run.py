@@ -9,6 +9,7 @@ import pytest
 
 import stem.engine.worker as worker_module
 from stem import App
+from stem.canvas.spec import NodeOptions
 from stem.engine.ports import Message
 
 
@@ -187,4 +188,44 @@ def test_take_slots_single_thread_takes_one() -> None:
     _hold_slots(worker, 1)
 
     assert worker._take_slots() == 1
+    app.close()
+
+
+@pytest.mark.parametrize(
+    ("task_options", "node_options", "expected"),
+    [
+        ({}, {}, {}),
+        ({}, {"queue": "q"}, {}),
+        ({"max_retries": None}, {"queue": "q"}, {"max_retries": None}),
+        ({"max_retries": 5, "queue": "q"}, {}, {"max_retries": 5}),
+        ({"retry_backoff": 2.0}, {}, {"retry_backoff": 2.0}),
+        (
+            {"retry_backoff": True},
+            {"retry_jitter": False},
+            {
+                "retry_backoff": True,
+                "retry_jitter": False,
+            },
+        ),
+        ({"max_retries": 5}, {"max_retries": 2}, {"max_retries": 2}),
+        (
+            {"max_retries": None},
+            {"default_retry_delay": 1.0},
+            {
+                "max_retries": None,
+                "default_retry_delay": 1.0,
+            },
+        ),
+        ({}, {"max_retries": None, "queue": "q"}, {}),
+    ],
+)
+def test_retry_policy_node_over_task(
+    task_options: dict[str, Any], node_options: dict[str, Any], expected: Any
+) -> None:
+    app = App("memory://")
+    task = app.task(name="t", **task_options)(lambda: None)
+
+    policy = worker_module._retry_policy(task, NodeOptions(**node_options))
+
+    assert policy == expected
     app.close()
