@@ -117,6 +117,8 @@ _MAX_BLOCK_S = 0.05
 _MAX_SHOWN_FIELDS = 500
 #: An event id: its write time in microseconds and a sequence number.
 _EVENT_ID = re.compile(r"[0-9]+-[0-9]+")
+#: Run statuses in the first chunk that `_read_changed` reads.
+_FIRST_STATUS_CHUNK = 32
 #: Nodes whose state, value and error one command of a paged input read fetches.
 _READ_PAGE = 1000
 #: Log message of a success report that failed in `complete_many`.
@@ -1382,24 +1384,42 @@ class RedisDriver(ShardRuns):
         return None if status is None else str(status)
 
     def _read_changed(self, run_ids: Sequence[str], pending: list[int]) -> list[int]:
-        """Return the indexes of the pending runs no longer running, in pipelines.
+        """Return the indexes of pending runs no longer running, read in order.
+
+        Statuses are read in pipelined chunks that double from
+        `_FIRST_STATUS_CHUNK` to `_PIPELINE_BATCH` while every run of a chunk
+        has ended, and the reading stops after the first chunk with a run
+        still running. Runs mostly end in the order they were queued, so the
+        runs after that one are mostly running too, and the waiter needs
+        every run anyway: a later poll reads them. Reading every pending
+        status at each change read each run about 3.5 times in a set of 1,000
+        no-op runs.
 
         Raises:
             RunNotFound: if a pending run no longer exists.
         """
         changed: list[int] = []
-        for first in range(0, len(pending), _PIPELINE_BATCH):
-            batch = pending[first : first + _PIPELINE_BATCH]
+        first = 0
+        size = _FIRST_STATUS_CHUNK
+        while first < len(pending):
+            batch = pending[first : first + size]
             with self._redis_errors(f"read the status of {len(batch)} runs"):
                 pipe = self._client.pipeline(transaction=False)
                 for index in batch:
                     pipe.hget(self._keys.run(run_ids[index]).run, "status")
                 statuses: list[Any] = pipe.execute()
+            running = False
             for index, status in zip(batch, statuses, strict=True):
                 if status is None:
                     raise self._not_found(run_ids[index])
-                if status != "running":
+                if status == "running":
+                    running = True
+                else:
                     changed.append(index)
+            if running:
+                break
+            first += len(batch)
+            size = min(2 * size, _PIPELINE_BATCH)
         return changed
 
     def workers_alive(self) -> int | None:

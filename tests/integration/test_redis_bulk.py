@@ -309,3 +309,23 @@ def test_get_of_deleted_run_is_not_found(app: App, redis_target: Any) -> None:
         result.get(TIMEOUT_S)
     with pytest.raises(RunNotFound, match=result.id):
         ResultSet([result]).get(TIMEOUT_S)
+
+
+def test_status_reads_stop_at_running_run(
+    app: App, monkeypatch: pytest.MonkeyPatch, redis_target: Any
+) -> None:
+    monkeypatch.setattr(driver_module, "_FIRST_STATUS_CHUNK", 2)
+    driver = _driver(app)
+    ids = app.tasks["add"].apply_many([(i, 1) for i in range(10)]).ids
+    client = redis_target.client()
+    try:
+        for index in [0, 1, 2, 3, 4, 6, 7, 8, 9]:
+            client.hset(driver._keys.run(ids[index]).run, "status", "succeeded")
+        # Chunks of 2, then 4: the second holds run 5, which is running.
+        assert driver._read_changed(ids, list(range(10))) == [0, 1, 2, 3, 4]
+        assert driver._read_changed(ids, [6, 7, 8, 9]) == [6, 7, 8, 9]
+        client.delete(driver._keys.run(ids[7]).run)
+        with pytest.raises(RunNotFound, match=ids[7]):
+            driver._read_changed(ids, [6, 7, 8, 9])
+    finally:
+        client.close()
