@@ -107,7 +107,7 @@ def connect(target: Target) -> redis.Redis | RedisCluster:
 
 
 class _ScriptCallPacker:
-    """Pack EVALSHA with one hiredis call, and every other command as redis-py does.
+    """Pack EVALSHA and FCALL with one hiredis call, others as redis-py does.
 
     The driver's script calls pass every key and argument as UTF-8 bytes
     already (``scripts._encoded``), so redis-py's per-argument checks and
@@ -122,7 +122,7 @@ class _ScriptCallPacker:
         self._pack_command = pack_command
 
     def pack(self, *args: Any) -> list[bytes]:
-        if args[0] == "EVALSHA":
+        if args[0] == "EVALSHA" or args[0] == "FCALL":
             try:
                 return [self._pack_command(args)]
             except TypeError:
