@@ -34,6 +34,7 @@ _LOCAL_FUNCTION = re.compile(r"^local function ([A-Za-z_][A-Za-z0-9_]*)\(")
 _LOCAL = re.compile(r"^local ([A-Za-z_][\w, ]*?)(\s*=.*)?$")
 #: A top-level upper-case constant: a number, a string or a table constructor.
 _CONSTANT = re.compile(r'^local ([A-Z][A-Z0-9_]*) = (-?[0-9]+|"[^"\\]*"|\{.*)$')
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 
 @dataclass(frozen=True)
@@ -48,20 +49,22 @@ class Library:
         return f"{self.name}_{script}"
 
 
-def build_library(sources: Mapping[str, str], read_only: frozenset[str]) -> Library:
+def build_library(
+    sources: Mapping[str, str], flags: Mapping[str, tuple[str, ...]]
+) -> Library:
     """Build one library that registers each script of ``sources`` as a function.
 
     ``sources`` maps a script's name to its assembled source
-    (`stem.drivers.redis.scripts.load_source`). The scripts named in
-    ``read_only`` get the ``no-writes`` flag, which Redis requires to run a
-    function on a read-only replica or with FCALL_RO.
+    (`stem.drivers.redis.scripts.load_source`), and ``flags`` maps a
+    script's name to its function flags, such as ``no-writes``. A script
+    that ``flags`` does not name gets none.
 
     Raises:
         ValueError: if a script has a shape this conversion cannot keep
             equal to EVALSHA, such as a top-level name defined twice.
     """
     blocks = [
-        _script_block(script, source, writes=script not in read_only)
+        _script_block(script, source, flags.get(script, ()))
         for script, source in sources.items()
     ]
     body = "\n".join(blocks)
@@ -71,16 +74,21 @@ def build_library(sources: Mapping[str, str], read_only: frozenset[str]) -> Libr
     return Library(name=name, code=code)
 
 
-def _script_block(script: str, source: str, *, writes: bool) -> str:
-    """Return the ``do ... end`` block of the load code that registers one script."""
+def _script_block(script: str, source: str, flags: tuple[str, ...]) -> str:
+    """Return the ``do ... end`` block of the load code that registers one script.
+
+    A top-level local that no load-time definition names stays a local of
+    the registered function, as fast to reach as in EVAL. The others become
+    locals of the block, which the load-time functions share with each call.
+    """
     lines = source.split("\n")
     is_code = _code_flags(lines)
-    names: list[str] = []
-    #: The line of each per-call definition of a name, and of each function.
-    per_call_lines: dict[str, list[int]] = {}
+    load_names: list[str] = []
     function_lines: dict[str, tuple[int, int]] = {}
     at_load: list[str] = []
-    per_call: list[str] = []
+    #: Per-call statements: (the names a top-level ``local`` declares, or
+    #: None for another statement, its text, its line).
+    per_call: list[tuple[list[str] | None, str, int]] = []
     index = 0
     while index < len(lines):
         line = lines[index]
@@ -90,45 +98,60 @@ def _script_block(script: str, source: str, *, writes: bool) -> str:
         function = _LOCAL_FUNCTION.match(line)
         constant = _constant_span(lines, index)
         declared = _LOCAL.match(line)
-        if function:
-            last = _function_end(script, lines, index)
-            names.append(function.group(1))
-            function_lines[function.group(1)] = (index, last)
-            # The name is declared as a local of the block below, so this
-            # assigns to it.
-            at_load.append(line[len("local ") :])
-            at_load.extend(lines[index + 1 : last + 1])
-            index = last + 1
-            continue
-        if constant is not None:
-            name, last = constant
-            names.append(name)
+        if function or constant is not None:
+            if function:
+                name, last = function.group(1), _function_end(script, lines, index)
+                function_lines[name] = (index, last)
+            else:
+                assert constant is not None
+                name, last = constant
+            load_names.append(name)
+            # The name is declared as a local of the block, so this assigns to it.
             at_load.append(line[len("local ") :])
             at_load.extend(lines[index + 1 : last + 1])
             index = last + 1
             continue
         if declared:
-            local_names = [name.strip() for name in declared.group(1).split(",")]
-            for name in local_names:
-                per_call_lines.setdefault(name, []).append(index)
-            names.extend(local_names)
-            per_call.append(", ".join(local_names) + (declared.group(2) or " = nil"))
+            declared_names = [name.strip() for name in declared.group(1).split(",")]
+            per_call.append((declared_names, declared.group(2) or "", index))
         else:
-            per_call.append(line)
+            per_call.append((None, line, index))
         index += 1
+
+    # Names that a load-time definition uses, or defines, must be block locals.
+    shared = set(_NAME.findall("\n".join(at_load))) | set(load_names)
+    names = list(load_names)
+    per_call_lines: dict[str, list[int]] = {}
+    body: list[str] = []
+    for local_names, text, number in per_call:
+        if local_names is None:
+            body.append(text)
+        elif shared.isdisjoint(local_names):
+            body.append(f"local {', '.join(local_names)}{text}")
+        else:
+            names.extend(local_names)
+            for name in local_names:
+                per_call_lines.setdefault(name, []).append(number)
+            body.append(", ".join(local_names) + (text or " = nil"))
     _check_redefinitions(script, lines, names, per_call_lines, function_lines)
-    flags = "{}" if writes else "{'no-writes'}"
+    if shared.isdisjoint({"KEYS", "ARGV"}):
+        block_locals = list(dict.fromkeys(names))
+        arguments = "local KEYS, ARGV = keys, args"
+    else:
+        block_locals = list(dict.fromkeys(["KEYS", "ARGV", *names]))
+        arguments = "KEYS, ARGV = keys, args"
+    flag_list = ", ".join(f"'{flag}'" for flag in flags)
     return "\n".join(
         [
             "do",
-            f"local {', '.join(dict.fromkeys(['KEYS', 'ARGV', *names]))}",
+            *([f"local {', '.join(block_locals)}"] if block_locals else []),
             *at_load,
             "redis.register_function{",
             f"function_name = '{_NAME_PLACEHOLDER}_{script}',",
-            f"flags = {flags},",
+            f"flags = {{{flag_list}}},",
             "callback = function(keys, args)",
-            "KEYS, ARGV = keys, args",
-            *per_call,
+            arguments,
+            *body,
             "end}",
             "end",
         ]

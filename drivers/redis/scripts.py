@@ -273,9 +273,18 @@ def _definition_span(lines: list[str], first: int) -> tuple[str, int] | None:
 
 #: The first Redis version with Functions (FUNCTION LOAD, FCALL).
 FUNCTIONS_VERSION = (7, 0)
-#: Scripts that only read. Their functions get the ``no-writes`` flag, so
-#: they run on a read-only replica as their EVALSHA does.
-READ_ONLY_SCRIPTS = frozenset({"read_ended"})
+#: The function flags of the scripts that need one, so each function runs
+#: where Redis ran the script with EVALSHA. A function without flags is
+#: rejected on a read-only replica and, above maxmemory, before it starts,
+#: while EVALSHA rejects only a write command that can grow memory
+#: (Redis 7.0). ``no-writes`` marks the scripts that only read, and
+#: ``allow-oom`` the ones that only delete.
+SCRIPT_FLAGS: dict[str, tuple[str, ...]] = {
+    "read_ended": ("no-writes",),
+    "stale_releases": ("no-writes",),
+    "purge": ("allow-oom",),
+    "release_lock": ("allow-oom",),
+}
 
 
 class Scripts:
@@ -296,7 +305,7 @@ class Scripts:
         self._scripts: dict[str, Script] = {
             name: client.register_script(source) for name, source in sources.items()
         }
-        self.library = build_library(sources, READ_ONLY_SCRIPTS)
+        self.library = build_library(sources, SCRIPT_FLAGS)
         self._function_names = {
             name: self.library.function_name(name) for name in SCRIPT_NAMES
         }

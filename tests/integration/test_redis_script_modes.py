@@ -129,3 +129,27 @@ def test_read_only_function_runs_on_replica(
         replica.close()
         replica_server.stop()
         driver.close()
+
+
+def test_deleting_functions_run_above_maxmemory(redis_script_mode: str) -> None:
+    # EVALSHA rejects only a write command that can grow memory, so the
+    # scripts that only delete have allow-oom and still run; others do not.
+    if redis_script_mode == "evalsha":
+        pytest.skip("--redis-scripts=evalsha loads no library")
+    server = LocalRedis()
+    server.start()
+    client = redis.Redis.from_url(server.url, decode_responses=True)
+    driver = RedisDriver(server.url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+    library = driver._scripts.library
+    try:
+        client.config_set("maxmemory", 1)
+
+        released = client.fcall(library.function_name("release_lock"), 1, "lock", "t")
+        with pytest.raises(redis.exceptions.OutOfMemoryError):
+            client.fcall(library.function_name("promote"), 1, "{p}:delayed", "10")
+
+        assert released == 0
+    finally:
+        driver.close()
+        client.close()
+        server.stop()
