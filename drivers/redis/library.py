@@ -4,10 +4,11 @@ Redis runs an EVAL script's top level on every call, so each include
 function that a script reaches is defined again on every call. A library's
 load code runs once, at FUNCTION LOAD. There each script's top-level
 ``local function`` blocks and upper-case constants are defined once. The
-script's other top-level statements (TIME, the key names, reading KEYS and
-ARGV) run in the registered function on every FCALL, as assignments to the
-same locals, so each call starts from the same values as an EVALSHA of the
-script.
+script's other top-level statements, such as TIME and the key names, run
+in the registered function on every FCALL. A top-level local that a
+load-time function uses becomes a local of the script's block, which each
+call assigns again. So each call starts from the same values as an
+EVALSHA of the script.
 
 Each script becomes one ``do ... end`` block of the load code, so the
 locals of different scripts stay apart. Function names are unique across
@@ -170,7 +171,7 @@ def _check_redefinitions(
     Every top-level name becomes one local of the script's block. A name
     that per-call code defines twice thus becomes two assignments, which
     matches EVAL unless a top-level function between the two definitions
-    uses it: under EVAL that function sees the first value, in the library
+    uses it: under EVAL that function reads the first value, in the library
     the last. A function or constant defined twice is rejected outright.
 
     Raises:

@@ -109,7 +109,7 @@ def test_redefinition_seen_by_function_rejected() -> None:
 
 
 def test_redefinition_after_functions_allowed() -> None:
-    # Both come before the function, so it sees the second under EVAL too.
+    # Both come before the function, so it reads the second under EVAL too.
     source = SCRIPT.replace(
         "local function note", "local seen = {}\nlocal function note"
     )
