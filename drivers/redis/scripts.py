@@ -28,6 +28,7 @@ for its script calls and sends them on it directly
 
 from __future__ import annotations
 
+import logging
 import re
 from enum import IntEnum
 from importlib import resources
@@ -41,6 +42,8 @@ from stem.canvas.errors import StemInternalError
 from stem.drivers.redis.connection import ThreadConnections
 from stem.drivers.redis.library import build_library
 from stem.engine.errors import DriverError, RunNotFound
+
+log = logging.getLogger(__name__)
 
 SCRIPT_NAMES = (
     "submit",
@@ -292,8 +295,8 @@ class Scripts:
 
     On Redis 7.0 or later the scripts run as the functions of one library
     (`stem.drivers.redis.library`), called with FCALL. On an older server,
-    or a Cluster with an older primary, they run with EVALSHA. `preload`
-    reads the version once and decides.
+    a Cluster with an older primary, or a server that rejects the FUNCTION
+    commands, they run with EVALSHA. `preload` decides once.
 
     Args:
         client: the client that runs them; its replies must be decoded to str.
@@ -320,7 +323,8 @@ class Scripts:
         """Choose FCALL or EVALSHA, then load what the node or any primary lacks.
 
         The first call reads the Redis version of the node, or of every
-        Cluster primary, and later calls keep the choice. For FCALL the
+        Cluster primary, and later calls keep the choice. A server that
+        rejects INFO or the FUNCTION commands gets EVALSHA. For FCALL the
         library is loaded on each node whose FUNCTION LIST does not name it.
         For EVALSHA one SCRIPT EXISTS checks every script first, so a client
         of a server whose script cache contains them already sends about
@@ -332,9 +336,10 @@ class Scripts:
         """
         try:
             if self.use_functions is None:
-                self.use_functions = server_version(self._client) >= FUNCTIONS_VERSION
-            if self.use_functions:
+                self.use_functions = self._load_library_if_supported()
+            elif self.use_functions:
                 self._load_library()
+            if self.use_functions:
                 return
             scripts = list(self._scripts.values())
             cached = self._client.script_exists(*(script.sha for script in scripts))
@@ -343,6 +348,30 @@ class Scripts:
                     script.sha = self._client.script_load(script.script)
         except redis.RedisError as err:
             raise DriverError(f"Loading the Lua scripts failed: {err}") from err
+
+    def _load_library_if_supported(self) -> bool:
+        """Load the library where it is missing and return True, or return False.
+
+        It returns False, for EVALSHA, on a server older than 7.0, and when
+        Redis rejects INFO or a FUNCTION command with an error reply, as
+        for an ACL user without the FUNCTION commands.
+
+        Raises:
+            redis.RedisError: if Redis failed otherwise, as on a lost
+                connection.
+        """
+        try:
+            if server_version(self._client) < FUNCTIONS_VERSION:
+                return False
+            self._load_library()
+        except redis.ResponseError as err:
+            log.warning(
+                "Redis rejected a command that loads the Functions library, so "
+                "the driver runs its scripts with EVALSHA: %s",
+                err,
+            )
+            return False
+        return True
 
     def _load_library(self) -> None:
         """Load the library on the node, or on each Cluster primary, that lacks it.

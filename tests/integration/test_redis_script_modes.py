@@ -153,3 +153,39 @@ def test_deleting_functions_run_above_maxmemory(redis_script_mode: str) -> None:
         driver.close()
         client.close()
         server.stop()
+
+
+def test_user_without_functions_uses_evalsha(
+    redis_script_mode: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    # An ACL user that may not run the FUNCTION commands gets EVALSHA.
+    if redis_script_mode == "evalsha":
+        pytest.skip("--redis-scripts=evalsha never sends a FUNCTION command")
+    server = LocalRedis()
+    server.start()
+    admin = redis.Redis.from_url(server.url, decode_responses=True)
+    admin.acl_setuser(
+        "limited",
+        enabled=True,
+        passwords=["+secret"],
+        keys=["*"],
+        channels=["*"],
+        commands=["+@all", "-function"],
+    )
+    url = server.url.replace("redis://", "redis://limited:secret@")
+    app = App(url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        with app.worker(concurrency=1):
+            result = app.submit(chain(add.s(1, 2), add.s(3))).get(TIMEOUT_S)
+        driver = app.driver
+        assert isinstance(driver, RedisDriver)
+
+        assert result == 6
+        assert driver._scripts.use_functions is False
+        assert "runs its scripts with EVALSHA" in caplog.text
+        assert not has_library(admin)
+    finally:
+        app.close()
+        admin.close()
+        server.stop()
