@@ -220,7 +220,9 @@ class MemoryDriver:
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
+        # Every snapshot here is full: building one costs no store read.
         deadline = None if timeout_s is None else time.monotonic() + timeout_s
         snapshots: list[RunSnapshot | None] = []
         all_ended = True
@@ -303,6 +305,22 @@ class MemoryDriver:
             log.warning("Dead-lettered %s: %s", _ids(message), printable(reason))
         error = ErrorInfo("stem.engine.errors", "DeadLettered", reason, [reason])
         self._report(message, "failed", machine.dead_letter, error)
+
+    def defer(self, message: Message, delay_s: float) -> bool:
+        with self._lock:
+            self._settle_in_flight(message)
+            self._drop_expired()
+            run = self._runs.get(message.run_id)
+            if run is None or not machine.claimable(
+                run, message.node_id, message.attempt, epoch=message.epoch
+            ):
+                log.debug("Dropped a stale deferred message for %s.", _ids(message))
+                self._changed.notify_all()
+                return False
+            due = self._clock() + max(0.0, delay_s)
+            heapq.heappush(self._delayed, (due, next(self._sequence), message))
+            self._changed.notify_all()
+            return True
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         with self._lock:
@@ -543,6 +561,8 @@ class MemoryDriver:
                     node.options.queue or "default",
                     epoch=run.epoch,
                     headers={TASK_HEADER: node.task},
+                    # A delayed message gets its time when it is moved to its queue.
+                    enqueued_at=0.0 if effect.delay_s > 0 else now,
                 )
                 if effect.delay_s > 0:
                     due = now + effect.delay_s
@@ -588,6 +608,9 @@ class MemoryDriver:
         now = self._clock()
         while self._delayed and self._delayed[0][0] <= now:
             _, _, message = heapq.heappop(self._delayed)
+            # A deferred message keeps the time it first entered a queue.
+            if not message.enqueued_at:
+                message = dataclasses.replace(message, enqueued_at=now)
             self._queues[message.queue].append(message)
 
     def _next_due_in(self) -> float:

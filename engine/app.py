@@ -200,23 +200,21 @@ class Task:
 
         Each item is a tuple or list of positional arguments, as for
         `starmap`, and every run gets ``options``. ``run_ids``, one per
-        item, makes the call idempotent. See `App.submit_many`.
+        item, makes the call idempotent. See `App.submit_many`. Items take
+        no keyword arguments. To pass those, submit signatures with
+        ``app.submit_many([task.s(**kwargs) for kwargs in args_list])``.
         Unlike `map`, `starmap` and `chunks`, which run all calls in one
         run, each call here is its own run with its own result.
         """
-        items = list(args_list)
+        call = "apply_many()"
+        items = _bulk_items(args_list, call, "args_list")
         for index, args in enumerate(items):
-            if not isinstance(args, (list, tuple)):
-                raise InvalidCanvas(
-                    f"apply_many(): item {index} is {args!r}, not a tuple or list "
-                    f"of arguments; pass ({args!r},) for a single argument."
-                )
+            _check_args_item(args, index)
         if "run_id" in options:
             raise InvalidOption(
                 "apply_many(): run_id is not an option here; pass run_ids=[...] "
-                "with one id per item of args_list."
+                f"with one id per item of args_list.{_nothing_submitted(call)}"
             )
-        call = "apply_many()"
         ids = self.app._bulk_run_ids(run_ids, len(items), call, "args_list")
         _check_shared_options(options, call)
         if not items:
@@ -409,9 +407,10 @@ class App:
             A `ResultSet` of the runs, in the order of ``canvases``.
 
         Raises:
-            NotSerializable, InvalidOption, InvalidCanvas: for an invalid
-                shared option, or for the first invalid canvas, naming its
-                index; nothing was written.
+            NotSerializable, InvalidOption, InvalidCanvas: for ``canvases``
+                or ``run_ids`` that are not lists, an invalid shared option,
+                or the first invalid canvas, naming its index; nothing was
+                written.
             PartialSubmitError: if the store failed for some runs; the
                 others were stored. Its ``submitted`` and ``failed`` list
                 them. Its ``run_ids`` has every run's id, generated ones
@@ -420,7 +419,7 @@ class App:
         if "run_id" in options:
             raise InvalidOption(
                 "submit_many(): run_id is not an option here; pass run_ids=[...] "
-                "with one id per canvas."
+                f"with one id per canvas.{_nothing_submitted('submit_many()')}"
             )
         return self._submit_many(
             canvases, run_ids, options, call="submit_many()", items_name="canvases"
@@ -436,7 +435,7 @@ class App:
         items_name: str,
     ) -> ResultSet:
         """Submit the runs of `submit_many`; errors name ``call`` and ``items_name``."""
-        items = list(canvases)
+        items = _bulk_items(canvases, call, items_name)
         ids = self._bulk_run_ids(run_ids, len(items), call, items_name)
         _check_shared_options(options, call)
         runs: list[tuple[str, GraphSpec]] = []
@@ -463,11 +462,18 @@ class App:
         """
         if run_ids is None:
             return [None] * count
+        suffix = _nothing_submitted(call)
+        # A string is iterable, so "ab" would pass as the ids "a" and "b".
+        if isinstance(run_ids, (str, bytes)) or not isinstance(run_ids, Iterable):
+            raise InvalidOption(
+                f"{call}: run_ids is {run_ids!r}, not a list of run ids. Pass "
+                f"a list with one run id per item of {items_name}.{suffix}"
+            )
         ids: list[Any] = list(run_ids)
         if len(ids) != count:
             raise InvalidOption(
                 f"{call}: {len(ids)} run_ids for {count} {items_name}; "
-                f"pass one run id per item of {items_name}."
+                f"pass one run id per item of {items_name}.{suffix}"
             )
         first_index: dict[str, int] = {}
         for index, run_id in enumerate(ids):
@@ -478,6 +484,7 @@ class App:
                     f"{call}: run_ids[{index}] {run_id!r} repeats "
                     f"run_ids[{first_index[run_id]}]; each canvas needs a run "
                     "id of its own, or the later one is taken as submitted."
+                    f"{suffix}"
                 )
             first_index.setdefault(run_id, index)
         return ids
@@ -654,12 +661,24 @@ class App:
         queues: Sequence[str] | None = None,
         pool: str = "threads",
         name: str | None = None,
+        unknown_task_grace_s: float | None = None,
     ) -> Worker:
-        """Make a worker; ``with app.worker():`` runs it in the background."""
-        from stem.engine.worker import Worker
+        """Make a worker; ``with app.worker():`` runs it in the background.
 
+        ``unknown_task_grace_s`` defaults to `DEFAULT_UNKNOWN_TASK_GRACE_S`
+        (see `Worker`).
+        """
+        from stem.engine.worker import DEFAULT_UNKNOWN_TASK_GRACE_S, Worker
+
+        if unknown_task_grace_s is None:
+            unknown_task_grace_s = DEFAULT_UNKNOWN_TASK_GRACE_S
         return Worker(
-            self, concurrency=concurrency, queues=queues, pool=pool, name=name
+            self,
+            concurrency=concurrency,
+            queues=queues,
+            pool=pool,
+            name=name,
+            unknown_task_grace_s=unknown_task_grace_s,
         )
 
     # -- beat -----------------------------------------------------------------
@@ -766,7 +785,7 @@ def _check_shared_options(options: Mapping[str, Any], call: str) -> None:
             ``call`` rather than an item, such as
             ``apply_many() > options['queue']``.
     """
-    suffix = f" Nothing of this {call} call was submitted."
+    suffix = _nothing_submitted(call)
     plain = {
         name: value
         for name, value in options.items()
@@ -776,20 +795,74 @@ def _check_shared_options(options: Mapping[str, Any], call: str) -> None:
         check_options(plain, call)
     except InvalidOption as err:
         raise InvalidOption(f"{err}{suffix}") from err
-    # NOTE: a link whose own arguments cannot be serialised, or that nests
-    # too deep, is still found per item, so the error names item 0.
     try:
-        # Signature.set checks that each link and errback is a canvas.
-        Signature("stem.check").set(
-            link=options.get("link"), link_error=options.get("link_error")
+        # Signature.set checks that each link and errback is a canvas, and
+        # compiling encodes their arguments, as each item's compile would.
+        compile_canvas(
+            Signature("stem.check").set(
+                link=options.get("link"), link_error=options.get("link_error")
+            )
         )
+    except NotSerializable as err:
+        where = f"{call} > {err.path}" if err.path else call
+        raise NotSerializable(where, f"{err.problem}.{suffix}") from err
     except CanvasError as err:
         raise type(err)(f"{call}: {err}{suffix}") from err
 
 
+def _nothing_submitted(call: str) -> str:
+    """Return the sentence that ends every error a bulk call raises before storing."""
+    return f" Nothing of this {call} call was submitted."
+
+
+def _bulk_items(items: Any, call: str, items_name: str) -> list[Any]:
+    """Return the items of a bulk call as a list.
+
+    Raises:
+        InvalidCanvas: if ``items`` is not an iterable of items. A string,
+            a mapping and a canvas are iterable (or indexable) but are one
+            value, not a list of items, so they are rejected too.
+    """
+    suffix = _nothing_submitted(call)
+    if isinstance(items, Canvas):
+        raise InvalidCanvas(
+            f"{call}: {items_name} is {items!r}, one canvas. Pass a list of "
+            f"canvases, such as [canvas].{suffix}"
+        )
+    if isinstance(items, (str, bytes, Mapping)) or not isinstance(items, Iterable):
+        raise InvalidCanvas(
+            f"{call}: {items_name} is {items!r}, not a list. Pass a list or "
+            f"other iterable with one item per run.{suffix}"
+        )
+    return list(items)
+
+
+def _check_args_item(args: Any, index: int) -> None:
+    """Check that one item of ``apply_many()`` is a tuple or list of arguments.
+
+    Raises:
+        InvalidCanvas: naming the item and how to pass it instead.
+    """
+    suffix = _nothing_submitted("apply_many()")
+    if isinstance(args, Mapping):
+        # Celery users pass keyword arguments as a dict, but apply_many()
+        # items carry positional arguments only.
+        raise InvalidCanvas(
+            f"apply_many(): item {index} is {args!r}, a mapping, but each item "
+            "is a tuple or list of positional arguments. To pass keyword "
+            "arguments, submit signatures instead: "
+            f"app.submit_many([task.s(**kwargs) for kwargs in args_list]).{suffix}"
+        )
+    if not isinstance(args, (list, tuple)):
+        raise InvalidCanvas(
+            f"apply_many(): item {index} is {args!r}, not a tuple or list of "
+            f"arguments. Pass ({args!r},) for a single argument.{suffix}"
+        )
+
+
 def _at_index(error: CanvasError, item: str, call: str) -> CanvasError:
     """Return a copy of a canvas error that names the item of the bulk call."""
-    suffix = f" Nothing of this {call} call was submitted."
+    suffix = _nothing_submitted(call)
     if isinstance(error, NotSerializable):
         return NotSerializable(f"{item} > {error.path}", f"{error.problem}.{suffix}")
     return type(error)(f"{item}: {error}{suffix}")

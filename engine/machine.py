@@ -131,6 +131,19 @@ def claim(
     return True
 
 
+def claimable(run: RunState, node_id: NodeId, attempt: int, *, epoch: int = 1) -> bool:
+    """Tell whether a message of this attempt and epoch could start it now.
+
+    This is `claim` without a takeover and without the change: the attempt
+    is the node's current one in the run's epoch, and the node is queued or
+    retrying.
+    """
+    record = run.nodes.get(node_id)
+    if record is None or record.attempt != attempt or epoch != run.epoch:
+        return False
+    return record.state in ("queued", "retrying")
+
+
 def complete(
     run: RunState,
     node_id: NodeId,

@@ -44,6 +44,11 @@ class Message:
     #: it past the visibility timeout. Its claim may then take over the
     #: attempt if it is still running.
     reclaimed: bool = False
+    #: When this message first entered a queue, in seconds since the epoch
+    #: by the broker's clock. Redeliveries and `Broker.defer` keep it. 0.0
+    #: means unknown, and then the worker's grace period for an unknown
+    #: task counts as over.
+    enqueued_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -151,6 +156,19 @@ class Broker(Protocol):
         """Move a message that cannot be processed aside; its node fails."""
         ...
 
+    def defer(self, message: Message, delay_s: float) -> bool:
+        """Hand back a fetched message that was not claimed, due in ``delay_s`` seconds.
+
+        In one atomic step the message is acknowledged and put in the delayed
+        set with the same attempt, epoch and ``enqueued_at``, so any worker
+        may fetch it when it is due and no attempt is used up. Returns True
+        when it was deferred, and False in two cases. When its attempt can no
+        longer be claimed (its run ended, expired or moved to another epoch,
+        or a worker runs or ended the attempt), the message is dropped. When
+        another worker took the message over, nothing changes.
+        """
+        ...
+
     def dead_letters(self) -> list[tuple[Message, str]]:
         """Return the dead-lettered messages with their reasons."""
         ...
@@ -251,7 +269,8 @@ class GraphStore(Protocol):
         nodes costs seconds and gigabytes. With ``full=False`` the snapshot
         of a succeeded run needs only its status and value to be right: a
         driver may leave parts of its graph as they are stored (the Redis
-        driver's shard nodes) instead of expanding them.
+        driver's shard nodes) instead of expanding them, or leave its node
+        records out.
         """
         ...
 
@@ -261,6 +280,7 @@ class GraphStore(Protocol):
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Block until every run ends or the timeout passes, as `wait_ended` does.
 
@@ -268,8 +288,8 @@ class GraphStore(Protocol):
         running. It may return before the timeout for the same reason as
         `wait_ended`. With ``stop_at_failure`` it also returns once
         `failure_reached` is true of the snapshots, and the runs after that
-        failure may then be None although they ended. Raises `RunNotFound`
-        for the first unknown run.
+        failure may then be None although they ended. ``full`` is
+        `wait_ended`'s. Raises `RunNotFound` for the first unknown run.
         """
         ...
 

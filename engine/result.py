@@ -9,9 +9,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, NoReturn, TypeVar
 
-from stem.canvas.render import NodeView
 from stem.canvas.spec import GraphSpec, NodeId
-from stem.canvas.svg import to_svg
 from stem.canvas.values import decode, loads
 from stem.engine.drivers import redact
 from stem.engine.errors import (
@@ -24,6 +22,7 @@ from stem.engine.ports import RunSnapshot, failure_reached
 from stem.engine.records import ErrorInfo, NodeRecord, task_id
 
 if TYPE_CHECKING:
+    from stem.canvas.render import NodeView
     from stem.engine.app import App
 
 log = logging.getLogger(__name__)
@@ -208,6 +207,10 @@ class AsyncResult:
                 node of the same task, shows as one counted box.
             expand: show every member of every group, whatever its size.
         """
+        # The drawing modules import rich; a client that never draws a run
+        # does not pay for that import.
+        from stem.canvas.svg import to_svg
+
         snapshot = self.snapshot()
         return to_svg(
             snapshot.spec,
@@ -251,6 +254,38 @@ class AsyncResult:
         return AsyncResult(self.id, self.app)
 
 
+_FROM_IDS = "ResultSet([app.AsyncResult(run_id) for run_id in run_ids])"
+
+
+def _a_type(value: object) -> str:
+    """Return the type name of ``value`` with its article, such as "an int"."""
+    name = type(value).__name__
+    article = "an" if name[:1].lower() in "aeiou" else "a"
+    return f"{article} {name}"
+
+
+def _async_results(results: object) -> list[AsyncResult]:
+    """Return the handles given to `ResultSet` as a list.
+
+    Raises:
+        TypeError: if ``results`` is not an iterable of `AsyncResult`,
+            such as a list of run ids, naming the first wrong value.
+    """
+    if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
+        raise TypeError(
+            f"ResultSet(): results is {results!r}, {_a_type(results)}, not a "
+            f"list of AsyncResult handles. For run ids, pass {_FROM_IDS}."
+        )
+    handles = list(results)
+    for index, handle in enumerate(handles):
+        if not isinstance(handle, AsyncResult):
+            raise TypeError(
+                f"ResultSet(): results[{index}] is {handle!r}, {_a_type(handle)}, "
+                f"not an AsyncResult. For run ids, pass {_FROM_IDS}."
+            )
+    return handles
+
+
 class ResultSet:
     """Handles on many runs of one app, whose results are read together.
 
@@ -260,7 +295,7 @@ class ResultSet:
     """
 
     def __init__(self, results: Iterable[AsyncResult], app: App | None = None) -> None:
-        self.results = list(results)
+        self.results = _async_results(results)
         apps = {id(result.app) for result in self.results}
         if len(apps) > 1:
             raise ValueError(
@@ -362,7 +397,8 @@ class ResultSet:
         if app is None:
             return []
         started = time.monotonic()
-        snapshots = self._wait(app, timeout, stop_at_failure=propagate)
+        # get() reads only the values of succeeded runs.
+        snapshots = self._wait(app, timeout, stop_at_failure=propagate, full=False)
         values: list[Any] = []
         for result, snapshot in zip(self.results, snapshots, strict=True):
             if snapshot is None:
@@ -381,7 +417,12 @@ class ResultSet:
     join = get
 
     def _wait(
-        self, app: App, timeout: float | None, *, stop_at_failure: bool = False
+        self,
+        app: App,
+        timeout: float | None,
+        *,
+        stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Wait for every run, each slice reading only the runs still running.
 
@@ -412,6 +453,7 @@ class ResultSet:
                 [run_ids[index] for index in pending],
                 seconds,
                 stop_at_failure=stop_at_failure,
+                full=full,
             )
             for index, snapshot in zip(pending, found, strict=True):
                 snapshots[index] = snapshot
@@ -521,6 +563,8 @@ def node_views(
         now_s: the time the picture shows, on the clock the store stamps
             records with (``time.time()``, the default).
     """
+    from stem.canvas.render import NodeView
+
     now = time.time() if now_s is None else now_s
     views: dict[NodeId, NodeView] = {}
     for node_id, record in nodes.items():

@@ -13,16 +13,17 @@ import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta, tzinfo
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
-
-from croniter import CroniterBadDateError, CroniterError, croniter
 
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.errors import CanvasError
 from stem.canvas.options import check_options
 from stem.canvas.primitives import Canvas, Signature
 from stem.engine.errors import InvalidSchedule
+
+if TYPE_CHECKING:
+    from croniter import croniter
 
 #: Years croniter searches for the next match before it gives up. Bounds the
 #: CPU time a user's expression can take; a leap day (29 February) needs 8.
@@ -65,6 +66,10 @@ class Cron:
             )
         self.expression = expression
         _check_field_count(expression)
+        # croniter is imported here, not at the top, so that a client or a
+        # worker that never declares a cron entry does not pay its import.
+        from croniter import CroniterBadDateError, CroniterError
+
         try:
             fields = self._iterate(time.time()).expressions
         except (CroniterError, ValueError, KeyError) as err:
@@ -115,6 +120,8 @@ class Cron:
         return candidate if candidate <= time_s else float(previous.timestamp())
 
     def _iterate(self, time_s: float) -> croniter:
+        from croniter import croniter
+
         start = datetime.fromtimestamp(time_s, self.timezone)
         return croniter(
             self.expression,

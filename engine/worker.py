@@ -7,6 +7,7 @@ import concurrent.futures.process
 import contextlib
 import itertools
 import logging
+import math
 import multiprocessing
 import os
 import queue
@@ -45,6 +46,17 @@ RENEW_FRACTION = 1 / 3
 FETCH_TIMEOUT_S = 0.2
 #: Heartbeats a worker may miss before it no longer counts as alive.
 MISSED_HEARTBEATS = 3
+#: Seconds after a message first entered a queue during which a worker that
+#: does not register its task hands it back instead of dead-lettering it, so
+#: that during a rolling deploy a worker of the new version can run it. One
+#: minute covers replacing a few worker processes one by one, and a task name
+#: that no worker registers still fails its run within about a minute.
+DEFAULT_UNKNOWN_TASK_GRACE_S = 60.0
+#: Shortest and longest delay, in seconds, of a message handed back for an
+#: unknown task. The delay grows with the message's age, so a message costs a
+#: few fetches over the grace period, not one per fetch.
+DEFER_MIN_S = 1.0
+DEFER_MAX_S = 10.0
 # Numbers the workers of this process, so default names stay unique in it.
 _worker_numbers = itertools.count(1)
 
@@ -65,6 +77,11 @@ class Worker:
             because a heartbeat replaces the last one of the same name.
         heartbeat_s: seconds between heartbeats. A worker counts as alive
             for `MISSED_HEARTBEATS` intervals after its last one.
+        unknown_task_grace_s: seconds after a message first entered a queue
+            during which a message of a task this worker does not register
+            is deferred (handed back through the delayed set) instead of
+            dead-lettered, so another worker may run it. 0 dead-letters such
+            messages at once.
     """
 
     def __init__(
@@ -76,6 +93,7 @@ class Worker:
         pool: str = "threads",
         name: str | None = None,
         heartbeat_s: float = 2.0,
+        unknown_task_grace_s: float = DEFAULT_UNKNOWN_TASK_GRACE_S,
     ) -> None:
         if pool not in POOLS:
             raise ValueError(
@@ -95,6 +113,9 @@ class Worker:
         self.pool = pool
         self.name = name or _default_name()
         self.heartbeat_s = heartbeat_s
+        self.unknown_task_grace_s = check_unknown_task_grace_s(unknown_task_grace_s)
+        # Unknown task names already warned about, so each is logged once.
+        self._deferred_tasks: set[str] = set()
         self.processed = 0
         self.failed = 0
         #: Tasks running when a stop abandoned them; their outcomes are not reported.
@@ -360,7 +381,7 @@ class Worker:
                 self._slots.release()
 
     def _claim_batch(self, messages: Sequence[Message]) -> list[tuple[Task, Claim]]:
-        """Claim the messages of registered tasks, dead-lettering the others.
+        """Claim the messages of registered tasks; defer or dead-letter the others.
 
         Each claim's lease is renewed from here on, because a claimed task
         may wait in the buffer before a thread runs it.
@@ -372,9 +393,10 @@ class Worker:
             # the batch, or they would come back with it after every
             # visibility timeout until all of them were dead-lettered.
             try:
-                known.append((self.app.get_task(self._task_name(message)), message))
-            except (TaskNotRegistered, LookupError) as err:
+                name = self._task_name(message)
+            except LookupError as err:
                 self._dead_letter(message, str(err))
+                continue
             except Exception:
                 log.error(
                     "Reading the task of run %s node %s failed; its message is "
@@ -383,6 +405,11 @@ class Worker:
                     message.node_id,
                     exc_info=True,
                 )
+                continue
+            try:
+                known.append((self.app.get_task(name), message))
+            except TaskNotRegistered:
+                self._unknown_task(message, name)
         if not known:
             return []
         claims = driver.claim_many([message for _, message in known])
@@ -396,6 +423,63 @@ class Worker:
             for _, claim in claimed:
                 self._leases[id(claim)] = (claim, now)
         return claimed
+
+    def _unknown_task(self, message: Message, name: str) -> None:
+        """Defer a message of an unregistered task, or dead-letter it after the grace.
+
+        The grace period runs from the message's first enqueue, which
+        redeliveries and deferrals keep, so it ends whichever workers see it.
+        """
+        grace_s = self.unknown_task_grace_s
+        # NOTE: enqueued_at comes from the broker's clock (Redis TIME), so a
+        # worker clock that is off by some seconds moves the end by as much.
+        age_s = time.time() - message.enqueued_at
+        # A grace of 0 dead-letters at once, even when the worker's clock is
+        # behind the broker's and the age comes out below 0.
+        if not grace_s or age_s >= grace_s:
+            self._dead_letter(
+                message,
+                f"Task {name!r} is not registered with {self.app!r}, and no worker "
+                f"that registers it took the message within unknown_task_grace_s "
+                f"({grace_s:g} s) of its first enqueue; import the module that "
+                "defines it in the worker, then replay the dead letter.",
+            )
+            return
+        if name not in self._deferred_tasks:
+            self._deferred_tasks.add(name)
+            log.warning(
+                "Task %r is not registered with %s; its messages are handed back "
+                "for another worker until %g s after each was first queued "
+                "(unknown_task_grace_s), then dead-lettered. Import the module "
+                "that defines it in this worker if it should run it.",
+                name,
+                self.app,
+                grace_s,
+            )
+        if message.reclaimed:
+            # The node may be running on a worker presumed dead, and only a
+            # takeover claim can restart it, which a deferred copy is not.
+            log.info(
+                "Left the reclaimed message of %s run %s node %s unacknowledged "
+                "for another worker; it is delivered again after the visibility "
+                "timeout.",
+                name,
+                message.run_id,
+                message.node_id,
+            )
+            return
+        delay_s = min(max(DEFER_MIN_S, age_s), DEFER_MAX_S, grace_s - age_s)
+        try:
+            self.app.driver.defer(message, delay_s)
+        except Exception:
+            log.error(
+                "Deferring run %s node %s of unknown task %r failed; its message "
+                "is delivered again after the visibility timeout.",
+                message.run_id,
+                message.node_id,
+                name,
+                exc_info=True,
+            )
 
     def _dead_letter(self, message: Message, reason: str) -> None:
         """Dead-letter one message; a failure leaves it for redelivery."""
@@ -648,6 +732,22 @@ class Worker:
                     ", ".join(f"{m.run_id}/{m.node_id}" for m, _ in batch),
                     exc_info=True,
                 )
+
+
+def check_unknown_task_grace_s(value: Any) -> float:
+    """Return a valid ``unknown_task_grace_s``: a finite number of seconds, 0 or more.
+
+    Raises:
+        ValueError: naming the value and what to pass instead.
+    """
+    is_number = type(value) in (int, float) and math.isfinite(value)
+    if not is_number or value < 0:
+        raise ValueError(
+            f"unknown_task_grace_s {value!r} is invalid; pass a finite number of "
+            f"seconds, 0 or more (the default is {DEFAULT_UNKNOWN_TASK_GRACE_S:g}); "
+            "0 dead-letters a message of an unknown task at once."
+        )
+    return float(value)
 
 
 def _default_name() -> str:

@@ -69,7 +69,7 @@ from stem.engine.errors import DriverNotFound
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import TERMINAL
 from stem.engine.result import AsyncResult
-from stem.engine.worker import POOLS, Worker
+from stem.engine.worker import DEFAULT_UNKNOWN_TASK_GRACE_S, POOLS, Worker
 
 EXIT_OK = 0
 EXIT_RUN_FAILED = 1  # the run ended failed or cancelled
@@ -276,7 +276,15 @@ def run(
         sys.exit(_finish(result, snapshot, console))
     spec = result.snapshot().spec
     names = named_queues or _queues_of(spec, app.default_queue)
-    worker = app.worker(concurrency=concurrency, pool=pool, queues=names)
+    # On memory:// no other worker can register a task later, so a message of
+    # an unknown task is dead-lettered at once instead of after the grace.
+    grace_s = 0.0 if app.url.startswith("memory:") else None
+    worker = app.worker(
+        concurrency=concurrency,
+        pool=pool,
+        queues=names,
+        unknown_task_grace_s=grace_s,
+    )
     try:
         worker.start()
         _announce(result, console)
@@ -358,6 +366,16 @@ Examples:
     help="Seconds a warm stop waits for the tasks in progress; their messages "
     "are then left to be claimed again by another worker.",
 )
+@click.option(
+    "--unknown-task-grace",
+    "unknown_task_grace_s",
+    type=click.FloatRange(min=0),
+    default=DEFAULT_UNKNOWN_TASK_GRACE_S,
+    show_default=True,
+    help="Seconds after a message was first queued during which a message of a "
+    "task this worker does not register is handed back for another worker "
+    "(as in a rolling deploy) instead of dead-lettered; 0 dead-letters it at once.",
+)
 def worker(
     app_spec: str,
     url: str | None,
@@ -367,6 +385,7 @@ def worker(
     name: str | None,
     loglevel: str | None,
     shutdown_timeout_s: float,
+    unknown_task_grace_s: float,
 ) -> None:
     """Run tasks from a shared broker until stopped.
 
@@ -388,7 +407,17 @@ def worker(
             "never see them; pass --url redis://host:port/db, or use stem run."
         )
     names = _queue_names(queues)
-    running = app.worker(concurrency=concurrency, queues=names, pool=pool, name=name)
+    try:
+        running = app.worker(
+            concurrency=concurrency,
+            queues=names,
+            pool=pool,
+            name=name,
+            unknown_task_grace_s=unknown_task_grace_s,
+        )
+    except ValueError as err:
+        # click's FloatRange lets "inf" and "nan" through; the worker rejects them.
+        raise click.UsageError(str(err)) from None
     with reported_errors():
         # The driver connects when it is made, so an unreachable broker stops
         # the command here instead of in the worker's first heartbeat.

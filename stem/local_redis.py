@@ -261,13 +261,17 @@ class LocalRedisCluster(_StartStop):
 
     Each node is a `LocalRedis` with cluster mode on, on a port whose
     cluster bus port (the port plus 10,000) is free too. `url` is the
-    ``redis+cluster://`` URL of the first node.
+    ``redis+cluster://`` URL of the first node. With ``password`` every node
+    requires it (``--requirepass``) and gives it to the others
+    (``--masterauth``, which a replica added later would need), and `url`
+    carries it.
     """
 
     def __init__(
         self,
         primaries: int = 3,
         *,
+        password: str | None = None,
         start_timeout_s: float = CLUSTER_START_TIMEOUT_S,
     ) -> None:
         if primaries < 3:
@@ -276,6 +280,7 @@ class LocalRedisCluster(_StartStop):
                 "pass primaries=3 or more."
             )
         self.primaries = primaries
+        self.password = password
         self.start_timeout_s = start_timeout_s
         self.nodes: list[LocalRedis] = []
 
@@ -286,7 +291,8 @@ class LocalRedisCluster(_StartStop):
             raise LocalRedisError(
                 "This LocalRedisCluster is not started; call start()."
             )
-        return f"redis+cluster://127.0.0.1:{self.nodes[0].port}"
+        credentials = f":{quote(self.password, safe='')}@" if self.password else ""
+        return f"redis+cluster://{credentials}127.0.0.1:{self.nodes[0].port}"
 
     @property
     def ports(self) -> list[int]:
@@ -301,12 +307,15 @@ class LocalRedisCluster(_StartStop):
             for _ in range(self.primaries):
                 port = self._free_node_port(used_ports)
                 used_ports.update((port, port + CLUSTER_BUS_OFFSET))
+                masterauth = ["--masterauth", self.password] if self.password else []
                 node = LocalRedis(
                     port=port,
+                    password=self.password,
                     options=[
                         "--cluster-enabled", "yes",
                         "--cluster-config-file", "nodes.conf",
                         "--cluster-node-timeout", "5000",
+                        *masterauth,
                     ],
                 )  # fmt: skip
                 self.nodes.append(node)
@@ -343,6 +352,12 @@ class LocalRedisCluster(_StartStop):
         """Assign the slots over the nodes and wait for cluster_state:ok on each."""
         import redis
 
+        # redis-cli reads the password from REDISCLI_AUTH, which keeps it
+        # out of the process list that -a would put it in.
+        environment = dict(os.environ)
+        environment.pop("REDISCLI_AUTH", None)
+        if self.password:
+            environment["REDISCLI_AUTH"] = self.password
         create = subprocess.run(
             [
                 cli,
@@ -357,6 +372,7 @@ class LocalRedisCluster(_StartStop):
             text=True,
             timeout=self.start_timeout_s,
             check=False,
+            env=environment,
         )
         if create.returncode != 0:
             raise LocalRedisError(
@@ -365,7 +381,9 @@ class LocalRedisCluster(_StartStop):
             )
         deadline = time.monotonic() + self.start_timeout_s
         for port in self.ports:
-            client = redis.Redis(host="127.0.0.1", port=port, socket_timeout=5)
+            client = redis.Redis(
+                host="127.0.0.1", port=port, password=self.password, socket_timeout=5
+            )
             try:
                 while _cluster_state(client) != "ok":
                     if time.monotonic() > deadline:

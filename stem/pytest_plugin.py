@@ -40,8 +40,13 @@ def stem_app() -> Iterator[App]:
 
 @pytest.fixture
 def stem_worker(stem_app: App) -> Iterator[Worker]:
-    """Provide a thread worker that runs ``stem_app``'s tasks during one test."""
-    worker = stem_app.worker(concurrency=WORKER_CONCURRENCY)
+    """Provide a thread worker that runs ``stem_app``'s tasks during one test.
+
+    A message of a task that ``stem_app`` does not register is dead-lettered
+    at once, because no other worker could register it, so the test fails
+    without waiting out the grace period.
+    """
+    worker = stem_app.worker(concurrency=WORKER_CONCURRENCY, unknown_task_grace_s=0)
     worker.start()
     try:
         yield worker

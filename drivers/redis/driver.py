@@ -47,13 +47,14 @@ from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import (
     GraphSpec,
     NodeId,
+    NodeInput,
     NodeSpec,
     SpecText,
     same_layout,
     template_nodes,
 )
 from stem.canvas.text import printable
-from stem.canvas.values import decode
+from stem.canvas.values import decode, dumps
 from stem.drivers.redis import layout
 from stem.drivers.redis.connection import Target, connect, parse_url
 from stem.drivers.redis.keys import Keys, KeySpace
@@ -87,11 +88,14 @@ ENVELOPE_VERSION = "1"
 #: Nodes, summed over runs, and runs of the parsed graph specs a driver
 #: keeps, so claiming a node or reading a result does not parse its run's
 #: spec again. Each run keeps only its latest spec version, and the newest
-#: spec is kept whatever its size. Every cached object is one more for the
-#: cyclic collector to walk: with 10,000 one-node specs cached, submitting a
-#: task cost about 50 us more CPU (bench/profile/noop.py, CPython 3.11).
+#: spec is kept whatever its size. A cached spec also lets `get()` read only
+#: the value of a run that succeeded (read_value.lua), so the runs bound
+#: covers a bulk call of 10,000 tasks. A one-node spec copied from its task's
+#: layout costs about 1.1 KB and 7 objects for the cyclic collector. With
+#: 16,384 of them cached, delay() and apply_many() took the same CPU per task
+#: as with 1,024 (within the noise of 3 runs each, CPython 3.11).
 _SPEC_CACHE_NODES = 200_000
-_SPEC_CACHE_RUNS = 1024
+_SPEC_CACHE_RUNS = 16_384
 #: Fields of the run hash that a snapshot reads; the spec is read only when
 #: the driver has not parsed that version of it yet.
 _SNAPSHOT_FIELDS = (
@@ -647,7 +651,10 @@ class RedisDriver(ShardRuns):
         without progress for ``reconcile_after_s`` and releases them again,
         which is idempotent. In the same way it sends again the shard
         activations and reports of a run whose chord shards have not all
-        reported. One process at a time runs it, under a lock.
+        reported, and cancels again the shards of its cancelled shard
+        nodes. One process at a time runs it, under a lock. It leaves
+        alone an entry that a worker read and did not apply, because
+        another worker's fetch reclaims and applies it (`_reclaim_outbox`).
 
         Returns:
             The number of runs it took up, or None when another process
@@ -1118,27 +1125,112 @@ class RedisDriver(ShardRuns):
         Raises:
             RunNotFound: if the run does not exist.
         """
+        if not full:
+            return self._read_ended_many([run_id], full=False)[0]
         keys, fields_read = self._read_ended_call(run_id)
         reply = self._scripts.call("read_ended", keys, fields_read, run_id=run_id)
         return self._ended_from_reply(run_id, fields_read, reply, full=full)
 
-    def _read_ended_many(self, run_ids: Sequence[str]) -> list[RunSnapshot | None]:
-        """Do what `_read_if_ended` does for each run, pipelined per batch."""
+    def _read_ended_many(
+        self, run_ids: Sequence[str], *, full: bool = True
+    ) -> list[RunSnapshot | None]:
+        """Do what `_read_if_ended` does for each run, pipelined per batch.
+
+        With ``full=False``, a run whose value is one node's stored value, by
+        the spec this client has parsed, is read with read_value: its run
+        fields and that value only. Such a run's snapshot, when it
+        succeeded, has no node records. The runs that ended otherwise are
+        read again with read_ended.
+        """
         snapshots: list[RunSnapshot | None] = []
         for first in range(0, len(run_ids), _PIPELINE_BATCH):
             batch = run_ids[first : first + _PIPELINE_BATCH]
-            reads = [self._read_ended_call(run_id) for run_id in batch]
-            calls: list[tuple[str, list[str], list[str | int | float]]] = [
-                ("read_ended", keys, list(fields)) for keys, fields in reads
-            ]
+            calls: list[tuple[str, list[str], list[str | int | float]]] = []
+            outputs: list[tuple[str, GraphSpec, NodeId] | None] = []
+            for run_id in batch:
+                output = None if full else self._value_node(run_id)
+                outputs.append(output)
+                keys = self._keys.run(run_id)
+                if output is None:
+                    run_keys, fields = self._read_ended_call(run_id)
+                    calls.append(("read_ended", run_keys, fields))
+                else:
+                    arguments: list[str | int | float] = [output[2], *_SNAPSHOT_FIELDS]
+                    calls.append(("read_value", [keys.run, keys.values], arguments))
             replies = self._scripts.call_many(calls)
-            for run_id, (_, fields), reply in zip(batch, reads, replies, strict=True):
+            again: list[int] = []
+            for run_id, (name, _, fields), output, reply in zip(
+                batch, calls, outputs, replies, strict=True
+            ):
                 if isinstance(reply, redis.RedisError):
-                    raise script_error("read_ended", reply, run_id, "") from reply
+                    raise script_error(name, reply, run_id, "") from reply
                 if isinstance(reply, Exception):
                     raise reply
-                snapshots.append(self._ended_from_reply(run_id, fields, reply))
+                if output is None:
+                    snapshots.append(self._ended_from_reply(run_id, fields, reply))
+                    continue
+                snapshot, ended = self._value_from_reply(run_id, output, reply)
+                if ended and snapshot is None:
+                    again.append(len(snapshots))
+                snapshots.append(snapshot)
+            if again:
+                found = self._read_ended_many([run_ids[index] for index in again])
+                for index, snapshot in zip(again, found, strict=True):
+                    snapshots[index] = snapshot
         return snapshots
+
+    def _value_node(self, run_id: str) -> tuple[str, GraphSpec, NodeId] | None:
+        """Return the cached spec version, spec and node whose value is the run's.
+
+        None when this client has no spec of the run cached, or the run's
+        value is not one node's stored value (a list, a shard, ignore_result).
+        """
+        with self._lock:
+            cached = self._specs.get(run_id)
+        if cached is None:
+            return None
+        version, spec = cached
+        output = spec.output
+        if not isinstance(output, NodeInput):
+            return None
+        first = spec.nodes[0]
+        node = first if first.id == output.node else spec.node(output.node)
+        if node.task == SHARD_TASK or node.options.ignore_result:
+            return None
+        return version, spec, node.id
+
+    def _value_from_reply(
+        self, run_id: str, output: tuple[str, GraphSpec, NodeId], reply: Any
+    ) -> tuple[RunSnapshot | None, bool]:
+        """Build a succeeded run's snapshot from a read_value reply.
+
+        Returns the snapshot, or None, and whether the run has ended: None
+        with True means the run ended some other way, or its spec changed,
+        and must be read with read_ended.
+
+        Raises:
+            RunNotFound: if the run does not exist.
+        """
+        run = _fields_found(_SNAPSHOT_FIELDS, reply[0])
+        status = run.get("status")
+        if status is None:
+            raise self._not_found(run_id)
+        version, spec, _ = output
+        if status != "succeeded" or run.get("spec_version") != version:
+            return None, status != "running"
+        value = reply[1]
+        snapshot = RunSnapshot(
+            run_id=run_id,
+            status="succeeded",
+            spec=spec,
+            nodes={},
+            created_at=float(run.get("created_at", "0")),
+            ended_at=float(run["ended_at"]) if "ended_at" in run else None,
+            value=dumps(None) if value is None else str(value),
+            error_node=None,
+            epoch=int(run.get("epoch", "1")),
+        )
+        return snapshot, True
 
     def _read_ended_call(
         self, run_id: str
@@ -1208,6 +1300,7 @@ class RedisDriver(ShardRuns):
         timeout_s: float | None,
         *,
         stop_at_failure: bool = False,
+        full: bool = True,
     ) -> list[RunSnapshot | None]:
         """Wait as `wait_ended` does, for many runs, with one HGET per poll.
 
@@ -1221,7 +1314,9 @@ class RedisDriver(ShardRuns):
         snapshots: list[RunSnapshot | None] = [None] * len(run_ids)
         reading = list(range(len(run_ids)))
         while True:
-            found = self._read_ended_many([run_ids[index] for index in reading])
+            found = self._read_ended_many(
+                [run_ids[index] for index in reading], full=full
+            )
             for index, snapshot in zip(reading, found, strict=True):
                 snapshots[index] = snapshot
             if stop_at_failure and failure_reached(snapshots):
@@ -1416,6 +1511,38 @@ class RedisDriver(ShardRuns):
         )
         check_reply("dead_letter", reply, message.run_id, message.node_id)
         log.warning("Dead-lettered %s: %s", _ids(message), printable(reason))
+
+    def defer(self, message: Message, delay_s: float) -> bool:
+        if not message.receipt:
+            return False
+        partition = self._keys.partition_of(message.run_id)
+        keys = [partition.run_hash(message.run_id), partition.queue(message.queue)]
+        args: list[str | int | float] = [
+            message.node_id,
+            str(message.attempt),
+            str(message.epoch),
+            message.receipt,
+            self._group,
+            self._consumer,
+            message.queue,
+            message.headers.get(TASK_HEADER, ""),
+            str(round(message.enqueued_at * 1000)),
+            repr(max(0.0, float(delay_s))),
+        ]
+        reply = self._scripts.call(
+            "defer", keys, args, run_id=message.run_id, node_id=message.node_id
+        )
+        result = check_reply("defer", reply, message.run_id, message.node_id)
+        if result is Reply.DONE:
+            return True
+        if result is Reply.DUPLICATE:
+            log.warning(
+                "Deferring %s changed nothing: another worker took it over.",
+                _ids(message),
+            )
+        else:
+            log.debug("Dropped a stale deferred message for %s.", _ids(message))
+        return False
 
     def dead_letters(self) -> list[tuple[Message, str]]:
         # Partition by partition: entry ids come from each node's clock, so
@@ -2233,6 +2360,9 @@ def _check_envelope(fields: dict[str, Any]) -> None:
 def _message(
     queue: str, entry_id: str, fields: dict[str, Any], *, reclaimed: bool = False
 ) -> Message:
+    # A deferred message carries the time it first entered a queue. Any
+    # other entry entered its queue when it was added, at its id's time.
+    enqueued_ms = fields.get("enqueued_ms") or entry_id.partition("-")[0]
     return Message(
         fields["run"],
         fields["node"],
@@ -2241,7 +2371,11 @@ def _message(
         int(fields["epoch"]),
         entry_id,
         {TASK_HEADER: fields["task"]},
-        reclaimed=reclaimed,
+        # Positional, because keywords cost more on this per-message path:
+        # lease 1 (the default), reclaimed and enqueued_at.
+        1,
+        reclaimed,
+        int(enqueued_ms) / 1000,
     )
 
 
@@ -2263,6 +2397,7 @@ def _leased(message: Message, lease: int) -> Message:
         message.headers,
         lease,
         False,
+        message.enqueued_at,
     )
 
 

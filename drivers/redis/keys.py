@@ -108,11 +108,15 @@ key                      type       contents
                                     latest progress in seconds, for the
                                     reconciler
 <base>q:<queue>          stream     one entry per message: ``run``, ``node``,
-                                    ``attempt``, ``epoch``, ``task``; read with
-                                    the consumer group ``stem``
+                                    ``attempt``, ``epoch``, ``task``, and
+                                    ``enqueued_ms`` once a worker deferred it;
+                                    read with the consumer group ``stem``
 <base>delayed            sorted set delayed messages scored by due time in
                                     seconds; each member is the JSON array
                                     ``[queue, run, node, attempt, epoch, task]``
+<base>deferred           hash       delayed-set member of a message a worker
+                                    deferred to the time, in milliseconds, it
+                                    first entered a queue
 <base>dead               stream     dead-lettered messages: ``run``, ``node``,
                                     ``attempt``, ``epoch``, ``queue``, ``task``,
                                     ``reason``
@@ -243,6 +247,11 @@ class Keys:
     def delayed(self) -> str:
         """The sorted set of delayed messages."""
         return f"{self.base}delayed"
+
+    @property
+    def deferred(self) -> str:
+        """The hash of deferred delayed-set members to their first-queued time."""
+        return f"{self.base}deferred"
 
     @property
     def dead(self) -> str:

@@ -52,6 +52,7 @@ SCRIPT_NAMES = (
     "fail",
     "retry",
     "dead_letter",
+    "defer",
     "splice",
     "cancel",
     "promote",
@@ -69,6 +70,7 @@ SCRIPT_NAMES = (
     "reset_shard",
     "shard_retention",
     "read_ended",
+    "read_value",
 )
 
 _INCLUDE = re.compile(r'^--- @include "([a-z_]+)"$', re.MULTILINE)

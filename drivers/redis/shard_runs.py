@@ -16,9 +16,10 @@ import logging
 from collections.abc import Sequence
 from typing import Any
 
+from stem.canvas.errors import UndecodableValue
 from stem.canvas.gcpause import paused_gc
-from stem.canvas.spec import GraphSpec, NodeId, NodeSpec
-from stem.canvas.values import dumps
+from stem.canvas.spec import GraphSpec, ListInput, NodeId, NodeInput, NodeSpec
+from stem.canvas.values import dumps, loads
 from stem.drivers.redis import layout
 from stem.drivers.redis.operations import RedisOperations
 from stem.drivers.redis.scripts import Reply, check_reply
@@ -279,14 +280,20 @@ class ShardRuns(RedisOperations):
         )
 
     def _resync_shards(self, home: str) -> None:
-        """Send a home run's activations and reports again, for the reconciler.
+        """Resend a home run's activations, reports and cancels, for the reconciler.
 
-        Each running shard node is activated again, and the report of each
-        shard that ended or failed is applied again. Both are idempotent.
+        Each running shard node is activated again, the report of each
+        shard that ended or failed is applied again, and the shard of each
+        cancelled shard node is cancelled again. All three are idempotent.
         """
-        # NOTE: a run leaves the reconciler's set when it ends, so a lost
-        # "cancel" entry is not sent again. An active shard then runs its
-        # members to the end and expires, but one never activated stays.
+        # A worker that dies while it applies an outbox entry leaves it
+        # pending, and another worker's fetch reclaims and applies it after
+        # visibility_timeout_s (_reclaim_outbox), so this covers only lost
+        # entries. NOTE: a run leaves the reconciler's set when it ends, so
+        # a "cancel" lost after that stays lost: on a Redis Cluster, a
+        # failover of a shard's primary that undoes the cancel after the
+        # home run's primary deleted the entry. An active shard then runs
+        # its members to the end, and one never activated stays.
         try:
             spec = self._spec_of(home)
         except RunNotFound:
@@ -335,11 +342,15 @@ class ShardRuns(RedisOperations):
         was just written. shard_retention.lua describes what each does. A shard
         ignores an entry older than the last it applied.
         """
-        # NOTE: the reconciler does not send a "retain" or "keep" entry
-        # again, as it does not send a "cancel" entry again. After a
-        # failover that lost a "retain" entry the shards never expire, and
-        # after one that lost a "keep" entry they may expire while the home
-        # run runs again.
+        # A worker that dies in this call leaves the entry pending, and
+        # another worker's fetch reclaims and applies it again after
+        # visibility_timeout_s (_reclaim_outbox). The version makes that
+        # harmless. NOTE: the reconciler does not send a "retain" or "keep"
+        # entry again. So an entry stays lost when, on a Redis Cluster, a
+        # failover of a shard's primary undoes its change after the home
+        # run's primary deleted it. Without a "retain" the shard never
+        # expires, and without a "keep" it may expire while the home run
+        # runs again.
         calls: list[tuple[str, list[str], list[str | int | float]]] = []
         for node in shard_nodes:
             shard = shard_run_id(home, node)
@@ -392,10 +403,53 @@ class ShardRuns(RedisOperations):
         """
         joined: list[Any] = []
         for node in shard_nodes:
-            state = self._shard_state(shard_run_id(home, node))
-            with paused_gc():
-                joined += machine.run_value(state)
+            shard = shard_run_id(home, node)
+            values = self._succeeded_shard_value(shard)
+            if values is None:
+                state = self._shard_state(shard)
+                with paused_gc():
+                    values = machine.run_value(state)
+            joined += values
         return joined
+
+    def _succeeded_shard_value(self, shard: str) -> list[Any] | None:
+        """Read a succeeded shard's value from its stored member values alone.
+
+        This is the value `machine.run_value` builds, with one decode of the
+        joined values in place of a record per member. It returns None when
+        the shard has not succeeded or its output is not a list of member
+        values, so the caller builds the value from the node records.
+        """
+        spec = self._spec_of(shard)
+        output = spec.output
+        if not isinstance(output, ListInput):
+            return None
+        members: list[NodeId] = []
+        for item in output.items:
+            if not isinstance(item, NodeInput):
+                return None
+            members.append(item.node)
+        keys = self._keys.run(shard)
+        with self._errors(f"read shard {shard}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hget(keys.run, "status")
+            pipe.hmget(keys.values, members)
+            status, stored = pipe.execute()
+        if status != "succeeded":
+            return None
+        with paused_gc():
+            parts = [
+                "null"
+                if text is None or spec.node(node).options.ignore_result
+                else text
+                for node, text in zip(members, stored, strict=True)
+            ]
+            try:
+                value: list[Any] = loads("[" + ",".join(parts) + "]")
+            except UndecodableValue:
+                # The record path names the member whose value is broken.
+                return None
+        return value
 
     def _cancel_shard(self, shard: str, home_epoch: str = "") -> None:
         """Cancel a shard run; one that expired already needs nothing.

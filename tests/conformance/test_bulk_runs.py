@@ -379,6 +379,12 @@ def test_shared_invalid_option_blames_call(kit: Kit) -> None:
     message = str(caught.value)
     assert message.startswith("submit_many(): The link is 5")
     assert "canvases[" not in message
+    with pytest.raises(NotSerializable) as caught:
+        kit.add.apply_many([(1, 1), (2, 2)], link_error=[kit.add.s(1), kit.add.s({1})])
+    message = str(caught.value)
+    assert message.startswith("apply_many() > link_error[1] > args[0]: ")
+    assert "args_list[" not in message
+    assert "Nothing of this apply_many() call was submitted." in message
     with pytest.raises(InvalidOption, match="apply_many\\(\\): 1 run_ids for 2"):
         kit.add.apply_many([(1, 1), (2, 2)], run_ids=["only-one"])
     assert kit.app.driver.list_runs().runs == []

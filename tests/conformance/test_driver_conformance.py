@@ -7,6 +7,7 @@ errors, node states and how often side branches ran.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import pytest
@@ -462,7 +463,7 @@ def test_cancel_stops_run(kit: Kit) -> None:
 def test_unknown_task_dead_lettered(kit: Kit) -> None:
     canvas = chain(Signature("tasks.not_registered"), kit.add.s(1))
     result = kit.app.submit(canvas)
-    with kit.app.worker(concurrency=2):
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=0):
         error = result.get(TIMEOUT_S, propagate=False)
     assert result.state == "failed"
     assert isinstance(error, DeadLettered)
@@ -472,6 +473,79 @@ def test_unknown_task_dead_lettered(kit: Kit) -> None:
     assert message.node_id == "0"
     assert "tasks.not_registered" in reason
     assert result.node("1").state == "cancelled"
+
+
+def test_unknown_task_runs_once_registered(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.app.submit(chain(Signature("tasks.late"), kit.add.s(1)))
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=3 * TIMEOUT_S):
+        _wait_until(lambda: driver.delayed_count() == 1, "the message is deferred")
+        kit.app.task(name="tasks.late")(lambda: 41)
+        value = result.get(TIMEOUT_S)
+    assert value == 42
+    assert driver.dead_letters() == []
+    assert result.node("0").attempts == 1
+
+
+def test_unknown_task_dead_lettered_after_grace(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.app.submit(chain(Signature("tasks.never"), kit.add.s(1)))
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=2.0):
+        _wait_until(lambda: driver.delayed_count() == 1, "the message is deferred")
+        error = result.get(TIMEOUT_S, propagate=False)
+    assert isinstance(error, DeadLettered)
+    [(message, reason)] = driver.dead_letters()
+    assert message.node_id == "0"
+    assert message.attempt == 1
+    assert "'tasks.never' is not registered" in reason
+    assert "unknown_task_grace_s (2 s)" in reason
+    assert "import the module that defines it in the worker" in reason
+    assert result.node("0").attempts == 1
+    assert result.node("1").state == "cancelled"
+
+
+def test_defer_keeps_attempt_and_enqueue_time(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [first] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+    assert driver.defer(first, 0.05) is True
+    assert driver.snapshot(result.id).nodes["0"].state == "queued"
+    [again] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+    assert again.node_id == first.node_id
+    assert again.attempt == first.attempt
+    assert again.epoch == first.epoch
+    assert first.enqueued_at > 0
+    assert again.enqueued_at == first.enqueued_at
+    claim = driver.claim(again)
+    assert claim is not None
+    driver.complete(claim.message, "5")
+    assert result.get(TIMEOUT_S) == 5
+
+
+def test_defer_drops_message_of_cancelled_run(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    result.cancel()
+
+    assert driver.defer(message, 0.0) is False
+    assert driver.delayed_count() == 0
+    assert driver.fetch(["default"], 1, 0.2) == []
+
+
+def test_cancel_drops_deferred_message(kit: Kit) -> None:
+    driver = kit.app.driver
+    result = kit.add.apply_async((2, 3))
+    [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+    assert driver.defer(message, 3600.0) is True
+    assert driver.delayed_count() == 1
+
+    result.cancel()
+
+    assert driver.delayed_count() == 0
+    assert result.state == "cancelled"
 
 
 def test_dead_letter_spares_running_node(kit: Kit) -> None:
@@ -503,6 +577,15 @@ def test_dead_letter_fails_queued_node(kit: Kit) -> None:
     assert error is not None
     assert error.qualname == "DeadLettered"
     assert isinstance(result.get(TIMEOUT_S, propagate=False), DeadLettered)
+
+
+def _wait_until(condition: Callable[[], bool], what: str) -> None:
+    import time
+
+    deadline = time.monotonic() + TIMEOUT_S
+    while not condition():
+        assert time.monotonic() < deadline, f"Timed out waiting until {what}."
+        time.sleep(0.01)
 
 
 def _wait_for_call(kit: Kit, name: str) -> None:

@@ -102,7 +102,7 @@ def test_replayed_run_kept_while_running(make_kit: Callable[..., Kit]) -> None:
     # Long enough to replay the failed run before it expires on a busy host.
     kit = make_kit(retention_s=2.0)
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(chain(Signature("late_task"), kit.wait_gate.s()))
         result.get(TIMEOUT_S, propagate=False)
         [dead], _ = driver.list_dead_letters()
@@ -136,7 +136,7 @@ def test_queue_stats_and_purge(kit: Kit) -> None:
 def test_dead_letter_replay_completes_run(kit: Kit) -> None:
     canvas = chain(kit.echo.s(5), Signature("late_task"), kit.add.s(100))
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(canvas)
         assert isinstance(result.get(TIMEOUT_S, propagate=False), DeadLettered)
         page, cursor = driver.list_dead_letters()
@@ -159,7 +159,7 @@ def test_dead_letter_replay_completes_run(kit: Kit) -> None:
 
 def test_replay_reopens_chord_callback(kit: Kit) -> None:
     canvas = chord([kit.add.s(1, 1), Signature("late_task", (3,))], kit.total.s())
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(canvas)
         result.get(TIMEOUT_S, propagate=False)
         [(message, _reason)] = kit.app.driver.dead_letters()
@@ -174,7 +174,7 @@ def test_replay_reopens_chord_callback(kit: Kit) -> None:
 
 def test_replay_rejects_node_no_longer_failed(kit: Kit) -> None:
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(chain(Signature("late_task"), kit.add.s(1)))
         result.get(TIMEOUT_S, propagate=False)
         [dead], _ = driver.list_dead_letters()
@@ -194,7 +194,7 @@ def test_replay_rejects_node_no_longer_failed(kit: Kit) -> None:
 
 def test_replay_rejects_cancelled_run(kit: Kit) -> None:
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(group(Signature("late_task"), kit.wait_gate.s()))
         _wait(lambda: bool(driver.dead_letters()), "a dead letter")
         result.cancel()
@@ -206,7 +206,7 @@ def test_replay_rejects_cancelled_run(kit: Kit) -> None:
 
 def test_replay_rejects_dead_letter_of_earlier_epoch(kit: Kit) -> None:
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = kit.app.submit(chain(Signature("late_task"), kit.add.s(1)))
         result.get(TIMEOUT_S, propagate=False)
         [dead], _ = driver.list_dead_letters()
@@ -227,7 +227,7 @@ def test_replay_rejects_dead_letter_of_earlier_epoch(kit: Kit) -> None:
 
 def test_dead_letters_paged(kit: Kit) -> None:
     driver = kit.app.driver
-    with kit.app.worker(concurrency=1):
+    with kit.app.worker(concurrency=1, unknown_task_grace_s=0):
         for _ in range(3):
             kit.app.submit(Signature("late_task")).get(TIMEOUT_S, propagate=False)
 
@@ -277,7 +277,7 @@ def test_replay_makes_settled_join_wait_again(kit: Kit) -> None:
     header = [Signature("late_task", (3,)), kit.wait_gate.s()]
     canvas = chord(header, kit.echo.s(), join="all_settled")
     driver = kit.app.driver
-    with kit.app.worker(concurrency=2):
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=0):
         result = kit.app.submit(canvas)
         _wait(lambda: bool(driver.dead_letters()), "a dead letter")
         [dead], _ = driver.list_dead_letters()

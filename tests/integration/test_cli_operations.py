@@ -145,7 +145,7 @@ def test_expired_run_leaves_index(runner: CliRunner, flows: ModuleType) -> None:
 def test_graph_show_formats(
     runner: CliRunner, flows: ModuleType, tmp_path: Path
 ) -> None:
-    with flows.app.worker(concurrency=2):
+    with flows.app.worker(concurrency=2, unknown_task_grace_s=0):
         result = flows.with_extra().apply_async()
         result.get(TIMEOUT_S, propagate=False)
     run_id = result.id
@@ -182,7 +182,7 @@ def test_graph_show_formats(
 def test_graph_show_writes_svg(
     runner: CliRunner, flows: ModuleType, tmp_path: Path
 ) -> None:
-    with flows.app.worker(concurrency=2):
+    with flows.app.worker(concurrency=2, unknown_task_grace_s=0):
         result = flows.with_extra().apply_async()
         result.get(TIMEOUT_S, propagate=False)
     out = tmp_path / "run.svg"
@@ -247,7 +247,7 @@ def test_queues_ls_and_purge(runner: CliRunner, flows: ModuleType) -> None:
 
 
 def test_dlq_ls_show_replay_purge(runner: CliRunner, flows: ModuleType) -> None:
-    with flows.app.worker(concurrency=1):
+    with flows.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = flows.with_extra().apply_async()
         result.get(TIMEOUT_S, propagate=False)
         _, listed = invoke(runner, flows, "dlq", "ls", "--json")
@@ -413,7 +413,7 @@ def test_dlq_ls_hint_keeps_store(runner: CliRunner, flows: ModuleType) -> None:
 
 
 def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
-    with flows.app.worker(concurrency=1):
+    with flows.app.worker(concurrency=1, unknown_task_grace_s=0):
         result = flows.with_extra().apply_async()
         result.get(TIMEOUT_S, propagate=False)
         result.retry()
@@ -428,7 +428,7 @@ def test_runs_show_prints_epoch(runner: CliRunner, flows: ModuleType) -> None:
 
 
 def test_graph_watch_exit_codes(runner: CliRunner, flows: ModuleType) -> None:
-    with flows.app.worker(concurrency=2):
+    with flows.app.worker(concurrency=2, unknown_task_grace_s=0):
         failed = flows.with_extra().apply_async()
         failed.get(TIMEOUT_S, propagate=False)
         succeeded = flows.pipeline(3).apply_async()

@@ -1,7 +1,8 @@
 """The operator commands as real processes against a private Redis server.
 
 The cases: a worker process runs a submitted run that ``graph show`` draws.
-``dlq replay`` lets a dead-lettered run complete. A SIGTERM in the middle of
+``dlq replay`` lets a dead-lettered run complete. A worker that lacks a task
+hands its message to the worker that replaces it. A SIGTERM in the middle of
 a run loses nothing. ``graph show`` on a 100,000-node run sends as many
 commands as on a small one. No output contains a URL's password.
 """
@@ -88,7 +89,9 @@ def test_worker_submit_and_graph_show(tmp_path: Path, url: str) -> None:
 
 def test_dlq_replay_completes_run(tmp_path: Path, url: str) -> None:
     flows = write_flows(tmp_path, url)
-    first = start_stem(*worker_args(flows, url, "without-extra"))
+    first = start_stem(
+        *worker_args(flows, url, "without-extra", "--unknown-task-grace", "0")
+    )
     try:
         submitted = stem(
             "submit", "-A", str(flows), f"{flows}:with_extra", env={"WITH_EXTRA": "1"}
@@ -116,6 +119,32 @@ def test_dlq_replay_completes_run(tmp_path: Path, url: str) -> None:
         "dead_letters": [],
         "cursor": None,
     }
+
+
+def test_rolling_deploy_runs_new_task(tmp_path: Path, url: str) -> None:
+    flows = write_flows(tmp_path, url)
+    driver = RedisDriver(url)
+    old = start_stem(*worker_args(flows, url, "old", "--unknown-task-grace", "60"))
+    try:
+        submitted = stem(
+            "submit", "-A", str(flows), f"{flows}:with_extra", env={"WITH_EXTRA": "1"}
+        )
+        run_id = submitted.stdout.strip()
+        wait_until(lambda: driver.delayed_count() == 1, "the old worker deferred")
+    finally:
+        _, _, old_stderr = stop_process(old)
+    new = start_stem(*worker_args(flows, url, "new"), env={"WITH_EXTRA": "1"})
+    try:
+        data = wait_for_status(url, run_id, "succeeded")
+    finally:
+        stop_process(new)
+        dead = driver.dead_letters()
+        driver.close()
+
+    assert data["value"] == 103
+    assert data["states"] == {"succeeded": 5}
+    assert dead == []
+    assert old_stderr.count("Task 'extra' is not registered") == 1, old_stderr
 
 
 def test_sigterm_mid_run_loses_nothing(tmp_path: Path, url: str) -> None:
@@ -267,7 +296,11 @@ def secret_url() -> Iterator[str]:
 def test_no_command_prints_password(tmp_path: Path, secret_url: str) -> None:
     flows = write_flows(tmp_path, secret_url)
     outputs: list[str] = []
-    worker = start_stem(*worker_args(flows, secret_url, "secretive"), "-l", "debug")
+    worker = start_stem(
+        *worker_args(flows, secret_url, "secretive", "--unknown-task-grace", "0"),
+        "-l",
+        "debug",
+    )
     try:
         submitted = stem("submit", "-A", str(flows), f"{flows}:with_extra")
         run_id = submitted.stdout.strip()

@@ -14,7 +14,7 @@ import pytest
 FLOWS = """
 import threading
 import time
-from stem import App, group
+from stem import App, group, signature
 
 app = App()
 release = threading.Event()
@@ -71,6 +71,10 @@ def unserialisable():
 
 def hangs():
     return group(hang.s(1), hang.s(2))
+
+
+def unknown_task():
+    return add.s(1, 1) | signature("flows.not_registered")
 """
 
 OTHER_APP = """
@@ -103,6 +107,15 @@ def test_default_factory_prints_value(folder: Path) -> None:
 
     assert completed.returncode == 0, completed.stderr
     assert completed.stdout.strip() == "6"
+
+
+def test_unknown_task_fails_run_at_once(folder: Path) -> None:
+    # The timeout is below the worker's default grace period of 60 s, so
+    # the run must fail without waiting for another worker.
+    completed = stem_run(folder, "flows.py:unknown_task", "--timeout", "30")
+
+    assert completed.returncode == 1, completed.stderr
+    assert "'flows.not_registered' is not registered" in completed.stderr
 
 
 def test_canvas_constant_runs(folder: Path) -> None:

@@ -17,7 +17,7 @@ import redis
 from stem import App, ResultSet
 from stem.drivers.redis import RedisDriver
 from stem.drivers.redis import driver as driver_module
-from stem.errors import DriverError, PartialSubmitError
+from stem.errors import DriverError, PartialSubmitError, RunNotFound
 
 TIMEOUT_S = 10.0
 
@@ -230,3 +230,82 @@ def test_set_before_failure_reads_one_status(
         gate.set()
         with pytest.raises(ValueError, match="planned failure"):
             results.get(TIMEOUT_S)
+
+
+class _ScriptNames:
+    """Record the names of the scripts a driver calls, one call or many."""
+
+    def __init__(self, driver: RedisDriver, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.names: list[str] = []
+        call, call_many = driver._scripts.call, driver._scripts.call_many
+
+        def one(name: str, *args: Any, **kwargs: Any) -> Any:
+            self.names.append(name)
+            return call(name, *args, **kwargs)
+
+        def many(calls: list[Any]) -> list[Any]:
+            self.names += [name for name, _, _ in calls]
+            return call_many(calls)
+
+        monkeypatch.setattr(driver._scripts, "call", one)
+        monkeypatch.setattr(driver._scripts, "call_many", many)
+
+
+def test_get_reads_only_values_of_successes(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    @app.task(name="fail")
+    def fail(x: int) -> None:
+        raise ValueError(f"planned failure {x}")
+
+    results = app.tasks["add"].apply_many([(i, 1) for i in range(5)])
+    failed = app.tasks["fail"].delay(7)
+    with app.worker(concurrency=4):
+        ResultSet([*results, failed]).get(TIMEOUT_S, propagate=False)
+    scripts = _ScriptNames(_driver(app), monkeypatch)
+
+    assert results.get(TIMEOUT_S) == [1, 2, 3, 4, 5]
+    assert results.results[0].get(TIMEOUT_S) == 1
+    assert scripts.names == ["read_value"] * 6
+
+    # A run that ended otherwise is read again in full, for its error.
+    scripts.names.clear()
+    with pytest.raises(ValueError, match="planned failure 7"):
+        failed.get(TIMEOUT_S)
+    assert scripts.names == ["read_value", "read_ended"]
+    errors = ResultSet([results.results[1], failed]).get(TIMEOUT_S, propagate=False)
+    assert errors[0] == 2
+    assert isinstance(errors[1], ValueError)
+
+
+def test_get_reads_run_in_full_without_its_spec(
+    app: App, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    results = app.tasks["add"].apply_many([(i, 1) for i in range(3)])
+    with app.worker(concurrency=2):
+        results.get(TIMEOUT_S)
+    other = App(app.url, prefix=app.settings["prefix"])
+    try:
+        scripts = _ScriptNames(_driver(other), monkeypatch)
+        again = ResultSet([other.AsyncResult(run_id) for run_id in results.ids])
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+        # The second read finds the specs that the first one parsed.
+        assert again.get(TIMEOUT_S) == [1, 2, 3]
+        assert scripts.names == ["read_ended"] * 3 + ["read_value"] * 3
+    finally:
+        other.close()
+
+
+def test_get_of_deleted_run_is_not_found(app: App, redis_target: Any) -> None:
+    result = app.tasks["add"].delay(1, 2)
+    with app.worker(concurrency=1):
+        assert result.get(TIMEOUT_S) == 3
+    client = redis_target.client()
+    try:
+        client.delete(_driver(app)._keys.run(result.id).run)
+    finally:
+        client.close()
+    with pytest.raises(RunNotFound, match=result.id):
+        result.get(TIMEOUT_S)
+    with pytest.raises(RunNotFound, match=result.id):
+        ResultSet([result]).get(TIMEOUT_S)

@@ -361,6 +361,71 @@ def test_stalled_message_is_reclaimed(redis_target: Any) -> None:
         second.close()
 
 
+def test_deferred_entry_keeps_first_queued_time(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("deferred", compile_canvas(add.s(1, 1)))
+        [first] = driver.fetch(["default"], 1, TIMEOUT_S)
+        partition = driver._keys.partition_of("deferred")
+
+        assert driver.defer(first, 0.0) is True
+        assert client.hlen(partition.deferred) == 1
+        [again] = driver.fetch(["default"], 1, TIMEOUT_S)
+
+        [(_, fields)] = client.xrange(partition.queue("default"))
+        assert fields["enqueued_ms"] == first.receipt.partition("-")[0]
+        assert again.receipt != first.receipt
+        assert again.enqueued_at == first.enqueued_at
+        assert client.hlen(partition.deferred) == 0
+    finally:
+        driver.close()
+
+
+def test_cancel_deletes_deferred_time(redis_target: Any, client: Any) -> None:
+    driver = _driver(redis_target, prefix=_prefix())
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert driver.submit("cancelled", compile_canvas(add.s(1, 1)))
+        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+        assert driver.defer(message, 3600.0) is True
+        partition = driver._keys.partition_of("cancelled")
+
+        driver.cancel("cancelled")
+
+        assert client.zcard(partition.delayed) == 0
+        assert client.hlen(partition.deferred) == 0
+    finally:
+        driver.close()
+
+
+def test_defer_of_message_taken_over_changes_nothing(
+    redis_target: Any, client: Any
+) -> None:
+    prefix = _prefix()
+    first = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
+    second = _driver(redis_target, prefix=prefix, visibility_timeout_s=0.0)
+    app = App("memory://")
+    add = app.task(name="add")(lambda x, y: x + y)
+    try:
+        assert first.submit("taken", compile_canvas(add.s(1, 1)))
+        [stale] = first.fetch(["default"], 1, TIMEOUT_S)
+        [taken] = second.fetch(["default"], 1, TIMEOUT_S)
+        assert taken.receipt == stale.receipt
+
+        assert first.defer(stale, 0.0) is False
+
+        partition = first._keys.partition_of("taken")
+        assert client.zcard(partition.delayed) == 0
+        assert client.xpending(partition.queue("default"), "stem")["pending"] == 1
+        assert second.claim(taken) is not None
+    finally:
+        first.close()
+        second.close()
+
+
 _MALFORMED = [
     {"garbage": "1"},
     {"v": "1", "run": "x", "node": "0", "attempt": "one", "epoch": "0", "task": "add"},

@@ -10,7 +10,9 @@ runs to show that none grows with the chord.
 
 from __future__ import annotations
 
+import datetime as dt
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -20,7 +22,7 @@ from stem import App, chain, chord, group
 from stem.canvas.compiler import compile_canvas
 from stem.canvas.values import dumps
 from stem.drivers.redis import RedisDriver
-from stem.drivers.redis.shards import shard_run_id
+from stem.drivers.redis.shards import SHARD_TASK, shard_run_id
 from stem.engine.errors import DriverError
 from stem.engine.ports import Message
 
@@ -84,6 +86,29 @@ def test_large_chord_gives_same_input(make_app: Callable[..., App]) -> None:
         expected = plain.submit(canvas).get(TIMEOUT_S)
     assert value == expected
     assert value == [2 * i for i in range(2000)]
+
+
+def test_shard_input_keeps_tagged_values(make_app: Callable[..., App]) -> None:
+    sharded = make_app(shard_size=50)
+    plain = make_app(shard_size=0)
+    for app in (sharded, plain):
+        app.task(name="stamp")(
+            lambda i: {"id": uuid.UUID(int=i), "day": dt.date(2024, 1, 1 + i % 28)}
+        )
+    header = [sharded.tasks["stamp"].s(i) for i in range(120)]
+    header[7] = sharded.tasks["add"].s("a", "b")
+    canvas = chord(header, sharded.tasks["echo"].s())
+    with sharded.worker(concurrency=4):
+        result = sharded.submit(canvas)
+        value = result.get(TIMEOUT_S)
+    with plain.worker(concurrency=4):
+        expected = plain.submit(canvas).get(TIMEOUT_S)
+    home = sharded.driver._spec_of(result.id)  # type: ignore[attr-defined]
+    assert sum(node.task == SHARD_TASK for node in home.nodes) == 3
+    assert value == expected
+    assert value[1] == {"id": uuid.UUID(int=1), "day": dt.date(2024, 1, 2)}
+    assert value[7] == "ab"
+    assert len(value) == 120
 
 
 def test_shards_spread_over_partitions(

@@ -579,6 +579,172 @@ def test_replay_of_callback_keeps_shards(redis_target: Any) -> None:
         driver.close()
 
 
+# -- a worker that dies while it applies a retain, keep or cancel entry ------
+
+#: Retention of the dying-worker tests: long enough that no shard expires
+#: while a test runs, so a TTL of -1 (kept) differs from one above 0 (expiring).
+LONG_RETENTION_S = 600.0
+
+
+class _WorkerDied(BaseException):
+    """Simulated death of the worker process, so nothing after it runs."""
+
+
+def _die_applying(driver: RedisDriver, script: str, kind: str = "") -> list[str]:
+    """Make ``driver`` die at its first call of ``script``; return the death log.
+
+    A pipeline of ``shard_retention`` calls of ``kind`` applies its first
+    call, so the entry is applied to one shard only, and then the worker
+    dies. A single ``script`` call dies before it runs. Either way the
+    outbox entry stays read and unacknowledged.
+    """
+    scripts = driver._scripts
+    original_call = scripts.call
+    original_many = scripts.call_many
+    deaths: list[str] = []
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == script and not deaths:
+            deaths.append(name)
+            raise _WorkerDied(name)
+        return original_call(name, *args, **kwargs)
+
+    def call_many(calls: list[Any]) -> list[Any]:
+        first = calls[0] if calls else None
+        if first and first[0] == script and first[2][-1] == kind and not deaths:
+            original_many(calls[:1])
+            deaths.append(f"{script} {kind}")
+            raise _WorkerDied(script)
+        return original_many(calls)
+
+    scripts.call = call  # type: ignore[method-assign]
+    scripts.call_many = call_many  # type: ignore[method-assign]
+    return deaths
+
+
+def _two_workers(redis_target: Any) -> tuple[RedisDriver, RedisDriver]:
+    """Open a worker's driver and a second one on the same keys that reclaims.
+
+    The second reclaims every pending entry at its first fetch, because its
+    visibility timeout is 0.
+    """
+    prefix = new_prefix()
+    settings: dict[str, Any] = {
+        **redis_target.settings,
+        "prefix": prefix,
+        "shard_size": 5,
+        "retention_s": LONG_RETENTION_S,
+        "reconcile_interval_s": 3600.0,
+    }
+    first = RedisDriver(redis_target.url, **settings)
+    second = RedisDriver(redis_target.url, **settings, visibility_timeout_s=0.0)
+    return first, second
+
+
+def _shard_expiry(driver: RedisDriver, home: str) -> dict[str, str]:
+    """Return "kept" or "expiring" for each shard of ``chord_spec(12)``, by node."""
+    found: dict[str, str] = {}
+    for node in ("0", "5", "10"):
+        ttl = driver._client.pttl(driver._keys.run(shard_run_id(home, node)).run)
+        assert ttl != -2, f"shard {node} of {home} is gone"
+        found[node] = "kept" if ttl == -1 else "expiring"
+    return found
+
+
+def _pending_entries(driver: RedisDriver) -> int:
+    """Return how many outbox entries a worker read and did not acknowledge."""
+    total = 0
+    for partition in driver._keys.partitions:
+        summary = driver._client.xpending(partition.outbox, driver._group)
+        total += int(summary["pending"])
+    return total
+
+
+def _reclaim(driver: RedisDriver) -> None:
+    """Fetch once, as a worker's loop does, which applies reclaimed entries."""
+    driver.fetch(["default"], 100, 0.0)
+
+
+def test_dead_worker_retain_reclaimed(redis_target: Any) -> None:
+    worker, survivor = _two_workers(redis_target)
+    try:
+        worker.submit("retain", chord_spec(12))
+        deaths = _die_applying(worker, "shard_retention", "retain")
+        with pytest.raises(_WorkerDied):
+            _drain(worker)
+        assert deaths == ["shard_retention retain"]
+        assert _pending_entries(worker) > 0
+        assert worker.snapshot("retain").status == "succeeded"
+        expiry = _shard_expiry(worker, "retain")
+        assert list(expiry.values()).count("kept") == 2, expiry
+        _reclaim(survivor)
+        assert set(_shard_expiry(worker, "retain").values()) == {"expiring"}
+        assert _pending_entries(worker) == 0
+    finally:
+        worker.close()
+        survivor.close()
+
+
+def test_dead_worker_keep_reclaimed(redis_target: Any) -> None:
+    worker, survivor = _two_workers(redis_target)
+    try:
+        worker.submit("keep", chord_spec(12, failing=3))
+        _drain(worker)
+        assert worker.snapshot("keep").status == "failed"
+        assert set(_shard_expiry(worker, "keep").values()) == {"expiring"}
+        assert worker.retry_run("keep") > 0
+        deaths = _die_applying(worker, "shard_retention", "keep")
+        with pytest.raises(_WorkerDied):
+            apply_entries(worker, read_outbox(worker))
+        assert deaths == ["shard_retention keep"]
+        assert _pending_entries(worker) > 0
+        # Shards 5 and 10 succeeded, so no activation of the retry opens
+        # them again, and only the keep entry takes their expiry away.
+        expiry = _shard_expiry(worker, "keep")
+        assert expiry["5"] == "expiring"
+        assert expiry["10"] == "expiring"
+        _reclaim(survivor)
+        assert set(_shard_expiry(worker, "keep").values()) == {"kept"}
+        assert _pending_entries(worker) == 0
+        assert _drain(survivor, fixed=True).count("echo") == 1
+        assert survivor.snapshot("keep").status == "succeeded"
+    finally:
+        worker.close()
+        survivor.close()
+
+
+def test_dead_worker_cancel_reclaimed(redis_target: Any) -> None:
+    worker, survivor = _two_workers(redis_target)
+    try:
+        worker.submit("cancel", chord_spec(12, failing=7))
+        apply_entries(worker, read_outbox(worker))
+        messages: list[Message] = []
+        while batch := worker.fetch(["default"], 100, 0.05):
+            messages += batch
+        [failing] = [message for message in messages if message.node_id == "7"]
+        run_message(worker, failing, fixed=False)
+        # The failed shard's report fails the home run, which writes a
+        # cancel entry for each other shard.
+        apply_entries(worker, read_outbox(worker))
+        assert worker.snapshot("cancel").status == "failed"
+        deaths = _die_applying(worker, "cancel")
+        with pytest.raises(_WorkerDied):
+            apply_entries(worker, read_outbox(worker))
+        assert deaths == ["cancel"]
+        assert _pending_entries(worker) > 0
+        for node in ("0", "10"):
+            keys = worker._keys.run(shard_run_id("cancel", node))
+            assert worker._client.hget(keys.run, "status") == "running"
+        _reclaim(survivor)
+        for node in ("0", "10"):
+            keys = worker._keys.run(shard_run_id("cancel", node))
+            assert worker._client.hget(keys.run, "status") == "cancelled"
+        assert _pending_entries(worker) == 0
+    finally:
+        worker.close()
+        survivor.close()
+
+
 # -- no script call grows with the header ------------------------------------
 
 

@@ -17,7 +17,7 @@ from stem import App, ResultSet
 from stem.canvas.gcpause import paused_gc
 from stem.canvas.spec import NodeOptions, same_layout
 from stem.engine.app import new_run_id, ulid_text
-from stem.errors import InvalidOption, NotSerializable, NoWorkerRunning
+from stem.errors import InvalidCanvas, InvalidOption, NotSerializable, NoWorkerRunning
 
 
 @pytest.fixture
@@ -88,6 +88,20 @@ def test_result_set_rejects_mixed_apps(app: App) -> None:
             ResultSet([app.AsyncResult("a"), other.AsyncResult("b")])
     finally:
         other.close()
+
+
+def test_result_set_rejects_run_ids(app: App) -> None:
+    handle = app.AsyncResult("a")
+    with pytest.raises(TypeError) as caught:
+        ResultSet([handle, "b"])
+    message = str(caught.value)
+    assert message.startswith("ResultSet(): results[1] is 'b', a str,")
+    assert "ResultSet([app.AsyncResult(run_id) for run_id in run_ids])" in message
+    with pytest.raises(TypeError) as caught:
+        ResultSet("ab")
+    assert str(caught.value).startswith("ResultSet(): results is 'ab', a str,")
+    with pytest.raises(TypeError, match="results is 5, an int,"):
+        ResultSet(5)  # type: ignore[arg-type]
 
 
 def test_result_set_sequence_protocol(app: App) -> None:
@@ -266,3 +280,64 @@ def test_ulid_text_matches_digits() -> None:
     for value in values:
         assert ulid_text(value) == _ulid_digits(value)
     assert len(new_run_id()) == 26
+
+
+NOTHING_APPLIED = "Nothing of this apply_many() call was submitted."
+NOTHING_SUBMITTED = "Nothing of this submit_many() call was submitted."
+
+
+def test_bulk_shape_errors_say_nothing_submitted(app: App) -> None:
+    add = app.task(name="add")(lambda x, y: x + y)
+    apply_cases: list[tuple[type[Exception], Any, dict[str, Any]]] = [
+        (InvalidCanvas, 5, {}),
+        (InvalidCanvas, "ab", {}),
+        (InvalidCanvas, {"x": 1}, {}),
+        (InvalidCanvas, [(1, 1), 2], {}),
+        (InvalidOption, [(1, 1)], {"run_id": "mine"}),
+        (InvalidOption, [(1, 1)], {"run_ids": ["a", "b"]}),
+        (InvalidOption, [(1, 1), (2, 2)], {"run_ids": ["a", "a"]}),
+        (InvalidOption, [(1, 1), (2, 2)], {"run_ids": "ab"}),
+        (InvalidOption, [(1, 1)], {"run_ids": 5}),
+    ]
+    for error_type, args_list, keywords in apply_cases:
+        with pytest.raises(error_type) as caught:
+            add.apply_many(args_list, **keywords)
+        assert str(caught.value).startswith("apply_many(): "), caught.value
+        assert str(caught.value).endswith(NOTHING_APPLIED), caught.value
+    submit_cases: list[tuple[type[Exception], Any, dict[str, Any]]] = [
+        (InvalidCanvas, 5, {}),
+        (InvalidCanvas, add.s(1, 1), {}),
+        (InvalidCanvas, "ab", {}),
+        (InvalidOption, [add.s(1, 1)], {"run_id": "mine"}),
+        (InvalidOption, [add.s(1, 1)], {"run_ids": ["a", "b"]}),
+        (InvalidOption, [add.s(1, 1), add.s(2, 2)], {"run_ids": ["a", "a"]}),
+        (InvalidOption, [add.s(1, 1), add.s(2, 2)], {"run_ids": "ab"}),
+    ]
+    for error_type, canvases, keywords in submit_cases:
+        with pytest.raises(error_type) as caught:
+            app.submit_many(canvases, **keywords)
+        assert str(caught.value).startswith("submit_many(): "), caught.value
+        assert str(caught.value).endswith(NOTHING_SUBMITTED), caught.value
+    assert app.driver.list_runs().runs == []
+
+
+def test_submit_many_single_canvas_hint(app: App) -> None:
+    add = app.task(name="add")(lambda x, y: x + y)
+    with pytest.raises(InvalidCanvas) as caught:
+        app.submit_many(add.s(1, 1))
+    assert "Pass a list of canvases, such as [canvas]" in str(caught.value)
+
+
+def test_apply_many_dict_item_hint(app: App) -> None:
+    add = app.task(name="add")(lambda x, y: x + y)
+    with pytest.raises(InvalidCanvas) as caught:
+        add.apply_many([(1, 1), {"x": 1, "y": 2}])
+    message = str(caught.value)
+    assert message.startswith("apply_many(): item 1 is {'x': 1, 'y': 2}, a mapping")
+    assert "app.submit_many([task.s(**kwargs) for kwargs in args_list])" in message
+    assert "({'x': 1, 'y': 2},)" not in message
+    assert message.endswith(NOTHING_APPLIED)
+    # The hint's own call works: it submits the keyword arguments.
+    results = app.submit_many([add.s(**kwargs) for kwargs in [{"x": 1, "y": 2}]])
+    with app.worker(concurrency=1):
+        assert results.get(timeout=30) == [3]

@@ -222,7 +222,7 @@ def test_bad_submit_arg_rejected(kit: Kit) -> None:
 def test_unknown_task_dead_lettered(kit: Kit) -> None:
     canvas = chain(Signature("no.such.task"), kit.add.s(1))
     result = kit.app.submit(canvas, options={"link_error": kit.record.s()})
-    with kit.app.worker(concurrency=2):
+    with kit.app.worker(concurrency=2, unknown_task_grace_s=0):
         error = result.get(TIMEOUT_S, propagate=False)
         assert kit.app.driver.wait_idle(TIMEOUT_S)
     assert result.state == "failed"

@@ -30,7 +30,7 @@ def finished(app: App) -> RunSnapshot:
         Signature("missing"),
         Signature("add", (1,)),
     )
-    with app.worker(concurrency=2):
+    with app.worker(concurrency=2, unknown_task_grace_s=0):
         result = app.submit(canvas)
         result.get(10, propagate=False)
     return app.driver.snapshot(result.id)

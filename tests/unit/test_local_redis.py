@@ -11,6 +11,7 @@ import time
 import pytest
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import RedisCluster
 from redis.retry import Retry
 
 from stem.local_redis import LocalRedis, LocalRedisCluster, LocalRedisError
@@ -47,6 +48,31 @@ def test_password_is_required_and_in_the_url() -> None:
         client = redis.Redis.from_url(server.url)
         assert client.ping()
         client.close()
+
+
+def test_cluster_password_on_every_node() -> None:
+    password = "p@ss:word/1"
+    with LocalRedisCluster(password=password) as cluster:
+        assert cluster.url.startswith("redis+cluster://:p%40ss%3Aword%2F1@127.0.0.1:")
+        for port in cluster.ports:
+            with pytest.raises(redis.AuthenticationError):
+                redis.Redis(port=port, retry=NO_RETRY).ping()
+            node = redis.Redis(port=port, password=password, decode_responses=True)
+            assert node.config_get("masterauth") == {"masterauth": password}
+            node.close()
+        # The URL alone lets a cluster client reach every node, because the
+        # keys below hash to slots on every primary.
+        plain_url = "redis://" + cluster.url.removeprefix("redis+cluster://")
+        client = RedisCluster.from_url(plain_url, decode_responses=True)
+        try:
+            keys = [f"key-{index}" for index in range(20)]
+            owners = {client.get_node_from_key(key).port for key in keys}
+            assert owners == set(cluster.ports)
+            for key in keys:
+                client.set(key, key)
+            assert [client.get(key) for key in keys] == keys
+        finally:
+            client.close()
 
 
 def test_restart_empties_server_same_port() -> None:

@@ -25,6 +25,7 @@ def test_leased_copies_every_field() -> None:
         headers={"task": "app.add"},
         lease=6,
         reclaimed=True,
+        enqueued_at=1700000000.017,
     )
     defaults = Message("r", "0", 1)
     for field in dataclasses.fields(Message):

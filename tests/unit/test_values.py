@@ -252,6 +252,24 @@ def test_loads_accepts_bytes() -> None:
     assert loads(b'{"a":[1]}') == {"a": [1]}
 
 
+@pytest.mark.parametrize(
+    "text",
+    [
+        pytest.param('[{"__stem__":"uuid","v":"%s"}]', id="plain"),
+        pytest.param('[{"\\u005f_stem__":"uuid","v":"%s"}]', id="escaped-key"),
+        pytest.param('[{"__stem\\u005f_":"uuid","v":"%s"}]', id="escaped-middle"),
+    ],
+)
+def test_loads_finds_tags_spelled_any_way(text: str) -> None:
+    value = uuid.UUID(int=7)
+    assert loads(text % value) == [value]
+
+
+def test_loads_keeps_untagged_values() -> None:
+    value = {"a": [1, {"b": "c\\u"}], "d": None, "e": "\n"}
+    assert loads(dumps(value)) == value
+
+
 # -- rejections -------------------------------------------------------------------
 
 

@@ -18,7 +18,8 @@
   Writes no queue entries: messages already queued are dropped when claimed,
   because their nodes are no longer queued. A queued or retrying node's
   message that waits in the delayed set (countdown, eta or retry backoff) is
-  removed from it, so a far-off one does not stay until it is due. Adds an
+  removed from it, so a far-off one does not stay until it is due, with its
+  field in <base>deferred when a worker deferred it. Adds an
   "ended" event and starts the run's retention. Adds a "cancel" outbox entry
   per shard node that had not ended, a "retain" outbox entry for a home run
   of shards, and a "report" outbox entry when the run is a shard run.
@@ -69,6 +70,8 @@ for node in string.gmatch(run[2], "[^,]+") do
       local member = cjson.encode({info[3] or "default", run_id, node, attempt,
         run[6], info[2]})
       rcall("ZREM", delayed_key, member)
+      -- The first-queued time of a message that a worker deferred (defer.lua).
+      rcall("HDEL", base .. "deferred", member)
     end
     local pending_side = (role == "link" or role == "errback") and state == "pending"
     local ended = pending_side and "skipped" or "cancelled"

@@ -4,7 +4,10 @@
   ARGV[1] maximum number of messages to move in this call
   Time comes from TIME inside the script.
   Returns the number of messages moved.
-  Adds one stream entry to <base>q:<queue> per message moved. A due member
+  Adds one stream entry to <base>q:<queue> per message moved. A member that
+  defer.lua handed back has a field in the hash <base>deferred: the time the
+  message first entered a queue, in milliseconds, which the entry keeps as
+  its enqueued_ms field and which is then deleted. A due member
   that is not the JSON array of six strings this driver writes moves to
   <base>dead instead, with empty ids, attempt and epoch 0, and a reason that
   quotes it, because left in place it would fail every later call.
@@ -42,8 +45,17 @@ for _, member in ipairs(due) do
   local message = parse(member)
   if message then
     -- "v" is the envelope version, ENVELOPE_VERSION in driver.py.
-    rcall("XADD", base .. "q:" .. message[1], "*", "v", "1", "run", message[2],
-      "node", message[3], "attempt", message[4], "epoch", message[5], "task", message[6])
+    local enqueued_ms = rcall("HGET", base .. "deferred", member)
+    if enqueued_ms then
+      rcall("HDEL", base .. "deferred", member)
+      rcall("XADD", base .. "q:" .. message[1], "*", "v", "1", "run", message[2],
+        "node", message[3], "attempt", message[4], "epoch", message[5],
+        "task", message[6], "enqueued_ms", enqueued_ms)
+    else
+      rcall("XADD", base .. "q:" .. message[1], "*", "v", "1", "run", message[2],
+        "node", message[3], "attempt", message[4], "epoch", message[5],
+        "task", message[6])
+    end
     moved = moved + 1
   else
     -- Bytes outside printable ASCII become "?", so the reason is valid text.
