@@ -286,6 +286,7 @@ FUNCTIONS_VERSION = (7, 0)
 #: ``allow-oom`` the ones that only delete.
 SCRIPT_FLAGS: dict[str, tuple[str, ...]] = {
     "read_ended": ("no-writes",),
+    "read_value": ("no-writes",),
     "stale_releases": ("no-writes",),
     "purge": ("allow-oom",),
     "release_lock": ("allow-oom",),

@@ -99,8 +99,9 @@ def test_new_server_uses_functions(redis_target: Any, redis_script_mode: str) ->
 def test_read_only_function_runs_on_replica(
     redis_url: str, redis_script_mode: str
 ) -> None:
-    # read_ended has the no-writes flag, so a read-only replica runs it, as
-    # it runs the script with EVALSHA; a function that writes is rejected.
+    # read_ended and read_value have the no-writes flag, so a read-only
+    # replica runs them, as it runs the scripts with EVALSHA. A function
+    # that writes is rejected.
     if redis_script_mode == "evalsha":
         pytest.skip("--redis-scripts=evalsha loads no library")
     driver = RedisDriver(redis_url, prefix=f"test-{uuid.uuid4().hex[:12]}:")
@@ -120,11 +121,15 @@ def test_read_only_function_runs_on_replica(
         keys = ["{p}:run:x", "{p}:run:x:nodes", "{p}:run:x:values", "{p}:run:x:errors"]
 
         reply = replica.fcall(library.function_name("read_ended"), 4, *keys, "status")
+        value_reply = replica.fcall(
+            library.function_name("read_value"), 2, keys[0], keys[2], "0", "status"
+        )
         with pytest.raises(redis.ResponseError, match="read only replica"):
             replica.fcall(library.function_name("release_lock"), 1, "{p}:lock", "t")
 
         assert [entry[1] for entry in listed] == [library.name]
         assert reply == [[None]]
+        assert value_reply == [[None]]
     finally:
         replica.close()
         replica_server.stop()

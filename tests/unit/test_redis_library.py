@@ -94,10 +94,11 @@ def test_script_flags_registered() -> None:
     )
 
     assert "flags = {'no-writes'}," in _block(library.code, "read_ended")
+    assert "flags = {'no-writes'}," in _block(library.code, "read_value")
     assert "flags = {'no-writes'}," in _block(library.code, "stale_releases")
     assert "flags = {'allow-oom'}," in _block(library.code, "purge")
     assert "flags = {}," in _block(library.code, "complete")
-    assert library.code.count("flags = {'no-writes'},") == 2
+    assert library.code.count("flags = {'no-writes'},") == 3
     assert library.code.count("flags = {'allow-oom'},") == 2
 
 
