@@ -1,7 +1,7 @@
 """Shared pytest configuration for the whole test suite."""
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +15,35 @@ from hypothesis import settings
 settings.register_profile("dev", max_examples=25, deadline=None)
 settings.register_profile("ci", max_examples=500, deadline=None, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "dev"))
+
+
+# -- how the Redis driver runs its scripts --------------------------------------
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--redis-scripts",
+        choices=("auto", "evalsha"),
+        default="auto",
+        help="How the Redis driver runs its Lua scripts in this process: auto "
+        "(default) uses a Functions library on Redis 7.0 or later, evalsha "
+        "reports the server's version as 6.2 so EVALSHA runs them. Workers "
+        "that tests start as subprocesses always use auto.",
+    )
+
+
+@pytest.fixture(autouse=True, scope="session")
+def redis_script_mode(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Apply --redis-scripts for the session and return its value."""
+    mode: str = request.config.getoption("--redis-scripts")
+    if mode == "auto":
+        yield mode
+        return
+    from stem.drivers.redis import scripts
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(scripts, "server_version", lambda client: (6, 2, 0))
+        yield mode
 
 
 # -- a private Redis server and Cluster -----------------------------------------

@@ -24,11 +24,14 @@ with its arguments, the includes, the commands called inside and the rest
 (the script's own Lua). A last table cuts complete.lua before each
 statement of a one-node run's path.
 
-Part 3 runs parts 1 and 2 again with each script loaded as a Redis
-Functions library (FUNCTION LOAD, FCALL). ``to_library`` moves every
-top-level ``local function`` of the assembled script to the library's load
-code, so it is defined once. The other top-level statements stay in the
-function that FCALL runs.
+Part 3 runs parts 1 and 2 again with FCALL. The whole calls of part 2 go
+through the driver's own Functions library (`stem.drivers.redis.library`).
+The cut and one-line scripts that part 1 and the splits use are loaded as
+one library each by ``to_library``, which moves every top-level ``local
+function`` of the assembled script to the library's load code, so it is
+defined once. Its other top-level statements stay in the function that
+FCALL runs, so the cut's constant tables cost on every call there, which
+the driver's library defines once.
 """
 
 from __future__ import annotations
@@ -227,30 +230,32 @@ def client_url(client: redis.Redis) -> str:
 
 
 class Recorder:
-    """Record the script calls a driver sends, and send FCALL in place of EVALSHA.
+    """Record the script calls a driver sends, with EVALSHA or with FCALL.
 
     It replaces ``send`` of the driver's per-thread connections, which a
-    single-node driver uses for every script call.
+    single-node driver uses for every script call. ``functions`` chooses
+    how the driver calls the scripts: FCALL of the driver's own library
+    (`stem.drivers.redis.library`), or EVALSHA.
     """
 
-    def __init__(self, driver: RedisDriver) -> None:
+    def __init__(self, driver: RedisDriver, functions: bool) -> None:
         scripts = driver._scripts
         assert scripts.connections is not None, "a single-node driver is expected"
+        scripts.use_functions = functions
+        scripts.preload()
         self.names = {scripts._scripts[name].sha: name for name in REAL_SCRIPTS}
+        for name in REAL_SCRIPTS:
+            self.names[scripts.library.function_name(name)] = name
         self.calls: dict[str, list[Command]] = {name: [] for name in REAL_SCRIPTS}
-        self.functions = False
         original: Callable[[list[Command]], list[Any]] = scripts.connections.send
 
         def send(commands: list[Command]) -> list[Any]:
-            sent = []
             for command in commands:
-                name = self.names.get(command[1]) if command[0] == "EVALSHA" else None
+                is_script = command[0] in ("EVALSHA", "FCALL")
+                name = self.names.get(command[1]) if is_script else None
                 if name is not None:
                     self.calls[name].append(command[2:])
-                    if self.functions:
-                        command = ("FCALL", f"stem_{name}", *command[2:])
-                sent.append(command)
-            replies = original(sent)
+            replies = original(commands)
             for reply in replies:
                 if isinstance(reply, Exception):
                     raise reply
@@ -274,8 +279,7 @@ class Runs:
         driver = self.app.driver
         assert isinstance(driver, RedisDriver)
         self.driver = driver
-        self.recorder = Recorder(driver)
-        self.recorder.functions = functions
+        self.recorder = Recorder(driver, functions)
         self.costs: dict[str, dict[str, float]] = {}
         spec = compile_canvas(noop.s())
         runs = [(f"{tag}-{index}", spec) for index in range(tasks)]

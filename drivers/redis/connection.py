@@ -107,7 +107,7 @@ def connect(target: Target) -> redis.Redis | RedisCluster:
 
 
 class _ScriptCallPacker:
-    """Pack EVALSHA and XREADGROUP with hiredis, and other commands as redis-py does.
+    """Pack EVALSHA, FCALL and XREADGROUP with hiredis, others as redis-py does.
 
     The driver's script calls pass every key and argument as UTF-8 bytes
     already (``scripts._encoded``), so redis-py's per-argument checks and
@@ -145,7 +145,7 @@ class _ScriptCallPacker:
 #: first argument that contains a space ("CONFIG GET") and hiredis does not,
 #: so only commands of one word whose arguments are bytes, text and numbers
 #: belong here.
-_HIREDIS_PACKED = frozenset({"EVALSHA", "XREADGROUP"})
+_HIREDIS_PACKED = frozenset({"EVALSHA", "FCALL", "XREADGROUP"})
 
 
 def _packing_scripts(base: type[Any]) -> type[Any]:

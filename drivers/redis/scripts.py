@@ -6,12 +6,20 @@ so the node transitions that several scripts share are written once. Redis
 runs a script's top level on every call, so the assembled source keeps only
 the top-level local functions and constants that the script reaches
 (`drop_unused_locals`).
-`Scripts.call` sends EVALSHA and, on a NOSCRIPT reply (after ``SCRIPT
-FLUSH``, a restart or a failover), loads the script and sends the call
-again, so a flushed script cache costs one round trip per script. In a
-Cluster redis-py sends ``SCRIPT LOAD`` to every primary. `Scripts.call_many`
-does the same for the calls of a pipeline that failed with NOSCRIPT, which
-redis-py's Cluster pipeline does not do.
+
+On Redis 7.0 or later every script runs as a function of one Functions
+library (`stem.drivers.redis.library`), whose load code defines the
+include functions and constant tables once. `Scripts.preload` reads the
+server's version once per driver and loads the library with FUNCTION LOAD
+on every primary that lacks it. An older server gets EVALSHA.
+`Scripts.call` sends FCALL or EVALSHA. On a reply that the script is
+missing ("Function not found" after ``FUNCTION FLUSH`` or on a new node,
+NOSCRIPT after ``SCRIPT FLUSH``, a restart or a failover), it loads the
+library or the script and sends the call again. In a Cluster the library
+goes to every primary that lacks it, and redis-py sends ``SCRIPT LOAD``
+to every primary. `Scripts.call_many` does the same for the calls of a
+pipeline that failed that way, which redis-py's Cluster pipeline does not
+do.
 
 On a single node each thread keeps one connection of the client's pool
 for its script calls and sends them on it directly
@@ -20,6 +28,7 @@ for its script calls and sends them on it directly
 
 from __future__ import annotations
 
+import logging
 import re
 from enum import IntEnum
 from importlib import resources
@@ -31,7 +40,10 @@ from redis.commands.core import Script
 
 from stem.canvas.errors import StemInternalError
 from stem.drivers.redis.connection import ThreadConnections
+from stem.drivers.redis.library import build_library
 from stem.engine.errors import DriverError, RunNotFound
+
+log = logging.getLogger(__name__)
 
 SCRIPT_NAMES = (
     "submit",
@@ -264,8 +276,30 @@ def _definition_span(lines: list[str], first: int) -> tuple[str, int] | None:
     return None
 
 
+#: The first Redis version with Functions (FUNCTION LOAD, FCALL).
+FUNCTIONS_VERSION = (7, 0)
+#: The function flags of the scripts that need one, so each function runs
+#: where Redis ran the script with EVALSHA. A function without flags is
+#: rejected on a read-only replica and, above maxmemory, before it starts,
+#: while EVALSHA rejects only a write command that can grow memory
+#: (Redis 7.0). ``no-writes`` marks the scripts that only read, and
+#: ``allow-oom`` the ones that only delete.
+SCRIPT_FLAGS: dict[str, tuple[str, ...]] = {
+    "read_ended": ("no-writes",),
+    "read_value": ("no-writes",),
+    "stale_releases": ("no-writes",),
+    "purge": ("allow-oom",),
+    "release_lock": ("allow-oom",),
+}
+
+
 class Scripts:
-    """Every script registered on one client, called by name.
+    """Every script of the driver on one client, called by name.
+
+    On Redis 7.0 or later the scripts run as the functions of one library
+    (`stem.drivers.redis.library`), called with FCALL. On an older server,
+    a Cluster with an older primary, or a server that rejects the FUNCTION
+    commands, they run with EVALSHA. `preload` decides once.
 
     Args:
         client: the client that runs them; its replies must be decoded to str.
@@ -273,26 +307,44 @@ class Scripts:
 
     def __init__(self, client: redis.Redis | RedisCluster) -> None:
         self._client = client
+        sources = {name: load_source(name) for name in SCRIPT_NAMES}
         self._scripts: dict[str, Script] = {
-            name: client.register_script(load_source(name)) for name in SCRIPT_NAMES
+            name: client.register_script(source) for name, source in sources.items()
         }
+        self.library = build_library(sources, SCRIPT_FLAGS)
+        self._function_names = {
+            name: self.library.function_name(name) for name in SCRIPT_NAMES
+        }
+        #: True for FCALL, False for EVALSHA, None until `preload` reads the
+        #: server's version.
+        self.use_functions: bool | None = None
         self.connections: ThreadConnections | None = None
         if isinstance(client, redis.Redis):
             self.connections = ThreadConnections(client.connection_pool)
 
     def preload(self) -> None:
-        """Load each script that the node, or any primary, does not have cached.
+        """Choose FCALL or EVALSHA, then load what the node or any primary lacks.
 
-        One SCRIPT EXISTS checks them all first, so a client of a server
-        whose script cache contains them already sends about 1 KB instead of
-        their 200 KB of source. In a Cluster a script counts as cached only
-        when every primary has it.
+        The first call reads the Redis version of the node, or of every
+        Cluster primary, and later calls keep the choice. A server that
+        rejects INFO or the FUNCTION commands gets EVALSHA. For FCALL the
+        library is loaded on each node whose FUNCTION LIST does not name it.
+        For EVALSHA one SCRIPT EXISTS checks every script first, so a client
+        of a server whose script cache contains them already sends about
+        1 KB instead of their 200 KB of source. In a Cluster a script
+        counts as cached only when every primary has it.
 
         Raises:
             DriverError: if Redis failed.
         """
-        scripts = list(self._scripts.values())
         try:
+            if self.use_functions is None:
+                self.use_functions = self._load_library_if_supported()
+            elif self.use_functions:
+                self._load_library()
+            if self.use_functions:
+                return
+            scripts = list(self._scripts.values())
             cached = self._client.script_exists(*(script.sha for script in scripts))
             for script, found in zip(scripts, cached, strict=True):
                 if not found:
@@ -300,24 +352,91 @@ class Scripts:
         except redis.RedisError as err:
             raise DriverError(f"Loading the Lua scripts failed: {err}") from err
 
+    def _load_library_if_supported(self) -> bool:
+        """Load the library where it is missing and return True, or return False.
+
+        It returns False, for EVALSHA, on a server older than 7.0, and when
+        Redis rejects INFO or a FUNCTION command with an error reply, as
+        for an ACL user without the FUNCTION commands.
+
+        Raises:
+            redis.RedisError: if Redis failed otherwise, as on a lost
+                connection.
+        """
+        try:
+            if server_version(self._client) < FUNCTIONS_VERSION:
+                return False
+            self._load_library()
+        except redis.ResponseError as err:
+            log.warning(
+                "Redis rejected a command that loads the Functions library, so "
+                "the driver runs its scripts with EVALSHA: %s",
+                err,
+            )
+            return False
+        return True
+
+    def _load_library(self) -> None:
+        """Load the library on the node, or on each Cluster primary, that lacks it.
+
+        The library's name is a hash of its code, so a node that has a
+        library of that name has this code, and FUNCTION LOAD needs no
+        REPLACE. A node that another client loaded it on in the meantime
+        replies that it exists, which counts as loaded.
+
+        Raises:
+            redis.RedisError: if Redis failed.
+        """
+        library = self.library
+        for node in _nodes(self._client):
+            listed = _execute(node, "FUNCTION LIST", "LIBRARYNAME", library.name)
+            if any(entry[1] == library.name for entry in listed or []):
+                continue
+            try:
+                _execute(node, "FUNCTION LOAD", library.code)
+            except redis.ResponseError as err:
+                if "already exists" not in str(err):
+                    raise
+
+    def _reload(self, name: str) -> None:
+        """Load the script ``name`` again after a reply that it is missing.
+
+        Raises:
+            redis.RedisError: if Redis failed.
+        """
+        if self.use_functions:
+            self._load_library()
+        else:
+            script = self._scripts[name]
+            script.sha = self._client.script_load(script.script)
+
+    def command(
+        self, name: str, key_count: int, encoded: list[bytes]
+    ) -> tuple[Any, ...]:
+        """Return the FCALL or EVALSHA command that runs one script."""
+        if self.use_functions is None:
+            self.preload()
+        if self.use_functions:
+            return ("FCALL", self._function_names[name], key_count, *encoded)
+        return ("EVALSHA", self._scripts[name].sha, key_count, *encoded)
+
     def call_many(
         self, calls: list[tuple[str, list[str], list[str | int | float]]]
     ) -> list[Any]:
         """Run several scripts in one pipeline and return their raw replies in order.
 
         Each call is ``(name, keys, args)``. Calls whose node had lost the
-        script (NOSCRIPT) did not run, so they are sent once more after the
-        scripts are loaded again on every primary. A call that fails for any
-        other reason returns its exception in its place.
+        script or the library (NOSCRIPT, "Function not found") did not run,
+        so they are sent once more after the scripts are loaded again on
+        every primary. A call that fails for any other reason returns its
+        exception in its place.
 
         Raises:
             DriverError: if Redis failed for the pipeline as a whole.
         """
         replies = self._pipeline(calls)
         missing = [
-            index
-            for index, reply in enumerate(replies)
-            if isinstance(reply, redis.exceptions.NoScriptError)
+            index for index, reply in enumerate(replies) if is_missing_script(reply)
         ]
         if missing:
             self.preload()
@@ -329,16 +448,11 @@ class Scripts:
     def _pipeline(
         self, calls: list[tuple[str, list[str], list[str | int | float]]]
     ) -> list[Any]:
+        commands = [
+            self.command(name, len(keys), _encoded([*keys, *args]))
+            for name, keys, args in calls
+        ]
         if self.connections is not None:
-            commands = [
-                (
-                    "EVALSHA",
-                    self._scripts[name].sha,
-                    len(keys),
-                    *_encoded([*keys, *args]),
-                )
-                for name, keys, args in calls
-            ]
             try:
                 return self.connections.send(commands)
             except (redis.ConnectionError, redis.TimeoutError):
@@ -350,10 +464,8 @@ class Scripts:
                 pass
         try:
             pipe = self._client.pipeline(transaction=False)
-            for name, keys, args in calls:
-                pipe.evalsha(
-                    self._scripts[name].sha, len(keys), *_encoded([*keys, *args])
-                )
+            for command in commands:
+                _execute(pipe, *command)
             replies: list[Any] = pipe.execute(raise_on_error=False)
         except redis.RedisError as err:
             raise DriverError(f"Running a pipeline of scripts failed: {err}") from err
@@ -374,30 +486,72 @@ class Scripts:
             StemInternalError: if the script found a broken invariant.
             DriverError: if Redis failed; the redis-py error is chained.
         """
-        encoded = _encoded([*keys, *args])
         try:
-            script = self._scripts[name]
+            command = self.command(name, len(keys), _encoded([*keys, *args]))
             try:
-                return self._evalsha(script.sha, len(keys), encoded)
-            except redis.exceptions.NoScriptError:
-                # SCRIPT FLUSH or a restart emptied the cache; the call did not run.
-                self._client.script_load(script.script)
-                return self._client.evalsha(script.sha, len(keys), *encoded)
+                return self._send(command)
+            except redis.ResponseError as err:
+                if not is_missing_script(err):
+                    raise
+                # FUNCTION FLUSH, SCRIPT FLUSH, a restart or a new node lost
+                # the script, so the call did not run.
+                self._reload(name)
+                return _execute(self._client, *command)
         except redis.RedisError as err:
             raise script_error(name, err, run_id, node_id) from err
 
-    def _evalsha(self, sha: str, key_count: int, encoded: list[bytes]) -> Any:
-        """Send one EVALSHA; on a single node, on this thread's connection."""
+    def _send(self, command: tuple[Any, ...]) -> Any:
+        """Send one script call; on a single node, on this thread's connection."""
         if self.connections is not None:
             try:
-                [reply] = self.connections.send([("EVALSHA", sha, key_count, *encoded)])
+                [reply] = self.connections.send([command])
             except (redis.ConnectionError, redis.TimeoutError):
                 # Sent again through redis-py, as in `_pipeline`.
-                return self._client.evalsha(sha, key_count, *encoded)
+                return _execute(self._client, *command)
             if isinstance(reply, redis.ResponseError):
                 raise reply
             return reply
-        return self._client.evalsha(sha, key_count, *encoded)
+        return _execute(self._client, *command)
+
+
+def is_missing_script(reply: Any) -> bool:
+    """Return True for the error of a call whose script or function the node lacks.
+
+    EVALSHA gets NOSCRIPT. FCALL gets "Function not found" (Redis 7.0.15)
+    when the node has no library of that name.
+    """
+    if isinstance(reply, redis.exceptions.NoScriptError):
+        return True
+    return isinstance(reply, redis.ResponseError) and str(reply).startswith(
+        "Function not found"
+    )
+
+
+def server_version(client: redis.Redis | RedisCluster) -> tuple[int, ...]:
+    """Return the Redis version of the node, or the lowest of the Cluster primaries.
+
+    Raises:
+        redis.RedisError: if Redis failed.
+    """
+    versions = []
+    for node in _nodes(client):
+        info = _execute(node, "INFO", "server")
+        text = str(info.get("redis_version", "0"))
+        versions.append(tuple(int(part) for part in re.findall(r"[0-9]+", text)[:3]))
+    return min(versions)
+
+
+def _nodes(client: redis.Redis | RedisCluster) -> list[redis.Redis]:
+    """Return the single node's client, or a client of each Cluster primary."""
+    if isinstance(client, RedisCluster):
+        cluster: Any = client
+        return [cluster.get_redis_connection(node) for node in cluster.get_primaries()]
+    return [client]
+
+
+def _execute(client: Any, *command: Any) -> Any:
+    """Send one command through a redis-py client or pipeline (untyped in its stubs)."""
+    return client.execute_command(*command)
 
 
 def _encoded(items: list[str | int | float]) -> list[bytes]:

@@ -156,8 +156,8 @@ class ScriptCommandCounter:
         return sum(
             int(entry["calls"])
             for name, entry in stats.items()
-            if name not in ("cmdstat_info", "cmdstat_evalsha")
-            and not name.startswith("cmdstat_script")
+            if name not in ("cmdstat_info", "cmdstat_evalsha", "cmdstat_fcall")
+            and not name.startswith(("cmdstat_script", "cmdstat_function"))
         )
 
     def _note(self, name: str, commands: int) -> None:

@@ -30,6 +30,7 @@ from stem.engine.ports import Message
 from stem.engine.records import ErrorInfo
 from stem.engine.result import AsyncResult
 
+from .script_helpers import flush_scripts
 from .shard_helpers import ScriptCommandCounter
 
 TIMEOUT_S = 10.0
@@ -591,7 +592,7 @@ def test_claim_many_after_script_flush(app: App, redis_url: str) -> None:
     app.submit(group(app.tasks["square"].s(i) for i in range(3)))
     messages = _fetch_all(driver, 3)
     plain = redis.Redis.from_url(redis_url)
-    plain.script_flush()
+    flush_scripts(plain)
     plain.close()
 
     claims = driver.claim_many(messages)

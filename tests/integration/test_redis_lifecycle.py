@@ -22,6 +22,8 @@ from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
 from stem.errors import RunNotFound
 
+from .script_helpers import flush_scripts, has_library, script_command
+
 TIMEOUT_S = 10.0
 #: A retention long enough that no key expires while a test reads it.
 LONG_RETENTION_S = 3600.0
@@ -129,11 +131,18 @@ def _wait_for_state(result: Any, node_id: str, state: str) -> None:
 def _script_calls(client: redis.Redis) -> int:
     """Return how many commands scripts and clients have run on the server.
 
-    EVALSHA, SCRIPT LOAD (on a script's first call) and INFO are left out,
-    so the count is the script's own commands.
+    EVALSHA or FCALL, SCRIPT or FUNCTION commands (loading the scripts) and
+    INFO are left out, so the count is the script's own commands.
     """
     stats: dict[str, Any] = client.info("commandstats")
-    skipped = ("cmdstat_info", "cmdstat_evalsha", "cmdstat_eval", "cmdstat_script")
+    skipped = (
+        "cmdstat_info",
+        "cmdstat_evalsha",
+        "cmdstat_eval",
+        "cmdstat_script",
+        "cmdstat_fcall",
+        "cmdstat_function",
+    )
     return sum(
         int(entry["calls"])
         for name, entry in stats.items()
@@ -232,7 +241,7 @@ def test_wait_reads_ended_run_once(redis_url: str, client: redis.Redis) -> None:
     assert snapshot.status == "succeeded"
     assert snapshot.value == "2"
     assert snapshot.nodes["0"].state == "succeeded"
-    assert calls == {"evalsha": 1, "hmget": 1, "hgetall": 3}
+    assert calls == {script_command(reader): 1, "hmget": 1, "hgetall": 3}
 
 
 def test_wait_times_out_on_running_run(redis_url: str) -> None:
@@ -281,7 +290,7 @@ def test_wait_polls_running_run_with_hget(redis_url: str, client: redis.Redis) -
     assert snapshot.status == "succeeded"
     assert snapshot.value == "2"
     # One script call before the polls, the complete, and one after them.
-    assert calls["evalsha"] == 3
+    assert calls[script_command(driver)] == 3
     assert len(polls) >= 2
     assert all(args[1] == "status" for args in polls)
     assert "multi" not in calls
@@ -294,17 +303,24 @@ def test_new_driver_loads_only_missing_scripts(
     RedisDriver(redis_url, prefix=prefix).close()
     complete_sha = hashlib.sha1(load_source("complete").encode("utf-8")).hexdigest()
     before = client.info("commandstats")
-    RedisDriver(redis_url, prefix=prefix).close()
+    driver = RedisDriver(redis_url, prefix=prefix)
+    driver.close()
     cached = _commands_since(client, before)
 
     # Another program may have flushed the cache, so this checks the reload
     # of what is missing, here every script.
-    client.script_flush()
+    flush_scripts(client)
     before = client.info("commandstats")
     RedisDriver(redis_url, prefix=prefix).close()
     flushed = _commands_since(client, before)
 
-    assert cached["script|exists"] == 1
-    assert "script|load" not in cached
-    assert flushed["script|load"] == len(SCRIPT_NAMES)
-    assert client.script_exists(complete_sha) == [True]
+    if driver._scripts.use_functions:
+        assert cached["function|list"] == 1
+        assert "function|load" not in cached
+        assert flushed["function|load"] == 1
+        assert has_library(client)
+    else:
+        assert cached["script|exists"] == 1
+        assert "script|load" not in cached
+        assert flushed["script|load"] == len(SCRIPT_NAMES)
+        assert client.script_exists(complete_sha) == [True]

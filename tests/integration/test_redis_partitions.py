@@ -15,7 +15,6 @@ from typing import Any
 
 import pytest
 from redis.cluster import RedisCluster
-from redis.exceptions import NoScriptError
 
 from stem import App
 from stem.canvas.compiler import compile_canvas
@@ -23,7 +22,9 @@ from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.connection import parse_url
 from stem.drivers.redis.keys import partition_index, partition_list
 from stem.drivers.redis.partitions import primary_of, slot_owners
-from stem.drivers.redis.scripts import SCRIPT_NAMES, load_source
+from stem.drivers.redis.scripts import SCRIPT_NAMES, is_missing_script, load_source
+
+from .script_helpers import flush_scripts, has_library, primaries
 
 TIMEOUT_S = 10.0
 
@@ -215,22 +216,25 @@ def test_stale_buffered_message_reclaimed(redis_target: Any) -> None:
 
 def test_scripts_preloaded_on_every_primary(redis_target: Any) -> None:
     client = redis_target.client()
-    nodes = [client]
-    if isinstance(client, RedisCluster):
-        nodes = [client.get_redis_connection(node) for node in client.get_primaries()]
+    nodes = primaries(client)
     shas = [
         hashlib.sha1(load_source(name).encode("utf-8")).hexdigest()
         for name in SCRIPT_NAMES
     ]
     try:
         for node in nodes:
-            node.script_flush()
+            flush_scripts(node)
 
         driver = _driver(redis_target, prefix=_prefix())
         driver.close()
 
         for node in nodes:
-            assert node.script_exists(*shas) == [True] * len(shas)
+            if driver._scripts.use_functions:
+                assert has_library(node), node
+                assert node.script_exists(*shas) == [False] * len(shas)
+            else:
+                assert node.script_exists(*shas) == [True] * len(shas)
+                assert not has_library(node), node
     finally:
         client.close()
 
@@ -243,16 +247,13 @@ def test_pipeline_reloads_flushed_scripts(redis_target: Any) -> None:
         for partition in driver._keys.partitions
     ]
     try:
-        if isinstance(client, RedisCluster):
-            for node in client.get_primaries():
-                client.get_redis_connection(node).script_flush()
-        else:
-            client.script_flush()
+        for node in primaries(client):
+            flush_scripts(node)
 
         missing = driver._scripts._pipeline(calls)
         replies = driver._scripts.call_many(calls)
 
-        assert all(isinstance(reply, NoScriptError) for reply in missing)
+        assert all(is_missing_script(reply) for reply in missing), missing
         assert replies == [0] * len(calls)
     finally:
         client.close()

@@ -48,6 +48,8 @@ def test_script_call_packed_like_redis_py() -> None:
 
     assert isinstance(ours._command_packer, _ScriptCallPacker)
     assert _packed(ours, *SCRIPT_CALL) == _packed(plain, *SCRIPT_CALL)
+    function_call = ("FCALL", "stem_v0_claim", *SCRIPT_CALL[2:])
+    assert _packed(ours, *function_call) == _packed(plain, *function_call)
 
 
 def test_other_commands_packed_like_redis_py() -> None:

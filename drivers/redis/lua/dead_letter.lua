@@ -38,6 +38,7 @@ local nodes_key = KEYS[3]
 local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
+local base = string.sub(delayed_key, 1, -8)
 local stream_key = KEYS[7]
 local run_id = ARGV[1]
 local node = ARGV[2]

@@ -36,6 +36,7 @@ local graph_key = KEYS[2]
 local nodes_key = KEYS[3]
 local roots_key = KEYS[4]
 local delayed_key = KEYS[5]
+local base = string.sub(delayed_key, 1, -8)
 local outbox_key = KEYS[6]
 local releasing_key = KEYS[7]
 local values_key = KEYS[8]

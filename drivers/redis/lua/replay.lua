@@ -52,6 +52,7 @@ local nodes_key = KEYS[3]
 local values_key = KEYS[4]
 local errors_key = KEYS[5]
 local delayed_key = KEYS[6]
+local base = string.sub(delayed_key, 1, -8)
 local dead_key = KEYS[7]
 local counts_key = KEYS[8]
 local events_key = KEYS[9]

@@ -7,7 +7,8 @@
     run_key      run hash
     graph_key    run graph hash
     nodes_key    run node-state hash
-    delayed_key  delayed sorted set; the partition's key base is its name minus "delayed"
+    delayed_key  delayed sorted set
+    base         the partition's key base: delayed_key's name minus "delayed"
     run_id, epoch (strings), now (seconds, number), now_text (now as a string)
   Writes stream entries to <base>q:<queue> for every node it queues without
   delay, and members of the delayed set for the others, and adds each
@@ -35,7 +36,6 @@
 local TERMINAL = {succeeded = true, failed = true, cancelled = true, skipped = true}
 local SETTLED = {succeeded = true, failed = true, cancelled = true}
 local SUCCEEDED = {succeeded = true}
-local base = string.sub(delayed_key, 1, -8)
 --- @include "queue"
 
 local function split(text)
