@@ -248,6 +248,8 @@ def _calls(client: redis.Redis) -> int:
         "cmdstat_config|resetstat",
         "cmdstat_script|exists",
         "cmdstat_script|load",
+        "cmdstat_function|list",
+        "cmdstat_function|load",
     )
     return sum(entry["calls"] for name, entry in stats.items() if name not in skipped)
 
