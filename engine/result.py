@@ -74,6 +74,29 @@ class AsyncResult:
         """The run's state."""
         return self.snapshot().status
 
+    #: Celery's name for `state`.
+    status = state
+
+    @property
+    def task_id(self) -> str:
+        """The run's id, under Celery's name for the id that ``delay()`` returns."""
+        return self.id
+
+    @property
+    def result(self) -> Any:
+        """The run's value, or its error once it failed or was cancelled.
+
+        It is None while the run is running. This is Celery's
+        ``AsyncResult.result``: it does not wait. The error is the exception
+        that ``get()`` would raise.
+        """
+        snapshot = self.snapshot()
+        if snapshot.status == "running":
+            return None
+        if snapshot.status == "succeeded":
+            return loads(snapshot.value) if snapshot.value is not None else None
+        return self._error(snapshot)
+
     def ready(self) -> bool:
         """Tell whether the run has ended."""
         return self.state != "running"
@@ -205,9 +228,23 @@ class AsyncResult:
             for node in snapshot.spec.nodes
         }
 
-    def node(self, node_id: NodeId) -> NodeResult:
-        """Return one node of the run."""
-        return self.nodes()[node_id]
+    def node(self, node_id: NodeId | int) -> NodeResult:
+        """Return one node of the run; an int id is read as its string, 3 as "3".
+
+        Raises:
+            KeyError: if the run has no such node, naming some of its ids.
+        """
+        nodes = self.nodes()
+        key = str(node_id) if isinstance(node_id, int) else node_id
+        found = nodes.get(key)
+        if found is None:
+            shown = ", ".join(repr(node) for node in list(nodes)[:5])
+            more = ", ..." if len(nodes) > 5 else ""
+            raise KeyError(
+                f"Run {self.id} has no node {node_id!r}. Node ids are strings "
+                f"such as {shown}{more}; nodes() lists them all."
+            )
+        return found
 
     def group_counts(self) -> dict[int | None, dict[str, int]]:
         """Return how many nodes are in each state, per group (None: no group).
