@@ -74,6 +74,29 @@ class AsyncResult:
         """The run's state."""
         return self.snapshot().status
 
+    #: Celery's name for `state`.
+    status = state
+
+    @property
+    def task_id(self) -> str:
+        """The run's id, under Celery's name for the id that ``delay()`` returns."""
+        return self.id
+
+    @property
+    def result(self) -> Any:
+        """The run's value, or its error once it failed or was cancelled.
+
+        It is None while the run is running. This is Celery's
+        ``AsyncResult.result``: it does not wait. The error is the exception
+        that ``get()`` would raise.
+        """
+        snapshot = self.snapshot()
+        if snapshot.status == "running":
+            return None
+        if snapshot.status == "succeeded":
+            return loads(snapshot.value) if snapshot.value is not None else None
+        return self._error(snapshot)
+
     def ready(self) -> bool:
         """Tell whether the run has ended."""
         return self.state != "running"
@@ -135,18 +158,41 @@ class AsyncResult:
             # get() reads only the value of a succeeded run.
             return driver.wait_ended(self.id, seconds, full=False)
 
-        def warn(idle_s: float) -> None:
-            self._warn_no_worker(driver.snapshot(self.id), idle_s)
+        def warn(idle_s: float, unread: list[str]) -> None:
+            self._warn_no_worker(driver.snapshot(self.id), idle_s, unread)
 
         return wait_warning_once(self.app, timeout, wait_slice, warn)
 
-    def _warn_no_worker(self, snapshot: RunSnapshot, idle_s: float) -> None:
+    def _warn_no_worker(
+        self, snapshot: RunSnapshot, idle_s: float, unread: list[str]
+    ) -> None:
+        """Log why the run waits: no worker alive, or none reads its nodes' queue.
+
+        ``unread`` is empty when no worker is alive, else the queues that
+        hold ready messages and that no live worker reads. The warning is
+        left out when none of them is a queue of the run's queued nodes.
+        """
         queued = [
             node.options.queue or self.app.default_queue
             for node in snapshot.spec.nodes
             if snapshot.nodes[node.id].state == "queued"
         ]
         queues = sorted(set(queued)) or [self.app.default_queue]
+        if unread:
+            waiting = [queue for queue in queues if queue in unread]
+            if not waiting:
+                return
+            log.warning(
+                "Run %s has waited %.0f s: its queued nodes wait on queue %s, "
+                "which no live worker on %s reads. Start one with: stem worker "
+                "-A APP -Q %s. get() keeps waiting.",
+                self.id,
+                idle_s,
+                ", ".join(repr(queue) for queue in waiting),
+                redact(self.app.url),
+                ",".join(waiting),
+            )
+            return
         log.warning(
             "Run %s has waited %.0f s while no worker is alive on %s to run its "
             "queued nodes (queue %s). Start one with: stem worker -A APP -Q %s. "
@@ -182,9 +228,23 @@ class AsyncResult:
             for node in snapshot.spec.nodes
         }
 
-    def node(self, node_id: NodeId) -> NodeResult:
-        """Return one node of the run."""
-        return self.nodes()[node_id]
+    def node(self, node_id: NodeId | int) -> NodeResult:
+        """Return one node of the run; an int id is read as its string, 3 as "3".
+
+        Raises:
+            KeyError: if the run has no such node, naming some of its ids.
+        """
+        nodes = self.nodes()
+        key = str(node_id) if isinstance(node_id, int) else node_id
+        found = nodes.get(key)
+        if found is None:
+            shown = ", ".join(repr(node) for node in list(nodes)[:5])
+            more = ", ..." if len(nodes) > 5 else ""
+            raise KeyError(
+                f"Run {self.id} has no node {node_id!r}. Node ids are strings "
+                f"such as {shown}{more}; nodes() lists them all."
+            )
+        return found
 
     def group_counts(self) -> dict[int | None, dict[str, int]]:
         """Return how many nodes are in each state, per group (None: no group).
@@ -461,12 +521,12 @@ class ResultSet:
                 return True
             return True if all(found is not None for found in snapshots) else None
 
-        def warn(idle_s: float) -> None:
+        def warn(idle_s: float, unread: list[str]) -> None:
             first = next(
                 index for index, found in enumerate(snapshots) if found is None
             )
             result = self.results[first]
-            result._warn_no_worker(driver.snapshot(result.id), idle_s)
+            result._warn_no_worker(driver.snapshot(result.id), idle_s, unread)
 
         wait_warning_once(app, timeout, wait_slice, warn)
         return snapshots
@@ -505,14 +565,18 @@ def wait_warning_once(
     app: App,
     timeout: float | None,
     wait_slice: Callable[[float], T | None],
-    warn: Callable[[float], None],
+    warn: Callable[[float, list[str]], None],
 ) -> T | None:
-    """Call ``wait_slice`` until it returns a result; warn once if no worker is alive.
+    """Call ``wait_slice`` until it returns a result; warn once if no worker serves.
 
     The wait goes in slices of `NO_WORKER_GRACE_S` / 2 seconds. After each
     slice that returned None, the driver's `workers_alive` is read, and once
     it has returned 0 for `NO_WORKER_GRACE_S` seconds ``warn`` is called
-    once with that time. A slice that returns early with None (memory://
+    once with that time and an empty list. While workers are alive, the
+    queues that hold ready messages and that no live worker reads are
+    read instead, and once the same queues have stayed so for
+    `NO_WORKER_GRACE_S` seconds ``warn`` gets them; it may decide that they
+    do not concern its run. A slice that returns early with None (memory://
     with no worker) ends the wait, and None is returned at once.
     """
     driver = app.driver
@@ -521,10 +585,11 @@ def wait_warning_once(
     started = time.monotonic()
     deadline = None if timeout is None else started + timeout
     slice_s = NO_WORKER_GRACE_S / 2
-    # When workers_alive() first returned 0 since it last returned more.
-    # It is first read after a slice, so a get() of a run that ends
-    # within one slice costs no heartbeat read.
+    # When the current lack of workers began: no worker alive, or the same
+    # queues with ready messages and no reader. It is first read after a
+    # slice, so a get() of a run that ends within one slice reads nothing.
     none_since: float | None = None
+    unread: list[str] | None = None
     checked = False
     warned = False
     while True:
@@ -539,15 +604,32 @@ def wait_warning_once(
             continue
         first_check = not checked
         checked = True
-        if driver.workers_alive() != 0:
+        lacking = [] if driver.workers_alive() == 0 else unread_queues(driver)
+        if lacking is None or lacking != unread:
             none_since = None
+        unread = lacking
+        if lacking is None:
             continue
         if none_since is None:
-            # None alive after the first slice: count from the start.
+            # Lacking after the first slice: count from the start.
             none_since = started if first_check else ended_at
         if ended_at - none_since >= NO_WORKER_GRACE_S:
-            warn(ended_at - none_since)
+            warn(ended_at - none_since, lacking)
             warned = True
+
+
+def unread_queues(driver: Any) -> list[str] | None:
+    """Return the queues with ready messages that no live worker reads, or None.
+
+    None means that every queue with ready messages has a live reader.
+    """
+    read = {queue for beat in driver.workers() for queue in beat.queues}
+    lacking = sorted(
+        stats.name
+        for stats in driver.queue_stats()
+        if stats.ready and stats.name not in read
+    )
+    return lacking or None
 
 
 def node_views(

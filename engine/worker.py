@@ -469,6 +469,10 @@ class Worker:
             )
             return
         delay_s = min(max(DEFER_MIN_S, age_s), DEFER_MAX_S, grace_s - age_s)
+        # NOTE: the deferred message goes to whichever worker fetches first,
+        # which is often this one when it is idle. A worker that registers
+        # the task is not favoured, so some messages can still miss it when
+        # the grace period ends (docs/cli.md, stem worker).
         try:
             self.app.driver.defer(message, delay_s)
         except Exception:

@@ -23,6 +23,7 @@ import shlex
 import statistics
 import sys
 import time
+import types
 from collections import Counter
 from collections.abc import Mapping
 from typing import Any
@@ -243,6 +244,21 @@ def run(
     """
     location, factory_name = split_target(target)
     module = import_target(location)
+    if factory_name is None and not hasattr(module, "pipeline"):
+        functions = sorted(
+            name
+            for name, value in vars(module).items()
+            if isinstance(value, types.FunctionType)
+            and value.__module__ == module.__name__
+            and not name.startswith("_")
+        )
+        listed = ", ".join(f"{location}:{name}" for name in functions[:5])
+        hint = f" Functions it defines: {listed}." if listed else ""
+        raise click.BadParameter(
+            f"Module {module.__name__!r} has no function 'pipeline', the default "
+            f"factory. Name the function that returns the canvas as "
+            f"{location}:FACTORY.{hint}"
+        )
     factory = find_attribute(module, factory_name or "pipeline")
     app = (
         load_app(app_name)

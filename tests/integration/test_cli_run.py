@@ -88,6 +88,8 @@ other = App()
 def folder(tmp_path: Path) -> Path:
     (tmp_path / "flows.py").write_text(textwrap.dedent(FLOWS))
     (tmp_path / "second.py").write_text(FLOWS + OTHER_APP)
+    without_default = textwrap.dedent(FLOWS).replace("def pipeline(", "def numbers(")
+    (tmp_path / "nofactory.py").write_text(without_default)
     return tmp_path
 
 
@@ -169,6 +171,7 @@ def test_summary_shows_finished_errback(folder: Path) -> None:
         ("flows.py:", "which is not a Python name"),
         ("flows.py:pipelin", "Did you mean pipeline?"),
         ("second.py", "defines several apps"),
+        ("nofactory.py", "as nofactory.py:FACTORY. Functions it defines: "),
     ],
 )
 def test_usage_error_exits_2(folder: Path, target: str, message: str) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -100,17 +101,39 @@ def test_get_without_timeout_waits_for_worker(
     assert len(warnings_of(caplog)) == 1
 
 
-def test_get_with_live_worker_stays_quiet(
+def test_get_warns_when_no_worker_reads_queue(
     app: App, caplog: pytest.LogCaptureFixture
 ) -> None:
-    # The worker reads another queue: it is alive, so get() does not warn,
-    # even though nothing will run this task.
+    # The worker is alive but reads another queue, so nothing runs this task.
+    result = app.get_task("add").delay(1, 1)
     with (
         caplog.at_level(logging.WARNING, logger="stem.engine.result"),
         app.worker(concurrency=1, queues=["other"]),
         pytest.raises(TimeoutError),
     ):
-        app.get_task("add").delay(1, 1).get(timeout=6 * GRACE_S)
+        result.get(timeout=8 * GRACE_S)
+
+    [warning] = warnings_of(caplog)
+    assert result.id in warning
+    assert "queue 'default', which no live worker" in warning
+    assert "stem worker -A APP -Q default" in warning
+
+
+def test_get_ignores_unread_queue_of_others(
+    app: App, caplog: pytest.LogCaptureFixture
+) -> None:
+    @app.task(name="nap")
+    def nap(seconds: float) -> float:
+        time.sleep(seconds)
+        return seconds
+
+    # A message on a queue no worker reads, but of another run.
+    app.get_task("add").apply_async((1, 2), queue="reports")
+    with (
+        caplog.at_level(logging.WARNING, logger="stem.engine.result"),
+        app.worker(concurrency=1),
+    ):
+        assert nap.delay(6 * GRACE_S).get(timeout=30) == 6 * GRACE_S
 
     assert warnings_of(caplog) == []
 

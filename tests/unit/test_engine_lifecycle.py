@@ -291,3 +291,31 @@ def test_retry_without_exc_exhausts(kit: Kit) -> None:
 
     assert "after its last one (1 retries)" in str(info.value)
     assert result.node("0").attempts == 2
+
+
+# -- Celery's result names ------------------------------------------------------
+
+
+def test_celery_result_names(kit: Kit) -> None:
+    ok = kit.add.delay(1, 2)
+    failed = kit.fail.delay()
+    assert ok.result is None
+    assert ok.status == "running"
+    assert ok.task_id == ok.id
+    with kit.app.worker(concurrency=2):
+        assert ok.get(TIMEOUT_S) == 3
+        with pytest.raises(ValueError, match="planned failure"):
+            failed.get(TIMEOUT_S)
+    assert ok.result == 3
+    assert ok.status == "succeeded"
+    assert isinstance(failed.result, ValueError)
+    assert failed.status == "failed"
+
+
+def test_node_takes_int_and_names_ids(kit: Kit) -> None:
+    result = chain(kit.add.s(1, 1), kit.add.s(2)).apply_async()
+    with kit.app.worker(concurrency=2):
+        assert result.get(TIMEOUT_S) == 4
+    assert result.node(1) == result.node("1")
+    with pytest.raises(KeyError, match=r"has no node 7\. Node ids are strings"):
+        result.node(7)
