@@ -152,8 +152,9 @@ class ShardRuns(RedisOperations):
 
     def _write_started_shards(self, home: str, shards: list[Shard]) -> None:
         """Write and activate, one by one, the shards that the home run started."""
+        status, epoch, _ = self._home_fields(home)
         for shard in shards:
-            if not self._home_running(home):
+            if status != "running" or epoch != "1":
                 log.info(
                     "Run %s ended or ran again while its chord shards were "
                     "written; the rest of them are not written.",
@@ -162,15 +163,37 @@ class ShardRuns(RedisOperations):
                 return
             self._write_shard(home, shard)
             self._start_shard(home, shard)
+            status, epoch, version = self._home_fields(home)
+            if status != "running":
+                self._stop_late_shard(home, shard, version)
+                continue
             self._note_progress(home)
 
-    def _home_running(self, home: str) -> bool:
-        """Tell whether a home run still runs in its first epoch."""
+    def _home_fields(self, home: str) -> tuple[str | None, str | None, str | None]:
+        """Read a home run's status, epoch and shards_version."""
         with self._errors(f"read the status of run {home}"):
-            status, epoch = self._client.hmget(
-                self._keys.run(home).run, ["status", "epoch"]
+            found: Any = self._client.hmget(
+                self._keys.run(home).run, ["status", "epoch", "shards_version"]
             )
-        return bool(status == "running" and epoch == "1")
+        status, epoch, version = found
+        return status, epoch, version
+
+    def _stop_late_shard(self, home: str, shard: Shard, version: str | None) -> None:
+        """Cancel a shard that was written after its home run ended.
+
+        The home run's cancel, and the "retain" entry of its end, found the
+        shard missing and skipped it. Without this, the shard's members would
+        run after a cancel, and its keys would never expire.
+        """
+        shard_id = shard_run_id(home, shard.node)
+        log.info(
+            "Run %s ended while shard %s was written; cancelling it.", home, shard_id
+        )
+        self._cancel_shard(shard_id, "1")
+        if version is not None:
+            # version is None when the home run keeps its keys forever
+            # (send_shard_retention in lifecycle.lua sends no entry then).
+            self._apply_shard_retention(home, [shard.node], version, "retain")
 
     def _start_shard(self, home: str, shard: Shard) -> None:
         """Activate a shard whose header is ready at submit; a worker queues its roots.
