@@ -151,23 +151,31 @@ class ShardRuns(RedisOperations):
         return True
 
     def _write_started_shards(self, home: str, shards: list[Shard]) -> None:
-        """Write and activate, one by one, the shards that the home run started."""
+        """Write, one by one, the shards that the home run started.
+
+        Each shard is activated while the home run runs in its first epoch.
+        A shard written after the home run ended is cancelled instead, as
+        the end cancelled the shards that existed then, so a run retry
+        reopens all of them alike. It is written all the same, because a run
+        retry fails the chord when one of its shard runs is missing.
+        """
         status, epoch, _ = self._home_fields(home)
+        late: list[Shard] = []
         for shard in shards:
-            if status != "running" or epoch != "1":
-                log.info(
-                    "Run %s ended or ran again while its chord shards were "
-                    "written; the rest of them are not written.",
-                    home,
-                )
-                return
             self._write_shard(home, shard)
-            self._start_shard(home, shard)
-            status, epoch, version = self._home_fields(home)
-            if status != "running":
-                self._stop_late_shard(home, shard, version)
-                continue
-            self._note_progress(home)
+            if status == "running" and epoch == "1":
+                self._start_shard(home, shard)
+                status, epoch, _ = self._home_fields(home)
+                if status == "running":
+                    self._note_progress(home)
+                    continue
+            # The home run's cancel, and the "retain" entry of its end, found
+            # this shard missing and skipped it. Without a cancel its members
+            # would run after the home run ended, and it would never expire.
+            self._cancel_shard(shard_run_id(home, shard.node), "1")
+            late.append(shard)
+        if late:
+            self._retain_late_shards(home, late)
 
     def _home_fields(self, home: str) -> tuple[str | None, str | None, str | None]:
         """Read a home run's status, epoch and shards_version."""
@@ -178,22 +186,23 @@ class ShardRuns(RedisOperations):
         status, epoch, version = found
         return status, epoch, version
 
-    def _stop_late_shard(self, home: str, shard: Shard, version: str | None) -> None:
-        """Cancel a shard that was written after its home run ended.
-
-        The home run's cancel, and the "retain" entry of its end, found the
-        shard missing and skipped it. Without this, the shard's members would
-        run after a cancel, and its keys would never expire.
-        """
-        shard_id = shard_run_id(home, shard.node)
+    def _retain_late_shards(self, home: str, shards: list[Shard]) -> None:
+        """Give shards written after their home run ended the home run's retention."""
         log.info(
-            "Run %s ended while shard %s was written; cancelling it.", home, shard_id
+            "Run %s ended or ran again while its chord shards were written; "
+            "%d shards written after that were cancelled.",
+            home,
+            len(shards),
         )
-        self._cancel_shard(shard_id, "1")
-        if version is not None:
-            # version is None when the home run keeps its keys forever
-            # (send_shard_retention in lifecycle.lua sends no entry then).
-            self._apply_shard_retention(home, [shard.node], version, "retain")
+        status, _, version = self._home_fields(home)
+        if status == "running" or version is None:
+            # A home run that runs again sent a "keep" entry, which the
+            # "submitted" retention matches. No version means the home run
+            # keeps its keys forever (send_shard_retention in lifecycle.lua).
+            return
+        self._apply_shard_retention(
+            home, [shard.node for shard in shards], version, "retain"
+        )
 
     def _start_shard(self, home: str, shard: Shard) -> None:
         """Activate a shard whose header is ready at submit; a worker queues its roots.

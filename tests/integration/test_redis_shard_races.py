@@ -4,10 +4,37 @@ from __future__ import annotations
 
 from typing import Any
 
+from stem.canvas.values import dumps
+from stem.drivers.redis import RedisDriver
 from stem.drivers.redis.shards import shard_run_id
 
 from .shard_helpers import chord_spec, make_driver
 from .test_redis_shards import _apply_outbox_once, _drain
+
+
+def _submit_cancelled_midway(driver: RedisDriver, monkeypatch: Any) -> None:
+    """Submit run "race", cancelling it when its second shard is staged.
+
+    The submitter has read the home run as running just before, and a
+    worker applies the cancel's outbox entries at once.
+    """
+    original = driver._scripts.call
+    sealed: list[str] = []
+    cancelled: list[bool] = []
+
+    def call(name: str, *args: Any, **kwargs: Any) -> Any:
+        if name == "seal":
+            sealed.append(kwargs["run_id"])
+        if name == "stage" and len(sealed) == 1 and not cancelled:
+            cancelled.append(True)
+            driver.cancel("race")
+            _apply_outbox_once(driver)
+        return original(name, *args, **kwargs)
+
+    with monkeypatch.context() as patch:
+        patch.setattr(driver._scripts, "call", call)
+        driver.submit("race", chord_spec(12))
+    assert cancelled
 
 
 def test_cancel_during_submit_runs_no_member(
@@ -15,25 +42,7 @@ def test_cancel_during_submit_runs_no_member(
 ) -> None:
     driver = make_driver(redis_target, shard_size=5, submitter_starts=True)
     try:
-        original = driver._scripts.call
-        sealed: list[str] = []
-
-        def call(name: str, *args: Any, **kwargs: Any) -> Any:
-            if name == "seal":
-                sealed.append(kwargs["run_id"])
-            if name == "stage" and len(sealed) == 1 and not cancelled:
-                # The submitter read the home run as running just before.
-                cancelled.append(True)
-                driver.cancel("race")
-                # A worker applies the home run's outbox entries at once.
-                _apply_outbox_once(driver)
-            return original(name, *args, **kwargs)
-
-        cancelled: list[bool] = []
-        monkeypatch.setattr(driver._scripts, "call", call)
-        driver.submit("race", chord_spec(12))
-        monkeypatch.undo()
-        assert cancelled
+        _submit_cancelled_midway(driver, monkeypatch)
         assert driver.snapshot("race").status == "cancelled"
         ran = _drain(driver)
         for first in ("5", "10"):
@@ -45,5 +54,22 @@ def test_cancel_during_submit_runs_no_member(
         late_ttl = driver._client.ttl(driver._keys.run(shard_run_id("race", "5")).run)
         assert home_ttl > 0
         assert late_ttl > 0
+    finally:
+        driver.close()
+
+
+def test_retry_after_cancel_during_submit(redis_target: Any, monkeypatch: Any) -> None:
+    driver = make_driver(redis_target, shard_size=5, submitter_starts=True)
+    try:
+        _submit_cancelled_midway(driver, monkeypatch)
+        _drain(driver)
+        for first in ("0", "5", "10"):
+            keys = driver._keys.run(shard_run_id("race", first))
+            assert driver._client.hget(keys.run, "status") == "cancelled", first
+        assert driver.retry_run("race") == 2
+        _drain(driver)
+        snapshot = driver.snapshot("race")
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == dumps([2 * i for i in range(12)])
     finally:
         driver.close()
