@@ -50,6 +50,7 @@ def test_cancel_during_submit_runs_no_member(
             status = driver._client.hget(keys.run, "status")
             assert status in (None, "cancelled"), (first, status)
         assert [task for task, _ in ran if task == "add"] == []
+        assert driver.snapshot("race").status == "cancelled"
         home_ttl = driver._client.ttl(driver._keys.run("race").run)
         late_ttl = driver._client.ttl(driver._keys.run(shard_run_id("race", "5")).run)
         assert home_ttl > 0
