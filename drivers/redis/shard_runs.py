@@ -151,26 +151,58 @@ class ShardRuns(RedisOperations):
         return True
 
     def _write_started_shards(self, home: str, shards: list[Shard]) -> None:
-        """Write and activate, one by one, the shards that the home run started."""
-        for shard in shards:
-            if not self._home_running(home):
-                log.info(
-                    "Run %s ended or ran again while its chord shards were "
-                    "written; the rest of them are not written.",
-                    home,
-                )
-                return
-            self._write_shard(home, shard)
-            self._start_shard(home, shard)
-            self._note_progress(home)
+        """Write, one by one, the shards that the home run started.
 
-    def _home_running(self, home: str) -> bool:
-        """Tell whether a home run still runs in its first epoch."""
+        Each shard is activated while the home run runs in its first epoch.
+        A shard written after the home run ended is cancelled instead, as
+        the end cancelled the shards that existed then, so a run retry
+        reopens all of them alike. It is written all the same, because a run
+        retry fails the chord when one of its shard runs is missing.
+        """
+        status, epoch, _ = self._home_fields(home)
+        late: list[Shard] = []
+        for shard in shards:
+            self._write_shard(home, shard)
+            if status == "running" and epoch == "1":
+                self._start_shard(home, shard)
+                status, epoch, _ = self._home_fields(home)
+                if status == "running":
+                    self._note_progress(home)
+                    continue
+            # The home run's cancel, and the "retain" entry of its end, found
+            # this shard missing and skipped it. Without a cancel its members
+            # would run after the home run ended, and it would never expire.
+            self._cancel_shard(shard_run_id(home, shard.node), "1")
+            late.append(shard)
+        if late:
+            self._retain_late_shards(home, late)
+
+    def _home_fields(self, home: str) -> tuple[str | None, str | None, str | None]:
+        """Read a home run's status, epoch and shards_version."""
         with self._errors(f"read the status of run {home}"):
-            status, epoch = self._client.hmget(
-                self._keys.run(home).run, ["status", "epoch"]
+            found: Any = self._client.hmget(
+                self._keys.run(home).run, ["status", "epoch", "shards_version"]
             )
-        return bool(status == "running" and epoch == "1")
+        status, epoch, version = found
+        return status, epoch, version
+
+    def _retain_late_shards(self, home: str, shards: list[Shard]) -> None:
+        """Give shards written after their home run ended the home run's retention."""
+        log.info(
+            "Run %s ended or ran again while its chord shards were written; "
+            "%d shards written after that were cancelled.",
+            home,
+            len(shards),
+        )
+        status, _, version = self._home_fields(home)
+        if status == "running" or version is None:
+            # A home run that runs again sent a "keep" entry, which the
+            # "submitted" retention matches. No version means the home run
+            # keeps its keys forever (send_shard_retention in lifecycle.lua).
+            return
+        self._apply_shard_retention(
+            home, [shard.node for shard in shards], version, "retain"
+        )
 
     def _start_shard(self, home: str, shard: Shard) -> None:
         """Activate a shard whose header is ready at submit; a worker queues its roots.
