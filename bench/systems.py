@@ -23,7 +23,10 @@ class Settings:
     stem_python: str = sys.executable
     celery_python: str = "/work/venvs/celery/bin/python"
     node: str = shutil.which("node") or "node"
-    stem_concurrency: int = 4
+    #: Stem's best of 4 to 128 threads in the no-op and 10,000-member chord
+    #: scenarios (bench/results-20261205-concurrency/), as BullMQ runs at its
+    #: best concurrency. A larger batch per fetch is what the threads buy.
+    stem_concurrency: int = 64
     stem_pool: str = "threads"
     celery_concurrency: int = 2
     celery_pool: str = "prefork"
