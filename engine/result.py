@@ -317,6 +317,12 @@ class AsyncResult:
 _FROM_IDS = "ResultSet([app.AsyncResult(run_id) for run_id in run_ids])"
 
 
+def _short(value: object, limit: int = 80) -> str:
+    """Return ``repr(value)`` cut to ``limit`` characters, for an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[: limit - 3]}..."
+
+
 def _a_type(value: object) -> str:
     """Return the type name of ``value`` with its article, such as "an int"."""
     name = type(value).__name__
@@ -333,15 +339,16 @@ def _async_results(results: object) -> list[AsyncResult]:
     """
     if isinstance(results, (str, bytes)) or not isinstance(results, Iterable):
         raise TypeError(
-            f"ResultSet(): results is {results!r}, {_a_type(results)}, not a "
+            f"ResultSet(): results is {_short(results)}, {_a_type(results)}, not a "
             f"list of AsyncResult handles. For run ids, pass {_FROM_IDS}."
         )
     handles = list(results)
     for index, handle in enumerate(handles):
         if not isinstance(handle, AsyncResult):
             raise TypeError(
-                f"ResultSet(): results[{index}] is {handle!r}, {_a_type(handle)}, "
-                f"not an AsyncResult. For run ids, pass {_FROM_IDS}."
+                f"ResultSet(): results[{index}] is {_short(handle)}, "
+                f"{_a_type(handle)}, not an AsyncResult. For run ids, pass "
+                f"{_FROM_IDS}."
             )
     return handles
 

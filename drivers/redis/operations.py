@@ -243,7 +243,8 @@ class RedisOperations:
                 if deleted < _PURGE_BATCH:
                     break
         if total:
-            log.warning("Purged %d messages from queue %s.", total, name)
+            noun = "message" if total == 1 else "messages"
+            log.warning("Purged %d %s from queue %s.", total, noun, name)
         return total
 
     # -- dead letters ---------------------------------------------------------

@@ -212,7 +212,8 @@ def purge_dead(
         confirm_or_reject("Delete every dead letter?", "stem dlq purge --all")
     with reported_errors():
         count = app.driver.purge_dead_letters(None if purge_all else list(dead_ids))
-    click.echo(f"Purged {count} dead letters.")
+    noun = "dead letter" if count == 1 else "dead letters"
+    click.echo(f"Purged {count} {noun}.")
 
 
 def _chosen_ids(driver: Any, dead_ids: tuple[str, ...], every: bool) -> list[str]:

@@ -313,7 +313,8 @@ def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
         readers = [w for w in app.driver.workers() if queue in w.queues]
         lines.append(
             f"Attempt {record.attempt} waits{since} on queue {queue!r} for a "
-            f"worker; {len(readers)} live workers read that queue."
+            f"worker; {len(readers)} live "
+            f"{'worker reads' if len(readers) == 1 else 'workers read'} that queue."
         )
         if not readers:
             lines.append(f"Start one: stem worker -A APP -Q {queue}")

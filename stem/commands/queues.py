@@ -83,4 +83,5 @@ def purge_queue(app_spec: str | None, url: str | None, name: str, yes: bool) -> 
         )
     with reported_errors():
         count = app.driver.purge_queue(name)
-    click.echo(f"Purged {count} messages from queue {name}.")
+    noun = "message" if count == 1 else "messages"
+    click.echo(f"Purged {count} {noun} from queue {name}.")

@@ -102,6 +102,10 @@ def test_result_set_rejects_run_ids(app: App) -> None:
     assert str(caught.value).startswith("ResultSet(): results is 'ab', a str,")
     with pytest.raises(TypeError, match="results is 5, an int,"):
         ResultSet(5)  # type: ignore[arg-type]
+    with pytest.raises(TypeError) as caught:
+        ResultSet("x" * 100_000)
+    assert str(caught.value).startswith(f"ResultSet(): results is '{'x' * 76}..., ")
+    assert len(str(caught.value)) < 400
 
 
 def test_result_set_sequence_protocol(app: App) -> None:
