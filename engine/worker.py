@@ -437,12 +437,19 @@ class Worker:
         # A grace of 0 dead-letters at once, even when the worker's clock is
         # behind the broker's and the age comes out below 0.
         if not grace_s or age_s >= grace_s:
+            # A memory:// store lives in one process, where no stem dlq
+            # command can reach its dead letters.
+            then = (
+                "submit the run again"
+                if self.app.url.startswith("memory:")
+                else "replay the dead letter"
+            )
             self._dead_letter(
                 message,
                 f"Task {name!r} is not registered with {self.app!r}, and no worker "
                 f"that registers it took the message within unknown_task_grace_s "
                 f"({grace_s:g} s) of its first enqueue; import the module that "
-                "defines it in the worker, then replay the dead letter.",
+                f"defines it in the worker, then {then}.",
             )
             return
         if name not in self._deferred_tasks:

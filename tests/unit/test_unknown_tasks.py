@@ -88,6 +88,7 @@ def test_unknown_enqueue_time_ends_grace(kit: Kit) -> None:
 
     [(_, reason)] = driver.dead_letters()
     assert "unknown_task_grace_s (60 s)" in reason
+    assert reason.endswith("in the worker, then submit the run again.")
     assert result.state == "failed"
 
 
