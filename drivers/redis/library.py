@@ -83,7 +83,7 @@ def _script_block(script: str, source: str, flags: tuple[str, ...]) -> str:
     locals of the block, which the load-time functions share with each call.
     """
     lines = source.split("\n")
-    is_code = _code_flags(lines)
+    is_code = code_flags(lines, blank_is_code=False)
     load_names: list[str] = []
     function_lines: dict[str, tuple[int, int]] = {}
     at_load: list[str] = []
@@ -248,8 +248,14 @@ def _constant_span(lines: list[str], first: int) -> tuple[str, int] | None:
     return name, last
 
 
-def _code_flags(lines: list[str]) -> list[bool]:
-    """Flag each line that is code, not wholly a comment or empty."""
+def code_flags(lines: list[str], *, blank_is_code: bool) -> list[bool]:
+    """Flag each line that is code, not wholly a comment.
+
+    A line is a comment when it starts with ``--`` after its indent, and a
+    block comment runs from a line that starts with ``--[[`` to the line
+    that contains ``]]``. A comment after code on its line counts as code.
+    An empty line counts as code when ``blank_is_code``.
+    """
     flags: list[bool] = []
     in_block = False
     for line in lines:
@@ -261,5 +267,5 @@ def _code_flags(lines: list[str]) -> list[bool]:
             flags.append(False)
             in_block = "]]" not in text
         else:
-            flags.append(bool(text) and not text.startswith("--"))
+            flags.append((blank_is_code or bool(text)) and not text.startswith("--"))
     return flags

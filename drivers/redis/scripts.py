@@ -40,7 +40,7 @@ from redis.commands.core import Script
 
 from stem.canvas.errors import StemInternalError
 from stem.drivers.redis.connection import ThreadConnections
-from stem.drivers.redis.library import build_library
+from stem.drivers.redis.library import build_library, code_flags
 from stem.engine.errors import DriverError, RunNotFound
 
 log = logging.getLogger(__name__)
@@ -184,7 +184,7 @@ def drop_unused_locals(source: str) -> str:
             owner[number] = name
     # The words of each block, and of the rest of the top level under None.
     words_of: dict[str | None, set[str]] = {}
-    for number, is_code in enumerate(_code_flags(lines)):
+    for number, is_code in enumerate(code_flags(lines, blank_is_code=True)):
         if is_code:
             words = _NAME.findall(lines[number])
             words_of.setdefault(owner.get(number), set()).update(words)
@@ -223,28 +223,6 @@ def _definitions(lines: list[str]) -> dict[str, tuple[int, int]]:
             blocks[name] = (index, last)
         index = last + 1
     return blocks
-
-
-def _code_flags(lines: list[str]) -> list[bool]:
-    """Flag each line that is code, not wholly a comment.
-
-    A line is a comment when it starts with ``--`` after its indent, and a
-    block comment runs from a line that starts with ``--[[`` to the line
-    that contains ``]]``. A comment after code on its line counts as code.
-    """
-    flags: list[bool] = []
-    in_block = False
-    for line in lines:
-        text = line.lstrip()
-        if in_block:
-            flags.append(False)
-            in_block = "]]" not in line
-        elif text.startswith("--[["):
-            flags.append(False)
-            in_block = "]]" not in text
-        else:
-            flags.append(not text.startswith("--"))
-    return flags
 
 
 def _definition_span(lines: list[str], first: int) -> tuple[str, int] | None:
