@@ -238,11 +238,11 @@ class AsyncResult:
         key = str(node_id) if isinstance(node_id, int) else node_id
         found = nodes.get(key)
         if found is None:
-            shown = ", ".join(repr(node) for node in list(nodes)[:5])
+            first_ids = ", ".join(repr(node) for node in list(nodes)[:5])
             more = ", ..." if len(nodes) > 5 else ""
             raise KeyError(
                 f"Run {self.id} has no node {node_id!r}. Node ids are strings "
-                f"such as {shown}{more}; nodes() lists them all."
+                f"such as {first_ids}{more}; nodes() lists them all."
             )
         return found
 

@@ -579,12 +579,12 @@ def test_dead_letter_fails_queued_node(kit: Kit) -> None:
     assert isinstance(result.get(TIMEOUT_S, propagate=False), DeadLettered)
 
 
-def _wait_until(condition: Callable[[], bool], what: str) -> None:
+def _wait_until(condition: Callable[[], bool], description: str) -> None:
     import time
 
     deadline = time.monotonic() + TIMEOUT_S
     while not condition():
-        assert time.monotonic() < deadline, f"Timed out waiting until {what}."
+        assert time.monotonic() < deadline, f"Timed out waiting until {description}."
         time.sleep(0.01)
 
 

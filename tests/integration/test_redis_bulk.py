@@ -321,7 +321,7 @@ def test_status_reads_stop_at_running_run(
     try:
         for index in [0, 1, 2, 3, 4, 6, 7, 8, 9]:
             client.hset(driver._keys.run(ids[index]).run, "status", "succeeded")
-        # Chunks of 2, then 4: the second holds run 5, which is running.
+        # Chunks of 2, then 4: the second contains run 5, which is running.
         assert driver._read_changed(ids, list(range(10))) == [0, 1, 2, 3, 4]
         assert driver._read_changed(ids, [6, 7, 8, 9]) == [6, 7, 8, 9]
         client.delete(driver._keys.run(ids[7]).run)

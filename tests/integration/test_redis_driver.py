@@ -43,7 +43,7 @@ def _flush_scripts_everywhere(client: Any) -> None:
     for node in primaries(client):
         # A running worker's fetch may load every script again between the
         # flush and the check (its promote pipeline reloads them when they are
-        # missing), so flush until the check sees them gone.
+        # missing), so flush until the check finds them gone.
         for _ in range(20):
             flush_scripts(node)
             if node.script_exists(sha) == [False] and not has_library(node):
