@@ -33,7 +33,10 @@ key                      type       contents
                                     sink), which decide how the run ends;
                                     ``retention_ms`` and ``events_max_len``, the
                                     run's settings (``0`` is off); for a
-                                    home run of shards ``shards_version``
+                                    run of one node ``single`` (the node's
+                                    ignore_result flag and group, which
+                                    claim and complete read instead of the
+                                    graph hash); for a home run of shards ``shards_version``
                                     (``0`` once a shard node was activated
                                     or cancelled, raised by each ``retain``
                                     or ``keep`` entry); for a shard run (see

@@ -1,6 +1,7 @@
 """A one-node run's short script paths write the same state as the long paths.
 
-submit.lua and complete.lua take a shorter path for a run of one node. Each
+submit.lua, claim.lua and complete.lua take a shorter path for a run of one
+node. Each
 case runs the same steps on a driver with the scripts as shipped and on a
 driver whose scripts have that path switched off, and compares every key
 that each one wrote after every step. Timestamps, stream entry ids and
@@ -16,7 +17,7 @@ from typing import Any
 import pytest
 import redis
 
-from stem import App, group
+from stem import App, chain, group
 from stem.canvas import Canvas
 from stem.canvas.compiler import compile_canvas
 from stem.drivers.redis import RedisDriver
@@ -29,6 +30,7 @@ ERROR = ErrorInfo("builtins", "RuntimeError", "planned failure")
 #: switches the path off.
 SHORT_PATHS = {
     "submit": ("\nif single then\n", "\nif false then\n"),
+    "claim": ("\nlocal single = run[6]\n", "\nlocal single = false\n"),
     "complete": (
         '\nif run[4] == "running" and run[5] == "1"',
         '\nif false and run[4] == "running" and run[5] == "1"',
@@ -138,4 +140,37 @@ def test_one_node_paths_match_long_paths(
     finally:
         short.close()
         long.close()
+        client.close()
+
+
+def test_splice_ends_one_node_path(redis_url: str) -> None:
+    # A node replaced by a canvas of two steps leaves a run of three nodes.
+    # Their claims must read the second step's input, and their completions
+    # must keep the state counts of three nodes.
+    client = redis.Redis.from_url(redis_url, decode_responses=True)
+    prefix = f"test-{uuid.uuid4().hex[:12]}:"
+    driver = RedisDriver(redis_url, prefix=prefix)
+    try:
+        assert driver.submit("one", compile_canvas(_add.s(1, 1)))
+        [run_hash] = client.keys(f"{prefix}*run:one")
+        assert client.hget(run_hash, "single") == "0-"
+        claim = driver.claim(_next_message(driver))
+        assert claim is not None
+        driver.replace(claim.message, compile_canvas(chain(_add.s(1, 1), _add.s(3))))
+        assert client.hget(run_hash, "single") is None
+        claims = []
+        for value in ("2", "5"):
+            claim = driver.claim(_next_message(driver))
+            assert claim is not None
+            claims.append(claim)
+            driver.complete(claim.message, value)
+        assert [claim.args for claim in claims] == [[1, 1], [2, 3]]
+        snapshot = driver.wait_ended("one", TIMEOUT_S)
+        assert snapshot is not None
+        assert snapshot.status == "succeeded"
+        assert snapshot.value == "5"
+        counts = driver.group_counts("one")
+        assert sum(counts[None].values()) == 3, counts
+    finally:
+        driver.close()
         client.close()

@@ -62,11 +62,14 @@ end
 local run
 if known_version == "" then
   run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
-    "events_max_len", "home", "spec")
+    "events_max_len", "home", "single", "spec")
 else
   run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
-    "events_max_len", "home")
+    "events_max_len", "home", "single")
 end
+-- A run of one node (submit.lua's "single" field) reads no input, and its
+-- one node is the only one its group counts.
+local single = run[6]
 if not run[1] then
   return drop(-1)
 end
@@ -83,14 +86,24 @@ if state == "queued" or state == "retrying" then
   lease = 1
   rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text,
     node .. "/lease", lease)
-  graph = rcall("HMGET", graph_key, node .. "/reads", node .. "/group")
-  count_move(node, state, "running", graph[2])
+  if single then
+    graph = {false}
+    local group = string.sub(single, 2)
+    rcall("HSET", counts_key, group .. "/" .. state, 0, group .. "/running", 1)
+  else
+    graph = rcall("HMGET", graph_key, node .. "/reads", node .. "/group")
+    count_move(node, state, "running", graph[2])
+  end
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
   lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
   rcall("HSET", nodes_key, node .. "/started_at", now_text)
-  graph = {rcall("HGET", graph_key, node .. "/reads")}
+  if single then
+    graph = {false}
+  else
+    graph = {rcall("HGET", graph_key, node .. "/reads")}
+  end
 else
   return drop(0)
 end
@@ -99,7 +112,7 @@ emit("started", node, attempt)
 local spec = ""
 if known_version == "" then
   -- A large run has no "spec" field until a splice writes one.
-  spec = run[6] or ""
+  spec = run[7] or ""
 elseif known_version ~= "-" and run[2] ~= known_version then
   spec = rcall("HGET", run_key, "spec") or ""
 end

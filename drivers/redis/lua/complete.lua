@@ -29,7 +29,7 @@ local value = ARGV[7]
 --- @include "queue"
 
 local run, reply = check_report("retention_ms", "events_max_len", "status",
-  "open_main", "home")
+  "open_main", "home", "single")
 if not run then
   return reply
 end
@@ -38,34 +38,29 @@ use_settings(run[2], run[3])
 
 -- A run of one node (a single task, the shape of most delay() calls) ends
 -- here, so it takes a shorter path that writes the same state and defines
--- no graph function. Its "nodes" field is this node's id alone. It has no
--- other node to release or read, its only possible sink is this node, and
--- it is never in the sharded set, because its node is no shard node. A
--- shard run ("home") takes the long path, which reports to its home run.
-if run[4] == "running" and run[5] == "1" and not run[6]
-    and rcall("HSTRLEN", run_key, "nodes") == #node then
-  local info = rcall("HMGET", graph_key, node .. "/group", node .. "/ignore",
-    node .. "/task")
-  if info[3] ~= SHARD_TASK then
-    store_value(node, value, info[2])
-    -- See the long path below for why a first attempt has no error to delete.
-    if attempt ~= "1" then
-      rcall("HDEL", errors_key, node)
-    end
-    rcall("HSET", nodes_key, node, "succeeded", node .. "/ended_at", now_text)
-    -- The node was the run's only running node and none had succeeded, so
-    -- the two counts of its group become 0 and 1.
-    local group = info[1]
-    if not group or group == "" then
-      group = "-"
-    end
-    rcall("HSET", counts_key, group .. "/running", 0, group .. "/succeeded", 1)
-    emit("succeeded", node, attempt)
-    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
-      "open_main", 0)
-    run_ended("succeeded")
-    return {1}
+-- no graph function. submit.lua marked it with the run hash field "single"
+-- (splice.lua deletes the mark when the run gets more nodes), whose value
+-- is the node's ignore_result flag and group. It has no other node to
+-- release or read, its only possible sink is this node, and it is no shard
+-- node. A shard run ("home") takes the long path, which reports to its
+-- home run.
+if run[4] == "running" and run[5] == "1" and not run[6] and run[7] then
+  local single = run[7]
+  store_value(node, value, string.sub(single, 1, 1) == "1" and "1" or false)
+  -- See the long path below for why a first attempt has no error to delete.
+  if attempt ~= "1" then
+    rcall("HDEL", errors_key, node)
   end
+  rcall("HSET", nodes_key, node, "succeeded", node .. "/ended_at", now_text)
+  -- The node was the run's only running node and none had succeeded, so
+  -- the two counts of its group become 0 and 1.
+  local group = string.sub(single, 2)
+  rcall("HSET", counts_key, group .. "/running", 0, group .. "/succeeded", 1)
+  emit("succeeded", node, attempt)
+  rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
+    "open_main", 0)
+  run_ended("succeeded")
+  return {1}
 end
 
 --- @include "graph"

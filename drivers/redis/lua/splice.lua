@@ -78,6 +78,9 @@ local function hset_range(key, first, last)
   end
 end
 
+-- The run no longer has one node, so claim and complete must not take
+-- their one-node paths (submit.lua's "single" field).
+rcall("HDEL", run_key, "single")
 rcall("HSET", run_key, "spec", spec, "nodes", node_list, "sinks", sinks,
   "reaching", reaching)
 rcall("HINCRBY", run_key, "spec_version", 1)

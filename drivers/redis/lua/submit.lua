@@ -93,7 +93,12 @@ end
 -- of most delay() calls) takes a shorter path that writes the same state.
 -- Its graph fields come from ARGV, not an HMGET. Its node-state HSET
 -- writes the queued state at once, and the graph functions are not defined.
+-- The run hash field "single" marks such a run for claim and complete too,
+-- which then read no graph field and move the state counts with one HSET.
+-- Its value is "1" for an ignore_result node, else "0", followed by the
+-- node's group ("-" for none). splice.lua deletes it.
 local single = nil
+local single_field = {}
 if roots ~= "" and roots == node_list and open_main == "1"
     and not string.find(roots, ",", 1, true) then
   single = {}
@@ -104,13 +109,21 @@ if roots ~= "" and roots == node_list and open_main == "1"
   if single[prefix .. "role"] == "errback"
       or single[prefix .. "task"] == SHARD_TASK then
     single = nil
+  else
+    local group = single[prefix .. "group"]
+    if not group or group == "" then
+      group = "-"
+    end
+    local ignore = single[prefix .. "ignore"] == "1" and "1" or "0"
+    single_field = {"single", ignore .. group}
   end
 end
 
 rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
   "sinks", sinks, "reaching", reaching, "sinks_not_succeeded", "0",
-  "retention_ms", retention_ms, "events_max_len", events_max_len)
+  "retention_ms", retention_ms, "events_max_len", events_max_len,
+  unpack(single_field))
 rcall("ZADD", base .. "runs", now_text, run_id)
 if graph_pairs > 0 then
   hset_range(graph_key, 9, graph_last)

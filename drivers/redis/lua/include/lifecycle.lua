@@ -23,8 +23,8 @@
 local LIFECYCLE_TERMINAL = {succeeded = true, failed = true, cancelled = true,
   skipped = true}
 local run_settings = nil
--- The microseconds part of this script call's event ids, read once per call.
-local event_micros = nil
+-- This script call's event id, "<microseconds>-*", built at its first event.
+local event_id = nil
 
 -- Keep the run's "retention_ms" and "events_max_len" fields for this script
 -- call. A script that reads the run hash anyway reads them with it and calls
@@ -72,44 +72,55 @@ local function count_move(node, from, to, group)
   count_add(group .. "/" .. to, 1)
 end
 
+-- Add one event with the id `id`, and return XADD's reply or its error. One
+-- XADD per shape of event, without a table of fields to unpack.
+local function add_event(id, kind, node, attempt, status)
+  local max_len = run_settings.events_max_len
+  if node then
+    return redis.pcall("XADD", events_key, "MAXLEN", "~", max_len, id,
+      "run", run_id, "event", kind, "node", node, "attempt", tostring(attempt))
+  elseif status then
+    return redis.pcall("XADD", events_key, "MAXLEN", "~", max_len, id,
+      "run", run_id, "event", kind, "status", status)
+  end
+  return redis.pcall("XADD", events_key, "MAXLEN", "~", max_len, id,
+    "run", run_id, "event", kind)
+end
+
 -- Append one event to the partition's stream, trimmed to about the run's cap.
 local function emit(kind, node, attempt, status)
   local max_len = settings().events_max_len
   if max_len <= 0 then
     return
   end
-  local fields = {"run", run_id, "event", kind}
-  if node then
-    fields[#fields + 1] = "node"
-    fields[#fields + 1] = node
-    fields[#fields + 1] = "attempt"
-    fields[#fields + 1] = tostring(attempt)
-  end
-  if status then
-    fields[#fields + 1] = "status"
-    fields[#fields + 1] = status
-  end
   -- The id's first part is the time in microseconds from the script's TIME
   -- call, not the milliseconds of an automatic id, so that events of
   -- different partitions (streams) written on one server merge into the
   -- order they were written in. Later events of the same call reuse it: the
-  -- script is atomic, and the id's sequence part keeps them in order.
-  if not event_micros then
-    event_micros = tonumber(clock[1]) * 1000000 + tonumber(clock[2])
+  -- script is atomic, and the id's sequence part keeps them in order. The
+  -- id is built from TIME's two parts as text, which costs less than
+  -- formatting a number.
+  if not event_id then
+    event_id = clock[1] .. string.sub("00000" .. clock[2], -6) .. "-*"
   end
-  local added = redis.pcall("XADD", events_key, "MAXLEN", "~", max_len,
-    string.format("%.0f", event_micros) .. "-*", unpack(fields))
+  local added = add_event(event_id, kind, node, attempt, status)
   if type(added) == "table" and added.err then
     -- XADD rejects an id below the stream's last one, which happens when
     -- the clock steps back, so the id takes the last one's time instead.
-    -- Any other error is raised by the second XADD.
+    -- Any other error is raised below.
     local last = rcall("XREVRANGE", events_key, "+", "-", "COUNT", 1)[1]
     if last then
-      local last_micros = tonumber(string.match(last[1], "^(%d+)"))
-      event_micros = math.max(event_micros, last_micros)
+      local last_micros = string.match(last[1], "^(%d+)")
+      -- Both are decimal texts of microseconds without leading zeros.
+      local mine = string.sub(event_id, 1, -3)
+      if #last_micros > #mine or (#last_micros == #mine and last_micros > mine) then
+        event_id = last_micros .. "-*"
+      end
     end
-    rcall("XADD", events_key, "MAXLEN", "~", max_len,
-      string.format("%.0f", event_micros) .. "-*", unpack(fields))
+    added = add_event(event_id, kind, node, attempt, status)
+    if type(added) == "table" and added.err then
+      error(added)
+    end
   end
 end
 

@@ -31,4 +31,5 @@ local delayed_key = base .. "delayed"
 local events_key = base .. "events"
 local clock = rcall("TIME")
 local now = tonumber(clock[1]) + tonumber(clock[2]) / 1000000
-local now_text = string.format("%.6f", now)
+-- The same text as string.format("%.6f", now), which costs more in Redis.
+local now_text = clock[1] .. "." .. string.sub("00000" .. clock[2], -6)
