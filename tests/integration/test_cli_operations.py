@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -14,6 +15,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from stem import group
 from stem.cli import main
 from stem.commands.common import (
     EXIT_FAILED,
@@ -502,3 +504,28 @@ def test_markup_in_names_printed_as_text(runner: CliRunner, flows: ModuleType) -
     assert inspect_code == 0, inspect_out
     assert "[/]worker" in inspect_out
     assert "[red]host" in inspect_out
+
+
+def test_runs_show_keeps_numbers_whole(runner: CliRunner, flows: ModuleType) -> None:
+    # At 80 columns, a list value wraps between its items, never inside one.
+    short_numbers = [i * 12345 for i in range(30)]
+    long_numbers = [i * 1234567 for i in range(60)]
+    with flows.app.worker(concurrency=2):
+        short = group(flows.add.s(n, 0) for n in short_numbers).apply_async()
+        assert short.get(TIMEOUT_S) == short_numbers
+        cut = group(flows.add.s(n, 0) for n in long_numbers).apply_async()
+        assert cut.get(TIMEOUT_S) == long_numbers
+
+    code, shown = invoke(runner, flows, "runs", "show", short.id)
+    _, cut_shown = invoke(runner, flows, "runs", "show", cut.id)
+    value = shown.split("  value", 1)[1].split("See the graph")[0]
+    cut_value = cut_shown.split("  value", 1)[1].split("See the graph")[0]
+    # A line break inside a number would read as two numbers here.
+    cut_numbers = [int(item) for item in re.findall(r"\d+", cut_value)]
+
+    assert code == 0
+    assert [int(item) for item in re.findall(r"\d+", value)] == short_numbers
+    # A value longer than the cut ends after a whole item.
+    assert cut_value.rstrip().endswith(", ...")
+    assert cut_numbers == long_numbers[: len(cut_numbers)]
+    assert len(cut_numbers) < len(long_numbers)
