@@ -529,3 +529,24 @@ def test_runs_show_keeps_numbers_whole(runner: CliRunner, flows: ModuleType) -> 
     assert cut_value.rstrip().endswith(", ...")
     assert cut_numbers == long_numbers[: len(cut_numbers)]
     assert len(cut_numbers) < len(long_numbers)
+
+
+def test_dlq_ls_fits_80_columns(runner: CliRunner, flows: ModuleType) -> None:
+    # The reason goes on its own line under the ids, cut to the width,
+    # instead of a narrow last column that wraps a word per line.
+    with flows.app.worker(concurrency=1, unknown_task_grace_s=0):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+
+    listed = runner.invoke(
+        main, ["dlq", "ls", "-A", flows.__file__], env={"COLUMNS": "80"}
+    )
+    lines = listed.output.splitlines()
+
+    assert listed.exit_code == 0, listed.output
+    assert len(lines) == 3, listed.output
+    assert lines[0].split() == ["id", "run", "node", "task"]
+    assert lines[1].split()[1:] == [result.id, "3", "extra"]
+    assert lines[2].startswith("  Task 'extra' is not registered with <App ")
+    assert lines[2].endswith("\N{HORIZONTAL ELLIPSIS}")
+    assert max(len(line) for line in lines) <= 80
