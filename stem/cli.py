@@ -16,7 +16,6 @@ Exit codes:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -43,11 +42,12 @@ from rich.text import Text
 from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
-from stem.canvas.text import printable, printable_json
+from stem.canvas.text import printable
 from stem.commands.beat import beat
 from stem.commands.common import (
     TRACEBACK_KEY,
     install_stop_signals,
+    print_value,
     reported_errors,
 )
 from stem.commands.dlq import dlq
@@ -666,22 +666,8 @@ def _finish(
         line.append(f" {kind}: {printable(str(error))}")
         console.print(line, highlight=False)
         return EXIT_RUN_FAILED
-    _print_value(result.get(timeout=0))
+    print_value(result.get(timeout=0))
     return EXIT_OK
-
-
-def _print_value(value: Any) -> None:
-    """Print rows of scalars one per line, space-separated; anything else as JSON."""
-    is_rows = isinstance(value, list) and all(
-        isinstance(row, list) and all(not isinstance(cell, list | dict) for cell in row)
-        for row in value
-    )
-    if is_rows and value:
-        for row in value:
-            click.echo(printable(" ".join(str(cell) for cell in row)))
-    else:
-        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-        click.echo(printable_json(text))
 
 
 def _summary(snapshot: RunSnapshot) -> Table:
