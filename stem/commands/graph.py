@@ -180,7 +180,9 @@ def node_views(snapshot: RunSnapshot, now: float | None = None) -> dict[str, Nod
         if record.started_at is not None:
             end = record.ended_at if record.ended_at is not None else clock
             duration = max(0.0, end - record.started_at)
-        views[node_id] = NodeView(record.state, duration, record.attempt)
+        views[node_id] = NodeView(
+            record.state, duration, record.attempt, cause=record.cause
+        )
     return views
 
 
@@ -337,6 +339,10 @@ def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
         lines += _error_lines(record)
     else:
         lines.append(f"It ended at {format_time(record.ended_at)}.")
+    if node.role == "errback" and record.cause is not None:
+        # When an errback fires, the state machine stores the failed node as its cause.
+        cause_task = snapshot.spec.node(record.cause).task
+        lines.append(f"It fired because node {record.cause} ({cause_task}) failed.")
     return lines
 
 

@@ -136,3 +136,26 @@ def test_why_pending_errback(app: App) -> None:
     lines = explain(app, snapshot, errback)
 
     assert lines[1] == "It runs when one of these fails or is cancelled: 0 (queued)."
+
+
+def test_errback_row_names_failed_node(app: App) -> None:
+    # The unknown task at node 0 fails, which cancels nodes 1 and 2. The
+    # errback covers node 2, the chain's last node, but node 0 fired it.
+    app.task(name="note")(lambda *args: None)
+    canvas = chain(
+        Signature("missing"), Signature("add", (1,)), Signature("add", (2,))
+    ).on_error(Signature("note"))
+    with app.worker(concurrency=1, unknown_task_grace_s=0):
+        result = app.submit(canvas)
+        result.get(10, propagate=False)
+    snapshot = app.driver.snapshot(result.id)
+    [errback] = [node.id for node in snapshot.spec.nodes if node.role == "errback"]
+
+    drawn = printed(draw(snapshot, "dag", 8, False), no_color=True)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", drawn)
+    lines = explain(app, snapshot, errback)
+
+    [row] = [line for line in text.splitlines() if "(errback)" in line]
+    assert "fired by failure of 0" in row
+    assert "on failure of 2" not in row
+    assert "It fired because node 0 (missing) failed." in lines
