@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import re
 import shlex
 import time
@@ -233,18 +234,28 @@ def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) 
     assert "0 live workers read that queue" in " ".join(queued.split())
 
 
-def test_queues_ls_and_purge(runner: CliRunner, flows: ModuleType) -> None:
-    flows.pipeline(5).apply_async()
+def test_queues_ls_and_purge(
+    runner: CliRunner, flows: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = flows.pipeline(5).apply_async()
+    cancelled = flows.add.delay(1, 2)
+    cancelled.cancel()
+    caplog.set_level(logging.WARNING)
 
     _, before = invoke(runner, flows, "queues", "ls", "--json")
     code, purged = invoke(runner, flows, "queues", "purge", "default", "--force")
     _, after = invoke(runner, flows, "queues", "ls")
 
     assert json.loads(before)["queues"] == [
-        {"name": "default", "ready": 5, "unacked": 0}
+        {"name": "default", "ready": 6, "unacked": 0}
     ]
     assert code == 0
-    assert "Purged 5 messages from queue default." in purged
+    assert purged.count("Purged") == 1
+    assert caplog.records == []
+    assert "Purged 6 messages of 2 runs from queue default." in purged
+    # Only the run that is still running needs a cancel.
+    assert f"stem runs cancel {stuck.id} -A {flows.__file__}" in purged
+    assert cancelled.id not in purged
     assert "default      0        0" in after
 
 
