@@ -122,6 +122,8 @@ class NodeView:
     duration_s: float | None = None
     #: Attempts started so far, or 0 when not known.
     attempts: int = 0
+    #: The failed node that fired this errback or cancelled this node, if known.
+    cause: NodeId | None = None
 
     def __post_init__(self) -> None:
         # NOTE: these are plain ValueErrors because the StemError tree has no
@@ -359,13 +361,21 @@ def _list_ids(node_ids: Sequence[NodeId], collapsing: _Collapsing) -> str:
     return f"{', '.join(labels[:_MAX_LISTED_IDS])}, … +{hidden} more"
 
 
-def _upstream_text(node: NodeSpec, collapsing: _Collapsing) -> str:
-    """Describe how a node connects to the layers above it."""
+def _upstream_text(node: NodeSpec, view: NodeView, collapsing: _Collapsing) -> str:
+    """Describe how a node connects to the layers above it.
+
+    An errback covers the last nodes of its canvas, and a failure upstream
+    of them fires it too, because it cancels them. So an errback that fired
+    names the node whose failure fired it, and one that did not names the
+    covered nodes "or upstream".
+    """
     parts: list[str] = []
     if node.deps:
         parts.append(f"← {_list_ids(node.deps, collapsing)}")
-    if node.covers:
-        parts.append(f"on failure of {_list_ids(node.covers, collapsing)}")
+    if node.covers and view.cause is not None:
+        parts.append(f"fired by failure of {collapsing.label(view.cause)}")
+    elif node.covers:
+        parts.append(f"on failure of {_list_ids(node.covers, collapsing)} or upstream")
     return "; ".join(parts)
 
 
@@ -380,7 +390,7 @@ def _node_row(
         task=_task_text(node.task, node.role),
         state=view.state,
         facts=Text(_view_facts(view)),
-        upstream=_upstream_text(node, collapsing),
+        upstream=_upstream_text(node, view, collapsing),
     )
 
 
@@ -400,7 +410,7 @@ def _group_row(
         task=_task_text(target.task, first.role, len(target.member_ids)),
         state=_headline_state(counts),
         facts=_counts_text(counts),
-        upstream=_upstream_text(first, collapsing),
+        upstream=_upstream_text(first, _PENDING, collapsing),
     )
 
 

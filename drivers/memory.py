@@ -32,6 +32,7 @@ from stem.engine.ports import (
     DeadLetter,
     LifecycleEvent,
     Message,
+    PurgedQueue,
     QueueStats,
     RunPage,
     RunSnapshot,
@@ -412,14 +413,15 @@ class MemoryDriver:
         with self._lock:
             return len(self._delayed)
 
-    def purge_queue(self, name: str) -> int:
+    def purge_queue(self, name: str) -> PurgedQueue:
         with self._lock:
             queue = self._queues.get(name)
             if not queue:
-                return 0
+                return PurgedQueue(0, [])
+            run_ids = list(dict.fromkeys(message.run_id for message in queue))
             count = len(queue)
             queue.clear()
-            return count
+            return PurgedQueue(count, run_ids)
 
     def list_dead_letters(
         self, *, limit: int = 50, cursor: str | None = None

@@ -382,6 +382,16 @@ class QueueStats:
 
 
 @dataclass(frozen=True)
+class PurgedQueue:
+    """The outcome of a queue purge: the deleted messages and their runs."""
+
+    #: Messages deleted.
+    count: int
+    #: The runs of the deleted messages, each once, in the order first deleted.
+    run_ids: list[str]
+
+
+@dataclass(frozen=True)
 class DeadLetter:
     """A dead-lettered message with its id in the dead-letter list."""
 
@@ -437,11 +447,12 @@ class Operations(Protocol):
         """Return how many messages wait for a countdown, eta or retry delay."""
         ...
 
-    def purge_queue(self, name: str) -> int:
-        """Delete the messages of a queue that no worker has fetched; return how many.
+    def purge_queue(self, name: str) -> PurgedQueue:
+        """Delete the messages of a queue that no worker has fetched.
 
-        The nodes of purged messages stay queued, so their runs never end
-        unless they are cancelled.
+        Returns how many it deleted and the runs they belonged to. The nodes
+        of purged messages stay queued, so those runs never end unless they
+        are cancelled.
         """
         ...
 

@@ -16,7 +16,6 @@ Exit codes:
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shlex
@@ -43,11 +42,12 @@ from rich.text import Text
 from stem.canvas.errors import CanvasError
 from stem.canvas.primitives import Canvas
 from stem.canvas.spec import GraphSpec
-from stem.canvas.text import printable, printable_json
+from stem.canvas.text import printable
 from stem.commands.beat import beat
 from stem.commands.common import (
     TRACEBACK_KEY,
     install_stop_signals,
+    print_value,
     reported_errors,
 )
 from stem.commands.dlq import dlq
@@ -289,7 +289,7 @@ def run(
         if url:
             worker_hint += ["--url", redact(url)]
         snapshot = _follow(result, console, timeout, worker_hint=worker_hint)
-        sys.exit(_finish(result, snapshot, console))
+        sys.exit(_finish(result, snapshot, console, print_traceback=True))
     spec = result.snapshot().spec
     names = named_queues or _queues_of(spec, app.default_queue)
     # On memory:// no other worker can register a task later, so a message of
@@ -314,7 +314,8 @@ def run(
         # Links and errbacks can still be queued or running when the run ends,
         # and the warm stop may finish them, so the summary reads them again.
         snapshot = result.snapshot()
-    sys.exit(_finish(result, snapshot, console))
+    # The in-process worker has logged the traceback of each failed task.
+    sys.exit(_finish(result, snapshot, console, print_traceback=False))
 
 
 WORKER_EXAMPLES = """
@@ -634,7 +635,18 @@ class _WorkerWatch:
         )
 
 
-def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int:
+def _finish(
+    result: AsyncResult,
+    snapshot: RunSnapshot,
+    console: Console,
+    *,
+    print_traceback: bool,
+) -> int:
+    """Print the summary and the outcome, and return the exit code.
+
+    ``print_traceback`` prints the traceback of the node that failed the
+    run, for a run whose worker logged it in another process.
+    """
     console.print(_summary(snapshot))
     if snapshot.status == "running":
         console.print(f"[yellow]Run {result.id} is still running; stopped waiting.[/]")
@@ -643,7 +655,7 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
         error = result.get(propagate=False)
         kind = type(error).__name__
         failed = snapshot.nodes.get(snapshot.error_node or "")
-        if failed is not None and failed.error is not None:
+        if print_traceback and failed is not None and failed.error is not None:
             traceback = printable(failed.error.traceback.rstrip(), multiline=True)
             # soft_wrap keeps each frame on its line, so paths stay whole in a pipe.
             console.print(
@@ -654,22 +666,8 @@ def _finish(result: AsyncResult, snapshot: RunSnapshot, console: Console) -> int
         line.append(f" {kind}: {printable(str(error))}")
         console.print(line, highlight=False)
         return EXIT_RUN_FAILED
-    _print_value(result.get(timeout=0))
+    print_value(result.get(timeout=0))
     return EXIT_OK
-
-
-def _print_value(value: Any) -> None:
-    """Print rows of scalars one per line, space-separated; anything else as JSON."""
-    is_rows = isinstance(value, list) and all(
-        isinstance(row, list) and all(not isinstance(cell, list | dict) for cell in row)
-        for row in value
-    )
-    if is_rows and value:
-        for row in value:
-            click.echo(printable(" ".join(str(cell) for cell in row)))
-    else:
-        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
-        click.echo(printable_json(text))
 
 
 def _summary(snapshot: RunSnapshot) -> Table:

@@ -33,6 +33,7 @@ from stem.engine.ports import (
     TASK_HEADER,
     DeadLetter,
     Message,
+    PurgedQueue,
     QueueStats,
     RunPage,
     RunSnapshot,
@@ -231,21 +232,27 @@ class RedisOperations:
                 for partition in self._keys.partitions
             )
 
-    def purge_queue(self, name: str) -> int:
+    def purge_queue(self, name: str) -> PurgedQueue:
         total = 0
+        # A dict keeps each run id once, in the order first deleted.
+        run_ids: dict[str, None] = {}
         for partition in self._keys.partitions:
             stream = partition.queue(name)
             while True:
-                deleted = int(
-                    self._scripts.call("purge", [stream], [self._group, _PURGE_BATCH])
+                reply: Any = self._scripts.call(
+                    "purge", [stream], [self._group, _PURGE_BATCH]
                 )
+                deleted = int(reply[0])
                 total += deleted
+                run_ids.update(dict.fromkeys(str(item) for item in reply[1:]))
                 if deleted < _PURGE_BATCH:
                     break
         if total:
+            # INFO, because the caller gets the count back. `stem queues purge`
+            # prints it, so a warning would print it a second time there.
             noun = "message" if total == 1 else "messages"
-            log.warning("Purged %d %s from queue %s.", total, noun, name)
-        return total
+            log.info("Purged %d %s from queue %s.", total, noun, name)
+        return PurgedQueue(total, list(run_ids))
 
     # -- dead letters ---------------------------------------------------------
 

@@ -38,7 +38,7 @@ import click
 from rich.console import Console
 
 from stem.canvas.errors import StemError
-from stem.canvas.text import printable_json
+from stem.canvas.text import printable, printable_json
 from stem.discovery import load_app
 from stem.engine.app import URL_VARIABLE, App
 from stem.engine.drivers import redact
@@ -253,6 +253,20 @@ def emit_json(data: Any) -> None:
     """Print data as indented JSON on stdout, with control characters escaped."""
     text = json.dumps(data, indent=2, ensure_ascii=False, default=str)
     click.echo(printable_json(text))
+
+
+def print_value(value: Any) -> None:
+    """Print rows of scalars one per line, space-separated; anything else as JSON."""
+    is_rows = isinstance(value, list) and all(
+        isinstance(row, list) and all(not isinstance(cell, list | dict) for cell in row)
+        for row in value
+    )
+    if is_rows and value:
+        for row in value:
+            click.echo(printable(" ".join(str(cell) for cell in row)))
+    else:
+        text = json.dumps(value, indent=2, ensure_ascii=False, default=str)
+        click.echo(printable_json(text))
 
 
 def console() -> Console:

@@ -6,7 +6,7 @@ import shlex
 from typing import Any
 
 import click
-from rich.table import Table
+from rich.cells import cell_len
 from rich.text import Text
 
 from stem.canvas.text import printable
@@ -55,9 +55,6 @@ _REPLAY_REJECTIONS = {
     ),
 }
 
-#: Characters of a reason that `stem dlq ls` shows; `stem dlq show` has it all.
-_REASON_WIDTH = 40
-
 REPLAY_EXAMPLES = """
 \b
 Examples:
@@ -98,23 +95,8 @@ def list_dead(
     if not page:
         out.print("No dead letters.")
         return
-    table = Table(box=None, pad_edge=False)
-    table.add_column("id", no_wrap=True)
-    table.add_column("run", no_wrap=True)
-    for column in ("node", "task", "reason"):
-        table.add_column(column, overflow="fold")
-    for dead in page:
-        message = dead.message
-        # Text cells: the task and reason come from messages, so rich must not
-        # read them as markup, and their control characters are escaped.
-        cells = (
-            message.run_id,
-            message.node_id,
-            message.headers.get(TASK_HEADER, ""),
-            _short(dead.reason),
-        )
-        table.add_row(dead.id, *(Text(printable(cell)) for cell in cells))
-    out.print(table)
+    for line in _listing(page, out.width):
+        out.print(line, no_wrap=True, overflow="ellipsis")
     if next_cursor:
         command = ["stem", "dlq", "ls", *store_arguments(app_spec, url)]
         command += ["--limit", str(limit), "--cursor", next_cursor]
@@ -230,12 +212,46 @@ def _chosen_ids(driver: Any, dead_ids: tuple[str, ...], every: bool) -> list[str
             return chosen
 
 
-def _short(reason: str) -> str:
-    """Cut a reason to its first clause, at most `_REASON_WIDTH` characters."""
-    clause = reason.split(";", 1)[0].strip()
-    if len(clause) <= _REASON_WIDTH:
-        return clause
-    return clause[: _REASON_WIDTH - 1] + "\N{HORIZONTAL ELLIPSIS}"
+def _listing(page: list[DeadLetter], width: int) -> list[Text]:
+    """Lay out dead letters as rows of id, run, node and task, each over its reason.
+
+    The reason has a line of its own, indented and cut to ``width`` with an
+    ellipsis, because at 80 columns a last column would get 14 characters
+    next to an 11-character task name, and wrap a word per line. `stem dlq
+    show` prints it whole.
+    """
+    header = ("id", "run", "node", "task")
+    # The task, run and reason come from messages, so their control
+    # characters are escaped. Text is never read as markup.
+    rows = [
+        (
+            dead.id,
+            printable(dead.message.run_id),
+            printable(dead.message.node_id),
+            printable(dead.message.headers.get(TASK_HEADER, "")),
+        )
+        for dead in page
+    ]
+    widths = [
+        max(cell_len(cell) for cell in column)
+        for column in zip(header, *rows, strict=True)
+    ]
+    lines = [_aligned(header, widths, style="bold")]
+    for dead, row in zip(page, rows, strict=True):
+        lines.append(_aligned(row, widths))
+        reason = Text("  " + printable(" ".join(dead.reason.split())))
+        reason.truncate(width, overflow="ellipsis")
+        lines.append(reason)
+    return lines
+
+
+def _aligned(cells: tuple[str, ...], widths: list[int], style: str = "") -> Text:
+    """Join cells into one line, each padded to its column's width."""
+    padded = [
+        cell + " " * (width - cell_len(cell))
+        for cell, width in zip(cells, widths, strict=True)
+    ]
+    return Text("  ".join(padded).rstrip(), style=style)
 
 
 def _json(dead: DeadLetter) -> dict[str, Any]:

@@ -40,6 +40,7 @@ from stem.commands.common import (
 from stem.engine.app import App
 from stem.engine.ports import RunSnapshot
 from stem.engine.records import SETTLED, TERMINAL, NodeRecord
+from stem.engine.worker import DEFAULT_UNKNOWN_TASK_GRACE_S
 
 FORMATS = ("dag", "tree", "dot", "mermaid", "json", "svg")
 #: Width of drawings written to a file with --output.
@@ -180,7 +181,9 @@ def node_views(snapshot: RunSnapshot, now: float | None = None) -> dict[str, Nod
         if record.started_at is not None:
             end = record.ended_at if record.ended_at is not None else clock
             duration = max(0.0, end - record.started_at)
-        views[node_id] = NodeView(record.state, duration, record.attempt)
+        views[node_id] = NodeView(
+            record.state, duration, record.attempt, cause=record.cause
+        )
     return views
 
 
@@ -304,20 +307,7 @@ def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
     if record.state == "pending":
         lines += _pending_reasons(snapshot, node_id)
     elif record.state == "queued":
-        since = (
-            ""
-            if record.queued_at is None
-            else (f" for {format_span(now - record.queued_at)}")
-        )
-        queue = node.options.queue or app.default_queue
-        readers = [w for w in app.driver.workers() if queue in w.queues]
-        lines.append(
-            f"Attempt {record.attempt} waits{since} on queue {queue!r} for a "
-            f"worker; {len(readers)} live "
-            f"{'worker reads' if len(readers) == 1 else 'workers read'} that queue."
-        )
-        if not readers:
-            lines.append(f"Start one: stem worker -A APP -Q {queue}")
+        lines += _queued_reasons(app, snapshot, node_id, now)
     elif record.state == "retrying":
         lines.append(
             f"Attempt {record.attempt - 1} failed and attempt {record.attempt} "
@@ -337,7 +327,51 @@ def explain(app: App, snapshot: RunSnapshot, node_id: NodeId) -> list[str]:
         lines += _error_lines(record)
     else:
         lines.append(f"It ended at {format_time(record.ended_at)}.")
+    if node.role == "errback" and record.cause is not None:
+        # When an errback fires, the state machine stores the failed node as its cause.
+        cause_task = snapshot.spec.node(record.cause).task
+        lines.append(f"It fired because node {record.cause} ({cause_task}) failed.")
     return lines
+
+
+def _queued_reasons(
+    app: App, snapshot: RunSnapshot, node_id: NodeId, now: float
+) -> list[str]:
+    node = snapshot.spec.node(node_id)
+    record = snapshot.nodes[node_id]
+    since = (
+        ""
+        if record.queued_at is None
+        else f" for {format_span(now - record.queued_at)}"
+    )
+    queue = node.options.queue or app.default_queue
+    readers = [w for w in app.driver.workers() if queue in w.queues]
+
+    if not readers:
+        return [
+            f"Attempt {record.attempt} waits{since} on queue {queue!r} for a "
+            "worker; 0 live workers read that queue.",
+            f"Start one: stem worker -A APP -Q {queue}",
+        ]
+    # Heartbeats do not list a worker's tasks, so the text cannot tell
+    # whether the readers register this task. It describes the case where not.
+    idle = sum(1 for worker in readers if worker.in_flight < worker.concurrency)
+    count = (
+        "1 live worker reads"
+        if len(readers) == 1
+        else f"{len(readers)} live workers read"
+    )
+    grace = f"{DEFAULT_UNKNOWN_TASK_GRACE_S:g} s"
+
+    return [
+        f"Attempt {record.attempt} has been queued{since} on queue {queue!r}; "
+        f"{count} that queue, {idle} with free slots.",
+        f"A worker that does not register {node.task} hands the message back "
+        "through the delayed set, to be fetched again, until its "
+        f"--unknown-task-grace ({grace} by default) has passed since the "
+        "message was first queued, and then dead-letters it (stem dlq ls). "
+        "stem queues ls counts a handed-back message as delayed.",
+    ]
 
 
 def _pending_reasons(snapshot: RunSnapshot, node_id: NodeId) -> list[str]:

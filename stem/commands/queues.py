@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shlex
+
 import click
 from rich.table import Table
 from rich.text import Text
@@ -15,8 +17,11 @@ from stem.commands.common import (
     json_option,
     reported_errors,
     shared_app,
+    store_arguments,
     yes_option,
 )
+from stem.engine.app import App
+from stem.engine.errors import RunNotFound
 
 
 @click.group()
@@ -73,7 +78,8 @@ def purge_queue(app_spec: str | None, url: str | None, name: str, yes: bool) -> 
     """Delete queue NAME's messages that no worker has fetched.
 
     Their nodes stay queued, so their runs do not end until they are
-    cancelled with `stem runs cancel`. On a terminal it prompts for
+    cancelled. The command prints a `stem runs cancel` command for each
+    such run that is still running. On a terminal it prompts for
     confirmation. Elsewhere it needs --yes.
     """
     app = shared_app(app_spec, url, "stem queues purge")
@@ -82,6 +88,40 @@ def purge_queue(app_spec: str | None, url: str | None, name: str, yes: bool) -> 
             f"Delete every ready message of queue {name!r}?", "stem queues purge"
         )
     with reported_errors():
-        count = app.driver.purge_queue(name)
-    noun = "message" if count == 1 else "messages"
-    click.echo(f"Purged {count} {noun} from queue {name}.")
+        purged = app.driver.purge_queue(name)
+        running = _still_running(app, purged.run_ids)
+    noun = "message" if purged.count == 1 else "messages"
+    runs = len(purged.run_ids)
+    of_runs = ""
+    if runs:
+        of_runs = f" of {runs} run" if runs == 1 else f" of {runs} runs"
+    click.echo(f"Purged {purged.count} {noun}{of_runs} from queue {name}.")
+    if not running:
+        return
+    if len(running) == 1:
+        stays = "1 run stays running until cancelled. Cancel it with:"
+    else:
+        stays = f"{len(running)} runs stay running until cancelled. Cancel them with:"
+    click.echo(f"Their nodes stay queued, so {stays}")
+    for run_id in running:
+        command = ["stem", "runs", "cancel", run_id, *store_arguments(app_spec, url)]
+        click.echo(f"  {printable(shlex.join(command))}")
+
+
+def _still_running(app: App, run_ids: list[str]) -> list[str]:
+    """Return the runs that are still running, in order, out of ``run_ids``.
+
+    A run that was cancelled before the purge has ended already, and one
+    that expired is gone, so neither needs a cancel.
+    """
+    # NOTE: a message of a sharded chord's shard run names the shard run,
+    # which is listed as it is, not as its home run.
+    running = []
+    for run_id in run_ids:
+        try:
+            ended = app.driver.wait_ended(run_id, 0, full=False)
+        except RunNotFound:
+            continue
+        if ended is None:
+            running.append(run_id)
+    return running

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shlex
 import time
 from collections import Counter
@@ -175,12 +176,10 @@ def show_run(app_spec: str | None, url: str | None, run_id: str, as_json: bool) 
     out.print(nodes)
     error = _error_of(snapshot)
     if error is not None:
-        out.print(f"  error     {printable(error)}", markup=False)
+        out.print(_field("error", error))
     if snapshot.status == "succeeded" and snapshot.value is not None:
-        value = snapshot.value
-        if len(value) > _MAX_MESSAGE:
-            value = value[:_MAX_MESSAGE] + "..."
-        out.print(f"  value     {printable(value)}", markup=False)
+        value = _cut(_spaced_json(snapshot.value), _MAX_MESSAGE)
+        out.print(_field("value", value))
     command = [
         "stem",
         "graph",
@@ -253,9 +252,46 @@ def _error_of(snapshot: RunSnapshot) -> str | None:
     message = (
         f"node {node_id} ({task}): {record.error.qualname}: {record.error.message}"
     )
-    if len(message) > _MAX_MESSAGE:
-        message = message[:_MAX_MESSAGE] + "..."
-    return " ".join(message.split())
+    return _cut(" ".join(message.split()), _MAX_MESSAGE)
+
+
+def _field(label: str, text: str) -> Table:
+    """Lay out one ``runs show`` line whose text wraps under its own column.
+
+    Rich wraps the text at spaces, so a number or word is split only when
+    it is wider than the column on its own.
+    """
+    grid = Table.grid()
+    grid.add_column(no_wrap=True)
+    grid.add_column(overflow="fold")
+    # Text, not a str, so rich does not read brackets in the text as markup.
+    grid.add_row(f"  {label:<9} ", Text(printable(text)))
+    return grid
+
+
+def _spaced_json(stored: str) -> str:
+    """Return a stored value's JSON with a space after each comma and colon.
+
+    The stored text is compact, so without the spaces rich would find no
+    place to wrap a list and would split a number at the line's end.
+    """
+    try:
+        data = json.loads(stored)
+    except ValueError:
+        return stored
+    return json.dumps(data, ensure_ascii=False)
+
+
+def _cut(text: str, limit: int) -> str:
+    """Cut text longer than ``limit`` characters at its last space, and add "..."."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    space = head.rfind(" ")
+    # A text without a space in its second half is cut at the limit instead.
+    if space > limit // 2:
+        head = head[:space]
+    return head + " ..."
 
 
 def _summary_json(run: RunSummary) -> dict[str, Any]:

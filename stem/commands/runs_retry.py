@@ -23,12 +23,14 @@ import click
 
 from stem.canvas.spec import NodeId
 from stem.canvas.text import printable
+from stem.canvas.values import loads
 from stem.commands.common import (
     EXIT_FAILED,
     EXIT_OK,
     EXIT_REJECTED,
     EXIT_TIMEOUT,
     CommandError,
+    print_value,
     reported_errors,
     shared_app,
 )
@@ -68,7 +70,8 @@ Examples:
     "--wait/--no-wait",
     default=False,
     show_default=True,
-    help="Wait for the new epoch to end and exit with its outcome.",
+    help="Wait for the new epoch to end, print the value if it succeeded, and "
+    "exit with its outcome.",
 )
 @click.option(
     "--timeout",
@@ -142,6 +145,9 @@ def retry_run(
     if snapshot.status != "succeeded":
         _print_error(result, snapshot)
         return EXIT_FAILED
+    if not as_json:
+        # The value goes last on stdout, as in `stem run`.
+        print_value(result.get(timeout=0))
     return EXIT_OK
 
 
@@ -183,8 +189,12 @@ def _report_ended(snapshot: RunSnapshot, as_json: bool) -> None:
             "event": "ended" if snapshot.status != "running" else "timed_out",
             "epoch": snapshot.epoch,
             "status": snapshot.status,
+            # Decoded from the value codec's text, as in `stem runs show --json`.
+            "value": None if snapshot.value is None else loads(snapshot.value),
         }
-        click.echo(json.dumps(payload))
+        # str() writes the tagged types (datetime, Decimal, bytes) as
+        # `stem runs show --json` does. ensure_ascii escapes control characters.
+        click.echo(json.dumps(payload, default=str))
     elif snapshot.status == "running":
         click.echo(
             f"Run {snapshot.run_id} epoch {snapshot.epoch} is still running; "

@@ -11,7 +11,7 @@ import pytest
 
 from stem import chain, chord, group
 from stem.canvas.primitives import Signature
-from stem.engine.ports import WorkerBeat
+from stem.engine.ports import PurgedQueue, WorkerBeat
 from stem.errors import DeadLettered, RunNotFound
 
 from .conftest import TIMEOUT_S, Kit
@@ -119,18 +119,21 @@ def test_replayed_run_kept_while_running(make_kit: Callable[..., Kit]) -> None:
 
 def test_queue_stats_and_purge(kit: Kit) -> None:
     result = kit.app.submit(group(kit.add.s(1, 1), kit.add.s(2, 2), kit.add.s(3, 3)))
+    other = kit.app.submit(kit.add.s(4, 4))
     driver = kit.app.driver
 
     stats = {item.name: item for item in driver.queue_stats()}
     purged = driver.purge_queue("default")
     after = {item.name: item for item in driver.queue_stats()}
 
-    assert stats["default"].ready == 3
+    assert stats["default"].ready == 4
     assert stats["default"].unacked == 0
-    assert purged == 3
+    assert purged.count == 4
+    # Each run once. Runs in different partitions may come in either order.
+    assert sorted(purged.run_ids) == sorted([result.id, other.id])
     assert after.get("default") is None or after["default"].ready == 0
     assert result.state == "running"
-    assert driver.purge_queue("no-such-queue") == 0
+    assert driver.purge_queue("no-such-queue") == PurgedQueue(0, [])
 
 
 def test_dead_letter_replay_completes_run(kit: Kit) -> None:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import shlex
 import time
 from collections.abc import Iterator
@@ -14,6 +16,7 @@ import pytest
 import redis
 from click.testing import CliRunner
 
+from stem import group
 from stem.cli import main
 from stem.commands.common import (
     EXIT_FAILED,
@@ -231,18 +234,28 @@ def test_graph_show_collapses_and_expands(runner: CliRunner, flows: ModuleType) 
     assert "0 live workers read that queue" in " ".join(queued.split())
 
 
-def test_queues_ls_and_purge(runner: CliRunner, flows: ModuleType) -> None:
-    flows.pipeline(5).apply_async()
+def test_queues_ls_and_purge(
+    runner: CliRunner, flows: ModuleType, caplog: pytest.LogCaptureFixture
+) -> None:
+    stuck = flows.pipeline(5).apply_async()
+    cancelled = flows.add.delay(1, 2)
+    cancelled.cancel()
+    caplog.set_level(logging.WARNING)
 
     _, before = invoke(runner, flows, "queues", "ls", "--json")
     code, purged = invoke(runner, flows, "queues", "purge", "default", "--force")
     _, after = invoke(runner, flows, "queues", "ls")
 
     assert json.loads(before)["queues"] == [
-        {"name": "default", "ready": 5, "unacked": 0}
+        {"name": "default", "ready": 6, "unacked": 0}
     ]
     assert code == 0
-    assert "Purged 5 messages from queue default." in purged
+    assert purged.count("Purged") == 1
+    assert caplog.records == []
+    assert "Purged 6 messages of 2 runs from queue default." in purged
+    # Only the run that is still running needs a cancel.
+    assert f"stem runs cancel {stuck.id} -A {flows.__file__}" in purged
+    assert cancelled.id not in purged
     assert "default      0        0" in after
 
 
@@ -502,3 +515,49 @@ def test_markup_in_names_printed_as_text(runner: CliRunner, flows: ModuleType) -
     assert inspect_code == 0, inspect_out
     assert "[/]worker" in inspect_out
     assert "[red]host" in inspect_out
+
+
+def test_runs_show_keeps_numbers_whole(runner: CliRunner, flows: ModuleType) -> None:
+    # At 80 columns, a list value wraps between its items, never inside one.
+    short_numbers = [i * 12345 for i in range(30)]
+    long_numbers = [i * 1234567 for i in range(60)]
+    with flows.app.worker(concurrency=2):
+        short = group(flows.add.s(n, 0) for n in short_numbers).apply_async()
+        assert short.get(TIMEOUT_S) == short_numbers
+        cut = group(flows.add.s(n, 0) for n in long_numbers).apply_async()
+        assert cut.get(TIMEOUT_S) == long_numbers
+
+    code, shown = invoke(runner, flows, "runs", "show", short.id)
+    _, cut_shown = invoke(runner, flows, "runs", "show", cut.id)
+    value = shown.split("  value", 1)[1].split("See the graph")[0]
+    cut_value = cut_shown.split("  value", 1)[1].split("See the graph")[0]
+    # A line break inside a number would read as two numbers here.
+    cut_numbers = [int(item) for item in re.findall(r"\d+", cut_value)]
+
+    assert code == 0
+    assert [int(item) for item in re.findall(r"\d+", value)] == short_numbers
+    # A value longer than the cut ends after a whole item.
+    assert cut_value.rstrip().endswith(", ...")
+    assert cut_numbers == long_numbers[: len(cut_numbers)]
+    assert len(cut_numbers) < len(long_numbers)
+
+
+def test_dlq_ls_fits_80_columns(runner: CliRunner, flows: ModuleType) -> None:
+    # The reason goes on its own line under the ids, cut to the width,
+    # instead of a narrow last column that wraps a word per line.
+    with flows.app.worker(concurrency=1, unknown_task_grace_s=0):
+        result = flows.with_extra().apply_async()
+        result.get(TIMEOUT_S, propagate=False)
+
+    listed = runner.invoke(
+        main, ["dlq", "ls", "-A", flows.__file__], env={"COLUMNS": "80"}
+    )
+    lines = listed.output.splitlines()
+
+    assert listed.exit_code == 0, listed.output
+    assert len(lines) == 3, listed.output
+    assert lines[0].split() == ["id", "run", "node", "task"]
+    assert lines[1].split()[1:] == [result.id, "3", "extra"]
+    assert lines[2].startswith("  Task 'extra' is not registered with <App ")
+    assert lines[2].endswith("\N{HORIZONTAL ELLIPSIS}")
+    assert max(len(line) for line in lines) <= 80

@@ -142,14 +142,23 @@ def test_failed_run_shows_traceback(folder: Path) -> None:
     assert 'raise ValueError("boom on purpose")' in completed.stderr
 
 
-def test_failed_run_traceback_unwrapped(folder: Path) -> None:
-    # stderr is a pipe here, where rich assumes 80 columns. The traceback
-    # after the summary table must keep each frame's path on one line.
+def test_failed_run_traceback_once(folder: Path) -> None:
+    # The in-process worker logs the traceback of each failed task, so the
+    # summary must not print the failed node's traceback a second time.
     completed = stem_run(folder, "flows.py:fails")
-    after_summary = completed.stderr.rpartition("\N{BOX DRAWINGS LIGHT UP AND LEFT}")[2]
 
     assert completed.returncode == 1
-    assert f'File "{folder / "flows.py"}", line' in after_summary
+    assert completed.stderr.count('raise ValueError("boom on purpose")') == 1
+    assert completed.stderr.count("Traceback (most recent call last)") == 1
+
+
+def test_failed_run_traceback_unwrapped(folder: Path) -> None:
+    # stderr is a pipe here, where rich assumes 80 columns. The traceback
+    # must keep each frame's path on one line.
+    completed = stem_run(folder, "flows.py:fails")
+
+    assert completed.returncode == 1
+    assert f'File "{folder / "flows.py"}", line' in completed.stderr
 
 
 def test_summary_shows_finished_errback(folder: Path) -> None:

@@ -147,7 +147,24 @@ def test_retry_with_app_and_wait(flows: ModuleType, state: Path) -> None:
     assert f"Run {run_id} reopened as epoch 2" in outcome.output
     assert "2 of its 4 nodes run again" in outcome.output
     assert f"Run {run_id} epoch 2 succeeded." in outcome.output
+    # As in stem run, the value is the last line on stdout.
+    assert outcome.stdout.splitlines()[-1] == "56"
     assert calls(state, "flaky") == 2
+
+
+def test_retry_json_wait_has_value(flows: ModuleType, state: Path) -> None:
+    run_id = failed_run(flows)
+    (state / "fail.flag").unlink()
+    args = [run_id, "--url", flows.app.url, "--json", "--wait"]
+
+    with flows.app.worker(concurrency=2, pool="threads"):
+        outcome = CliRunner().invoke(retry, args)
+
+    assert outcome.exit_code == 0, outcome.output
+    _, ended = (json.loads(line) for line in outcome.stdout.splitlines())
+    assert ended["event"] == "ended"
+    assert ended["status"] == "succeeded"
+    assert ended["value"] == 56
 
 
 def test_retry_failing_again_exits_1(flows: ModuleType, state: Path) -> None:
@@ -188,6 +205,7 @@ def test_retry_json_lines_with_wait(flows: ModuleType, state: Path) -> None:
         "event": "timed_out",
         "epoch": 2,
         "status": "running",
+        "value": None,
     }
 
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import io
 import textwrap
 from pathlib import Path
 
 import click
 import pytest
 from click.testing import CliRunner
+from rich.console import Console
 
-from stem.cli import main
+from stem import App
+from stem.canvas.primitives import Signature
+from stem.cli import _finish, main
 from stem.commands import common
 from stem.commands.common import EXIT_USAGE, parse_age
 
@@ -311,3 +315,30 @@ def test_app_before_subcommand_moved(runner: CliRunner) -> None:
 
     assert result.exit_code == EXIT_USAGE
     assert "Run: stem -l info runs ls -A proj" in result.output
+
+
+#: A task module path longer than 80 columns, as deep project paths are.
+_LONG_PATH = "/srv/" + "deep_project_folder/" * 4 + "flows.py"
+
+
+@pytest.mark.parametrize("print_traceback", [True, False])
+def test_finish_traceback_when_requested(print_traceback: bool) -> None:
+    # With a worker in another process, stem run prints the failed node's
+    # traceback itself. At 80 columns each frame's path must stay on one line.
+    namespace: dict[str, object] = {}
+    source = "def boom(x):\n    raise ValueError('boom on purpose')\n"
+    exec(compile(source, _LONG_PATH, "exec"), namespace)
+    app = App("memory://")
+    app.task(name="boom")(namespace["boom"])
+    with app.worker(concurrency=1):
+        result = app.submit(Signature("boom", (1,)))
+        result.get(10, propagate=False)
+    output = io.StringIO()
+    console = Console(file=output, width=80)
+
+    code = _finish(result, result.snapshot(), console, print_traceback=print_traceback)
+
+    assert code == 1
+    frame = f'File "{_LONG_PATH}", line 2, in boom'
+    assert (frame in output.getvalue()) is print_traceback
+    assert "failed: ValueError: boom on purpose" in output.getvalue()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import time
 
 import pytest
 from rich.console import Console
@@ -10,7 +11,7 @@ from rich.console import Console
 from stem import App, chain, chord
 from stem.canvas.primitives import Signature
 from stem.commands.graph import draw, explain, legend, node_views
-from stem.engine.ports import RunSnapshot
+from stem.engine.ports import RunSnapshot, WorkerBeat
 
 #: A foreground colour escape sequence: standard, bright or 256-colour.
 COLOUR = re.compile(r"\x1b\[[0-9;]*(3[0-7]|9[0-7]|38;5;[0-9]+)[;m]")
@@ -136,3 +137,56 @@ def test_why_pending_errback(app: App) -> None:
     lines = explain(app, snapshot, errback)
 
     assert lines[1] == "It runs when one of these fails or is cancelled: 0 (queued)."
+
+
+def test_errback_row_names_failed_node(app: App) -> None:
+    # The unknown task at node 0 fails, which cancels nodes 1 and 2. The
+    # errback covers node 2, the chain's last node, but node 0 fired it.
+    app.task(name="note")(lambda *args: None)
+    canvas = chain(
+        Signature("missing"), Signature("add", (1,)), Signature("add", (2,))
+    ).on_error(Signature("note"))
+    with app.worker(concurrency=1, unknown_task_grace_s=0):
+        result = app.submit(canvas)
+        result.get(10, propagate=False)
+    snapshot = app.driver.snapshot(result.id)
+    [errback] = [node.id for node in snapshot.spec.nodes if node.role == "errback"]
+
+    drawn = printed(draw(snapshot, "dag", 8, False), no_color=True)
+    text = re.sub(r"\x1b\[[0-9;]*m", "", drawn)
+    lines = explain(app, snapshot, errback)
+
+    [row] = [line for line in text.splitlines() if "(errback)" in line]
+    assert "fired by failure of 0" in row
+    assert "on failure of 2" not in row
+    assert "It fired because node 0 (missing) failed." in lines
+
+
+def test_why_queued_names_unknown_task_defer(app: App) -> None:
+    # A live worker reads the queue, but a worker that lacks the task hands
+    # its message back until the grace period ends, so "waits for a worker"
+    # would be wrong.
+    beat = WorkerBeat(
+        name="worker-1",
+        host="host",
+        pid=1,
+        queues=["default"],
+        concurrency=4,
+        pool="threads",
+        in_flight=0,
+        processed=0,
+        failed=0,
+        started_at=time.time(),
+        last_seen=time.time(),
+    )
+    app.driver.heartbeat(beat, 60.0)
+    result = app.submit(Signature("missing"))
+    snapshot = app.driver.snapshot(result.id)
+
+    lines = explain(app, snapshot, "0")
+
+    assert lines[0] == "◷ node 0 (missing) is queued."
+    assert "for a worker" not in lines[1]
+    assert "1 live worker reads that queue, 1 with free slots" in lines[1]
+    assert "does not register missing hands the message back" in lines[2]
+    assert "then dead-letters it" in lines[2]

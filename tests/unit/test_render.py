@@ -130,10 +130,25 @@ def test_dag_side_branches_after_main_path() -> None:
     assert "notify (link)" in notify
     assert "← 4" in notify
     assert "alert (errback)" in alert
-    assert "on failure of 4" in alert
+    assert "on failure of 4 or upstream" in alert
     assert "notify" in side
     assert "alert" in side
     assert "7 nodes: 5 on the main path in 4 layers, 2 on side branches" in text
+
+
+def test_dag_errback_names_its_trigger() -> None:
+    # Node 2 failed, which cancelled node 4, the covered last node. The row
+    # must name node 2, not the covered node 4 that only was cancelled.
+    views = {
+        **every_state_views(),
+        "6": NodeView("succeeded", duration_s=0.1, cause="2"),
+    }
+
+    text = plain_text(render_dag(linked_chain(), views))
+
+    (alert,) = lines_with(text, "alert")
+    assert "fired by failure of 2" in alert
+    assert "on failure of 4" not in alert
 
 
 def test_dag_rows_show_state_and_facts() -> None:
