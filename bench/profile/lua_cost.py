@@ -72,24 +72,16 @@ TIME_ONLY = 'local clock = redis.call("TIME")\nreturn 1'
 CALLS_20 = 'for i = 1, 20 do redis.call("EXISTS", KEYS[1]) end\nreturn 1'
 #: Lines of complete.lua to cut before, in order, with the part each one ends.
 CUTS = (
-    ("ack()", "check_report: HMGET run, HMGET node"),
+    ("ack()", "check_report: HMGET run"),
     ("use_settings(run[2], run[3])", "ack: XACK, XDEL"),
     (
-        'if run[4] == "running" and run[5] == "1" and not run[6]',
+        'if run[4] == "running" and run[5] == "1" and not run[6] and run[7] then',
         "use_settings: no command",
     ),
-    ("    store_value(node, value, info[2])", "one-node test: HSTRLEN, HMGET"),
-    (
-        '    rcall("HSET", nodes_key, node, "succeeded", '
-        'node .. "/ended_at", now_text)',
-        "store_value: HSET",
-    ),
-    ('    emit("succeeded", node, attempt)', "node state, counts: HSET, HSET"),
-    (
-        '    rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,',
-        "emit: XADD event",
-    ),
-    ("    return {1}", "run end: HSET, XADD event, expiry"),
+    ('  rcall("HSET", run_key, unpack(fields))', "fields table: no command"),
+    ('  emit("succeeded", node, attempt)', "node state, value, run end: HSET"),
+    ('  run_ended("succeeded", nil, nil, true)', "emit: XADD event"),
+    ("  return {1}", "run end: XADD event, 2 PEXPIRE"),
 )
 
 Command = tuple[Any, ...]

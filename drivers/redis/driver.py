@@ -1077,12 +1077,14 @@ class RedisDriver(ShardRuns):
             fields_read = [*_SNAPSHOT_FIELDS, "spec"] if not known else _SNAPSHOT_FIELDS
             with self._redis_errors(f"read run {run_id}"):
                 pipe = self._client.pipeline(transaction=True)
-                pipe.hmget(keys.run, fields_read)
+                pipe.hmget(keys.run, [*fields_read, "single"])
                 pipe.hgetall(keys.nodes)
                 pipe.hgetall(keys.values)
                 pipe.hgetall(keys.errors)
                 found, fields, values, errors = pipe.execute()
-            run = _fields_found(fields_read, found)
+            run = _fields_found(fields_read, found[:-1])
+            if found[-1] is not None:
+                run, fields, values, errors = self._read_single(run_id, fields_read)
             if "status" not in run:
                 raise self._not_found(run_id)
             version, text = run["spec_version"], run.pop("spec", "")
@@ -1095,6 +1097,30 @@ class RedisDriver(ShardRuns):
             # A splice changed the spec since it was parsed: read it too.
             known = ""
         return self._snapshot_of(run_id, run, version, text, (fields, values, errors))
+
+    def _read_single(
+        self, run_id: str, fields_read: Sequence[str]
+    ) -> tuple[dict[str, str], dict[str, str], dict[str, str], dict[str, str]]:
+        """Read a run of one node kept in its run hash (lua/include/single.lua).
+
+        Returns the run fields of ``fields_read`` that exist, and the node
+        state, values and errors hashes as a run in the usual keys has them.
+        The run may have moved to the usual keys since the caller's read, so
+        those are read in the same transaction.
+        """
+        keys = self._keys.run(run_id)
+        with self._redis_errors(f"read run {run_id}"):
+            pipe = self._client.pipeline(transaction=True)
+            pipe.hgetall(keys.run)
+            pipe.hgetall(keys.nodes)
+            pipe.hgetall(keys.values)
+            pipe.hgetall(keys.errors)
+            flat, fields, values, errors = pipe.execute()
+        run = {name: flat[name] for name in fields_read if name in flat}
+        if "single" in flat:
+            fields, values = layout.single_run_hashes(flat)
+            errors = {}
+        return run, fields, values, errors
 
     def _snapshot_of(
         self,
@@ -1429,10 +1455,18 @@ class RedisDriver(ShardRuns):
         keys = self._keys.run(run_id)
         with self._redis_errors(f"read the state counts of run {run_id}"):
             pipe = self._client.pipeline(transaction=True)
-            pipe.exists(keys.run)
+            pipe.hmget(keys.run, ["status", "single", "nodes"])
             pipe.hgetall(keys.counts)
-            exists, fields = pipe.execute()
-        if not exists:
+            (status, single, node), fields = pipe.execute()
+            if single is not None:
+                # A run of one node has no state-count hash: its node is the
+                # only one counted (lua/include/single.lua).
+                state: Any = self._client.hget(keys.run, node)
+                if state is not None:
+                    return layout.single_run_counts(single, state)
+                # The run moved to the usual keys since the read above.
+                fields = self._client.hgetall(keys.counts)
+        if status is None:
             raise self._not_found(run_id)
         counts = layout.group_counts(fields)
         spec = self._spec_of(run_id)

@@ -229,6 +229,30 @@ def open_reader_fields(spec: GraphSpec) -> list[str]:
     return flat
 
 
+def single_run_hashes(run: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
+    """Split a one-node run's hash into its node-state and values hashes.
+
+    A run of one node keeps its node's state fields and its value in its run
+    hash (lua/include/single.lua). Returns them as the node-state and values
+    hashes of a run in the usual keys.
+    """
+    node = run["nodes"]
+    prefix = f"{node}/"
+    states = {
+        field: text
+        for field, text in run.items()
+        if field == node or field.startswith(prefix)
+    }
+    values = {node: run["value"]} if "value" in run else {}
+    return states, values
+
+
+def single_run_counts(single: str, state: str) -> dict[int | None, dict[str, int]]:
+    """Return the state counts of a one-node run from its "single" field and state."""
+    group = single[1:]
+    return {None if group == "-" else int(group): {state: 1}}
+
+
 def group_counts(fields: dict[str, str]) -> dict[int | None, dict[str, int]]:
     """Read the state-count hash back, leaving out states with no node."""
     counts: dict[int | None, dict[str, int]] = {}

@@ -194,9 +194,9 @@ def test_one_node_run_script_commands(redis_url: str) -> None:
     finally:
         driver.close()
         observer.close()
-    assert submitted == 10
-    assert claimed == 6
-    assert completed == 17
+    assert submitted == 8
+    assert claimed == 4
+    assert completed == 9
 
 
 def test_report_after_run_deleted_writes_nothing(
@@ -314,10 +314,10 @@ def test_complete_many_reports_each(
             messages += driver.fetch(["default"], 3, TIMEOUT_S)
         claims = {c.message.run_id: c for c in driver.claim_many(messages) if c}
         assert set(claims) == {"a", "b", "broken"}
-        # A node-state hash of the wrong type makes that run's script fail.
-        nodes_key = driver._keys.run("broken").nodes
-        client.delete(nodes_key)
-        client.set(nodes_key, "not a hash")
+        # A run hash of the wrong type makes that run's script fail.
+        run_key = driver._keys.run("broken").run
+        client.delete(run_key)
+        client.set(run_key, "not a hash")
 
         driver.complete_many(
             [

@@ -219,19 +219,26 @@ def _commands_since(client: redis.Redis, before: dict[str, Any]) -> dict[str, in
     return {name: count for name, count in calls.items() if count}
 
 
-def test_wait_reads_ended_run_once(redis_url: str, client: redis.Redis) -> None:
+@pytest.mark.parametrize(("steps", "hashes_read"), [(1, 1), (2, 3)])
+def test_wait_reads_ended_run_once(
+    redis_url: str, client: redis.Redis, steps: int, hashes_read: int
+) -> None:
+    # A run of one node keeps its node's fields and value in its run hash,
+    # so it reads one hash where a chain reads the three node hashes.
     prefix = _prefix()
     driver = RedisDriver(redis_url, prefix=prefix)
     # A second driver has no parsed spec, as when another process waits.
     reader = RedisDriver(redis_url, prefix=prefix)
     app = App("memory://")
     add = app.task(name="add")(lambda x, y: x + y)
+    canvas = add.s(1, 1) if steps == 1 else chain(add.s(1, 0), add.s(1))
     try:
-        assert driver.submit("run", compile_canvas(add.s(1, 1)))
-        [message] = driver.fetch(["default"], 1, TIMEOUT_S)
-        claim = driver.claim(message)
-        assert claim is not None
-        driver.complete(claim.message, "2")
+        assert driver.submit("run", compile_canvas(canvas))
+        for step in range(steps):
+            [message] = driver.fetch(["default"], 1, TIMEOUT_S)
+            claim = driver.claim(message)
+            assert claim is not None
+            driver.complete(claim.message, "2" if step == steps - 1 else "1")
         before = client.info("commandstats")
         snapshot = reader.wait("run", TIMEOUT_S)
         calls = _commands_since(client, before)
@@ -241,7 +248,7 @@ def test_wait_reads_ended_run_once(redis_url: str, client: redis.Redis) -> None:
     assert snapshot.status == "succeeded"
     assert snapshot.value == "2"
     assert snapshot.nodes["0"].state == "succeeded"
-    assert calls == {script_command(reader): 1, "hmget": 1, "hgetall": 3}
+    assert calls == {script_command(reader): 1, "hmget": 1, "hgetall": hashes_read}
 
 
 def test_wait_times_out_on_running_run(redis_url: str) -> None:

@@ -1,11 +1,13 @@
 """A one-node run's short script paths write the same state as the long paths.
 
-submit.lua, claim.lua and complete.lua take a shorter path for a run of one
-node. Each
-case runs the same steps on a driver with the scripts as shipped and on a
-driver whose scripts have that path switched off, and compares every key
-that each one wrote after every step. Timestamps, stream entry ids and
-sorted-set scores are left out, and expiry is compared as set or not.
+submit.lua keeps a run of one node in two keys, its run hash holding the
+node's state fields and value (lua/include/single.lua), and claim and
+complete take shorter paths for it. Each case runs the same steps on a
+driver with the scripts as shipped and on a driver whose submit.lua never
+keeps a run that way, and compares every key that each one wrote after
+every step, with a run kept in two keys moved to the usual keys in Python
+first. Timestamps, stream entry ids and sorted-set scores are left out, and
+expiry is compared as set or not.
 """
 
 from __future__ import annotations
@@ -29,12 +31,17 @@ ERROR = ErrorInfo("builtins", "RuntimeError", "planned failure")
 #: Per script, the text that starts its one-node path and a replacement that
 #: switches the path off.
 SHORT_PATHS = {
-    "submit": ("\nif single then\n", "\nif false then\n"),
-    "claim": ("\nlocal single = run[6]\n", "\nlocal single = false\n"),
-    "complete": (
-        '\nif run[4] == "running" and run[5] == "1"',
-        '\nif false and run[4] == "running" and run[5] == "1"',
+    "submit": (
+        '\nif roots ~= "" and roots == node_list',
+        '\nif false and roots ~= "" and roots == node_list',
     ),
+}
+#: The states a one-node run's node went through before each state it can
+#: be in while kept in its run hash, as the state-count hash lists them.
+PASSED = {
+    "queued": ["pending"],
+    "running": ["pending", "queued"],
+    "succeeded": ["pending", "queued", "running"],
 }
 TIME_FIELDS = ("created_at", "queued_at", "started_at", "ended_at")
 
@@ -73,7 +80,32 @@ def _state(client: redis.Redis, prefix: str) -> dict[str, Any]:
             value = client.get(key)
         expires = client.pttl(key) > 0
         state[key.replace(prefix, "<prefix>")] = (kind, value, expires)
-    return state
+    return _expand_single(state)
+
+
+def _expand_single(state: dict[str, Any]) -> dict[str, Any]:
+    """Move each run kept in its run hash to the usual keys, as single.lua does."""
+    for key, (kind, fields, expires) in list(state.items()):
+        if kind != "hash" or "single" not in fields:
+            continue
+        node = fields["nodes"]
+        run, nodes, values = {}, {}, {}
+        for field, text in fields.items():
+            if field == node or field.startswith(f"{node}/"):
+                nodes[field] = text
+            elif field == "value":
+                values[node] = text
+            elif field != "single":
+                run[field] = text
+        group = fields["single"][1:]
+        counts = {f"{group}/{earlier}": "0" for earlier in PASSED[nodes[node]]}
+        counts[f"{group}/{nodes[node]}"] = "1"
+        state[key] = (kind, run, expires)
+        state[f"{key}:nodes"] = (kind, nodes, expires)
+        state[f"{key}:counts"] = (kind, counts, expires)
+        if values:
+            state[f"{key}:values"] = (kind, values, expires)
+    return dict(sorted(state.items()))
 
 
 def _next_message(driver: RedisDriver) -> Any:

@@ -42,7 +42,10 @@ local clock = rcall("TIME")
 local now_text = string.format("%.6f", tonumber(clock[1]) + tonumber(clock[2]) / 1000000)
 
 --- @include "lifecycle"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 local run = rcall("HMGET", run_key, "status", "nodes", "home", "home_node",
   "home_epoch", "epoch", "shards_version")
 if not run[1] then

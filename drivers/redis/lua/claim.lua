@@ -58,23 +58,29 @@ local function drop(code)
 end
 
 -- A caller that has parsed no spec of the run gets the "spec" field with
--- the run's other fields, which saves an HGET for a run's first claim.
-local run
+-- the run's other fields, which saves an HGET for a run's first claim. The
+-- node's fields are read too, for a run of one node kept in its run hash
+-- (include/single.lua); another run has no such fields there.
+local run_fields = {"epoch", "spec_version", "retention_ms", "events_max_len",
+  "home", "single", node .. "/attempt", node, node .. "/cause"}
 if known_version == "" then
-  run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
-    "events_max_len", "home", "single", "spec")
-else
-  run = rcall("HMGET", run_key, "epoch", "spec_version", "retention_ms",
-    "events_max_len", "home", "single")
+  run_fields[#run_fields + 1] = "spec"
 end
--- A run of one node (submit.lua's "single" field) reads no input, and its
--- one node is the only one its group counts.
-local single = run[6]
+local run = rcall("HMGET", run_key, unpack(run_fields))
 if not run[1] then
   return drop(-1)
 end
 use_settings(run[3], run[4])
-local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
+-- A run of one node reads no input, and has no state-count hash.
+local single = run[6]
+local state_key = nodes_key
+local current
+if single then
+  state_key = run_key
+  current = {run[7], run[8], run[9]}
+else
+  current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/cause")
+end
 if run[1] ~= epoch or current[1] ~= attempt then
   return drop(-2)
 end
@@ -84,12 +90,10 @@ local lease
 local graph
 if state == "queued" or state == "retrying" then
   lease = 1
-  rcall("HSET", nodes_key, node, "running", node .. "/started_at", now_text,
+  rcall("HSET", state_key, node, "running", node .. "/started_at", now_text,
     node .. "/lease", lease)
   if single then
     graph = {false}
-    local group = string.sub(single, 2)
-    rcall("HSET", counts_key, group .. "/" .. state, 0, group .. "/running", 1)
   else
     graph = rcall("HMGET", graph_key, node .. "/reads", node .. "/group")
     count_move(node, state, "running", graph[2])
@@ -97,8 +101,8 @@ if state == "queued" or state == "retrying" then
 elseif state == "running" and takeover then
   -- The worker holding the lease is presumed dead; raising the lease fences
   -- its late report, if it is alive after all.
-  lease = rcall("HINCRBY", nodes_key, node .. "/lease", 1)
-  rcall("HSET", nodes_key, node .. "/started_at", now_text)
+  lease = rcall("HINCRBY", state_key, node .. "/lease", 1)
+  rcall("HSET", state_key, node .. "/started_at", now_text)
   if single then
     graph = {false}
   else
@@ -112,7 +116,7 @@ emit("started", node, attempt)
 local spec = ""
 if known_version == "" then
   -- A large run has no "spec" field until a splice writes one.
-  spec = run[7] or ""
+  spec = run[10] or ""
 elseif known_version ~= "-" and run[2] ~= known_version then
   spec = rcall("HGET", run_key, "spec") or ""
 end

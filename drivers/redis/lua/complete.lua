@@ -27,40 +27,38 @@ local value = ARGV[7]
 
 --- @include "lifecycle"
 --- @include "queue"
+--- @include "single"
 
 local run, reply = check_report("retention_ms", "events_max_len", "status",
-  "open_main", "home", "single")
+  "open_main", "home")
 if not run then
   return reply
 end
 ack()
 use_settings(run[2], run[3])
 
--- A run of one node (a single task, the shape of most delay() calls) ends
--- here, so it takes a shorter path that writes the same state and defines
--- no graph function. submit.lua marked it with the run hash field "single"
--- (splice.lua deletes the mark when the run gets more nodes), whose value
--- is the node's ignore_result flag and group. It has no other node to
--- release or read, its only possible sink is this node, and it is no shard
--- node. A shard run ("home") takes the long path, which reports to its
--- home run.
+-- A run of one node kept in its run hash (include/single.lua), the shape
+-- of most delay() calls, ends here with one HSET of its run hash, because
+-- its node is its only sink and has no other node to release or read. Its
+-- "single" field (run[7], after check_report's own) holds the node's
+-- ignore_result flag: an ignore_result node has no reader, so its value is
+-- not stored. A run kept in its run hash has not retried, so it has no
+-- error to delete.
 if run[4] == "running" and run[5] == "1" and not run[6] and run[7] then
-  local single = run[7]
-  store_value(node, value, string.sub(single, 1, 1) == "1" and "1" or false)
-  -- See the long path below for why a first attempt has no error to delete.
-  if attempt ~= "1" then
-    rcall("HDEL", errors_key, node)
+  local fields = {node, "succeeded", node .. "/ended_at", now_text,
+    "status", "succeeded", "ended_at", now_text, "open_main", 0}
+  if string.sub(run[7], 1, 1) ~= "1" then
+    fields[#fields + 1] = "value"
+    fields[#fields + 1] = value
   end
-  rcall("HSET", nodes_key, node, "succeeded", node .. "/ended_at", now_text)
-  -- The node was the run's only running node and none had succeeded, so
-  -- the two counts of its group become 0 and 1.
-  local group = string.sub(single, 2)
-  rcall("HSET", counts_key, group .. "/running", 0, group .. "/succeeded", 1)
+  rcall("HSET", run_key, unpack(fields))
   emit("succeeded", node, attempt)
-  rcall("HSET", run_key, "status", "succeeded", "ended_at", now_text,
-    "open_main", 0)
-  run_ended("succeeded")
+  run_ended("succeeded", nil, nil, true)
   return {1}
+end
+-- A marked run that takes the long path goes to the usual keys first.
+if run[7] then
+  expand_single()
 end
 
 --- @include "graph"

@@ -60,7 +60,10 @@ local events_key = KEYS[10]
 
 --- @include "lifecycle"
 --- @include "graph"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 -- XACK returns 0 for an entry that is not pending, so a re-sent call, or a
 -- second dead-lettering of the same delivery, writes nothing.
 if receipt ~= "" then

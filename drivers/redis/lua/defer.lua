@@ -27,6 +27,7 @@
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 --- @include "run"
+--- @include "single"
 local stream_key = KEYS[2]
 local node = ARGV[1]
 local attempt = ARGV[2]
@@ -48,6 +49,8 @@ end
 rcall("XACK", stream_key, group, receipt)
 rcall("XDEL", stream_key, receipt)
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 local run_epoch = rcall("HGET", run_key, "epoch")
 if not run_epoch then
   return {-1}

@@ -27,7 +27,10 @@ local error_text = ARGV[7]
 
 --- @include "lifecycle"
 --- @include "graph"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 local run, reply = check_report("retention_ms", "events_max_len", "status",
   "open_main")
 if not run then

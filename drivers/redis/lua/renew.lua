@@ -32,10 +32,19 @@ local epoch = ARGV[7]
 
 -- Attempt numbers restart in each epoch, so the attempt alone does not
 -- identify the message.
-if rcall("HGET", run_key, "epoch") ~= epoch then
+-- A run of one node keeps its node's fields in its run hash
+-- (include/single.lua), so they are read with the epoch.
+local run = rcall("HMGET", run_key, "epoch", "single", node, node .. "/attempt",
+  node .. "/lease")
+if run[1] ~= epoch then
   return 0
 end
-local fields = rcall("HMGET", nodes_key, node, node .. "/attempt", node .. "/lease")
+local fields
+if run[2] then
+  fields = {run[3], run[4], run[5]}
+else
+  fields = rcall("HMGET", nodes_key, node, node .. "/attempt", node .. "/lease")
+end
 if fields[1] ~= "running" or fields[2] ~= attempt or fields[3] ~= lease then
   return 0
 end

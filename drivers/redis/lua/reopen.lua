@@ -34,7 +34,10 @@ local epoch = seen_epoch
 
 --- @include "lifecycle"
 --- @include "graph"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 local run = rcall("HMGET", run_key, "status", "epoch", "nodes")
 if not run[1] then
   return {-1}

@@ -89,7 +89,10 @@ end
 
 --- @include "lifecycle"
 --- @include "graph"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 if state_of(node) ~= "failed" or rcall("HGET", nodes_key, node .. "/attempt") ~= attempt then
   return {-2, "not_failed"}
 end

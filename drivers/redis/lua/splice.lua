@@ -55,7 +55,10 @@ local state_pairs = tonumber(ARGV[18])
 
 --- @include "lifecycle"
 --- @include "graph"
+--- @include "single"
 
+-- A run of one node kept in its run hash goes to the usual keys first.
+expand_single()
 local run, reply = check_report("spec_version")
 if not run then
   return reply
@@ -78,9 +81,6 @@ local function hset_range(key, first, last)
   end
 end
 
--- The run no longer has one node, so claim and complete must not take
--- their one-node paths (submit.lua's "single" field).
-rcall("HDEL", run_key, "single")
 rcall("HSET", run_key, "spec", spec, "nodes", node_list, "sinks", sinks,
   "reaching", reaching)
 rcall("HINCRBY", run_key, "spec_version", 1)

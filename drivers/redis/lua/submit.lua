@@ -90,15 +90,13 @@ local function write_counts()
 end
 
 -- A run of one main-path node that starts queued (a single task, the shape
--- of most delay() calls) takes a shorter path that writes the same state.
--- Its graph fields come from ARGV, not an HMGET. Its node-state HSET
--- writes the queued state at once, and the graph functions are not defined.
--- The run hash field "single" marks such a run for claim and complete too,
--- which then read no graph field and move the state counts with one HSET.
--- Its value is "1" for an ignore_result node, else "0", followed by the
--- node's group ("-" for none). splice.lua deletes it.
+-- of most delay() calls) is kept in its run hash and graph hash only
+-- (include/single.lua): the node's state fields join the run hash's, and no
+-- state-count hash is written. Its graph fields come from ARGV, not an
+-- HMGET, and the graph functions are not defined. The run hash field
+-- "single" marks it: "1" for an ignore_result node, else "0", followed by
+-- the node's group ("-" for none).
 local single = nil
-local single_field = {}
 if roots ~= "" and roots == node_list and open_main == "1"
     and not string.find(roots, ",", 1, true) then
   single = {}
@@ -109,46 +107,50 @@ if roots ~= "" and roots == node_list and open_main == "1"
   if single[prefix .. "role"] == "errback"
       or single[prefix .. "task"] == SHARD_TASK then
     single = nil
-  else
-    local group = single[prefix .. "group"]
-    if not group or group == "" then
-      group = "-"
-    end
-    local ignore = single[prefix .. "ignore"] == "1" and "1" or "0"
-    single_field = {"single", ignore .. group}
   end
 end
 
-rcall("HSET", run_key, "status", "running", "epoch", epoch, "created_at", now_text,
+local run_fields = {"status", "running", "epoch", epoch, "created_at", now_text,
   "open_main", open_main, "spec", spec, "spec_version", "1", "nodes", node_list,
   "sinks", sinks, "reaching", reaching, "sinks_not_succeeded", "0",
-  "retention_ms", retention_ms, "events_max_len", events_max_len,
-  unpack(single_field))
-rcall("ZADD", base .. "runs", now_text, run_id)
-if graph_pairs > 0 then
-  hset_range(graph_key, 9, graph_last)
-end
+  "retention_ms", retention_ms, "events_max_len", events_max_len}
 
 if single then
   local node = roots
   local prefix = node .. "/"
+  local group = single[prefix .. "group"]
+  if not group or group == "" then
+    group = "-"
+  end
+  local ignore = single[prefix .. "ignore"] == "1" and "1" or "0"
+  run_fields[#run_fields + 1] = "single"
+  run_fields[#run_fields + 1] = ignore .. group
   -- The node's initial fields, then its queued state (graph's `enqueue`
   -- for a first attempt): a later pair of one HSET overwrites an earlier one.
-  local fields = {unpack(ARGV, counts_last + 1, #ARGV)}
+  for index = counts_last + 1, #ARGV do
+    run_fields[#run_fields + 1] = ARGV[index]
+  end
   for _, item in ipairs({node, "queued", prefix .. "queued_at", now_text,
       prefix .. "attempt", 1}) do
-    fields[#fields + 1] = item
+    run_fields[#run_fields + 1] = item
   end
-  rcall("HSET", nodes_key, unpack(fields))
+  rcall("HSET", run_key, unpack(run_fields))
+  rcall("ZADD", base .. "runs", now_text, run_id)
+  if graph_pairs > 0 then
+    hset_range(graph_key, 9, graph_last)
+  end
   emit("submitted")
-  count_deltas = {}
-  count_move(node, "pending", "queued", single[prefix .. "group"] or false)
   send(node, 1, delay_of(single[prefix .. "countdown"], single[prefix .. "eta"]),
     single[prefix .. "queue"], single[prefix .. "task"])
-  write_counts()
   -- The run's open main-path node keeps it running, so graph's
   -- `maybe_finish` would change nothing.
   return {1}
+end
+
+rcall("HSET", run_key, unpack(run_fields))
+rcall("ZADD", base .. "runs", now_text, run_id)
+if graph_pairs > 0 then
+  hset_range(graph_key, 9, graph_last)
 end
 
 --- @include "graph"

@@ -24,20 +24,32 @@ local function ack()
 end
 
 -- Check the report against the run and the node's attempt and lease.
--- Returns the run hash's "epoch" and `...` fields when the report applies,
+-- Returns the run hash's "epoch", `...` and "single" fields when the report applies,
 -- and the caller acknowledges the message. Otherwise returns nil and the
 -- reply: {-1} for an unknown run, {-2} for a stale attempt, epoch or lease,
 -- {0} when the node is no longer running. Every one of those replies but a
 -- stale lease acknowledges the message here.
 local function check_report(...)
   -- A late report must not recreate the keys of a run that expired or was
-  -- deleted.
-  local run = rcall("HMGET", run_key, "epoch", ...)
+  -- deleted. The node's fields are read with the run's, for a run of one
+  -- node kept in its run hash (include/single.lua), whose "single" field
+  -- follows the caller's fields in the reply.
+  local names = {"epoch", ...}
+  local requested = #names
+  for _, name in ipairs({"single", node .. "/attempt", node, node .. "/lease"}) do
+    names[#names + 1] = name
+  end
+  local run = rcall("HMGET", run_key, unpack(names))
   if not run[1] then
     ack()
     return nil, {-1}
   end
-  local current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
+  local current
+  if run[requested + 1] then
+    current = {run[requested + 2], run[requested + 3], run[requested + 4]}
+  else
+    current = rcall("HMGET", nodes_key, node .. "/attempt", node, node .. "/lease")
+  end
   if run[1] ~= epoch or current[1] ~= attempt then
     ack()
     return nil, {-2}

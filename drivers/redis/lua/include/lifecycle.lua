@@ -192,14 +192,20 @@ end
 
 -- The run just ended: note it, and start its retention. `home` and
 -- `shards_version` are the run hash's fields of those names, false when
--- missing: `home` is set for a shard run, and `shards_version` for a home
+-- missing, and `single` is true for a run of one node kept in its run hash: `home` is set for a shard run, and `shards_version` for a home
 -- run that marked itself (`mark_shard_home`). A shard run's keys do not
 -- expire while its home run runs, whose callback reads them: they expire
 -- only once shard_retention.lua marked the home run as ended ("home_ended").
-local function run_ended(status, home, shards_version)
+local function run_ended(status, home, shards_version, single)
   emit("ended", nil, nil, status)
   local retention_ms = settings().retention_ms
   if retention_ms <= 0 then
+    return
+  end
+  if single then
+    -- A run of one node kept in its run hash has one other key (single.lua).
+    rcall("PEXPIRE", run_key, retention_ms)
+    rcall("PEXPIRE", graph_key, retention_ms)
     return
   end
   if home then
