@@ -13,12 +13,13 @@ ends, and have no TTL while it runs. A shard run's keys expire only once its
 home run ended too.
 
 A run of one node that starts queued, the shape of a ``delay()`` call, is
-kept in two keys while it goes from submit through one claim to its success:
-its graph hash, and its run hash, which holds the node's state fields and
-its value too, marked by the field ``single``. It has no state-count hash,
-because its counts follow from its node's state. Any other change of the
-run (a failure, retry, cancel, dead letter, unknown task's hand-back or
-splice) first moves it to the keys below (``lua/include/single.lua``).
+kept in its run hash alone on its way from submit to success. That hash
+holds the graph fields (named with ``g:`` in front), the node's state
+fields and its value too, marked by the field ``single``. It has no
+state-count hash, because its counts follow from its node's state. Any
+other change of the run (a failure, retry, cancel, dead letter, unknown
+task's hand-back or splice) first moves it to the keys below
+(``lua/include/single.lua``).
 
 ======================== ========== =============================================
 key                      type       contents
@@ -41,9 +42,10 @@ key                      type       contents
                                     sink), which decide how the run ends;
                                     ``retention_ms`` and ``events_max_len``, the
                                     run's settings (``0`` is off); for a
-                                    run of one node kept here (see below)
+                                    run of one node kept here (see above)
                                     ``single`` (the node's ignore_result
-                                    flag and group), the node's state fields
+                                    flag and group), the graph fields with
+                                    ``g:`` in front, the node's state fields
                                     and ``value``; for a home run of
                                     shards ``shards_version``
                                     (``0`` once a shard node was activated

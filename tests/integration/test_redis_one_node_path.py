@@ -1,11 +1,12 @@
 """A one-node run's short script paths write the same state as the long paths.
 
-submit.lua keeps a run of one node in two keys, its run hash holding the
-node's state fields and value (lua/include/single.lua), and claim and
-complete take shorter paths for it. Each case runs the same steps on a
+submit.lua keeps a run of one node in its run hash alone, which holds its
+graph fields, its node's state fields and its value too
+(lua/include/single.lua), and claim and complete take shorter paths for
+it. Each case runs the same steps on a
 driver with the scripts as shipped and on a driver whose submit.lua never
 keeps a run that way, and compares every key that each one wrote after
-every step, with a run kept in two keys moved to the usual keys in Python
+every step, with a run kept in one key moved to the usual keys in Python
 first. Timestamps, stream entry ids and sorted-set scores are left out, and
 expiry is compared as set or not.
 """
@@ -89,9 +90,11 @@ def _expand_single(state: dict[str, Any]) -> dict[str, Any]:
         if kind != "hash" or "single" not in fields:
             continue
         node = fields["nodes"]
-        run, nodes, values = {}, {}, {}
+        run, graph, nodes, values = {}, {}, {}, {}
         for field, text in fields.items():
-            if field == node or field.startswith(f"{node}/"):
+            if field.startswith("g:"):
+                graph[field[2:]] = text
+            elif field == node or field.startswith(f"{node}/"):
                 nodes[field] = text
             elif field == "value":
                 values[node] = text
@@ -101,6 +104,7 @@ def _expand_single(state: dict[str, Any]) -> dict[str, Any]:
         counts = {f"{group}/{earlier}": "0" for earlier in PASSED[nodes[node]]}
         counts[f"{group}/{nodes[node]}"] = "1"
         state[key] = (kind, run, expires)
+        state[f"{key}:graph"] = (kind, graph, expires)
         state[f"{key}:nodes"] = (kind, nodes, expires)
         state[f"{key}:counts"] = (kind, counts, expires)
         if values:

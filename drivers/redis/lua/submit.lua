@@ -90,8 +90,8 @@ local function write_counts()
 end
 
 -- A run of one main-path node that starts queued (a single task, the shape
--- of most delay() calls) is kept in its run hash and graph hash only
--- (include/single.lua): the node's state fields join the run hash's, and no
+-- of most delay() calls) is kept in its run hash alone (include/single.lua):
+-- its graph fields and its node's state fields join the run hash's, and no
 -- state-count hash is written. Its graph fields come from ARGV, not an
 -- HMGET, and the graph functions are not defined. The run hash field
 -- "single" marks it: "1" for an ignore_result node, else "0", followed by
@@ -134,11 +134,13 @@ if single then
       prefix .. "attempt", 1}) do
     run_fields[#run_fields + 1] = item
   end
+  -- The graph fields, each named with a "g:" in front.
+  for index = 9, graph_last, 2 do
+    run_fields[#run_fields + 1] = "g:" .. ARGV[index]
+    run_fields[#run_fields + 1] = ARGV[index + 1]
+  end
   rcall("HSET", run_key, unpack(run_fields))
   rcall("ZADD", base .. "runs", now_text, run_id)
-  if graph_pairs > 0 then
-    hset_range(graph_key, 9, graph_last)
-  end
   emit("submitted")
   send(node, 1, delay_of(single[prefix .. "countdown"], single[prefix .. "eta"]),
     single[prefix .. "queue"], single[prefix .. "task"])

@@ -203,9 +203,8 @@ local function run_ended(status, home, shards_version, single)
     return
   end
   if single then
-    -- A run of one node kept in its run hash has one other key (single.lua).
+    -- A run of one node kept in its run hash has no other key (single.lua).
     rcall("PEXPIRE", run_key, retention_ms)
-    rcall("PEXPIRE", graph_key, retention_ms)
     return
   end
   if home then
