@@ -23,7 +23,8 @@
   Adds one delayed-set member, the JSON array that graph.lua's send writes,
   and records ARGV[9] under that member in the hash <base>deferred, which
   promote reads to give the stream entry an enqueued_ms field. Changes no
-  run state, so the node keeps its attempt.
+  run state, so the node keeps its attempt. A run of one node kept in its
+  run hash moves to the usual keys first (include/single.lua).
 ]]
 -- luacheck: globals KEYS ARGV redis cjson
 --- @include "run"
