@@ -3,16 +3,16 @@
 Run from the repository root:
 ``python bench/profile/one_key.py [--tasks N] [--batch B] [--repeats R]``.
 
-Stem keeps a run in five keys (run hash, graph, node states, values, state
-counts), so a one-node run costs about 35 commands inside 4 script calls.
-This script measures what the same run would cost in Redis if all of it
-lived in the run hash, with the same state written: the run's fields, the
-node's graph fields, state, attempt, lease, times and value, the group's
-state counts, four lifecycle events (submitted, started, succeeded,
-ended), the runs index, the queue names set, the message, its XACK and
-XDEL, one PEXPIRE at the end, and TIME in each call. The scripts are a
-prototype for pricing, not Stem's code: they keep the checks that decide
-the path (run exists, epoch, attempt, state, lease) but no other path.
+This script measures a minimal prototype of a one-node run kept in one
+key, the layout Stem's scripts use for such a run (lua/include/single.lua),
+as a floor to compare them with. The prototype writes the same state. That
+is the run's fields, the node's graph fields, state, attempt, lease, times
+and value, and the group's state counts. It also writes four lifecycle
+events (submitted, started, succeeded, ended), the runs index, the queue
+names set and the message, sends its XACK and XDEL, sets one PEXPIRE at
+the end and calls TIME in each call. The scripts are a prototype for
+pricing, not Stem's code: they keep the checks that decide the path (run
+exists, epoch, attempt, state, lease) but no other path.
 
 Each variant then leaves out one feature, so the difference to the full
 prototype is that feature's price. Every script runs as a Redis Functions
@@ -28,7 +28,6 @@ from __future__ import annotations
 import statistics
 import sys
 import uuid
-from collections.abc import Callable
 from typing import Any
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
@@ -187,97 +186,91 @@ def timed(
 def one_repeat(
     client: redis.Redis, flags: str, tasks: int, batch: int
 ) -> dict[str, float]:
-    tag = "{p0}"
-    base = f"proto-{uuid.uuid4().hex[:8]}:{tag}:"
+    """Submit, claim, complete and read ``tasks`` runs; return Redis CPU us per call."""
+    base = f"proto-{uuid.uuid4().hex[:8]}:{{p0}}:"
     queue, events = base + "q:default", base + "events"
     client.xgroup_create(queue, GROUP, id="0", mkstream=True)
     runs = [f"r{index}" for index in range(tasks)]
-    run_key: Callable[[str], str] = lambda run: f"{base}run:{run}"  # noqa: E731
     figures: dict[str, float] = {}
-    figures["submit"], _ = timed(
-        client,
-        [
-            (
-                "FCALL",
-                "one_key_submit",
-                5,
-                run_key(run),
-                queue,
-                events,
-                base + "runs",
-                base + "queues",
-                flags,
-                run,
-                "1",
-                SPEC,
-                "noop",
-                "default",
-                "604800000",
-                "10000",
-            )
-            for run in runs
-        ],
-        batch,
-    )
+
+    submits = [
+        (
+            "FCALL",
+            "one_key_submit",
+            5,
+            f"{base}run:{run}",
+            queue,
+            events,
+            base + "runs",
+            base + "queues",
+            flags,
+            run,
+            "1",
+            SPEC,
+            "noop",
+            "default",
+            "604800000",
+            "10000",
+        )
+        for run in runs
+    ]
+    figures["submit"], _ = timed(client, submits, batch)
+
+    # The worker's reads, which are not timed, give each message's entry id.
     entries: dict[str, str] = {}
     while len(entries) < tasks:
         reply = client.xreadgroup(GROUP, "c1", {queue: ">"}, count=1000)
         for _, found in reply:
             for entry_id, fields in found:
                 entries[fields["run"]] = entry_id
-    figures["claim"], replies = timed(
-        client,
-        [
-            ("FCALL", "one_key_claim", 2, run_key(run), events, flags, run, "1", "1")
-            for run in runs
-        ],
-        batch,
-    )
+
+    claims = [
+        ("FCALL", "one_key_claim", 2, f"{base}run:{run}", events, flags, run, "1", "1")
+        for run in runs
+    ]
+    figures["claim"], replies = timed(client, claims, batch)
     assert all(reply[0] == 1 for reply in replies), replies[:3]
-    figures["complete"], replies = timed(
-        client,
-        [
-            (
-                "FCALL",
-                "one_key_complete",
-                3,
-                run_key(run),
-                queue,
-                events,
-                flags,
-                run,
-                "1",
-                "1",
-                entries[run],
-                GROUP,
-                "1",
-                "null",
-            )
-            for run in runs
-        ],
-        batch,
-    )
+
+    completes = [
+        (
+            "FCALL",
+            "one_key_complete",
+            3,
+            f"{base}run:{run}",
+            queue,
+            events,
+            flags,
+            run,
+            "1",
+            "1",
+            entries[run],
+            GROUP,
+            "1",
+            "null",
+        )
+        for run in runs
+    ]
+    figures["complete"], replies = timed(client, completes, batch)
     assert all(reply[0] == 1 for reply in replies), replies[:3]
-    figures["read"], replies = timed(
-        client,
-        [
-            (
-                "FCALL",
-                "one_key_read",
-                1,
-                run_key(run),
-                "0/value",
-                "status",
-                "epoch",
-                "ended_at",
-                "error_node",
-                "spec_version",
-            )
-            for run in runs
-        ],
-        batch,
-    )
+
+    reads = [
+        (
+            "FCALL",
+            "one_key_read",
+            1,
+            f"{base}run:{run}",
+            "0/value",
+            "status",
+            "epoch",
+            "ended_at",
+            "error_node",
+            "spec_version",
+        )
+        for run in runs
+    ]
+    figures["read"], replies = timed(client, reads, batch)
     assert all(reply[0] == "null" for reply in replies), replies[:3]
+
     figures["total"] = sum(figures[name] for name in SCRIPTS)
     return figures
 

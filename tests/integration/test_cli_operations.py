@@ -527,10 +527,10 @@ def test_runs_show_keeps_numbers_whole(runner: CliRunner, flows: ModuleType) -> 
         cut = group(flows.add.s(n, 0) for n in long_numbers).apply_async()
         assert cut.get(TIMEOUT_S) == long_numbers
 
-    code, shown = invoke(runner, flows, "runs", "show", short.id)
-    _, cut_shown = invoke(runner, flows, "runs", "show", cut.id)
-    value = shown.split("  value", 1)[1].split("See the graph")[0]
-    cut_value = cut_shown.split("  value", 1)[1].split("See the graph")[0]
+    code, short_output = invoke(runner, flows, "runs", "show", short.id)
+    _, cut_output = invoke(runner, flows, "runs", "show", cut.id)
+    value = short_output.split("  value", 1)[1].split("See the graph")[0]
+    cut_value = cut_output.split("  value", 1)[1].split("See the graph")[0]
     # A line break inside a number would read as two numbers here.
     cut_numbers = [int(item) for item in re.findall(r"\d+", cut_value)]
 

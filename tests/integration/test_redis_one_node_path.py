@@ -1,14 +1,13 @@
 """A one-node run's short script paths write the same state as the long paths.
 
-submit.lua keeps a run of one node in its run hash alone, which holds its
-graph fields, its node's state fields and its value too
+submit.lua keeps a run of one node in its run hash alone, together with
+its graph fields, its node's state fields and its value
 (lua/include/single.lua), and claim and complete take shorter paths for
-it. Each case runs the same steps on a
-driver with the scripts as shipped and on a driver whose submit.lua never
-keeps a run that way, and compares every key that each one wrote after
-every step, with a run kept in one key moved to the usual keys in Python
-first. Timestamps, stream entry ids and sorted-set scores are left out, and
-expiry is compared as set or not.
+it. Each case runs the same steps on a driver with the scripts as shipped
+and on a driver whose submit.lua never keeps a run that way. After every
+step it compares every key that each one wrote, once a run kept in one key
+is moved to the usual keys in Python. Timestamps, stream entry ids and
+sorted-set scores are left out, and expiry is compared as set or not.
 """
 
 from __future__ import annotations

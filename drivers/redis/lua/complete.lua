@@ -40,7 +40,7 @@ use_settings(run[2], run[3])
 -- A run of one node kept in its run hash (include/single.lua), the shape
 -- of most delay() calls, ends here with one HSET of that hash. Its node is
 -- its only sink and has no other node to release or read. Its
--- "single" field (run[7], after check_report's own) holds the node's
+-- "single" field (run[7], after check_report's own) gives the node's
 -- ignore_result flag: an ignore_result node has no reader, so its value is
 -- not stored. A run kept in its run hash has not retried, so it has no
 -- error to delete.

@@ -24,8 +24,8 @@
 ]]
 
 -- The states that the node of a marked run went through before each state
--- it can be in, as the state-count hash of any other run would hold them
--- (0 for each state left, 1 for the current one).
+-- it can be in, as the state-count hash of any other run lists them (0 for
+-- each state left, 1 for the current one).
 local SINGLE_PASSED = {queued = {"pending"}, running = {"pending", "queued"},
   succeeded = {"pending", "queued", "running"}}
 
@@ -34,11 +34,11 @@ local function is_node_field(field, node, prefix)
   return field == node or string.sub(field, 1, #prefix) == prefix
 end
 
--- Move a marked run to the keys of every other run: its graph fields to the
--- graph hash, its node's state fields to the node-state hash, its value to
--- the values hash and its state counts to a new state-count hash. The new
--- keys expire with the run hash when it has a TTL. Does nothing for a run
--- that is not marked or does not exist.
+-- Move a marked run to the keys of every other run. Its graph fields go to
+-- the graph hash, its node's state fields to the node-state hash and its
+-- value to the values hash, and a new state-count hash gets its counts.
+-- The new keys expire with the run hash when it has a TTL. Does nothing
+-- for a run that is not marked or does not exist.
 local function expand_single()
   local found = rcall("HMGET", run_key, "single", "nodes")
   local single, node = found[1], found[2]
